@@ -1,0 +1,1 @@
+"""Prefect flows and the `gruviz` CLI: thin orchestration over gruviz_core, storage and reports."""

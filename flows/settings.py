@@ -1,0 +1,54 @@
+"""The one settings object: GRUVIZ_ environment variables, optionally a TOML/env file.
+
+Read at the entry points (CLI, flows); library code takes plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Everything a deployment of gruviz can set."""
+
+    model_config = SettingsConfigDict(env_prefix="GRUVIZ_", env_file=None, extra="ignore")
+
+    home: Path = Field(Path("./gruviz-data"), description="Store root: snapshots, model registry, runs.")
+    reports_dir: Path | None = Field(None, description="Where HTML reports are published; default <home>/reports.")
+    reports_base_url: str = Field(
+        "http://127.0.0.1:8765", description="Base URL under which reports_dir is served; the email links to it."
+    )
+    device: str = Field("auto", description="Torch device for extraction: auto (cuda, else mps, else cpu), cuda, cpu, ...")
+    batch_size: int = Field(4096, description="Dogs per extraction batch.", gt=0)
+    block_dogs: int = Field(16384, description="Dogs per extraction block (a unit of work owning whole shards).", gt=0)
+    seeds: int = Field(3, description="Seeds K trained per model set.", gt=0)
+    hidden_size: int = Field(64, description="GRU units per layer of the built-in model.", gt=0)
+    num_layers: int = Field(1, description="GRU layers of the built-in model.", gt=0)
+    cohort_rule: str = Field("plateau-f95-v1", description="Named cohort rule (see gruviz_core.cohorts).")
+    cohort_theta: float = Field(0.5, description="Cohort rule: mean F_0.95 after the plateau needed to call a dog saturated.")
+    cohort_tau: float = Field(0.95, description="Cohort rule: |h| threshold of the near-boundary fraction.")
+    timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
+    nightly_cron: str = Field("0 2 * * *", description="Cron of the nightly deployment.")
+    watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
+    smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")
+    smtp_port: int = Field(587, description="SMTP port.")
+    smtp_tls: str = Field("starttls", description="none, starttls or ssl.")
+    smtp_user: str | None = Field(None, description="SMTP user name.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password (or name a Prefect Secret in smtp_password_secret).")
+    smtp_password_secret: str | None = Field(None, description="Name of a Prefect Secret block holding the SMTP password.")
+    email_from: str = Field("gruviz@localhost", description="From address of report emails.")
+    recipients: list[str] = Field(default_factory=list, description="Who gets the nightly email.")
+
+    @property
+    def reports_path(self) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else Path(self.home) / "reports"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,141 @@
+"""The built-in race model and the adapter through which any GRU model is run.
+
+The GRU reads a dog's races in date order. Its state after race t-1, with the context of
+race t (known before the off: box, distance, track, price), scores the dog for race t; the
+scores of a race's runners become win probabilities by a softmax within the race.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gruviz_core.errors import AmbiguousGRUError, FeatureMismatchError, NoGRUError
+
+__all__ = ["ModelConfig", "RaceGRU", "LoadedModel", "find_gru", "ModelOutput"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and training knobs of the built-in model."""
+
+    n_features: int
+    """Width of the per-race feature vector the GRU reads."""
+    n_context: int
+    """Width of the pre-race context vector the head reads beside the state."""
+    hidden_size: int = 64
+    """GRU units per layer; 64 learns the Iggy data as well as 128 at half the store."""
+    num_layers: int = 1
+    """Stacked GRU layers; extraction keeps every layer's states."""
+    dropout: float = 0.0
+    """Dropout between GRU layers (only used when num_layers > 1)."""
+    head_hidden: int = 32
+    """Width of the scoring head's hidden layer."""
+    seed: int = 0
+    """Seed of weight init and batch order; K seeds make a model set."""
+
+
+class RaceGRU(nn.Module):
+    """GRU over a dog's races + a head scoring the next race from (state, context)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gru = nn.GRU(
+            cfg.n_features, cfg.hidden_size, cfg.num_layers,
+            batch_first=True, dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(cfg.hidden_size + cfg.n_context, cfg.head_hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.head_hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, F) race features, ctx: (B, T, C) pre-race context -> (B, T) scores."""
+        h, _ = self.gru(x)  # (B, T, H): state after race t
+        h_prev = nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]  # (B, T, H): state before race t, h_0 = 0
+        return self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One forward pass of a model over a padded batch, with what went in and out of its GRU."""
+
+    scores: torch.Tensor
+    """(B, T) score of each race from the state before it."""
+    gru_input: torch.Tensor
+    """(B, T, I) what the GRU read, batch first."""
+    gru_output: torch.Tensor
+    """(B, T, H) the fused nn.GRU's top-layer output, batch first."""
+
+
+def find_gru(module: nn.Module, path: str | None = None) -> tuple[str, nn.GRU]:
+    """The GRU inside `module`: at dotted `path`, else the only one."""
+    if path:
+        gru = module.get_submodule(path)
+        if not isinstance(gru, nn.GRU):
+            raise NoGRUError(f"model: {path!r} is a {type(gru).__name__}, not torch.nn.GRU; name a GRU submodule")
+        return path, gru
+    found = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.GRU)]
+    if not found:
+        raise NoGRUError(f"model {type(module).__name__}: no torch.nn.GRU inside; gruviz looks inside GRUs only")
+    if len(found) > 1:
+        names = ", ".join(n for n, _ in found)
+        raise AmbiguousGRUError(f"model {type(module).__name__}: several GRUs ({names}); name one with gru_path")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Any model whose forward is `module(x (B,T,F), ctx (B,T,C)) -> (B,T) scores`, with a GRU inside.
+
+    `run` captures the GRU's input and fused output with forward hooks, so extraction can
+    recompute every layer and gate from the GRU's own weights and check them against cuDNN/MKL.
+    """
+
+    module: nn.Module
+    gru: nn.GRU
+    gru_path: str
+    feature_names: tuple[str, ...]
+    context_names: tuple[str, ...]
+    model_id: str = "unnamed"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def wrap(
+        cls, module: nn.Module, feature_names, context_names, *, gru_path: str | None = None, model_id: str = "unnamed"
+    ) -> "LoadedModel":
+        path, gru = find_gru(module, gru_path)
+        return cls(module.eval(), gru, path, tuple(feature_names), tuple(context_names), model_id)
+
+    def run(self, x: torch.Tensor, ctx: torch.Tensor) -> ModelOutput:
+        """One forward pass; x: (B, T, F), ctx: (B, T, C)."""
+        if x.shape[-1] != len(self.feature_names):
+            raise FeatureMismatchError(
+                f"model {self.model_id}: input has {x.shape[-1]} features, spec names {len(self.feature_names)}"
+            )
+        seen: dict[str, torch.Tensor] = {}
+
+        def _pre(_m, args):
+            seen["in"] = args[0]
+
+        def _post(_m, _args, out):
+            seen["out"] = out[0]
+
+        hooks = [self.gru.register_forward_pre_hook(_pre), self.gru.register_forward_hook(_post)]
+        try:
+            scores = self.module(x, ctx)
+        finally:
+            for h in hooks:
+                h.remove()
+        if isinstance(seen.get("in"), nn.utils.rnn.PackedSequence):
+            raise FeatureMismatchError(
+                f"model {self.model_id}: its GRU is fed a PackedSequence; gruviz needs padded input to the GRU"
+            )
+        gin, gout = seen["in"], seen["out"]
+        if not self.gru.batch_first:
+            gin, gout = gin.transpose(0, 1), gout.transpose(0, 1)
+        return ModelOutput(scores=scores, gru_input=gin, gru_output=gout)

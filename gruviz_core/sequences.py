@@ -1,0 +1,102 @@
+"""Ragged per-dog sequences: every step of every dog one row, plus per-dog offsets.
+
+This is the hand-off between `features` (which builds it from a forms snapshot) and
+`extract`/`evaluate` (which run models over it). Layout follows the store's: a flat
+"contiguous ragged array" with `offsets[d]:offsets[d+1]` the rows of dog d in date order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Sequences", "pad_batch"]
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """All dogs' race histories as flat row arrays plus per-dog offsets."""
+
+    values: np.ndarray
+    """(obs, feature) float32: what the race showed about the dog (known after the race)."""
+    context: np.ndarray
+    """(obs, context) float32: what is known before the race (box, distance, track, price)."""
+    offsets: np.ndarray
+    """(dog + 1,) int64: rows of dog d are offsets[d]:offsets[d + 1]."""
+    dog_id: np.ndarray
+    """(dog,) str."""
+    dog_name: np.ndarray
+    """(dog,) str."""
+    race_id: np.ndarray
+    """(obs,) str: the race of each row."""
+    race_date: np.ndarray
+    """(obs,) datetime64[D]."""
+    won: np.ndarray
+    """(obs,) float32: 1 won, 0 lost, NaN unknown (scratched, void)."""
+    market_prob: np.ndarray
+    """(obs,) float32: market's implied win probability renormalised within the race; NaN if no price."""
+    feature_names: tuple[str, ...]
+    """Names of the columns of `values`."""
+    context_names: tuple[str, ...]
+    """Names of the columns of `context`."""
+
+    @property
+    def n_dogs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def row_size(self) -> np.ndarray:
+        """(dog,) int64: number of races of each dog."""
+        return np.diff(self.offsets)
+
+    def dog_rows(self, d: int) -> slice:
+        return slice(int(self.offsets[d]), int(self.offsets[d + 1]))
+
+    def step(self) -> np.ndarray:
+        """(obs,) int32: 1-based step of each row within its dog."""
+        starts = np.repeat(self.offsets[:-1], self.row_size)
+        return (np.arange(self.n_obs) - starts + 1).astype(np.int32)
+
+    def save(self, path: str | Path) -> None:
+        """Write to one .npz (uncompressed, so loading is a memcpy)."""
+        np.savez(
+            path,
+            values=self.values, context=self.context, offsets=self.offsets,
+            dog_id=self.dog_id.astype(str), dog_name=self.dog_name.astype(str),
+            race_id=self.race_id.astype(str), race_date=self.race_date.astype("datetime64[D]"),
+            won=self.won, market_prob=self.market_prob,
+            feature_names=np.array(self.feature_names, dtype=str),
+            context_names=np.array(self.context_names, dtype=str),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Sequences":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                values=z["values"], context=z["context"], offsets=z["offsets"],
+                dog_id=z["dog_id"].astype(object), dog_name=z["dog_name"].astype(object),
+                race_id=z["race_id"].astype(object), race_date=z["race_date"],
+                won=z["won"], market_prob=z["market_prob"],
+                feature_names=tuple(z["feature_names"].tolist()),
+                context_names=tuple(z["context_names"].tolist()),
+            )
+
+
+def pad_batch(
+    rows: np.ndarray, offsets: np.ndarray, dogs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gather dogs' rows into a zero-padded (B, T, C) block. rows: (obs, C) -> (B, T, C), lengths (B,)."""
+    starts, ends = offsets[dogs], offsets[dogs + 1]
+    lengths = (ends - starts).astype(np.int64)
+    t_max = int(lengths.max()) if len(lengths) else 0
+    out = np.zeros((len(dogs), t_max, rows.shape[1]), dtype=rows.dtype)
+    mask = np.arange(t_max)[None, :] < lengths[:, None]  # (B, T)
+    idx = (starts[:, None] + np.arange(t_max)[None, :])[mask]
+    out[mask] = rows[idx]
+    return out, lengths

@@ -1,0 +1,1 @@
+"""Reports: data model, Plotly figures, Jinja templates, publishing, email."""

@@ -1,0 +1,1 @@
+"""The artifact store: forms snapshots, model registry, runs (Zarr + Parquet), atomic publish."""

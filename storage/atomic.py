@@ -1,0 +1,67 @@
+"""Atomic writes: readers see the old thing or the new thing, never half of either."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "read_pointer", "publish_dir"]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write to a sibling temp file, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_pointer(path: str | Path) -> str | None:
+    """The id a pointer file (LATEST, CURRENT) names, or None when there is none yet."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
+    """Rename a fully written directory into place. `final_dir` must not exist (ids are unique)."""
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    if final_dir.exists():
+        raise FileExistsError(f"{final_dir} already exists; run ids are unique, refusing to overwrite")
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp_dir, final_dir)
+    _fsync_dir(final_dir.parent)
+
+
+def remove_tree(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

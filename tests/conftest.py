@@ -1,0 +1,26 @@
+"""Shared fixtures. Keep the whole suite well under 15 minutes on 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Quiet, local, deterministic Prefect for every test that touches it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_API_SERVICES_SCHEDULER_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def iggy_dir() -> Path:
+    """The real Betfair Iggy files, or skip with a message."""
+    d = SHARED_DATA / "betfair-iggy"
+    if not any(d.glob("*.csv.gz")):
+        pytest.skip(f"real data not present at {d}")
+    return d
