@@ -1,0 +1,225 @@
+"""The nightly flow: ingest -> features -> extract (one task per block) -> stats -> evaluate ->
+publish run -> report -> publish report -> notify. Tasks pass store keys and paths, never arrays."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Failed
+
+from flows.logs import route_library_logs
+from flows.notify import notify_failure, send_report_email
+from flows.settings import Settings, load_settings
+
+__all__ = ["nightly"]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- tasks (thin calls)
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def ingest_task(root: str, sources: list[str]) -> str:
+    from storage.forms import ingest
+
+    summary = ingest(sources, Path(root))
+    get_run_logger().info(
+        "ingested %s: rows_in=%d accepted=%d rejected=%d duplicates_merged=%d",
+        summary.snapshot_id, summary.rows_in, summary.accepted, summary.rejected, summary.duplicates_merged,
+    )
+    return summary.snapshot_id
+
+
+@task(name="features", retries=1, cache_policy=NO_CACHE)
+def features_task(root: str, snapshot_id: str) -> str:
+    from storage.registry import ensure_sequences
+
+    return str(ensure_sequences(Path(root), snapshot_id))
+
+
+@task(name="begin-run", cache_policy=NO_CACHE)
+def begin_run_task(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int) -> dict:
+    from flows import stages
+
+    return stages.begin(root, run_id, meta, seq_path, set_id, block_dogs)
+
+
+@task(name="extract-block", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def extract_block_task(plan: dict, block: int, device: str, batch_size: int) -> int:
+    from flows import stages
+
+    return stages.extract_block(plan, block, device=device, batch_size=batch_size)
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run_task(plan: dict) -> str:
+    from flows import stages
+
+    return stages.finish(plan)
+
+
+@task(name="stats", cache_policy=NO_CACHE)
+def stats_task(tmp_dir: str, rule: dict) -> dict:
+    from storage.analysis import compute_stats
+
+    return _jsonable(compute_stats(Path(tmp_dir), rule=rule))
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(tmp_dir: str, root: str, set_id: str, seq_path: str) -> dict:
+    from flows import stages
+
+    return stages.evaluate(tmp_dir, root, set_id, seq_path)
+
+
+@task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def publish_run_task(root: str, tmp_dir: str) -> str:
+    from storage.states import publish_run
+
+    return str(publish_run(Path(root), Path(tmp_dir)))
+
+
+@task(name="report", retries=1, cache_policy=NO_CACHE)
+def report_task(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str, watchlist: list[str]) -> str:
+    from flows import stages
+
+    return stages.report(run_dir, root, reports_dir, night, snapshot_id, watchlist)
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@flow(name="nightly", on_failure=[notify_failure], on_crashed=[notify_failure])
+def nightly(
+    source: list[str] | None = None,
+    night: str | None = None,
+    home: str | None = None,
+    model_set: str | None = None,
+    device: str | None = None,
+) -> dict:
+    """One night: the latest form data through the current model set into a published run and report."""
+    route_library_logs()
+    s = load_settings(home=home, device=device)
+    logger = get_run_logger()
+    root = str(Path(s.home).resolve())
+    night = night or dt.datetime.now(_zone(s.timezone)).date().isoformat()
+
+    snapshot_id = ingest_task(root, list(source)) if source else _latest_snapshot(root)
+    seq_path = features_task(root, snapshot_id)
+    set_id = model_set or _current_model_set(root)
+    run_id = f"{night}-{set_id[:8]}-{uuid.uuid4().hex[:6]}"
+    meta = {
+        "run_id": run_id, "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id,
+        "device": s.device, "flow_run_id": str(flow_run.id or ""),
+        "settings": s.model_dump(mode="json", exclude={"smtp_password"}),
+    }
+    plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs)
+    _extract_blocks(plan, s)
+    tmp_dir = finish_run_task(plan)
+    stats_task(tmp_dir, _rule(s))
+    headline = evaluate_task(tmp_dir, root, set_id, seq_path)
+    run_dir = publish_run_task(root, tmp_dir)
+    rel = report_task(run_dir, root, str(s.reports_path.resolve()), night, snapshot_id, list(s.watchlist))
+
+    url = _report_link(s, rel)
+    _artifacts(url, night, headline, run_dir)
+    result = {"run_id": run_id, "run_dir": run_dir, "report": str(s.reports_path.resolve() / rel), "url": url,
+              "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline}
+    if s.recipients:
+        sent = send_report_email.with_options(retries=2, retry_delay_seconds=3)(
+            night, url, headline, return_state=True
+        )
+        if sent.is_failed():
+            logger.error("report published at %s but the email failed: %s", result["report"], sent.message)
+            return Failed(message=f"report published at {result['report']}, but the email failed: {sent.message}",
+                          data=result)
+    logger.info("report published at %s", result["report"])
+    return result
+
+
+def _extract_blocks(plan: dict, s: Settings) -> None:
+    n = int(plan["n_blocks"])
+    progress = create_progress_artifact(0.0, key="extraction-progress", description="Dogs extracted (%)")
+    futures = [extract_block_task.submit(plan, b, s.device, s.batch_size) for b in range(n)]
+    done = 0
+    for fut in futures:
+        fut.result()  # raises if a block failed: the run stays unpublished
+        done += 1
+        update_progress_artifact(progress, 100.0 * done / n)
+
+
+def _artifacts(url: str, night: str, headline: dict, run_dir: str) -> None:
+    create_link_artifact(url, link_text=f"gruviz report {night}", key="nightly-report",
+                         description="The published nightly report")
+    lines = [f"# gruviz nightly {night}", "", f"[Open the report]({url})", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in headline.items() if not isinstance(v, (dict, list))]
+    create_markdown_artifact("\n".join(lines), key="nightly-summary", description="Headline numbers")
+    metrics = _cohort_metrics_rows(Path(run_dir))
+    if metrics:
+        create_table_artifact(metrics, key="cohort-metrics", description="Cohort metrics with 95% intervals")
+
+
+def _cohort_metrics_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "eval" / "cohort_metrics.parquet"
+    if not path.exists():
+        return []
+    import pandas as pd
+
+    df = pd.read_parquet(path).round(5)
+    return json.loads(df.to_json(orient="records"))
+
+
+def _report_link(s: Settings, rel: str) -> str:
+    from reports.email import report_url
+
+    return report_url(s.reports_base_url, rel)
+
+
+def _rule(s: Settings) -> dict:
+    return {"name": s.cohort_rule, "tau": s.cohort_tau, "theta": s.cohort_theta}
+
+
+def _latest_snapshot(root: str) -> str:
+    from gruviz_core.errors import NotFoundError
+    from storage.forms import latest_snapshot
+
+    snap = latest_snapshot(Path(root))
+    if snap is None:
+        raise NotFoundError(f"store {root}: no forms snapshot yet; pass --source PATH or run `gruviz ingest` first")
+    return snap
+
+
+def _current_model_set(root: str) -> str:
+    from gruviz_core.errors import NotFoundError
+    from storage.registry import current_model_set
+
+    set_id = current_model_set(Path(root))
+    if set_id is None:
+        raise NotFoundError(f"store {root}: no current model set; run `gruviz train` first")
+    return set_id
+
+
+def _zone(name: str):
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,62 @@
+"""The report email against a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from gruviz_core.errors import ConfigError, NotifyError
+from reports.email import SmtpConfig, compose_failure_email, compose_report_email, report_url, send_email
+from tests.smtp_server import SmtpServer, free_port
+
+EVIL = "<script>alert(1)</script>"
+
+
+def _msg(url="http://reports.example/2026-11-26/index.html"):
+    return compose_report_email(
+        night="2026-11-26", url=url,
+        headline={"dogs": 1200, "model_log_loss": 0.3456789, "watch": EVIL},
+        sender="gruviz@localhost", recipients=["a@example.com", "b@example.com"],
+    )
+
+
+def test_report_url_joins_base_and_path():
+    assert report_url("http://h:8765/", "/2026-11-26/index.html") == "http://h:8765/2026-11-26/index.html"
+
+
+def test_email_has_plain_and_html_parts_with_link_and_escaped_data():
+    msg = _msg()
+    plain = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "http://reports.example/2026-11-26/index.html" in plain
+    assert 'href="http://reports.example/2026-11-26/index.html"' in html
+    assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "0.3457" in plain
+
+
+def test_send_reaches_a_real_smtp_server():
+    with SmtpServer() as server:
+        send_email(_msg(), SmtpConfig(host="127.0.0.1", port=server.port, tls="none"))
+    (rcpts, received), = server.messages
+    assert rcpts == ["a@example.com", "b@example.com"]
+    assert received["Subject"] == "gruviz nightly 2026-11-26"
+    assert "http://reports.example/2026-11-26/index.html" in received.get_body(("plain",)).get_content()
+
+
+def test_send_to_a_dead_server_names_it_and_hides_the_password():
+    cfg = SmtpConfig(host="127.0.0.1", port=free_port(), tls="none", user="u", password="hunter2-secret", timeout_s=2)
+    with pytest.raises(NotifyError) as err:
+        send_email(_msg(), cfg)
+    assert "127.0.0.1" in str(err.value)
+    assert "hunter2-secret" not in str(err.value) and "hunter2-secret" not in repr(cfg)
+
+
+def test_failure_notice_escapes_the_message():
+    msg = compose_failure_email(flow_name="nightly", run_name="brave-dog", state="Failed",
+                                message=f"bad row {EVIL}", sender="g@x", recipients=["a@x"])
+    assert EVIL not in msg.get_body(("html",)).get_content()
+    assert "Failed" in msg["Subject"]
+
+
+def test_unknown_tls_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="smtp_tls"):
+        SmtpConfig(host="h", port=25, tls="maybe")
