@@ -1,0 +1,56 @@
+"""The train flow: (optionally ingest, then) train K seeds on a snapshot and register the model set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from flows.logs import route_library_logs
+from flows.nightly import _latest_snapshot, ingest_task
+from flows.notify import notify_failure
+from flows.settings import load_settings
+
+__all__ = ["train"]
+
+
+@task(name="train-model-set", cache_policy=NO_CACHE)
+def train_task(root: str, snapshot_id: str, seeds: int, hidden: int, layers: int, epochs: int | None) -> dict:
+    from storage.registry import train_and_register
+
+    kwargs = {"seeds": seeds, "hidden": hidden, "layers": layers}
+    if epochs:
+        kwargs["epochs"] = epochs
+    return train_and_register(Path(root), snapshot_id, **kwargs).to_dict()
+
+
+@flow(name="train", on_failure=[notify_failure], on_crashed=[notify_failure])
+def train(
+    source: list[str] | None = None,
+    snapshot: str | None = None,
+    home: str | None = None,
+    seeds: int | None = None,
+    hidden: int | None = None,
+    layers: int | None = None,
+    epochs: int | None = None,
+) -> dict:
+    """Train a model set of K seeds on a forms snapshot (the latest one by default) and mark it current."""
+    route_library_logs()
+    s = load_settings(home=home, seeds=seeds, hidden_size=hidden, num_layers=layers)
+    root = str(Path(s.home).resolve())
+    snapshot_id = snapshot or (ingest_task(root, list(source)) if source else _latest_snapshot(root))
+    report = train_task(root, snapshot_id, s.seeds, s.hidden_size, s.num_layers, epochs)
+    create_markdown_artifact(_summary(report), key="train-summary", description="Validation metrics vs baselines")
+    get_run_logger().info("model set %s registered and marked current", report.get("set_id"))
+    return report
+
+
+def _summary(report: dict) -> str:
+    lines = [f"# Model set `{report.get('set_id')}`", ""]
+    for k, v in report.items():
+        if not isinstance(v, (dict, list)):
+            lines.append(f"- **{k}**: {v}")
+    return "\n".join(lines)
