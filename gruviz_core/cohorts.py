@@ -1,0 +1,132 @@
+"""Cohorts of dogs by magnitude saturation: a named, versioned rule and its threshold sensitivity.
+
+    saturated    T* exists and the mean F_tau from T* on is >= theta
+    unsaturated  the mean F_tau over the tail stays below `low`
+    partial      neither (some units pinned, not enough to call it saturated)
+    undecided    no plateau seen and too few races (< w + k) to have checked one: right-censored
+
+The tail is the steps from T* on when there is a plateau, else the steps after the warm-up w.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from gruviz_core.errors import ConfigError
+
+__all__ = [
+    "COHORTS",
+    "CohortRule",
+    "DEFAULT_RULE",
+    "min_steps",
+    "tail_start",
+    "tail_mean",
+    "assign_cohorts",
+    "sensitivity_cohorts",
+    "THETA_GRID",
+]
+
+COHORTS: tuple[str, ...] = ("saturated", "partial", "unsaturated", "undecided")
+"""Cohort names, in the order reports show them."""
+
+THETA_GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+"""Default theta values of the sensitivity grid (tau runs over stats.TAUS)."""
+
+
+@dataclass(frozen=True)
+class CohortRule:
+    """The rule that puts each dog in a cohort; stored with every run so nights compare like with like."""
+
+    name: str = "plateau-f"
+    """Rule family; change it when the logic changes, not the numbers."""
+    version: int = 1
+    """Bump when a default below changes."""
+    w: int = 5
+    """Window in steps over which the relative change of s is measured."""
+    delta: float = 0.05
+    """Relative change of s over w steps below which s counts as flat."""
+    k: int = 3
+    """Consecutive flat steps needed to call a plateau."""
+    tau: float = 0.95
+    """|h| >= tau counts a unit as near the boundary (F_tau)."""
+    theta: float = 0.25
+    """Mean F_tau from T* on at or above which a dog is saturated."""
+    low: float = 0.05
+    """Mean F_tau over the tail below which a dog is unsaturated."""
+    layer: int = -1
+    """Layer whose states decide the dog's cohort (-1: top layer)."""
+
+    def __post_init__(self) -> None:
+        if self.w < 1 or self.k < 1 or self.delta <= 0:
+            raise ConfigError(f"cohort rule {self.name}: need w >= 1, k >= 1, delta > 0; got {self}")
+        if not 0 <= self.low <= self.theta <= 1:
+            raise ConfigError(f"cohort rule {self.name}: need 0 <= low <= theta <= 1; got low={self.low} theta={self.theta}")
+        if not 0 < self.tau < 1:
+            raise ConfigError(f"cohort rule {self.name}: tau must be in (0, 1); got {self.tau}")
+
+    def to_dict(self) -> dict:
+        """{name, version, params} as stored in summary.json and run.json."""
+        d = asdict(self)
+        return {"name": d.pop("name"), "version": d.pop("version"), "params": d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CohortRule":
+        return cls(name=d["name"], version=int(d["version"]), **d.get("params", {}))
+
+    def with_thresholds(self, *, tau: float, theta: float) -> "CohortRule":
+        """The same rule at other thresholds (low kept <= theta)."""
+        return replace(self, tau=tau, theta=theta, low=min(self.low, theta))
+
+
+DEFAULT_RULE = CohortRule()
+
+
+def min_steps(rule: CohortRule) -> int:
+    """Fewest races with which a plateau can be checked once."""
+    return rule.w + rule.k
+
+
+def tail_start(plateau: np.ndarray, rule: CohortRule) -> np.ndarray:
+    """First step of each dog's tail: T* if there is one, else w + 1. (dog,) -> (dog,) float."""
+    return np.where(np.isfinite(plateau), plateau, rule.w + 1.0)
+
+
+def tail_mean(f: np.ndarray, step: np.ndarray, offsets: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Mean of a per-row series over each dog's rows with step >= start. f: (obs,) -> (dog,), NaN if none."""
+    sizes = np.diff(offsets)
+    dog = np.repeat(np.arange(len(sizes)), sizes)
+    keep = np.asarray(step) >= start[dog]
+    tot = np.bincount(dog[keep], weights=np.asarray(f, dtype=np.float64)[keep], minlength=len(sizes))
+    cnt = np.bincount(dog[keep], minlength=len(sizes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+
+
+def assign_cohorts(plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray, rule: CohortRule) -> np.ndarray:
+    """Cohort of each dog. plateau (dog,) float T* or NaN, n_steps (dog,), f_tail (dog,) -> (dog,) object."""
+    has = np.isfinite(plateau)
+    short = (~has) & (np.asarray(n_steps) < min_steps(rule))
+    f = np.nan_to_num(np.asarray(f_tail, dtype=np.float64), nan=0.0)
+    out = np.full(len(plateau), "partial", dtype=object)
+    out[f < rule.low] = "unsaturated"
+    out[has & (f >= rule.theta)] = "saturated"
+    out[short] = "undecided"
+    return out
+
+
+def sensitivity_cohorts(
+    plateau: np.ndarray,
+    n_steps: np.ndarray,
+    f_tail_by_tau: dict[float, np.ndarray],
+    rule: CohortRule,
+    thetas: tuple[float, ...] = THETA_GRID,
+) -> list[tuple[float, float, np.ndarray]]:
+    """Cohorts over a grid of (tau, theta): [(tau, theta, cohorts (dog,))]. T* does not depend on them."""
+    out = []
+    for tau, f in sorted(f_tail_by_tau.items()):
+        for theta in thetas:
+            r = rule.with_thresholds(tau=tau, theta=theta)
+            out.append((tau, theta, assign_cohorts(plateau, n_steps, f, r)))
+    return out

@@ -1,0 +1,60 @@
+"""Cohort rule: known assignments, censoring, sensitivity grid, round trip of the stored rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gruviz_core import cohorts
+from gruviz_core.cohorts import CohortRule
+from gruviz_core.errors import ConfigError
+
+RULE = CohortRule(w=3, k=2, theta=0.5, low=0.1)
+
+
+@pytest.mark.parametrize(
+    "plateau, n_steps, f_tail, expected",
+    [
+        (6.0, 20, 0.8, "saturated"),
+        (6.0, 20, 0.5, "saturated"),  # theta inclusive
+        (6.0, 20, 0.3, "partial"),
+        (6.0, 20, 0.02, "unsaturated"),
+        (np.nan, 30, 0.02, "unsaturated"),  # no plateau but F stays low
+        (np.nan, 30, 0.8, "partial"),  # high F but never flat
+        (np.nan, 4, 0.8, "undecided"),  # shorter than w + k: censored
+        (np.nan, 5, 0.0, "unsaturated"),  # exactly w + k: decided
+        (np.nan, 1, np.nan, "undecided"),
+    ],
+)
+def test_assign_table(plateau, n_steps, f_tail, expected):
+    got = cohorts.assign_cohorts(np.array([plateau]), np.array([n_steps]), np.array([f_tail]), RULE)
+    assert got[0] == expected
+
+
+def test_tail_mean_from_plateau_or_after_warmup():
+    f = np.array([0, 0, 0, 1, 1, 1, 0.5, 0.5, 0.5, 0.5], dtype=float)
+    offsets = np.array([0, 6, 10])
+    step = np.array([1, 2, 3, 4, 5, 6, 1, 2, 3, 4])
+    start = cohorts.tail_start(np.array([4.0, np.nan]), RULE)  # dog 1: after w=3
+    np.testing.assert_allclose(cohorts.tail_mean(f, step, offsets, start), [1.0, 0.5])
+
+
+def test_rule_round_trip_and_validation():
+    d = RULE.to_dict()
+    assert d["name"] == "plateau-f" and d["version"] == 1 and d["params"]["theta"] == 0.5
+    assert CohortRule.from_dict(d) == RULE
+    with pytest.raises(ConfigError):
+        CohortRule(low=0.6, theta=0.5)
+    with pytest.raises(ConfigError):
+        CohortRule(w=0)
+
+
+def test_sensitivity_grid_moves_with_theta():
+    plateau = np.array([6.0, 6.0, 6.0, np.nan])
+    n = np.array([20, 20, 20, 3])
+    f = {0.9: np.array([0.9, 0.6, 0.3, 0.0]), 0.99: np.array([0.4, 0.2, 0.0, 0.0])}
+    grid = cohorts.sensitivity_cohorts(plateau, n, f, RULE, thetas=(0.25, 0.75))
+    assert [(t, th) for t, th, _ in grid] == [(0.9, 0.25), (0.9, 0.75), (0.99, 0.25), (0.99, 0.75)]
+    sat = [int((c == "saturated").sum()) for _, _, c in grid]
+    assert sat == [3, 1, 1, 0]
+    assert all(c[3] == "undecided" for _, _, c in grid)
