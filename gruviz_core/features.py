@@ -1,0 +1,347 @@
+"""Canonical runs table -> leak-free ragged per-dog sequences, and the feature normaliser.
+
+Each row of a dog's sequence is one race, in date order, with two vectors:
+
+- `values` (known after the race): what the race showed about the dog: run time and
+  sectional against a leak-free track/distance reference, margin, log place, won, box,
+  distance, grade, weight change, days since the last run, the market's implied probability,
+  and a missing flag for each nullable input. Raw: missing inputs are NaN (their flag says so).
+- `context` (known before the race): box, distance, track (hashed one-hot), days since the
+  last run, field size and the market's implied probability (renormalised within the race).
+
+No leakage: the reference time of a race uses only races on earlier dates at the same
+track and distance, and per-dog features look back only, so a row's features never change
+when later races are added.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gruviz_core.errors import FeatureMismatchError, InputError
+from gruviz_core.racing import race_codes, renormalise
+from gruviz_core.schema import conform
+from gruviz_core.sequences import Sequences
+
+__all__ = [
+    "FEATURE_NAMES",
+    "CONTEXT_NAMES",
+    "N_TRACK_BUCKETS",
+    "build_sequences",
+    "grade_number",
+    "home_group",
+    "Normaliser",
+    "fit_normaliser",
+    "column_index",
+]
+
+N_TRACK_BUCKETS = 16
+"""Tracks are hashed into this many one-hot buckets (stable across snapshots, no vocabulary to store)."""
+
+MIN_REFERENCE_RUNS = 5
+"""Earlier runs at a track+distance needed before its reference time is trusted."""
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "time_z", "time_missing",
+    "sectional_z", "sectional_missing",
+    "margin_log", "margin_missing",
+    "log_place", "place_missing",
+    "won",
+    "box", "box_missing",
+    "distance_km", "distance_missing",
+    "grade_num", "grade_missing",
+    "weight_change_kg", "weight_change_missing",
+    "log_days_since", "days_missing",
+    "implied_prob", "price_missing",
+)
+
+CONTEXT_NAMES: tuple[str, ...] = (
+    "box", "box_missing",
+    *(f"box_{b}" for b in range(1, 9)),
+    "distance_km", "distance_missing",
+    "log_days_since", "days_missing",
+    "log_field_size",
+    "market_prob", "market_missing",
+    *(f"track_h{i:02d}" for i in range(N_TRACK_BUCKETS)),
+)
+
+_GRADE_WORDS = (
+    (re.compile(r"ma?i?de?n|mdn"), 8.0),
+    (re.compile(r"nov|nvce"), 7.0),
+    (re.compile(r"ffa|open|grp|group|listed|inv|cup"), 1.0),
+)
+
+
+def build_sequences(runs: pd.DataFrame) -> Sequences:
+    """Canonical runs table -> one date-ordered sequence per dog, raw (unnormalised) features.
+
+    Rows whose result is unknown (`won` and `finish_pos` both missing: scratched, void) are
+    dropped: the dog did not run, so the race says nothing about it.
+    """
+    df = _clean(conform(runs, where="build_sequences"))
+    if df.empty:
+        raise InputError("build_sequences: no run with a known result in the table; nothing to build")
+    race = race_codes(df["race_id"].to_numpy())
+    dog_first = np.r_[True, df["dog_id"].to_numpy()[1:] != df["dog_id"].to_numpy()[:-1]]
+    days = df["race_date"].to_numpy("datetime64[D]").astype(np.int64).astype(np.float64)
+    days_since = np.where(dog_first, np.nan, np.diff(days, prepend=np.nan))
+    log_days = np.log1p(np.clip(days_since, 0.0, None))
+    market = _market_prob(df, race)
+    values = _values(df, race, dog_first, log_days, market)
+    context = _context(df, race, log_days, market)
+    starts = np.flatnonzero(dog_first)
+    offsets = np.r_[starts, len(df)].astype(np.int64)
+    return Sequences(
+        values=values,
+        context=context,
+        offsets=offsets,
+        dog_id=df["dog_id"].to_numpy(dtype=object)[starts],
+        dog_name=df["dog_name"].to_numpy(dtype=object)[starts],
+        race_id=df["race_id"].to_numpy(dtype=object),
+        race_date=df["race_date"].to_numpy("datetime64[D]"),
+        won=df["won"].to_numpy(dtype=np.float32),
+        market_prob=market.astype(np.float32),
+        feature_names=FEATURE_NAMES,
+        context_names=CONTEXT_NAMES,
+    )
+
+
+def _clean(df: pd.DataFrame) -> pd.DataFrame:
+    """Known results only; `won` from the place where missing; sorted by dog, date, race."""
+    won = df["won"].copy()
+    from_place = df["finish_pos"].notna() & won.isna()
+    won[from_place] = df.loc[from_place, "finish_pos"] == 1
+    df = df.assign(won=won)[won.notna()]
+    df = df.assign(dog_id=df["dog_id"].astype(str), race_id=df["race_id"].astype(str))
+    return df.sort_values(["dog_id", "race_date", "race_id"], kind="stable").reset_index(drop=True)
+
+
+def _num(s: pd.Series) -> np.ndarray:
+    return s.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _values(
+    df: pd.DataFrame, race: np.ndarray, dog_first: np.ndarray, log_days: np.ndarray, market: np.ndarray
+) -> np.ndarray:
+    """(obs, len(FEATURE_NAMES)) float32; NaN where an input is missing."""
+    time_z = _reference_z(df, "run_time_s")
+    sect_z = _reference_z(df, "sectional_s")
+    margin = np.log1p(np.clip(_num(df["margin_lengths"]), 0.0, 50.0))
+    place = np.log(np.clip(_num(df["finish_pos"]), 1.0, None))
+    box = _num(df["box"])
+    dist_km = _num(df["distance_m"]) / 1000.0
+    grade = df["grade"].map(grade_number, na_action="ignore").astype("Float64").to_numpy(np.float64, na_value=np.nan)
+    weight = _num(df["weight_kg"])
+    weight_change = np.where(dog_first, np.nan, np.diff(weight, prepend=np.nan))
+    cols = {
+        "time_z": time_z, "sectional_z": sect_z, "margin_log": margin, "log_place": place,
+        "won": df["won"].to_numpy(dtype=np.float64), "box": box, "distance_km": dist_km,
+        "grade_num": grade, "weight_change_kg": np.clip(weight_change, -5.0, 5.0),
+        "log_days_since": log_days, "implied_prob": _own_implied(df, race),
+    }
+    flags = {
+        "time_missing": time_z, "sectional_missing": sect_z, "margin_missing": margin,
+        "place_missing": place, "box_missing": box, "distance_missing": dist_km,
+        "grade_missing": grade, "weight_change_missing": weight_change, "days_missing": log_days,
+        "price_missing": cols["implied_prob"],
+    }
+    for name, src in flags.items():
+        cols[name] = (~np.isfinite(src)).astype(np.float64)
+    return np.stack([cols[n] for n in FEATURE_NAMES], axis=1).astype(np.float32)
+
+
+def _context(df: pd.DataFrame, race: np.ndarray, log_days: np.ndarray, market: np.ndarray) -> np.ndarray:
+    """(obs, len(CONTEXT_NAMES)) float32; NaN where an input is missing."""
+    box = _num(df["box"])
+    dist_km = _num(df["distance_m"]) / 1000.0
+    field = np.bincount(race)[race].astype(np.float64)
+    cols: dict[str, np.ndarray] = {
+        "box": box, "box_missing": (~np.isfinite(box)).astype(np.float64),
+        "distance_km": dist_km, "distance_missing": (~np.isfinite(dist_km)).astype(np.float64),
+        "log_days_since": log_days, "days_missing": (~np.isfinite(log_days)).astype(np.float64),
+        "log_field_size": np.log(field),
+        "market_prob": market, "market_missing": (~np.isfinite(market)).astype(np.float64),
+    }
+    for b in range(1, 9):
+        cols[f"box_{b}"] = (box == b).astype(np.float64)
+    tracks, track_code = np.unique(df["track"].astype(str).str.strip().str.lower().to_numpy(dtype=str), return_inverse=True)
+    bucket = np.array([zlib.crc32(t.encode("utf-8")) % N_TRACK_BUCKETS for t in tracks], dtype=np.int64)[track_code]
+    for i in range(N_TRACK_BUCKETS):
+        cols[f"track_h{i:02d}"] = (bucket == i).astype(np.float64)
+    return np.stack([cols[n] for n in CONTEXT_NAMES], axis=1).astype(np.float32)
+
+
+def _price(df: pd.DataFrame) -> np.ndarray:
+    """(obs,) decimal price: BSP, else SP; NaN when neither is a usable price (> 1)."""
+    bsp, sp = _num(df["bsp_decimal"]), _num(df["sp_decimal"])
+    price = np.where(np.isfinite(bsp) & (bsp > 1.0), bsp, sp)
+    return np.where(np.isfinite(price) & (price > 1.0), price, np.nan)
+
+
+def _market_prob(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
+    """(obs,) implied win probability renormalised within the race; NaN if any runner lacks a price."""
+    return renormalise(1.0 / _price(df), race)
+
+
+def _own_implied(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
+    """(obs,) the dog's own implied probability, renormalised over the priced runners of its race."""
+    p = 1.0 / _price(df)
+    ok = np.isfinite(p)
+    tot = np.bincount(race, weights=np.where(ok, p, 0.0))
+    return np.where(ok, p / np.where(tot > 0, tot, np.nan)[race], np.nan)
+
+
+def _reference_z(df: pd.DataFrame, col: str) -> np.ndarray:
+    """(obs,) time in std units against earlier dates at the same track and distance; NaN if unknown.
+
+    Per (track, distance, date): count, sum and sum of squares; cumulated over dates and shifted
+    by one date, so a race's reference uses strictly earlier days only.
+    """
+    x = _num(df[col])
+    dist = _num(df["distance_m"])
+    ok = np.isfinite(x) & np.isfinite(dist)
+    if not ok.any():
+        return np.full(len(df), np.nan)
+    key = pd.DataFrame({
+        "track": df["track"].astype(str).to_numpy(), "dist": np.nan_to_num(dist, nan=-1.0),
+        "date": df["race_date"].to_numpy("datetime64[D]"),
+        "n": ok.astype(np.float64), "s": np.where(ok, x, 0.0), "ss": np.where(ok, x * x, 0.0),
+    })
+    day = key.groupby(["track", "dist", "date"], sort=True)[["n", "s", "ss"]].sum()
+    before = day.groupby(level=["track", "dist"], sort=False).cumsum() - day  # strictly earlier dates
+    ref = before.reindex(pd.MultiIndex.from_frame(key[["track", "dist", "date"]])).to_numpy()
+    n, s, ss = ref[:, 0], ref[:, 1], ref[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / n
+        std = np.sqrt(np.clip(ss / n - mean * mean, 0.0, None))
+        z = (x - mean) / std
+    good = ok & (n >= MIN_REFERENCE_RUNS) & (std > 1e-6)
+    return np.where(good, np.clip(z, -5.0, 5.0), np.nan)
+
+
+def grade_number(grade: str) -> float:
+    """Coarse numeric grade: the mean of the digits in it ('Gr4/5' -> 4.5), maiden 8, novice 7, open 1; NaN else."""
+    g = str(grade).strip().lower()
+    digits = [int(d) for d in re.findall(r"\d", g)]
+    if digits:
+        return float(np.mean(digits))
+    for pattern, value in _GRADE_WORDS:
+        if pattern.search(g):
+            return value
+    return float("nan")
+
+
+def home_group(seqs: Sequences) -> np.ndarray:
+    """(dog,) int64: each dog's most frequent track bucket, so training batches keep co-runners together."""
+    idx = [i for i, n in enumerate(seqs.context_names) if n.startswith("track_h")]
+    if not idx:
+        return np.zeros(seqs.n_dogs, dtype=np.int64)
+    bucket = np.argmax(seqs.context[:, idx], axis=1)  # (obs,)
+    dog = np.repeat(np.arange(seqs.n_dogs), seqs.row_size)
+    counts = np.zeros((seqs.n_dogs, len(idx)), dtype=np.int64)
+    np.add.at(counts, (dog, bucket), 1)
+    return np.argmax(counts, axis=1).astype(np.int64)
+
+
+def column_index(available: Sequence[str], wanted: Sequence[str], *, what: str) -> np.ndarray:
+    """Positions of `wanted` names in `available`; FeatureMismatchError naming the unknown ones."""
+    pos = {n: i for i, n in enumerate(available)}
+    unknown = [n for n in wanted if n not in pos]
+    if unknown:
+        raise FeatureMismatchError(
+            f"{what}: unknown name(s) {', '.join(unknown)}; available: {', '.join(available)}"
+        )
+    return np.array([pos[n] for n in wanted], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-column mean/std fitted on the training period; saved with the model, applied before it."""
+
+    feature_names: tuple[str, ...]
+    """Columns of `values` it expects, in order."""
+    context_names: tuple[str, ...]
+    """Columns of `context` it expects, in order."""
+    values_mean: tuple[float, ...]
+    """Mean of each values column (0 for binary columns, which are left as they are)."""
+    values_std: tuple[float, ...]
+    """Std of each values column (1 for binary columns)."""
+    context_mean: tuple[float, ...]
+    """Mean of each context column."""
+    context_std: tuple[float, ...]
+    """Std of each context column."""
+    clip: float = 8.0
+    """Standardised values are clipped to [-clip, clip], so one wild input cannot saturate the GRU alone."""
+
+    def apply(self, values: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (obs, F), (obs, C) -> standardised float32, missing (NaN) -> 0 (its flag says so)."""
+        return (
+            _standardise(values, self.values_mean, self.values_std, self.clip, "values"),
+            _standardise(context, self.context_mean, self.context_std, self.clip, "context"),
+        )
+
+    def select(self, feature_names: Sequence[str], context_names: Sequence[str]) -> "Normaliser":
+        """The same normaliser restricted/reordered to the named columns."""
+        fi = column_index(self.feature_names, feature_names, what="normaliser features")
+        ci = column_index(self.context_names, context_names, what="normaliser context")
+        return Normaliser(
+            tuple(feature_names), tuple(context_names),
+            tuple(np.asarray(self.values_mean)[fi].tolist()), tuple(np.asarray(self.values_std)[fi].tolist()),
+            tuple(np.asarray(self.context_mean)[ci].tolist()), tuple(np.asarray(self.context_std)[ci].tolist()),
+            self.clip,
+        )
+
+    @classmethod
+    def identity(cls, feature_names: Sequence[str], context_names: Sequence[str]) -> "Normaliser":
+        """No scaling, missing -> 0: for models that bring no normaliser of their own."""
+        f, c = len(feature_names), len(context_names)
+        return cls(tuple(feature_names), tuple(context_names), (0.0,) * f, (1.0,) * f, (0.0,) * c, (1.0,) * c, 1e9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_names": list(self.feature_names), "context_names": list(self.context_names),
+            "values_mean": list(self.values_mean), "values_std": list(self.values_std),
+            "context_mean": list(self.context_mean), "context_std": list(self.context_std),
+            "clip": self.clip,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Normaliser":
+        return cls(
+            tuple(d["feature_names"]), tuple(d["context_names"]),
+            tuple(float(v) for v in d["values_mean"]), tuple(float(v) for v in d["values_std"]),
+            tuple(float(v) for v in d["context_mean"]), tuple(float(v) for v in d["context_std"]),
+            float(d.get("clip", 8.0)),
+        )
+
+
+def _standardise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], clip: float, what: str) -> np.ndarray:
+    if x.shape[1] != len(mean):
+        raise FeatureMismatchError(f"normaliser: {what} has {x.shape[1]} columns, the normaliser expects {len(mean)}")
+    z = (np.asarray(x, dtype=np.float64) - np.asarray(mean)) / np.asarray(std)
+    return np.clip(np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip), -clip, clip).astype(np.float32)
+
+
+def fit_normaliser(seqs: Sequences, rows: np.ndarray | None = None) -> Normaliser:
+    """Mean/std of every column over `rows` (bool (obs,), e.g. the training period); binary columns untouched."""
+    sel = slice(None) if rows is None else np.asarray(rows, dtype=bool)
+    vm, vs = _moments(seqs.values[sel])
+    cm, cs = _moments(seqs.context[sel])
+    return Normaliser(seqs.feature_names, seqs.context_names, vm, vs, cm, cs)
+
+
+def _moments(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    means, stds = [], []
+    for col in np.asarray(x, dtype=np.float64).T:
+        col = col[np.isfinite(col)]
+        binary = col.size == 0 or np.isin(col, (0.0, 1.0)).all()
+        sd = float(col.std()) if not binary else 1.0
+        means.append(0.0 if binary else float(col.mean()))
+        stds.append(sd if sd > 1e-6 else 1.0)
+    return tuple(means), tuple(stds)
