@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: run test env bench clean
+.PHONY: run test env bench clean deploy
 
 env: $(STAMP)
 
@@ -27,3 +27,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) gruviz-data
+
+# Register the deployments of prefect.yaml with the Prefect server at PREFECT_API_URL.
+GRUVIZ_TIMEZONE ?= Australia/Sydney
+deploy: $(STAMP)
+	$(VENV)/bin/prefect work-pool create gruviz-process --type process --overwrite
+	GRUVIZ_REPO=$(CURDIR) GRUVIZ_TIMEZONE=$(GRUVIZ_TIMEZONE) $(VENV)/bin/prefect --no-prompt deploy --all

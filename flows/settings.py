@@ -5,6 +5,7 @@ Read at the entry points (CLI, flows); library code takes plain arguments.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -33,7 +34,6 @@ class Settings(BaseSettings):
     cohort_theta: float = Field(0.5, description="Cohort rule: mean F_0.95 after the plateau needed to call a dog saturated.")
     cohort_tau: float = Field(0.95, description="Cohort rule: |h| threshold of the near-boundary fraction.")
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
-    nightly_cron: str = Field("0 2 * * *", description="Cron of the nightly deployment.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")
     smtp_port: int = Field(587, description="SMTP port.")
@@ -50,5 +50,7 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides) -> Settings:
-    """Settings from the environment, with explicit overrides (CLI flags) on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment (and the dotenv file named by GRUVIZ_SETTINGS_FILE, if any),
+    with explicit overrides (CLI flags) on top."""
+    env_file = os.environ.get("GRUVIZ_SETTINGS_FILE") or None
+    return Settings(_env_file=env_file, **{k: v for k, v in overrides.items() if v is not None})
