@@ -1,0 +1,645 @@
+"""The run store: every hidden state and gate of every step of every dog, in Zarr v3.
+
+    <run>/states.zarr/   root, per dog (dims "dog"):  row_start, row_size (int64), dog_id, dog_name (string)
+                         per row (dims "obs"):        step (int32, 1-based), race_date (int32 days since
+                                                      1970-01-01, CF-decoded by xarray), race_id (string),
+                                                      won, market_prob (float32, NaN unknown)
+                         score (obs, seed) float32    each seed's score of each race
+                         seed<k>/h, z, r              (obs, layer, unit) float16, Blosc zstd-1 bitshuffle,
+                                                      NaN fill, inner chunks ~512 KiB, shards of 128 chunks
+    <run>/plan.json      the row layout and blocks (written by begin_run)
+    <run>/blocks/<b>.json  done marker of block b, written after its last shard is on disk
+    <run>/run.json       run metadata (finish_run)
+    <run>/_COMPLETE      written last, just before the atomic rename that publishes the run
+
+`seed<k>` is the k-th model of the set (k = 0..S-1); `run.json["seeds"]` holds their seed values.
+
+Rows are the dogs' rows in ragged order with no padding (`row_start` = the Sequences offsets).
+Blocks are chosen by rows: block b owns whole shards [b * block_shards, (b + 1) * block_shards),
+and computes every dog with a row in them; a dog straddling two blocks is computed by both and
+each writes only its own rows. So concurrent writers never share a chunk or a shard (writers that
+do lose rows silently), and a block is a unit of work any process or machine can run.
+
+A block streams: for each shard it owns and each seed, dogs touching the shard go through the
+model in length-sorted batches, their rows fill a shard buffer, and a writer thread compresses
+and writes the whole shard while the next one is computed (queue of one: memory is bounded by a
+few shards, whatever the number of dogs).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+import gruviz_core
+from gruviz_core.errors import ConfigError, NotFoundError, StoreError
+from gruviz_core.extract import choose_device, iter_extract
+from gruviz_core.model import LoadedModel
+from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
+from storage.layout import StoreLayout
+
+__all__ = [
+    "RunPlan",
+    "begin_run",
+    "extract_block",
+    "finish_run",
+    "publish_run",
+    "extract_run",
+    "latest_run",
+    "open_states",
+    "open_dataset",
+    "StatesReader",
+    "DogStates",
+    "Chunk",
+    "STATES",
+    "COMPLETE",
+]
+
+STATES = "states.zarr"
+COMPLETE = "_COMPLETE"
+CHUNK_BYTES = 512 * 1024
+"""Target size of one uncompressed inner chunk of h/z/r (measured best on 2 cores)."""
+SHARD_CHUNKS = 128
+"""Inner chunks per shard: one file per ~64 MiB of float16 states."""
+_DATE_FILL = np.iinfo(np.int32).min
+_EPOCH_UNITS = "days since 1970-01-01"
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The row layout of a run being written: what every block process needs besides the inputs."""
+
+    tmp_dir: str
+    """The run's temporary directory, runs/.tmp/<run_id>.<nonce>."""
+    run_id: str
+    """Id the run is published under."""
+    n_dogs: int
+    """Dogs in the run."""
+    n_obs: int
+    """Rows (dog-steps) in the run; no padding rows."""
+    n_layers: int
+    """GRU layers (all stored)."""
+    n_units: int
+    """Units per layer."""
+    seeds: tuple[int, ...]
+    """Seed value of each model; the store's seed<k> group is seeds[k]."""
+    chunk_rows: int
+    """Rows per inner chunk of h/z/r (~512 KiB of float16)."""
+    shard_rows: int
+    """Rows per shard (chunk_rows * shard chunks); writers write whole shards."""
+    block_shards: int
+    """Shards per block; block b owns rows [b * block_shards * shard_rows, ...)."""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.tmp_dir)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_obs // self.shard_rows)
+
+    @property
+    def n_blocks(self) -> int:
+        return max(1, -(-self.n_shards // self.block_shards))
+
+    def block_rows(self, block: int) -> tuple[int, int]:
+        """[start, stop) rows owned by `block`."""
+        if not 0 <= block < self.n_blocks:
+            raise ConfigError(f"run {self.run_id}: block {block} out of range 0..{self.n_blocks - 1}")
+        span = self.block_shards * self.shard_rows
+        return min(block * span, self.n_obs), min((block + 1) * span, self.n_obs)
+
+    @classmethod
+    def load(cls, tmp_dir: str | Path) -> "RunPlan":
+        p = Path(tmp_dir) / "plan.json"
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise NotFoundError(f"{p}: no plan; this is not a run directory made by storage.states.begin_run") from e
+        d["seeds"] = tuple(d["seeds"])
+        d["tmp_dir"] = str(Path(tmp_dir))
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def begin_run(
+    root: str | Path, run_id: str, meta: dict, *, offsets: np.ndarray, dog_id: np.ndarray, dog_name: np.ndarray,
+    race_id: np.ndarray, race_date: np.ndarray, won: np.ndarray, market_prob: np.ndarray,
+    n_layers: int, n_units: int, seeds: Sequence[int], block_dogs: int | None = None,
+    block_shards: int | None = None, chunk_rows: int | None = None, shard_chunks: int = SHARD_CHUNKS,
+) -> RunPlan:
+    """Create runs/.tmp/<run_id>.<nonce>/ with every array and all per-dog/per-row metadata written.
+
+    offsets: (dog + 1,); dog_id, dog_name: (dog,); race_id, race_date, won, market_prob: (obs,).
+    Blocks span `block_shards` shards, or about `block_dogs` dogs rounded up to whole shards,
+    or the whole run. `chunk_rows` overrides the ~512 KiB inner chunk (tests use tiny ones).
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_dogs, n_obs = len(offsets) - 1, int(offsets[-1]) if len(offsets) else 0
+    _check_inputs(run_id, offsets, n_obs, n_dogs, dog_id=dog_id, dog_name=dog_name, race_id=race_id,
+                  race_date=race_date, won=won, market_prob=market_prob)
+    if n_layers < 1 or n_units < 1 or not seeds or shard_chunks < 1:
+        raise ConfigError(f"run {run_id}: n_layers={n_layers}, n_units={n_units}, seeds={list(seeds)}, "
+                          f"shard_chunks={shard_chunks}; each must be >= 1")
+    chunk_rows = int(chunk_rows or max(1, CHUNK_BYTES // (2 * n_layers * n_units)))
+    shard_rows = chunk_rows * shard_chunks
+    n_shards = max(1, -(-n_obs // shard_rows))
+    if block_shards is None:
+        if block_dogs:
+            mean_len = n_obs / max(n_dogs, 1)
+            block_shards = max(1, int(np.ceil(block_dogs * mean_len / shard_rows)))
+        else:
+            block_shards = n_shards
+    tmp = StoreLayout.at(root).runs_tmp / f"{run_id}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    (tmp / "blocks").mkdir()
+    plan = RunPlan(str(tmp), run_id, n_dogs, n_obs, n_layers, n_units, tuple(int(s) for s in seeds),
+                   chunk_rows, shard_rows, int(block_shards))
+    _create_arrays(plan, meta, offsets, dog_id, dog_name, race_id, race_date, won, market_prob)
+    d = asdict(plan)
+    d.pop("tmp_dir")
+    write_json_atomic(tmp / "plan.json", d)
+    write_json_atomic(tmp / "meta.json", meta)
+    return plan
+
+
+def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **arrays: np.ndarray) -> None:
+    if len(offsets) < 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+        raise ConfigError(f"run {run_id}: offsets must start at 0 and never decrease (got {offsets[:5]}...)")
+    for name, a in arrays.items():
+        want = n_dogs if name in ("dog_id", "dog_name") else n_obs
+        if len(a) != want:
+            raise ConfigError(f"run {run_id}: {name} has {len(a)} entries, expected {want} "
+                              f"({'dogs' if want == n_dogs else 'rows'} from offsets)")
+
+
+def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id, race_date, won, market_prob):
+    store = zarr.storage.LocalStore(plan.path / STATES)
+    root = zarr.create_group(store, attributes={
+        "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
+        "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
+    })
+    n_obs, n_dogs, cr, sr = plan.n_obs, plan.n_dogs, plan.chunk_rows, plan.shard_rows
+    dog_chunk = max(1, min(n_dogs, 1 << 16))
+    row_chunk = (max(1, min(cr, n_obs)),)
+    row_shard = (max(1, min(sr, n_obs)) // row_chunk[0] * row_chunk[0],)
+
+    def per_dog(name, data, dtype, **kw):
+        a = root.create_array(name, shape=(n_dogs,), dtype=dtype, chunks=(dog_chunk,), dimension_names=("dog",), **kw)
+        if n_dogs:
+            a[:] = data
+
+    def per_row(name, data, dtype, **kw):
+        a = root.create_array(name, shape=(n_obs,), dtype=dtype, chunks=row_chunk, shards=row_shard,
+                              dimension_names=("obs",), **kw)
+        if n_obs:
+            a[:] = data
+
+    sizes = np.diff(offsets)
+    per_dog("row_start", offsets[:-1], "int64")
+    per_dog("row_size", sizes, "int64")
+    per_dog("dog_id", np.asarray(dog_id, dtype=object).astype(str).astype(object), str)
+    per_dog("dog_name", np.asarray(dog_name, dtype=object).astype(str).astype(object), str)
+    step = (np.arange(n_obs) - np.repeat(offsets[:-1], sizes) + 1).astype(np.int32)
+    per_row("step", step, "int32")
+    days = np.asarray(race_date, dtype="datetime64[D]")
+    days_i = np.where(np.isnat(days), _DATE_FILL, days.astype(np.int64)).astype(np.int32)
+    per_row("race_date", days_i, "int32", fill_value=_DATE_FILL,
+            attributes={"units": _EPOCH_UNITS, "calendar": "proleptic_gregorian"})
+    per_row("race_id", np.asarray(race_id, dtype=object).astype(str).astype(object), str)
+    per_row("won", np.asarray(won, dtype=np.float32), "float32", fill_value=np.nan)
+    per_row("market_prob", np.asarray(market_prob, dtype=np.float32), "float32", fill_value=np.nan)
+    root.create_array("score", shape=(n_obs, len(plan.seeds)), dtype="float32", chunks=(row_chunk[0], 1),
+                      shards=(row_shard[0], 1), fill_value=np.nan, dimension_names=("obs", "seed"))
+    state_chunk = (cr, plan.n_layers, plan.n_units)
+    state_shard = (sr, plan.n_layers, plan.n_units)
+    for k in range(len(plan.seeds)):
+        g = root.create_group(f"seed{k}", attributes={"seed": plan.seeds[k]})
+        for name, what in (("h", "state after the step"), ("z", "update gate"), ("r", "reset gate")):
+            g.create_array(name, shape=(n_obs, plan.n_layers, plan.n_units), dtype="float16", chunks=state_chunk,
+                           shards=state_shard, compressors=_compressor(), fill_value=np.nan,
+                           dimension_names=("obs", "layer", "unit"), attributes={"long_name": what})
+
+
+def extract_block(
+    plan_or_tmpdir: RunPlan | str | Path, block_index: int, models: Sequence[LoadedModel],
+    values: np.ndarray, context: np.ndarray, *, device: str | None = None, batch_size: int = 1024,
+    max_tokens: int = 1 << 18, progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Compute and write one block's shards; writes its done marker last. Returns the marker.
+
+    values: (obs, F), context: (obs, C) normalised model inputs of ALL rows (the block picks its
+    own). `progress(dogs_done, dogs_in_block)` is called after each shard.
+    """
+    plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
+    _check_models(plan, models, values, context)
+    t0 = time.perf_counter()
+    dev = choose_device(device)
+    root = zarr.open_group(zarr.storage.LocalStore(plan.path / STATES), mode="r+")
+    starts = root["row_start"][:]
+    offsets = np.append(starts, plan.n_obs).astype(np.int64)
+    dog_ids = root["dog_id"][:] if plan.n_dogs else np.array([], dtype=object)
+    a, b = plan.block_rows(block_index)
+    arrays = [(root[f"seed{k}/h"], root[f"seed{k}/z"], root[f"seed{k}/r"]) for k in range(len(models))]
+    score = root["score"]
+    max_err = [0.0] * len(models)
+    first_dog = int(np.searchsorted(offsets, a, "right")) - 1 if b > a else 0
+    dogs_total = int(np.searchsorted(offsets, b, "left")) - first_dog if b > a else 0
+    with _ShardWriter() as writer:
+        for s0 in range(a, b, plan.shard_rows):
+            s1 = min(s0 + plan.shard_rows, b)
+            lo, hi = int(np.searchsorted(offsets, s0, "right")) - 1, int(np.searchsorted(offsets, s1, "left"))
+            dogs = np.arange(lo, hi, dtype=np.int64)
+            dogs = dogs[offsets[dogs + 1] > offsets[dogs]]
+            for k, model in enumerate(models):
+                h, z, r, sc, err = _fill_shard(model, values, context, offsets, dogs, s0, s1, plan,
+                                               device=dev, batch_size=batch_size, max_tokens=max_tokens,
+                                               dog_ids=dog_ids)
+                max_err[k] = max(max_err[k], err)
+                writer.put([(arrays[k][0], h), (arrays[k][1], z), (arrays[k][2], r)], s0, s1, score, k, sc)
+            if progress is not None:
+                finished = int(np.searchsorted(offsets[1:], s1, "right")) - first_dog
+                progress(min(max(finished, 0), dogs_total), dogs_total)
+    marker = {
+        "block": block_index, "rows": [a, b], "dogs": dogs_total, "device": str(dev),
+        "check_max_err": max_err, "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json_atomic(plan.path / "blocks" / f"{block_index}.json", marker)
+    return marker
+
+
+def _check_models(plan: RunPlan, models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray) -> None:
+    if len(models) != len(plan.seeds):
+        raise ConfigError(f"run {plan.run_id}: {len(models)} models given, the plan has {len(plan.seeds)} seeds")
+    for m in models:
+        if (m.gru.num_layers, m.gru.hidden_size) != (plan.n_layers, plan.n_units):
+            raise ConfigError(f"run {plan.run_id}: model {m.model_id} has {m.gru.num_layers} layers x "
+                              f"{m.gru.hidden_size} units, the plan {plan.n_layers} x {plan.n_units}")
+    if len(values) != plan.n_obs or len(context) != plan.n_obs:
+        raise ConfigError(f"run {plan.run_id}: values has {len(values)} rows and context {len(context)}, "
+                          f"the plan {plan.n_obs}; pass the inputs of every row, not just the block's")
+
+
+def _fill_shard(model, values, context, offsets, dogs, s0, s1, plan, **kw):
+    """One seed's h, z, r (n, L, H) float16 and scores (n, 1) for rows [s0, s1), and the check's max error."""
+    n, shape = s1 - s0, (s1 - s0, plan.n_layers, plan.n_units)
+    h, z, r = (np.full(shape, np.nan, dtype=np.float16) for _ in range(3))
+    sc = np.full((n, 1), np.nan, dtype=np.float32)
+    err = 0.0
+    if len(dogs):
+        for _, bs in iter_extract([model], values, context, offsets, dogs, **kw):
+            err = max(err, bs.max_err)
+            first = np.repeat(offsets[bs.dogs] - np.concatenate([[0], np.cumsum(bs.lengths)[:-1]]), bs.lengths)
+            rows = first + np.arange(len(first))  # (rows,) global row of each batch row
+            keep = (rows >= s0) & (rows < s1)
+            if keep.all():
+                idx = rows - s0
+                h[idx], z[idx], r[idx], sc[idx, 0] = bs.h, bs.z, bs.r, bs.score
+            else:
+                idx = rows[keep] - s0
+                h[idx], z[idx], r[idx], sc[idx, 0] = bs.h[keep], bs.z[keep], bs.r[keep], bs.score[keep]
+    return h, z, r, sc, err
+
+
+class _ShardWriter:
+    """A thread that writes whole shards from a queue of one, so compute overlaps compression."""
+
+    def __init__(self):
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gruviz-shard-writer", daemon=True)
+
+    def __enter__(self) -> "_ShardWriter":
+        self._thread.start()
+        return self
+
+    def put(self, arrays, s0, s1, score, k, sc) -> None:
+        if self._error is not None:
+            raise StoreError(f"shard writer failed: {self._error!r}") from self._error
+        self._q.put((arrays, s0, s1, score, k, sc))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if self._error is not None:
+                continue
+            arrays, s0, s1, score, k, sc = item
+            try:
+                for arr, buf in arrays:
+                    arr[s0:s1] = buf
+                score[s0:s1, k : k + 1] = sc
+            except BaseException as e:  # re-raised in the computing thread
+                self._error = e
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and exc is None:
+            raise StoreError(f"shard writer failed: {self._error!r}") from self._error
+
+
+def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
+    """Check every block wrote its done marker, write run.json, consolidate the Zarr metadata."""
+    plan = RunPlan.load(tmp_dir)
+    blocks, missing = [], []
+    for b in range(plan.n_blocks):
+        p = plan.path / "blocks" / f"{b}.json"
+        if p.exists():
+            blocks.append(json.loads(p.read_text(encoding="utf-8")))
+        else:
+            missing.append(b)
+    if missing:
+        raise StoreError(f"run {plan.run_id} at {plan.path}: blocks {missing} of {plan.n_blocks} have no done "
+                         "marker (a writer died or never ran); run extract_block for them again, then finish_run")
+    meta = json.loads((plan.path / "meta.json").read_text(encoding="utf-8"))
+    info = {
+        **meta, **(extra or {}),
+        "run_id": plan.run_id, "seeds": list(plan.seeds), "n_dogs": plan.n_dogs, "n_obs": plan.n_obs,
+        "n_layers": plan.n_layers, "n_units": plan.n_units,
+        "layout": {"chunk_rows": plan.chunk_rows, "shard_rows": plan.shard_rows,
+                   "block_shards": plan.block_shards, "n_blocks": plan.n_blocks},
+        "device": sorted({b["device"] for b in blocks}) if blocks else [],
+        "check_max_err": max((max(b["check_max_err"], default=0.0) for b in blocks), default=0.0),
+        "extract_seconds": sum(b["seconds"] for b in blocks),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    info.setdefault("code_version", _code_version())
+    info.setdefault("created_at", info["finished_at"])
+    if len(info["device"]) == 1:
+        info["device"] = info["device"][0]
+    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3; we want it
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(zarr.storage.LocalStore(plan.path / STATES))
+    write_json_atomic(plan.path / "run.json", info)
+    return plan.path
+
+
+def publish_run(root: str | Path, tmp_dir: str | Path) -> Path:
+    """Write _COMPLETE, rename the run into runs/<run_id>/ atomically, point runs/LATEST at it."""
+    tmp_dir = Path(tmp_dir)
+    try:
+        info = json.loads((tmp_dir / "run.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise StoreError(f"{tmp_dir}: no run.json; call finish_run before publish_run") from e
+    layout = StoreLayout.at(root)
+    run_dir = layout.run(info["run_id"])
+    write_text_atomic(tmp_dir / COMPLETE, info["finished_at"] + "\n")
+    publish_dir(tmp_dir, run_dir)
+    write_text_atomic(layout.runs / "LATEST", info["run_id"] + "\n")
+    return run_dir
+
+
+def extract_run(
+    root: str | Path, run_id: str, meta: dict, models: Sequence[LoadedModel], seqs_values: np.ndarray,
+    context: np.ndarray, offsets: np.ndarray, dog_id: np.ndarray, dog_name: np.ndarray, race_id: np.ndarray,
+    race_date: np.ndarray, won: np.ndarray, market_prob: np.ndarray, *, block_dogs: int | None = None,
+    device: str | None = None, batch_size: int = 1024, progress: Callable[[int, int], None] | None = None,
+    **layout: int,
+) -> Path:
+    """begin_run + every block + finish_run in this process; returns the (unpublished) tmp dir."""
+    gru = models[0].gru
+    seeds = [int(getattr(getattr(m.module, "cfg", None), "seed", k)) for k, m in enumerate(models)]
+    plan = begin_run(root, run_id, {"device_requested": device or "auto", **meta}, offsets=offsets, dog_id=dog_id,
+                     dog_name=dog_name, race_id=race_id, race_date=race_date, won=won, market_prob=market_prob,
+                     n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=meta.get("seeds", seeds),
+                     block_dogs=block_dogs, **layout)
+    done, total = 0, plan.n_dogs
+    for b in range(plan.n_blocks):
+        cb = None if progress is None else (lambda d, _t, base=done: progress(min(base + d, total), total))
+        marker = extract_block(plan, b, models, seqs_values, context, device=device, batch_size=batch_size,
+                               progress=cb)
+        done = min(done + marker["dogs"], total)  # a straddling dog counts once per block: clamp
+    return finish_run(plan.path)
+
+
+def _code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{gruviz_core.__version__}+{sha}" if sha else gruviz_core.__version__
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def latest_run(root: str | Path) -> Path | None:
+    """The newest published run's directory, or None when none is published."""
+    layout = StoreLayout.at(root)
+    run_id = read_pointer(layout.runs / "LATEST")
+    if run_id is None:
+        return None
+    d = layout.run(run_id)
+    return d if (d / COMPLETE).exists() else None
+
+
+@dataclass(frozen=True)
+class DogStates:
+    """Every step of one dog under one seed."""
+
+    dog_index: int
+    """Position of the dog in the run."""
+    dog_id: str
+    """The dog's id."""
+    dog_name: str
+    """The dog's name."""
+    step: np.ndarray
+    """(T,) int32 1-based step."""
+    race_date: np.ndarray
+    """(T,) datetime64[D] (NaT unknown)."""
+    race_id: np.ndarray
+    """(T,) str."""
+    score: np.ndarray
+    """(T,) float32 this seed's score of each race."""
+    h: np.ndarray
+    """(T, L, H) float32 state after each race."""
+    z: np.ndarray
+    """(T, L, H) float32 update gate."""
+    r: np.ndarray
+    """(T, L, H) float32 reset gate."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of rows read in one go (one shard, or the part of one inside the rows asked for)."""
+
+    start: int
+    """First row."""
+    stop: int
+    """One past the last row."""
+    h: np.ndarray
+    """(n, L, H) float32."""
+    z: np.ndarray
+    """(n, L, H) float32."""
+    r: np.ndarray
+    """(n, L, H) float32."""
+
+
+def open_states(run_dir: str | Path, *, allow_incomplete: bool = False) -> "StatesReader":
+    """Read a published run (with _COMPLETE); `allow_incomplete` lets the stats stage read its tmp run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / STATES).exists():
+        raise NotFoundError(f"{run_dir}: no {STATES}; not a run directory (see storage.states.latest_run)")
+    if not allow_incomplete and not (run_dir / COMPLETE).exists():
+        raise StoreError(f"{run_dir}: no {COMPLETE} marker, the run is not published (it may still be written or "
+                         "its writer died); read a published run, or pass allow_incomplete=True inside the pipeline")
+    return StatesReader(run_dir)
+
+
+class StatesReader:
+    """Reads a run's states store: per-dog index, per-row tables, each dog's states, shard-sized chunks."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        store = zarr.storage.LocalStore(run_dir / STATES, read_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._root = zarr.open_group(store, mode="r")
+        attrs = self._root.attrs
+        self.seeds: list[int] = list(attrs["seeds"])
+        self.n_layers: int = int(attrs["n_layers"])
+        self.n_units: int = int(attrs["n_units"])
+        self._row_start = self._root["row_start"][:]
+        self._row_size = self._root["row_size"][:]
+        self.n_dogs: int = len(self._row_start)
+        self.n_obs: int = int(self._root["step"].shape[0])
+        self._dog_id = _strs(self._root["dog_id"][:]) if self.n_dogs else np.array([], dtype=object)
+        self._dog_name: np.ndarray | None = None
+        self._pos: dict[str, int] | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+
+    @property
+    def meta(self) -> dict:
+        """run.json (empty before finish_run)."""
+        p = self.run_dir / "run.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+    @property
+    def shard_rows(self) -> int:
+        return int(self._arr("seed0/h").shards[0])
+
+    def _arr(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self._root[name]
+        return self._arrays[name]
+
+    def _names(self) -> np.ndarray:
+        if self._dog_name is None:
+            self._dog_name = _strs(self._root["dog_name"][:]) if self.n_dogs else np.array([], dtype=object)
+        return self._dog_name
+
+    def index(self) -> pd.DataFrame:
+        """Per dog: dog_index, dog_id, dog_name, row_start, row_size."""
+        return pd.DataFrame({
+            "dog_index": np.arange(self.n_dogs, dtype=np.int64), "dog_id": self._dog_id,
+            "dog_name": self._names(), "row_start": self._row_start, "row_size": self._row_size,
+        })
+
+    def rows(self) -> pd.DataFrame:
+        """Per row: step, race_date, race_id, won, market_prob, dog_index."""
+        return pd.DataFrame({
+            "step": self._arr("step")[:], "race_date": _days(self._arr("race_date")[:]),
+            "race_id": _strs(self._arr("race_id")[:]), "won": self._arr("won")[:],
+            "market_prob": self._arr("market_prob")[:],
+            "dog_index": np.repeat(np.arange(self.n_dogs, dtype=np.int64), self._row_size),
+        })
+
+    def scores(self) -> np.ndarray:
+        """(obs, seed) float32 every seed's score of every race."""
+        return self._arr("score")[:]
+
+    def dog_index(self, dog_id: str) -> int:
+        if self._pos is None:
+            self._pos = {str(d): i for i, d in enumerate(self._dog_id)}
+        try:
+            return self._pos[str(dog_id)]
+        except KeyError:
+            raise NotFoundError(f"{self.run_dir}: no dog {dog_id!r} in this run ({self.n_dogs} dogs); "
+                                "see index() for the ids") from None
+
+    def dog(self, dog_id: str, seed: int = 0) -> DogStates:
+        """Every step of one dog (by id) under seed position `seed`."""
+        return self.dog_at(self.dog_index(dog_id), seed)
+
+    def dog_at(self, d: int, seed: int = 0) -> DogStates:
+        """Every step of the dog at position `d`."""
+        self._check_seed(seed)
+        a = int(self._row_start[d])
+        b = a + int(self._row_size[d])
+        g = f"seed{seed}/"
+        return DogStates(
+            dog_index=d, dog_id=str(self._dog_id[d]), dog_name=str(self._arr("dog_name")[d]),
+            step=self._arr("step")[a:b], race_date=_days(self._arr("race_date")[a:b]),
+            race_id=_strs(self._arr("race_id")[a:b]), score=self._arr("score")[a:b, seed],
+            h=self._arr(g + "h")[a:b].astype(np.float32), z=self._arr(g + "z")[a:b].astype(np.float32),
+            r=self._arr(g + "r")[a:b].astype(np.float32),
+        )
+
+    def dogs(self, ids: Sequence[str], seed: int = 0) -> list[DogStates]:
+        return [self.dog(i, seed) for i in ids]
+
+    def iter_chunks(self, seed: int = 0, rows: tuple[int, int] | slice | None = None) -> Iterator[Chunk]:
+        """h, z, r of rows [start, stop) (all by default) in pieces aligned to shards, one read each."""
+        self._check_seed(seed)
+        start, stop = (0, self.n_obs) if rows is None else (
+            (rows.start or 0, self.n_obs if rows.stop is None else rows.stop) if isinstance(rows, slice) else rows)
+        start, stop = max(0, int(start)), min(self.n_obs, int(stop))
+        g, sr = f"seed{seed}/", self.shard_rows
+        s0 = start
+        while s0 < stop:
+            s1 = min((s0 // sr + 1) * sr, stop)
+            yield Chunk(s0, s1, *(self._arr(g + q)[s0:s1].astype(np.float32) for q in ("h", "z", "r")))
+            s0 = s1
+
+    def _check_seed(self, seed: int) -> None:
+        if not 0 <= seed < len(self.seeds):
+            raise NotFoundError(f"{self.run_dir}: seed position {seed} out of range; the run has "
+                                f"{len(self.seeds)} seeds {self.seeds} at positions 0..{len(self.seeds) - 1}")
+
+
+def _strs(a: np.ndarray) -> np.ndarray:
+    """Zarr's variable-length strings (numpy StringDType) as an object array of str."""
+    return a.astype(object)
+
+
+def _days(a: np.ndarray) -> np.ndarray:
+    """int32 days since the epoch (fill = unknown) -> datetime64[D]."""
+    out = a.astype("datetime64[D]")
+    out[a == _DATE_FILL] = np.datetime64("NaT")
+    return out
+
+
+def open_dataset(run_dir: str | Path, seed: int = 0, *, allow_incomplete: bool = False):
+    """The run as one lazy xarray.Dataset: h, z, r (obs, layer, unit), per-row and per-dog variables."""
+    import xarray as xr
+
+    reader = open_states(run_dir, allow_incomplete=allow_incomplete)
+    reader._check_seed(seed)
+    path = Path(run_dir) / STATES
+    consolidated = (path / "zarr.json").exists() and "consolidated_metadata" in (path / "zarr.json").read_text()
+    base = xr.open_zarr(path, consolidated=consolidated or None, zarr_format=3)
+    states = xr.open_zarr(path, group=f"seed{seed}", consolidated=False, zarr_format=3)
+    ds = xr.merge([base, states], compat="override", join="override")
+    return ds.assign_coords(
+        layer=np.arange(reader.n_layers), unit=np.arange(reader.n_units), seed=np.array(reader.seeds),
+    ).assign_attrs(seed=reader.seeds[seed], run_dir=str(run_dir))
