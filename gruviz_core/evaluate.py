@@ -1,0 +1,319 @@
+"""Cohort comparisons (DESIGN.md section 6): win metrics with a bootstrap over dogs, calibration,
+effect sizes at equal history length, and reproducibility across seeds.
+
+Rows are runners (one per dog and race). Steps of one dog are not independent, so intervals come
+from a Poisson bootstrap over DOGS: each replicate gives every dog a weight ~ Poisson(1) and every
+metric is a ratio of per-dog sums, so B replicates are one (B, dog) @ (dog,) product each.
+
+AUC is computed from per-dog counts of winners and losers in quantile bins of p (1024 by default;
+exact when p takes fewer values), so it bootstraps the same way. The winner hit rate of a cohort is
+the share of the cohort's top picks (the race favourite under the model) that won.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from gruviz_core.errors import ConfigError
+
+__all__ = [
+    "METRICS",
+    "STRATA",
+    "stratum_of",
+    "poisson_weights",
+    "top_pick_mask",
+    "DogSums",
+    "dog_sums",
+    "metric_values",
+    "cohort_metrics",
+    "effect_sizes",
+    "length_matched",
+    "calibration",
+    "CALIBRATION_EDGES",
+    "prob_spread",
+    "top_pick_churn",
+    "cohen_kappa",
+    "linear_cka",
+]
+
+METRICS: tuple[str, ...] = ("log_loss", "brier", "auc", "hit_rate")
+"""Win metrics of every comparison; lower is better for the first two."""
+
+STRATA: tuple[tuple[int, int, str], ...] = (
+    (1, 5, "1-5"), (6, 10, "6-10"), (11, 20, "11-20"), (21, 40, "21-40"), (41, 10**9, "41+"),
+)
+"""History-length strata on a row's step (races run so far, this one included)."""
+
+CALIBRATION_EDGES: np.ndarray = np.array([0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])
+"""Bin edges of the calibration table; fine where win probabilities live (1/8 = 0.125)."""
+
+_EPS = 1e-12
+
+
+def stratum_of(step: np.ndarray) -> np.ndarray:
+    """(obs,) 1-based step -> (obs,) stratum label."""
+    step = np.asarray(step)
+    out = np.empty(len(step), dtype=object)
+    for lo, hi, name in STRATA:
+        out[(step >= lo) & (step <= hi)] = name
+    return out
+
+
+def poisson_weights(n_dogs: int, n_boot: int, seed: int) -> np.ndarray:
+    """(B, dog) float64 Poisson(1) bootstrap weights; the same seed gives the same weights."""
+    if n_boot < 1:
+        raise ConfigError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
+    return np.random.default_rng(seed).poisson(1.0, size=(n_boot, n_dogs)).astype(np.float64)
+
+
+def top_pick_mask(p: np.ndarray, race: np.ndarray) -> np.ndarray:
+    """(obs,) bool: the row with the highest p in its race (first row on ties)."""
+    order = np.lexsort((-np.asarray(p, dtype=np.float64), race))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = race[order][1:] != race[order][:-1]
+    out = np.zeros(len(p), dtype=bool)
+    out[order[first]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class DogSums:
+    """Per-dog sufficient statistics of the win metrics of one probability source."""
+
+    ll: np.ndarray
+    """(dog,) sum of row log-losses."""
+    br: np.ndarray
+    """(dog,) sum of squared errors."""
+    n: np.ndarray
+    """(dog,) rows."""
+    picks: np.ndarray
+    """(dog,) rows that were their race's top pick."""
+    hits: np.ndarray
+    """(dog,) top picks that won."""
+    pos: sparse.csr_matrix
+    """(dog, bin) winners per quantile bin of p."""
+    neg: sparse.csr_matrix
+    """(dog, bin) losers per quantile bin of p."""
+
+    def take(self, dogs: np.ndarray) -> "DogSums":
+        """Only the given dogs (index array), in that order."""
+        return DogSums(self.ll[dogs], self.br[dogs], self.n[dogs], self.picks[dogs], self.hits[dogs],
+                       self.pos[dogs], self.neg[dogs])
+
+
+def dog_sums(
+    p: np.ndarray, won: np.ndarray, dog: np.ndarray, is_top: np.ndarray, n_dogs: int,
+    *, keep: np.ndarray | None = None, n_bins: int = 1024,
+) -> DogSums:
+    """Sufficient statistics per dog. p, won, dog, is_top: (obs,); keep: (obs,) bool rows to count."""
+    p = np.asarray(p, dtype=np.float64)
+    if keep is not None:
+        p, won, dog, is_top = p[keep], won[keep], dog[keep], is_top[keep]
+    pc = np.clip(p, _EPS, 1 - _EPS)
+    ll = -(won * np.log(pc) + (1 - won) * np.log1p(-pc))
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)[1:-1])) if len(p) else np.array([])
+    b = np.searchsorted(edges, p, side="right")
+    nb = len(edges) + 1
+    w = won.astype(np.float64)
+
+    def _counts(v: np.ndarray) -> sparse.csr_matrix:
+        return sparse.csr_matrix((v, (dog, b)), shape=(n_dogs, nb))
+
+    def _bc(v) -> np.ndarray:
+        return np.bincount(dog, weights=v, minlength=n_dogs).astype(np.float64)
+
+    return DogSums(
+        ll=_bc(ll), br=_bc((p - w) ** 2), n=_bc(None), picks=_bc(is_top.astype(np.float64)),
+        hits=_bc(is_top * w), pos=_counts(w), neg=_counts(1 - w),
+    )
+
+
+def metric_values(s: DogSums, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric under dog weights (B, dog) -> {metric: (B,)}. Ones give the point estimate."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = weights @ s.n
+        out = {"log_loss": weights @ s.ll / n, "brier": weights @ s.br / n,
+               "hit_rate": (weights @ s.hits) / (weights @ s.picks)}
+        pos = np.asarray(s.pos.T @ weights.T).T  # (B, bin)
+        neg = np.asarray(s.neg.T @ weights.T).T
+        below = np.cumsum(neg, axis=1) - neg  # losers in lower bins
+        out["auc"] = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+    return out
+
+
+def _interval(reps: np.ndarray) -> tuple[float, float]:
+    reps = reps[np.isfinite(reps)]
+    if len(reps) < 2:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _groups(dog_cohort: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """[('all', every dog), (cohort, its dogs)...] as index arrays."""
+    out = [("all", np.arange(len(dog_cohort)))]
+    for c in pd.unique(dog_cohort):
+        out.append((str(c), np.flatnonzero(dog_cohort == c)))
+    return out
+
+
+def cohort_metrics(
+    sources: dict[str, np.ndarray], won: np.ndarray, race: np.ndarray, dog: np.ndarray,
+    dog_cohort: np.ndarray, *, weights: np.ndarray,
+) -> pd.DataFrame:
+    """Metrics with 95% intervals per cohort and source (model, market, uniform...) on the same rows.
+
+    sources: {name: p (obs,)}; dog: (obs,) codes into dog_cohort (dog,); weights: (B, dog).
+    -> columns cohort, metric, value, lo, hi, n_dogs, n_rows, source.
+    """
+    rows = []
+    n_rows_dog = np.bincount(dog, minlength=len(dog_cohort))
+    for src, p in sources.items():
+        s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort))
+        for name, idx in _groups(dog_cohort):
+            idx = idx[n_rows_dog[idx] > 0]
+            sub = s.take(idx)
+            point = metric_values(sub, np.ones((1, len(idx))))
+            reps = metric_values(sub, weights[:, idx])
+            for m in METRICS:
+                lo, hi = _interval(reps[m])
+                rows.append((name, m, float(point[m][0]), lo, hi, len(idx), int(n_rows_dog[idx].sum()), src))
+    return pd.DataFrame(rows, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"])
+
+
+def effect_sizes(
+    p: np.ndarray, won: np.ndarray, race: np.ndarray, dog: np.ndarray, dog_cohort: np.ndarray,
+    *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated",
+) -> pd.DataFrame:
+    """Difference a - b of every metric with a bootstrap interval (same replicate for both cohorts).
+
+    -> columns metric, a, b, diff, lo, hi, adjust ('none').
+    """
+    s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort))
+    ia, ib = np.flatnonzero(dog_cohort == a), np.flatnonzero(dog_cohort == b)
+    pa, pb = metric_values(s.take(ia), np.ones((1, len(ia)))), metric_values(s.take(ib), np.ones((1, len(ib))))
+    ra, rb = metric_values(s.take(ia), weights[:, ia]), metric_values(s.take(ib), weights[:, ib])
+    rows = []
+    for m in METRICS:
+        lo, hi = _interval(ra[m] - rb[m])
+        rows.append((m, a, b, float(pa[m][0] - pb[m][0]), lo, hi, "none"))
+    return pd.DataFrame(rows, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"])
+
+
+def length_matched(
+    p: np.ndarray, won: np.ndarray, race: np.ndarray, dog: np.ndarray, step: np.ndarray,
+    dog_cohort: np.ndarray, *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics per history-length stratum and cohort, and the stratum-weighted difference a - b.
+
+    A row's stratum is its step (races run so far). The weighted difference averages the
+    within-stratum differences over strata where both cohorts have rows, weighted by the rows
+    of a and b in each stratum, so a cohort that just raced more is not credited for it.
+    -> (table: stratum, cohort, metric, value, lo, hi, n_dogs, n_rows;
+        effect: metric, a, b, diff, lo, hi, adjust ('length_matched')).
+    """
+    is_top = top_pick_mask(p, race)
+    strata = stratum_of(step)
+    n_dogs = len(dog_cohort)
+    ia, ib = np.flatnonzero(dog_cohort == a), np.flatnonzero(dog_cohort == b)
+    rows, diffs, wts = [], [], []
+    for _, _, name in STRATA:
+        keep = strata == name
+        if not keep.any():
+            continue
+        s = dog_sums(p, won, dog, is_top, n_dogs, keep=keep)
+        per = {}
+        for cname, idx in _groups(dog_cohort):
+            idx = idx[s.n[idx] > 0]
+            if len(idx) == 0:
+                continue
+            point = metric_values(s.take(idx), np.ones((1, len(idx))))
+            reps = metric_values(s.take(idx), weights[:, idx])
+            per[cname] = (point, reps)
+            for m in METRICS:
+                lo, hi = _interval(reps[m])
+                rows.append((name, cname, m, float(point[m][0]), lo, hi, len(idx), int(s.n[idx].sum())))
+        if a in per and b in per:
+            diffs.append((per[a], per[b]))
+            wts.append(s.n[ia].sum() + s.n[ib].sum())
+    table = pd.DataFrame(rows, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows"])
+    eff = []
+    if diffs:
+        w = np.array(wts) / np.sum(wts)
+        for m in METRICS:
+            d_point = np.array([pa[0][m][0] - pb[0][m][0] for pa, pb in diffs])
+            d_reps = np.stack([pa[1][m] - pb[1][m] for pa, pb in diffs])  # (strata, B)
+            ok = np.isfinite(d_point)
+            point = float(np.sum(w[ok] * d_point[ok]) / np.sum(w[ok])) if ok.any() else float("nan")
+            reps = (w[ok, None] * d_reps[ok]).sum(axis=0) / np.sum(w[ok]) if ok.any() else np.array([np.nan])
+            lo, hi = _interval(reps)
+            eff.append((m, a, b, point, lo, hi, "length_matched"))
+    effect = pd.DataFrame(eff, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"])
+    return table, effect
+
+
+def calibration(
+    p: np.ndarray, won: np.ndarray, group: np.ndarray, *, edges: np.ndarray = CALIBRATION_EDGES
+) -> pd.DataFrame:
+    """Reliability table per group and 'all'. -> columns cohort, bin, lo, hi, p_mean, won_rate, n."""
+    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    df = pd.DataFrame({"cohort": np.asarray(group, dtype=object), "bin": b, "p": p, "won": won})
+    both = pd.concat([df.assign(cohort="all"), df])
+    g = both.groupby(["cohort", "bin"], sort=True).agg(p_mean=("p", "mean"), won_rate=("won", "mean"), n=("p", "size"))
+    g = g.reset_index()
+    g["lo"], g["hi"] = edges[g["bin"]], edges[g["bin"] + 1]
+    return g[["cohort", "bin", "lo", "hi", "p_mean", "won_rate", "n"]]
+
+
+def prob_spread(probs: np.ndarray) -> np.ndarray:
+    """Std of the win probability across seeds. probs: (obs, seed) -> (obs,)."""
+    return probs.std(axis=1)
+
+
+def top_pick_churn(probs: np.ndarray, race: np.ndarray, dog_ok: np.ndarray | None = None) -> float:
+    """Share of races whose top pick differs between two seeds, averaged over seed pairs.
+
+    probs: (obs, seed); dog_ok: (obs,) bool, count only races whose first seed's pick is such a row.
+    """
+    k = probs.shape[1]
+    if k < 2:
+        return float("nan")
+    vals = []
+    for i in range(k):
+        ti = top_pick_mask(probs[:, i], race)
+        for j in range(i + 1, k):
+            tj = top_pick_mask(probs[:, j], race)
+            pick_i = ti if dog_ok is None else ti & dog_ok
+            n = pick_i.sum()
+            if n:
+                vals.append(float(((pick_i & ~tj).sum()) / n))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa of two labelings of the same items. (n,), (n,) -> float (1 = same, 0 = chance)."""
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    labels = pd.unique(np.concatenate([a, b]))
+    if len(a) == 0:
+        return float("nan")
+    po = float(np.mean(a == b))
+    pe = float(sum(np.mean(a == c) * np.mean(b == c) for c in labels))
+    return 1.0 if pe >= 1.0 else (po - pe) / (1.0 - pe)
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) of two representations of the same n items. (n, p), (n, q) -> [0, 1]."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) != len(y):
+        raise ConfigError(f"linear_cka: {len(x)} rows vs {len(y)}; both representations need the same items")
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    xy = np.linalg.norm(y.T @ x) ** 2
+    xx = np.linalg.norm(x.T @ x)
+    yy = np.linalg.norm(y.T @ y)
+    return float(xy / (xx * yy)) if xx > 0 and yy > 0 else float("nan")

@@ -1,0 +1,134 @@
+"""Cohort comparisons: metric values on hand-built races, bootstrap over dogs, CKA, kappa, churn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gruviz_core import evaluate as ev
+from gruviz_core import racing
+
+
+def _races(n_races=300, field=6, n_dogs=120, seed=0):
+    """Random races; dogs 0..n/2 'saturated', rest 'unsaturated'; a model with some skill."""
+    rng = np.random.default_rng(seed)
+    race = np.repeat(np.arange(n_races), field)
+    dog = np.concatenate([rng.choice(n_dogs, size=field, replace=False) for _ in range(n_races)])
+    ability = rng.normal(size=n_dogs)
+    util = ability[dog] + rng.gumbel(size=len(dog))
+    won = np.zeros(len(dog))
+    for r in range(n_races):
+        rows = np.flatnonzero(race == r)
+        won[rows[np.argmax(util[rows])]] = 1
+    score = ability[dog] + rng.normal(scale=0.5, size=len(dog))
+    p = racing.race_softmax(score, race)
+    cohort = np.where(np.arange(n_dogs) < n_dogs // 2, "saturated", "unsaturated").astype(object)
+    step = rng.integers(1, 60, size=len(dog))
+    return p, won, race, dog, cohort, step
+
+
+def test_metrics_match_racing_helpers_at_unit_weights():
+    p, won, race, dog, cohort, _ = _races()
+    s = ev.dog_sums(p, won, dog, ev.top_pick_mask(p, race), len(cohort))
+    m = ev.metric_values(s, np.ones((1, len(cohort))))
+    assert m["log_loss"][0] == pytest.approx(racing.win_log_loss(p, won).mean())
+    assert m["brier"][0] == pytest.approx(racing.brier(p, won).mean())
+    assert m["hit_rate"][0] == pytest.approx(racing.hit_rate(p, won, race))
+
+
+@pytest.mark.parametrize(
+    "p, won, auc",
+    [
+        ([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1], 1.0),
+        ([0.4, 0.3, 0.2, 0.1], [0, 0, 1, 1], 0.0),
+        ([0.2, 0.2, 0.2, 0.2], [0, 1, 0, 1], 0.5),
+        ([0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1], 0.75),
+    ],
+)
+def test_auc_known_values(p, won, auc):
+    p, won = np.array(p), np.array(won, dtype=float)
+    dog = np.arange(4)
+    s = ev.dog_sums(p, won, dog, np.zeros(4, bool), 4)
+    assert ev.metric_values(s, np.ones((1, 4)))["auc"][0] == pytest.approx(auc)
+
+
+def test_bootstrap_reproducible_for_a_seed_and_intervals_cover_point():
+    p, won, race, dog, cohort, _ = _races()
+    srcs = {"model": p, "uniform": racing.uniform_probs(race)}
+    t1 = ev.cohort_metrics(srcs, won, race, dog, cohort, weights=ev.poisson_weights(len(cohort), 100, seed=7))
+    t2 = ev.cohort_metrics(srcs, won, race, dog, cohort, weights=ev.poisson_weights(len(cohort), 100, seed=7))
+    t3 = ev.cohort_metrics(srcs, won, race, dog, cohort, weights=ev.poisson_weights(len(cohort), 100, seed=8))
+    assert t1.equals(t2)
+    assert not t1.equals(t3)
+    ok = t1[t1.metric != "hit_rate"]
+    assert ((ok.lo <= ok.value) & (ok.value <= ok.hi)).all()
+    assert set(t1.cohort) == {"all", "saturated", "unsaturated"}
+    ll = t1.set_index(["source", "cohort", "metric"])["value"]
+    assert ll["model", "all", "log_loss"] < ll["uniform", "all", "log_loss"]
+
+
+def test_bootstrap_resamples_dogs_not_rows():
+    w = ev.poisson_weights(50, 400, seed=0)
+    assert w.shape == (400, 50)
+    assert abs(w.mean() - 1) < 0.05
+
+
+def test_effect_size_and_length_matched_zero_for_identical_cohorts():
+    p, won, race, dog, cohort, step = _races()
+    # duplicate every race with the dogs relabelled into the other cohort: identical cohorts
+    n = len(cohort)
+    p2, won2 = np.concatenate([p, p]), np.concatenate([won, won])
+    race2 = np.concatenate([race, race + race.max() + 1])
+    dog2 = np.concatenate([dog, dog + n])
+    cohort2 = np.array(["saturated"] * n + ["unsaturated"] * n, dtype=object)
+    step2 = np.concatenate([step, step])
+    w = ev.poisson_weights(2 * n, 50, seed=1)
+    eff = ev.effect_sizes(p2, won2, race2, dog2, cohort2, weights=w)
+    np.testing.assert_allclose(eff["diff"], 0, atol=1e-12)
+    table, lm = ev.length_matched(p2, won2, race2, dog2, step2, cohort2, weights=w)
+    np.testing.assert_allclose(lm["diff"], 0, atol=1e-12)
+    assert set(table.stratum) == {"1-5", "6-10", "11-20", "21-40", "41+"}
+    assert (lm.adjust == "length_matched").all()
+
+
+def test_stratum_labels():
+    assert list(ev.stratum_of(np.array([1, 5, 6, 10, 11, 20, 21, 40, 41, 150]))) == [
+        "1-5", "1-5", "6-10", "6-10", "11-20", "11-20", "21-40", "21-40", "41+", "41+"]
+
+
+def test_calibration_bins():
+    p = np.array([0.01, 0.02, 0.55, 0.58])
+    won = np.array([0, 0, 1, 0])
+    cal = ev.calibration(p, won, np.array(["a", "a", "b", "b"], dtype=object))
+    allb = cal[cal.cohort == "all"].set_index("bin")
+    assert allb.loc[0, "n"] == 2 and allb.loc[0, "won_rate"] == 0
+    assert allb.loc[8, "p_mean"] == pytest.approx(0.565) and allb.loc[8, "won_rate"] == 0.5
+
+
+def test_cka_identity_orthogonal_and_scale_invariant():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    assert ev.linear_cka(x, x) == pytest.approx(1.0)
+    assert ev.linear_cka(x, x @ q) == pytest.approx(1.0)
+    assert ev.linear_cka(x, 3.7 * x + 2.0) == pytest.approx(1.0)
+    assert ev.linear_cka(x, rng.normal(size=(200, 16))) < 0.3
+
+
+@pytest.mark.parametrize(
+    "a, b, kappa",
+    [
+        (["s", "u", "s", "u"], ["s", "u", "s", "u"], 1.0),
+        (["s", "u", "s", "u"], ["u", "s", "u", "s"], -1.0),
+        (["s", "s", "u", "u"], ["s", "u", "s", "u"], 0.0),
+    ],
+)
+def test_cohen_kappa(a, b, kappa):
+    assert ev.cohen_kappa(np.array(a), np.array(b)) == pytest.approx(kappa)
+
+
+def test_churn_and_spread():
+    race = np.array([0, 0, 1, 1])
+    probs = np.array([[0.6, 0.6], [0.4, 0.4], [0.7, 0.3], [0.3, 0.7]])
+    assert ev.top_pick_churn(probs, race) == pytest.approx(0.5)
+    np.testing.assert_allclose(ev.prob_spread(probs), [0, 0, 0.2, 0.2])
