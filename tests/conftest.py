@@ -24,3 +24,13 @@ def iggy_dir() -> Path:
     if not any(d.glob("*.csv.gz")):
         pytest.skip(f"real data not present at {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test harness (temporary database + ephemeral server) for the whole session."""
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(tmp_path_factory.mktemp("prefect-results"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=240):
+        yield

@@ -1,0 +1,119 @@
+"""The nightly flow end to end on a small simulated set, under Prefect's test harness,
+with a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.smtp_server import SmtpServer, free_port
+
+EVIL = "<script>alert(1)</script>"
+BASE_URL = "http://reports.test:8765/gruviz"
+
+
+@pytest.fixture(scope="module")
+def store(prefect_harness, tmp_path_factory):
+    """A store with a small simulated snapshot (one dog renamed to a script tag) and a trained model set."""
+    from flows.train import train
+    from gruviz_core.synth import simulate
+
+    home = tmp_path_factory.mktemp("gruviz-home")
+    runs = simulate(300, seed=3)
+    first = runs["dog_id"].iloc[0]
+    runs["dog_name"] = runs["dog_name"].astype(object)
+    runs.loc[runs["dog_id"] == first, "dog_name"] = EVIL
+    source = home / "forms.parquet"
+    runs.to_parquet(source, index=False)
+    state = train(source=[str(source)], home=str(home), seeds=2, hidden=16, epochs=3, return_state=True)
+    assert state.is_completed(), state.message
+    return home, source
+
+
+def _env(monkeypatch, home: Path, port: int | None):
+    monkeypatch.setenv("GRUVIZ_HOME", str(home))
+    monkeypatch.setenv("GRUVIZ_REPORTS_BASE_URL", BASE_URL)
+    monkeypatch.setenv("GRUVIZ_BLOCK_DOGS", "100")  # several blocks, so several extract tasks
+    monkeypatch.setenv("GRUVIZ_WATCHLIST", json.dumps([EVIL]))
+    if port is None:
+        monkeypatch.delenv("GRUVIZ_SMTP_HOST", raising=False)
+        monkeypatch.delenv("GRUVIZ_RECIPIENTS", raising=False)
+        return
+    monkeypatch.setenv("GRUVIZ_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("GRUVIZ_SMTP_PORT", str(port))
+    monkeypatch.setenv("GRUVIZ_SMTP_TLS", "none")
+    monkeypatch.setenv("GRUVIZ_RECIPIENTS", json.dumps(["team@example.com"]))
+
+
+def _artifacts(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+            return {a.key: a for a in arts}
+
+    return asyncio.run(read())
+
+
+def test_nightly_publishes_report_artifacts_and_email(store, monkeypatch):
+    from flows.nightly import nightly
+
+    home, source = store
+    with SmtpServer() as smtp:
+        _env(monkeypatch, home, smtp.port)
+        state = nightly(source=[str(source)], night="2026-11-25", return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    report = Path(result["report"])
+    assert report.exists() and report.stat().st_size > 10_000
+    page = report.read_text(encoding="utf-8")
+    assert EVIL not in page  # the dog named <script> appears escaped only
+
+    run_dir = Path(result["run_dir"])
+    assert (run_dir / "_COMPLETE").exists() and (home / "runs" / "LATEST").read_text().strip() == run_dir.name
+
+    arts = _artifacts(state.state_details.flow_run_id)
+    assert {"nightly-report", "nightly-summary", "cohort-metrics", "extraction-progress"} <= set(arts)
+    assert arts["nightly-report"].data == result["url"]
+    assert float(arts["extraction-progress"].data) == pytest.approx(100.0)
+
+    (rcpts, msg), = smtp.messages
+    assert rcpts == ["team@example.com"]
+    assert result["url"] == f"{BASE_URL}/2026-11-25/index.html"
+    assert result["url"] in msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert f'href="{result["url"]}"' in html and EVIL not in html
+
+
+def test_nightly_with_smtp_down_fails_the_run_but_keeps_the_report(store, monkeypatch):
+    from flows.nightly import nightly
+
+    home, _ = store
+    _env(monkeypatch, home, free_port())  # nothing listens there
+    state = nightly(night="2026-11-24", return_state=True)
+    assert state.is_failed()
+    assert "email failed" in state.message
+    report = home / "reports" / "2026-11-24" / "index.html"
+    assert report.exists()
+
+
+def test_second_run_for_the_same_night_leaves_the_first_intact(store, monkeypatch):
+    from flows.nightly import nightly
+    from storage.states import open_states
+
+    home, _ = store
+    _env(monkeypatch, home, None)
+    first = nightly(night="2026-11-23", return_state=True).result()
+    before = open_states(first["run_dir"]).dog_at(0).h.copy()
+    second = nightly(night="2026-11-23", return_state=True).result()
+    assert second["run_dir"] != first["run_dir"]
+    after = open_states(first["run_dir"]).dog_at(0).h
+    assert (before == after).all()
+    assert Path(second["report"]).exists()
