@@ -42,7 +42,7 @@ REASONS: dict[str, str] = {
     "missing_dog_name": "no dog name (and no earlier row of the same dog to inherit it from)",
     "missing_dog_id": "no dog id",
     "missing_race_id": "no race id (MarketId, raceId, race_id)",
-    "bad_date": "race date missing, unparseable or outside 1990-2100",
+    "bad_date": "race date missing, unparseable or outside 1990-2099",
     "missing_track": "no track name",
     "not_run": "no result: scratched, void or not yet run",
     "bad_result": "result present but not understood (expected 1/0, a place like 1 or 1=, or letters)",
@@ -148,41 +148,38 @@ _MONTHS = "January February March April May June July August September October N
 def parse_dates(s: pd.Series) -> pd.Series:
     """Dates in ISO (optionally with a time), d/m/Y, d/m/y or long form ('Saturday 15th February 2020') -> datetime64[ns].
 
-    Unparseable or outside 1990-2100 -> NaT. Day first: these are Australian and British sources.
+    Unparseable or outside 1990-2099 -> NaT. Day first: these are Australian and British sources.
     """
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
-        out = pd.to_datetime(s).dt.tz_localize(None) if getattr(s.dt, "tz", None) else pd.to_datetime(s)
-        return _date_bounds(out.dt.normalize().astype("datetime64[ns]"))
+        d = s.dt.tz_localize(None) if getattr(s.dt, "tz", None) else s
+        ymd = pd.DataFrame({"year": d.dt.year, "month": d.dt.month, "day": d.dt.day}, index=s.index)
+        return _from_parts(ymd)
     t = _text(s)
-    out = pd.Series(pd.NaT, index=t.index, dtype="datetime64[ns]")
-    iso = t.str.match(r"^\d{4}-\d{1,2}-\d{1,2}")
-    if iso.any():
-        out[iso] = pd.to_datetime(t[iso].str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
-    slash = t.str.match(r"^\d{1,2}/\d{1,2}/\d{2,4}$")
-    if slash.any():
-        parts = t[slash].str.split("/", expand=True)
-        year = parts[2].astype(int)
-        year = year.where(year >= 100, year + 2000)
-        out[slash] = pd.to_datetime(
-            pd.DataFrame({"year": year, "month": parts[1].astype(int), "day": parts[0].astype(int)}), errors="coerce"
-        )
-    rest = ~(iso | slash) & (t != "")
-    if rest.any():
-        long = t[rest].str.extract(r"^(?:[A-Za-z]+,?\s+)?(\d{1,2})(?:st|nd|rd|th)?\s+([A-Za-z]+),?\s+(\d{2,4})$")
-        ok = long[0].notna()
-        if ok.any():
-            mon = long.loc[ok, 1].str.slice(0, 3).str.title().map({m[:3]: i + 1 for i, m in enumerate(_MONTHS)})
-            year = long.loc[ok, 2].astype(int)
-            year = year.where(year >= 100, year + 2000)
-            frame = pd.DataFrame({"year": year, "month": mon, "day": long.loc[ok, 0].astype(int)})
-            good = frame["month"].notna()
-            out.loc[frame.index[good]] = pd.to_datetime(frame[good].astype(int), errors="coerce")
-    return _date_bounds(out)
+    ymd = pd.DataFrame(np.nan, index=t.index, columns=["year", "month", "day"])
+    iso = t.str.extract(r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ].*)?$").astype(float)
+    ymd[:] = iso.to_numpy()
+    slash = t.str.extract(r"^(\d{1,2})/(\d{1,2})/(\d{2,4})$").astype(float)
+    got = slash[0].notna()
+    ymd.loc[got, "year"], ymd.loc[got, "month"], ymd.loc[got, "day"] = slash.loc[got, 2], slash.loc[got, 1], slash.loc[got, 0]
+    long = t.str.extract(r"^(?:[A-Za-z]+,?\s+)?(\d{1,2})(?:st|nd|rd|th)?\s+([A-Za-z]+),?\s+(\d{2,4})$")
+    got = long[0].notna()
+    if got.any():
+        mon = long.loc[got, 1].str.slice(0, 3).str.title().map({m[:3]: i + 1 for i, m in enumerate(_MONTHS)})
+        ymd.loc[got, "year"] = long.loc[got, 2].astype(float)
+        ymd.loc[got, "month"] = mon.astype(float)
+        ymd.loc[got, "day"] = long.loc[got, 0].astype(float)
+    ymd["year"] = ymd["year"].where(ymd["year"] >= 100, ymd["year"] + 2000)  # 24 -> 2024
+    return _from_parts(ymd)
 
 
-def _date_bounds(d: pd.Series) -> pd.Series:
-    bad = (d < pd.Timestamp("1990-01-01")) | (d >= pd.Timestamp("2100-01-01"))
-    return d.mask(bad)
+def _from_parts(ymd: pd.DataFrame) -> pd.Series:
+    """(year, month, day) columns -> datetime64[ns]; impossible dates and years outside 1990-2099 -> NaT."""
+    ok = ymd.notna().all(axis=1) & ymd["year"].between(1990, 2099) & ymd["month"].between(1, 12) & ymd["day"].between(1, 31)
+    out = pd.Series(pd.NaT, index=ymd.index, dtype="datetime64[ns]")
+    if ok.any():
+        parts = ymd[ok].astype(int)
+        out[ok] = pd.to_datetime(parts, errors="coerce").astype("datetime64[ns]")
+    return out
 
 
 def parse_number(s: pd.Series, *, lo: float = -np.inf, hi: float = np.inf, strip: str = "") -> pd.Series:

@@ -32,11 +32,12 @@ _WORDS = (
     "Zephyr Bandit Blue Cash Dancer Diamond Dusty Eagle Falcon Fox Gem Hero Ice Jazz Joker Luna Maverick "
     "Mystic Ninja Nugget Onyx Pirate Raven Rio Rogue Saint Scout Spark Sunny Titan Turbo Velvet Wolf"
 ).split()
-_WORDS = tuple(dict.fromkeys(_WORDS))
+_WORDS = tuple(w for w in dict.fromkeys(_WORDS) if w not in _PREFIXES)
 _MIDDLES = (
     "Brave Quick Sweet Lady Sir Dusty Shady Rusty Happy Crazy Mighty Fancy Hidden Proud Sneaky Rolling "
     "Roaring Dancing Smokin Classy Cheeky Sassy Grand Dashing Silent Secret Daring Savvy Jolly Noble"
-).split()
+).replace("Dusty ", "Fiery ").replace("Lady ", "Plucky ").split()
+_SUFFIXES = "Express Flyer Lad Lass Kid Belle Rose Jack Bale Runner Jnr Magnet Boss Ace Rider Chaser Dasher".split()
 _TRACKS = (
     "Albion Park, Angle Park, Ballarat, Bendigo, Bulli, Cannington, Capalaba, Casino, Dapto, Dubbo, "
     "Gawler, Geelong, Goulburn, Gosford, Grafton, Healesville, Hobart, Horsham, Ipswich, Launceston, "
@@ -54,15 +55,18 @@ _LENGTH_S = 0.07
 def dog_names(n: int, rng: np.random.Generator) -> np.ndarray:
     """n unique, realistic-ish names ("Sebon Rocket", "Zipping Brave Comet"). (n,) object."""
     p, w, m = len(_PREFIXES), len(_WORDS), len(_MIDDLES)
-    space = p * w * (m + 1)
-    if n > space:
-        raise ConfigError(f"simulate: at most {space} unique dog names; asked for {n} dogs")
-    idx = rng.choice(space, size=n, replace=False)
-    pi, rest = np.divmod(idx, w * (m + 1))
+    short = p * w * (m + 1)  # "Prefix [Middle] Word"
+    space = short * (len(_SUFFIXES) + 1)  # ... [Suffix], only when many names are needed
+    if n > space // 2:
+        raise ConfigError(f"simulate: at most {space // 2} unique dog names; asked for {n} dogs")
+    idx = rng.choice(short if n <= short // 2 else space, size=n, replace=False)
+    si, rest = np.divmod(idx, short)
+    pi, rest = np.divmod(rest, w * (m + 1))
     wi, vi = np.divmod(rest, m + 1)
     pre, word = np.array(_PREFIXES, dtype=object), np.array(_WORDS, dtype=object)
     mid = np.where(vi == 0, "", np.array(("",) + tuple(_MIDDLES), dtype=object)[vi] + " ")
-    return pre[pi] + " " + mid + word[wi]
+    suffix = np.where(si == 0, "", " " + np.array(("",) + tuple(_SUFFIXES), dtype=object)[si])
+    return pre[pi] + " " + mid + word[wi] + suffix
 
 
 def simulate(n_dogs: int, seed: int, *, start: str = "2023-01-01") -> pd.DataFrame:
@@ -180,8 +184,9 @@ def _race(s: dict[str, np.ndarray], d: dict[str, np.ndarray], rng: np.random.Gen
         "sectional": np.round(sectional, 2),
         "margin": np.round((exact - win_exact) / _LENGTH_S * 4) / 4,
         "weight": np.round(d["weight"][dog] + rng.normal(0.0, 0.3, n), 1),
-        "sp": np.maximum(np.round(1.0 / (p_sp * 1.2), 1), 1.1),
-        "bsp": np.maximum(np.round(1.0 / (p_bsp * 1.01), 2), 1.01),
+        # bookmakers' SP carries a 20% overround, Betfair's about 1%; both markets stop at 1000
+        "sp": np.clip(np.round(1.0 / (p_sp * 1.2), 1), 1.1, 501.0),
+        "bsp": np.clip(np.round(1.0 / (p_bsp * 1.01), 2), 1.01, 1000.0),
     }
 
 
