@@ -7,7 +7,8 @@ Each row of a dog's sequence is one race, in date order, with two vectors:
   distance, grade, weight change, days since the last run, the market's implied probability,
   and a missing flag for each nullable input. Raw: missing inputs are NaN (their flag says so).
 - `context` (known before the race): box, distance, track (hashed one-hot), days since the
-  last run, field size and the market's implied probability (renormalised within the race).
+  last run, field size and the market's implied probability (renormalised within the race) and its log,
+  so the conditional logit can start from the market's own odds.
 
 No leakage: the reference time of a race uses only races on earlier dates at the same
 track and distance, and per-dog features look back only, so a row's features never change
@@ -67,7 +68,7 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "distance_km", "distance_missing",
     "log_days_since", "days_missing",
     "log_field_size",
-    "market_prob", "market_missing",
+    "market_prob", "market_logit", "market_missing",
     *(f"track_h{i:02d}" for i in range(N_TRACK_BUCKETS)),
 )
 
@@ -166,7 +167,7 @@ def _context(df: pd.DataFrame, race: np.ndarray, log_days: np.ndarray, market: n
         "distance_km": dist_km, "distance_missing": (~np.isfinite(dist_km)).astype(np.float64),
         "log_days_since": log_days, "days_missing": (~np.isfinite(log_days)).astype(np.float64),
         "log_field_size": np.log(field),
-        "market_prob": market, "market_missing": (~np.isfinite(market)).astype(np.float64),
+        "market_prob": market, "market_logit": np.log(np.clip(market, 1e-4, 1.0)), "market_missing": (~np.isfinite(market)).astype(np.float64),
     }
     for b in range(1, 9):
         cols[f"box_{b}"] = (box == b).astype(np.float64)

@@ -1,0 +1,287 @@
+"""Training the built-in race model: conditional-logit loss within races, time split, early stopping.
+
+Batches are groups of whole dog histories (dogs grouped by home track, so most runners of a
+race share a batch). The loss of a batch is the conditional logit over the runners of each
+race present in it: P(winner | the winner is among the runners present) = softmax over those
+runners. Under the conditional-logit model that is an exact conditional likelihood, so a race
+split across batches still gives an unbiased term; races without their winner in the batch, or
+with a single runner present, give none. Inside a batch, dogs are sorted by length and run in
+padded chunks (the GRU is causal: padding after a dog's last race changes none of its scores).
+
+Deterministic per seed on CPU: weights from `torch.manual_seed(seed)`, batch order from
+`numpy.random.default_rng(seed)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from gruviz_core.errors import ConfigError
+from gruviz_core.model import ModelConfig, RaceGRU
+from gruviz_core.racing import brier, hit_rate, race_codes, race_softmax, uniform_probs, win_log_loss
+
+__all__ = [
+    "TrainConfig",
+    "TrainData",
+    "SeedResult",
+    "time_split",
+    "conditional_logit_nll",
+    "score_rows",
+    "win_metrics",
+    "validation_metrics",
+    "train_seed",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation knobs; the defaults train three seeds on the 509k-row Iggy data in minutes on 2 cores."""
+
+    epochs: int = 30
+    """Upper bound on passes over the training period; early stopping usually ends sooner."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    weight_decay: float = 1e-5
+    """Adam L2 penalty."""
+    batch_rows: int = 32768
+    """Training rows per optimisation step (whole dogs, grouped by home track)."""
+    chunk_dogs: int = 512
+    """Dogs per padded GRU call inside a step, sorted by length to keep padding small."""
+    patience: int = 3
+    """Epochs without a better validation loss before stopping; the best epoch's weights are kept."""
+    val_frac: float = 0.15
+    """Share of the most recent race dates held out for validation."""
+    grad_clip: float = 1.0
+    """Max gradient norm per step."""
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Everything a training run reads, as flat normalised arrays."""
+
+    values: np.ndarray
+    """(obs, F) float32 normalised race features."""
+    context: np.ndarray
+    """(obs, C) float32 normalised pre-race context."""
+    offsets: np.ndarray
+    """(dog + 1,) int64 row offsets; rows of a dog in date order."""
+    race: np.ndarray
+    """(obs,) int64 race code."""
+    won: np.ndarray
+    """(obs,) float32 1 won, 0 lost."""
+    market_prob: np.ndarray
+    """(obs,) float32 market's renormalised implied probability; NaN if the race lacks prices."""
+    train_rows: np.ndarray
+    """(obs,) bool: in the training period (a prefix of each dog's rows)."""
+    val_rows: np.ndarray
+    """(obs,) bool: in the validation period."""
+    group: np.ndarray
+    """(dog,) int64 batch group (home track bucket)."""
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One trained seed."""
+
+    seed: int
+    """Seed of init and batch order."""
+    config: ModelConfig
+    """Architecture of the model."""
+    state_dict: dict = field(repr=False)
+    """Weights at the best validation epoch."""
+    curve: pd.DataFrame = field(repr=False)
+    """Per epoch: epoch, train_loss, val_loss (conditional-logit NLL per race), seconds."""
+    best_epoch: int
+    """Epoch (1-based) whose weights were kept."""
+    metrics: dict
+    """Validation metrics: {'model', 'uniform', 'market', 'model_priced'} -> win_metrics dict."""
+    seconds: float
+    """Wall time of training this seed."""
+
+
+def time_split(race_date: np.ndarray, val_frac: float) -> tuple[np.datetime64, np.ndarray, np.ndarray]:
+    """Last training date, and (obs,) bool train / validation masks: the most recent `val_frac` of dates held out."""
+    if not 0.0 < val_frac < 1.0:
+        raise ConfigError(f"train: val_frac={val_frac} must be between 0 and 1 (e.g. 0.15)")
+    dates = np.unique(race_date.astype("datetime64[D]"))
+    if len(dates) < 2:
+        raise ConfigError(f"train: races on {len(dates)} date(s); a time split needs at least 2 dates")
+    n_train = min(max(int(round(len(dates) * (1.0 - val_frac))), 1), len(dates) - 1)
+    cutoff = dates[n_train - 1]
+    train = race_date.astype("datetime64[D]") <= cutoff
+    return cutoff, train, ~train
+
+
+def conditional_logit_nll(scores: torch.Tensor, race: torch.Tensor, won: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum over races of -log softmax(winner) among the runners present, and the number of races counted.
+
+    scores, won: (n,) float; race: (n,) int64 codes 0..R-1. Dead heats share the winner's term.
+    """
+    n_races = int(race.max()) + 1
+    top = torch.full((n_races,), -torch.inf, dtype=scores.dtype)
+    top = top.scatter_reduce(0, race, scores.detach(), reduce="amax", include_self=True)
+    tot = torch.zeros(n_races, dtype=scores.dtype).index_add(0, race, torch.exp(scores - top[race]))
+    lse = top + torch.log(tot)  # (R,)
+    n_won = torch.zeros(n_races, dtype=scores.dtype).index_add(0, race, won)
+    n_run = torch.bincount(race, minlength=n_races)
+    ok = (n_won > 0) & (n_run >= 2)
+    per_race = -torch.zeros(n_races, dtype=scores.dtype).index_add(0, race, won * (scores - lse[race]))
+    per_race = per_race / n_won.clamp(min=1.0)
+    return per_race[ok].sum(), int(ok.sum())
+
+
+def _padded_index(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row index (B, T) (0 where padded) and mask (B, T) for dogs' first `lengths` rows."""
+    t_max = int(lengths.max())
+    mask = np.arange(t_max)[None, :] < lengths[:, None]
+    idx = np.where(mask, starts[:, None] + np.arange(t_max)[None, :], 0)
+    return idx, mask
+
+
+def _forward_rows(
+    module: nn.Module, values: torch.Tensor, context: torch.Tensor,
+    starts: np.ndarray, lengths: np.ndarray, chunk_dogs: int,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Scores of the given dogs' first `lengths` rows, length-sorted padded chunks -> (n,) scores, (n,) row index."""
+    order = np.argsort(-lengths, kind="stable")
+    scores, rows = [], []
+    for lo in range(0, len(order), chunk_dogs):
+        sel = order[lo:lo + chunk_dogs]
+        idx, mask = _padded_index(starts[sel], lengths[sel])
+        ti, tm = torch.from_numpy(idx), torch.from_numpy(mask)
+        x = values[ti] * tm[..., None]  # (B, T, F), zero padding
+        c = context[ti] * tm[..., None]  # (B, T, C)
+        scores.append(module(x, c)[tm])
+        rows.append(idx[mask])
+    return torch.cat(scores), np.concatenate(rows)
+
+
+def score_rows(module: nn.Module, values: np.ndarray, context: np.ndarray, offsets: np.ndarray,
+               *, chunk_dogs: int = 1024) -> np.ndarray:
+    """Every row's score under `module` (eval, no grad). values (obs, F), context (obs, C) -> (obs,) float32."""
+    out = np.full(len(values), np.nan, dtype=np.float32)
+    lengths = np.diff(offsets)
+    keep = lengths > 0
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            s, rows = _forward_rows(
+                module, torch.from_numpy(np.ascontiguousarray(values)), torch.from_numpy(np.ascontiguousarray(context)),
+                offsets[:-1][keep], lengths[keep], chunk_dogs,
+            )
+    finally:
+        module.train(was_training)
+    out[rows] = s.numpy()
+    return out
+
+
+def win_metrics(p: np.ndarray, won: np.ndarray, race: np.ndarray) -> dict:
+    """Log-loss, Brier (per runner), winner hit rate and race log-loss (-log p of the winner) of win probabilities."""
+    won = np.asarray(won, dtype=np.float64)
+    race = race_codes(race)
+    p_win = np.bincount(race, weights=won * np.asarray(p, dtype=np.float64))
+    has_winner = np.bincount(race, weights=won) > 0
+    return {
+        "log_loss": float(win_log_loss(p, won).mean()),
+        "brier": float(brier(p, won).mean()),
+        "hit_rate": hit_rate(np.asarray(p), won, race),
+        "race_log_loss": float(-np.log(np.clip(p_win[has_winner], 1e-12, 1.0)).mean()),
+        "n_rows": int(len(p)),
+        "n_races": int(race.max() + 1) if len(race) else 0,
+    }
+
+
+def validation_metrics(scores: np.ndarray, data: TrainData) -> dict:
+    """Model, uniform and market metrics on the validation races; market and 'model_priced' on the priced rows only."""
+    rows = data.val_rows
+    race = race_codes(data.race[rows])
+    won = data.won[rows]
+    p_model = race_softmax(scores[rows], race)
+    priced = np.isfinite(data.market_prob[rows])
+    out = {"model": win_metrics(p_model, won, race), "uniform": win_metrics(uniform_probs(race), won, race)}
+    if priced.any():
+        out["market"] = win_metrics(data.market_prob[rows][priced], won[priced], race[priced])
+        out["model_priced"] = win_metrics(p_model[priced], won[priced], race[priced])
+    return out
+
+
+def _val_loss(scores: np.ndarray, data: TrainData) -> float:
+    rows = data.val_rows
+    race = race_codes(data.race[rows])
+    loss, n = conditional_logit_nll(
+        torch.from_numpy(scores[rows].astype(np.float64)), torch.from_numpy(race),
+        torch.from_numpy(data.won[rows].astype(np.float64)),
+    )
+    return float(loss) / max(n, 1)
+
+
+def _batches(data: TrainData, train_len: np.ndarray, rng: np.random.Generator, batch_rows: int) -> list[np.ndarray]:
+    """Dogs in a random order of home groups (random within a group), cut into steps of ~batch_rows rows."""
+    dogs = np.flatnonzero(train_len > 0)
+    groups = np.unique(data.group[dogs])
+    rank = np.empty(int(groups.max()) + 1 if len(groups) else 0, dtype=np.int64)
+    rank[groups] = rng.permutation(len(groups))
+    order = dogs[np.lexsort((rng.random(len(dogs)), rank[data.group[dogs]]))]
+    cum = np.cumsum(train_len[order])
+    cuts = np.searchsorted(cum, np.arange(batch_rows, cum[-1], batch_rows), side="right") if len(cum) else []
+    return [b for b in np.split(order, cuts) if len(b)]
+
+
+def train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, *, log=None) -> SeedResult:
+    """Train one seed of RaceGRU on the training period; early stopping on the validation races."""
+    t0 = time.perf_counter()
+    seed = model_cfg.seed
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = RaceGRU(model_cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    values = torch.from_numpy(np.ascontiguousarray(data.values))
+    context = torch.from_numpy(np.ascontiguousarray(data.context))
+    won = torch.from_numpy(data.won.astype(np.float32))
+    starts = data.offsets[:-1]
+    dog_of_row = np.repeat(np.arange(len(starts)), np.diff(data.offsets))
+    train_len = np.bincount(dog_of_row[data.train_rows], minlength=len(starts)).astype(np.int64)
+    if train_len.sum() == 0:
+        raise ConfigError("train: no rows in the training period; give more dates or a smaller val_frac")
+    best, best_loss, best_epoch, stale, curve = None, np.inf, 0, 0, []
+    for epoch in range(1, cfg.epochs + 1):
+        te = time.perf_counter()
+        model.train()
+        losses = []
+        for batch in _batches(data, train_len, rng, cfg.batch_rows):
+            s, rows = _forward_rows(model, values, context, starts[batch], train_len[batch], cfg.chunk_dogs)
+            race = torch.from_numpy(np.unique(data.race[rows], return_inverse=True)[1].astype(np.int64))
+            loss_sum, n = conditional_logit_nll(s, race, won[rows])
+            if n == 0:
+                continue
+            loss = loss_sum / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+        val_loss = _val_loss(score_rows(model, data.values, data.context, data.offsets), data)
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else np.nan,
+                      "val_loss": val_loss, "seconds": time.perf_counter() - te})
+        if log:
+            log(f"seed {seed} epoch {epoch}: train {curve[-1]['train_loss']:.4f} val {val_loss:.4f}")
+        if val_loss < best_loss - 1e-5:
+            best, best_loss, best_epoch, stale = copy.deepcopy(model.state_dict()), val_loss, epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best if best is not None else model.state_dict())
+    scores = score_rows(model, data.values, data.context, data.offsets)
+    return SeedResult(
+        seed=seed, config=model_cfg, state_dict=model.state_dict(), curve=pd.DataFrame(curve),
+        best_epoch=best_epoch, metrics=validation_metrics(scores, data), seconds=time.perf_counter() - t0,
+    )
