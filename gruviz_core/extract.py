@@ -192,11 +192,16 @@ def extract_batch(
     """Scores, states and gates of `dogs` (indices, any order) under one model.
 
     values: (obs, F), context: (obs, C), offsets: (dog + 1,). Dogs are sorted longest first
-    internally; the result lists them in that order.
+    internally and dogs without rows dropped; the result lists them in that order.
     """
+    dogs = np.asarray(dogs, dtype=np.int64)
     lengths_np = np.diff(offsets)[dogs]
     order = np.argsort(-lengths_np, kind="stable")
-    dogs = np.asarray(dogs)[order]
+    dogs = dogs[order][lengths_np[order] > 0]
+    if len(dogs) == 0:
+        empty = np.zeros((0, model.gru.num_layers, model.gru.hidden_size), dtype=np.float16)
+        return BatchStates(dogs=dogs, lengths=np.zeros(0, np.int64), h=empty, z=empty, r=empty,
+                           score=np.zeros(0, np.float32), max_err=0.0)
     x_np, lengths_np = pad_batch(values, offsets, dogs)
     c_np, _ = pad_batch(context, offsets, dogs)
     with torch.inference_mode():

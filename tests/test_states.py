@@ -1,0 +1,176 @@
+"""The states store: round trip, layout, lifecycle (begin, blocks, finish, publish), readers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gruviz_core.errors import NotFoundError, StoreError
+from gruviz_core.extract import extract_batch
+from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
+from storage import states
+
+F, C = 4, 2
+
+
+def make_models(n_seeds=2, hidden=6, layers=2):
+    out = []
+    for s in range(n_seeds):
+        torch.manual_seed(100 + s)
+        m = RaceGRU(ModelConfig(F, C, hidden_size=hidden, num_layers=layers, seed=100 + s))
+        out.append(LoadedModel.wrap(m, [f"f{i}" for i in range(F)], [f"c{i}" for i in range(C)], model_id=f"s{s}"))
+    return out
+
+
+def make_inputs(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n, d = int(offsets[-1]), len(lengths)
+    return dict(
+        seqs_values=rng.normal(size=(n, F)).astype(np.float32),
+        context=rng.normal(size=(n, C)).astype(np.float32),
+        offsets=offsets,
+        dog_id=np.array([f"D{i:04d}" for i in range(d)], dtype=object),
+        dog_name=np.array([f"Dög {i} ☆" for i in range(d)], dtype=object),
+        race_id=np.array([f"R{i}" for i in range(n)], dtype=object),
+        race_date=np.datetime64("2024-01-01") + rng.integers(0, 900, size=n).astype("timedelta64[D]"),
+        won=rng.integers(0, 2, size=n).astype(np.float32),
+        market_prob=rng.uniform(0.01, 0.9, size=n).astype(np.float32),
+    )
+
+
+def write_run(root, run_id, models, inputs, **kw):
+    tmp = states.extract_run(root, run_id, {"snapshot_id": "snap", "model_set_id": "set"}, models, device="cpu",
+                             **inputs, **kw)
+    return states.publish_run(root, tmp)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=25),
+    chunk_rows=st.integers(1, 16), shard_chunks=st.integers(1, 4), block_dogs=st.integers(1, 30),
+    batch_size=st.integers(1, 9),
+)
+def test_round_trip_every_dog(tmp_path_factory, lengths, chunk_rows, shard_chunks, block_dogs, batch_size):
+    root = tmp_path_factory.mktemp("store")
+    models = make_models()
+    inp = make_inputs(lengths)
+    run_dir = write_run(root, "r", models, inp, chunk_rows=chunk_rows, shard_chunks=shard_chunks,
+                        block_dogs=block_dogs, batch_size=batch_size)
+    reader = states.open_states(run_dir)
+    assert (reader.n_dogs, reader.n_obs, reader.n_layers, reader.n_units) == (len(lengths), sum(lengths), 2, 6)
+    off = inp["offsets"]
+    for k, model in enumerate(models):
+        want = extract_batch(model, inp["seqs_values"], inp["context"], off, np.arange(len(lengths)),
+                             device=torch.device("cpu"))
+        pos = 0
+        for d, n in zip(want.dogs, want.lengths):
+            got = reader.dog(inp["dog_id"][d], seed=k)
+            assert got.dog_name == inp["dog_name"][d] and got.h.shape == (n, 2, 6)
+            for q in ("h", "z", "r"):
+                np.testing.assert_allclose(getattr(got, q), getattr(want, q)[pos : pos + n], atol=1e-3)
+            np.testing.assert_allclose(got.score, want.score[pos : pos + n], atol=1e-6)
+            assert list(got.race_id) == list(inp["race_id"][off[d] : off[d + 1]])
+            np.testing.assert_array_equal(got.race_date, inp["race_date"][off[d] : off[d + 1]])
+            np.testing.assert_array_equal(got.step, np.arange(1, n + 1))
+            pos += n
+    # every row written: no NaN left anywhere (there are no padding rows)
+    for chunk in reader.iter_chunks(seed=1):
+        assert not np.isnan(chunk.h).any() and not np.isnan(chunk.z).any()
+    assert not np.isnan(reader.scores()).any()
+
+
+def test_tables_and_chunks(tmp_path):
+    models = make_models(n_seeds=1, hidden=4, layers=1)
+    inp = make_inputs([3, 0, 7, 1, 9])
+    inp["race_date"][2] = np.datetime64("NaT")
+    run_dir = write_run(tmp_path, "r1", models, inp, chunk_rows=2, shard_chunks=2, block_dogs=2)
+    reader = states.open_states(run_dir)
+    idx = reader.index()
+    assert list(idx.columns) == ["dog_index", "dog_id", "dog_name", "row_start", "row_size"]
+    assert idx.row_size.tolist() == [3, 0, 7, 1, 9] and idx.row_start.tolist() == [0, 3, 3, 10, 11]
+    assert idx.dog_name[0] == "Dög 0 ☆"
+    rows = reader.rows()
+    assert list(rows.columns) == ["step", "race_date", "race_id", "won", "market_prob", "dog_index"]
+    assert rows.step.tolist()[:4] == [1, 2, 3, 1] and rows.dog_index.tolist()[:4] == [0, 0, 0, 2]
+    assert rows.race_date.isna().tolist()[2] and rows.race_date[0] == inp["race_date"][0]
+    np.testing.assert_allclose(rows.won, inp["won"])
+    assert reader.scores().shape == (20, 1)
+    chunks = list(reader.iter_chunks(rows=(3, 17)))
+    assert [(c.start, c.stop) for c in chunks] == [(3, 4), (4, 8), (8, 12), (12, 16), (16, 17)]
+    assert chunks[1].h.shape == (4, 1, 4) and chunks[1].h.dtype == np.float32
+    assert reader.dog("D0001").h.shape == (0, 1, 4)
+    with pytest.raises(NotFoundError, match="no dog 'nope'"):
+        reader.dog("nope")
+    with pytest.raises(NotFoundError, match="seed position 1"):
+        reader.dog("D0000", seed=1)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["device"] == "cpu" and meta["seeds"] == [100] and meta["model_set_id"] == "set"
+    assert meta["check_max_err"] <= 1e-5 and meta["code_version"]
+
+
+def test_store_layout_on_disk(tmp_path):
+    models = make_models(n_seeds=1, hidden=8, layers=2)
+    run_dir = write_run(tmp_path, "r1", models, make_inputs([5] * 40))  # default ~512 KiB chunks
+    import zarr
+    h = zarr.open_array(run_dir / states.STATES / "seed0" / "h", mode="r")
+    assert h.dtype == np.float16 and h.metadata.dimension_names == ("obs", "layer", "unit")
+    assert h.chunks == (512 * 1024 // (2 * 2 * 8), 2, 8) and h.shards[0] == h.chunks[0] * 128
+    assert np.isnan(h.fill_value)
+    blosc = h.metadata.codecs[0].codecs[1]
+    assert (str(blosc.cname.value), blosc.clevel, str(blosc.shuffle.value)) == ("zstd", 1, "bitshuffle")
+    g = zarr.open_group(run_dir / states.STATES, mode="r")
+    for name in ("row_start", "row_size", "dog_id", "dog_name", "step", "race_date", "race_id", "won",
+                 "market_prob", "score"):
+        assert g[name].metadata.dimension_names, name
+
+
+def test_xarray_named_dims(tmp_path):
+    models = make_models(n_seeds=2)
+    inp = make_inputs([4, 6, 2])
+    run_dir = write_run(tmp_path, "r1", models, inp, chunk_rows=4)
+    ds = states.open_dataset(run_dir, seed=1)
+    assert ds.h.dims == ("obs", "layer", "unit") and ds.dog_id.dims == ("dog",) and ds.score.dims == ("obs", "seed")
+    assert ds.sizes["obs"] == 12 and ds.sizes["dog"] == 3 and ds.attrs["seed"] == 101
+    assert np.issubdtype(ds.race_date.dtype, np.datetime64)
+    dog = states.open_states(run_dir).dog("D0001", seed=1)
+    np.testing.assert_allclose(ds.h.isel(obs=slice(4, 10)).values.astype(np.float32), dog.h)
+
+
+def test_lifecycle_guards(tmp_path):
+    models = make_models(n_seeds=1)
+    inp = make_inputs([3] * 10)
+    assert states.latest_run(tmp_path) is None
+    values, context = inp.pop("seqs_values"), inp.pop("context")
+    plan = states.begin_run(tmp_path, "r1", {"night": "2026-01-01"}, n_layers=2, n_units=6, seeds=[100],
+                            chunk_rows=2, shard_chunks=2, block_shards=2, **inp)
+    assert plan.n_blocks == 4 and plan.block_rows(3) == (24, 30)
+    with pytest.raises(StoreError, match="no _COMPLETE"):
+        states.open_states(plan.path)
+    states.open_states(plan.path, allow_incomplete=True)
+    for b in (0, 1, 3):
+        states.extract_block(plan.tmp_dir, b, models, values, context, device="cpu")
+    with pytest.raises(StoreError, match=r"blocks \[2\] of 4"):
+        states.finish_run(plan.path)
+    with pytest.raises(StoreError, match="call finish_run"):
+        states.publish_run(tmp_path, plan.path)
+    seen = []
+    states.extract_block(plan, 2, models, values, context, device="cpu", progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (2, 2) or seen[-1][0] == seen[-1][1]
+    states.finish_run(plan.path)
+    run_dir = states.publish_run(tmp_path, plan.path)
+    assert states.latest_run(tmp_path) == run_dir and (run_dir / states.COMPLETE).exists()
+    assert not plan.path.exists()
+
+
+def test_progress_reaches_total(tmp_path):
+    seen = []
+    inp = make_inputs([5, 1, 9, 2, 2, 7])
+    states.extract_run(tmp_path, "r", {}, make_models(n_seeds=1), chunk_rows=2, shard_chunks=1, block_dogs=2,
+                       progress=lambda d, t: seen.append((d, t)), device="cpu", **inp)
+    assert seen[-1] == (6, 6) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
