@@ -73,7 +73,22 @@ class CohortRule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CohortRule":
-        return cls(name=d["name"], version=int(d["version"]), **d.get("params", {}))
+        """From {name, version, params} or a flat {name, tau, theta, ...} (settings); unknown keys are an error."""
+        flat = {**{k: v for k, v in d.items() if k != "params"}, **d.get("params", {})}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise ConfigError(f"cohort rule {d.get('name')!r}: unknown parameters {unknown}; known: {sorted(known)}")
+        if "version" in flat:
+            flat["version"] = int(flat["version"])
+        return cls(**flat)
+
+    @classmethod
+    def coerce(cls, rule: "CohortRule | dict | None") -> "CohortRule":
+        """A rule from a rule, a dict (see from_dict) or None (the default rule)."""
+        if rule is None:
+            return cls()
+        return rule if isinstance(rule, cls) else cls.from_dict(rule)
 
     def with_thresholds(self, *, tau: float, theta: float) -> "CohortRule":
         """The same rule at other thresholds (low kept <= theta)."""

@@ -58,3 +58,11 @@ def test_sensitivity_grid_moves_with_theta():
     sat = [int((c == "saturated").sum()) for _, _, c in grid]
     assert sat == [3, 1, 1, 0]
     assert all(c[3] == "undecided" for _, _, c in grid)
+
+
+def test_rule_from_flat_settings_dict():
+    r = CohortRule.coerce({"name": "plateau-f95-v1", "tau": 0.95, "theta": 0.5})
+    assert r.name == "plateau-f95-v1" and r.theta == 0.5 and r.w == CohortRule().w
+    assert CohortRule.coerce(None) == CohortRule()
+    with pytest.raises(ConfigError):
+        CohortRule.coerce({"name": "x", "thetaa": 0.5})

@@ -1,0 +1,165 @@
+"""The stats and evaluate stages on a small real store written by storage.states with random RaceGRUs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gruviz_core import stats as st
+from gruviz_core.cohorts import CohortRule
+from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
+from storage import analysis, states
+
+FEATURES = ("time_z", "time_missing", "implied_prob", "price_missing", "won")
+CONTEXT = ("box", "market_prob")
+
+CONTRACT = {
+    "stats/dog_step.parquet": ["dog_index", "step", "layer", "abs_sum", "s", "f090", "f095", "f099", "delta"],
+    "stats/dog.parquet": ["dog_index", "dog_id", "dog_name", "n_steps", "layer", "plateau_step", "censored",
+                          "mean_s", "final_s", "mean_f095_after", "cohort"],
+    "stats/unit.parquet": ["seed", "layer", "gate", "unit", "left", "right", "variance", "mean_abs", "dead",
+                           "always_saturated"],
+    "stats/step.parquet": ["layer", "step", "cohort", "n", "s_q25", "s_q50", "s_q75", "f095_q25", "f095_q50",
+                           "f095_q75"],
+    "stats/plateau.parquet": ["layer", "step", "at_risk", "plateaued", "survival"],
+    "eval/cohort_metrics.parquet": ["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"],
+    "eval/calibration.parquet": ["cohort", "bin", "p_mean", "won_rate", "n"],
+    "eval/length_matched.parquet": ["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"],
+    "eval/effect_size.parquet": ["metric", "a", "b", "diff", "lo", "hi"],
+    "eval/sensitivity.parquet": ["tau", "theta", "cohort", "n_dogs", "log_loss"],
+    "eval/repro.parquet": ["scope", "metric", "value"],
+    "eval/cka.parquet": ["step", "seed_a", "seed_b", "cka"],
+    "eval/resilience.parquet": ["perturbation", "severity", "cohort", "position", "d_loss", "flip_rate",
+                                "state_divergence", "n"],
+    "eval/divergence.parquet": ["pair", "dog_a", "dog_b", "step", "distance"],
+}
+
+
+def _races(n_dogs=60, n_races=180, field=6, seed=0):
+    """Race-structured ragged inputs: each race has `field` runners, one winner, a market price."""
+    rng = np.random.default_rng(seed)
+    runners = [np.sort(rng.choice(n_dogs, size=field, replace=False)) for _ in range(n_races)]
+    dog = np.concatenate(runners)
+    race = np.repeat(np.arange(n_races), field)
+    won = np.zeros(len(dog), np.float32)
+    won[np.arange(n_races) * field + rng.integers(0, field, n_races)] = 1
+    mp = rng.dirichlet(np.ones(field), size=n_races).ravel().astype(np.float32)
+    order = np.lexsort((race, dog))  # by dog, then race (date order)
+    dog, race, won, mp = dog[order], race[order], won[order], mp[order]
+    sizes = np.bincount(dog, minlength=n_dogs)
+    keep = sizes > 0
+    remap = np.cumsum(keep) - 1
+    dog = remap[dog]
+    sizes = sizes[keep]
+    n = len(dog)
+    return dict(
+        seqs_values=(rng.normal(size=(n, len(FEATURES))) * 2).astype(np.float32),
+        context=rng.normal(size=(n, len(CONTEXT))).astype(np.float32),
+        offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        dog_id=np.array([f"D{i:03d}" for i in range(len(sizes))], dtype=object),
+        dog_name=np.array([f"Dog {i}" for i in range(len(sizes))], dtype=object),
+        race_id=np.array([f"R{r}" for r in race], dtype=object),
+        race_date=np.datetime64("2024-01-01") + race.astype("timedelta64[D]"),
+        won=won, market_prob=mp,
+    )
+
+
+def _models(n_seeds=2, hidden=8, layers=2):
+    out = []
+    for s in range(n_seeds):
+        torch.manual_seed(7 + s)
+        m = RaceGRU(ModelConfig(len(FEATURES), len(CONTEXT), hidden_size=hidden, num_layers=layers, seed=7 + s))
+        with torch.no_grad():  # large input weights so some units saturate
+            m.gru.weight_ih_l0.mul_(4)
+        out.append(LoadedModel.wrap(m, FEATURES, CONTEXT, model_id=f"s{s}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    inputs, models = _races(), _models()
+    tmp = states.extract_run(root, "run1", {"snapshot_id": "snap"}, models, device="cpu", chunk_rows=16,
+                             shard_chunks=4, **inputs)
+    rule = CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02)
+    summary = analysis.compute_stats(tmp, rule=rule)
+    headline = analysis.evaluate_run(tmp, models=models, values=inputs["seqs_values"], context=inputs["context"],
+                                     offsets=inputs["offsets"], feature_names=FEATURES, sample_dogs=40, n_boot=40)
+    return tmp, inputs, summary, headline
+
+
+def test_tables_have_the_contract_columns(run):
+    tmp, _, summary, headline = run
+    for rel, cols in CONTRACT.items():
+        df = pd.read_parquet(tmp / rel)
+        missing = set(cols) - set(df.columns)
+        assert not missing, f"{rel} lacks {missing}"
+        assert len(df) > 0, rel
+    assert not list(tmp.glob("stats/.*.tmp")) and not list(tmp.glob("eval/.*.tmp"))
+    s = json.loads((tmp / "stats" / "summary.json").read_text())
+    assert s["rule"]["name"] == "plateau-f" and len(s["effective_dim"]) == 2
+    assert sum(s["cohort_counts"].values()) == s["n_dogs"]
+    assert json.loads((tmp / "run.json").read_text())["cohort_rule"] == s["rule"]
+    assert headline["model_log_loss"] > 0 and headline["has_market"]
+    assert headline["notes"] == []
+
+
+def test_streaming_stats_equal_in_memory(run):
+    tmp, inputs, _, _ = run
+    reader = states.open_states(tmp, allow_incomplete=True)
+    h = np.concatenate([reader.dog_at(d, 0).h for d in range(reader.n_dogs)])  # (obs, L, H) in memory
+    step = reader.rows()["step"].to_numpy()
+    whole = st.row_stats(h, step)
+    ds = pd.read_parquet(tmp / "stats" / "dog_step.parquet").sort_values(["dog_index", "step", "layer"])
+    np.testing.assert_allclose(ds["s"].to_numpy().reshape(-1, 2), whole.s, rtol=1e-5)
+    np.testing.assert_allclose(ds["delta"].to_numpy().reshape(-1, 2), whole.delta, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds["f095"].to_numpy().reshape(-1, 2), whole.f[:, :, 1])
+    summ = json.loads((tmp / "stats" / "summary.json").read_text())
+    np.testing.assert_allclose(summ["effective_dim"], st.StateMoments().add(h).effective_dim(), rtol=1e-8)
+    dogs = pd.read_parquet(tmp / "stats" / "dog.parquet")
+    top = dogs[dogs.cohort_layer].sort_values("dog_index")
+    want = [st.plateau_step(whole.s[a:b, 1], w=3, delta=0.1, k=2)
+            for a, b in zip(inputs["offsets"][:-1], inputs["offsets"][1:])]
+    np.testing.assert_array_equal(top["plateau_step"].to_numpy(), want)
+
+
+def test_eval_tables_make_sense(run):
+    tmp, _, _, headline = run
+    cm = pd.read_parquet(tmp / "eval" / "cohort_metrics.parquet")
+    assert {"model", "model_mean", "market", "uniform"} <= set(cm.source)
+    all_ll = cm[(cm.cohort == "all") & (cm.metric == "log_loss")].set_index("source")["n_rows"]
+    assert all_ll.nunique() == 1  # every source on the same rows
+    cka = pd.read_parquet(tmp / "eval" / "cka.parquet")
+    assert cka["cka"].between(0, 1 + 1e-9).all()
+    res = pd.read_parquet(tmp / "eval" / "resilience.parquet")
+    assert set(res.perturbation) >= {"drop_last", "noise_time", "missing", "truncate", "duplicate"}
+    assert (res.state_divergence >= 0).all() and res.flip_rate.between(0, 1).all()
+    div = pd.read_parquet(tmp / "eval" / "divergence.parquet")
+    assert (div.distance >= 0).all() and div.step.min() == 1
+
+
+def test_evaluate_without_models_skips_resilience(run, tmp_path):
+    tmp, *_ = run
+    headline = analysis.evaluate_run(tmp, models=None, n_boot=20)
+    assert "resilience" not in headline["tables"] and headline["notes"]
+
+
+def test_resilience_unperturbed_scores_match_the_store(run):
+    tmp, inputs, _, _ = run
+    from gruviz_core import resilience as rs
+
+    models = _models()
+    reader = states.open_states(tmp, allow_incomplete=True)
+    off = inputs["offsets"]
+    dogs = np.arange(10)
+    hists = [inputs["seqs_values"][off[d]:off[d + 1] - 1] for d in dogs]
+    last = off[dogs + 1] - 1
+    s, h = rs.final_scores(models[0], hists, inputs["seqs_values"][last], inputs["context"][last])
+    np.testing.assert_allclose(s, reader.scores()[last, 0], atol=1e-5)
+    for i, d in enumerate(dogs):
+        want = reader.dog_at(int(d), 0).h[-2, -1] if off[d + 1] - off[d] > 1 else np.zeros(8)
+        np.testing.assert_allclose(h[i], want, atol=2e-3)  # store is float16
