@@ -14,6 +14,7 @@ Every input row ends either in `runs` (with its `source_row`) or in `rejects` wi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,29 @@ def adapt(raw: pd.DataFrame, fmt: str | None = None, *, where: str = "file") -> 
 # ---------------------------------------------------------------- field parsers (Series in, Series out)
 
 
+def _per_unique(fn):
+    """Run a text parser once per distinct value (dates, names, prices repeat a lot), then spread back."""
+
+    @functools.wraps(fn)
+    def wrapper(s: pd.Series, *args, **kwargs):
+        textual = s.dtype == object or pd.api.types.is_string_dtype(s.dtype)
+        if not textual or len(s) < 256:
+            return fn(s, *args, **kwargs)
+        codes, uniques = pd.factorize(s, use_na_sentinel=False)
+        if len(uniques) > len(s) // 2:
+            return fn(s, *args, **kwargs)
+        res = fn(pd.Series(uniques, dtype=s.dtype), *args, **kwargs)
+        return tuple(_spread(r, codes, s.index) for r in res) if isinstance(res, tuple) else _spread(res, codes, s.index)
+
+    return wrapper
+
+
+def _spread(res: pd.Series | pd.DataFrame, codes: np.ndarray, index: pd.Index):
+    out = res.iloc[codes]
+    out.index = index
+    return out
+
+
 def _text(s: pd.Series) -> pd.Series:
     """Cells as stripped strings, missing -> ''."""
     if s.dtype == object or isinstance(s.dtype, pd.StringDtype) or pd.api.types.is_string_dtype(s.dtype):
@@ -129,11 +153,13 @@ def _text(s: pd.Series) -> pd.Series:
     return s.astype("string").fillna("").str.strip()
 
 
+@_per_unique
 def normalise_name(s: pd.Series) -> pd.Series:
     """Dog key from a name: upper case, single spaces. `Pin Up`, `PIN  UP ` -> `PIN UP`."""
     return _text(s).str.replace(r"\s+", " ", regex=True).str.upper()
 
 
+@_per_unique
 def display_name(s: pd.Series) -> pd.Series:
     """Display name: title case when the source shouts (all upper) or whispers (all lower), else as spelled."""
     t = _text(s).str.replace(r"\s+", " ", regex=True)
@@ -145,6 +171,7 @@ def display_name(s: pd.Series) -> pd.Series:
 _MONTHS = "January February March April May June July August September October November December".split()
 
 
+@_per_unique
 def parse_dates(s: pd.Series) -> pd.Series:
     """Dates in ISO (optionally with a time), d/m/Y, d/m/y or long form ('Saturday 15th February 2020') -> datetime64[ns].
 
@@ -182,6 +209,7 @@ def _from_parts(ymd: pd.DataFrame) -> pd.Series:
     return out
 
 
+@_per_unique
 def parse_number(s: pd.Series, *, lo: float = -np.inf, hi: float = np.inf, strip: str = "") -> pd.Series:
     """Numbers (Float64); unparseable or outside [lo, hi] -> <NA>. `strip`: a regex of decorations to remove."""
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
@@ -195,6 +223,7 @@ def parse_number(s: pd.Series, *, lo: float = -np.inf, hi: float = np.inf, strip
     return x.mask((x < lo) | (x > hi))
 
 
+@_per_unique
 def parse_price(s: pd.Series) -> pd.Series:
     """Decimal odds from `$2.80F`, `2.8`, `11/10F`, `EVS`/`Evens` -> Float64; nonsense or < 1.01 -> <NA>."""
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
@@ -209,6 +238,7 @@ def parse_price(s: pd.Series) -> pd.Series:
     return parse_number(out, lo=1.01, hi=10000)
 
 
+@_per_unique
 def parse_place(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Finishing places -> (finish_pos Int8, state), state one of 'finished', 'dnf' (letters), 'empty', 'bad'.
 
@@ -228,6 +258,7 @@ def parse_place(s: pd.Series) -> tuple[pd.Series, pd.Series]:
 _MARGIN_WORDS = {"DH": 0.0, "NSE": 0.05, "NOSE": 0.05, "SHD": 0.1, "SH": 0.1, "HD": 0.2, "NK": 0.3, "DIS": np.nan}
 
 
+@_per_unique
 def parse_margin(s: pd.Series) -> pd.Series:
     """Margins in lengths from `2.75`, `2.75L`, `1 1/2`, `3/4`, `Hd`, `Nk`, `DH` ... -> Float64 (0..100)."""
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
@@ -301,8 +332,7 @@ def _iggy(raw: pd.DataFrame) -> pd.DataFrame:
     df["race_id"] = ("bf:" + market).where(market != "", "")
     df["race_date"] = parse_dates(raw["Date"])
     df["track"] = display_name(raw["Track"])
-    name = raw["Race Name"].astype("string").fillna("").str.strip()
-    parts = name.str.extract(r"^(?:R\d+\s+)?(\d{3,4})\s*m?(?:\s+(.*))?$")
+    parts = _race_name_parts(raw["Race Name"])
     df["distance_m"] = _int_in(parts[0], 100, 2000, "Int32")
     df["grade"] = parts[1].fillna("").str.strip()
     df["box"] = _int_in(raw["Rug"], 1, 10, "Int8")
@@ -363,6 +393,12 @@ def _thedogs(raw: pd.DataFrame) -> pd.DataFrame:
     reject = reject.mask((reject == "") & (state == "empty"), "not_run")
     df["_reject"] = reject.mask((reject == "") & (state == "bad"), "bad_result")
     return df
+
+
+@_per_unique
+def _race_name_parts(s: pd.Series) -> pd.DataFrame:
+    """`R1 530m Gr5` (also `R10 457 M5`) -> columns 0: distance text, 1: grade."""
+    return _text(s).str.extract(r"^(?:R\d+\s+)?(\d{3,4})\s*m?(?:\s+(.*))?$")
 
 
 def _gbgb(raw: pd.DataFrame) -> pd.DataFrame:
