@@ -1,0 +1,112 @@
+"""Training the built-in model: the race loss, padding, learning a signal, determinism per seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gruviz_core.errors import ConfigError
+from gruviz_core.features import build_sequences, fit_normaliser, home_group
+from gruviz_core.model import ModelConfig, RaceGRU
+from gruviz_core.racing import race_codes, race_softmax
+from gruviz_core.sequences import pad_batch
+from gruviz_core.synth import simulate
+from gruviz_core.train import (
+    TrainConfig, TrainData, conditional_logit_nll, score_rows, time_split, train_seed, win_metrics,
+)
+
+FAST = TrainConfig(epochs=6, lr=2e-2, batch_rows=3000, chunk_dogs=256, patience=2)
+
+
+def _data(runs, val_frac: float = 0.2) -> TrainData:
+    seqs = build_sequences(runs)
+    _, train, val = time_split(seqs.race_date, val_frac)
+    v, c = fit_normaliser(seqs, train).apply(seqs.values, seqs.context)
+    return TrainData(v, c, seqs.offsets, race_codes(seqs.race_id), seqs.won, seqs.market_prob, train, val, home_group(seqs))
+
+
+@pytest.fixture(scope="module")
+def synth_data() -> TrainData:
+    return _data(simulate(250, 7))
+
+
+def _cfg(data: TrainData, seed: int = 0, **kw) -> ModelConfig:
+    return ModelConfig(data.values.shape[1], data.context.shape[1], hidden_size=12, head_hidden=12, seed=seed, **kw)
+
+
+def test_conditional_logit_matches_race_softmax():
+    rng = np.random.default_rng(0)
+    race = np.repeat(np.arange(30), rng.integers(2, 9, 30))
+    scores = rng.normal(size=len(race))
+    won = np.zeros(len(race))
+    won[np.r_[0, np.flatnonzero(np.diff(race)) + 1]] = 1.0  # first runner of each race wins
+    loss, n = conditional_logit_nll(torch.tensor(scores), torch.tensor(race), torch.tensor(won))
+    expected = -np.log(race_softmax(scores, race)[won == 1]).sum()
+    assert n == 30 and float(loss) == pytest.approx(expected, rel=1e-10)
+
+
+def test_races_without_winner_or_single_runner_give_no_term():
+    race = torch.tensor([0, 0, 1, 2, 2])
+    won = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])
+    loss, n = conditional_logit_nll(torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0]), race, won)
+    assert n == 1 and float(loss) == pytest.approx(np.log(2.0))
+
+
+def test_time_split_holds_out_the_latest_dates():
+    dates = np.array(["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"], dtype="datetime64[D]").repeat(3)
+    cutoff, train, val = time_split(dates, 0.25)
+    assert cutoff == np.datetime64("2024-01-03") and val.sum() == 3 and (dates[val] > dates[train].max()).all()
+    with pytest.raises(ConfigError, match="at least 2 dates"):
+        time_split(dates[:3], 0.2)
+
+
+def test_padding_and_chunking_change_nothing(synth_data):
+    torch.manual_seed(0)
+    model = RaceGRU(_cfg(synth_data))
+    d = synth_data
+    offsets = d.offsets[:41]  # the first 40 dogs, one at a time vs all in one padded chunk
+    alone = score_rows(model, d.values, d.context, offsets, chunk_dogs=1)[: offsets[-1]]
+    together = score_rows(model, d.values, d.context, offsets, chunk_dogs=10_000)[: offsets[-1]]
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    dogs = np.array([0, 5, 9])
+    x, lengths = pad_batch(d.values, d.offsets, dogs)
+    c, _ = pad_batch(d.context, d.offsets, dogs)
+    with torch.no_grad():
+        padded = model(torch.from_numpy(x), torch.from_numpy(c)).numpy()
+    for b, dog in enumerate(dogs):
+        np.testing.assert_allclose(padded[b, : lengths[b]], alone[d.offsets[dog]:d.offsets[dog + 1]], atol=1e-5)
+
+
+def test_training_on_synth_beats_uniform(synth_data):
+    result = train_seed(synth_data, _cfg(synth_data), FAST)
+    m = result.metrics
+    assert m["model"]["n_races"] > 20
+    assert m["model"]["race_log_loss"] < m["uniform"]["race_log_loss"] - 0.1
+    assert m["model"]["log_loss"] < m["uniform"]["log_loss"]
+    assert m["model"]["hit_rate"] > m["uniform"]["hit_rate"] + 0.1
+    assert m["market"]["n_rows"] == m["model_priced"]["n_rows"]
+    assert 1 <= result.best_epoch <= len(result.curve) and {"train_loss", "val_loss"} <= set(result.curve.columns)
+
+
+def test_training_is_deterministic_per_seed(synth_data):
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_rows=1500, chunk_dogs=64, patience=5)
+    a, b = train_seed(synth_data, _cfg(synth_data, 3), cfg), train_seed(synth_data, _cfg(synth_data, 3), cfg)
+    c = train_seed(synth_data, _cfg(synth_data, 4), cfg)
+    for k in a.state_dict:
+        torch.testing.assert_close(a.state_dict[k], b.state_dict[k], rtol=0, atol=0)
+    assert a.metrics == b.metrics
+    assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
+
+
+def test_two_layer_model_trains(synth_data):
+    cfg = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128)
+    r = train_seed(synth_data, _cfg(synth_data, num_layers=2), cfg)
+    assert "gru.weight_hh_l1" in r.state_dict and np.isfinite(r.metrics["model"]["log_loss"])
+
+
+def test_win_metrics_of_a_perfect_forecast():
+    race = np.array([0, 0, 1, 1, 1])
+    won = np.array([1.0, 0, 0, 1, 0])
+    m = win_metrics(won * 0.999 + 0.0002, won, race)
+    assert m["hit_rate"] == 1.0 and m["race_log_loss"] < 0.01 and m["n_races"] == 2
