@@ -1,0 +1,158 @@
+"""Faults with real processes: a writer killed mid-run, two writers on one run at once.
+
+The workers are this file run as a script (`python tests/test_faults.py <mode> ...`); they rebuild
+the same data and models from fixed seeds, so the parent can check every row.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+F, C, HIDDEN, LAYERS = 4, 2, 8, 2
+LAYOUT = dict(chunk_rows=16, shard_chunks=2)  # 32-row shards: many shards from a few hundred rows
+
+
+def models():
+    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
+
+    out = []
+    for s in (11, 12):
+        torch.manual_seed(s)
+        m = RaceGRU(ModelConfig(F, C, hidden_size=HIDDEN, num_layers=LAYERS, seed=s))
+        out.append(LoadedModel.wrap(m, [f"f{i}" for i in range(F)], [f"c{i}" for i in range(C)], model_id=f"s{s}"))
+    return out
+
+
+def inputs(seed: int, n_dogs: int = 40) -> dict:
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.geometric(0.08, size=n_dogs), 60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    return dict(
+        seqs_values=rng.normal(size=(n, F)).astype(np.float32), context=rng.normal(size=(n, C)).astype(np.float32),
+        offsets=offsets, dog_id=np.array([f"D{i}" for i in range(n_dogs)], dtype=object),
+        dog_name=np.array([f"Dog {i}" for i in range(n_dogs)], dtype=object),
+        race_id=np.array([f"R{i}" for i in range(n)], dtype=object),
+        race_date=np.datetime64("2024-01-01") + np.arange(n).astype("timedelta64[D]"),
+        won=np.zeros(n, np.float32), market_prob=np.full(n, 0.2, np.float32),
+    )
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, __file__, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def check_run(run_dir: Path, inp: dict) -> None:
+    """Every row of every dog and seed is written and equals an in-process extraction."""
+    from gruviz_core.extract import extract_batch
+    from storage.states import open_states
+
+    reader = open_states(run_dir)
+    off = inp["offsets"]
+    assert reader.n_obs == off[-1]
+    for k, model in enumerate(models()):
+        want = extract_batch(model, inp["seqs_values"], inp["context"], off, np.arange(len(off) - 1),
+                             device=torch.device("cpu"))
+        got = np.full_like(want.h, np.nan, dtype=np.float32)
+        pos = 0
+        for d, n in zip(want.dogs, want.lengths):
+            got[pos : pos + n] = reader.dog(inp["dog_id"][d], seed=k).h
+            pos += n
+        assert not np.isnan(got).any(), "rows missing"
+        np.testing.assert_allclose(got, want.h, atol=1e-3)
+
+
+def test_killed_writer_leaves_published_run_intact(tmp_path):
+    from storage import states
+
+    first = inputs(1)
+    run1 = states.publish_run(tmp_path, states.extract_run(tmp_path, "r1", {}, models(), device="cpu",
+                                                            **first, **LAYOUT))
+    before = states.open_states(run1).dog("D3").h.copy()
+    proc = spawn("slow-run", str(tmp_path), "r2")
+    try:
+        assert proc.stdout.readline().startswith("tmp "), proc.stderr.read()
+        assert proc.stdout.readline().startswith("progress"), proc.stderr.read()  # mid-run: blocks under way
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    # readers still see r1, whole, and nothing of r2
+    assert states.latest_run(tmp_path) == run1
+    assert (tmp_path / "runs" / "LATEST").read_text().strip() == "r1"
+    np.testing.assert_array_equal(states.open_states(run1).dog("D3").h, before)
+    check_run(run1, first)
+    (tmp,) = (tmp_path / "runs" / ".tmp").iterdir()
+    import pytest
+    from gruviz_core.errors import StoreError
+
+    with pytest.raises(StoreError, match="no done marker"):
+        states.finish_run(tmp)
+    # the next run publishes correctly
+    second = inputs(2)
+    run3 = states.publish_run(tmp_path, states.extract_run(tmp_path, "r3", {}, models(), device="cpu",
+                                                            **second, **LAYOUT))
+    assert states.latest_run(tmp_path) == run3
+    check_run(run3, second)
+
+
+def test_two_processes_write_blocks_concurrently(tmp_path):
+    from storage import states
+
+    inp = inputs(3, n_dogs=60)
+    plan = states.begin_run(
+        tmp_path, "r1", {}, offsets=inp["offsets"], dog_id=inp["dog_id"], dog_name=inp["dog_name"],
+        race_id=inp["race_id"], race_date=inp["race_date"], won=inp["won"], market_prob=inp["market_prob"],
+        n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12], block_shards=1, **LAYOUT,
+    )
+    assert plan.n_blocks >= 6
+    procs = [spawn("blocks", plan.tmp_dir, "3", str(p), "2") for p in (0, 1)]  # even / odd blocks
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    states.finish_run(plan.path)
+    check_run(states.publish_run(tmp_path, plan.path), inp)
+
+
+def _worker(argv: list[str]) -> None:
+    from storage import states
+
+    mode = argv[0]
+    if mode == "slow-run":  # a whole run in one process, slowed so the parent can kill it mid-way
+        root, run_id = argv[1], argv[2]
+        inp = inputs(2)
+        vals, ctx = inp.pop("seqs_values"), inp.pop("context")
+        plan = states.begin_run(root, run_id, {}, n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12],
+                                block_shards=1, **inp, **LAYOUT)
+        print("tmp", plan.tmp_dir, flush=True)
+
+        def slow(done, total):
+            print("progress", done, total, flush=True)
+            time.sleep(0.5)
+
+        for b in range(plan.n_blocks):
+            states.extract_block(plan, b, models(), vals, ctx, device="cpu", progress=slow)
+        time.sleep(60)  # never finishes on its own within the test
+    elif mode == "blocks":  # every `step`-th block from `first`
+        tmp, seed, first, step = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
+        inp = inputs(seed, n_dogs=60)
+        plan = states.RunPlan.load(tmp)
+        for b in range(first, plan.n_blocks, step):
+            states.extract_block(plan, b, models(), inp["seqs_values"], inp["context"], device="cpu")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _worker(sys.argv[1:])
