@@ -1,0 +1,99 @@
+"""Publish a night's page into the reports directory: atomic page, shared plotly.js once, index of all nights.
+
+    <reports_dir>/assets/plotly.min.js     copied once from the installed plotly package
+    <reports_dir>/<night>/index.html       the night's page (written atomically)
+    <reports_dir>/<night>/headline.json    its headline numbers (feeds the index and the trend)
+    <reports_dir>/index.html               every night, newest first, with the headline trend
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from gruviz_core.errors import ConfigError
+from reports.render import plotly_js_path, render_index
+from storage.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+__all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "ASSET"]
+
+ASSET = "assets/plotly.min.js"
+"""Where the shared plotly.js lives, relative to the reports directory."""
+_NIGHT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,63}$")
+
+
+def _check_night(night: str) -> str:
+    if not _NIGHT.match(night) or ".." in night:
+        raise ConfigError(
+            f"report night {night!r} is not a safe directory name; expected e.g. 2026-11-25 "
+            "(letters, digits, '-', '_', '.', at most 64 characters)"
+        )
+    return night
+
+
+@contextmanager
+def _lock(reports_dir: Path) -> Iterator[None]:
+    """One publisher at a time per reports directory, so the index never misses a night."""
+    with open(reports_dir / ".publish.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_plotly_asset(reports_dir: str | Path) -> Path:
+    """Copy plotly.min.js into <reports_dir>/assets once (again only if the installed plotly changed)."""
+    src = plotly_js_path()
+    dst = Path(reports_dir) / ASSET
+    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+        write_bytes_atomic(dst, src.read_bytes())
+    return dst
+
+
+def list_nights(reports_dir: str | Path) -> list[dict]:
+    """Published nights, newest first: night, href, headline (dict), delta (model log-loss vs the night before)."""
+    reports_dir = Path(reports_dir)
+    nights = []
+    for d in sorted(p for p in reports_dir.iterdir() if p.is_dir() and _NIGHT.match(p.name) and (p / "index.html").is_file()):
+        try:
+            head = json.loads((d / "headline.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            head = {}
+        nights.append({"night": d.name, "href": f"{d.name}/index.html", "headline": head if isinstance(head, dict) else {}})
+    prev = None
+    for n in nights:  # oldest first here
+        cur = n["headline"].get("model_log_loss")
+        ok = isinstance(cur, (int, float)) and isinstance(prev, (int, float))
+        n["delta"] = float(f"{cur - prev:+.4g}") if ok else None
+        prev = cur if isinstance(cur, (int, float)) else prev
+    return nights[::-1]
+
+
+def write_index(reports_dir: str | Path) -> Path:
+    """Rewrite <reports_dir>/index.html from the nights on disk (atomic)."""
+    path = Path(reports_dir) / "index.html"
+    write_text_atomic(path, render_index(list_nights(reports_dir)))
+    return path
+
+
+def publish_report(html: str, reports_dir: str | Path, night: str, *, headline: dict) -> Path:
+    """Publish a rendered page as <reports_dir>/<night>/index.html; returns its path.
+
+    The shared plotly.js is in place before the page, the page is renamed into place whole, and the
+    index is rewritten last, so a reader never sees half a page or a link to a missing one.
+    """
+    _check_night(night)
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    with _lock(reports_dir):
+        ensure_plotly_asset(reports_dir)
+        write_json_atomic(reports_dir / night / "headline.json", headline)
+        page = reports_dir / night / "index.html"
+        write_text_atomic(page, html)
+        write_index(reports_dir)
+    return page

@@ -1,0 +1,106 @@
+"""ReportModel -> HTML through one Jinja environment with autoescape; plotly.js loaded once per page."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from reports.figures import figure_html
+from reports.model import COHORT_COLOURS, ReportModel
+
+__all__ = ["render", "render_index", "plotly_js_path", "ENV"]
+
+ENV = Environment(
+    loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+"""The one template environment: every value from data is HTML-escaped unless it is a figure fragment."""
+
+
+def _cell(v: Any) -> str:
+    """A table cell: thousands separators for ints, 4 significant digits for floats, a dash for nothing."""
+    if v is None:
+        return "\u2013"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != v:
+            return "\u2013"
+        return f"{v:,.4g}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+ENV.filters["cell"] = _cell
+
+
+def plotly_js_path() -> Path:
+    """The plotly.min.js shipped with the installed plotly package (never a CDN)."""
+    import plotly
+
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        from gruviz_core.errors import ConfigError
+
+        raise ConfigError(f"plotly.min.js not found at {path}; reinstall plotly (pip install --force-reinstall plotly)")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    return plotly_js_path().read_text(encoding="utf-8")
+
+
+def _script_src(plotly_src: str) -> str:
+    """The page lives at <night>/index.html: a relative asset path (relative to the reports dir) gains '../'."""
+    if "://" in plotly_src or plotly_src.startswith("/") or plotly_src.startswith("../"):
+        return plotly_src
+    return "../" + plotly_src
+
+
+def render(model: ReportModel, *, plotly_src: str | None = "assets/plotly.min.js") -> str:
+    """The night's page. `plotly_src`: path of plotly.js relative to the reports directory (the page is
+    one level down, so it is referenced as '../<plotly_src>'), an absolute URL/path as given, or None to
+    inline plotly.js once (a self-contained single file)."""
+    figures = {
+        p.figure.div_id: Markup(figure_html(p.figure)) for s in model.sections for p in s.panels if p.figure is not None
+    }
+    return ENV.get_template("report.html.j2").render(
+        m=model,
+        figures=figures,
+        colours=COHORT_COLOURS,
+        plotly_src=None if plotly_src is None else _script_src(plotly_src),
+        plotly_inline=Markup(_plotly_js().replace("</script", "<\\/script")) if plotly_src is None else None,
+    )
+
+
+def render_index(nights: Sequence[Mapping[str, Any]], *, title: str = "gruviz nightly reports") -> str:
+    """The list of all nights, newest first, with the headline trend (no plotly.js needed)."""
+    rows = sorted(nights, key=lambda n: str(n["night"]), reverse=True)
+    series = [r.get("headline", {}).get("model_log_loss") for r in reversed(rows)]
+    return ENV.get_template("index.html.j2").render(title=title, rows=rows, spark=Markup(_sparkline(series)))
+
+
+def _sparkline(values: Sequence[Any], width: int = 320, height: int = 60) -> str:
+    """An inline SVG polyline of the model's log-loss, oldest to newest (empty with fewer than two points)."""
+    pts = [(i, float(v)) for i, v in enumerate(values) if isinstance(v, (int, float))]
+    if len(pts) < 2:
+        return ""
+    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+    span = (hi - lo) or 1.0
+    n = max(len(values) - 1, 1)
+    coords = " ".join(f"{4 + (width - 8) * i / n:.1f},{height - 4 - (height - 8) * (v - lo) / span:.1f}" for i, v in pts)
+    return (
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="model log-loss by night, oldest to newest">'
+        f'<polyline fill="none" stroke="#0f766e" stroke-width="2" points="{coords}"/></svg>'
+    )

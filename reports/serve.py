@@ -1,0 +1,105 @@
+"""A read-only static server for the reports directory, on loopback only.
+
+GET and HEAD only (anything else: 405); no path outside the directory is reachable (`..`, encoded
+`%2e%2e`, backslashes and symlinks pointing out all answer 404); no directory listings.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sys
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from gruviz_core.errors import ConfigError
+
+__all__ = ["ReportsHandler", "make_server", "HOST"]
+
+HOST = "127.0.0.1"
+"""The only address the server binds: reports are for this machine (put a real web server in front to share)."""
+
+_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+class ReportsHandler(SimpleHTTPRequestHandler):
+    """Static files under `directory`, read-only."""
+
+    server_version = "gruviz-serve"
+    sys_version = ""
+    quiet = False
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def _resolve(self) -> str | None:
+        """The file a request names, or None when it would leave the served directory."""
+        root = os.path.realpath(self.directory)
+        raw = unquote(urlsplit(self.path).path, errors="strict") if "%" in self.path else urlsplit(self.path).path
+        parts = raw.split("/")
+        if any(p in ("..", ".") or "\\" in p or "\x00" in p for p in parts):
+            return None
+        full = os.path.realpath(os.path.join(root, *[p for p in parts if p]))
+        if full != root and not full.startswith(root + os.sep):
+            return None
+        if raw.endswith("/") and not full.endswith(os.sep):
+            full += os.sep  # keep the trailing slash: SimpleHTTPRequestHandler redirects on it
+        return full
+
+    def translate_path(self, path: str) -> str:  # noqa: D401 - http.server's hook
+        resolved = self._resolve()
+        # A path that does not exist: the base class answers 404.
+        return resolved if resolved is not None else posixpath.join(os.path.realpath(self.directory), ".gruviz-not-found")
+
+    def send_head(self):  # type: ignore[override]
+        try:
+            resolved = self._resolve()
+        except UnicodeDecodeError:
+            resolved = None
+        if resolved is None:
+            self.send_error(404, "Not found")
+            return None
+        return super().send_head()
+
+    def list_directory(self, path):  # type: ignore[override]
+        self.send_error(404, "No directory listings")
+        return None
+
+    def end_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", _CSP)
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def _refuse(self) -> None:
+        self.send_response(405, "Method Not Allowed")
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
+    do_PROPFIND = do_PROPPATCH = do_MKCOL = do_COPY = do_MOVE = do_LOCK = do_UNLOCK = _refuse
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        if not self.quiet:
+            sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
+
+
+def make_server(directory: str | Path, *, port: int = 8765, quiet: bool = False) -> ThreadingHTTPServer:
+    """A server for `directory` bound to 127.0.0.1:`port` (0 picks a free port); call serve_forever()."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"reports directory {directory} does not exist; publish a report first (gruviz nightly / gruviz demo) "
+            "or pass --dir"
+        )
+    handler = partial(type("Handler", (ReportsHandler,), {"quiet": quiet}), directory=str(directory.resolve()))
+    server = ThreadingHTTPServer((HOST, port), handler)
+    server.daemon_threads = True
+    return server

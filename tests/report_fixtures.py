@@ -1,0 +1,420 @@
+"""A fake run directory with exactly the tables of docs/ARCHITECTURE.md sections 3-4, for report tests.
+
+`write_run(run_dir, ...)` writes `run.json`, `stats/*.parquet`, `stats/summary.json`,
+`eval/*.parquet` and `eval/headline.json` with plausible synthetic numbers (no model, no Zarr),
+vectorised so that a 100k-dog run takes a few seconds. `fake_dog_states(run_dir)` returns a
+loader with the signature of `storage.states.open_states(run_dir).dog` for the heatmaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FakeDogStates", "write_run", "write_history", "fake_dog_states", "EVIL_NAME", "TABLES"]
+
+EVIL_NAME = "<script>alert(1)</script>"
+"""A dog name that must show as text and never run."""
+
+TABLES = (
+    "stats/dog_step.parquet",
+    "stats/dog.parquet",
+    "stats/unit.parquet",
+    "stats/step.parquet",
+    "stats/plateau.parquet",
+    "eval/cohort_metrics.parquet",
+    "eval/calibration.parquet",
+    "eval/length_matched.parquet",
+    "eval/effect_size.parquet",
+    "eval/sensitivity.parquet",
+    "eval/repro.parquet",
+    "eval/cka.parquet",
+    "eval/resilience.parquet",
+    "eval/divergence.parquet",
+)
+"""Every Parquet table the report reads, relative to the run directory."""
+
+COHORTS = ("saturated", "partial", "unsaturated", "undecided")
+
+
+@dataclass(frozen=True)
+class FakeDogStates:
+    """Same fields as storage.states.DogStates."""
+
+    dog_id: str
+    """The dog's id."""
+    dog_name: str
+    """The dog's name as raced."""
+    race_date: np.ndarray
+    """(T,) datetime64[D]."""
+    race_id: np.ndarray
+    """(T,) str."""
+    h: np.ndarray
+    """(T, L, H) float32 hidden states."""
+    z: np.ndarray
+    """(T, L, H) float32 update gates."""
+    r: np.ndarray
+    """(T, L, H) float32 reset gates."""
+
+
+def _write(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False)
+
+
+def _dogs(n_dogs: int, max_steps: int, rng: np.random.Generator, evil_first: bool) -> pd.DataFrame:
+    """One row per dog: career length, plateau, cohort. Long-tailed careers like real data."""
+    n_steps = np.clip(np.round(rng.lognormal(2.6, 0.9, n_dogs)), 1, max_steps).astype(np.int64)
+    plateau = np.round(rng.normal(18, 6, n_dogs)).clip(6, None).astype(np.int64)
+    censored = plateau > n_steps
+    level = rng.beta(2, 2, n_dogs)  # how saturated the dog's state ends up, 0..1
+    f_after = np.where(censored, np.nan, level)
+    cohort = np.where(
+        censored, "undecided", np.where(level >= 0.5, "saturated", np.where(level < 0.25, "unsaturated", "partial"))
+    )
+    names = np.array([f"DOG {i:06d}" for i in range(n_dogs)], dtype=object)
+    if evil_first and n_dogs:
+        names[0] = EVIL_NAME
+        # Make the evil dog the clearest saturated exemplar, so it is on the page.
+        n_steps[0], plateau[0], censored[0], level[0], f_after[0], cohort[0] = max_steps, 12, False, 0.99, 0.99, "saturated"
+    if n_dogs > 1:
+        # ... and dog 1 the clearest unsaturated one.
+        n_steps[1], plateau[1], censored[1], level[1], f_after[1], cohort[1] = max_steps * 2 // 3, 15, False, 0.01, 0.01, "unsaturated"
+    return pd.DataFrame(
+        {
+            "dog_index": np.arange(n_dogs, dtype=np.int64),
+            "dog_id": [f"D{i:06d}" for i in range(n_dogs)],
+            "dog_name": names,
+            "n_steps": n_steps,
+            "plateau": plateau,
+            "censored": censored,
+            "level": level,
+            "f_after": f_after,
+            "cohort": cohort,
+        }
+    )
+
+
+def _dog_step(dogs: pd.DataFrame, n_layers: int, rng: np.random.Generator) -> pd.DataFrame:
+    n = dogs["n_steps"].to_numpy()
+    idx = np.repeat(np.arange(len(dogs)), n)
+    start = np.cumsum(n) - n
+    step = (np.arange(len(idx)) - np.repeat(start, n) + 1).astype(np.int32)
+    level = dogs["level"].to_numpy()[idx]
+    tau = dogs["plateau"].to_numpy()[idx] / 3.0
+    frames = []
+    for layer in range(n_layers):
+        s = (0.15 + 0.8 * level * (1 - np.exp(-step / tau)) + rng.normal(0, 0.01, len(idx))).clip(0, 1)
+        f095 = (s**3).clip(0, 1)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "dog_index": idx.astype(np.int64),
+                    "step": step,
+                    "layer": np.int32(layer),
+                    "abs_sum": (s * 64).astype(np.float32),
+                    "s": s.astype(np.float32),
+                    "f090": (s**2.5).astype(np.float32),
+                    "f095": f095.astype(np.float32),
+                    "f099": (s**5).astype(np.float32),
+                    "delta": (np.exp(-step / tau) + 0.05).astype(np.float32),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _dog_table(dogs: pd.DataFrame, n_layers: int) -> pd.DataFrame:
+    rows = []
+    for layer in range(n_layers):
+        level = dogs["level"].to_numpy()
+        rows.append(
+            pd.DataFrame(
+                {
+                    "dog_index": dogs["dog_index"],
+                    "dog_id": dogs["dog_id"],
+                    "dog_name": dogs["dog_name"],
+                    "n_steps": dogs["n_steps"].astype(np.int32),
+                    "layer": np.int32(layer),
+                    "plateau_step": pd.array(np.where(dogs["censored"], pd.NA, dogs["plateau"]), dtype="Int32"),
+                    "censored": dogs["censored"],
+                    "mean_s": (0.15 + 0.6 * level).astype(np.float32),
+                    "final_s": (0.15 + 0.8 * level).astype(np.float32),
+                    "mean_f095_after": dogs["f_after"].astype(np.float32),
+                    "cohort": dogs["cohort"],
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def _step_table(dogs: pd.DataFrame, n_layers: int, max_steps: int) -> pd.DataFrame:
+    """Cohort bands per step, analytic (fast at any size)."""
+    n_steps = dogs["n_steps"].to_numpy()
+    alive = np.cumsum(np.bincount(n_steps, minlength=max_steps + 2)[::-1])[::-1]  # alive[t] = dogs with >= t steps
+    steps = np.arange(1, max_steps + 1)
+    rows = []
+    for layer in range(n_layers):
+        for cohort, lvl in (("all", 0.5), ("saturated", 0.8), ("partial", 0.4), ("unsaturated", 0.1), ("undecided", 0.5)):
+            share = 1.0 if cohort == "all" else float((dogs["cohort"] == cohort).mean())
+            base = 0.15 + 0.8 * lvl * (1 - np.exp(-steps / 6.0))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "layer": np.int32(layer),
+                        "step": steps.astype(np.int32),
+                        "cohort": cohort,
+                        "n": np.round(alive[steps] * share).astype(np.int64),
+                        "s_q25": base - 0.08,
+                        "s_q50": base,
+                        "s_q75": (base + 0.08).clip(0, 1),
+                        "f095_q25": ((base - 0.08) ** 3).clip(0, 1),
+                        "f095_q50": base**3,
+                        "f095_q75": ((base + 0.08) ** 3).clip(0, 1),
+                    }
+                )
+            )
+    out = pd.concat(rows, ignore_index=True)
+    return out[out["n"] > 0].reset_index(drop=True)
+
+
+def _plateau_table(dogs: pd.DataFrame, n_layers: int, max_steps: int) -> pd.DataFrame:
+    """Kaplan-Meier style share not yet plateaued, per step."""
+    t_event = np.where(dogs["censored"], dogs["n_steps"], dogs["plateau"]).astype(np.int64)
+    event = ~dogs["censored"].to_numpy()
+    ev = np.bincount(t_event[event], minlength=max_steps + 2)
+    ends = np.bincount(t_event, minlength=max_steps + 2)
+    at_risk = len(dogs) - np.concatenate([[0], np.cumsum(ends)[:-1]])
+    steps = np.arange(1, max_steps + 1)
+    hazard = np.where(at_risk[steps] > 0, ev[steps] / np.maximum(at_risk[steps], 1), 0.0)
+    survival = np.cumprod(1 - hazard)
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "layer": np.int32(layer),
+                    "step": steps.astype(np.int32),
+                    "at_risk": at_risk[steps].astype(np.int64),
+                    "plateaued": ev[steps].astype(np.int64),
+                    "survival": survival,
+                }
+            )
+            for layer in range(n_layers)
+        ],
+        ignore_index=True,
+    )
+
+
+def _unit_table(n_layers: int, n_units: int, seeds: int, rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    for seed in range(seeds):
+        for layer in range(n_layers):
+            variance = rng.gamma(2.0, 0.05, n_units)
+            variance[0] = 1e-7  # one dead unit
+            mean_abs = rng.uniform(0.1, 0.99, n_units)
+            for gate in ("z", "r"):
+                left = rng.beta(1, 4, n_units)
+                right = rng.beta(1, 4, n_units) * (1 - left)
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "seed": np.int32(seed),
+                            "layer": np.int32(layer),
+                            "gate": gate,
+                            "unit": np.arange(n_units, dtype=np.int32),
+                            "left": left,
+                            "right": right,
+                            "variance": variance,
+                            "mean_abs": mean_abs,
+                            "dead": variance < 1e-6,
+                            "always_saturated": mean_abs > 0.97,
+                        }
+                    )
+                )
+    return pd.concat(rows, ignore_index=True)
+
+
+def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    counts = dogs["cohort"].value_counts()
+    cm, lm, sens, res, cal = [], [], [], [], []
+    base = {"log_loss": 1.82, "brier": 0.118, "auc": 0.66, "hit_rate": 0.27}
+    offset = {"all": 0.0, "saturated": -0.03, "partial": 0.0, "unsaturated": 0.04, "undecided": 0.06}
+    for cohort in ("all",) + COHORTS:
+        n_dogs = int(len(dogs) if cohort == "all" else counts.get(cohort, 0))
+        n_rows = int(dogs["n_steps"].sum() if cohort == "all" else dogs.loc[dogs["cohort"] == cohort, "n_steps"].sum())
+        for metric, v in base.items():
+            for source, shift in (("model", 0.0), ("market", -0.02), ("uniform", 0.25)):
+                sign = -1 if metric in ("auc", "hit_rate") else 1
+                value = v + sign * (offset[cohort] + shift) * (v if metric != "log_loss" else 1)
+                if source == "uniform" and metric == "auc":
+                    value = 0.5
+                width = 0.4 / np.sqrt(max(n_dogs, 1))
+                cm.append((cohort, metric, value, value - width, value + width, n_dogs, n_rows, source))
+        for b in range(10):
+            p = (b + 0.5) / 10 * 0.6
+            cal.append((cohort, b, p, p * (1 + offset[cohort]), max(n_rows // 10, 1)))
+    for stratum in ("1-10", "11-20", "21-40", "41+"):
+        for cohort in ("saturated", "partial", "unsaturated"):
+            for metric in ("log_loss", "brier"):
+                v = base[metric] + offset[cohort] * 0.5
+                lm.append((stratum, cohort, metric, v, v - 0.03, v + 0.03, max(int(counts.get(cohort, 0)) // 4, 1)))
+    for tau in (0.9, 0.95, 0.99):
+        for theta in (0.3, 0.4, 0.5, 0.6, 0.7):
+            for cohort in COHORTS:
+                share = {"saturated": 0.8 - theta, "partial": 0.2, "unsaturated": theta - 0.1, "undecided": 0.1}[cohort]
+                share *= {0.9: 1.1, 0.95: 1.0, 0.99: 0.8}[tau]
+                ll = base["log_loss"] + offset[cohort] + (theta - 0.5) * 0.02
+                sens.append((tau, theta, cohort, int(len(dogs) * share), ll))
+    for pert in ("drop_last", "drop_random", "shuffle_recent", "time_noise", "missing", "duplicate", "truncate"):
+        for severity in (1, 2, 3):
+            for cohort in COHORTS:
+                for position in ("early", "late", "all"):
+                    pos = {"early": 2.0, "late": 0.6, "all": 1.0}[position]
+                    d = 0.005 * severity * pos * (1.5 if cohort == "unsaturated" else 1.0)
+                    res.append((pert, severity, cohort, position, d, 10 * d, 20 * d, 1000))
+    effect = [
+        ("log_loss", "saturated", "unsaturated", -0.07, -0.1, -0.04),
+        ("brier", "saturated", "unsaturated", -0.008, -0.012, -0.004),
+        ("auc", "saturated", "unsaturated", 0.03, -0.01, 0.07),
+        ("hit_rate", "saturated", "unsaturated", 0.02, 0.005, 0.035),
+    ]
+    steps = np.arange(1, max_steps + 1)
+    cka = [(int(t), a, b, float(0.6 + 0.35 * (1 - np.exp(-t / 10)))) for a in range(seeds) for b in range(a + 1, seeds) for t in steps]
+    repro = [
+        (scope, metric, value)
+        for scope in ("all",) + COHORTS
+        for metric, value in (("prob_spread", 0.021), ("top_pick_churn", 0.12), ("kappa", 0.71))
+    ]
+    ids = dogs["dog_id"].tolist()
+    div = [("A vs B", ids[0], ids[min(1, len(ids) - 1)], int(t), float(np.sqrt(t) * 0.8)) for t in steps[:40]]
+    return {
+        "eval/cohort_metrics.parquet": pd.DataFrame(cm, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"]),
+        "eval/calibration.parquet": pd.DataFrame(cal, columns=["cohort", "bin", "p_mean", "won_rate", "n"]),
+        "eval/length_matched.parquet": pd.DataFrame(lm, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"]),
+        "eval/effect_size.parquet": pd.DataFrame(effect, columns=["metric", "a", "b", "diff", "lo", "hi"]),
+        "eval/sensitivity.parquet": pd.DataFrame(sens, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"]),
+        "eval/repro.parquet": pd.DataFrame(repro, columns=["scope", "metric", "value"]),
+        "eval/cka.parquet": pd.DataFrame(cka, columns=["step", "seed_a", "seed_b", "cka"]),
+        "eval/resilience.parquet": pd.DataFrame(
+            res, columns=["perturbation", "severity", "cohort", "position", "d_loss", "flip_rate", "state_divergence", "n"]
+        ),
+        "eval/divergence.parquet": pd.DataFrame(div, columns=["pair", "dog_a", "dog_b", "step", "distance"]),
+    }
+
+
+def write_run(
+    run_dir: str | Path,
+    *,
+    n_dogs: int = 60,
+    n_layers: int = 1,
+    n_units: int = 16,
+    seeds: int = 3,
+    max_steps: int = 60,
+    night: str = "2026-11-25",
+    seed: int = 0,
+    evil_name: bool = True,
+    omit: Iterable[str] = (),
+    model_log_loss: float = 1.82,
+) -> Path:
+    """Write a fake published run directory; `omit` names tables (e.g. 'eval/cka.parquet') to leave out."""
+    run_dir = Path(run_dir)
+    rng = np.random.default_rng(seed)
+    dogs = _dogs(n_dogs, max_steps, rng, evil_name)
+    tables: dict[str, pd.DataFrame] = {
+        "stats/dog_step.parquet": _dog_step(dogs, n_layers, rng),
+        "stats/dog.parquet": _dog_table(dogs, n_layers),
+        "stats/unit.parquet": _unit_table(n_layers, n_units, seeds, rng),
+        "stats/step.parquet": _step_table(dogs, n_layers, max_steps),
+        "stats/plateau.parquet": _plateau_table(dogs, n_layers, max_steps),
+        **_eval_tables(dogs, seeds, max_steps, rng),
+    }
+    omit = set(omit)
+    for rel, df in tables.items():
+        if rel not in omit:
+            _write(df, run_dir / rel)
+    counts = {c: int((dogs["cohort"] == c).sum()) for c in COHORTS}
+    rule = {"name": "plateau-f95", "version": 1, "params": {"tau": 0.95, "theta": 0.5, "w": 5, "delta": 0.02, "k": 3}}
+    summary = {
+        "effective_dim": {str(layer): round(7.5 + layer, 2) for layer in range(n_layers)},
+        "dead_units": {str(layer): 1 for layer in range(n_layers)},
+        "always_saturated_units": {str(layer): 2 for layer in range(n_layers)},
+        "cohort_counts": counts,
+        "rule": rule,
+    }
+    headline = {
+        "night": night,
+        "dogs": n_dogs,
+        "obs": int(dogs["n_steps"].sum()),
+        "cohorts": counts,
+        "saturated_share": round(counts["saturated"] / max(n_dogs, 1), 4),
+        "model_log_loss": model_log_loss,
+        "market_log_loss": 1.80,
+        "uniform_log_loss": 2.05,
+        "median_plateau_step": 18,
+    }
+    run = {
+        "run_id": f"{night}-a1b2c3",
+        "night": night,
+        "snapshot_id": "snap-9f8e7d6c5b4a",
+        "model_set_id": "set-20261120-3seeds",
+        "seeds": list(range(seeds)),
+        "device": "cpu",
+        "code_version": "0.1.0+g1234abc",
+        "settings": {"hidden_size": n_units, "num_layers": n_layers},
+        "created_at": f"{night}T02:14:00+00:00",
+        "cohort_rule": rule,
+    }
+    for rel, obj in (("stats/summary.json", summary), ("eval/headline.json", headline), ("run.json", run)):
+        if rel not in omit:
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / rel).write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
+    (run_dir / "_COMPLETE").write_text("", encoding="utf-8")
+    return run_dir
+
+
+def write_history(root: str | Path, nights: Iterable[str], **kwargs) -> list[Path]:
+    """Small previous runs under root/<night>/ (only run.json, headline.json needed by the trend)."""
+    out = []
+    for i, night in enumerate(nights):
+        out.append(write_run(Path(root) / night, n_dogs=20, night=night, seed=100 + i, model_log_loss=1.85 - 0.01 * i, **kwargs))
+    return out
+
+
+def fake_dog_states(run_dir: str | Path) -> Callable[..., FakeDogStates]:
+    """A loader like `open_states(run_dir).dog`: states that saturate as the dog's cohort says."""
+    dog = pd.read_parquet(Path(run_dir) / "stats" / "dog.parquet")
+    dog = dog[dog["layer"] == dog["layer"].max()].set_index("dog_id")
+    n_layers = int(pd.read_parquet(Path(run_dir) / "stats" / "dog.parquet", columns=["layer"])["layer"].max()) + 1
+    n_units = int(pd.read_parquet(Path(run_dir) / "stats" / "unit.parquet", columns=["unit"])["unit"].max()) + 1
+
+    def load(dog_id: str, seed: int = 0) -> FakeDogStates:
+        if dog_id not in dog.index:
+            raise KeyError(f"dog {dog_id!r} is not in {run_dir}")
+        row = dog.loc[dog_id]
+        t = int(row["n_steps"])
+        digest = int(hashlib.sha256(f"{dog_id}/{seed}".encode()).hexdigest()[:8], 16)
+        rng = np.random.default_rng(digest)
+        gain = 0.3 + 3.0 * float(row["final_s"])
+        walk = np.cumsum(rng.normal(0, 1, (t, n_layers, n_units)), axis=0) / np.sqrt(np.arange(1, t + 1))[:, None, None]
+        ramp = (1 - np.exp(-np.arange(1, t + 1) / 6.0))[:, None, None]
+        h = np.tanh(gain * ramp * (walk + np.sign(rng.normal(0, 1, (1, n_layers, n_units))))).astype(np.float32)
+        z = (1 / (1 + np.exp(-rng.normal(0, 2, (t, n_layers, n_units))))).astype(np.float32)
+        r = (1 / (1 + np.exp(-rng.normal(0, 2, (t, n_layers, n_units))))).astype(np.float32)
+        dates = np.datetime64("2024-01-01") + np.arange(t) * 9
+        return FakeDogStates(
+            dog_id=dog_id,
+            dog_name=str(row["dog_name"]),
+            race_date=dates.astype("datetime64[D]"),
+            race_id=np.array([f"R{dog_id}-{k}" for k in range(t)]),
+            h=h,
+            z=z,
+            r=r,
+        )
+
+    return load
