@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -324,7 +325,9 @@ def load_byo(
         for i, p in enumerate(paths):
             if not p.exists():
                 raise NotFoundError(f"load_byo: TorchScript file {p} does not exist")
-            scripted = torch.jit.load(str(p), map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; still the format users hold
+                warnings.simplefilter("ignore", DeprecationWarning)
+                scripted = torch.jit.load(str(p), map_location="cpu")
             models.append(wrap_scripted(scripted, feats, ctx, gru_path=gru_path, model_id=f"{p.name}#{i}"))
         source = {"script": [str(p) for p in paths]}
     else:

@@ -1,0 +1,184 @@
+"""The model registry: train and register, reload with the same scores, CURRENT, cached sequences, BYO, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flows.cli import main as cli
+from gruviz_core.errors import AmbiguousGRUError, ConfigError, FeatureMismatchError, NoGRUError, NotFoundError
+from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES
+from gruviz_core.model import ModelConfig, RaceGRU
+from gruviz_core.racing import race_codes
+from gruviz_core.sequences import Sequences
+from gruviz_core.synth import simulate
+from gruviz_core.train import TrainConfig, TrainData, time_split, validation_metrics
+from storage.forms import ingest
+from storage.registry import (
+    current_model_set, ensure_sequences, list_model_sets, load_byo, load_model_set, train_and_register,
+)
+
+TINY = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)
+OURS = ("won", "box", "implied_prob")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store with one synthetic snapshot and one trained 2-seed model set."""
+    root = tmp_path_factory.mktemp("store")
+    src = root / "src.parquet"
+    simulate(120, 3).to_parquet(src)
+    snap = ingest([str(src)], root).snapshot_id
+    report = train_and_register(root, snap, seeds=2, hidden=8, layers=2, train_config=TINY)
+    return root, snap, report
+
+
+def test_train_registers_a_complete_set_and_marks_it_current(store):
+    root, snap, report = store
+    assert current_model_set(root) == report.set_id and list_model_sets(root) == [report.set_id]
+    d = root / "models" / report.set_id
+    for seed in (0, 1):
+        for f in ("model.pt", "config.json", "features.json", "curve.parquet", "metrics.json"):
+            assert (d / f"seed_{seed}" / f).is_file()
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["snapshot_id"] == snap and manifest["seeds"] == [0, 1]
+    assert not any((root / "models" / ".tmp").iterdir())
+    out = report.to_dict()
+    assert set(out["per_seed"]) == {"0", "1"} and out["uniform"]["n_rows"] == out["n_val_rows"]
+    assert out["market"]["log_loss"] > 0 and out["timings"]["per_epoch_s"] > 0
+
+
+def test_reloaded_checkpoints_give_the_stored_metrics(store):
+    root, snap, report = store
+    ms = load_model_set(root)
+    assert ms.set_id == report.set_id and ms.seeds == [0, 1] and ms.models[0].gru.num_layers == 2
+    seqs = Sequences.load(ensure_sequences(root, snap))
+    scores = ms.scores(seqs)  # (obs, seed)
+    assert scores.shape == (seqs.n_obs, 2) and np.isfinite(scores).all()
+    values, context = ms.prepare(seqs)
+    _, train, val = time_split(seqs.race_date, TINY.val_frac)
+    data = TrainData(values, context, seqs.offsets, race_codes(seqs.race_id), seqs.won, seqs.market_prob,
+                     train, val, np.zeros(seqs.n_dogs, dtype=np.int64))
+    for k, seed in enumerate(ms.seeds):
+        stored = json.loads((root / "models" / ms.set_id / f"seed_{seed}" / "metrics.json").read_text())
+        again = validation_metrics(scores[:, k], data)
+        assert again["model"]["log_loss"] == pytest.approx(stored["model"]["log_loss"], rel=1e-6)
+
+
+def test_sequences_are_cached(store):
+    root, snap, _ = store
+    path = ensure_sequences(root, snap)
+    before = path.stat().st_mtime_ns
+    assert ensure_sequences(root, snap) == path and path.stat().st_mtime_ns == before
+
+
+def test_unknown_set_and_empty_registry_are_clear_errors(store, tmp_path):
+    root, _, _ = store
+    with pytest.raises(NotFoundError, match="no model set 'nope'"):
+        load_model_set(root, "nope")
+    with pytest.raises(NotFoundError, match="gruviz train"):
+        load_model_set(tmp_path)
+
+
+# ------------------------------------------------------------------ bring your own model
+
+
+class ByoModel(nn.Module):
+    """A user's model: its own GRU over 3 of our features, reading the market context."""
+
+    def __init__(self, n_features: int = len(OURS), hidden: int = 6, layers: int = 2, n_gru: int = 1):
+        super().__init__()
+        self.encoder = nn.ModuleDict({"rnn": nn.GRU(n_features, hidden, layers, batch_first=True)})
+        if n_gru == 2:
+            self.other = nn.GRU(n_features, hidden, batch_first=True)
+        self.out = nn.Linear(hidden + len(CONTEXT_NAMES), 1)
+
+    def forward(self, x, ctx):
+        h, _ = self.encoder["rnn"](x)
+        return self.out(torch.cat([h, ctx], dim=-1)).squeeze(-1)
+
+
+class NoGru(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+
+    def forward(self, x, ctx):
+        return self.lstm(x)[0].sum(-1)
+
+
+def make_byo(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    return ByoModel(**kw)
+
+
+def test_byo_factory_with_state_dicts(tmp_path, store):
+    root, snap, _ = store
+    paths = []
+    for k in range(2):
+        torch.manual_seed(k)
+        p = tmp_path / f"seed{k}.pt"
+        torch.save(ByoModel().state_dict(), p)
+        paths.append(p)
+    ms = load_byo(factory="tests.test_registry:make_byo", state_dict=paths, feature_names=OURS)
+    assert ms.seeds == [0, 1] and ms.models[0].gru_path == "encoder.rnn" and ms.set_id.startswith("byo-")
+    seqs = Sequences.load(ensure_sequences(root, snap))
+    values, context = ms.prepare(seqs)
+    assert values.shape == (seqs.n_obs, 3) and context.shape == (seqs.n_obs, len(CONTEXT_NAMES))
+    scores = ms.scores(seqs)
+    assert scores.shape == (seqs.n_obs, 2) and not np.allclose(scores[:, 0], scores[:, 1])
+    out = ms.models[0].run(torch.from_numpy(values[None, :7]), torch.from_numpy(context[None, :7]))
+    assert out.gru_output.shape == (1, 7, 6)
+
+
+def test_byo_error_cases():
+    with pytest.raises(NoGRUError):
+        load_byo(factory="tests.test_registry:NoGru", feature_names=OURS)
+    with pytest.raises(AmbiguousGRUError, match="gru_path"):
+        load_byo(factory="tests.test_registry:make_byo", factory_kwargs={"n_gru": 2}, feature_names=OURS)
+    ms = load_byo(factory="tests.test_registry:make_byo", factory_kwargs={"n_gru": 2}, feature_names=OURS,
+                  gru_path="encoder.rnn")
+    assert ms.models[0].gru_path == "encoder.rnn"
+    with pytest.raises(FeatureMismatchError, match="reads 3 features"):
+        load_byo(factory="tests.test_registry:make_byo", feature_names=OURS + ("box_missing",))
+    with pytest.raises(FeatureMismatchError, match="no_such_feature"):
+        load_byo(factory="tests.test_registry:make_byo", feature_names=("won", "box", "no_such_feature"))
+    with pytest.raises(ConfigError, match="package.module:callable"):
+        load_byo(factory="not-a-spec")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_byo_torchscript(tmp_path):
+    torch.manual_seed(1)
+    cfg = ModelConfig(len(FEATURE_NAMES), len(CONTEXT_NAMES), hidden_size=5, num_layers=2, seed=1)
+    eager = RaceGRU(cfg).eval()
+    path = tmp_path / "model.ts"
+    torch.jit.script(eager).save(str(path))
+    ms = load_byo(script=path)
+    m = ms.models[0]
+    assert m.extra["scripted_gru_path"] == "gru" and m.gru.num_layers == 2
+    x, c = torch.randn(3, 9, len(FEATURE_NAMES)), torch.randn(3, 9, len(CONTEXT_NAMES))
+    with torch.no_grad():
+        out = m.run(x, c)
+        h, _ = eager.gru(x)
+        torch.testing.assert_close(out.scores, eager(x, c))
+    torch.testing.assert_close(out.gru_output, h)
+    bad = tmp_path / "nogru.ts"
+    torch.jit.script(NoGru()).save(str(bad))
+    with pytest.raises(NoGRUError, match="no torch.nn.GRU"):
+        load_byo(script=bad, feature_names=OURS)
+    with pytest.raises(FeatureMismatchError):
+        load_byo(script=path, feature_names=OURS)
+
+
+def test_cli_train_prints_json(store, capsys):
+    root, snap, _ = store
+    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seeds"] == [0] and current_model_set(root) == out["set_id"]
+    assert {"model", "model_priced"} <= set(out["per_seed"]["0"]) and "market" in out
