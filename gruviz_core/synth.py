@@ -86,7 +86,7 @@ def simulate(n_dogs: int, seed: int, *, start: str = "2023-01-01") -> pd.DataFra
 
 def _dogs(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per dog: career length, base ability, early speed, weight, home track, first day."""
-    n_tracks = int(np.clip(round(n / 1500), 2, len(_TRACKS)))
+    n_tracks = int(np.clip(round(n / 500), 2, len(_TRACKS)))  # about 500 dogs a track, as in Australia
     home_p = 1.0 / np.arange(1, n_tracks + 1) ** 0.6
     career = np.clip(np.round(np.exp(rng.normal(np.log(12.0), 1.0, n))), 1, 150).astype(np.int64)
     base = rng.normal(0.0, 1.0, n)
@@ -117,7 +117,7 @@ def _slots(d: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.n
     away = rng.random(n_runs) < 0.2
     track = np.where(away, rng.integers(0, int(d["n_tracks"]), n_runs), d["home"][dog])
     return {"dog": dog, "k": k, "day": np.floor(day).astype(np.int64), "track": track, "ability": ability,
-            "grading": ability + rng.normal(0.0, 0.6, n_runs)}
+            "grading": ability + rng.normal(0.0, 0.4, n_runs)}
 
 
 def _fields(s: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
