@@ -56,12 +56,14 @@ def step_change(h: np.ndarray, step: np.ndarray, carry: np.ndarray | None = None
     `carry` (L, H) is the last row of the previous chunk; it is used when the chunk's first
     row continues a dog (step > 1). Without it such a row is compared with zeros.
     """
-    prev = np.empty_like(h, dtype=np.float32)
+    d = np.array(h, dtype=np.float32, copy=True)  # (n, L, H): h_t - h_{t-1}
     if len(h):
-        prev[0] = carry if carry is not None else 0.0
-        prev[1:] = h[:-1]
-        prev[np.asarray(step) <= 1] = 0.0
-    return np.sqrt(((h - prev) ** 2).sum(axis=-1, dtype=np.float64))
+        d[1:] -= h[:-1]
+        if carry is not None:
+            d[0] -= carry
+        first = np.flatnonzero(np.asarray(step) <= 1)
+        d[first] = h[first]  # a dog's first step starts from h_0 = 0
+    return np.sqrt(np.einsum("nlh,nlh->nl", d, d).astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,10 @@ def row_stats(
 ) -> RowStats:
     """Magnitude statistics of a chunk. h: (n, L, H) float32, step: (n,) -> RowStats."""
     a = np.abs(h)
-    total = a.sum(axis=-1, dtype=np.float64)  # (n, L)
-    f = np.stack([(a >= t).mean(axis=-1, dtype=np.float32) for t in taus], axis=-1)  # (n, L, K)
-    return RowStats(abs_sum=total, s=total / h.shape[-1], f=f, delta=step_change(h, step, carry))
+    H = h.shape[-1]
+    total = a.sum(axis=-1).astype(np.float64)  # (n, L); 64-128 float32 terms, pairwise: exact enough
+    f = np.stack([np.count_nonzero(a >= t, axis=-1) for t in taus], axis=-1).astype(np.float32) / H  # (n, L, K)
+    return RowStats(abs_sum=total, s=total / H, f=f, delta=step_change(h, step, carry))
 
 
 @dataclass
@@ -156,12 +159,16 @@ class StateMoments:
         """Fold in a chunk h: (n, L, H)."""
         if len(h) == 0:
             return self
-        x = h.astype(np.float64)
-        mean = x.mean(axis=0)  # (L, H)
-        xc = (x - mean).transpose(1, 0, 2)  # (L, n, H)
+        L, H = h.shape[1:]
+        mean, m2 = np.empty((L, H)), np.empty((L, H, H))
+        for layer in range(L):
+            x = h[:, layer, :]  # (n, H)
+            mean[layer] = x.mean(axis=0, dtype=np.float64)
+            m2[layer] = _centred_gram(x, mean[layer])
+        a = np.abs(h)
         part = StateMoments(
-            sat_tau=self.sat_tau, n=len(h), mean=mean, m2=np.matmul(xc.transpose(0, 2, 1), xc),
-            abs_total=np.abs(x).sum(axis=0), sat_count=(np.abs(h) >= self.sat_tau).sum(axis=0, dtype=np.int64),
+            sat_tau=self.sat_tau, n=len(h), mean=mean, m2=m2,
+            abs_total=a.sum(axis=0, dtype=np.float64), sat_count=(a >= self.sat_tau).sum(axis=0, dtype=np.int64),
         )
         return self.merge(part)
 
@@ -194,6 +201,21 @@ class StateMoments:
     def effective_dim(self) -> np.ndarray:
         """(L,) participation ratio of each layer's state covariance, in [1, H] (0 if all dead)."""
         return np.array([participation_ratio(c) for c in self.covariance()])
+
+
+_GRAM_BLOCK = 16384
+"""Rows per float32 product: centred values in (-2, 2) summed over 16k rows keep ~1e-6 relative
+error, while float64 products run 6x slower on 2 cores; blocks are summed in float64."""
+
+
+def _centred_gram(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """sum_n (x_n - mean)(x_n - mean)^T in float64 from float32 BLAS blocks. x: (n, H) -> (H, H)."""
+    m = mean.astype(np.float32)
+    out = np.zeros((x.shape[1], x.shape[1]))
+    for a in range(0, len(x), _GRAM_BLOCK):
+        xc = np.ascontiguousarray(x[a:a + _GRAM_BLOCK], dtype=np.float32) - m
+        out += (xc.T @ xc).astype(np.float64)
+    return out
 
 
 def participation_ratio(cov: np.ndarray) -> float:

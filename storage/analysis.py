@@ -81,12 +81,14 @@ def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool
         out.s[a:b], out.f[a:b] = r.s, r.f
         if full:
             out.abs_sum[a:b], out.delta[a:b] = r.abs_sum, r.delta
-        ok = np.isfinite(c.h).all(axis=(1, 2))  # rows a dead writer never wrote are NaN
-        if not ok.all():
+        ok = np.isfinite(r.s).all(axis=1)  # rows a dead writer never wrote are NaN
+        h, z, g = c.h, c.z, c.r
+        if not ok.all():  # copy only when some rows are missing
             out.rows_missing += int((~ok).sum())
-        out.moments.add(c.h[ok])
-        out.gates["z"].add(c.z[ok])
-        out.gates["r"].add(c.r[ok])
+            h, z, g = h[ok], z[ok], g[ok]
+        out.moments.add(h)
+        out.gates["z"].add(z)
+        out.gates["r"].add(g)
         out.bytes_scanned += 3 * c.h.size * 2  # float16 on disk
         carry = c.h[-1] if len(c.h) else carry
     return out

@@ -67,8 +67,8 @@ def test_moments_streaming_equal_in_memory_and_unit_health():
         streamed.merge(stats.StateMoments().add(h[a:b]))
     x = h.astype(np.float64)
     for layer in range(2):
-        np.testing.assert_allclose(streamed.covariance()[layer], np.cov(x[:, layer].T, bias=True), atol=1e-12)
-    np.testing.assert_allclose(streamed.effective_dim(), whole.effective_dim(), rtol=1e-10)
+        np.testing.assert_allclose(streamed.covariance()[layer], np.cov(x[:, layer].T, bias=True), atol=1e-7)
+    np.testing.assert_allclose(streamed.effective_dim(), whole.effective_dim(), rtol=1e-6)
     uh = stats.unit_health(streamed)
     assert uh["dead"][0, 3] and uh["dead"].sum() == 1
     assert uh["always_saturated"][1, 0] and uh["always_saturated"].sum() == 1
