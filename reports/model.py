@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -41,7 +42,7 @@ COHORT_COLOURS: Mapping[str, str] = {
     "unsaturated": "#1d4ed8",
     "undecided": "#6b7280",
 }
-SOURCE_COLOURS: Mapping[str, str] = {"model": "#0f766e", "market": "#7c3aed", "uniform": "#9ca3af"}
+SOURCE_COLOURS: Mapping[str, str] = {"model": "#0f766e", "model_mean": "#14b8a6", "market": "#7c3aed", "uniform": "#9ca3af"}
 MAX_FRAMES = 100
 """Most animation frames of the state heatmap; longer careers are sampled."""
 MAX_HEATMAP_STEPS = 300
@@ -309,7 +310,7 @@ def _headline_numbers(head: dict, prev: dict | None) -> tuple[HeadlineNumber, ..
 
 
 def _cohort_counts(head: dict, summary: dict | None, dog: pd.DataFrame | None) -> tuple[tuple[str, int], ...]:
-    counts = head.get("cohorts") or (summary or {}).get("cohort_counts")
+    counts = head.get("cohort_counts") or head.get("cohorts") or (summary or {}).get("cohort_counts")
     if not isinstance(counts, dict) and _has(dog, "cohort"):
         counts = dog["cohort"].value_counts().to_dict()
     if not isinstance(counts, dict):
@@ -317,24 +318,37 @@ def _cohort_counts(head: dict, summary: dict | None, dog: pd.DataFrame | None) -
     return tuple((c, int(counts[c])) for c in _cohorts_in(counts) if c != "all")
 
 
-def _verdict(head: dict, counts: dict[str, int], effect: pd.DataFrame | None, lm: pd.DataFrame | None) -> str:
+def _effect_row(effect: pd.DataFrame | None, adjust: str) -> dict | None:
+    """The log-loss effect row (a - b) with finite diff/lo/hi, for `adjust` ('none' or 'length_matched')."""
+    if not _has(effect, "metric", "diff", "lo", "hi"):
+        return None
+    ll = effect[effect["metric"] == "log_loss"]
+    if "adjust" in ll.columns:
+        ll = ll[ll["adjust"].fillna("none") == adjust]
+    elif adjust != "none":
+        return None
+    for _, r in ll.iterrows():
+        vals = [sig(r[k]) for k in ("diff", "lo", "hi")]
+        if all(v is not None for v in vals):
+            return {"a": str(r.get("a", "saturated")), "b": str(r.get("b", "unsaturated")), "diff": vals[0], "lo": vals[1], "hi": vals[2]}
+    return None
+
+
+def _verdict(head: dict, counts: dict[str, int], median_plateau: float | None, effect: pd.DataFrame | None, lm: pd.DataFrame | None) -> str:
+    """One paragraph: how many dogs saturate, whether it changes prediction (with its interval), model vs market."""
     parts = []
     dogs = head.get("dogs") or sum(counts.values())
-    share = head.get("saturated_share")
+    share = sig(head.get("saturated_share"))
     if share is None and dogs:
         share = counts.get("saturated", 0) / dogs
     if share is not None and dogs:
         s = f"{100 * float(share):.0f}% of {int(dogs):,} dogs have saturated hidden states"
-        if head.get("median_plateau_step") is not None:
-            s += f" (median plateau at race {float(head['median_plateau_step']):.0f})"
+        if median_plateau is not None:
+            s += f" (median plateau at race {median_plateau:.0f})"
         parts.append(s + ".")
-    row = None
-    if _has(effect, "metric", "diff", "lo", "hi"):
-        ll = effect[effect["metric"] == "log_loss"]
-        row = ll.iloc[0] if len(ll) else None
+    row = _effect_row(effect, "none")
     if row is not None:
-        a, b = str(row.get("a", "saturated")), str(row.get("b", "unsaturated"))
-        diff, lo, hi = float(row["diff"]), float(row["lo"]), float(row["hi"])
+        a, b, diff, lo, hi = row["a"], row["b"], row["diff"], row["lo"], row["hi"]
         ci = f"95% interval {lo:+.3g} to {hi:+.3g}"
         if hi < 0:
             parts.append(f"It matters: {a} dogs are predicted better, log-loss {abs(diff):.3g} lower than {b} dogs ({ci}).")
@@ -342,15 +356,25 @@ def _verdict(head: dict, counts: dict[str, int], effect: pd.DataFrame | None, lm
             parts.append(f"It matters: {a} dogs are predicted worse, log-loss {abs(diff):.3g} higher than {b} dogs ({ci}).")
         else:
             parts.append(f"No clear difference in log-loss between {a} and {b} dogs ({ci}).")
-        held = _length_matched_agreement(lm, a, b, diff)
-        if held:
-            parts.append(held)
+        adj = _effect_row(effect, "length_matched")
+        if adj is not None:
+            clear = adj["hi"] < 0 or adj["lo"] > 0
+            parts.append(
+                f"At equal history length the difference is {adj['diff']:+.3g} ({adj['lo']:+.3g} to {adj['hi']:+.3g}): "
+                + ("it is about the state, not just career length." if clear else "not clear once career length is matched.")
+            )
+        else:
+            held = _length_matched_agreement(lm, a, b, diff)
+            if held:
+                parts.append(held)
+    elif effect is not None:
+        parts.append("Saturated and unsaturated dogs could not be compared tonight (one cohort is empty or too small).")
     else:
         parts.append("Cohort comparison not computed for this run.")
-    m, k = head.get("model_log_loss"), head.get("market_log_loss")
+    m, k = sig(head.get("model_log_loss")), sig(head.get("market_log_loss"))
     if m is not None and k is not None:
-        word = "beats" if float(m) < float(k) else "trails"
-        parts.append(f"The model {word} the market: log-loss {float(m):.4g} vs {float(k):.4g}.")
+        word = "beats" if m < k else "trails"
+        parts.append(f"The model {word} the market: log-loss {m:.4g} vs {k:.4g}.")
     return " ".join(parts)
 
 
@@ -374,6 +398,8 @@ def _night_of(path: Path) -> tuple[str | None, dict | None]:
     head = _read_json(path / "eval" / "headline.json") or _read_json(path / "headline.json")
     run = _read_json(path / "run.json") or {}
     night = (head or {}).get("night") or run.get("night")
+    if not night and re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.name):
+        night = path.name  # a published report directory <reports>/<night>/headline.json
     return (str(night) if night else None), head
 
 
@@ -437,8 +463,7 @@ def _states_section(run: _Run, dog: pd.DataFrame | None, watchlist: Sequence[str
 
 def _choose_dogs(dog: pd.DataFrame, watchlist: Sequence[str]) -> tuple[list[dict], str]:
     """Watchlist dogs (by id or name) first, then the most and least saturated exemplars; two at most."""
-    top = dog[dog["layer"] == dog["layer"].max()] if "layer" in dog.columns else dog
-    top = top.sort_values("dog_index" if "dog_index" in top.columns else "dog_id", kind="stable")
+    top = dog.sort_values("dog_index" if "dog_index" in dog.columns else "dog_id", kind="stable")
     picked: list[dict] = []
     for w in watchlist:
         hit = top[(top["dog_id"].astype(str) == str(w)) | (top["dog_name"].astype(str).str.casefold() == str(w).casefold())]
@@ -458,18 +483,26 @@ def _choose_dogs(dog: pd.DataFrame, watchlist: Sequence[str]) -> tuple[list[dict
 
 
 def _exemplars(top: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    long = top[top["n_steps"] >= min(10, int(top["n_steps"].max()))]
-    key = "mean_f095_after" if "mean_f095_after" in long.columns else "final_s"
-    score = long[key].astype(float).fillna(long["final_s"].astype(float) if "final_s" in long.columns else 0.0)
-    sat = long[long["cohort"] == "saturated"] if "cohort" in long.columns else long
-    uns = long[long["cohort"] == "unsaturated"] if "cohort" in long.columns else long
+    """The most saturated dog (saturated cohort first) and the least saturated one (unsaturated first), distinct.
+
+    Ranked by mean F_0.95 after the plateau, then final s, then mean s (ties are common: F is often 0)."""
+    long = top[top["n_steps"] >= min(10, int(top["n_steps"].max()))].copy()
+    keys = [k for k in ("mean_f095_after", "final_s", "mean_s") if k in long.columns]
+    for k in keys:
+        long[k] = pd.to_numeric(long[k], errors="coerce").fillna(-1.0)
+    cohort = long["cohort"] if "cohort" in long.columns else pd.Series("", index=long.index)
+    hi = long.assign(_pool=(cohort != "saturated").astype(int)).sort_values(
+        ["_pool", *keys], ascending=[True] + [False] * len(keys), kind="stable"
+    )
+    lo = long.assign(_pool=(cohort != "unsaturated").astype(int)).sort_values(
+        ["_pool", *keys], ascending=[True] + [True] * len(keys), kind="stable"
+    )
     out = []
-    pool_hi = sat if len(sat) else long
-    pool_lo = uns if len(uns) else long
-    if len(pool_hi):
-        out.append(("most", pool_hi.loc[score.loc[pool_hi.index].sort_values(ascending=False, kind="stable").index[0]]))
-    if len(pool_lo):
-        out.append(("least", pool_lo.loc[score.loc[pool_lo.index].sort_values(ascending=True, kind="stable").index[0]]))
+    if len(hi):
+        out.append(("most", hi.iloc[0].drop("_pool")))
+        rest = lo[lo["dog_id"] != hi.iloc[0]["dog_id"]]
+        if len(rest):
+            out.append(("least", rest.iloc[0].drop("_pool")))
     return out
 
 
@@ -506,12 +539,12 @@ def _dog_heat(st: Any, row: dict) -> dict:
     }
 
 
-def _abs_sum_section(run: _Run, dog: pd.DataFrame | None, chosen_ids: list[str], top_layer: int) -> Section:
+def _abs_sum_section(run: _Run, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int) -> Section:
     intro = (
         "The notebook's curve: how large the hidden state is after each race. s is the abs-sum of the state "
         "divided by the number of units (0 = all units at zero, 1 = every unit pinned at +/-1)."
     )
-    step = _by_layer(run.table("stats/step.parquet"), top_layer)
+    step = _by_layer(run.table("stats/step.parquet"), layer)
     if not _has(step, "step", "cohort", "n", "s_q25", "s_q50", "s_q75"):
         return Section("abs-sum", "Abs-sum per race", intro, (Panel("Abs-sum per race", "", note=_missing("stats/step.parquet")),))
     bands = _bands(step, "s", cohorts=("saturated", "unsaturated", "partial"))
@@ -524,12 +557,12 @@ def _abs_sum_section(run: _Run, dog: pd.DataFrame | None, chosen_ids: list[str],
             columns=["dog_index", "step", "layer", "abs_sum", "s"],
             filters=[("dog_index", "in", [int(i) for i in _indices(dog, chosen_ids)])],
         )
-        top = dog[dog["layer"] == top_layer] if "layer" in dog.columns else dog
+        top = dog
         for did in chosen_ids:
             r = top[top["dog_id"] == did]
             if ds is None or not len(r):
                 continue
-            sub = _by_layer(ds[ds["dog_index"] == int(r["dog_index"].iloc[0])], top_layer).sort_values("step")
+            sub = _by_layer(ds[ds["dog_index"] == int(r["dog_index"].iloc[0])], layer).sort_values("step")
             p = r["plateau_step"].iloc[0]
             exemplars.append(
                 {
@@ -588,28 +621,28 @@ def _bands(step: pd.DataFrame, q: str, cohorts: Sequence[str]) -> list[dict]:
     return out
 
 
-def _saturation_section(run: _Run, summary: dict | None, top_layer: int) -> Section:
+def _saturation_section(run: _Run, summary: dict | None, layer: int) -> Section:
     intro = (
         "The three kinds of saturation (see the glossary at the end): magnitude (F_tau by race), gates "
         "(z and r stuck at 0 or 1) and spectral (effective dimension), plus how long dogs take to plateau."
     )
-    panels = [_f_tau_panel(run, top_layer), _gate_panel(run), *_unit_health_panels(run, summary), _plateau_panel(run)]
+    panels = [_f_tau_panel(run, layer), _gate_panel(run), *_unit_health_panels(run, summary), _plateau_panel(run)]
     return Section("saturation", "Saturation", intro, tuple(panels))
 
 
-def _f_tau_panel(run: _Run, top_layer: int) -> Panel:
+def _f_tau_panel(run: _Run, layer: int) -> Panel:
     explain = (
         "Left: the share of units with |h| >= 0.95 (F_0.95), middle half and median per cohort. Right: the mean over "
         "all dogs at three thresholds tau; the gap between the lines says how close to +/-1 the pinned units are."
     )
-    step = _by_layer(run.table("stats/step.parquet"), top_layer)
+    step = _by_layer(run.table("stats/step.parquet"), layer)
     ds = run.table("stats/dog_step.parquet", columns=["step", "layer", "f090", "f095", "f099"])
     if not _has(step, "f095_q25", "f095_q50", "f095_q75") and not _has(ds, "f095"):
         return Panel("F_tau by race", explain, note=_missing("stats/step.parquet and stats/dog_step.parquet"))
     bands = _bands(step, "f095", ("saturated", "partial", "unsaturated")) if _has(step, "f095_q50") else []
     lines = []
     if _has(ds, "step", "f090", "f095", "f099"):
-        ds = _by_layer(ds, top_layer)
+        ds = _by_layer(ds, layer)
         g = ds.groupby("step", sort=True).agg(n=("f095", "size"), f090=("f090", "mean"), f095=("f095", "mean"), f099=("f099", "mean"))
         g = g[g["n"] >= MIN_BAND_DOGS]
         for col, tau, dash in (("f090", "0.9", "dot"), ("f095", "0.95", "solid"), ("f099", "0.99", "dash")):
@@ -747,8 +780,7 @@ def _sizes_panel(dog: pd.DataFrame | None, counts: tuple[tuple[str, int], ...]) 
     total = sum(n for _, n in counts) or 1
     med: dict[str, tuple[Any, Any]] = {}
     if _has(dog, "cohort", "n_steps"):
-        top = dog[dog["layer"] == dog["layer"].max()] if "layer" in dog.columns else dog
-        for c, g in top.groupby("cohort"):
+        for c, g in dog.groupby("cohort"):
             ps = pd.to_numeric(g.get("plateau_step"), errors="coerce").dropna() if "plateau_step" in g else pd.Series([], dtype=float)
             med[str(c)] = (sig(g["n_steps"].median()), sig(ps.median()) if len(ps) else None)
     rows = tuple((c, n, sig(100 * n / total, 3), *med.get(c, (None, None))) for c, n in counts)
@@ -773,7 +805,7 @@ def _metrics_panel(run: _Run) -> Panel:
     for m in metrics:
         sub = cm[cm["metric"] == m]
         series = []
-        for src in [s for s in ("model", "market", "uniform") if s in set(sub["source"])]:
+        for src in [s for s in SOURCE_COLOURS if s in set(sub["source"])] + sorted(set(sub["source"]) - set(SOURCE_COLOURS)):
             s = sub[sub["source"] == src].set_index("cohort").reindex(cohorts)
             series.append(
                 {
@@ -797,11 +829,18 @@ def _effect_panel(run: _Run) -> Panel:
     if not _has(eff, "metric", "diff", "lo", "hi"):
         return Panel("Effect sizes", explain, note=_missing("eval/effect_size.parquet"))
     rows = []
+    has_adjust = "adjust" in eff.columns
     for _, r in eff.iterrows():
-        lo, hi = float(r["lo"]), float(r["hi"])
-        reads = "clear difference" if (lo > 0 or hi < 0) else "no clear difference"
-        rows.append((str(r["metric"]), str(r.get("a", "")), str(r.get("b", "")), sig(r["diff"]), f"{sig(lo)} to {sig(hi)}", reads))
-    return Panel("Effect sizes", explain, table=Table(("metric", "a", "b", "a - b", "95% interval", "reads as"), tuple(rows)))
+        d, lo, hi = sig(r["diff"]), sig(r["lo"]), sig(r["hi"])
+        if d is None or lo is None or hi is None:
+            interval, reads = None, "not computed (a cohort is empty or too small)"
+        else:
+            interval = f"{lo:.4g} to {hi:.4g}"
+            reads = "clear difference" if (lo > 0 or hi < 0) else "no clear difference"
+        adjust = {"none": "as is", "length_matched": "at equal history length"}.get(str(r["adjust"]), str(r["adjust"])) if has_adjust else "as is"
+        rows.append((str(r["metric"]), adjust, str(r.get("a", "")), str(r.get("b", "")), d, interval, reads))
+    cols = ("metric", "compared", "a", "b", "a - b", "95% interval", "reads as")
+    return Panel("Effect sizes", explain, table=Table(cols, tuple(rows)))
 
 
 def _length_panel(run: _Run) -> Panel:
@@ -1078,6 +1117,19 @@ def _provenance(run_meta: dict, head: dict, rule: dict | None, night: str) -> tu
     )
 
 
+def _per_dog(dog: pd.DataFrame | None, summary: dict | None) -> tuple[pd.DataFrame | None, int]:
+    """One row per dog at the layer whose cohorts count (stats marks it `cohort_layer`), and that layer."""
+    if dog is None or "layer" not in dog.columns or not len(dog):
+        return dog, 0
+    if "cohort_layer" in dog.columns and dog["cohort_layer"].astype(bool).any():
+        layer = int(dog.loc[dog["cohort_layer"].astype(bool), "layer"].iloc[0])
+    elif isinstance((summary or {}).get("cohort_layer"), int):
+        layer = int(summary["cohort_layer"])
+    else:
+        layer = int(dog["layer"].max())
+    return dog[dog["layer"] == layer].reset_index(drop=True), layer
+
+
 def _default_loader(run_dir: Path) -> tuple[Callable | None, str | None]:
     """open_states(run_dir).dog when storage.states exists and the run has a states store."""
     try:
@@ -1119,7 +1171,10 @@ def build_report(
         data_quality = run_meta.get("data_quality") or run_meta.get("ingest")
 
     dog = run.table("stats/dog.parquet")
-    top_layer = int(dog["layer"].max()) if _has(dog, "layer") else 0
+    dog, layer = _per_dog(dog, summary)
+    if head and "median_plateau_step" not in head and _has(dog, "plateau_step"):
+        ps = pd.to_numeric(dog["plateau_step"], errors="coerce").dropna()
+        head = {**head, "median_plateau_step": sig(ps.median()) if len(ps) else None}
     hist = _history(history, night)
     prev = hist[-1] if hist else None
     counts = _cohort_counts(head, summary, dog)
@@ -1131,8 +1186,8 @@ def build_report(
 
     sections = (
         states,
-        _abs_sum_section(run, dog, chosen_ids, top_layer),
-        _saturation_section(run, summary, top_layer),
+        _abs_sum_section(run, dog, chosen_ids, layer),
+        _saturation_section(run, summary, layer),
         _cohort_section(run, dog, counts, rule),
         _repro_section(run),
         _resilience_section(run),
@@ -1143,7 +1198,7 @@ def build_report(
     return ReportModel(
         title=f"gruviz nightly report {night}",
         night=night,
-        verdict=_verdict(head, dict(counts), run.table("eval/effect_size.parquet"), run.table("eval/length_matched.parquet")),
+        verdict=_verdict(head, dict(counts), sig(head.get("median_plateau_step")), run.table("eval/effect_size.parquet"), run.table("eval/length_matched.parquet")),
         headline=_headline_numbers(head, prev[1] if prev else None),
         cohort_counts=counts,
         provenance=_provenance(run_meta, head, rule, night),

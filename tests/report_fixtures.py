@@ -148,6 +148,7 @@ def _dog_table(dogs: pd.DataFrame, n_layers: int) -> pd.DataFrame:
                     "final_s": (0.15 + 0.8 * level).astype(np.float32),
                     "mean_f095_after": dogs["f_after"].astype(np.float32),
                     "cohort": dogs["cohort"],
+                    "cohort_layer": layer == n_layers - 1,
                 }
             )
         )
@@ -249,7 +250,7 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
         n_dogs = int(len(dogs) if cohort == "all" else counts.get(cohort, 0))
         n_rows = int(dogs["n_steps"].sum() if cohort == "all" else dogs.loc[dogs["cohort"] == cohort, "n_steps"].sum())
         for metric, v in base.items():
-            for source, shift in (("model", 0.0), ("market", -0.02), ("uniform", 0.25)):
+            for source, shift in (("model", 0.0), ("model_mean", -0.005), ("market", -0.02), ("uniform", 0.25)):
                 sign = -1 if metric in ("auc", "hit_rate") else 1
                 value = v + sign * (offset[cohort] + shift) * (v if metric != "log_loss" else 1)
                 if source == "uniform" and metric == "auc":
@@ -279,10 +280,12 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
                     d = 0.005 * severity * pos * (1.5 if cohort == "unsaturated" else 1.0)
                     res.append((pert, severity, cohort, position, d, 10 * d, 20 * d, 1000))
     effect = [
-        ("log_loss", "saturated", "unsaturated", -0.07, -0.1, -0.04),
-        ("brier", "saturated", "unsaturated", -0.008, -0.012, -0.004),
-        ("auc", "saturated", "unsaturated", 0.03, -0.01, 0.07),
-        ("hit_rate", "saturated", "unsaturated", 0.02, 0.005, 0.035),
+        ("log_loss", "saturated", "unsaturated", -0.07, -0.1, -0.04, "none"),
+        ("brier", "saturated", "unsaturated", -0.008, -0.012, -0.004, "none"),
+        ("auc", "saturated", "unsaturated", 0.03, -0.01, 0.07, "none"),
+        ("hit_rate", "saturated", "unsaturated", 0.02, 0.005, 0.035, "none"),
+        ("log_loss", "saturated", "unsaturated", -0.05, -0.08, -0.02, "length_matched"),
+        ("brier", "saturated", "unsaturated", None, None, None, "length_matched"),
     ]
     steps = np.arange(1, max_steps + 1)
     cka = [(int(t), a, b, float(0.6 + 0.35 * (1 - np.exp(-t / 10)))) for a in range(seeds) for b in range(a + 1, seeds) for t in steps]
@@ -297,7 +300,7 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
         "eval/cohort_metrics.parquet": pd.DataFrame(cm, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"]),
         "eval/calibration.parquet": pd.DataFrame(cal, columns=["cohort", "bin", "p_mean", "won_rate", "n"]),
         "eval/length_matched.parquet": pd.DataFrame(lm, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"]),
-        "eval/effect_size.parquet": pd.DataFrame(effect, columns=["metric", "a", "b", "diff", "lo", "hi"]),
+        "eval/effect_size.parquet": pd.DataFrame(effect, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"]),
         "eval/sensitivity.parquet": pd.DataFrame(sens, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"]),
         "eval/repro.parquet": pd.DataFrame(repro, columns=["scope", "metric", "value"]),
         "eval/cka.parquet": pd.DataFrame(cka, columns=["step", "seed_a", "seed_b", "cka"]),
@@ -341,22 +344,22 @@ def write_run(
     counts = {c: int((dogs["cohort"] == c).sum()) for c in COHORTS}
     rule = {"name": "plateau-f95", "version": 1, "params": {"tau": 0.95, "theta": 0.5, "w": 5, "delta": 0.02, "k": 3}}
     summary = {
-        "effective_dim": {str(layer): round(7.5 + layer, 2) for layer in range(n_layers)},
-        "dead_units": {str(layer): 1 for layer in range(n_layers)},
-        "always_saturated_units": {str(layer): 2 for layer in range(n_layers)},
+        "effective_dim": [round(7.5 + layer, 2) for layer in range(n_layers)],
+        "dead_units": n_layers,
+        "always_saturated_units": 2 * n_layers,
         "cohort_counts": counts,
+        "cohort_layer": n_layers - 1,
         "rule": rule,
     }
-    headline = {
-        "night": night,
+    headline = {  # as storage.analysis.evaluate_run writes it (no night: that is in run.json)
         "dogs": n_dogs,
         "obs": int(dogs["n_steps"].sum()),
-        "cohorts": counts,
+        "cohort_counts": counts,
         "saturated_share": round(counts["saturated"] / max(n_dogs, 1), 4),
         "model_log_loss": model_log_loss,
         "market_log_loss": 1.80,
         "uniform_log_loss": 2.05,
-        "median_plateau_step": 18,
+        "log_loss_diff": {"diff": -0.07, "lo": -0.1, "hi": -0.04},
     }
     run = {
         "run_id": f"{night}-a1b2c3",
@@ -390,8 +393,8 @@ def fake_dog_states(run_dir: str | Path) -> Callable[..., FakeDogStates]:
     """A loader like `open_states(run_dir).dog`: states that saturate as the dog's cohort says."""
     dog = pd.read_parquet(Path(run_dir) / "stats" / "dog.parquet")
     dog = dog[dog["layer"] == dog["layer"].max()].set_index("dog_id")
-    n_layers = int(pd.read_parquet(Path(run_dir) / "stats" / "dog.parquet", columns=["layer"])["layer"].max()) + 1
-    n_units = int(pd.read_parquet(Path(run_dir) / "stats" / "unit.parquet", columns=["unit"])["unit"].max()) + 1
+    settings = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["settings"]
+    n_layers, n_units = int(settings["num_layers"]), int(settings["hidden_size"])
 
     def load(dog_id: str, seed: int = 0) -> FakeDogStates:
         if dog_id not in dog.index:
