@@ -148,8 +148,6 @@ def _spread(res: pd.Series | pd.DataFrame, codes: np.ndarray, index: pd.Index):
 
 def _text(s: pd.Series) -> pd.Series:
     """Cells as stripped strings, missing -> ''."""
-    if s.dtype == object or isinstance(s.dtype, pd.StringDtype) or pd.api.types.is_string_dtype(s.dtype):
-        return s.astype("string").fillna("").str.strip()
     return s.astype("string").fillna("").str.strip()
 
 
