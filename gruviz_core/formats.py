@@ -474,8 +474,7 @@ def _split(df: pd.DataFrame, fmt: str) -> Adapted:
     rows = np.arange(1, len(df) + 1, dtype=np.int64)
     rejects = pd.DataFrame({"source_row": rows[bad], "reason": reject[bad].astype(str)})
     good = df.loc[~bad, [c for c in CANONICAL_COLUMNS if c in df.columns]].copy()
-    for c in ("grade",):
-        good[c] = good[c].where(good[c] != "")
+    good["grade"] = good["grade"].where(good["grade"] != "")
     runs = conform(good, where=fmt)
     runs["source_row"] = rows[~bad]
     return Adapted(runs=runs, rejects=rejects)

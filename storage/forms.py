@@ -1,7 +1,8 @@
 """Forms snapshots: ingest source files into a content-addressed canonical runs table.
 
     <root>/forms/<snapshot_id>/runs.parquet     canonical runs, sorted (race_date, race_id, box, dog_id)
-    <root>/forms/<snapshot_id>/rejects.parquet  source_file, source_row, reason, raw (JSON of the row's cells as strings)
+    <root>/forms/<snapshot_id>/rejects.parquet  source_file, source_row (1-based data row, header excluded), reason
+                                                (a gruviz_core.formats.REASONS code), raw (JSON of the row's cells as strings)
     <root>/forms/<snapshot_id>/manifest.json    counts, files with sha256, rejects_by_reason, accounting identity
     <root>/forms/LATEST                         newest snapshot id
 
