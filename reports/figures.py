@@ -28,6 +28,8 @@ _FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, 
 _GRID = "#e5e7eb"
 _AXIS = dict(gridcolor=_GRID, zeroline=False, showline=True, linecolor="#9ca3af", ticks="outside", tickcolor="#9ca3af", automargin=True)
 _CURTAIN = "rgba(243,244,246,0.97)"
+REDRAW = True
+"""Animation frames repaint: heatmaps vanish in plotly.js transitions without a redraw (plotly.js#4491)."""
 
 
 def _layout(fig: go.Figure, spec: FigureSpec, **extra: Any) -> go.Figure:
@@ -108,14 +110,17 @@ def _anim_heatmap(spec: FigureSpec) -> go.Figure:
             col=i + 1,
         )
     first = frames_at[0]
+    n = len(dogs)
     for i, d in enumerate(dogs):
         x, y = _curtain(first, d["n_steps"], d["n_units"])
         fig.add_trace(
-            go.Scatter(x=x, y=y, mode="lines", fill="toself", fillcolor=_CURTAIN, line=dict(color="#6b7280", width=1), hoverinfo="skip", showlegend=False),
+            go.Scatter(
+                x=x, y=y, mode="lines", fill="toself", fillcolor=_CURTAIN, line=dict(color="#6b7280", width=1),
+                hoverinfo="skip", showlegend=False,
+            ),
             row=1,
             col=i + 1,
         )
-    n = len(dogs)
     frames = []
     for t in frames_at:
         data = []
@@ -127,8 +132,11 @@ def _anim_heatmap(spec: FigureSpec) -> go.Figure:
     for i, d in enumerate(dogs):
         fig.update_xaxes(range=[0.5, d["n_steps"] + 0.5], autorange=False, title_text="race", row=1, col=i + 1)
         fig.update_yaxes(range=[-0.5, d["n_units"] - 0.5], autorange=False, title_text=f"unit (layer {lz})" if i == 0 else None, row=1, col=i + 1)
-    play = dict(frame=dict(duration=90, redraw=False), transition=dict(duration=0), fromcurrent=True, mode="immediate")
-    stop = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
+    # Frames carry only the two veils' 5-point outlines (data only; axes fixed above). redraw=True because
+    # plotly.js clears heatmap (and fill) traces on redraw=False transitions (plotly.js#4491); repainting two
+    # small heatmaps per frame is cheap.
+    play = dict(frame=dict(duration=90, redraw=REDRAW), transition=dict(duration=0), fromcurrent=True, mode="immediate")
+    stop = dict(frame=dict(duration=0, redraw=REDRAW), transition=dict(duration=0), mode="immediate")
     _layout(
         fig,
         spec,

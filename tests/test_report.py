@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gruviz_core.errors import ConfigError
-from reports.figures import figure
+from reports.figures import REDRAW, figure
 from reports.model import MAX_FRAMES, ReportModel, build_report
 from reports.publish import ASSET, publish_report
 from reports.render import plotly_js_path, render
@@ -109,7 +109,8 @@ def test_animated_heatmap_contract(model):
         assert list(fr.traces) == [2, 3] and all(t.type == "scatter" for t in fr.data)
     play, stop = fig.layout.updatemenus[0].buttons
     assert play.label == "Play" and stop.label == "Stop"
-    assert play.args[1]["frame"]["redraw"] is False
+    # redraw is on: plotly.js drops heatmaps in redraw=False transitions (plotly.js#4491); frames stay data-only
+    assert play.args[1]["frame"]["redraw"] is REDRAW and play.args[1]["transition"]["duration"] == 0
     assert len(fig.layout.sliders[0].steps) == len(fig.frames)
     assert fig.layout.xaxis.autorange is False and fig.layout.yaxis.autorange is False
 

@@ -1,0 +1,139 @@
+"""The published nightly page in Debian's chromium (Playwright), served by `gruviz serve` on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from reports.model import build_report
+from reports.publish import publish_report
+from reports.render import render
+from reports.serve import make_server
+from tests.conftest import REPO
+from tests.report_fixtures import EVIL_NAME, fake_dog_states, write_history, write_run
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "ci-artifacts"
+NIGHT = "2026-11-25"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Publish a report (with an evil dog name) and serve the reports directory; yields the base URL."""
+    base = tmp_path_factory.mktemp("browser")
+    run = write_run(base / "run", n_dogs=300, max_steps=140, n_units=24, n_layers=1, night=NIGHT)
+    history = write_history(base / "hist", ["2026-11-22", "2026-11-23", "2026-11-24"])
+    dq = {"rows_in": 1210, "accepted": 1180, "rejected": 20, "duplicates_merged": 10, "rejects_by_reason": {"no race date": 12, "unparseable place": 8}}
+    model = build_report(run, history=history, data_quality=dq, dog_states=fake_dog_states(run))
+    reports = base / "reports"
+    for h in history:  # earlier nights, so the index has a trend
+        head = json.loads((h / "eval" / "headline.json").read_text())
+        publish_report("<p>earlier night</p>", reports, h.name, headline=head)
+    publish_report(render(model), reports, NIGHT, headline=json.loads((run / "eval" / "headline.json").read_text()))
+    server = make_server(reports, port=0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(browser, site):
+    """The night's page, loaded once, with everything the page did recorded."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    seen = {"console": [], "errors": [], "requests": [], "dialogs": []}
+    page.on("console", lambda m: seen["console"].append((m.type, m.text)))
+    page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    page.on("request", lambda r: seen["requests"].append(r.url))
+
+    def on_dialog(d):
+        seen["dialogs"].append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(f"{site}/{NIGHT}/index.html", wait_until="load")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= document.querySelectorAll('.js-plotly-plot').length")
+    yield page, seen
+    page.close()
+
+
+def test_loads_clean_and_offline(loaded, site):
+    page, seen = loaded
+    assert not seen["errors"], seen["errors"]
+    assert not [c for c in seen["console"] if c[0] == "error"], seen["console"]
+    origin = urlsplit(site).netloc
+    outside = [u for u in seen["requests"] if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).netloc != origin]
+    assert not outside, outside
+    assert any(u.endswith("/assets/plotly.min.js") for u in seen["requests"])
+
+
+def test_every_figure_renders(loaded):
+    page, _ = loaded
+    n = page.locator(".js-plotly-plot").count()
+    with_svg = page.evaluate("Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => d.querySelector('svg.main-svg')).length")
+    assert n >= 12 and with_svg == n
+
+
+def test_evil_name_is_text_and_no_dialog(loaded):
+    page, seen = loaded
+    assert EVIL_NAME in page.inner_text("main")
+    assert page.evaluate("document.querySelectorAll('main script:not([type])').length") == page.evaluate(
+        "document.querySelectorAll('.js-plotly-plot').length"
+    )  # only the figures' own scripts; no injected one
+    assert not seen["dialogs"]
+
+
+def test_play_advances_the_slider(loaded):
+    page, seen = loaded
+    fig = "document.getElementById('fig-states-anim')"
+    assert page.evaluate(f"{fig}.layout.sliders[0].active") == 0
+    page.locator("#fig-states-anim .updatemenu-button").filter(has_text="Play").click()
+    page.wait_for_function(f"{fig}.layout.sliders[0].active >= 5", timeout=10_000)
+    page.locator("#fig-states-anim .updatemenu-button").filter(has_text="Stop").click()
+    page.wait_for_timeout(300)
+    stopped = page.evaluate(f"{fig}.layout.sliders[0].active")
+    page.wait_for_timeout(500)
+    assert page.evaluate(f"{fig}.layout.sliders[0].active") == stopped  # Stop stops
+    # The veil moved off the races already shown, and both heatmaps are still painted under it.
+    assert page.evaluate(f"{fig}.data[2].x[0]") > 1.5
+    assert page.locator("#fig-states-anim g.hm image").count() == 2
+    assert not seen["dialogs"]
+
+
+def test_index_lists_nights_and_screenshot(loaded, browser, site):
+    page, _ = loaded
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+    index = browser.new_page()
+    index.goto(f"{site}/index.html")
+    nights = index.locator("table.data tbody tr td:first-child a").all_inner_texts()
+    assert nights == [NIGHT, "2026-11-24", "2026-11-23", "2026-11-22"]
+    index.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+    index.close()

@@ -1,0 +1,131 @@
+"""`gruviz serve`: loopback only, read-only, nothing outside the reports directory reachable."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import threading
+from pathlib import Path
+
+import pytest
+
+from flows import cli
+from flows.commands import serve as serve_cmd
+from reports.serve import HOST, make_server
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A reports dir with a night, a secret next to it, and symlinks pointing out; served on a free port."""
+    base = tmp_path_factory.mktemp("serve")
+    root = base / "reports"
+    (root / "2026-11-25").mkdir(parents=True)
+    (root / "index.html").write_text("<h1>nights</h1>", encoding="utf-8")
+    (root / "2026-11-25" / "index.html").write_text("<h1>night</h1>", encoding="utf-8")
+    (root / "empty").mkdir()
+    (base / "secret.txt").write_text("TOP SECRET", encoding="utf-8")
+    (root / "leak.txt").symlink_to(base / "secret.txt")
+    (root / "outside").symlink_to(base)
+    (root / "inside.html").symlink_to(root / "index.html")
+    server = make_server(root, port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _request(server, method: str, path: str) -> tuple[int, dict, bytes]:
+    """A raw request: http.client sends the path as given (no normalisation of '..')."""
+    conn = http.client.HTTPConnection(HOST, server.server_port, timeout=5)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def test_binds_loopback_only(site):
+    assert site.server_address[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "path, status, body",
+    [
+        ("/", 200, b"nights"),
+        ("/index.html", 200, b"nights"),
+        ("/2026-11-25/", 200, b"night"),
+        ("/2026-11-25/index.html?x=1", 200, b"night"),
+        ("/inside.html", 200, b"nights"),  # a symlink that stays inside is fine
+    ],
+)
+def test_serves_files(site, path, status, body):
+    code, headers, data = _request(site, "GET", path)
+    assert code == status and body in data
+    assert headers.get("X-Content-Type-Options") == "nosniff"
+
+
+def test_directory_without_slash_redirects_and_no_listing(site):
+    code, headers, _ = _request(site, "GET", "/2026-11-25")
+    assert code == 301 and headers["Location"].endswith("/2026-11-25/")
+    assert _request(site, "GET", "/empty/")[0] == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret.txt",
+        "/2026-11-25/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E%2Fsecret.txt",
+        "/2026-11-25/%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/..%5csecret.txt",
+        "/leak.txt",
+        "/outside/secret.txt",
+        "/outside/",
+        "/%00",
+        "/%ff%fe",
+    ],
+)
+def test_nothing_outside_is_reachable(site, path):
+    code, _, data = _request(site, "GET", path)
+    assert code == 404, (path, code)
+    assert b"TOP SECRET" not in data
+
+
+def test_head_and_read_only(site):
+    code, headers, data = _request(site, "HEAD", "/index.html")
+    assert code == 200 and data == b"" and int(headers["Content-Length"]) == len("<h1>nights</h1>")
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        code, headers, _ = _request(site, method, "/index.html")
+        assert code == 405 and headers["Allow"] == "GET, HEAD", method
+    assert (Path(site.RequestHandlerClass.keywords["directory"]) / "index.html").read_text() == "<h1>nights</h1>"
+
+
+def test_cli_wiring_defaults_from_settings(tmp_path, monkeypatch):
+    parser, modules = cli._parser()
+    assert "serve" in modules
+    monkeypatch.setenv("GRUVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GRUVIZ_REPORTS_BASE_URL", "http://127.0.0.1:9123")
+    monkeypatch.delenv("GRUVIZ_REPORTS_DIR", raising=False)
+    args = parser.parse_args(["serve"])
+    assert serve_cmd.resolve(args) == ((tmp_path / "home" / "reports").resolve(), 9123)
+    args = parser.parse_args(["serve", "--dir", str(tmp_path), "--port", "0"])
+    assert serve_cmd.resolve(args) == (tmp_path.resolve(), 0)
+    # a missing directory is a clear error, not a traceback
+    assert cli.main(["serve", "--dir", str(tmp_path / "missing"), "--port", "0"]) == 2
+
+
+def test_cli_serves_until_interrupted(tmp_path, monkeypatch, capsys):
+    (tmp_path / "index.html").write_text("x", encoding="utf-8")
+    started = {}
+
+    def fake_forever(self, poll_interval=0.5):
+        started["port"] = self.server_address[1]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("socketserver.BaseServer.serve_forever", fake_forever)
+    args = argparse.Namespace(dir=tmp_path, port=0, quiet=True)
+    assert serve_cmd.run(args) == 0
+    assert f"http://127.0.0.1:{started['port']}/" in capsys.readouterr().out
