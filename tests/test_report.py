@@ -183,3 +183,59 @@ def test_publish_atomic_index_and_asset(html, tmp_path, monkeypatch):
         with pytest.raises(ConfigError):
             publish_report(html, reports, bad, headline=head)
     assert os.listdir(reports / "assets") == ["plotly.min.js"]
+
+
+def _real_run(root: Path) -> Path:
+    """A tiny run written by the real producers: storage.states (random GRUs), compute_stats, evaluate_run."""
+    import numpy as np
+    import torch
+
+    from gruviz_core.cohorts import CohortRule
+    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
+    from storage import analysis, states
+
+    feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
+    rng = np.random.default_rng(0)
+    n_dogs, n_races, field = 30, 90, 6
+    dog = np.concatenate([np.sort(rng.choice(n_dogs, field, replace=False)) for _ in range(n_races)])
+    race = np.repeat(np.arange(n_races), field)
+    order = np.lexsort((race, dog))
+    dog, race = dog[order], race[order]
+    sizes = np.bincount(dog, minlength=n_dogs)
+    won = (rng.random(len(dog)) < 1 / field).astype(np.float32)
+    names = np.array([f"Dog {i}" for i in range(n_dogs)], dtype=object)
+    names[3] = EVIL_NAME
+    inputs = dict(
+        seqs_values=(rng.normal(size=(len(dog), len(feats))) * 2).astype(np.float32),
+        context=rng.normal(size=(len(dog), len(ctx))).astype(np.float32),
+        offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        dog_id=np.array([f"D{i:03d}" for i in range(n_dogs)], dtype=object), dog_name=names,
+        race_id=np.array([f"R{r}" for r in race], dtype=object),
+        race_date=np.datetime64("2024-01-01") + race.astype("timedelta64[D]"),
+        won=won, market_prob=np.full(len(dog), 1 / field, np.float32),
+    )
+    models = []
+    for s in range(2):
+        torch.manual_seed(s)
+        m = RaceGRU(ModelConfig(len(feats), len(ctx), hidden_size=8, num_layers=1, seed=s))
+        with torch.no_grad():
+            m.gru.weight_ih_l0.mul_(4)  # so that some units saturate
+        models.append(LoadedModel.wrap(m, feats, ctx, model_id=f"s{s}"))
+    meta = {"snapshot_id": "snap-real", "model_set_id": "set-real", "night": "2026-11-26"}
+    tmp = states.extract_run(root, "real", meta, models, device="cpu", chunk_rows=16, shard_chunks=4, **inputs)
+    analysis.compute_stats(tmp, rule=CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02))
+    analysis.evaluate_run(tmp, sample_dogs=20, n_boot=20)  # no models given: resilience is 'not computed'
+    return states.publish_run(root, tmp)
+
+
+def test_report_on_a_real_run(tmp_path):
+    run = _real_run(tmp_path / "store")
+    m = build_report(run)  # the real states reader, the real tables
+    html = render(m)
+    notes = [p.note for s in m.sections for p in s.panels if p.note]
+    assert any("eval/resilience.parquet is missing" in n for n in notes)
+    assert not any("stats/" in n for n in notes), notes
+    states_fig = _panels(m)["fig-states-anim"]
+    assert len(states_fig.data["dogs"]) == 2 and states_fig.data["dogs"][0]["n_units"] == 8
+    assert dict(m.provenance)["data snapshot"] == "snap-real" and m.night == "2026-11-26"
+    assert m.verdict and EVIL_NAME not in html
