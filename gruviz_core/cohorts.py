@@ -1,11 +1,18 @@
 """Cohorts of dogs by magnitude saturation: a named, versioned rule and its threshold sensitivity.
 
     saturated    T* exists and the mean F_tau from T* on is >= theta
-    unsaturated  the mean F_tau over the tail stays below `low`
+    unsaturated  the mean F_tau over the tail stays at or below `low`
     partial      neither (some units pinned, not enough to call it saturated)
     undecided    no plateau seen and too few races (< w + k) to have checked one: right-censored
 
 The tail is the steps from T* on when there is a plateau, else the steps after the warm-up w.
+
+`scale="absolute"` reads theta and low as fractions of units. `scale="quantile"` (the default)
+reads them as quantiles of the tail F over the decided dogs of the run: a trained model pins the
+same units for nearly every dog (on the Iggy data every decided dog has 11-38% of its units at
+|h| >= 0.95 after its plateau), so absolute thresholds put everyone in one cohort, while quantiles
+always compare the most with the least saturated dogs. `resolve_thresholds` gives the absolute
+values a run used; they are stored with the cohort counts.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ __all__ = [
     "tail_start",
     "tail_mean",
     "assign_cohorts",
+    "resolve_thresholds",
     "sensitivity_cohorts",
     "THETA_GRID",
 ]
@@ -51,18 +59,22 @@ class CohortRule:
     """Consecutive flat steps needed to call a plateau."""
     tau: float = 0.95
     """|h| >= tau counts a unit as near the boundary (F_tau)."""
-    theta: float = 0.25
-    """Mean F_tau from T* on at or above which a dog is saturated."""
-    low: float = 0.05
-    """Mean F_tau over the tail below which a dog is unsaturated."""
+    theta: float = 0.75
+    """Mean F_tau from T* on at or above which a dog is saturated (a quantile when scale='quantile')."""
+    low: float = 0.25
+    """Mean F_tau over the tail at or below which a dog is unsaturated (a quantile when scale='quantile')."""
     layer: int = -1
     """Layer whose states decide the dog's cohort (-1: top layer)."""
+    scale: str = "quantile"
+    """'quantile': theta and low are quantiles of the decided dogs' tail F; 'absolute': shares of units."""
 
     def __post_init__(self) -> None:
         if self.w < 1 or self.k < 1 or self.delta <= 0:
             raise ConfigError(f"cohort rule {self.name}: need w >= 1, k >= 1, delta > 0; got {self}")
         if not 0 <= self.low <= self.theta <= 1:
             raise ConfigError(f"cohort rule {self.name}: need 0 <= low <= theta <= 1; got low={self.low} theta={self.theta}")
+        if self.scale not in ("quantile", "absolute"):
+            raise ConfigError(f"cohort rule {self.name}: scale must be 'quantile' or 'absolute'; got {self.scale!r}")
         if not 0 < self.tau < 1:
             raise ConfigError(f"cohort rule {self.name}: tau must be in (0, 1); got {self.tau}")
 
@@ -119,14 +131,30 @@ def tail_mean(f: np.ndarray, step: np.ndarray, offsets: np.ndarray, start: np.nd
         return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
 
 
+def resolve_thresholds(
+    plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray, rule: CohortRule
+) -> tuple[float, float]:
+    """(theta, low) as shares of units: as given, or the quantiles of the decided dogs' tail F."""
+    if rule.scale == "absolute":
+        return rule.theta, rule.low
+    decided = ~((~np.isfinite(plateau)) & (np.asarray(n_steps) < min_steps(rule)))
+    vals = np.asarray(f_tail, dtype=np.float64)[decided]
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0:
+        return float("nan"), float("nan")
+    theta, low = np.quantile(vals, [rule.theta, rule.low])
+    return float(theta), float(low)
+
+
 def assign_cohorts(plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray, rule: CohortRule) -> np.ndarray:
     """Cohort of each dog. plateau (dog,) float T* or NaN, n_steps (dog,), f_tail (dog,) -> (dog,) object."""
+    theta, low = resolve_thresholds(plateau, n_steps, f_tail, rule)
     has = np.isfinite(plateau)
     short = (~has) & (np.asarray(n_steps) < min_steps(rule))
     f = np.nan_to_num(np.asarray(f_tail, dtype=np.float64), nan=0.0)
     out = np.full(len(plateau), "partial", dtype=object)
-    out[f < rule.low] = "unsaturated"
-    out[has & (f >= rule.theta)] = "saturated"
+    out[f <= low] = "unsaturated"
+    out[has & (f >= max(theta, 1e-9))] = "saturated"  # nobody is saturated with no unit near the boundary
     out[short] = "undecided"
     return out
 

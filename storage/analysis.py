@@ -118,6 +118,7 @@ def _dog_layer_table(scan: SeedScan, step, offsets, rule: CohortRule, layer: int
         "plateau_step": plateau, "n_steps": n_steps, "mean_s": mean_s, "final_s": final_s,
         **{f"mean_{c}_after": tails[t] for c, t in zip(_TAU_COLS, st.TAUS)},
         "f_tail": f_rule, "cohort": co.assign_cohorts(plateau, n_steps, f_rule, rule),
+        "thresholds": co.resolve_thresholds(plateau, n_steps, f_rule, rule),
     }
 
 
@@ -205,6 +206,7 @@ def compute_stats(
         d = _dog_layer_table(scan0, step, offsets, rule, li)
         if li == layer:
             cohort_of_dog = d["cohort"]
+            thresholds = {"theta": d["thresholds"][0], "low": d["thresholds"][1], "tau": rule.tau}
         dog_rows.append(pd.DataFrame({
             "dog_index": idx["dog_index"], "dog_id": idx["dog_id"], "dog_name": idx["dog_name"],
             "n_steps": d["n_steps"], "layer": li, "plateau_step": d["plateau_step"],
@@ -239,6 +241,7 @@ def compute_stats(
         "unit_health_by_seed": {str(k): v for k, v in counts.items()},
         "unit_health_params": {"dead_eps": health.dead_eps, "sat_share": health.sat_share, "sat_tau": 0.95},
         "cohort_counts": cohort_counts, "cohort_layer": layer, "rule": rule.to_dict(),
+        "cohort_thresholds": thresholds,
         "rows_missing": scan0.rows_missing, "bytes_scanned": scan0.bytes_scanned,
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -525,7 +528,8 @@ def _others(score: np.ndarray, race: np.ndarray, ok: np.ndarray, tgt: np.ndarray
     s = np.where(ok, score, -np.inf)
     top = np.full(n_r, -np.inf)
     np.maximum.at(top, race, s)
-    e = np.where(ok, np.exp(s - top[race]), 0.0)
+    with np.errstate(invalid="ignore"):  # races without a valid runner: -inf - -inf, masked out
+        e = np.where(ok, np.exp(s - top[race]), 0.0)
     tot = np.bincount(race, weights=e, minlength=n_r)
     rt = race[tgt]
     rest = np.maximum(tot[rt] - e[tgt], 1e-300)

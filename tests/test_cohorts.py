@@ -9,7 +9,7 @@ from gruviz_core import cohorts
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 
-RULE = CohortRule(w=3, k=2, theta=0.5, low=0.1)
+RULE = CohortRule(w=3, k=2, theta=0.5, low=0.1, scale="absolute")
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,7 @@ RULE = CohortRule(w=3, k=2, theta=0.5, low=0.1)
         (6.0, 20, 0.5, "saturated"),  # theta inclusive
         (6.0, 20, 0.3, "partial"),
         (6.0, 20, 0.02, "unsaturated"),
+        (6.0, 20, 0.1, "unsaturated"),  # low inclusive
         (np.nan, 30, 0.02, "unsaturated"),  # no plateau but F stays low
         (np.nan, 30, 0.8, "partial"),  # high F but never flat
         (np.nan, 4, 0.8, "undecided"),  # shorter than w + k: censored
@@ -47,6 +48,8 @@ def test_rule_round_trip_and_validation():
         CohortRule(low=0.6, theta=0.5)
     with pytest.raises(ConfigError):
         CohortRule(w=0)
+    with pytest.raises(ConfigError):
+        CohortRule(scale="relative")
 
 
 def test_sensitivity_grid_moves_with_theta():
@@ -62,7 +65,24 @@ def test_sensitivity_grid_moves_with_theta():
 
 def test_rule_from_flat_settings_dict():
     r = CohortRule.coerce({"name": "plateau-f95-v1", "tau": 0.95, "theta": 0.5})
-    assert r.name == "plateau-f95-v1" and r.theta == 0.5 and r.w == CohortRule().w
+    assert r.name == "plateau-f95-v1" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "quantile"
     assert CohortRule.coerce(None) == CohortRule()
     with pytest.raises(ConfigError):
         CohortRule.coerce({"name": "x", "thetaa": 0.5})
+
+
+def test_quantile_scale_splits_runs_where_every_dog_is_somewhat_saturated():
+    rule = CohortRule(w=3, k=2, theta=0.75, low=0.25)  # quantiles (default scale)
+    f = np.linspace(0.2, 0.4, 9)  # every dog has 20-40% of units pinned
+    plateau = np.full(9, 5.0)
+    n = np.full(9, 30)
+    theta, low = cohorts.resolve_thresholds(plateau, n, f, rule)
+    assert theta == pytest.approx(0.35) and low == pytest.approx(0.25)
+    got = cohorts.assign_cohorts(plateau, n, f, rule)
+    assert list(got) == ["unsaturated"] * 3 + ["partial"] * 3 + ["saturated"] * 3
+
+
+def test_quantile_scale_with_no_unit_near_the_boundary_is_all_unsaturated():
+    rule = CohortRule(w=3, k=2)
+    got = cohorts.assign_cohorts(np.full(5, 4.0), np.full(5, 20), np.zeros(5), rule)
+    assert (got == "unsaturated").all()
