@@ -35,6 +35,9 @@ class ModelConfig:
     """Width of the scoring head's hidden layer."""
     seed: int = 0
     """Seed of weight init and batch order; K seeds make a model set."""
+    context_skip: bool = False
+    """Add a linear term of the context to the score (starting at 0), so the GRU and head learn a
+    correction to what the context already says (e.g. the market's log-odds), as racing models do."""
 
 
 class RaceGRU(nn.Module):
@@ -52,12 +55,18 @@ class RaceGRU(nn.Module):
             nn.ReLU(),
             nn.Linear(cfg.head_hidden, 1),
         )
+        self.skip = nn.Linear(cfg.n_context, 1, bias=False) if cfg.context_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F) race features, ctx: (B, T, C) pre-race context -> (B, T) scores."""
         h, _ = self.gru(x)  # (B, T, H): state after race t
         h_prev = nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]  # (B, T, H): state before race t, h_0 = 0
-        return self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
+        score = self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
+        if self.skip is not None:
+            score = score + self.skip(ctx).squeeze(-1)
+        return score
 
 
 @dataclass(frozen=True)
