@@ -56,6 +56,8 @@ class TrainConfig:
     """Dogs per padded GRU call inside a step, sorted by length to keep padding small."""
     patience: int = 3
     """Epochs without a better validation loss before stopping; the best epoch's weights are kept."""
+    min_delta: float = 2e-4
+    """Smallest drop of the validation loss (nats per race) that counts as better."""
     val_frac: float = 0.15
     """Share of the most recent race dates held out for validation."""
     grad_clip: float = 1.0
@@ -97,7 +99,8 @@ class SeedResult:
     state_dict: dict = field(repr=False)
     """Weights at the best validation epoch."""
     curve: pd.DataFrame = field(repr=False)
-    """Per epoch: epoch, train_loss, val_loss (conditional-logit NLL per race), seconds."""
+    """Per epoch: epoch, batch_loss (mean over steps, races split across batches count their runners present),
+    train_loss and val_loss (conditional-logit NLL per whole race, after the epoch), seconds."""
     best_epoch: int
     """Epoch (1-based) whose weights were kept."""
     metrics: dict
@@ -213,8 +216,8 @@ def validation_metrics(scores: np.ndarray, data: TrainData) -> dict:
     return out
 
 
-def _val_loss(scores: np.ndarray, data: TrainData) -> float:
-    rows = data.val_rows
+def _race_loss(scores: np.ndarray, data: TrainData, rows: np.ndarray) -> float:
+    """Conditional-logit NLL per race over whole races (all runners present) of the given rows."""
     race = race_codes(data.race[rows])
     loss, n = conditional_logit_nll(
         torch.from_numpy(scores[rows].astype(np.float64)), torch.from_numpy(race),
@@ -268,12 +271,14 @@ def train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, *, log
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             losses.append(float(loss.detach()))
-        val_loss = _val_loss(score_rows(model, data.values, data.context, data.offsets), data)
-        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else np.nan,
+        all_scores = score_rows(model, data.values, data.context, data.offsets)
+        val_loss = _race_loss(all_scores, data, data.val_rows)
+        curve.append({"epoch": epoch, "batch_loss": float(np.mean(losses)) if losses else np.nan,
+                      "train_loss": _race_loss(all_scores, data, data.train_rows),
                       "val_loss": val_loss, "seconds": time.perf_counter() - te})
         if log:
             log(f"seed {seed} epoch {epoch}: train {curve[-1]['train_loss']:.4f} val {val_loss:.4f}")
-        if val_loss < best_loss - 1e-5:
+        if val_loss < best_loss - cfg.min_delta:
             best, best_loss, best_epoch, stale = copy.deepcopy(model.state_dict()), val_loss, epoch, 0
         else:
             stale += 1

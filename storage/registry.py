@@ -162,6 +162,7 @@ def train_and_register(
     layers: int = 1,
     epochs: int | None = None,
     train_config: TrainConfig | None = None,
+    context_skip: bool = True,
     make_current: bool = True,
     log_fn: Callable[[str], None] | None = None,
 ) -> TrainReport:
@@ -185,7 +186,8 @@ def train_and_register(
     t_features = time.perf_counter() - t0
     results = []
     for seed in seed_list:
-        mcfg = ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers, seed=seed)
+        mcfg = ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
+                           seed=seed, context_skip=context_skip)
         results.append(train_seed(data, mcfg, cfg, log=log_fn))
     per_epoch = [float(r.curve["seconds"].mean()) for r in results]
     timings = {

@@ -32,6 +32,7 @@ def synth_data() -> TrainData:
 
 
 def _cfg(data: TrainData, seed: int = 0, **kw) -> ModelConfig:
+    kw.setdefault("context_skip", True)
     return ModelConfig(data.values.shape[1], data.context.shape[1], hidden_size=12, head_hidden=12, seed=seed, **kw)
 
 

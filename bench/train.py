@@ -1,0 +1,75 @@
+"""Training on the real Betfair Iggy files: time per epoch and per seed, validation metrics vs market and uniform.
+
+Ingests ../shared/data/betfair-iggy into a scratch store (once; the snapshot is content-addressed),
+builds the sequences, trains K seeds of the built-in GRU with train_and_register, and prints one
+JSON line: rows, timings, and per seed the validation win log-loss, race log-loss (-log p of the
+winner), Brier and hit rate of the model beside the market (renormalised BSP on the same priced
+rows) and a uniform 1/field forecast. Run under `flock /tmp/gruviz-heavy.lock`.
+
+    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 2] [--dir /tmp/gruviz-bench-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from storage.forms import ingest  # noqa: E402
+from storage.registry import train_and_register  # noqa: E402
+
+IGGY = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair-iggy"
+KEYS = ("log_loss", "race_log_loss", "brier", "hit_rate")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dir", default="/tmp/gruviz-bench-train")
+    ap.add_argument("--source", default=str(IGGY))
+    ap.add_argument("--verbose", action="store_true", help="print each epoch's losses to stderr")
+    a = ap.parse_args()
+    if not any(Path(a.source).glob("*.csv.gz")):
+        print(json.dumps({"skipped": f"no Iggy files at {a.source}"}))
+        return 0
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    snap = ingest([a.source], a.dir)
+    t_ingest = time.perf_counter() - t0
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if a.verbose else None
+    r = train_and_register(a.dir, snap.snapshot_id, seeds=a.seeds, hidden=a.hidden, layers=a.layers,
+                           epochs=a.epochs, log_fn=log)
+    pick = lambda m: {k: round(m[k], 4) for k in KEYS} | {"n_rows": m["n_rows"], "n_races": m["n_races"]}  # noqa: E731
+    out = {
+        "bench": "train", "source": "betfair-iggy", "snapshot_id": snap.snapshot_id, "rows": snap.accepted,
+        "dogs": snap.dogs, "races": snap.races, "threads": a.threads, "hidden": a.hidden, "layers": a.layers,
+        "seeds": r.seeds, "set_id": r.set_id, "cutoff": r.cutoff,
+        "n_train_rows": r.n_train_rows, "n_val_rows": r.n_val_rows,
+        "ingest_s": round(t_ingest, 1), "features_s": round(r.timings["features_s"], 1),
+        "per_seed_s": [round(s, 1) for s in r.timings["per_seed_s"]],
+        "per_epoch_s": round(r.timings["per_epoch_s"], 2), "train_total_s": round(r.timings["total_s"], 1),
+        "epochs": {k: v["epochs"] for k, v in r.per_seed.items()},
+        "best_epoch": {k: v["best_epoch"] for k, v in r.per_seed.items()},
+        "model": {k: pick(v["model"]) for k, v in r.per_seed.items()},
+        "model_priced": {k: pick(v["model_priced"]) for k, v in r.per_seed.items() if v.get("model_priced")},
+        "market": pick(r.market) if r.market else None,
+        "uniform": pick(r.uniform),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
