@@ -30,6 +30,7 @@ from gruviz_core.sequences import pad_batch
 
 __all__ = [
     "CHECK_TOL",
+    "BATCH_ELEMENTS",
     "choose_device",
     "length_batches",
     "GRUStates",
@@ -42,6 +43,8 @@ __all__ = [
 
 CHECK_TOL = 1e-5
 """Largest allowed |recomputed top-layer state - fused nn.GRU output|."""
+BATCH_ELEMENTS = 8 << 20
+"""Default size of one batch's (B, T, L, H) state tensor in elements (32 MB of float32)."""
 
 
 def choose_device(requested: str | None = None) -> torch.device:
@@ -63,20 +66,29 @@ def choose_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def length_batches(lengths: np.ndarray, *, batch_size: int = 1024, max_tokens: int = 1 << 18) -> list[np.ndarray]:
+def length_batches(
+    lengths: np.ndarray, *, batch_size: int = 1024, max_tokens: int = 1 << 18, min_fill: float = 0.7,
+    min_batch: int = 64,
+) -> list[np.ndarray]:
     """Positions into `lengths` grouped into batches, longest first within and across batches.
 
     A batch holds at most `batch_size` dogs and at most `max_tokens` padded steps (B * T_max),
-    so one long dog does not make a batch of short ones huge. lengths: (D,) -> list of (B,) int64.
+    and once it has `min_batch` dogs it closes before a dog shorter than `min_fill` * T_max, so
+    the long tail does not pad a batch of short careers. lengths: (D,) -> list of (B,) int64.
     """
     if batch_size < 1 or max_tokens < 1:
         raise ConfigError(f"extract: batch_size={batch_size}, max_tokens={max_tokens}; both must be >= 1")
-    order = np.argsort(-np.asarray(lengths), kind="stable")
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    sorted_len = lengths[order]
     batches: list[np.ndarray] = []
     i, n = 0, len(order)
     while i < n:
-        t_max = max(int(lengths[order[i]]), 1)
+        t_max = max(int(sorted_len[i]), 1)
         take = max(1, min(batch_size, max_tokens // t_max, n - i))
+        if take > min_batch:  # close early where lengths fall below min_fill * t_max
+            short = int(np.searchsorted(-sorted_len[i : i + take], -min_fill * t_max, side="right"))
+            take = max(min_batch, short)
         batches.append(order[i : i + take])
         i += take
     return batches
@@ -222,12 +234,18 @@ def extract_batch(
 
 def iter_extract(
     models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray, dogs: np.ndarray,
-    *, device: torch.device | str | None = None, batch_size: int = 1024, max_tokens: int = 1 << 18,
+    *, device: torch.device | str | None = None, batch_size: int = 1024, max_tokens: int | None = None,
     dog_ids: Sequence | None = None,
 ) -> Iterator[tuple[int, BatchStates]]:
-    """(seed position, BatchStates) for every length-sorted batch of `dogs` under each model in turn."""
+    """(seed position, BatchStates) for every length-sorted batch of `dogs` under each model in turn.
+
+    `max_tokens` (padded steps per batch) defaults to BATCH_ELEMENTS / (layers * units), so a
+    batch's (B, T, L, H) tensors stay about 32 MB whatever the model's size.
+    """
     dev = device if isinstance(device, torch.device) else choose_device(device)
     dogs = np.asarray(dogs, dtype=np.int64)
+    if max_tokens is None and models:
+        max_tokens = max(256, BATCH_ELEMENTS // (models[0].gru.num_layers * models[0].gru.hidden_size))
     batches = length_batches(np.diff(offsets)[dogs], batch_size=batch_size, max_tokens=max_tokens)
     for s, model in enumerate(models):
         model.module.to(dev).eval()

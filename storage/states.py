@@ -246,7 +246,7 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
 def extract_block(
     plan_or_tmpdir: RunPlan | str | Path, block_index: int, models: Sequence[LoadedModel],
     values: np.ndarray, context: np.ndarray, *, device: str | None = None, batch_size: int = 1024,
-    max_tokens: int = 1 << 18, progress: Callable[[int, int], None] | None = None,
+    max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compute and write one block's shards; writes its done marker last. Returns the marker.
 
@@ -274,6 +274,7 @@ def extract_block(
             dogs = np.arange(lo, hi, dtype=np.int64)
             dogs = dogs[offsets[dogs + 1] > offsets[dogs]]
             for k, model in enumerate(models):
+                writer.reserve()
                 h, z, r, sc, err = _fill_shard(model, values, context, offsets, dogs, s0, s1, plan,
                                                device=dev, batch_size=batch_size, max_tokens=max_tokens,
                                                dog_ids=dog_ids)
@@ -324,10 +325,15 @@ def _fill_shard(model, values, context, offsets, dogs, s0, s1, plan, **kw):
 
 
 class _ShardWriter:
-    """A thread that writes whole shards from a queue of one, so compute overlaps compression."""
+    """A thread that writes whole shards handed to it, so compute overlaps compression and writes.
 
-    def __init__(self):
-        self._q: queue.Queue = queue.Queue(maxsize=1)
+    At most `in_flight` shard sets exist at once (one being written, one being filled): `reserve()`
+    before allocating the next set blocks until the writer has finished an earlier one.
+    """
+
+    def __init__(self, in_flight: int = 2):
+        self._q: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(in_flight)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gruviz-shard-writer", daemon=True)
 
@@ -335,28 +341,39 @@ class _ShardWriter:
         self._thread.start()
         return self
 
+    def reserve(self) -> None:
+        """Wait for room for one more shard set in memory."""
+        self._slots.acquire()
+        self._raise()
+
     def put(self, arrays, s0, s1, score, k, sc) -> None:
+        """Hand over a reserved shard set: [(array, (n, L, H) buffer)], rows [s0, s1), score column k."""
+        self._raise()
+        self._q.put((arrays, s0, s1, score, k, sc))
+
+    def _raise(self) -> None:
         if self._error is not None:
             raise StoreError(f"shard writer failed: {self._error!r}") from self._error
-        self._q.put((arrays, s0, s1, score, k, sc))
 
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
-            if self._error is not None:
-                continue
             arrays, s0, s1, score, k, sc = item
             try:
-                for arr, buf in arrays:
-                    arr[s0:s1] = buf
-                score[s0:s1, k : k + 1] = sc
+                if self._error is None:
+                    for arr, buf in arrays:
+                        arr[s0:s1] = buf
+                    score[s0:s1, k : k + 1] = sc
             except BaseException as e:  # re-raised in the computing thread
                 self._error = e
+            finally:
+                del arrays, sc, item
+                self._slots.release()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._q.put(None)
         self._thread.join()
-        if self._error is not None and exc is None:
-            raise StoreError(f"shard writer failed: {self._error!r}") from self._error
+        if exc is None:
+            self._raise()
 
 
 def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
