@@ -1085,7 +1085,22 @@ def _quality_section(dq: dict | None) -> Section:
         panels.append(Panel("Rejected rows by reason", "Most common first; the rejected rows themselves are in the snapshot's rejects.parquet.", table=Table(("reason", "rows"), r)))
     files = dq.get("files") or []
     if files:
-        panels.append(Panel("Source files", f"{len(files)} file(s) read.", table=Table(("file",), tuple((str(f),) for f in sorted(files))), collapsed=len(files) > 5))
+        rows_f = []
+        for f in files:
+            if isinstance(f, dict):  # the snapshot manifest: path, format, rows, sha256, bytes
+                rows_f.append((Path(str(f.get("path", "?"))).name, str(f.get("format", "")), f.get("rows"), str(f.get("sha256", ""))[:12]))
+            else:
+                rows_f.append((Path(str(f)).name, "", None, ""))
+        rows_f.sort(key=lambda r: r[0])
+        span = f" Races from {dq['first_date']} to {dq['last_date']}." if dq.get("first_date") and dq.get("last_date") else ""
+        panels.append(
+            Panel(
+                "Source files",
+                f"{len(files)} file(s) read.{span}",
+                table=Table(("file", "format", "rows", "sha256"), tuple(rows_f)),
+                collapsed=len(files) > 5,
+            )
+        )
     return Section("data-quality", "Data quality", intro, tuple(panels))
 
 

@@ -90,17 +90,28 @@ def render_index(nights: Sequence[Mapping[str, Any]], *, title: str = "gruviz ni
     return ENV.get_template("index.html.j2").render(title=title, rows=rows, spark=Markup(_sparkline(series)))
 
 
-def _sparkline(values: Sequence[Any], width: int = 320, height: int = 60) -> str:
-    """An inline SVG polyline of the model's log-loss, oldest to newest (empty with fewer than two points)."""
-    pts = [(i, float(v)) for i, v in enumerate(values) if isinstance(v, (int, float))]
+def _sparkline(values: Sequence[Any], width: int = 360, height: int = 64) -> str:
+    """An inline SVG line of the model's log-loss, oldest to newest, first and last values labelled."""
+    pts = [(i, float(v)) for i, v in enumerate(values) if isinstance(v, (int, float)) and v == v]
     if len(pts) < 2:
         return ""
     lo, hi = min(v for _, v in pts), max(v for _, v in pts)
     span = (hi - lo) or 1.0
     n = max(len(values) - 1, 1)
-    coords = " ".join(f"{4 + (width - 8) * i / n:.1f},{height - 4 - (height - 8) * (v - lo) / span:.1f}" for i, v in pts)
+    left, right = 52, 52  # room for the labels
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return left + (width - left - right) * i / n, height - 8 - (height - 16) * (v - lo) / span
+
+    coords = " ".join("%.1f,%.1f" % xy(i, v) for i, v in pts)
+    (i0, v0), (i1, v1) = pts[0], pts[-1]
+    x0, y0 = xy(i0, v0)
+    x1, y1 = xy(i1, v1)
     return (
         f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-label="model log-loss by night, oldest to newest">'
-        f'<polyline fill="none" stroke="#0f766e" stroke-width="2" points="{coords}"/></svg>'
+        f'<polyline fill="none" stroke="#0f766e" stroke-width="2" points="{coords}"/>'
+        f'<circle cx="{x0:.1f}" cy="{y0:.1f}" r="3" fill="#0f766e"/><circle cx="{x1:.1f}" cy="{y1:.1f}" r="3.5" fill="#0f766e"/>'
+        f'<text x="{x0 - 6:.1f}" y="{y0 + 4:.1f}" text-anchor="end" font-size="12" fill="#4b5563">{v0:.4g}</text>'
+        f'<text x="{x1 + 6:.1f}" y="{y1 + 4:.1f}" font-size="12" font-weight="600" fill="#111827">{v1:.4g}</text></svg>'
     )

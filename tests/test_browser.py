@@ -130,6 +130,7 @@ def test_index_lists_nights_and_screenshot(loaded, browser, site):
     ARTIFACTS.mkdir(exist_ok=True)
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "report-top.png"))  # what the email's reader sees first
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
     index = browser.new_page()
     index.goto(f"{site}/index.html")

@@ -18,7 +18,10 @@ from reports.publish import ASSET, publish_report
 from reports.render import plotly_js_path, render
 from tests.report_fixtures import EVIL_NAME, TABLES, fake_dog_states, write_history, write_run
 
-DQ = {"rows_in": 100, "accepted": 90, "rejected": 7, "duplicates_merged": 3, "rejects_by_reason": {"no date": 5, "bad place": 2}}
+DQ = {  # as storage.forms writes the snapshot's manifest.json
+    "rows_in": 100, "accepted": 90, "rejected": 7, "duplicates_merged": 3, "rejects_by_reason": {"no date": 5, "bad place": 2},
+    "files": [{"path": "/data/ANZ_Greyhounds_2024_01.csv.gz", "format": "iggy", "rows": 100, "sha256": "0123456789abcdef"}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +146,8 @@ def test_missing_tables_say_not_computed(tmp_path):
 def test_data_quality_identity(model):
     dq = next(s for s in model.sections if s.id == "data-quality")
     assert "holds." in dq.panels[0].explain
+    assert dq.panels[1].table.rows == (("no date", 5), ("bad place", 2))
+    assert dq.panels[2].table.rows == (("ANZ_Greyhounds_2024_01.csv.gz", "iggy", 100, "0123456789ab"),)
     bad = build_report(Path("/nonexistent-run"), data_quality={**DQ, "rows_in": 101})
     assert "DOES NOT HOLD" in next(s for s in bad.sections if s.id == "data-quality").panels[0].explain
 
