@@ -26,7 +26,15 @@ PLOTLY_CONFIG: Mapping[str, Any] = {
 }
 _FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 _GRID = "#e5e7eb"
-_AXIS = dict(gridcolor=_GRID, zeroline=False, showline=True, linecolor="#9ca3af", ticks="outside", tickcolor="#9ca3af", automargin=True)
+_AXIS = dict(
+    gridcolor=_GRID,
+    zeroline=False,
+    showline=True,
+    linecolor="#9ca3af",
+    ticks="outside",
+    tickcolor="#9ca3af",
+    automargin=True,
+)
 _CURTAIN = "rgba(243,244,246,0.97)"
 REDRAW = True
 """Animation frames repaint: heatmaps vanish in plotly.js transitions without a redraw (plotly.js#4491)."""
@@ -42,7 +50,16 @@ def _layout(fig: go.Figure, spec: FigureSpec, **extra: Any) -> go.Figure:
         plot_bgcolor="white",
         hovermode="closest",
         # In the top margin, above any subplot titles.
-        legend=dict(orientation="h", x=0, y=1, xref="paper", yref="container", xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0)"),
+        legend=dict(
+            orientation="h",
+            x=0,
+            y=1,
+            xref="paper",
+            yref="container",
+            xanchor="left",
+            yanchor="top",
+            bgcolor="rgba(255,255,255,0)",
+        ),
         hoverlabel=dict(font=dict(family=_FONT)),
     )
     fig.update_layout(**{**base, **extra})
@@ -115,8 +132,14 @@ def _anim_heatmap(spec: FigureSpec) -> go.Figure:
         x, y = _curtain(first, d["n_steps"], d["n_units"])
         fig.add_trace(
             go.Scatter(
-                x=x, y=y, mode="lines", fill="toself", fillcolor=_CURTAIN, line=dict(color="#6b7280", width=1),
-                hoverinfo="skip", showlegend=False,
+                x=x,
+                y=y,
+                mode="lines",
+                fill="toself",
+                fillcolor=_CURTAIN,
+                line=dict(color="#6b7280", width=1),
+                hoverinfo="skip",
+                showlegend=False,
             ),
             row=1,
             col=i + 1,
@@ -131,7 +154,13 @@ def _anim_heatmap(spec: FigureSpec) -> go.Figure:
     fig.frames = frames
     for i, d in enumerate(dogs):
         fig.update_xaxes(range=[0.5, d["n_steps"] + 0.5], autorange=False, title_text="race", row=1, col=i + 1)
-        fig.update_yaxes(range=[-0.5, d["n_units"] - 0.5], autorange=False, title_text=f"unit (layer {lz})" if i == 0 else None, row=1, col=i + 1)
+        fig.update_yaxes(
+            range=[-0.5, d["n_units"] - 0.5],
+            autorange=False,
+            title_text=f"unit (layer {lz})" if i == 0 else None,
+            row=1,
+            col=i + 1,
+        )
     # Frames carry only the two veils' 5-point outlines (data only; axes fixed above). redraw=True because
     # plotly.js clears heatmap (and fill) traces on redraw=False transitions (plotly.js#4491); repainting two
     # small heatmaps per frame is cheap.
@@ -180,7 +209,13 @@ def _anim_heatmap(spec: FigureSpec) -> go.Figure:
 def _static_heatmap(spec: FigureSpec) -> go.Figure:
     dogs, n_layers = spec.data["dogs"], spec.data["n_layers"]
     titles = [_t(f"{d['name']} - layer {l}") for l in range(n_layers) for d in dogs]
-    fig = make_subplots(rows=n_layers, cols=len(dogs), subplot_titles=titles, horizontal_spacing=0.09, vertical_spacing=0.3 / max(n_layers, 1) + 0.06)
+    fig = make_subplots(
+        rows=n_layers,
+        cols=len(dogs),
+        subplot_titles=titles,
+        horizontal_spacing=0.09,
+        vertical_spacing=0.3 / max(n_layers, 1) + 0.06,
+    )
     for l in range(n_layers):
         for i, d in enumerate(dogs):
             if l >= d["n_layers"]:
@@ -197,15 +232,21 @@ def _static_heatmap(spec: FigureSpec) -> go.Figure:
                     colorscale=COLORSCALE,
                     showscale=(l == 0 and i == 0),
                     colorbar=dict(title=dict(text="h"), len=0.75, thickness=12, x=1.01),
-                    hovertemplate="race %{x} (%{customdata})<br>unit %{y}<br>h = %{z}<extra>" + _t(d["name"]) + "</extra>",
+                    hovertemplate="race %{x} (%{customdata})<br>unit %{y}<br>h = %{z}<extra>"
+                    + _t(d["name"])
+                    + "</extra>",
                 ),
                 row=l + 1,
                 col=i + 1,
             )
             if d.get("plateau"):
                 fig.add_vline(x=d["plateau"], line=dict(color="#111827", width=1.5, dash="dash"), row=l + 1, col=i + 1)
-            fig.update_xaxes(title_text="race" if l == n_layers - 1 else None, range=[0.5, d["n_steps"] + 0.5], row=l + 1, col=i + 1)
-            fig.update_yaxes(title_text="unit" if i == 0 else None, range=[-0.5, d["n_units"] - 0.5], row=l + 1, col=i + 1)
+            fig.update_xaxes(
+                title_text="race" if l == n_layers - 1 else None, range=[0.5, d["n_steps"] + 0.5], row=l + 1, col=i + 1
+            )
+            fig.update_yaxes(
+                title_text="unit" if i == 0 else None, range=[-0.5, d["n_units"] - 0.5], row=l + 1, col=i + 1
+            )
     return _layout(fig, spec)
 
 
@@ -216,24 +257,50 @@ def _add_bands(fig: go.Figure, bands: Sequence[Mapping], row: int | None = None,
     where = dict(row=row, col=col) if row else {}
     for b in bands:
         hover = [f"{n:,} dogs" for n in b.get("n", [])] or None
-        fig.add_trace(go.Scatter(x=b["x"], y=b["lo"], mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=b["name"]), **where)
         fig.add_trace(
             go.Scatter(
-                x=b["x"], y=b["hi"], mode="lines", line=dict(width=0), fill="tonexty", fillcolor=_rgba(b["color"], 0.18),
-                hoverinfo="skip", showlegend=False, legendgroup=b["name"],
+                x=b["x"],
+                y=b["lo"],
+                mode="lines",
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=b["name"],
             ),
             **where,
         )
         fig.add_trace(
             go.Scatter(
-                x=b["x"], y=b["mid"], mode="lines", name=_t(f"{b['name']} (median, IQR)"), line=dict(color=b["color"], width=2),
-                legendgroup=b["name"], text=hover, hovertemplate="race %{x}: %{y}<br>%{text}<extra>" + _t(b["name"]) + "</extra>",
+                x=b["x"],
+                y=b["hi"],
+                mode="lines",
+                line=dict(width=0),
+                fill="tonexty",
+                fillcolor=_rgba(b["color"], 0.18),
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=b["name"],
+            ),
+            **where,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=b["x"],
+                y=b["mid"],
+                mode="lines",
+                name=_t(f"{b['name']} (median, IQR)"),
+                line=dict(color=b["color"], width=2),
+                legendgroup=b["name"],
+                text=hover,
+                hovertemplate="race %{x}: %{y}<br>%{text}<extra>" + _t(b["name"]) + "</extra>",
             ),
             **where,
         )
 
 
-def _add_lines(fig: go.Figure, series: Sequence[Mapping], row: int | None = None, col: int | None = None, legend: bool = True) -> None:
+def _add_lines(
+    fig: go.Figure, series: Sequence[Mapping], row: int | None = None, col: int | None = None, legend: bool = True
+) -> None:
     where = dict(row=row, col=col) if row else {}
     for s in series:
         line = dict(width=2, dash=s.get("dash", "solid"), shape=s.get("shape", "linear"))
@@ -241,9 +308,19 @@ def _add_lines(fig: go.Figure, series: Sequence[Mapping], row: int | None = None
             line["color"] = s["color"]
         fig.add_trace(
             go.Scatter(
-                x=s["x"], y=s["y"], mode=s.get("mode", "lines"), name=_t(s["name"]), line=line, text=_ts(s.get("text")),
-                legendgroup=s["name"], showlegend=legend,
-                hovertemplate="%{x}: %{y}" + ("<br>%{text}" if s.get("text") else "") + "<extra>" + _t(s["name"]) + "</extra>",
+                x=s["x"],
+                y=s["y"],
+                mode=s.get("mode", "lines"),
+                name=_t(s["name"]),
+                line=line,
+                text=_ts(s.get("text")),
+                legendgroup=s["name"],
+                showlegend=legend,
+                hovertemplate="%{x}: %{y}"
+                + ("<br>%{text}" if s.get("text") else "")
+                + "<extra>"
+                + _t(s["name"])
+                + "</extra>",
             ),
             **where,
         )
@@ -252,7 +329,9 @@ def _add_lines(fig: go.Figure, series: Sequence[Mapping], row: int | None = None
 def _bands_figure(spec: FigureSpec) -> go.Figure:
     d = spec.data
     if d.get("split"):
-        fig = make_subplots(rows=1, cols=2, subplot_titles=["F_0.95 by cohort", "all dogs, three thresholds"], horizontal_spacing=0.1)
+        fig = make_subplots(
+            rows=1, cols=2, subplot_titles=["F_0.95 by cohort", "all dogs, three thresholds"], horizontal_spacing=0.1
+        )
         _add_bands(fig, d["bands"], 1, 1)
         _add_lines(fig, d["lines"], 1, 2)
         fig.update_yaxes(range=d.get("yrange"), title_text=d["ylabel"], row=1, col=1)
@@ -267,7 +346,12 @@ def _bands_figure(spec: FigureSpec) -> go.Figure:
         colour = palette[i % len(palette)]
         fig.add_trace(
             go.Scatter(
-                x=e["x"], y=e["y"], customdata=e.get("abs_sum"), mode="lines", name=_t(e["name"]), line=dict(color=colour, width=1.3),
+                x=e["x"],
+                y=e["y"],
+                customdata=e.get("abs_sum"),
+                mode="lines",
+                name=_t(e["name"]),
+                line=dict(color=colour, width=1.3),
                 hovertemplate="race %{x}: s = %{y}, abs-sum = %{customdata}<extra>" + _t(e["name"]) + "</extra>",
             )
         )
@@ -275,12 +359,22 @@ def _bands_figure(spec: FigureSpec) -> go.Figure:
             k = e["x"].index(e["plateau"])
             fig.add_trace(
                 go.Scatter(
-                    x=[e["plateau"]], y=[e["y"][k]], mode="markers", marker=dict(symbol="diamond", size=11, color=colour, line=dict(color="white", width=1)),
-                    name=f"plateau of {e['name']}", showlegend=False, hovertemplate="plateau at race %{x}<extra>" + _t(e["name"]) + "</extra>",
+                    x=[e["plateau"]],
+                    y=[e["y"][k]],
+                    mode="markers",
+                    marker=dict(symbol="diamond", size=11, color=colour, line=dict(color="white", width=1)),
+                    name=f"plateau of {e['name']}",
+                    showlegend=False,
+                    hovertemplate="plateau at race %{x}<extra>" + _t(e["name"]) + "</extra>",
                 )
             )
     if d.get("vline") is not None:
-        fig.add_vline(x=d["vline"], line=dict(color="#374151", width=1.2, dash="dash"), annotation_text=d.get("vline_label") or "", annotation_position="top right")
+        fig.add_vline(
+            x=d["vline"],
+            line=dict(color="#374151", width=1.2, dash="dash"),
+            annotation_text=d.get("vline_label") or "",
+            annotation_position="top right",
+        )
     fig.update_xaxes(title_text=d["xlabel"])
     fig.update_yaxes(title_text=d["ylabel"], range=d.get("yrange"))
     return _layout(fig, spec)
@@ -292,7 +386,16 @@ def _lines_figure(spec: FigureSpec) -> go.Figure:
     _add_lines(fig, d["series"])
     if d.get("diagonal"):
         v = d["diagonal"]
-        fig.add_trace(go.Scatter(x=[0, v], y=[0, v], mode="lines", name="perfect calibration", line=dict(color="#9ca3af", dash="dash", width=1), hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=[0, v],
+                y=[0, v],
+                mode="lines",
+                name="perfect calibration",
+                line=dict(color="#9ca3af", dash="dash", width=1),
+                hoverinfo="skip",
+            )
+        )
     if d.get("hline") is not None:
         fig.add_hline(y=d["hline"], line=dict(color="#9ca3af", width=1, dash="dot"))
     fig.update_xaxes(title_text=d.get("xlabel"), range=d.get("xrange"))
@@ -303,7 +406,9 @@ def _lines_figure(spec: FigureSpec) -> go.Figure:
 def _lines2_figure(spec: FigureSpec) -> go.Figure:
     d = spec.data
     panels = d["panels"]
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[_t(p["title"]) for p in panels], horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[_t(p["title"]) for p in panels], horizontal_spacing=0.1
+    )
     for i, p in enumerate(panels):
         _add_lines(fig, p["series"], 1, i + 1, legend=i == 0)
         fig.update_yaxes(title_text=p.get("ylabel"), row=1, col=i + 1)
@@ -319,7 +424,12 @@ def _scatter_figure(spec: FigureSpec) -> go.Figure:
     for s in d["series"]:
         fig.add_trace(
             go.Scatter(
-                x=s["x"], y=s["y"], text=_ts(s.get("text")), mode="markers", name=_t(s["name"]), marker=dict(color=s["color"], size=7, opacity=0.8),
+                x=s["x"],
+                y=s["y"],
+                text=_ts(s.get("text")),
+                mode="markers",
+                name=_t(s["name"]),
+                marker=dict(color=s["color"], size=7, opacity=0.8),
                 hovertemplate="%{text}<br>x = %{x}, y = %{y}<extra>" + _t(s["name"]) + "</extra>",
             )
         )
@@ -332,13 +442,21 @@ def _gates_figure(spec: FigureSpec) -> go.Figure:
     layers = spec.data["layers"]
     cols = min(len(layers), 4) or 1
     rows = (len(layers) + cols - 1) // cols
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"layer {l['layer']}" for l in layers], horizontal_spacing=0.08)
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[f"layer {l['layer']}" for l in layers], horizontal_spacing=0.08
+    )
     for k, l in enumerate(layers):
         r, c = k // cols + 1, k % cols + 1
         for g in l["gates"]:
             fig.add_trace(
                 go.Scatter(
-                    x=g["x"], y=g["y"], customdata=g["unit"], mode="markers", name=g["name"], legendgroup=g["name"], showlegend=k == 0,
+                    x=g["x"],
+                    y=g["y"],
+                    customdata=g["unit"],
+                    mode="markers",
+                    name=g["name"],
+                    legendgroup=g["name"],
+                    showlegend=k == 0,
                     marker=dict(color=g["color"], size=7, opacity=0.75),
                     hovertemplate="unit %{customdata}<br>left %{x}, right %{y}<extra>" + g["name"] + "</extra>",
                 ),
@@ -346,7 +464,14 @@ def _gates_figure(spec: FigureSpec) -> go.Figure:
                 col=c,
             )
         fig.add_trace(
-            go.Scatter(x=[0, 1], y=[1, 0], mode="lines", line=dict(color="#d1d5db", dash="dot", width=1), hoverinfo="skip", showlegend=False),
+            go.Scatter(
+                x=[0, 1],
+                y=[1, 0],
+                mode="lines",
+                line=dict(color="#d1d5db", dash="dot", width=1),
+                hoverinfo="skip",
+                showlegend=False,
+            ),
             row=r,
             col=c,
         )
@@ -362,7 +487,11 @@ def _grouped_figure(spec: FigureSpec) -> go.Figure:
     cols = 2 if len(panels) == 4 else max(len(panels), 1)
     rows = (len(panels) + cols - 1) // cols
     fig = make_subplots(
-        rows=rows, cols=cols, subplot_titles=[_t(p["title"]) for p in panels], horizontal_spacing=0.07, vertical_spacing=0.3 / rows
+        rows=rows,
+        cols=cols,
+        subplot_titles=[_t(p["title"]) for p in panels],
+        horizontal_spacing=0.07,
+        vertical_spacing=0.3 / rows,
     )
     seen: set[str] = set()
     for i, p in enumerate(panels):
@@ -372,13 +501,19 @@ def _grouped_figure(spec: FigureSpec) -> go.Figure:
             seen.add(s["name"])
             err = _err(s["y"], s.get("lo"), s.get("hi"))
             common = dict(
-                x=_ts(p["categories"]), y=s["y"], name=_t(s["name"]), legendgroup=s["name"], showlegend=show,
+                x=_ts(p["categories"]),
+                y=s["y"],
+                name=_t(s["name"]),
+                legendgroup=s["name"],
+                showlegend=show,
                 hovertemplate="%{x}: %{y}<extra>" + _t(s["name"]) + "</extra>",
             )
             if d.get("mode") == "bars":
                 fig.add_trace(go.Bar(marker_color=s["color"], error_y=err, **common), **where)
             else:
-                fig.add_trace(go.Scatter(mode="markers", marker=dict(color=s["color"], size=9), error_y=err, **common), **where)
+                fig.add_trace(
+                    go.Scatter(mode="markers", marker=dict(color=s["color"], size=9), error_y=err, **common), **where
+                )
         if d.get("mode") != "bars":
             fig.update_yaxes(range=_range(p["series"]), **where)
     fig.update_xaxes(type="category")
@@ -413,7 +548,9 @@ def figure(spec: FigureSpec) -> go.Figure:
     try:
         draw = _DRAWERS[spec.kind]
     except KeyError:
-        raise ConfigError(f"figure {spec.div_id}: unknown kind {spec.kind!r}; expected one of {sorted(_DRAWERS)}") from None
+        raise ConfigError(
+            f"figure {spec.div_id}: unknown kind {spec.kind!r}; expected one of {sorted(_DRAWERS)}"
+        ) from None
     return draw(spec)
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from gruviz_core.errors import NotFoundError
+
 __all__ = [
     "ReportModel",
     "Section",
@@ -42,7 +44,12 @@ COHORT_COLOURS: Mapping[str, str] = {
     "unsaturated": "#1d4ed8",
     "undecided": "#6b7280",
 }
-SOURCE_COLOURS: Mapping[str, str] = {"model": "#0f766e", "model_mean": "#14b8a6", "market": "#7c3aed", "uniform": "#9ca3af"}
+SOURCE_COLOURS: Mapping[str, str] = {
+    "model": "#0f766e",
+    "model_mean": "#14b8a6",
+    "market": "#7c3aed",
+    "uniform": "#9ca3af",
+}
 MAX_FRAMES = 100
 """Most animation frames of the state heatmap; longer careers are sampled."""
 MAX_HEATMAP_STEPS = 300
@@ -330,11 +337,23 @@ def _effect_row(effect: pd.DataFrame | None, adjust: str) -> dict | None:
     for _, r in ll.iterrows():
         vals = [sig(r[k]) for k in ("diff", "lo", "hi")]
         if all(v is not None for v in vals):
-            return {"a": str(r.get("a", "saturated")), "b": str(r.get("b", "unsaturated")), "diff": vals[0], "lo": vals[1], "hi": vals[2]}
+            return {
+                "a": str(r.get("a", "saturated")),
+                "b": str(r.get("b", "unsaturated")),
+                "diff": vals[0],
+                "lo": vals[1],
+                "hi": vals[2],
+            }
     return None
 
 
-def _verdict(head: dict, counts: dict[str, int], median_plateau: float | None, effect: pd.DataFrame | None, lm: pd.DataFrame | None) -> str:
+def _verdict(
+    head: dict,
+    counts: dict[str, int],
+    median_plateau: float | None,
+    effect: pd.DataFrame | None,
+    lm: pd.DataFrame | None,
+) -> str:
     """One paragraph: how many dogs saturate, whether it changes prediction (with its interval), model vs market."""
     parts = []
     dogs = head.get("dogs") or sum(counts.values())
@@ -351,9 +370,13 @@ def _verdict(head: dict, counts: dict[str, int], median_plateau: float | None, e
         a, b, diff, lo, hi = row["a"], row["b"], row["diff"], row["lo"], row["hi"]
         ci = f"95% interval {lo:+.3g} to {hi:+.3g}"
         if hi < 0:
-            parts.append(f"It matters: {a} dogs are predicted better, log-loss {abs(diff):.3g} lower than {b} dogs ({ci}).")
+            parts.append(
+                f"It matters: {a} dogs are predicted better, log-loss {abs(diff):.3g} lower than {b} dogs ({ci})."
+            )
         elif lo > 0:
-            parts.append(f"It matters: {a} dogs are predicted worse, log-loss {abs(diff):.3g} higher than {b} dogs ({ci}).")
+            parts.append(
+                f"It matters: {a} dogs are predicted worse, log-loss {abs(diff):.3g} higher than {b} dogs ({ci})."
+            )
         else:
             parts.append(f"No clear difference in log-loss between {a} and {b} dogs ({ci}).")
         adj = _effect_row(effect, "length_matched")
@@ -361,7 +384,11 @@ def _verdict(head: dict, counts: dict[str, int], median_plateau: float | None, e
             clear = adj["hi"] < 0 or adj["lo"] > 0
             parts.append(
                 f"At equal history length the difference is {adj['diff']:+.3g} ({adj['lo']:+.3g} to {adj['hi']:+.3g}): "
-                + ("it is about the state, not just career length." if clear else "not clear once career length is matched.")
+                + (
+                    "it is about the state, not just career length."
+                    if clear
+                    else "not clear once career length is matched."
+                )
             )
         else:
             held = _length_matched_agreement(lm, a, b, diff)
@@ -416,13 +443,17 @@ def _history(history: Iterable[Path], night: str) -> list[tuple[str, dict]]:
 # ---------------------------------------------------------------- sections
 
 
-def _states_section(run: _Run, dog: pd.DataFrame | None, watchlist: Sequence[str], loader, loader_note: str | None) -> Section:
+def _states_section(
+    run: _Run, dog: pd.DataFrame | None, watchlist: Sequence[str], loader, loader_note: str | None
+) -> Section:
     intro = (
         "What the model's memory looks like inside two dogs: every hidden unit (rows) after every race (columns). "
         "Red is near +1, blue near -1, white near 0; a dog whose columns turn solid red/blue has saturated."
     )
     if dog is None:
-        return Section("states", "Hidden states of two dogs", intro, (Panel("Heatmaps", "", note=_missing("stats/dog.parquet")),))
+        return Section(
+            "states", "Hidden states of two dogs", intro, (Panel("Heatmaps", "", note=_missing("stats/dog.parquet")),)
+        )
     chosen, how = _choose_dogs(dog, watchlist)
     if loader is None:
         note = loader_note or "Not computed for this run: the states store could not be opened."
@@ -437,7 +468,12 @@ def _states_section(run: _Run, dog: pd.DataFrame | None, watchlist: Sequence[str
             continue
         dogs.append(_dog_heat(st, row))
     if not dogs:
-        return Section("states", "Hidden states of two dogs", intro, (Panel("Heatmaps", "", note="States could not be read: " + "; ".join(problems)),))
+        return Section(
+            "states",
+            "Hidden states of two dogs",
+            intro,
+            (Panel("Heatmaps", "", note="States could not be read: " + "; ".join(problems)),),
+        )
     n_layers = max(d["n_layers"] for d in dogs)
     t_max = max(d["n_steps"] for d in dogs)
     frames = _frame_steps(t_max)
@@ -447,13 +483,17 @@ def _states_section(run: _Run, dog: pd.DataFrame | None, watchlist: Sequence[str
             "Animated: the state race by race",
             f"{how} Press Play to watch the top layer fill in race by race (the veiled part is still to come), "
             "or drag the slider to a race. One colour scale (-1 to +1) for every frame, so colours compare across frames and dogs.",
-            FigureSpec("anim_heatmap", "fig-states-anim", {"dogs": dogs, "frames": frames, "layer": n_layers - 1}, height=460),
+            FigureSpec(
+                "anim_heatmap", "fig-states-anim", {"dogs": dogs, "frames": frames, "layer": n_layers - 1}, height=460
+            ),
         ),
         Panel(
             "Static: races x units, every layer",
             "The same states, all races at once, one row of panels per layer. Look for the race from which a dog's "
             "columns stop changing: that is its plateau (dashed line).",
-            FigureSpec("heatmap", "fig-states-static", {"dogs": dogs, "n_layers": n_layers}, height=max(320, 260 * n_layers)),
+            FigureSpec(
+                "heatmap", "fig-states-static", {"dogs": dogs, "n_layers": n_layers}, height=max(320, 260 * n_layers)
+            ),
         ),
     ]
     if problems:
@@ -466,7 +506,9 @@ def _choose_dogs(dog: pd.DataFrame, watchlist: Sequence[str]) -> tuple[list[dict
     top = dog.sort_values("dog_index" if "dog_index" in dog.columns else "dog_id", kind="stable")
     picked: list[dict] = []
     for w in watchlist:
-        hit = top[(top["dog_id"].astype(str) == str(w)) | (top["dog_name"].astype(str).str.casefold() == str(w).casefold())]
+        hit = top[
+            (top["dog_id"].astype(str) == str(w)) | (top["dog_name"].astype(str).str.casefold() == str(w).casefold())
+        ]
         for _, r in hit.head(1).iterrows():
             if r["dog_id"] not in [p["dog_id"] for p in picked]:
                 picked.append(r.to_dict())
@@ -517,7 +559,11 @@ def _dog_heat(st: Any, row: dict) -> dict:
     """One dog's states as plain lists for the heatmaps: per layer (unit, step) with 3 decimals."""
     h = np.asarray(st.h, dtype=np.float32)  # (T, L, H)
     t = h.shape[0]
-    idx = np.arange(t) if t <= MAX_HEATMAP_STEPS else np.unique(np.round(np.linspace(0, t - 1, MAX_HEATMAP_STEPS)).astype(int))
+    idx = (
+        np.arange(t)
+        if t <= MAX_HEATMAP_STEPS
+        else np.unique(np.round(np.linspace(0, t - 1, MAX_HEATMAP_STEPS)).astype(int))
+    )
     layers = []
     for layer in range(h.shape[1]):
         m = np.round(h[idx, layer, :].T.astype(np.float64), 3)  # (H, steps)
@@ -546,7 +592,9 @@ def _abs_sum_section(run: _Run, dog: pd.DataFrame | None, chosen_ids: list[str],
     )
     step = _by_layer(run.table("stats/step.parquet"), layer)
     if not _has(step, "step", "cohort", "n", "s_q25", "s_q50", "s_q75"):
-        return Section("abs-sum", "Abs-sum per race", intro, (Panel("Abs-sum per race", "", note=_missing("stats/step.parquet")),))
+        return Section(
+            "abs-sum", "Abs-sum per race", intro, (Panel("Abs-sum per race", "", note=_missing("stats/step.parquet")),)
+        )
     bands = _bands(step, "s", cohorts=("saturated", "unsaturated", "partial"))
     all_line = step[step["cohort"] == "all"].sort_values("step")
     all_line = all_line[all_line["n"] >= MIN_BAND_DOGS]
@@ -579,7 +627,15 @@ def _abs_sum_section(run: _Run, dog: pd.DataFrame | None, chosen_ids: list[str],
         median_plateau = sig(ps.median()) if len(ps) else None
     data = {
         "bands": bands,
-        "lines": [{"name": "all dogs (median)", "x": _ints(all_line["step"]), "y": _sigs(all_line["s_q50"]), "color": _colour("all"), "dash": "dot"}],
+        "lines": [
+            {
+                "name": "all dogs (median)",
+                "x": _ints(all_line["step"]),
+                "y": _sigs(all_line["s_q50"]),
+                "color": _colour("all"),
+                "dash": "dot",
+            }
+        ],
         "exemplars": exemplars,
         "vline": median_plateau,
         "vline_label": f"median plateau {median_plateau:.0f}" if median_plateau is not None else None,
@@ -643,11 +699,22 @@ def _f_tau_panel(run: _Run, layer: int) -> Panel:
     lines = []
     if _has(ds, "step", "f090", "f095", "f099"):
         ds = _by_layer(ds, layer)
-        g = ds.groupby("step", sort=True).agg(n=("f095", "size"), f090=("f090", "mean"), f095=("f095", "mean"), f099=("f099", "mean"))
+        g = ds.groupby("step", sort=True).agg(
+            n=("f095", "size"), f090=("f090", "mean"), f095=("f095", "mean"), f099=("f099", "mean")
+        )
         g = g[g["n"] >= MIN_BAND_DOGS]
         for col, tau, dash in (("f090", "0.9", "dot"), ("f095", "0.95", "solid"), ("f099", "0.99", "dash")):
-            lines.append({"name": f"tau = {tau}", "x": _ints(g.index), "y": _sigs(g[col]), "color": "#111827", "dash": dash})
-    data = {"bands": bands, "lines": lines, "xlabel": "race (step)", "ylabel": "F_tau (share of units)", "yrange": [0, 1], "split": True}
+            lines.append(
+                {"name": f"tau = {tau}", "x": _ints(g.index), "y": _sigs(g[col]), "color": "#111827", "dash": dash}
+            )
+    data = {
+        "bands": bands,
+        "lines": lines,
+        "xlabel": "race (step)",
+        "ylabel": "F_tau (share of units)",
+        "yrange": [0, 1],
+        "split": True,
+    }
     return Panel("F_tau by race", explain, FigureSpec("bands", "fig-f-tau", data, height=400))
 
 
@@ -669,7 +736,15 @@ def _gate_panel(run: _Run) -> Panel:
         for gate, colour in (("z", "#b45309"), ("r", "#0e7490")):
             g = sub[sub["gate"] == gate].sort_values("unit")
             if len(g):
-                gates.append({"name": f"{gate} gate", "x": _sigs(g["left"]), "y": _sigs(g["right"]), "unit": _ints(g["unit"]), "color": colour})
+                gates.append(
+                    {
+                        "name": f"{gate} gate",
+                        "x": _sigs(g["left"]),
+                        "y": _sigs(g["right"]),
+                        "unit": _ints(g["unit"]),
+                        "color": colour,
+                    }
+                )
         layers.append({"layer": int(layer), "gates": gates})
     return Panel("Gate saturation per layer", explain, FigureSpec("gates", "fig-gates", {"layers": layers}, height=400))
 
@@ -716,7 +791,11 @@ def _unit_health_panels(run: _Run, summary: dict | None) -> list[Panel]:
     series = []
     for name, mask, colour in (
         ("dead", state.get("dead", pd.Series(False, index=state.index)).astype(bool), "#6b7280"),
-        ("always saturated", state.get("always_saturated", pd.Series(False, index=state.index)).astype(bool), "#c2410c"),
+        (
+            "always saturated",
+            state.get("always_saturated", pd.Series(False, index=state.index)).astype(bool),
+            "#c2410c",
+        ),
     ):
         sub = state[mask]
         if len(sub):
@@ -760,16 +839,31 @@ def _plateau_panel(run: _Run) -> Panel:
                 "shape": "hv",
             }
         )
-    data = {"series": series, "xlabel": "race (step)", "ylabel": "share not yet plateaued", "yrange": [0, 1.02], "hline": 0.5}
+    data = {
+        "series": series,
+        "xlabel": "race (step)",
+        "ylabel": "share not yet plateaued",
+        "yrange": [0, 1.02],
+        "hline": 0.5,
+    }
     return Panel("Time to plateau", explain, FigureSpec("lines", "fig-plateau", data, height=360))
 
 
-def _cohort_section(run: _Run, dog: pd.DataFrame | None, counts: tuple[tuple[str, int], ...], rule: dict | None) -> Section:
+def _cohort_section(
+    run: _Run, dog: pd.DataFrame | None, counts: tuple[tuple[str, int], ...], rule: dict | None
+) -> Section:
     intro = (
         "Does saturation matter for prediction? Each cohort's win log-loss, Brier score, AUC and winner hit rate, "
         "with 95% intervals from a bootstrap over dogs, against the market's prices and a uniform guess."
     )
-    panels = [_sizes_panel(dog, counts), _metrics_panel(run), _effect_panel(run), _length_panel(run), _calibration_panel(run), _sensitivity_panel(run, rule)]
+    panels = [
+        _sizes_panel(dog, counts),
+        _metrics_panel(run),
+        _effect_panel(run),
+        _length_panel(run),
+        _calibration_panel(run),
+        _sensitivity_panel(run, rule),
+    ]
     return Section("cohorts", "Saturated vs unsaturated dogs", intro, tuple(panels))
 
 
@@ -781,7 +875,11 @@ def _sizes_panel(dog: pd.DataFrame | None, counts: tuple[tuple[str, int], ...]) 
     med: dict[str, tuple[Any, Any]] = {}
     if _has(dog, "cohort", "n_steps"):
         for c, g in dog.groupby("cohort"):
-            ps = pd.to_numeric(g.get("plateau_step"), errors="coerce").dropna() if "plateau_step" in g else pd.Series([], dtype=float)
+            ps = (
+                pd.to_numeric(g.get("plateau_step"), errors="coerce").dropna()
+                if "plateau_step" in g
+                else pd.Series([], dtype=float)
+            )
             med[str(c)] = (sig(g["n_steps"].median()), sig(ps.median()) if len(ps) else None)
     rows = tuple((c, n, sig(100 * n / total, 3), *med.get(c, (None, None))) for c, n in counts)
     return Panel(
@@ -805,7 +903,9 @@ def _metrics_panel(run: _Run) -> Panel:
     for m in metrics:
         sub = cm[cm["metric"] == m]
         series = []
-        for src in [s for s in SOURCE_COLOURS if s in set(sub["source"])] + sorted(set(sub["source"]) - set(SOURCE_COLOURS)):
+        for src in [s for s in SOURCE_COLOURS if s in set(sub["source"])] + sorted(
+            set(sub["source"]) - set(SOURCE_COLOURS)
+        ):
             s = sub[sub["source"] == src].set_index("cohort").reindex(cohorts)
             series.append(
                 {
@@ -817,7 +917,11 @@ def _metrics_panel(run: _Run) -> Panel:
                 }
             )
         panels.append({"title": m.replace("_", "-"), "categories": cohorts, "series": series})
-    return Panel("Metrics by cohort", explain, FigureSpec("grouped", "fig-metrics", {"panels": panels, "mode": "points"}, height=420))
+    return Panel(
+        "Metrics by cohort",
+        explain,
+        FigureSpec("grouped", "fig-metrics", {"panels": panels, "mode": "points"}, height=420),
+    )
 
 
 def _effect_panel(run: _Run) -> Panel:
@@ -837,7 +941,11 @@ def _effect_panel(run: _Run) -> Panel:
         else:
             interval = f"{lo:.4g} to {hi:.4g}"
             reads = "clear difference" if (lo > 0 or hi < 0) else "no clear difference"
-        adjust = {"none": "as is", "length_matched": "at equal history length"}.get(str(r["adjust"]), str(r["adjust"])) if has_adjust else "as is"
+        adjust = (
+            {"none": "as is", "length_matched": "at equal history length"}.get(str(r["adjust"]), str(r["adjust"]))
+            if has_adjust
+            else "as is"
+        )
         rows.append((str(r["metric"]), adjust, str(r.get("a", "")), str(r.get("b", "")), d, interval, reads))
     cols = ("metric", "compared", "a", "b", "a - b", "95% interval", "reads as")
     return Panel("Effect sizes", explain, table=Table(cols, tuple(rows)))
@@ -857,10 +965,27 @@ def _length_panel(run: _Run) -> Panel:
         sub = lm[lm["metric"] == m]
         series = []
         for c in _cohorts_in(sub["cohort"]):
-            s = sub[sub["cohort"] == c].assign(stratum=lambda d: d["stratum"].astype(str)).set_index("stratum").reindex(strata)
-            series.append({"name": c, "color": _colour(c), "y": _sigs(s["value"]), "lo": _sigs(s["lo"]) if "lo" in s else None, "hi": _sigs(s["hi"]) if "hi" in s else None})
+            s = (
+                sub[sub["cohort"] == c]
+                .assign(stratum=lambda d: d["stratum"].astype(str))
+                .set_index("stratum")
+                .reindex(strata)
+            )
+            series.append(
+                {
+                    "name": c,
+                    "color": _colour(c),
+                    "y": _sigs(s["value"]),
+                    "lo": _sigs(s["lo"]) if "lo" in s else None,
+                    "hi": _sigs(s["hi"]) if "hi" in s else None,
+                }
+            )
         panels.append({"title": m.replace("_", "-") + " by races run", "categories": strata, "series": series})
-    return Panel("At equal history length", explain, FigureSpec("grouped", "fig-length-matched", {"panels": panels[:2], "mode": "points"}, height=400))
+    return Panel(
+        "At equal history length",
+        explain,
+        FigureSpec("grouped", "fig-length-matched", {"panels": panels[:2], "mode": "points"}, height=400),
+    )
 
 
 def _stratum_key(s: str) -> tuple[float, str]:
@@ -879,9 +1004,24 @@ def _calibration_panel(run: _Run) -> Panel:
     series = []
     for c in _cohorts_in(cal["cohort"]):
         sub = cal[cal["cohort"] == c].sort_values("p_mean")
-        series.append({"name": c, "x": _sigs(sub["p_mean"]), "y": _sigs(sub["won_rate"]), "color": _colour(c), "mode": "lines+markers"})
+        series.append(
+            {
+                "name": c,
+                "x": _sigs(sub["p_mean"]),
+                "y": _sigs(sub["won_rate"]),
+                "color": _colour(c),
+                "mode": "lines+markers",
+            }
+        )
     hi = sig(max(cal["p_mean"].max(), cal["won_rate"].max()) * 1.05) or 1.0
-    data = {"series": series, "xlabel": "predicted probability", "ylabel": "observed win rate", "diagonal": hi, "xrange": [0, hi], "yrange": [0, hi]}
+    data = {
+        "series": series,
+        "xlabel": "predicted probability",
+        "ylabel": "observed win rate",
+        "diagonal": hi,
+        "xrange": [0, hi],
+        "yrange": [0, hi],
+    }
     return Panel("Calibration", explain, FigureSpec("lines", "fig-calibration", data, height=380))
 
 
@@ -901,9 +1041,25 @@ def _sensitivity_panel(run: _Run, rule: dict | None) -> Panel:
     for i, tau in enumerate(sorted(sat["tau"].unique())):
         s = sat[sat["tau"] == tau].sort_values("theta")
         dash = ("dot", "solid", "dash", "dashdot")[i % 4]
-        share.append({"name": f"tau {sig(tau)}", "x": _sigs(s["theta"]), "y": _sigs(s["share"]), "dash": dash, "color": _colour("saturated")})
+        share.append(
+            {
+                "name": f"tau {sig(tau)}",
+                "x": _sigs(s["theta"]),
+                "y": _sigs(s["share"]),
+                "dash": dash,
+                "color": _colour("saturated"),
+            }
+        )
         if "log_loss" in s.columns:
-            ll.append({"name": f"tau {sig(tau)}", "x": _sigs(s["theta"]), "y": _sigs(s["log_loss"]), "dash": dash, "color": _colour("saturated")})
+            ll.append(
+                {
+                    "name": f"tau {sig(tau)}",
+                    "x": _sigs(s["theta"]),
+                    "y": _sigs(s["log_loss"]),
+                    "dash": dash,
+                    "color": _colour("saturated"),
+                }
+            )
     params = (rule or {}).get("params", {}) if isinstance(rule, dict) else {}
     data = {
         "panels": [
@@ -933,7 +1089,18 @@ def _repro_section(run: _Run) -> Section:
         for (a, b), g in cka.groupby(["seed_a", "seed_b"], sort=True):
             g = g.sort_values("step")
             series.append({"name": f"seed {int(a)} vs {int(b)}", "x": _ints(g["step"]), "y": _sigs(g["cka"])})
-        panels.append(Panel("CKA between seeds by race", explain, FigureSpec("lines", "fig-cka", {"series": series, "xlabel": "race (step)", "ylabel": "linear CKA", "yrange": [0, 1.02]}, height=340)))
+        panels.append(
+            Panel(
+                "CKA between seeds by race",
+                explain,
+                FigureSpec(
+                    "lines",
+                    "fig-cka",
+                    {"series": series, "xlabel": "race (step)", "ylabel": "linear CKA", "yrange": [0, 1.02]},
+                    height=340,
+                ),
+            )
+        )
     else:
         panels.append(Panel("CKA between seeds by race", explain, note=_missing("eval/cka.parquet")))
     rep = run.table("eval/repro.parquet")
@@ -943,7 +1110,9 @@ def _repro_section(run: _Run) -> Section:
     )
     if _has(rep, "scope", "metric", "value"):
         piv = rep.pivot_table(index="scope", columns="metric", values="value", aggfunc="first")
-        metrics = [m for m in ("prob_spread", "top_pick_churn", "kappa") if m in piv.columns] + sorted(set(piv.columns) - {"prob_spread", "top_pick_churn", "kappa"})
+        metrics = [m for m in ("prob_spread", "top_pick_churn", "kappa") if m in piv.columns] + sorted(
+            set(piv.columns) - {"prob_spread", "top_pick_churn", "kappa"}
+        )
         rows = tuple((s, *[sig(piv.loc[s, m]) for m in metrics]) for s in _cohorts_in(piv.index))
         panels.append(Panel("Prediction spread, churn and agreement", explain, table=Table(("scope", *metrics), rows)))
     else:
@@ -959,17 +1128,28 @@ def _resilience_section(run: _Run) -> Section:
     )
     res = run.table("eval/resilience.parquet")
     if not _has(res, "perturbation", "cohort", "d_loss"):
-        return Section("resilience", "Resilience to data issues", intro, (Panel("Resilience", "", note=_missing("eval/resilience.parquet")),))
+        return Section(
+            "resilience",
+            "Resilience to data issues",
+            intro,
+            (Panel("Resilience", "", note=_missing("eval/resilience.parquet")),),
+        )
     if "severity" in res.columns:
         worst = res.groupby("perturbation")["severity"].transform("max")
         hard = res[res["severity"] == worst]
     else:
         hard = res
-    overall = hard[hard["position"] == "all"] if "position" in hard.columns and (hard["position"] == "all").any() else hard
+    overall = (
+        hard[hard["position"] == "all"] if "position" in hard.columns and (hard["position"] == "all").any() else hard
+    )
     perts = sorted(overall["perturbation"].astype(str).unique())
     cohorts = [c for c in _cohorts_in(overall["cohort"])]
     panels = []
-    for col, title in (("d_loss", "change in log-loss"), ("flip_rate", "top-pick flip rate"), ("state_divergence", "state divergence")):
+    for col, title in (
+        ("d_loss", "change in log-loss"),
+        ("flip_rate", "top-pick flip rate"),
+        ("state_divergence", "state divergence"),
+    ):
         if col not in overall.columns:
             continue
         g = overall.groupby(["perturbation", "cohort"])[col].mean()
@@ -990,7 +1170,14 @@ def _resilience_section(run: _Run) -> Section:
             if col not in pos.columns:
                 continue
             g = pos.groupby(["position", "cohort"])[col].mean()
-            series = [{"name": p, "color": {"early": "#be123c", "late": "#1e3a8a"}[p], "y": _sigs(g.get((p, c)) for c in cohorts)} for p in ("early", "late")]
+            series = [
+                {
+                    "name": p,
+                    "color": {"early": "#be123c", "late": "#1e3a8a"}[p],
+                    "y": _sigs(g.get((p, c)) for c in cohorts),
+                }
+                for p in ("early", "late")
+            ]
             panels2.append({"title": title, "categories": cohorts, "series": series})
         out.append(
             Panel(
@@ -1000,10 +1187,29 @@ def _resilience_section(run: _Run) -> Section:
                 FigureSpec("grouped", "fig-resilience-position", {"panels": panels2, "mode": "bars"}, height=360),
             )
         )
-    cols = [c for c in ("perturbation", "severity", "cohort", "position", "d_loss", "flip_rate", "state_divergence", "n") if c in res.columns]
-    full = res.sort_values([c for c in ("perturbation", "severity", "cohort", "position") if c in res.columns], kind="stable")
-    rows = tuple(tuple(sig(v) if isinstance(v, (float, np.floating)) else (int(v) if isinstance(v, (np.integer,)) else str(v)) for v in r) for r in full[cols].itertuples(index=False))
-    out.append(Panel("All resilience numbers", "Every perturbation, severity, cohort and position.", table=Table(tuple(cols), rows), collapsed=True))
+    cols = [
+        c
+        for c in ("perturbation", "severity", "cohort", "position", "d_loss", "flip_rate", "state_divergence", "n")
+        if c in res.columns
+    ]
+    full = res.sort_values(
+        [c for c in ("perturbation", "severity", "cohort", "position") if c in res.columns], kind="stable"
+    )
+    rows = tuple(
+        tuple(
+            sig(v) if isinstance(v, (float, np.floating)) else (int(v) if isinstance(v, (np.integer,)) else str(v))
+            for v in r
+        )
+        for r in full[cols].itertuples(index=False)
+    )
+    out.append(
+        Panel(
+            "All resilience numbers",
+            "Every perturbation, severity, cohort and position.",
+            table=Table(tuple(cols), rows),
+            collapsed=True,
+        )
+    )
     return Section("resilience", "Resilience to data issues", intro, tuple(out))
 
 
@@ -1011,7 +1217,12 @@ def _divergence_section(run: _Run, dog: pd.DataFrame | None) -> Section:
     intro = "From the same initial state, how far apart two dogs' hidden states move race by race (Euclidean distance)."
     div = run.table("eval/divergence.parquet")
     if not _has(div, "pair", "step", "distance"):
-        return Section("divergence", "Two-dog divergence", intro, (Panel("Divergence", "", note=_missing("eval/divergence.parquet")),))
+        return Section(
+            "divergence",
+            "Two-dog divergence",
+            intro,
+            (Panel("Divergence", "", note=_missing("eval/divergence.parquet")),),
+        )
     names = {}
     if _has(dog, "dog_id", "dog_name"):
         names = dict(zip(dog["dog_id"].astype(str), dog["dog_name"].astype(str)))
@@ -1027,19 +1238,34 @@ def _divergence_section(run: _Run, dog: pd.DataFrame | None) -> Section:
         "Distance between two dogs' states",
         "A curve that levels off means both states have settled (often both saturated); one that keeps growing means "
         "the dogs' form keeps pushing them apart.",
-        FigureSpec("lines", "fig-divergence", {"series": series, "xlabel": "race (step)", "ylabel": "||h_a - h_b||"}, height=340),
+        FigureSpec(
+            "lines",
+            "fig-divergence",
+            {"series": series, "xlabel": "race (step)", "ylabel": "||h_a - h_b||"},
+            height=340,
+        ),
     )
     return Section("divergence", "Two-dog divergence", intro, (panel,))
 
 
 def _trend_section(night: str, head: dict, history: list[tuple[str, dict]]) -> Section:
-    intro = "Tonight against previous nights: is the model drifting, is the market catching up, are more dogs saturating?"
+    intro = (
+        "Tonight against previous nights: is the model drifting, is the market catching up, are more dogs saturating?"
+    )
     if not history:
-        return Section("trend", "Trend across nights", intro, (Panel("Trend", "", note="No previous nights were given: the trend starts tomorrow."),))
+        return Section(
+            "trend",
+            "Trend across nights",
+            intro,
+            (Panel("Trend", "", note="No previous nights were given: the trend starts tomorrow."),),
+        )
     nights = history + [(night, head)]
     xs = [n for n, _ in nights]
     series = []
-    for key, name, colour in (("model_log_loss", "model", SOURCE_COLOURS["model"]), ("market_log_loss", "market", SOURCE_COLOURS["market"])):
+    for key, name, colour in (
+        ("model_log_loss", "model", SOURCE_COLOURS["model"]),
+        ("market_log_loss", "market", SOURCE_COLOURS["market"]),
+    ):
         ys = [sig(h.get(key)) for _, h in nights]
         if any(y is not None for y in ys):
             series.append({"name": name, "x": xs, "y": ys, "color": colour, "mode": "lines+markers"})
@@ -1047,19 +1273,38 @@ def _trend_section(night: str, head: dict, history: list[tuple[str, dict]]) -> S
     data = {
         "panels": [
             {"title": "log-loss", "series": series, "ylabel": "log-loss"},
-            {"title": "share of dogs saturated", "series": [{"name": "saturated share", "x": xs, "y": share, "color": _colour("saturated"), "mode": "lines+markers"}], "ylabel": "share"},
+            {
+                "title": "share of dogs saturated",
+                "series": [
+                    {
+                        "name": "saturated share",
+                        "x": xs,
+                        "y": share,
+                        "color": _colour("saturated"),
+                        "mode": "lines+markers",
+                    }
+                ],
+                "ylabel": "share",
+            },
         ],
         "xlabel": "night",
         "category_x": True,
     }
     cols = ("night", "dogs", "saturated share", "model log-loss", "market log-loss")
-    rows = tuple((n, h.get("dogs"), sig(h.get("saturated_share")), sig(h.get("model_log_loss")), sig(h.get("market_log_loss"))) for n, h in reversed(nights))
+    rows = tuple(
+        (n, h.get("dogs"), sig(h.get("saturated_share")), sig(h.get("model_log_loss")), sig(h.get("market_log_loss")))
+        for n, h in reversed(nights)
+    )
     return Section(
         "trend",
         "Trend across nights",
         intro,
         (
-            Panel("Headline numbers by night", "One point per night; tonight is the last.", FigureSpec("lines2", "fig-trend", data, height=340)),
+            Panel(
+                "Headline numbers by night",
+                "One point per night; tonight is the last.",
+                FigureSpec("lines2", "fig-trend", data, height=340),
+            ),
             Panel("Nights", "Newest first.", table=Table(cols, rows), collapsed=len(rows) > 10),
         ),
     )
@@ -1068,7 +1313,16 @@ def _trend_section(night: str, head: dict, history: list[tuple[str, dict]]) -> S
 def _quality_section(dq: dict | None) -> Section:
     intro = "What went in: every input row ends as accepted, rejected (with a reason) or merged as a duplicate; nothing is dropped silently."
     if not dq:
-        return Section("data-quality", "Data quality", intro, (Panel("Rows in and out", "", note="Not provided for this run: no ingest summary was passed to the report."),))
+        return Section(
+            "data-quality",
+            "Data quality",
+            intro,
+            (
+                Panel(
+                    "Rows in and out", "", note="Not provided for this run: no ingest summary was passed to the report."
+                ),
+            ),
+        )
     rows_in, acc, rej, dup = (dq.get(k) for k in ("rows_in", "accepted", "rejected", "duplicates_merged"))
     rows = [("rows in", rows_in), ("accepted", acc), ("rejected", rej), ("duplicates merged", dup)]
     for k in ("dogs", "races"):
@@ -1077,22 +1331,47 @@ def _quality_section(dq: dict | None) -> Section:
     explain = "Counts from tonight's ingest."
     if all(isinstance(v, (int, float)) for v in (rows_in, acc, rej, dup)):
         ok = int(rows_in) == int(acc) + int(rej) + int(dup)
-        explain += " Check rows in = accepted + rejected + duplicates merged: " + ("holds." if ok else "DOES NOT HOLD - rows were lost; investigate the ingest.")
-    panels = [Panel("Rows in and out", explain, table=Table(("", "rows"), tuple((k, None if v is None else int(v)) for k, v in rows)))]
+        explain += " Check rows in = accepted + rejected + duplicates merged: " + (
+            "holds." if ok else "DOES NOT HOLD - rows were lost; investigate the ingest."
+        )
+    panels = [
+        Panel(
+            "Rows in and out",
+            explain,
+            table=Table(("", "rows"), tuple((k, None if v is None else int(v)) for k, v in rows)),
+        )
+    ]
     reasons = dq.get("rejects_by_reason") or {}
     if reasons:
         r = tuple(sorted(((str(k), int(v)) for k, v in reasons.items()), key=lambda kv: (-kv[1], kv[0])))
-        panels.append(Panel("Rejected rows by reason", "Most common first; the rejected rows themselves are in the snapshot's rejects.parquet.", table=Table(("reason", "rows"), r)))
+        panels.append(
+            Panel(
+                "Rejected rows by reason",
+                "Most common first; the rejected rows themselves are in the snapshot's rejects.parquet.",
+                table=Table(("reason", "rows"), r),
+            )
+        )
     files = dq.get("files") or []
     if files:
         rows_f = []
         for f in files:
             if isinstance(f, dict):  # the snapshot manifest: path, format, rows, sha256, bytes
-                rows_f.append((Path(str(f.get("path", "?"))).name, str(f.get("format", "")), f.get("rows"), str(f.get("sha256", ""))[:12]))
+                rows_f.append(
+                    (
+                        Path(str(f.get("path", "?"))).name,
+                        str(f.get("format", "")),
+                        f.get("rows"),
+                        str(f.get("sha256", ""))[:12],
+                    )
+                )
             else:
                 rows_f.append((Path(str(f)).name, "", None, ""))
         rows_f.sort(key=lambda r: r[0])
-        span = f" Races from {dq['first_date']} to {dq['last_date']}." if dq.get("first_date") and dq.get("last_date") else ""
+        span = (
+            f" Races from {dq['first_date']} to {dq['last_date']}."
+            if dq.get("first_date") and dq.get("last_date")
+            else ""
+        )
         panels.append(
             Panel(
                 "Source files",
@@ -1176,6 +1455,10 @@ def build_report(
     h/z/r (T, L, H); default `storage.states.open_states(run_dir).dog`.
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NotFoundError(
+            f"report: run directory {run_dir} does not exist; pass a published run (storage.states.latest_run)"
+        )
     run = _Run(run_dir)
     run_meta = run.json("run.json") or {}
     head = run.json("eval/headline.json") or {}
@@ -1196,7 +1479,12 @@ def build_report(
 
     loader, loader_note = (dog_states, None) if dog_states is not None else _default_loader(run_dir)
     states = _states_section(run, dog, list(watchlist), loader, loader_note)
-    chosen = [d["id"] for p in states.panels if p.figure is not None and p.figure.kind == "anim_heatmap" for d in p.figure.data["dogs"]]
+    chosen = [
+        d["id"]
+        for p in states.panels
+        if p.figure is not None and p.figure.kind == "anim_heatmap"
+        for d in p.figure.data["dogs"]
+    ]
     chosen_ids = [str(c) for c in chosen]
 
     sections = (
@@ -1213,11 +1501,16 @@ def build_report(
     return ReportModel(
         title=f"gruviz nightly report {night}",
         night=night,
-        verdict=_verdict(head, dict(counts), sig(head.get("median_plateau_step")), run.table("eval/effect_size.parquet"), run.table("eval/length_matched.parquet")),
+        verdict=_verdict(
+            head,
+            dict(counts),
+            sig(head.get("median_plateau_step")),
+            run.table("eval/effect_size.parquet"),
+            run.table("eval/length_matched.parquet"),
+        ),
         headline=_headline_numbers(head, prev[1] if prev else None),
         cohort_counts=counts,
         provenance=_provenance(run_meta, head, rule, night),
         previous_night=prev[0] if prev else None,
         sections=sections,
     )
-

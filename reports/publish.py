@@ -1,9 +1,9 @@
 """Publish a night's page into the reports directory: atomic page, shared plotly.js once, index of all nights.
 
-    <reports_dir>/assets/plotly.min.js     copied once from the installed plotly package
-    <reports_dir>/<night>/index.html       the night's page (written atomically)
-    <reports_dir>/<night>/headline.json    its headline numbers (feeds the index and the trend)
-    <reports_dir>/index.html               every night, newest first, with the headline trend
+<reports_dir>/assets/plotly.min.js     copied once from the installed plotly package
+<reports_dir>/<night>/index.html       the night's page (written atomically)
+<reports_dir>/<night>/headline.json    its headline numbers (feeds the index and the trend)
+<reports_dir>/index.html               every night, newest first, with the headline trend
 """
 
 from __future__ import annotations
@@ -59,12 +59,16 @@ def list_nights(reports_dir: str | Path) -> list[dict]:
     """Published nights, newest first: night, href, headline (dict), delta (model log-loss vs the night before)."""
     reports_dir = Path(reports_dir)
     nights = []
-    for d in sorted(p for p in reports_dir.iterdir() if p.is_dir() and _NIGHT.match(p.name) and (p / "index.html").is_file()):
+    for d in sorted(
+        p for p in reports_dir.iterdir() if p.is_dir() and _NIGHT.match(p.name) and (p / "index.html").is_file()
+    ):
         try:
             head = json.loads((d / "headline.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             head = {}
-        nights.append({"night": d.name, "href": f"{d.name}/index.html", "headline": head if isinstance(head, dict) else {}})
+        nights.append(
+            {"night": d.name, "href": f"{d.name}/index.html", "headline": head if isinstance(head, dict) else {}}
+        )
     prev = None
     for n in nights:  # oldest first here
         cur = n["headline"].get("model_log_loss")

@@ -55,7 +55,9 @@ class ReportsHandler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:  # noqa: D401 - http.server's hook
         resolved = self._resolve()
         # A path that does not exist: the base class answers 404.
-        return resolved if resolved is not None else posixpath.join(os.path.realpath(self.directory), ".gruviz-not-found")
+        return (
+            resolved if resolved is not None else posixpath.join(os.path.realpath(self.directory), ".gruviz-not-found")
+        )
 
     def send_head(self):  # type: ignore[override]
         try:

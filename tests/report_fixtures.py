@@ -82,10 +82,24 @@ def _dogs(n_dogs: int, max_steps: int, rng: np.random.Generator, evil_first: boo
     if evil_first and n_dogs:
         names[0] = EVIL_NAME
         # Make the evil dog the clearest saturated exemplar, so it is on the page.
-        n_steps[0], plateau[0], censored[0], level[0], f_after[0], cohort[0] = max_steps, 12, False, 0.99, 0.99, "saturated"
+        n_steps[0], plateau[0], censored[0], level[0], f_after[0], cohort[0] = (
+            max_steps,
+            12,
+            False,
+            0.99,
+            0.99,
+            "saturated",
+        )
     if n_dogs > 1:
         # ... and dog 1 the clearest unsaturated one.
-        n_steps[1], plateau[1], censored[1], level[1], f_after[1], cohort[1] = max_steps * 2 // 3, 15, False, 0.01, 0.01, "unsaturated"
+        n_steps[1], plateau[1], censored[1], level[1], f_after[1], cohort[1] = (
+            max_steps * 2 // 3,
+            15,
+            False,
+            0.01,
+            0.01,
+            "unsaturated",
+        )
     return pd.DataFrame(
         {
             "dog_index": np.arange(n_dogs, dtype=np.int64),
@@ -162,7 +176,13 @@ def _step_table(dogs: pd.DataFrame, n_layers: int, max_steps: int) -> pd.DataFra
     steps = np.arange(1, max_steps + 1)
     rows = []
     for layer in range(n_layers):
-        for cohort, lvl in (("all", 0.5), ("saturated", 0.8), ("partial", 0.4), ("unsaturated", 0.1), ("undecided", 0.5)):
+        for cohort, lvl in (
+            ("all", 0.5),
+            ("saturated", 0.8),
+            ("partial", 0.4),
+            ("unsaturated", 0.1),
+            ("undecided", 0.5),
+        ):
             share = 1.0 if cohort == "all" else float((dogs["cohort"] == cohort).mean())
             base = 0.15 + 0.8 * lvl * (1 - np.exp(-steps / 6.0))
             rows.append(
@@ -288,7 +308,12 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
         ("brier", "saturated", "unsaturated", None, None, None, "length_matched"),
     ]
     steps = np.arange(1, max_steps + 1)
-    cka = [(int(t), a, b, float(0.6 + 0.35 * (1 - np.exp(-t / 10)))) for a in range(seeds) for b in range(a + 1, seeds) for t in steps]
+    cka = [
+        (int(t), a, b, float(0.6 + 0.35 * (1 - np.exp(-t / 10))))
+        for a in range(seeds)
+        for b in range(a + 1, seeds)
+        for t in steps
+    ]
     repro = [
         (scope, metric, value)
         for scope in ("all",) + COHORTS
@@ -297,15 +322,20 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
     ids = dogs["dog_id"].tolist()
     div = [("A vs B", ids[0], ids[min(1, len(ids) - 1)], int(t), float(np.sqrt(t) * 0.8)) for t in steps[:40]]
     return {
-        "eval/cohort_metrics.parquet": pd.DataFrame(cm, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"]),
+        "eval/cohort_metrics.parquet": pd.DataFrame(
+            cm, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"]
+        ),
         "eval/calibration.parquet": pd.DataFrame(cal, columns=["cohort", "bin", "p_mean", "won_rate", "n"]),
-        "eval/length_matched.parquet": pd.DataFrame(lm, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"]),
+        "eval/length_matched.parquet": pd.DataFrame(
+            lm, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"]
+        ),
         "eval/effect_size.parquet": pd.DataFrame(effect, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"]),
         "eval/sensitivity.parquet": pd.DataFrame(sens, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"]),
         "eval/repro.parquet": pd.DataFrame(repro, columns=["scope", "metric", "value"]),
         "eval/cka.parquet": pd.DataFrame(cka, columns=["step", "seed_a", "seed_b", "cka"]),
         "eval/resilience.parquet": pd.DataFrame(
-            res, columns=["perturbation", "severity", "cohort", "position", "d_loss", "flip_rate", "state_divergence", "n"]
+            res,
+            columns=["perturbation", "severity", "cohort", "position", "d_loss", "flip_rate", "state_divergence", "n"],
         ),
         "eval/divergence.parquet": pd.DataFrame(div, columns=["pair", "dog_a", "dog_b", "step", "distance"]),
     }
@@ -385,7 +415,11 @@ def write_history(root: str | Path, nights: Iterable[str], **kwargs) -> list[Pat
     """Small previous runs under root/<night>/ (only run.json, headline.json needed by the trend)."""
     out = []
     for i, night in enumerate(nights):
-        out.append(write_run(Path(root) / night, n_dogs=20, night=night, seed=100 + i, model_log_loss=1.85 - 0.01 * i, **kwargs))
+        out.append(
+            write_run(
+                Path(root) / night, n_dogs=20, night=night, seed=100 + i, model_log_loss=1.85 - 0.01 * i, **kwargs
+            )
+        )
     return out
 
 

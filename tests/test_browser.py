@@ -29,7 +29,13 @@ def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser")
     run = write_run(base / "run", n_dogs=300, max_steps=140, n_units=24, n_layers=1, night=NIGHT)
     history = write_history(base / "hist", ["2026-11-22", "2026-11-23", "2026-11-24"])
-    dq = {"rows_in": 1210, "accepted": 1180, "rejected": 20, "duplicates_merged": 10, "rejects_by_reason": {"no race date": 12, "unparseable place": 8}}
+    dq = {
+        "rows_in": 1210,
+        "accepted": 1180,
+        "rejected": 20,
+        "duplicates_merged": 10,
+        "rejects_by_reason": {"no race date": 12, "unparseable place": 8},
+    }
     model = build_report(run, history=history, data_quality=dq, dog_states=fake_dog_states(run))
     reports = base / "reports"
     for h in history:  # earlier nights, so the index has a trend
@@ -53,8 +59,14 @@ def browser():
         b = p.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         try:
             yield b
@@ -77,7 +89,9 @@ def loaded(browser, site):
 
     page.on("dialog", on_dialog)
     page.goto(f"{site}/{NIGHT}/index.html", wait_until="load")
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= document.querySelectorAll('.js-plotly-plot').length")
+    page.wait_for_function(
+        "document.querySelectorAll('.js-plotly-plot .main-svg').length >= document.querySelectorAll('.js-plotly-plot').length"
+    )
     yield page, seen
     page.close()
 
@@ -87,7 +101,11 @@ def test_loads_clean_and_offline(loaded, site):
     assert not seen["errors"], seen["errors"]
     assert not [c for c in seen["console"] if c[0] == "error"], seen["console"]
     origin = urlsplit(site).netloc
-    outside = [u for u in seen["requests"] if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).netloc != origin]
+    outside = [
+        u
+        for u in seen["requests"]
+        if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).netloc != origin
+    ]
     assert not outside, outside
     assert any(u.endswith("/assets/plotly.min.js") for u in seen["requests"])
 
@@ -95,7 +113,9 @@ def test_loads_clean_and_offline(loaded, site):
 def test_every_figure_renders(loaded):
     page, _ = loaded
     n = page.locator(".js-plotly-plot").count()
-    with_svg = page.evaluate("Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => d.querySelector('svg.main-svg')).length")
+    with_svg = page.evaluate(
+        "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => d.querySelector('svg.main-svg')).length"
+    )
     assert n >= 12 and with_svg == n
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gruviz_core.errors import ConfigError
+from gruviz_core.errors import ConfigError, NotFoundError
 from reports.figures import REDRAW, figure
 from reports.model import MAX_FRAMES, ReportModel, build_report
 from reports.publish import ASSET, publish_report
@@ -19,8 +19,14 @@ from reports.render import plotly_js_path, render
 from tests.report_fixtures import EVIL_NAME, TABLES, fake_dog_states, write_history, write_run
 
 DQ = {  # as storage.forms writes the snapshot's manifest.json
-    "rows_in": 100, "accepted": 90, "rejected": 7, "duplicates_merged": 3, "rejects_by_reason": {"no date": 5, "bad place": 2},
-    "files": [{"path": "/data/ANZ_Greyhounds_2024_01.csv.gz", "format": "iggy", "rows": 100, "sha256": "0123456789abcdef"}],
+    "rows_in": 100,
+    "accepted": 90,
+    "rejected": 7,
+    "duplicates_merged": 3,
+    "rejects_by_reason": {"no date": 5, "bad place": 2},
+    "files": [
+        {"path": "/data/ANZ_Greyhounds_2024_01.csv.gz", "format": "iggy", "rows": 100, "sha256": "0123456789abcdef"}
+    ],
 }
 
 
@@ -50,7 +56,15 @@ def _panels(model: ReportModel) -> dict:
 
 def test_sections_headline_and_provenance(model):
     assert [s.id for s in model.sections] == [
-        "states", "abs-sum", "saturation", "cohorts", "reproducibility", "resilience", "divergence", "trend", "data-quality",
+        "states",
+        "abs-sum",
+        "saturation",
+        "cohorts",
+        "reproducibility",
+        "resilience",
+        "divergence",
+        "trend",
+        "data-quality",
     ]
     head = {h.key: h for h in model.headline}
     assert head["model_log_loss"].text == "1.82"
@@ -143,13 +157,15 @@ def test_missing_tables_say_not_computed(tmp_path):
     assert 'id="fig-states-anim"' in html
 
 
-def test_data_quality_identity(model):
+def test_data_quality_identity(model, tmp_path):
     dq = next(s for s in model.sections if s.id == "data-quality")
     assert "holds." in dq.panels[0].explain
     assert dq.panels[1].table.rows == (("no date", 5), ("bad place", 2))
     assert dq.panels[2].table.rows == (("ANZ_Greyhounds_2024_01.csv.gz", "iggy", 100, "0123456789ab"),)
-    bad = build_report(Path("/nonexistent-run"), data_quality={**DQ, "rows_in": 101})
+    bad = build_report(write_run(tmp_path / "r", n_dogs=5), data_quality={**DQ, "rows_in": 101})
     assert "DOES NOT HOLD" in next(s for s in bad.sections if s.id == "data-quality").panels[0].explain
+    with pytest.raises(NotFoundError, match="does not exist"):
+        build_report(tmp_path / "no-such-run")
 
 
 def test_size_budget_at_100k_dogs(tmp_path):
@@ -162,7 +178,9 @@ def test_publish_atomic_index_and_asset(html, tmp_path, monkeypatch):
     reports = tmp_path / "reports"
     head = {"night": "2026-11-25", "dogs": 80, "model_log_loss": 1.82, "market_log_loss": 1.8, "saturated_share": 0.25}
     p2 = publish_report(html, reports, "2026-11-25", headline=head)
-    p1 = publish_report("<p>old</p>", reports, "2026-11-24", headline={**head, "night": "2026-11-24", "model_log_loss": 1.85})
+    p1 = publish_report(
+        "<p>old</p>", reports, "2026-11-24", headline={**head, "night": "2026-11-24", "model_log_loss": 1.85}
+    )
     assert p2 == reports / "2026-11-25" / "index.html" and p2.read_text(encoding="utf-8") == html
     assert (reports / ASSET).read_bytes() == plotly_js_path().read_bytes()
     index = (reports / "index.html").read_text(encoding="utf-8")
@@ -214,10 +232,12 @@ def _real_run(root: Path) -> Path:
         seqs_values=(rng.normal(size=(len(dog), len(feats))) * 2).astype(np.float32),
         context=rng.normal(size=(len(dog), len(ctx))).astype(np.float32),
         offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        dog_id=np.array([f"D{i:03d}" for i in range(n_dogs)], dtype=object), dog_name=names,
+        dog_id=np.array([f"D{i:03d}" for i in range(n_dogs)], dtype=object),
+        dog_name=names,
         race_id=np.array([f"R{r}" for r in race], dtype=object),
         race_date=np.datetime64("2024-01-01") + race.astype("timedelta64[D]"),
-        won=won, market_prob=np.full(len(dog), 1 / field, np.float32),
+        won=won,
+        market_prob=np.full(len(dog), 1 / field, np.float32),
     )
     models = []
     for s in range(2):

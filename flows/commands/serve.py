@@ -16,8 +16,18 @@ DEFAULT_PORT = 8765
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=None, help="port (default: the port of GRUVIZ_REPORTS_BASE_URL, else 8765; 0 = any free port)")
-    p.add_argument("--dir", type=Path, default=None, help="reports directory (default: settings' reports path, <GRUVIZ_HOME>/reports)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (default: the port of GRUVIZ_REPORTS_BASE_URL, else 8765; 0 = any free port)",
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="reports directory (default: settings' reports path, <GRUVIZ_HOME>/reports)",
+    )
     p.add_argument("--quiet", action="store_true", help="do not log each request")
 
 
