@@ -21,6 +21,8 @@ __all__ = ["ReportsHandler", "make_server", "HOST"]
 HOST = "127.0.0.1"
 """The only address the server binds: reports are for this machine (put a real web server in front to share)."""
 
+# Belt and braces for "nothing leaves the machine": the page may only load from this server. plotly.js
+# needs 'unsafe-eval' (its animations stop without it) and the figures are inline scripts.
 _CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
