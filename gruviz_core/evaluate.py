@@ -8,6 +8,11 @@ metric is a ratio of per-dog sums, so B replicates are one (B, dog) @ (dog,) pro
 AUC is computed from per-dog counts of winners and losers in quantile bins of p (1024 by default;
 exact when p takes fewer values), so it bootstraps the same way. The winner hit rate of a cohort is
 the share of the cohort's top picks (the race favourite under the model) that won.
+
+Cohorts differ in base rates (dogs that race on and saturate win more often), so raw log-loss
+mostly says who wins. Given a reference (the market on the same rows), `log_loss_vs_market` is
+the mean per-row log-loss of the model minus the market's: the model's own skill gap, comparable
+across cohorts.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from gruviz_core.errors import ConfigError
 
 __all__ = [
     "METRICS",
+    "GAP_METRIC",
     "STRATA",
     "stratum_of",
     "poisson_weights",
@@ -42,6 +48,9 @@ __all__ = [
 
 METRICS: tuple[str, ...] = ("log_loss", "brier", "auc", "hit_rate")
 """Win metrics of every comparison; lower is better for the first two."""
+
+GAP_METRIC = "log_loss_vs_market"
+"""Extra metric when a reference is given: mean log-loss of the model minus the reference's."""
 
 STRATA: tuple[tuple[int, int, str], ...] = (
     (1, 5, "1-5"), (6, 10, "6-10"), (11, 20, "11-20"), (21, 40, "21-40"), (41, 10**9, "41+"),
@@ -98,23 +107,29 @@ class DogSums:
     """(dog, bin) winners per quantile bin of p."""
     neg: sparse.csr_matrix
     """(dog, bin) losers per quantile bin of p."""
+    gap: np.ndarray | None = None
+    """(dog,) sum of row log-loss minus the reference's; None without a reference."""
 
     def take(self, dogs: np.ndarray) -> "DogSums":
         """Only the given dogs (index array), in that order."""
         return DogSums(self.ll[dogs], self.br[dogs], self.n[dogs], self.picks[dogs], self.hits[dogs],
-                       self.pos[dogs], self.neg[dogs])
+                       self.pos[dogs], self.neg[dogs], None if self.gap is None else self.gap[dogs])
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return METRICS if self.gap is None else (*METRICS, GAP_METRIC)
 
 
 def dog_sums(
     p: np.ndarray, won: np.ndarray, dog: np.ndarray, is_top: np.ndarray, n_dogs: int,
-    *, keep: np.ndarray | None = None, n_bins: int = 1024,
+    *, keep: np.ndarray | None = None, n_bins: int = 1024, ref: np.ndarray | None = None,
 ) -> DogSums:
-    """Sufficient statistics per dog. p, won, dog, is_top: (obs,); keep: (obs,) bool rows to count."""
+    """Sufficient statistics per dog. p, won, dog, is_top, ref: (obs,); keep: (obs,) bool rows to count."""
     p = np.asarray(p, dtype=np.float64)
     if keep is not None:
         p, won, dog, is_top = p[keep], won[keep], dog[keep], is_top[keep]
-    pc = np.clip(p, _EPS, 1 - _EPS)
-    ll = -(won * np.log(pc) + (1 - won) * np.log1p(-pc))
+        ref = None if ref is None else ref[keep]
+    ll = _log_loss(p, won)
     edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)[1:-1])) if len(p) else np.array([])
     b = np.searchsorted(edges, p, side="right")
     nb = len(edges) + 1
@@ -129,7 +144,13 @@ def dog_sums(
     return DogSums(
         ll=_bc(ll), br=_bc((p - w) ** 2), n=_bc(None), picks=_bc(is_top.astype(np.float64)),
         hits=_bc(is_top * w), pos=_counts(w), neg=_counts(1 - w),
+        gap=None if ref is None else _bc(ll - _log_loss(np.asarray(ref, dtype=np.float64), won)),
     )
+
+
+def _log_loss(p: np.ndarray, won: np.ndarray) -> np.ndarray:
+    pc = np.clip(p, _EPS, 1 - _EPS)
+    return -(won * np.log(pc) + (1 - won) * np.log1p(-pc))
 
 
 def metric_values(s: DogSums, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -142,6 +163,8 @@ def metric_values(s: DogSums, weights: np.ndarray) -> dict[str, np.ndarray]:
         neg = np.asarray(s.neg.T @ weights.T).T
         below = np.cumsum(neg, axis=1) - neg  # losers in lower bins
         out["auc"] = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+        if s.gap is not None:
+            out[GAP_METRIC] = weights @ s.gap / n
     return out
 
 
@@ -163,23 +186,26 @@ def _groups(dog_cohort: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def cohort_metrics(
     sources: dict[str, np.ndarray], won: np.ndarray, race: np.ndarray, dog: np.ndarray,
-    dog_cohort: np.ndarray, *, weights: np.ndarray,
+    dog_cohort: np.ndarray, *, weights: np.ndarray, ref: str | None = "market",
 ) -> pd.DataFrame:
     """Metrics with 95% intervals per cohort and source (model, market, uniform...) on the same rows.
 
     sources: {name: p (obs,)}; dog: (obs,) codes into dog_cohort (dog,); weights: (B, dog).
+    Sources whose name starts with 'model' also get GAP_METRIC against sources[ref] when present.
     -> columns cohort, metric, value, lo, hi, n_dogs, n_rows, source.
     """
     rows = []
     n_rows_dog = np.bincount(dog, minlength=len(dog_cohort))
+    ref_p = sources.get(ref) if ref else None
     for src, p in sources.items():
-        s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort))
+        r = ref_p if src.startswith("model") else None
+        s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort), ref=r)
         for name, idx in _groups(dog_cohort):
             idx = idx[n_rows_dog[idx] > 0]
             sub = s.take(idx)
             point = metric_values(sub, np.ones((1, len(idx))))
             reps = metric_values(sub, weights[:, idx])
-            for m in METRICS:
+            for m in s.metrics:
                 lo, hi = _interval(reps[m])
                 rows.append((name, m, float(point[m][0]), lo, hi, len(idx), int(n_rows_dog[idx].sum()), src))
     return pd.DataFrame(rows, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"])
@@ -187,18 +213,19 @@ def cohort_metrics(
 
 def effect_sizes(
     p: np.ndarray, won: np.ndarray, race: np.ndarray, dog: np.ndarray, dog_cohort: np.ndarray,
-    *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated",
+    *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated", ref: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Difference a - b of every metric with a bootstrap interval (same replicate for both cohorts).
 
+    ref: (obs,) reference probabilities (market) for GAP_METRIC.
     -> columns metric, a, b, diff, lo, hi, adjust ('none').
     """
-    s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort))
+    s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort), ref=ref)
     ia, ib = np.flatnonzero(dog_cohort == a), np.flatnonzero(dog_cohort == b)
     pa, pb = metric_values(s.take(ia), np.ones((1, len(ia)))), metric_values(s.take(ib), np.ones((1, len(ib))))
     ra, rb = metric_values(s.take(ia), weights[:, ia]), metric_values(s.take(ib), weights[:, ib])
     rows = []
-    for m in METRICS:
+    for m in s.metrics:
         lo, hi = _interval(ra[m] - rb[m])
         rows.append((m, a, b, float(pa[m][0] - pb[m][0]), lo, hi, "none"))
     return pd.DataFrame(rows, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"])
@@ -207,6 +234,7 @@ def effect_sizes(
 def length_matched(
     p: np.ndarray, won: np.ndarray, race: np.ndarray, dog: np.ndarray, step: np.ndarray,
     dog_cohort: np.ndarray, *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated",
+    ref: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics per history-length stratum and cohort, and the stratum-weighted difference a - b.
 
@@ -225,7 +253,7 @@ def length_matched(
         keep = strata == name
         if not keep.any():
             continue
-        s = dog_sums(p, won, dog, is_top, n_dogs, keep=keep)
+        s = dog_sums(p, won, dog, is_top, n_dogs, keep=keep, ref=ref)
         per = {}
         for cname, idx in _groups(dog_cohort):
             idx = idx[s.n[idx] > 0]
@@ -234,7 +262,7 @@ def length_matched(
             point = metric_values(s.take(idx), np.ones((1, len(idx))))
             reps = metric_values(s.take(idx), weights[:, idx])
             per[cname] = (point, reps)
-            for m in METRICS:
+            for m in s.metrics:
                 lo, hi = _interval(reps[m])
                 rows.append((name, cname, m, float(point[m][0]), lo, hi, len(idx), int(s.n[idx].sum())))
         if a in per and b in per:
@@ -244,7 +272,7 @@ def length_matched(
     eff = []
     if diffs:
         w = np.array(wts) / np.sum(wts)
-        for m in METRICS:
+        for m in (METRICS if ref is None else (*METRICS, GAP_METRIC)):
             d_point = np.array([pa[0][m][0] - pb[0][m][0] for pa, pb in diffs])
             d_reps = np.stack([pa[1][m] - pb[1][m] for pa, pb in diffs])  # (strata, B)
             ok = np.isfinite(d_point)

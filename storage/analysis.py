@@ -325,8 +325,9 @@ def evaluate_run(
     row_cohort = cohort[dog]
     cal = [ev.calibration(sources[s], won, row_cohort).assign(source=s) for s in ("model", "market") if s in sources]
     tables["calibration"] = pd.concat(cal, ignore_index=True)
-    eff = ev.effect_sizes(p, won, race, dog, cohort, weights=weights)
-    tables["length_matched"], eff_lm = ev.length_matched(p, won, race, dog, step, cohort, weights=weights)
+    ref = sources.get("market")
+    eff = ev.effect_sizes(p, won, race, dog, cohort, weights=weights, ref=ref)
+    tables["length_matched"], eff_lm = ev.length_matched(p, won, race, dog, step, cohort, weights=weights, ref=ref)
     tables["effect_size"] = pd.concat([eff, eff_lm], ignore_index=True)
     tables["sensitivity"] = _sensitivity(dogs, rule, p, won, dog)
     kappa_pairs = _kappas(stats_dir, len(reader.seeds))
@@ -358,6 +359,9 @@ def evaluate_run(
         "model_auc": _get("model", m="auc"),
         "saturated_log_loss": _get("model", "saturated"), "unsaturated_log_loss": _get("model", "unsaturated"),
         "log_loss_diff": _effect(eff_i, "none"), "log_loss_diff_length_matched": _effect(eff_i, "length_matched"),
+        "gap_vs_market_diff_length_matched": _effect(eff_i, "length_matched", ev.GAP_METRIC),
+        "saturated_gap_vs_market": _get("model", "saturated", ev.GAP_METRIC),
+        "unsaturated_gap_vs_market": _get("model", "unsaturated", ev.GAP_METRIC),
         "effective_dim": summary.get("effective_dim"), "dead_units": summary.get("dead_units"),
         "always_saturated_units": summary.get("always_saturated_units"),
         "exemplars": [{"dog_a": a, "dog_b": b} for a, b in ex_pairs],
@@ -368,9 +372,9 @@ def evaluate_run(
     return headline
 
 
-def _effect(eff_i: pd.DataFrame, adjust: str) -> dict:
+def _effect(eff_i: pd.DataFrame, adjust: str, metric: str = "log_loss") -> dict:
     try:
-        row = eff_i.loc[(adjust, "log_loss")]
+        row = eff_i.loc[(adjust, metric)]
     except KeyError:
         return {"diff": None, "lo": None, "hi": None}
     return {k: (None if not np.isfinite(row[k]) else float(row[k])) for k in ("diff", "lo", "hi")}

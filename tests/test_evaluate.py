@@ -132,3 +132,19 @@ def test_churn_and_spread():
     probs = np.array([[0.6, 0.6], [0.4, 0.4], [0.7, 0.3], [0.3, 0.7]])
     assert ev.top_pick_churn(probs, race) == pytest.approx(0.5)
     np.testing.assert_allclose(ev.prob_spread(probs), [0, 0, 0.2, 0.2])
+
+
+def test_gap_vs_market_is_zero_against_itself_and_sign_is_right():
+    p, won, race, dog, cohort, step = _races()
+    w = ev.poisson_weights(len(cohort), 30, seed=2)
+    unif = racing.uniform_probs(race)
+    t = ev.cohort_metrics({"model": p, "market": p, "uniform": unif}, won, race, dog, cohort, weights=w)
+    gap = t[t.metric == ev.GAP_METRIC]
+    assert set(gap.source) == {"model"} and np.allclose(gap.value, 0)
+    t2 = ev.cohort_metrics({"model": unif, "market": p}, won, race, dog, cohort, weights=w)
+    g2 = t2[(t2.metric == ev.GAP_METRIC) & (t2.cohort == "all")].iloc[0]
+    assert g2.value > 0 and g2.lo > 0  # uniform is worse than a skilled forecast
+    eff = ev.effect_sizes(p, won, race, dog, cohort, weights=w, ref=unif)
+    assert ev.GAP_METRIC in set(eff.metric)
+    _, lm = ev.length_matched(p, won, race, dog, step, cohort, weights=w, ref=unif)
+    assert ev.GAP_METRIC in set(lm.metric)
