@@ -6,6 +6,7 @@ times in the same process:
 
     read     iterate the store's shard-aligned chunks (decompress + float16 -> float32), nothing else
     scan     the streaming statistics pass (storage.analysis.scan_seed): row stats, gates, moments
+    scan_prefetch  the same with the next shard read in a background thread (as compute_stats does)
     stats    compute_stats end to end: scan + plateau + cohorts + every stats/ table written
 
 GB/s are of the states scanned (h, z, r as float16, uncompressed); the store's size on disk is
@@ -122,6 +123,11 @@ def main() -> None:
     rss_scan = _rss_mb()
 
     t = time.perf_counter()
+    scan = analysis.scan_seed(analysis.prefetch(reader.iter_chunks(0)), step, reader.n_obs, reader.n_layers)
+    scan_pf_s = time.perf_counter() - t
+    del scan
+
+    t = time.perf_counter()
     summary = analysis.compute_stats(run)
     stats_s = time.perf_counter() - t
     out = {
@@ -129,6 +135,7 @@ def main() -> None:
         "states_gb": round(state_bytes / 1e9, 3), "disk_gb": round(disk / 1e9, 3), "build_s": round(build_s, 1),
         "read_s": round(read_s, 2), "read_gbps": round(state_bytes / 1e9 / read_s, 3),
         "scan_s": round(scan_s, 2), "scan_gbps": round(state_bytes / 1e9 / scan_s, 3),
+        "scan_prefetch_s": round(scan_pf_s, 2), "scan_prefetch_gbps": round(state_bytes / 1e9 / scan_pf_s, 3),
         "stats_s": round(stats_s, 2), "stats_gbps": round(state_bytes / 1e9 / stats_s, 3),
         "scan_vs_read": round(read_s / scan_s, 3), "peak_rss_mb_after_read": round(rss_read),
         "peak_rss_mb_after_scan": round(rss_scan), "peak_rss_mb": round(_rss_mb()),

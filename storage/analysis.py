@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_pr
 from storage.atomic import write_json_atomic
 from storage.states import open_states
 
-__all__ = ["compute_stats", "evaluate_run", "scan_seed", "SeedScan", "write_parquet_atomic"]
+__all__ = ["compute_stats", "evaluate_run", "scan_seed", "SeedScan", "prefetch", "write_parquet_atomic"]
 
 _TAU_COLS = tuple(f"f{int(round(t * 100)):03d}" for t in st.TAUS)  # f090, f095, f099
 
@@ -92,6 +94,43 @@ def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool
         out.bytes_scanned += 3 * c.h.size * 2  # float16 on disk
         carry = c.h[-1] if len(c.h) else carry
     return out
+
+
+def prefetch(it: Iterator, depth: int = 1) -> Iterator:
+    """Iterate `it` in a background thread, `depth` items ahead: reads (zarr/blosc release the GIL)
+    overlap the statistics of the previous chunk. Memory: depth more chunks."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def _run() -> None:
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put(x, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # hand the reader's error to the consumer
+            q.put(e)
+
+    th = threading.Thread(target=_run, name="gruviz-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            x = q.get()
+            if x is done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+        th.join(timeout=5)
 
 
 def _offsets(reader) -> np.ndarray:
@@ -186,7 +225,7 @@ def compute_stats(
     units, eff_dim, dog_seed, counts = [], {}, [], {}
     scan0 = None
     for k in range(len(reader.seeds)):
-        scan = scan_seed(reader.iter_chunks(k), step, n_obs, L, full=(k == 0))
+        scan = scan_seed(prefetch(reader.iter_chunks(k)), step, n_obs, L, full=(k == 0))
         hl = st.unit_health(scan.moments, health) if scan.moments.n else None
         if hl is not None:
             units.append(_unit_table(k, scan, hl))

@@ -163,3 +163,14 @@ def test_resilience_unperturbed_scores_match_the_store(run):
     for i, d in enumerate(dogs):
         want = reader.dog_at(int(d), 0).h[-2, -1] if off[d + 1] - off[d] > 1 else np.zeros(8)
         np.testing.assert_allclose(h[i], want, atol=2e-3)  # store is float16
+
+
+def test_prefetch_keeps_order_and_passes_errors():
+    assert list(analysis.prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("reader failed")
+
+    with pytest.raises(ValueError, match="reader failed"):
+        list(analysis.prefetch(broken()))
