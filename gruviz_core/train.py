@@ -226,6 +226,27 @@ def _race_loss(scores: np.ndarray, data: TrainData, rows: np.ndarray) -> float:
     return float(loss) / max(n, 1)
 
 
+def _fit_context_skip(skip: nn.Linear, context: torch.Tensor, won: torch.Tensor, data: TrainData) -> None:
+    """Warm start: the conditional logit on the context alone (convex; full batch L-BFGS on the training races).
+
+    The GRU and head then learn the correction to it, instead of spending epochs rediscovering
+    that the market's log-odds are the strongest single input.
+    """
+    rows = torch.from_numpy(np.flatnonzero(data.train_rows))
+    race = torch.from_numpy(race_codes(data.race[data.train_rows]))
+    c, w = context[rows], won[rows]
+    opt = torch.optim.LBFGS(skip.parameters(), lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss, n = conditional_logit_nll(skip(c).squeeze(-1), race, w)
+        loss = loss / max(n, 1)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
 def _batches(data: TrainData, train_len: np.ndarray, rng: np.random.Generator, batch_rows: int) -> list[np.ndarray]:
     """Dogs in a random order of home groups (random within a group), cut into steps of ~batch_rows rows."""
     dogs = np.flatnonzero(train_len > 0)
@@ -254,6 +275,8 @@ def train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, *, log
     train_len = np.bincount(dog_of_row[data.train_rows], minlength=len(starts)).astype(np.int64)
     if train_len.sum() == 0:
         raise ConfigError("train: no rows in the training period; give more dates or a smaller val_frac")
+    if model.skip is not None:
+        _fit_context_skip(model.skip, context, won, data)
     best, best_loss, best_epoch, stale, curve = None, np.inf, 0, 0, []
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()

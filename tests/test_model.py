@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,6 +16,15 @@ from gruviz_core.synth import simulate
 from gruviz_core.train import (
     TrainConfig, TrainData, conditional_logit_nll, score_rows, time_split, train_seed, win_metrics,
 )
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two busy cores shared by several jobs: one intra-op thread is ~30x faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 FAST = TrainConfig(epochs=6, lr=2e-2, batch_rows=3000, chunk_dogs=256, patience=2)
 
@@ -79,15 +89,26 @@ def test_padding_and_chunking_change_nothing(synth_data):
         np.testing.assert_allclose(padded[b, : lengths[b]], alone[d.offsets[dog]:d.offsets[dog + 1]], atol=1e-5)
 
 
-def test_training_on_synth_beats_uniform(synth_data):
-    result = train_seed(synth_data, _cfg(synth_data), FAST)
+def test_gru_learns_form_on_synth_without_prices():
+    runs = simulate(250, 7)
+    runs["bsp_decimal"], runs["sp_decimal"] = pd.NA, pd.NA  # no market: only the dogs' histories tell
+    data = _data(runs)
+    result = train_seed(data, _cfg(data), FAST)
     m = result.metrics
-    assert m["model"]["n_races"] > 20
-    assert m["model"]["race_log_loss"] < m["uniform"]["race_log_loss"] - 0.1
+    assert m["model"]["n_races"] > 20 and "market" not in m
+    assert m["model"]["race_log_loss"] < m["uniform"]["race_log_loss"] - 0.3
     assert m["model"]["log_loss"] < m["uniform"]["log_loss"]
-    assert m["model"]["hit_rate"] > m["uniform"]["hit_rate"] + 0.1
+    assert m["model"]["hit_rate"] > m["uniform"]["hit_rate"] + 0.2
+    assert 1 <= result.best_epoch <= len(result.curve)
+    assert {"batch_loss", "train_loss", "val_loss"} <= set(result.curve.columns)
+
+
+def test_context_skip_starts_from_the_market(synth_data):
+    result = train_seed(synth_data, _cfg(synth_data), TrainConfig(epochs=1, batch_rows=5000))
+    m = result.metrics
     assert m["market"]["n_rows"] == m["model_priced"]["n_rows"]
-    assert 1 <= result.best_epoch <= len(result.curve) and {"train_loss", "val_loss"} <= set(result.curve.columns)
+    assert m["model_priced"]["race_log_loss"] < m["market"]["race_log_loss"] + 0.05
+    assert m["model"]["race_log_loss"] < m["uniform"]["race_log_loss"] - 0.3
 
 
 def test_training_is_deterministic_per_seed(synth_data):

@@ -26,8 +26,17 @@ TINY = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)
 OURS = ("won", "box", "implied_prob")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two busy cores shared by several jobs: one intra-op thread is much faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(one_thread, tmp_path_factory):
     """A store with one synthetic snapshot and one trained 2-seed model set."""
     root = tmp_path_factory.mktemp("store")
     src = root / "src.parquet"
