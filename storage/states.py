@@ -76,7 +76,9 @@ COMPLETE = "_COMPLETE"
 CHUNK_BYTES = 512 * 1024
 """Target size of one uncompressed inner chunk of h/z/r (measured best on 2 cores)."""
 SHARD_CHUNKS = 128
-"""Inner chunks per shard: one file per ~64 MiB of float16 states."""
+"""Most inner chunks per shard: one file per ~64 MiB of float16 states."""
+MIN_SHARDS = 8
+"""Smaller runs get smaller shards, so compute overlaps writes and blocks have shards to own."""
 _DATE_FILL = np.iinfo(np.int32).min
 _EPOCH_UNITS = "days since 1970-01-01"
 
@@ -148,22 +150,25 @@ def begin_run(
     root: str | Path, run_id: str, meta: dict, *, offsets: np.ndarray, dog_id: np.ndarray, dog_name: np.ndarray,
     race_id: np.ndarray, race_date: np.ndarray, won: np.ndarray, market_prob: np.ndarray,
     n_layers: int, n_units: int, seeds: Sequence[int], block_dogs: int | None = None,
-    block_shards: int | None = None, chunk_rows: int | None = None, shard_chunks: int = SHARD_CHUNKS,
+    block_shards: int | None = None, chunk_rows: int | None = None, shard_chunks: int | None = None,
 ) -> RunPlan:
     """Create runs/.tmp/<run_id>.<nonce>/ with every array and all per-dog/per-row metadata written.
 
     offsets: (dog + 1,); dog_id, dog_name: (dog,); race_id, race_date, won, market_prob: (obs,).
     Blocks span `block_shards` shards, or about `block_dogs` dogs rounded up to whole shards,
-    or the whole run. `chunk_rows` overrides the ~512 KiB inner chunk (tests use tiny ones).
+    or the whole run. `chunk_rows` overrides the ~512 KiB inner chunk (tests use tiny ones);
+    shards hold `shard_chunks` chunks, by default 128 or fewer so the run has >= 8 shards.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     n_dogs, n_obs = len(offsets) - 1, int(offsets[-1]) if len(offsets) else 0
     _check_inputs(run_id, offsets, n_obs, n_dogs, dog_id=dog_id, dog_name=dog_name, race_id=race_id,
                   race_date=race_date, won=won, market_prob=market_prob)
+    chunk_rows = int(chunk_rows or max(1, CHUNK_BYTES // (2 * n_layers * n_units)))
+    if shard_chunks is None:  # up to 128 chunks, fewer so a run has >= MIN_SHARDS units to pipeline and share
+        shard_chunks = int(np.clip(-(-n_obs // (chunk_rows * MIN_SHARDS)), 1, SHARD_CHUNKS))
     if n_layers < 1 or n_units < 1 or not seeds or shard_chunks < 1:
         raise ConfigError(f"run {run_id}: n_layers={n_layers}, n_units={n_units}, seeds={list(seeds)}, "
                           f"shard_chunks={shard_chunks}; each must be >= 1")
-    chunk_rows = int(chunk_rows or max(1, CHUNK_BYTES // (2 * n_layers * n_units)))
     shard_rows = chunk_rows * shard_chunks
     n_shards = max(1, -(-n_obs // shard_rows))
     if block_shards is None:
