@@ -33,6 +33,7 @@ from gruviz_core.sequences import Sequences
 __all__ = [
     "FEATURE_NAMES",
     "CONTEXT_NAMES",
+    "MARKET_CONTEXT",
     "N_TRACK_BUCKETS",
     "build_sequences",
     "grade_number",
@@ -71,6 +72,9 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "market_prob", "market_logit", "market_missing",
     *(f"track_h{i:02d}" for i in range(N_TRACK_BUCKETS)),
 )
+
+MARKET_CONTEXT: tuple[str, ...] = ("market_prob", "market_logit", "market_missing")
+"""Context columns from the price; leave them out to make the GRU learn from form alone."""
 
 _GRADE_WORDS = (
     (re.compile(r"ma?i?de?n|mdn"), 8.0),

@@ -163,10 +163,15 @@ def train_and_register(
     epochs: int | None = None,
     train_config: TrainConfig | None = None,
     context_skip: bool = True,
+    context_names: Sequence[str] | None = None,
     make_current: bool = True,
     log_fn: Callable[[str], None] | None = None,
 ) -> TrainReport:
-    """Train K seeds of the built-in model on a snapshot, write them as one model set, mark it CURRENT."""
+    """Train K seeds of the built-in model on a snapshot, write them as one model set, mark it CURRENT.
+
+    `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
+    `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
+    """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
@@ -176,8 +181,10 @@ def train_and_register(
         cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
     seqs = Sequences.load(ensure_sequences(root, snapshot_id))
     cutoff, train_rows, val_rows = time_split(seqs.race_date, cfg.val_frac)
-    norm = fit_normaliser(seqs, train_rows)
-    values, context = norm.apply(seqs.values, seqs.context)
+    ctx_names = tuple(context_names) if context_names else seqs.context_names
+    norm = fit_normaliser(seqs, train_rows).select(seqs.feature_names, ctx_names)
+    ci = column_index(seqs.context_names, ctx_names, what="train context_names")
+    values, context = norm.apply(seqs.values, seqs.context[:, ci])
     data = TrainData(
         values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
         won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,

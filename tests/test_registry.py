@@ -11,7 +11,7 @@ from torch import nn
 
 from flows.cli import main as cli
 from gruviz_core.errors import AmbiguousGRUError, ConfigError, FeatureMismatchError, NoGRUError, NotFoundError
-from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES
+from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, MARKET_CONTEXT
 from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
@@ -186,8 +186,18 @@ def test_byo_torchscript(tmp_path):
 
 def test_cli_train_prints_json(store, capsys):
     root, snap, _ = store
-    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1", "--json"])
+    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1",
+              "--no-market", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["seeds"] == [0] and current_model_set(root) == out["set_id"]
     assert {"model", "model_priced"} <= set(out["per_seed"]["0"]) and "market" in out
+    ms = load_model_set(root)  # form only: the price is a baseline, not an input
+    assert not set(MARKET_CONTEXT) & set(ms.context_names)
+    values, context = ms.prepare(Sequences.load(ensure_sequences(root, snap)))
+    assert context.shape[1] == len(CONTEXT_NAMES) - len(MARKET_CONTEXT)
+
+
+def test_cli_train_without_snapshot_is_a_clear_error(tmp_path, capsys):
+    assert cli(["train", "--home", str(tmp_path)]) == 2
+    assert "gruviz ingest" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 
 from flows.settings import load_settings
 from gruviz_core.errors import NotFoundError
+from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -19,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=None, help="GRU units per layer (default: GRUVIZ_HIDDEN_SIZE or 64)")
     p.add_argument("--layers", type=int, default=None, help="GRU layers (default: GRUVIZ_NUM_LAYERS or 1)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs per seed (early stopping may end sooner)")
+    p.add_argument("--no-market", action="store_true",
+                   help="leave the price out of the model's context (the GRU learns from form alone); "
+                        "the market stays the baseline")
     p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
     p.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
 
@@ -32,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if snapshot is None:
         raise NotFoundError(f"store {s.home}: no forms snapshot yet; run `gruviz ingest SOURCE` first")
     log = None if args.json else (lambda m: print(m, flush=True))
+    context = [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT] if args.no_market else None
     report = train_and_register(
-        s.home, snapshot, seeds=s.seeds, hidden=s.hidden_size, layers=s.num_layers, epochs=args.epochs, log_fn=log
+        s.home, snapshot, seeds=s.seeds, hidden=s.hidden_size, layers=s.num_layers, epochs=args.epochs,
+        context_names=context, log_fn=log,
     )
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True, default=str))
