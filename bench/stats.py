@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -123,7 +124,8 @@ def main() -> None:
     rss_scan = _rss_mb()
 
     t = time.perf_counter()
-    scan = analysis.scan_seed(analysis.prefetch(reader.iter_chunks(0)), step, reader.n_obs, reader.n_layers)
+    with threadpool_limits(1, user_api="blas"):  # as compute_stats does
+        scan = analysis.scan_seed(analysis.prefetch(reader.iter_chunks(0)), step, reader.n_obs, reader.n_layers)
     scan_pf_s = time.perf_counter() - t
     del scan
 

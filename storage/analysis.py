@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from gruviz_core import cohorts as co
 from gruviz_core import evaluate as ev
@@ -225,7 +226,10 @@ def compute_stats(
     units, eff_dim, dog_seed, counts = [], {}, [], {}
     scan0 = None
     for k in range(len(reader.seeds)):
-        scan = scan_seed(prefetch(reader.iter_chunks(k)), step, n_obs, L, full=(k == 0))
+        # one BLAS thread: the prefetch thread decompresses meanwhile, and OpenBLAS threads
+        # spin-waiting for a busy core made the Gram products 10x slower (measured)
+        with threadpool_limits(1, user_api="blas"):
+            scan = scan_seed(prefetch(reader.iter_chunks(k)), step, n_obs, L, full=(k == 0))
         hl = st.unit_health(scan.moments, health) if scan.moments.n else None
         if hl is not None:
             units.append(_unit_table(k, scan, hl))
