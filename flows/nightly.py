@@ -192,7 +192,8 @@ def _report_link(s: Settings, rel: str) -> str:
 
 
 def _rule(s: Settings) -> dict:
-    return {"name": s.cohort_rule, "tau": s.cohort_tau, "theta": s.cohort_theta}
+    rule = {"name": s.cohort_rule, "tau": s.cohort_tau, "theta": s.cohort_theta}
+    return {k: v for k, v in rule.items() if v is not None}
 
 
 def _latest_snapshot(root: str) -> str:

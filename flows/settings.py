@@ -30,9 +30,10 @@ class Settings(BaseSettings):
     seeds: int = Field(3, description="Seeds K trained per model set.", gt=0)
     hidden_size: int = Field(64, description="GRU units per layer of the built-in model.", gt=0)
     num_layers: int = Field(1, description="GRU layers of the built-in model.", gt=0)
-    cohort_rule: str = Field("plateau-f95-v1", description="Named cohort rule (see gruviz_core.cohorts).")
-    cohort_theta: float = Field(0.5, description="Cohort rule: mean F_0.95 after the plateau needed to call a dog saturated.")
-    cohort_tau: float = Field(0.95, description="Cohort rule: |h| threshold of the near-boundary fraction.")
+    cohort_rule: str = Field("plateau-f", description="Named cohort rule (gruviz_core.cohorts.CohortRule).")
+    cohort_theta: float | None = Field(
+        None, description="Cohort rule: tail F_tau (a quantile of the decided dogs') at or above which a dog is saturated; default the rule's.")
+    cohort_tau: float | None = Field(None, description="Cohort rule: |h| threshold of F_tau (0.9, 0.95 or 0.99); default the rule's.")
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")
