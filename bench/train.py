@@ -6,7 +6,7 @@ JSON line: rows, timings, and per seed the validation win log-loss, race log-los
 winner), Brier and hit rate of the model beside the market (renormalised BSP on the same priced
 rows) and a uniform 1/field forecast. Run under `flock /tmp/gruviz-heavy.lock`.
 
-    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 2] [--no-market] [--dir /tmp/gruviz-bench-train]
+    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 1] [--workers 2] [--no-market] [--dir /tmp/gruviz-bench-train]
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT  # noqa: E402
+from gruviz_core.train import TrainConfig  # noqa: E402
 from storage.forms import ingest  # noqa: E402
 from storage.registry import train_and_register  # noqa: E402
 
@@ -36,7 +35,8 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per seed")
+    ap.add_argument("--workers", type=int, default=2, help="seeds trained in parallel processes")
     ap.add_argument("--dir", default="/tmp/gruviz-bench-train")
     ap.add_argument("--source", default=str(IGGY))
     ap.add_argument("--no-market", action="store_true", help="train without the price in the context (form only)")
@@ -45,18 +45,18 @@ def main() -> int:
     if not any(Path(a.source).glob("*.csv.gz")):
         print(json.dumps({"skipped": f"no Iggy files at {a.source}"}))
         return 0
-    torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     snap = ingest([a.source], a.dir)
     t_ingest = time.perf_counter() - t0
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if a.verbose else None
     context = [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT] if a.no_market else None
     r = train_and_register(a.dir, snap.snapshot_id, seeds=a.seeds, hidden=a.hidden, layers=a.layers,
-                           epochs=a.epochs, context_names=context, log_fn=log)
+                           train_config=TrainConfig(threads=a.threads), epochs=a.epochs, context_names=context,
+                           workers=a.workers, log_fn=log)
     pick = lambda m: {k: round(m[k], 4) for k in KEYS} | {"n_rows": m["n_rows"], "n_races": m["n_races"]}  # noqa: E731
     out = {
         "bench": "train", "source": "betfair-iggy", "snapshot_id": snap.snapshot_id, "rows": snap.accepted,
-        "dogs": snap.dogs, "races": snap.races, "threads": a.threads, "hidden": a.hidden, "layers": a.layers,
+        "dogs": snap.dogs, "races": snap.races, "threads": a.threads, "workers": a.workers, "hidden": a.hidden, "layers": a.layers,
         "market_in_context": not a.no_market,
         "seeds": r.seeds, "set_id": r.set_id, "cutoff": r.cutoff,
         "n_train_rows": r.n_train_rows, "n_val_rows": r.n_val_rows,

@@ -62,6 +62,10 @@ class TrainConfig:
     """Share of the most recent race dates held out for validation."""
     grad_clip: float = 1.0
     """Max gradient norm per step."""
+    threads: int | None = 1
+    """Torch intra-op threads while training (None: leave as is). The GRU's matrices are small, and on a
+    shared machine two threads wait on each other (measured 30x slower under load); train seeds in
+    parallel processes instead (`train_and_register(workers=...)`)."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,16 @@ def _batches(data: TrainData, train_len: np.ndarray, rng: np.random.Generator, b
 
 def train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, *, log=None) -> SeedResult:
     """Train one seed of RaceGRU on the training period; early stopping on the validation races."""
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_seed(data, model_cfg, cfg, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) -> SeedResult:
     t0 = time.perf_counter()
     seed = model_cfg.seed
     torch.manual_seed(seed)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
 import uuid
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,6 +166,7 @@ def train_and_register(
     train_config: TrainConfig | None = None,
     context_skip: bool = True,
     context_names: Sequence[str] | None = None,
+    workers: int = 1,
     make_current: bool = True,
     log_fn: Callable[[str], None] | None = None,
 ) -> TrainReport:
@@ -171,6 +174,8 @@ def train_and_register(
 
     `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
     `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
+    `workers` > 1 trains seeds in parallel processes (spawned, one torch thread each): the way
+    to use several cores, since one GRU's small matrices gain little from intra-op threads.
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -179,23 +184,26 @@ def train_and_register(
     cfg = train_config or TrainConfig()
     if epochs is not None:
         cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
-    seqs = Sequences.load(ensure_sequences(root, snapshot_id))
-    cutoff, train_rows, val_rows = time_split(seqs.race_date, cfg.val_frac)
-    ctx_names = tuple(context_names) if context_names else seqs.context_names
-    norm = fit_normaliser(seqs, train_rows).select(seqs.feature_names, ctx_names)
-    ci = column_index(seqs.context_names, ctx_names, what="train context_names")
-    values, context = norm.apply(seqs.values, seqs.context[:, ci])
-    data = TrainData(
-        values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
-        won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
-        train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
-    )
+    seq_path = ensure_sequences(root, snapshot_id)
+    data, norm, cutoff = _training_data(seq_path, cfg.val_frac, context_names)
+    train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
     t_features = time.perf_counter() - t0
-    results = []
-    for seed in seed_list:
-        mcfg = ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
-                           seed=seed, context_skip=context_skip)
-        results.append(train_seed(data, mcfg, cfg, log=log_fn))
+    configs = [
+        ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
+                    seed=seed, context_skip=context_skip)
+        for seed in seed_list
+    ]
+    if workers > 1 and len(seed_list) > 1:
+        del data  # each worker rebuilds it from the cached npz rather than receiving a pickled copy
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(seed_list)), mp_context=ctx) as pool:
+            futures = [pool.submit(_train_worker, str(seq_path), cfg, tuple(norm.context_names), m) for m in configs]
+            results = [f.result() for f in futures]
+        if log_fn:
+            for r in results:
+                log_fn(f"seed {r.seed}: {len(r.curve)} epochs, best {r.best_epoch}, {r.seconds:.1f} s")
+    else:
+        results = [train_seed(data, m, cfg, log=log_fn) for m in configs]
     per_epoch = [float(r.curve["seconds"].mean()) for r in results]
     timings = {
         "features_s": t_features,
@@ -206,7 +214,7 @@ def train_and_register(
     first = results[0].metrics
     report_core = {
         "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff),
-        "n_train_rows": int(train_rows.sum()), "n_val_rows": int(val_rows.sum()),
+        "n_train_rows": train_rows, "n_val_rows": val_rows,
         "per_seed": {
             str(r.seed): {"model": r.metrics["model"], "model_priced": r.metrics.get("model_priced"),
                           "best_epoch": r.best_epoch, "epochs": len(r.curve), "seconds": r.seconds}
@@ -216,6 +224,30 @@ def train_and_register(
     }
     set_id = _write_set(root, report_core, results, norm, cfg, make_current)
     return TrainReport(set_id=set_id, **report_core)
+
+
+def _training_data(
+    seq_path: Path, val_frac: float, context_names: Sequence[str] | None
+) -> tuple[TrainData, Normaliser, np.datetime64]:
+    """Sequences -> normalised training arrays, the normaliser (fitted on the training period) and the cutoff."""
+    seqs = Sequences.load(seq_path)
+    cutoff, train_rows, val_rows = time_split(seqs.race_date, val_frac)
+    ctx_names = tuple(context_names) if context_names else seqs.context_names
+    norm = fit_normaliser(seqs, train_rows).select(seqs.feature_names, ctx_names)
+    ci = column_index(seqs.context_names, ctx_names, what="train context_names")
+    values, context = norm.apply(seqs.values, seqs.context[:, ci])
+    data = TrainData(
+        values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
+        won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
+        train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
+    )
+    return data, norm, cutoff
+
+
+def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...], mcfg: ModelConfig):
+    """One seed in a spawned process: rebuild the arrays from the cached npz, train."""
+    data, _, _ = _training_data(Path(seq_path), cfg.val_frac, context_names)
+    return train_seed(data, mcfg, cfg)
 
 
 def _set_id(report_core: dict, results: list) -> str:

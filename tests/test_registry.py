@@ -61,10 +61,19 @@ def test_train_registers_a_complete_set_and_marks_it_current(store):
     assert out["market"]["log_loss"] > 0 and out["timings"]["per_epoch_s"] > 0
 
 
+def test_seeds_in_parallel_processes_match_serial_training(store, tmp_path):
+    root, snap, report = store
+    again = train_and_register(root, snap, seeds=2, hidden=8, layers=2, train_config=TINY, workers=2,
+                               make_current=False)
+    assert again.set_id != report.set_id and current_model_set(root) == report.set_id
+    for seed in ("0", "1"):
+        assert again.per_seed[seed]["model"] == report.per_seed[seed]["model"]
+
+
 def test_reloaded_checkpoints_give_the_stored_metrics(store):
     root, snap, report = store
-    ms = load_model_set(root)
-    assert ms.set_id == report.set_id and ms.seeds == [0, 1] and ms.models[0].gru.num_layers == 2
+    ms = load_model_set(root, report.set_id)
+    assert ms.seeds == [0, 1] and ms.models[0].gru.num_layers == 2
     seqs = Sequences.load(ensure_sequences(root, snap))
     scores = ms.scores(seqs)  # (obs, seed)
     assert scores.shape == (seqs.n_obs, 2) and np.isfinite(scores).all()

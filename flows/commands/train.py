@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=None, help="GRU units per layer (default: GRUVIZ_HIDDEN_SIZE or 64)")
     p.add_argument("--layers", type=int, default=None, help="GRU layers (default: GRUVIZ_NUM_LAYERS or 1)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs per seed (early stopping may end sooner)")
+    p.add_argument("--workers", type=int, default=1, help="seeds trained in parallel processes (default 1)")
     p.add_argument("--no-market", action="store_true",
                    help="leave the price out of the model's context (the GRU learns from form alone); "
                         "the market stays the baseline")
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     context = [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT] if args.no_market else None
     report = train_and_register(
         s.home, snapshot, seeds=s.seeds, hidden=s.hidden_size, layers=s.num_layers, epochs=args.epochs,
-        context_names=context, log_fn=log,
+        context_names=context, workers=args.workers, log_fn=log,
     )
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True, default=str))
