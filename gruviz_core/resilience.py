@@ -147,28 +147,29 @@ def final_scores(
 
     hists: per dog (n_i, F) rows; target_x: (B, F), target_ctx: (B, C) -> scores (B,), state (B, H).
     """
-    scores, states = [], []
     H = model.gru.hidden_size
+    order = np.argsort([len(h) for h in hists], kind="stable")  # similar lengths per batch: less padding
+    scores = np.zeros(len(hists), dtype=np.float32)
+    states = np.zeros((len(hists), H), dtype=np.float32)
     for a in range(0, len(hists), batch):
-        hs = hists[a:a + batch]
+        pick = order[a:a + batch]
+        hs = [hists[i] for i in pick]
         lens = np.array([len(h) for h in hs], dtype=np.int64)
-        rows = np.concatenate([np.concatenate([h, target_x[a + i: a + i + 1]]) for i, h in enumerate(hs)])
+        rows = np.concatenate([np.concatenate([h, target_x[i: i + 1]]) for i, h in zip(pick, hs)])
         offsets = np.concatenate([[0], np.cumsum(lens + 1)])
         ctx_rows = np.zeros((len(rows), target_ctx.shape[1]), dtype=np.float32)
-        ctx_rows[offsets[1:] - 1] = target_ctx[a:a + len(hs)]
+        ctx_rows[offsets[1:] - 1] = target_ctx[pick]
         dogs = np.arange(len(hs))
         x, _ = pad_batch(rows.astype(np.float32), offsets, dogs)
         c, _ = pad_batch(ctx_rows, offsets, dogs)
         with torch.inference_mode():
             out = model.run(torch.from_numpy(x), torch.from_numpy(c))
         b = np.arange(len(hs))
-        scores.append(out.scores.float().numpy()[b, lens])
+        scores[pick] = out.scores.float().numpy()[b, lens]
         g = out.gru_output.float().numpy()
-        st = np.zeros((len(hs), H), dtype=np.float32)
         has = lens > 0
-        st[has] = g[b[has], lens[has] - 1]
-        states.append(st)
-    return np.concatenate(scores), np.concatenate(states)
+        states[pick[has]] = g[b[has], lens[has] - 1]
+    return scores, states
 
 
 def race_effects(

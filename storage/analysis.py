@@ -466,7 +466,7 @@ def _repro(probs, race, dog, cohort, kappa_pairs, stats_dir) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["scope", "metric", "value", "n"])
 
 
-def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_sample: int = 400, max_step: int = 60,
+def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_sample: int = 300, max_step: int = 60,
          min_dogs: int = 20) -> pd.DataFrame:
     """Linear CKA between every pair of seeds' top-layer states at each step, on a sample of dogs."""
     K = len(reader.seeds)
