@@ -93,6 +93,8 @@ class CohortRule:
             raise ConfigError(f"cohort rule {d.get('name')!r}: unknown parameters {unknown}; known: {sorted(known)}")
         if "version" in flat:
             flat["version"] = int(flat["version"])
+        if "theta" in flat and "low" not in flat:  # a theta alone below the default low keeps the rule valid
+            flat["low"] = min(cls.low, float(flat["theta"]))
         return cls(**flat)
 
     @classmethod

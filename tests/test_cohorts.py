@@ -67,6 +67,7 @@ def test_rule_from_flat_settings_dict():
     r = CohortRule.coerce({"name": "plateau-f95-v1", "tau": 0.95, "theta": 0.5})
     assert r.name == "plateau-f95-v1" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "quantile"
     assert CohortRule.coerce(None) == CohortRule()
+    assert CohortRule.coerce({"theta": 0.1}).low == 0.1
     with pytest.raises(ConfigError):
         CohortRule.coerce({"name": "x", "thetaa": 0.5})
 
