@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     seeds: int = Field(3, description="Seeds K trained per model set.", gt=0)
     hidden_size: int = Field(64, description="GRU units per layer of the built-in model.", gt=0)
     num_layers: int = Field(1, description="GRU layers of the built-in model.", gt=0)
+    market_context: bool = Field(
+        False, description="Train with the market price as pre-race context; off by default so the GRU learns from form and the market stays the baseline.")
+    train_workers: int = Field(1, description="Seeds trained in parallel processes (one torch thread each).", gt=0)
     cohort_rule: str = Field("plateau-f", description="Named cohort rule (gruviz_core.cohorts.CohortRule).")
     cohort_theta: float | None = Field(
         None, description="Cohort rule: tail F_tau (a quantile of the decided dogs') at or above which a dog is saturated; default the rule's.")

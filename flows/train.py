@@ -18,13 +18,16 @@ __all__ = ["train"]
 
 
 @task(name="train-model-set", cache_policy=NO_CACHE)
-def train_task(root: str, snapshot_id: str, seeds: int, hidden: int, layers: int, epochs: int | None) -> dict:
+def train_task(
+    root: str, snapshot_id: str, seeds: int, hidden: int, layers: int, epochs: int | None, market: bool, workers: int
+) -> dict:
+    from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT
     from storage.registry import train_and_register
 
-    kwargs = {"seeds": seeds, "hidden": hidden, "layers": layers}
-    if epochs:
-        kwargs["epochs"] = epochs
-    return train_and_register(Path(root), snapshot_id, **kwargs).to_dict()
+    context = None if market else [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT]
+    report = train_and_register(Path(root), snapshot_id, seeds=seeds, hidden=hidden, layers=layers, epochs=epochs,
+                                context_names=context, workers=workers, log_fn=get_run_logger().info)
+    return report.to_dict()
 
 
 @flow(name="train", on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -36,13 +39,17 @@ def train(
     hidden: int | None = None,
     layers: int | None = None,
     epochs: int | None = None,
+    market: bool | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Train a model set of K seeds on a forms snapshot (the latest one by default) and mark it current."""
     route_library_logs()
-    s = load_settings(home=home, seeds=seeds, hidden_size=hidden, num_layers=layers)
+    s = load_settings(home=home, seeds=seeds, hidden_size=hidden, num_layers=layers, market_context=market,
+                      train_workers=workers)
     root = str(Path(s.home).resolve())
     snapshot_id = snapshot or (ingest_task(root, list(source)) if source else _latest_snapshot(root))
-    report = train_task(root, snapshot_id, s.seeds, s.hidden_size, s.num_layers, epochs)
+    report = train_task(root, snapshot_id, s.seeds, s.hidden_size, s.num_layers, epochs, s.market_context,
+                        s.train_workers)
     create_markdown_artifact(_summary(report), key="train-summary", description="Validation metrics vs baselines")
     get_run_logger().info("model set %s registered and marked current", report.get("set_id"))
     return report

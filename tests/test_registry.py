@@ -193,10 +193,10 @@ def test_byo_torchscript(tmp_path):
         load_byo(script=path, feature_names=OURS)
 
 
-def test_cli_train_prints_json(store, capsys):
+def test_cli_train_prints_json(store, capsys, prefect_harness):
     root, snap, _ = store
     rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1",
-              "--no-market", "--json"])
+              "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["seeds"] == [0] and current_model_set(root) == out["set_id"]
@@ -207,6 +207,6 @@ def test_cli_train_prints_json(store, capsys):
     assert context.shape[1] == len(CONTEXT_NAMES) - len(MARKET_CONTEXT)
 
 
-def test_cli_train_without_snapshot_is_a_clear_error(tmp_path, capsys):
-    assert cli(["train", "--home", str(tmp_path)]) == 2
+def test_cli_train_without_snapshot_is_a_clear_error(tmp_path, capsys, prefect_harness):
+    assert cli(["train", "--home", str(tmp_path)]) == 1
     assert "gruviz ingest" in capsys.readouterr().err

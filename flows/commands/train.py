@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from flows.settings import load_settings
-from gruviz_core.errors import NotFoundError
-from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -20,40 +18,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=None, help="GRU units per layer (default: GRUVIZ_HIDDEN_SIZE or 64)")
     p.add_argument("--layers", type=int, default=None, help="GRU layers (default: GRUVIZ_NUM_LAYERS or 1)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs per seed (early stopping may end sooner)")
-    p.add_argument("--workers", type=int, default=1, help="seeds trained in parallel processes (default 1)")
-    p.add_argument("--no-market", action="store_true",
-                   help="leave the price out of the model's context (the GRU learns from form alone); "
-                        "the market stays the baseline")
+    p.add_argument("--source", nargs="+", default=None, help="form data to ingest first (files, directories, globs)")
+    p.add_argument("--workers", type=int, default=None, help="seeds trained in parallel processes (default 1)")
+    p.add_argument("--market", action="store_true", default=None,
+                   help="also give the model the market price as pre-race context (default: form only; "
+                        "the market is always the baseline)")
     p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
     p.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.forms import latest_snapshot
-    from storage.registry import train_and_register
+    """Runs the `train` Prefect flow (visible in the UI like a scheduled run) and prints its report."""
+    from flows.train import train
 
-    s = load_settings(home=args.home, seeds=args.seeds, hidden_size=args.hidden, num_layers=args.layers)
-    snapshot = args.snapshot or latest_snapshot(s.home)
-    if snapshot is None:
-        raise NotFoundError(f"store {s.home}: no forms snapshot yet; run `gruviz ingest SOURCE` first")
-    log = None if args.json else (lambda m: print(m, flush=True))
-    context = [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT] if args.no_market else None
-    report = train_and_register(
-        s.home, snapshot, seeds=s.seeds, hidden=s.hidden_size, layers=s.num_layers, epochs=args.epochs,
-        context_names=context, workers=args.workers, log_fn=log,
-    )
+    state = train(source=args.source, snapshot=args.snapshot, home=args.home, seeds=args.seeds, hidden=args.hidden,
+                  layers=args.layers, epochs=args.epochs, market=args.market, workers=args.workers,
+                  return_state=True)
+    if not state.is_completed():
+        print(f"gruviz train: flow run {state.state_details.flow_run_id} ended {state.name}: {state.message}",
+              file=sys.stderr)
+        return 1
+    report = state.result()
     if args.json:
-        print(json.dumps(report.to_dict(), sort_keys=True, default=str))
+        print(json.dumps(report, sort_keys=True, default=str))
         return 0
-    print(f"model set {report.set_id}  (snapshot {report.snapshot_id}, seeds {report.seeds}, current)")
-    print(f"train up to {report.cutoff}: {report.n_train_rows} rows; validation: {report.n_val_rows} rows")
+    print(f"model set {report['set_id']}  (snapshot {report['snapshot_id']}, seeds {report['seeds']}, current)")
+    print(f"train up to {report['cutoff']}: {report['n_train_rows']} rows; validation: {report['n_val_rows']} rows")
     print(f"{'':14s}{'log-loss':>10s}{'race LL':>10s}{'Brier':>9s}{'hit rate':>10s}{'rows':>9s}")
-    rows = [(f"seed {k}", v["model"]) for k, v in report.per_seed.items()]
-    rows += [(f"seed {k} priced", v["model_priced"]) for k, v in report.per_seed.items() if v.get("model_priced")]
-    rows += [("market", report.market)] if report.market else []
-    rows += [("uniform", report.uniform)]
+    per_seed = report["per_seed"]
+    rows = [(f"seed {k}", v["model"]) for k, v in per_seed.items()]
+    rows += [(f"seed {k} priced", v["model_priced"]) for k, v in per_seed.items() if v.get("model_priced")]
+    rows += [("market", report["market"])] if report.get("market") else []
+    rows += [("uniform", report["uniform"])]
     for name, m in rows:
         print(f"{name:14s}{m['log_loss']:10.4f}{m['race_log_loss']:10.4f}{m['brier']:9.4f}{m['hit_rate']:10.3f}{m['n_rows']:9d}")
-    t = report.timings
+    t = report["timings"]
     print(f"time: {t['total_s']:.1f} s total, {t['per_epoch_s']:.1f} s per epoch")
+    print(f"flow run: {state.state_details.flow_run_id}")
     return 0
