@@ -6,7 +6,7 @@
                                                       won, market_prob (float32, NaN unknown)
                          score (obs, seed) float32    each seed's score of each race
                          seed<k>/h, z, r              (obs, layer, unit) float16, Blosc zstd-1 bitshuffle,
-                                                      NaN fill, inner chunks ~512 KiB, shards of 128 chunks
+                                                      NaN fill, inner chunks ~512 KiB, shards of <= 128 chunks
     <run>/plan.json      the row layout and blocks (written by begin_run)
     <run>/blocks/<b>.json  done marker of block b, written after its last shard is on disk
     <run>/run.json       run metadata (finish_run)
