@@ -25,6 +25,7 @@ from prefect.states import Failed
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
 from flows.settings import Settings, load_settings
+from flows.stages import set_torch_threads
 
 __all__ = ["nightly"]
 
@@ -117,6 +118,7 @@ def nightly(
     route_library_logs()
     s = load_settings(home=home, device=device)
     logger = get_run_logger()
+    set_torch_threads(s.torch_threads)
     root = str(Path(s.home).resolve())
     night = night or dt.datetime.now(_zone(s.timezone)).date().isoformat()
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8765", description="Base URL under which reports_dir is served; the email links to it."
     )
     device: str = Field("auto", description="Torch device for extraction: auto (cuda, else mps, else cpu), cuda, cpu, ...")
+    torch_threads: int = Field(
+        1, description="Torch intra-op threads per process on CPU. 1 by default: on a shared machine two OpenMP threads "
+        "spin-wait on each other (measured 150x slower under load); blocks run in parallel instead.", gt=0)
     batch_size: int = Field(4096, description="Dogs per extraction batch.", gt=0)
     block_dogs: int = Field(16384, description="Dogs per extraction block (a unit of work owning whole shards).", gt=0)
     seeds: int = Field(3, description="Seeds K trained per model set.", gt=0)

@@ -18,6 +18,14 @@ __all__ = ["begin", "extract_block", "finish", "evaluate", "report", "published_
 log = logging.getLogger(__name__)
 
 
+def set_torch_threads(n: int) -> None:
+    """Torch intra-op threads for this process (blocks and seeds give the parallelism, see Settings)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 @lru_cache(maxsize=2)
 def _inputs(root: str, seq_path: str, set_id: str):
     """(Sequences, ModelSet, values, context) for a snapshot and model set; cached per process
