@@ -198,9 +198,12 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--real", default=None, metavar="ROOT", help="store root with a model set and snapshot")
     ap.add_argument("--only-e", action="store_true", help="end to end (and RSS) only")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1, as the flows run it: 2 OpenMP threads on a busy 2-core box crawl)")
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each rate")
     ap.add_argument("--dir", default=None, help="scratch dir (default: a temp dir, removed)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     if args.real:
         inp, models = real_inputs(args.real)
