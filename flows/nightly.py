@@ -4,6 +4,7 @@ publish run -> report -> publish report -> notify. Tasks pass store keys and pat
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 import uuid
@@ -25,7 +26,7 @@ from prefect.states import Failed
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
 from flows.settings import Settings, load_settings
-from flows.stages import set_torch_threads
+from flows.stages import email_lines, set_torch_threads
 
 __all__ = ["nightly"]
 
@@ -140,13 +141,12 @@ def nightly(
     rel = report_task(run_dir, root, str(s.reports_path.resolve()), night, snapshot_id, list(s.watchlist))
 
     url = _report_link(s, rel)
-    _artifacts(url, night, headline, run_dir)
+    _artifacts(url, night, email_lines(run_dir, list(s.watchlist)), run_dir)
     result = {"run_id": run_id, "run_dir": run_dir, "report": str(s.reports_path.resolve() / rel), "url": url,
               "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline}
     if s.recipients:
-        sent = send_report_email.with_options(retries=2, retry_delay_seconds=3)(
-            night, url, headline, return_state=True
-        )
+        lines = email_lines(run_dir, list(s.watchlist))
+        sent = send_report_email(night, url, lines, return_state=True)
         if sent.is_failed():
             logger.error("report published at %s but the email failed: %s", result["report"], sent.message)
             return Failed(message=f"report published at {result['report']}, but the email failed: {sent.message}",
@@ -166,15 +166,20 @@ def _extract_blocks(plan: dict, s: Settings) -> None:
         update_progress_artifact(progress, 100.0 * done / n)
 
 
-def _artifacts(url: str, night: str, headline: dict, run_dir: str) -> None:
+def _artifacts(url: str, night: str, lines: dict[str, str], run_dir: str) -> None:
     create_link_artifact(url, link_text=f"gruviz report {night}", key="nightly-report",
                          description="The published nightly report")
-    lines = [f"# gruviz nightly {night}", "", f"[Open the report]({url})", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in headline.items() if not isinstance(v, (dict, list))]
-    create_markdown_artifact("\n".join(lines), key="nightly-summary", description="Headline numbers")
+    md = [f"# gruviz nightly {night}", "", f"[Open the report]({url})", "", "| | |", "|---|---|"]
+    md += [f"| {_md(k)} | {_md(v)} |" for k, v in lines.items()]
+    create_markdown_artifact("\n".join(md), key="nightly-summary", description="Headline numbers")
     metrics = _cohort_metrics_rows(Path(run_dir))
     if metrics:
         create_table_artifact(metrics, key="cohort-metrics", description="Cohort metrics with 95% intervals")
+
+
+def _md(text: str) -> str:
+    """Data text safe inside a markdown table cell (the UI renders markdown)."""
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
 def _cohort_metrics_rows(run_dir: Path) -> list[dict]:

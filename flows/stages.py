@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gruviz_core.sequences import Sequences
 
-__all__ = ["begin", "extract_block", "finish", "evaluate", "report", "published_runs"]
+__all__ = ["begin", "extract_block", "finish", "evaluate", "report", "published_runs", "email_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,23 @@ def report(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: s
     headline = json.loads(headline_path.read_text(encoding="utf-8")) if headline_path.exists() else {}
     page = publish_report(render(model), Path(reports_dir), night, headline=headline)
     return str(Path(page).resolve().relative_to(Path(reports_dir).resolve()))
+
+
+def email_lines(run_dir: str, watchlist: list[str]) -> dict[str, str]:
+    """Labelled headline numbers for the email, with exemplar and watchlist dogs by name."""
+    import pandas as pd
+
+    from reports.email import email_summary
+
+    run = Path(run_dir)
+    headline_path = run / "eval" / "headline.json"
+    headline = json.loads(headline_path.read_text(encoding="utf-8")) if headline_path.exists() else {}
+    dogs_path = run / "stats" / "dog.parquet"
+    dogs = None
+    if dogs_path.exists():
+        dogs = pd.read_parquet(dogs_path, columns=["dog_id", "dog_name", "cohort", "plateau_step", "cohort_layer"])
+        dogs = dogs[dogs["cohort_layer"]]
+    return email_summary(headline, dogs, tuple(watchlist))
 
 
 def _data_quality(root: str, snapshot_id: str) -> dict:

@@ -15,7 +15,9 @@ from email.utils import formatdate, make_msgid
 
 from gruviz_core.errors import ConfigError, NotifyError
 
-__all__ = ["SmtpConfig", "compose_report_email", "compose_failure_email", "send_email", "report_url"]
+__all__ = [
+    "SmtpConfig", "email_summary", "compose_report_email", "compose_failure_email", "send_email", "report_url",
+]
 
 _TLS_MODES = ("none", "starttls", "ssl")
 
@@ -50,6 +52,42 @@ class SmtpConfig:
 def report_url(base_url: str, rel_path: str) -> str:
     """The public link of a published report: base URL + its path under the reports directory."""
     return base_url.rstrip("/") + "/" + rel_path.lstrip("/")
+
+
+def email_summary(headline: dict, dogs=None, watchlist: tuple[str, ...] = ()) -> dict[str, str]:
+    """The few numbers a modeller reads in the email, labelled; `dogs` is stats/dog.parquet (one row per
+    dog on the cohort layer) for the exemplars' and watchlist dogs' names and cohorts."""
+    h = headline
+    out: dict[str, str] = {}
+    if "dogs" in h:
+        out["Dogs / race steps"] = f"{h['dogs']:,} / {h.get('obs', 0):,}"
+    counts = h.get("cohort_counts") or {}
+    if counts:
+        out["Cohorts"] = ", ".join(f"{k} {v:,}" for k, v in counts.items())
+    for key, label in (("model_log_loss", "Model log-loss"), ("market_log_loss", "Market log-loss"),
+                       ("model_hit_rate", "Model winner hit rate"), ("market_hit_rate", "Market winner hit rate")):
+        if isinstance(h.get(key), (int, float)):
+            out[label] = _fmt(float(h[key]))
+    for key, label in (("log_loss_diff", "Log-loss saturated - unsaturated"),
+                       ("log_loss_diff_length_matched", "Same, at equal history length")):
+        d = h.get(key)
+        if isinstance(d, dict) and "diff" in d:
+            out[label] = f"{_fmt(d['diff'])} (95% CI {_fmt(d.get('lo'))} to {_fmt(d.get('hi'))})"
+    if dogs is not None and len(dogs):
+        by_id = dogs.set_index("dog_id")
+        for pair in h.get("exemplars") or []:
+            for key, label in (("dog_a", "Most saturated exemplar"), ("dog_b", "Least saturated exemplar")):
+                if pair.get(key) in by_id.index:
+                    out[label] = str(by_id.loc[pair[key], "dog_name"])
+            break
+        for w in watchlist:
+            hit = dogs[(dogs["dog_id"] == w) | (dogs["dog_name"].str.casefold() == str(w).casefold())]
+            if len(hit):
+                row = hit.iloc[0]
+                t = row.get("plateau_step")
+                plateau = f", plateau at race {int(t)}" if t == t and t is not None else ""
+                out[f"Watchlist: {row['dog_name']}"] = f"{row['cohort']}{plateau}"
+    return out
 
 
 def _fmt(v) -> str:

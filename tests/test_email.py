@@ -60,3 +60,25 @@ def test_failure_notice_escapes_the_message():
 def test_unknown_tls_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="smtp_tls"):
         SmtpConfig(host="h", port=25, tls="maybe")
+
+
+def test_email_summary_labels_numbers_and_names_watchlist_dogs():
+    import pandas as pd
+
+    from reports.email import email_summary
+
+    headline = {"dogs": 1200, "obs": 30000, "cohort_counts": {"saturated": 10, "unsaturated": 20},
+                "model_log_loss": 0.31234, "log_loss_diff": {"diff": 0.01, "lo": -0.002, "hi": 0.02},
+                "exemplars": [{"dog_a": "d1", "dog_b": "d2"}]}
+    dogs = pd.DataFrame({"dog_id": ["d1", "d2"], "dog_name": [EVIL, "Quiet Bob"],
+                         "cohort": ["saturated", "unsaturated"], "plateau_step": [12.0, float("nan")]})
+    lines = email_summary(headline, dogs, ("quiet bob",))
+    assert lines["Dogs / race steps"] == "1,200 / 30,000"
+    assert lines["Cohorts"] == "saturated 10, unsaturated 20"
+    assert lines["Model log-loss"] == "0.3123"
+    assert lines["Most saturated exemplar"] == EVIL and lines["Least saturated exemplar"] == "Quiet Bob"
+    assert lines["Watchlist: Quiet Bob"] == "unsaturated"
+    assert "95% CI" in lines["Log-loss saturated - unsaturated"]
+    html = compose_report_email(night="n", url="http://x/", headline=lines, sender="s@x", recipients=["a@x"]) \
+        .get_body(("html",)).get_content()
+    assert EVIL not in html and "&lt;script&gt;" in html

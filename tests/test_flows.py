@@ -74,7 +74,7 @@ def test_nightly_publishes_report_artifacts_and_email(store, monkeypatch):
     report = Path(result["report"])
     assert report.exists() and report.stat().st_size > 10_000
     page = report.read_text(encoding="utf-8")
-    assert EVIL not in page  # the dog named <script> appears escaped only
+    assert EVIL not in page.lower()  # the dog named <script> (title-cased by ingest) appears escaped only
 
     run_dir = Path(result["run_dir"])
     assert (run_dir / "_COMPLETE").exists() and (home / "runs" / "LATEST").read_text().strip() == run_dir.name
@@ -89,7 +89,10 @@ def test_nightly_publishes_report_artifacts_and_email(store, monkeypatch):
     assert result["url"] == f"{BASE_URL}/2026-11-25/index.html"
     assert result["url"] in msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()
-    assert f'href="{result["url"]}"' in html and EVIL not in html
+    assert f'href="{result["url"]}"' in html and EVIL not in html.lower()
+    assert "watchlist: &lt;script&gt;alert(1)&lt;/script&gt;" in html.lower()  # the watched dog, escaped
+    summary = arts["nightly-summary"].data.lower()
+    assert EVIL not in summary and "&lt;script&gt;" in summary
 
 
 def test_nightly_with_smtp_down_fails_the_run_but_keeps_the_report(store, monkeypatch):
