@@ -10,6 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# One OpenMP thread per process (subprocesses inherit it): two threads on a shared 2-core machine
+# spin-wait on each other and run torch up to 150x slower; gruviz's own default is the same.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Quiet, local, deterministic Prefect for every test that touches it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
