@@ -22,8 +22,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# One benchmark at a time (2 cores): each prints one JSON line of ratios measured in the same run.
 bench: $(STAMP)
-	$(PY) bench/ingest.py
+	for b in ingest train extract stats report; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) gruviz-data
