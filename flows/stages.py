@@ -5,6 +5,7 @@ Kept out of the task bodies so a task stays a one-line call and these can be run
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from functools import lru_cache
@@ -56,7 +57,8 @@ def extract_block(plan: dict, block: int, *, device: str, batch_size: int) -> in
     from storage.states import extract_block as write_block
 
     _, model_set, values, context = _inputs(plan["root"], plan["seq_path"], plan["set_id"])
-    marker = write_block(plan["tmp_dir"], block, model_set.models, values, context,
+    models = copy.deepcopy(model_set.models)  # blocks run as threads: each runs (and moves) its own modules
+    marker = write_block(plan["tmp_dir"], block, models, values, context,
                          device=None if device == "auto" else device, batch_size=batch_size)
     log.info("block %d: %d dogs in %.1f s on %s (max recurrence error %.2e)",
              block, marker["dogs"], marker["seconds"], marker["device"], max(marker["check_max_err"], default=0.0))

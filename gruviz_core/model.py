@@ -7,6 +7,8 @@ scores of a race's runners become win probabilities by a softmax within the race
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +69,20 @@ class RaceGRU(nn.Module):
         if self.skip is not None:
             score = score + self.skip(ctx).squeeze(-1)
         return score
+
+
+_HOOK_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_HOOK_LOCKS_GUARD = threading.Lock()
+
+
+def _hook_lock(module: nn.Module) -> threading.Lock:
+    """One lock per GRU: hooks are per module, so two threads running one model at once would
+    capture each other's tensors (seen as a shape error, or silently wrong states when shapes match)."""
+    with _HOOK_LOCKS_GUARD:
+        lock = _HOOK_LOCKS.get(module)
+        if lock is None:
+            lock = _HOOK_LOCKS[module] = threading.Lock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -134,12 +150,13 @@ class LoadedModel:
         def _post(_m, _args, out):
             seen["out"] = out[0]
 
-        hooks = [self.gru.register_forward_pre_hook(_pre), self.gru.register_forward_hook(_post)]
-        try:
-            scores = self.module(x, ctx)
-        finally:
-            for h in hooks:
-                h.remove()
+        with _hook_lock(self.gru):  # thread-safe; give each thread its own copy for parallelism
+            hooks = [self.gru.register_forward_pre_hook(_pre), self.gru.register_forward_hook(_post)]
+            try:
+                scores = self.module(x, ctx)
+            finally:
+                for h in hooks:
+                    h.remove()
         if isinstance(seen.get("in"), nn.utils.rnn.PackedSequence):
             raise FeatureMismatchError(
                 f"model {self.model_id}: its GRU is fed a PackedSequence; gruviz needs padded input to the GRU"
