@@ -126,7 +126,7 @@ def nightly(
     snapshot_id = ingest_task(root, list(source)) if source else _latest_snapshot(root)
     seq_path = features_task(root, snapshot_id)
     set_id = model_set or _current_model_set(root)
-    run_id = f"{night}-{set_id[:8]}-{uuid.uuid4().hex[:6]}"
+    run_id = f"{night}-{set_id.rsplit('-', 1)[-1][:8]}-{uuid.uuid4().hex[:6]}"
     meta = {
         "run_id": run_id, "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id,
         "device": s.device, "flow_run_id": str(flow_run.id or ""),

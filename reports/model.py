@@ -281,6 +281,11 @@ _HEADLINE_KEYS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+def _exact(x: Any) -> float | None:
+    v = sig(x, 17)
+    return None if v is None else float(round(v))
+
+
 def _fmt(v: Any, kind: str) -> str:
     if v is None:
         return "n/a"
@@ -304,9 +309,10 @@ def _headline_numbers(head: dict, prev: dict | None) -> tuple[HeadlineNumber, ..
     for key, label, kind, good in _HEADLINE_KEYS:
         if key not in head:
             continue
-        v = sig(head.get(key))
+        exact = kind == "int"  # counts are shown exactly, never rounded to significant digits
+        v = _exact(head.get(key)) if exact else sig(head.get(key))
         delta_text, tone = None, "neutral"
-        pv = sig(prev.get(key)) if prev else None
+        pv = (_exact(prev.get(key)) if exact else sig(prev.get(key))) if prev else None
         if v is not None and pv is not None:
             d = v - pv
             delta_text = _fmt_delta(d, kind)

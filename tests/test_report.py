@@ -264,3 +264,11 @@ def test_report_on_a_real_run(tmp_path):
     assert len(states_fig.data["dogs"]) == 2 and states_fig.data["dogs"][0]["n_units"] == 8
     assert dict(m.provenance)["data snapshot"] == "snap-real" and m.night == "2026-11-26"
     assert m.verdict and EVIL_NAME not in html
+
+
+def test_headline_counts_are_exact_not_rounded():
+    from reports.model import _headline_numbers
+
+    nums = {h.key: h for h in _headline_numbers({"dogs": 28731, "obs": 497574}, {"dogs": 28000, "obs": 497000})}
+    assert nums["dogs"].text == "28,731" and nums["obs"].text == "497,574"
+    assert nums["dogs"].delta_text == "+731"
