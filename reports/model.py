@@ -331,11 +331,11 @@ def _cohort_counts(head: dict, summary: dict | None, dog: pd.DataFrame | None) -
     return tuple((c, int(counts[c])) for c in _cohorts_in(counts) if c != "all")
 
 
-def _effect_row(effect: pd.DataFrame | None, adjust: str) -> dict | None:
-    """The log-loss effect row (a - b) with finite diff/lo/hi, for `adjust` ('none' or 'length_matched')."""
+def _effect_row(effect: pd.DataFrame | None, adjust: str, metric: str = "log_loss") -> dict | None:
+    """The `metric` effect row (a - b) with finite diff/lo/hi, for `adjust` ('none' or 'length_matched')."""
     if not _has(effect, "metric", "diff", "lo", "hi"):
         return None
-    ll = effect[effect["metric"] == "log_loss"]
+    ll = effect[effect["metric"] == metric]
     if "adjust" in ll.columns:
         ll = ll[ll["adjust"].fillna("none") == adjust]
     elif adjust != "none":
@@ -367,25 +367,27 @@ def _verdict(
     if share is None and dogs:
         share = counts.get("saturated", 0) / dogs
     if share is not None and dogs:
-        s = f"{100 * float(share):.0f}% of {int(dogs):,} dogs have saturated hidden states"
+        pct = 100 * float(share)
+        s = f"{pct:.1f}% of {int(dogs):,} dogs" if 0 < pct < 10 else f"{pct:.0f}% of {int(dogs):,} dogs"
+        s += " have saturated hidden states"
         if median_plateau is not None:
             s += f" (median plateau at race {median_plateau:.0f})"
         parts.append(s + ".")
-    row = _effect_row(effect, "none")
+    # Against the market on the same races when there is one: raw log-loss mostly tracks how often a
+    # cohort's dogs win (saturated dogs win more), the gap to the market tracks how well they are modelled.
+    metric = "log_loss_vs_market" if _effect_row(effect, "none", "log_loss_vs_market") else "log_loss"
+    what = "the model's log-loss gap to the market" if metric == "log_loss_vs_market" else "log-loss"
+    row = _effect_row(effect, "none", metric)
     if row is not None:
         a, b, diff, lo, hi = row["a"], row["b"], row["diff"], row["lo"], row["hi"]
         ci = f"95% interval {lo:+.3g} to {hi:+.3g}"
         if hi < 0:
-            parts.append(
-                f"It matters: {a} dogs are predicted better, log-loss {abs(diff):.3g} lower than {b} dogs ({ci})."
-            )
+            parts.append(f"It matters: {a} dogs are predicted better, {what} {abs(diff):.3g} lower than for {b} dogs ({ci}).")
         elif lo > 0:
-            parts.append(
-                f"It matters: {a} dogs are predicted worse, log-loss {abs(diff):.3g} higher than {b} dogs ({ci})."
-            )
+            parts.append(f"It matters: {a} dogs are predicted worse, {what} {abs(diff):.3g} higher than for {b} dogs ({ci}).")
         else:
-            parts.append(f"No clear difference in log-loss between {a} and {b} dogs ({ci}).")
-        adj = _effect_row(effect, "length_matched")
+            parts.append(f"No clear difference in {what} between {a} and {b} dogs ({ci}).")
+        adj = _effect_row(effect, "length_matched", metric)
         if adj is not None:
             clear = adj["hi"] < 0 or adj["lo"] > 0
             parts.append(

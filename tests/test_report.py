@@ -272,3 +272,22 @@ def test_headline_counts_are_exact_not_rounded():
     nums = {h.key: h for h in _headline_numbers({"dogs": 28731, "obs": 497574}, {"dogs": 28000, "obs": 497000})}
     assert nums["dogs"].text == "28,731" and nums["obs"].text == "497,574"
     assert nums["dogs"].delta_text == "+731"
+
+
+def test_verdict_prefers_the_gap_to_the_market_over_raw_log_loss():
+    import pandas as pd
+
+    from reports.model import _verdict
+
+    effect = pd.DataFrame([
+        # raw log-loss: saturated dogs win more, so their log-loss is higher whatever the model does
+        {"metric": "log_loss", "a": "saturated", "b": "unsaturated", "diff": 0.29, "lo": 0.25, "hi": 0.32, "adjust": "none"},
+        {"metric": "log_loss_vs_market", "a": "saturated", "b": "unsaturated", "diff": -0.01, "lo": -0.03, "hi": 0.01,
+         "adjust": "none"},
+    ])
+    text = _verdict({"dogs": 28731, "saturated_share": 24 / 28731}, {}, 18.0, effect, None)
+    assert "0.1% of 28,731 dogs have saturated hidden states" in text
+    assert "No clear difference in the model's log-loss gap to the market" in text
+    assert "0.29" not in text
+    raw_only = _verdict({"dogs": 10}, {}, None, effect[effect["metric"] == "log_loss"], None)
+    assert "predicted worse, log-loss 0.29 higher" in raw_only
