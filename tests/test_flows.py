@@ -62,6 +62,18 @@ def _artifacts(flow_run_id) -> dict:
     return asyncio.run(read())
 
 
+def _logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            return [f"{log.name}: {log.message}" for log in logs]
+
+    return asyncio.run(read())
+
+
 def test_nightly_publishes_report_artifacts_and_email(store, monkeypatch):
     from flows.nightly import nightly
 
@@ -83,6 +95,9 @@ def test_nightly_publishes_report_artifacts_and_email(store, monkeypatch):
     assert {"nightly-report", "nightly-summary", "cohort-metrics", "extraction-progress"} <= set(arts)
     assert result["url"] in arts["nightly-report"].data
     assert float(arts["extraction-progress"].data) == pytest.approx(100.0)
+
+    logs = _logs(state.state_details.flow_run_id)  # gruviz's own module logs reach the UI
+    assert any(line.startswith("flows.stages: block 0:") for line in logs), logs[:20]
 
     (rcpts, msg), = smtp.messages
     assert rcpts == ["team@example.com"]
