@@ -7,8 +7,11 @@ import datetime as dt
 import html
 import json
 import logging
+import threading
+import time
 import uuid
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -63,10 +66,14 @@ def begin_run_task(root: str, run_id: str, meta: dict, seq_path: str, set_id: st
 
 
 @task(name="extract-block", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def extract_block_task(plan: dict, block: int, device: str, batch_size: int) -> int:
+def extract_block_task(plan: dict, block: int, device: str, batch_size: int, progress_id: str | None = None) -> int:
     from flows import stages
 
-    return stages.extract_block(plan, block, device=device, batch_size=batch_size)
+    report = _ProgressReporter.for_run(progress_id, int(plan.get("n_dogs", 0)), block) if progress_id else None
+    dogs = stages.extract_block(plan, block, device=device, batch_size=batch_size, progress=report)
+    if report:
+        report(dogs, dogs, force=True)
+    return dogs
 
 
 @task(name="finish-run", cache_policy=NO_CACHE)
@@ -158,12 +165,38 @@ def nightly(
 def _extract_blocks(plan: dict, s: Settings) -> None:
     n = int(plan["n_blocks"])
     progress = create_progress_artifact(0.0, key="extraction-progress", description="Dogs extracted (%)")
-    futures = [extract_block_task.submit(plan, b, s.device, s.batch_size) for b in range(n)]
-    done = 0
+    futures = [extract_block_task.submit(plan, b, s.device, s.batch_size, str(progress)) for b in range(n)]
     for fut in futures:
         fut.result()  # raises if a block failed: the run stays unpublished
-        done += 1
-        update_progress_artifact(progress, 100.0 * done / n)
+    update_progress_artifact(progress, 100.0)
+
+
+class _ProgressReporter:
+    """Updates the extraction progress artifact from block tasks (threads of one process) as shards
+    finish: the dogs done in every block of the run, summed, at most every `every_s` seconds."""
+
+    _runs: dict[str, dict[int, int]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, artifact_id: str, total: int, block: int, every_s: float = 1.0):
+        self.artifact_id, self.total, self.block, self.every_s = artifact_id, max(total, 1), block, every_s
+        self._last = 0.0
+
+    @classmethod
+    def for_run(cls, artifact_id: str, total: int, block: int) -> "_ProgressReporter":
+        with cls._lock:
+            cls._runs.setdefault(artifact_id, {})
+        return cls(artifact_id, total, block)
+
+    def __call__(self, done: int, _in_block: int, *, force: bool = False) -> None:
+        with self._lock:
+            blocks = self._runs[self.artifact_id]
+            blocks[self.block] = done
+            share = min(100.0, 100.0 * sum(blocks.values()) / self.total)  # a dog split by blocks counts twice
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            update_progress_artifact(UUID(self.artifact_id), share)
 
 
 def _artifacts(url: str, night: str, lines: dict[str, str], run_dir: str) -> None:

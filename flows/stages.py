@@ -50,16 +50,18 @@ def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_
         race_date=seqs.race_date, won=seqs.won, market_prob=seqs.market_prob,
         n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=model_set.seeds, block_dogs=block_dogs,
     )
-    return {"root": root, "tmp_dir": plan.tmp_dir, "n_blocks": plan.n_blocks, "seq_path": seq_path, "set_id": set_id}
+    return {"root": root, "tmp_dir": plan.tmp_dir, "n_blocks": plan.n_blocks, "n_dogs": plan.n_dogs,
+            "seq_path": seq_path, "set_id": set_id}
 
 
-def extract_block(plan: dict, block: int, *, device: str, batch_size: int) -> int:
+def extract_block(plan: dict, block: int, *, device: str, batch_size: int, progress=None) -> int:
+    """Write one block; `progress(dogs_done, dogs_in_block)` is called after each shard."""
     from storage.states import extract_block as write_block
 
     _, model_set, values, context = _inputs(plan["root"], plan["seq_path"], plan["set_id"])
     models = copy.deepcopy(model_set.models)  # blocks run as threads: each runs (and moves) its own modules
     marker = write_block(plan["tmp_dir"], block, models, values, context,
-                         device=None if device == "auto" else device, batch_size=batch_size)
+                         device=None if device == "auto" else device, batch_size=batch_size, progress=progress)
     log.info("block %d: %d dogs in %.1f s on %s (max recurrence error %.2e)",
              block, marker["dogs"], marker["seconds"], marker["device"], max(marker["check_max_err"], default=0.0))
     return int(marker["dogs"])
