@@ -18,6 +18,7 @@ a prefix of the batch and the recurrence only touches them, as packed sequences 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,7 +248,23 @@ def iter_extract(
     if max_tokens is None and models:
         max_tokens = max(256, BATCH_ELEMENTS // (models[0].gru.num_layers * models[0].gru.hidden_size))
     batches = length_batches(np.diff(offsets)[dogs], batch_size=batch_size, max_tokens=max_tokens)
-    for s, model in enumerate(models):
-        model.module.to(dev).eval()
-        for pos in batches:
-            yield s, extract_batch(model, values, context, offsets, dogs[pos], device=dev, dog_ids=dog_ids)
+    with _full_float32(dev):
+        for s, model in enumerate(models):
+            model.module.to(dev).eval()
+            for pos in batches:
+                yield s, extract_batch(model, values, context, offsets, dogs[pos], device=dev, dog_ids=dog_ids)
+
+
+@contextmanager
+def _full_float32(dev: torch.device):
+    """No TF32 on CUDA while extracting: cuDNN may run the fused GRU in TF32 (10-bit mantissa), which
+    would fail the 1e-5 check against the float32 recomputation for reasons unrelated to the model."""
+    if dev.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
