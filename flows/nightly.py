@@ -148,11 +148,11 @@ def nightly(
     rel = report_task(run_dir, root, str(s.reports_path.resolve()), night, snapshot_id, list(s.watchlist))
 
     url = _report_link(s, rel)
-    _artifacts(url, night, email_lines(run_dir, list(s.watchlist)), run_dir)
+    lines = email_lines(run_dir, list(s.watchlist))  # labelled headline: the summary artifact and the email
+    _artifacts(url, night, lines, run_dir)
     result = {"run_id": run_id, "run_dir": run_dir, "report": str(s.reports_path.resolve() / rel), "url": url,
               "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline}
     if s.recipients:
-        lines = email_lines(run_dir, list(s.watchlist))
         sent = send_report_email(night, url, lines, return_state=True)
         if sent.is_failed():
             logger.error("report published at %s but the email failed: %s", result["report"], sent.message)
