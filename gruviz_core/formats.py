@@ -352,6 +352,15 @@ def _iggy(raw: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _place_columns(df: pd.DataFrame, place: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Set finish_pos and won from a place column (a non-finisher ran and lost); returns (place, parse state)."""
+    pos, state = parse_place(place)
+    df["finish_pos"] = pos
+    df["won"] = pd.Series(pos == 1, dtype="boolean").where(state.isin(["finished", "dnf"]))
+    df.loc[state == "dnf", "won"] = False
+    return pos, state
+
+
 def _thedogs(raw: pd.DataFrame) -> pd.DataFrame:
     df = pd.DataFrame(index=raw.index)
     # the name is only on a dog's first row; following rows are its earlier starts
@@ -364,10 +373,7 @@ def _thedogs(raw: pd.DataFrame) -> pd.DataFrame:
     df["distance_m"] = _int_in(raw["DIST"], 100, 2000, "Int32")
     df["grade"] = _text(_opt(raw, "G"))
     df["box"] = _int_in(raw["BOX"], 1, 10, "Int8")
-    pos, state = parse_place(raw["PLC"])
-    df["finish_pos"] = pos
-    df["won"] = pd.Series(pos == 1, dtype="boolean").where(state.isin(["finished", "dnf"]))
-    df.loc[state == "dnf", "won"] = False
+    _, state = _place_columns(df, raw["PLC"])
     df["field_size"] = pd.Series(pd.NA, index=raw.index, dtype="Int8")
     df["run_time_s"] = parse_number(_opt(raw, "TIME"), lo=5, hi=200)
     df["win_time_s"] = parse_number(_opt(raw, "WIN"), lo=5, hi=200)
@@ -411,10 +417,7 @@ def _gbgb(raw: pd.DataFrame) -> pd.DataFrame:
     df["distance_m"] = _int_in(_opt(raw, "raceDistance"), 100, 2000, "Int32")
     df["grade"] = _text(_opt(raw, "raceClass"))
     df["box"] = _int_in(raw["trapNumber"], 1, 10, "Int8")
-    pos, state = parse_place(raw["resultPosition"])
-    df["finish_pos"] = pos
-    df["won"] = pd.Series(pos == 1, dtype="boolean").where(state.isin(["finished", "dnf"]))
-    df.loc[state == "dnf", "won"] = False
+    pos, state = _place_columns(df, raw["resultPosition"])
     df["run_time_s"] = parse_number(_opt(raw, "resultRunTime"), lo=5, hi=200)
     df["win_time_s"] = parse_number(_opt(raw, "raceWinTime"), lo=5, hi=200)
     df["sectional_s"] = parse_number(_opt(raw, "resultSectionalTime"), lo=0.5, hi=100)
