@@ -77,12 +77,16 @@ def test_last_step_equals_h_n(layers):
 
 
 def test_padding_changes_nothing():
+    # Not bit for bit: the BLAS may take another kernel for another batch shape (7e-9 apart on
+    # some CPUs). Scores are float32; h, z, r are float16, where 7e-9 can flip one ulp (<= 4.9e-4).
     model = make_model(layers=2)
     values, context, offsets = make_data([4, 30])
     alone = extract_batch(model, values, context, offsets, np.array([0]), device=CPU)
     padded = extract_batch(model, values, context, offsets, np.array([0, 1]), device=CPU)
     for q in ("h", "z", "r", "score"):
-        np.testing.assert_array_equal(getattr(alone, q), getattr(padded, q)[rows_of(padded, 0)])
+        got, want = getattr(padded, q)[rows_of(padded, 0)], getattr(alone, q)
+        atol = 1e-6 if q == "score" else 1e-3
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=0, atol=atol)
 
 
 def test_multilayer_equals_layer_by_layer():
