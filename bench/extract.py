@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gruviz_core.extract import choose_device, iter_extract, length_batches  # noqa: E402
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU  # noqa: E402
+from flows.stages.extract import _fill_shard, extract_run  # noqa: E402
 from storage import states  # noqa: E402
 
 
@@ -82,7 +83,8 @@ def synthetic(n_dogs: int, n_feat: int, n_ctx: int, seed: int = 0) -> dict:
 def real_inputs(root: str) -> tuple[dict, list[LoadedModel]]:
     from gruviz_core.sequences import Sequences
     from storage.forms import latest_snapshot
-    from storage.registry import ensure_sequences, load_model_set
+    from flows.stages.features import run as ensure_sequences
+    from storage.registry import load_model_set
 
     ms = load_model_set(root)
     seqs = Sequences.load(ensure_sequences(root, ms.meta.get("snapshot_id") or latest_snapshot(root)))
@@ -148,7 +150,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> float:
     off = plan_offsets = inp["offsets"]
     s1 = min(plan.shard_rows, plan.n_obs)
     dogs = np.arange(0, int(np.searchsorted(plan_offsets, s1, "left")))
-    h, z, r, sc, _ = states._fill_shard(models[0], inp["seqs_values"], inp["context"], off, dogs, 0, s1, plan,
+    h, z, r, sc, _ = _fill_shard(models[0], inp["seqs_values"], inp["context"], off, dogs, 0, s1, plan,
                                         device=torch.device("cpu"), batch_size=batch_size, max_tokens=None,
                                         dog_ids=None)
     import zarr
@@ -169,7 +171,7 @@ def end_to_end(root: Path, models, inp: dict, batch_size: int, device) -> tuple[
     base = rss_mb()
     with PeakRSS() as mem:
         t = time.perf_counter()
-        tmp = states.extract_run(root, "e2e", {}, models, device=device, batch_size=batch_size, **inp)
+        tmp = extract_run(root, "e2e", {}, models, device=device, batch_size=batch_size, **inp)
         secs = time.perf_counter() - t
     info = json.loads((tmp / "run.json").read_text())
     disk = sum(p.stat().st_size for p in (tmp / states.STATES).rglob("*") if p.is_file())

@@ -5,7 +5,7 @@ states (a tanh random walk per dog, so they compress like real ones, not like wh
 times in the same process:
 
     read     iterate the store's shard-aligned chunks (decompress + float16 -> float32), nothing else
-    scan     the streaming statistics pass (storage.analysis.scan_seed): row stats, gates, moments
+    scan     the streaming statistics pass (gruviz_core.stats.scan_seed): row stats, gates, moments
     scan_prefetch  the same with the next shard read in a background thread (as compute_stats does)
     stats    compute_stats end to end: scan + plateau + cohorts + every stats/ table written
 
@@ -32,7 +32,9 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import analysis, states  # noqa: E402
+from flows.stages.stats import compute_stats  # noqa: E402
+from gruviz_core.stats import scan_seed  # noqa: E402
+from storage import states  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -118,19 +120,19 @@ def main() -> None:
 
     step = reader.rows()["step"].to_numpy()
     t = time.perf_counter()
-    scan = analysis.scan_seed(reader.iter_chunks(0), step, reader.n_obs, reader.n_layers)
+    scan = scan_seed(reader.iter_chunks(0), step, reader.n_obs, reader.n_layers)
     scan_s = time.perf_counter() - t
     del scan
     rss_scan = _rss_mb()
 
     t = time.perf_counter()
     with threadpool_limits(1, user_api="blas"):  # as compute_stats does
-        scan = analysis.scan_seed(analysis.prefetch(reader.iter_chunks(0)), step, reader.n_obs, reader.n_layers)
+        scan = scan_seed(states.prefetch(reader.iter_chunks(0)), step, reader.n_obs, reader.n_layers)
     scan_pf_s = time.perf_counter() - t
     del scan
 
     t = time.perf_counter()
-    summary = analysis.compute_stats(run)
+    summary = compute_stats(run)
     stats_s = time.perf_counter() - t
     out = {
         "bench": "stats", "steps": reader.n_obs, "dogs": reader.n_dogs, "units": reader.n_units,

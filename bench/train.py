@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT  # noqa: E402
 from gruviz_core.train import TrainConfig  # noqa: E402
 from storage.forms import ingest  # noqa: E402
-from storage.registry import train_and_register  # noqa: E402
+from flows.stages.train import train_and_register  # noqa: E402
 
 IGGY = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair-iggy"
 KEYS = ("log_loss", "race_log_loss", "brier", "hit_rate")

@@ -29,7 +29,9 @@ from prefect.states import Failed
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
 from flows.settings import Settings, load_settings
-from flows.stages import email_lines, set_torch_threads
+from flows.stages import evaluate, extract, features, ingest, report, stats
+from flows.stages.extract import set_torch_threads
+from flows.stages.notify import email_lines
 
 __all__ = ["nightly"]
 
@@ -41,9 +43,7 @@ log = logging.getLogger(__name__)
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def ingest_task(root: str, sources: list[str]) -> str:
-    from storage.forms import ingest
-
-    summary = ingest(sources, Path(root))
+    summary = ingest.run(sources, root)
     get_run_logger().info(
         "ingested %s: rows_in=%d accepted=%d rejected=%d duplicates_merged=%d",
         summary.snapshot_id, summary.rows_in, summary.accepted, summary.rejected, summary.duplicates_merged,
@@ -53,48 +53,36 @@ def ingest_task(root: str, sources: list[str]) -> str:
 
 @task(name="features", retries=1, cache_policy=NO_CACHE)
 def features_task(root: str, snapshot_id: str) -> str:
-    from storage.registry import ensure_sequences
-
-    return str(ensure_sequences(Path(root), snapshot_id))
+    return str(features.run(root, snapshot_id))
 
 
 @task(name="begin-run", cache_policy=NO_CACHE)
 def begin_run_task(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int) -> dict:
-    from flows import stages
-
-    return stages.begin(root, run_id, meta, seq_path, set_id, block_dogs)
+    return extract.begin(root, run_id, meta, seq_path, set_id, block_dogs)
 
 
 @task(name="extract-block", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def extract_block_task(plan: dict, block: int, device: str, batch_size: int, progress_id: str | None = None) -> int:
-    from flows import stages
-
-    report = _ProgressReporter.for_run(progress_id, int(plan.get("n_dogs", 0)), block) if progress_id else None
-    dogs = stages.extract_block(plan, block, device=device, batch_size=batch_size, progress=report)
-    if report:
-        report(dogs, dogs, force=True)
+    progress = _ProgressReporter.for_run(progress_id, int(plan.get("n_dogs", 0)), block) if progress_id else None
+    dogs = extract.block(plan, block, device=device, batch_size=batch_size, progress=progress)
+    if progress:
+        progress(dogs, dogs, force=True)
     return dogs
 
 
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(plan: dict) -> str:
-    from flows import stages
-
-    return stages.finish(plan)
+    return extract.finish(plan)
 
 
 @task(name="stats", cache_policy=NO_CACHE)
 def stats_task(tmp_dir: str, rule: dict) -> dict:
-    from storage.analysis import compute_stats
-
-    return _jsonable(compute_stats(Path(tmp_dir), rule=rule))
+    return _jsonable(stats.compute_stats(Path(tmp_dir), rule=rule))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(tmp_dir: str, root: str, set_id: str, seq_path: str) -> dict:
-    from flows import stages
-
-    return stages.evaluate(tmp_dir, root, set_id, seq_path)
+    return evaluate.run(tmp_dir, root, set_id, seq_path)
 
 
 @task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -106,9 +94,7 @@ def publish_run_task(root: str, tmp_dir: str) -> str:
 
 @task(name="report", retries=1, cache_policy=NO_CACHE)
 def report_task(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str, watchlist: list[str]) -> str:
-    from flows import stages
-
-    return stages.report(run_dir, root, reports_dir, night, snapshot_id, watchlist)
+    return report.run(run_dir, root, reports_dir, night, snapshot_id, watchlist)
 
 
 # ---------------------------------------------------------------- the flow
@@ -216,12 +202,11 @@ def _md(text: str) -> str:
 
 
 def _cohort_metrics_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "eval" / "cohort_metrics.parquet"
-    if not path.exists():
-        return []
-    import pandas as pd
+    from storage.tables import has_table, read_table
 
-    df = pd.read_parquet(path).round(5)
+    if not has_table(run_dir, "cohort_metrics"):
+        return []
+    df = read_table(run_dir, "cohort_metrics").round(5)
     return json.loads(df.to_json(orient="records"))
 
 

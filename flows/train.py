@@ -22,7 +22,7 @@ def train_task(
     root: str, snapshot_id: str, seeds: int, hidden: int, layers: int, epochs: int | None, market: bool, workers: int
 ) -> dict:
     from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT
-    from storage.registry import train_and_register
+    from flows.stages.train import train_and_register
 
     context = None if market else [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT]
     report = train_and_register(Path(root), snapshot_id, seeds=seeds, hidden=hidden, layers=layers, epochs=epochs,

@@ -34,6 +34,7 @@ __all__ = [
     "resolve_thresholds",
     "sensitivity_cohorts",
     "THETA_GRID",
+    "exemplar_pair",
 ]
 
 COHORTS: tuple[str, ...] = ("saturated", "partial", "unsaturated", "undecided")
@@ -175,3 +176,18 @@ def sensitivity_cohorts(
             r = rule.with_thresholds(tau=tau, theta=theta)
             out.append((tau, theta, assign_cohorts(plateau, n_steps, f, r)))
     return out
+
+
+def exemplar_pair(dogs: "pd.DataFrame") -> list[tuple[str, str]]:
+    """The exemplar rule, the only one: the most and the least saturated dog by mean s among dogs with long
+    histories (top decile of race counts). dogs: stats/dog.parquet rows of the cohort layer. -> [(most, least)]."""
+    if len(dogs) < 2:
+        return []
+    n = dogs["n_steps"].to_numpy()
+    long = dogs[n >= max(np.quantile(n, 0.9), 2)]
+    if len(long) < 2:
+        long = dogs
+    order = long.sort_values(["mean_s", "dog_index"])
+    return [(str(order["dog_id"].iloc[-1]), str(order["dog_id"].iloc[0]))]
+
+

@@ -23,7 +23,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from gruviz_core import cohorts as co
+from gruviz_core import stats as st
+from gruviz_core.cohorts import COHORTS, CohortRule
 from gruviz_core.errors import ConfigError
+from gruviz_core.racing import race_codes
 
 __all__ = [
     "METRICS",
@@ -44,6 +48,12 @@ __all__ = [
     "top_pick_churn",
     "cohen_kappa",
     "linear_cka",
+    "eval_rows",
+    "effect_of",
+    "sensitivity",
+    "repro_table",
+    "cka_sample",
+    "cka_table",
 ]
 
 METRICS: tuple[str, ...] = ("log_loss", "brier", "auc", "hit_rate")
@@ -345,3 +355,108 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     xx = np.linalg.norm(x.T @ x)
     yy = np.linalg.norm(y.T @ y)
     return float(xy / (xx * yy)) if xx > 0 and yy > 0 else float("nan")
+
+
+# ------------------------------------------------------------------ the evaluate stage's tables
+
+
+def eval_rows(rows: pd.DataFrame, scores: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Rows to score: known result, every seed scored, races with >= 2 such runners and a winner.
+
+    If at least half of those races have a price for every runner, keep only those races so the
+    market baseline sits on exactly the same rows; else report no market baseline.
+    """
+    won = rows["won"].to_numpy()
+    ok = np.isfinite(won) & np.isfinite(scores).all(axis=1)
+    race = race_codes(rows["race_id"].to_numpy())
+    n_r = race.max() + 1 if len(race) else 0
+    runners = np.bincount(race[ok], minlength=n_r)
+    winners = np.bincount(race[ok], weights=won[ok], minlength=n_r)
+    ok &= (runners[race] >= 2) & (winners[race] >= 1)
+    mkt = np.isfinite(rows["market_prob"].to_numpy())
+    priced = np.bincount(race[ok & ~mkt], minlength=n_r) == 0
+    used = np.bincount(race[ok], minlength=n_r) > 0
+    has_market = used.sum() > 0 and priced[used].mean() >= 0.5
+    if has_market:
+        ok &= priced[race]
+    return np.flatnonzero(ok), bool(has_market)
+
+
+def effect_of(eff_i: pd.DataFrame, adjust: str, metric: str = "log_loss") -> dict:
+    try:
+        row = eff_i.loc[(adjust, metric)]
+    except KeyError:
+        return {"diff": None, "lo": None, "hi": None}
+    return {k: (None if not np.isfinite(row[k]) else float(row[k])) for k in ("diff", "lo", "hi")}
+
+
+def sensitivity(dogs: pd.DataFrame, rule: CohortRule, p, won, dog) -> pd.DataFrame:
+    """Cohort sizes and model log-loss over a grid of (tau, theta)."""
+    ll = -(won * np.log(np.clip(p, 1e-12, 1)) + (1 - won) * np.log1p(-np.clip(p, 0, 1 - 1e-12)))
+    n = len(dogs)
+    ll_d = np.bincount(dog, weights=ll, minlength=n)
+    n_d = np.bincount(dog, minlength=n)
+    f_by_tau = {t: dogs[f"mean_{c}_after"].to_numpy() for c, t in zip(st.TAU_COLUMNS, st.TAUS)}
+    out = []
+    for tau, theta, c in co.sensitivity_cohorts(dogs["plateau_step"].to_numpy(), dogs["n_steps"].to_numpy(),
+                                                 f_by_tau, rule):
+        for name in co.COHORTS:
+            m = c == name
+            rows_ = n_d[m].sum()
+            out.append((tau, theta, name, int(m.sum()), float(ll_d[m].sum() / rows_) if rows_ else np.nan))
+    return pd.DataFrame(out, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"])
+
+
+def repro_table(probs, race, dog, cohort, kappa_pairs) -> pd.DataFrame:
+    spread = prob_spread(probs)
+    row_c = cohort[dog]
+    out = []
+    for scope in ["all", *COHORTS]:
+        m = np.ones(len(dog), bool) if scope == "all" else row_c == scope
+        if not m.any():
+            continue
+        out.append((scope, "prob_spread", float(spread[m].mean()), int(m.sum())))
+        out.append((scope, "top_pick_churn", top_pick_churn(probs, race, None if scope == "all" else m), int(m.sum())))
+    if kappa_pairs:
+        out.append(("all", "kappa", float(np.mean([cohen_kappa(a, b) for a, b in kappa_pairs.values()])),
+                    len(cohort)))
+        for scope in COHORTS:  # share of seed-a members of a cohort that seed b puts there too
+            agree = [float(np.mean(b[a == scope] == scope)) for a, b in kappa_pairs.values() if (a == scope).any()]
+            if agree:
+                out.append((scope, "agreement", float(np.mean(agree)), int((cohort == scope).sum())))
+    return pd.DataFrame(out, columns=["scope", "metric", "value", "n"])
+
+
+def cka_sample(n_steps: np.ndarray, *, seed: int, n_sample: int = 300) -> np.ndarray:
+    """Dogs (indices, sorted) whose states the CKA curve compares: a random sample of dogs with >= 2 races."""
+    rng = np.random.default_rng(seed)
+    cand = np.flatnonzero(n_steps >= 2)
+    return np.sort(rng.choice(cand, size=min(n_sample, len(cand)), replace=False))
+
+
+def cka_table(states: dict[int, list[np.ndarray]], cohort: np.ndarray, *, min_dogs: int = 20) -> pd.DataFrame:
+    """Linear CKA between every pair of seeds' top-layer states at each step.
+
+    states: seed -> one (T_d, H) array per sampled dog (same dogs, same order); cohort: (dogs,).
+    """
+    K = len(states)
+    cols = ["step", "seed_a", "seed_b", "cka", "cohort", "n"]
+    if K < 2:
+        return pd.DataFrame(columns=cols)
+    lens = np.array([len(h) for h in states[0]])
+    coh = cohort
+    out = []
+    for t in range(1, int(lens.max(initial=0)) + 1):
+        have = lens >= t
+        for scope in ["all", *COHORTS]:
+            m = have if scope == "all" else have & (coh == scope)
+            if m.sum() < min_dogs:
+                continue
+            idx = np.flatnonzero(m)
+            xs = {k: np.stack([states[k][i][t - 1] for i in idx]) for k in range(K)}
+            for a in range(K):
+                for b in range(a + 1, K):
+                    out.append((t, a, b, linear_cka(xs[a], xs[b]), scope, len(idx)))
+    return pd.DataFrame(out, columns=cols)
+
+

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gruviz_core.cohorts import COHORTS
 from gruviz_core.model import LoadedModel
+from gruviz_core.racing import race_codes
 from gruviz_core.sequences import pad_batch
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "final_scores",
     "race_effects",
     "pair_divergence",
+    "resilience_table",
+    "others_in_race",
 ]
 
 
@@ -193,3 +197,85 @@ def pair_divergence(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
     t = min(len(h_a), len(h_b))
     d = (h_a[:t] - h_b[:t]).reshape(t, -1)
     return np.sqrt((d.astype(np.float64) ** 2).sum(axis=1))
+
+
+# ------------------------------------------------------------------ the evaluate stage's resilience table
+
+
+def resilience_table(rows, scores, sel, cohort, models, values, context, store_off, feature_names,
+                     sample_dogs, seed, perturbations) -> "pd.DataFrame":
+    """Perturb sampled dogs' histories; score their last race against the other runners' stored scores.
+
+    rows: per-row frame (race_id, won); scores: (obs, seed); sel: rows evaluated; store_off: (dog + 1,).
+    """
+    import pandas as pd
+
+    names = tuple(feature_names) or tuple(models[0].feature_names)
+    groups = feature_groups(names)
+    ok = np.zeros(len(rows), bool)
+    ok[sel] = True
+    last = store_off[1:] - 1
+    n_steps = np.diff(store_off)
+    cand = np.flatnonzero((n_steps >= 3) & ok[np.maximum(last, 0)])
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(cand, size=min(sample_dogs, len(cand)), replace=False))
+    tgt = last[pick]
+    race_all = race_codes(rows["race_id"].to_numpy())
+    out = []
+    for k, model in enumerate(models):
+        lse, mx = others_in_race(scores[:, k], race_all, ok, tgt)
+        won = rows["won"].to_numpy(np.float64)[tgt]
+        hists = [values[store_off[d]:last[d]] for d in pick]
+        s0, h0 = final_scores(model, hists, values[tgt], context[tgt])
+        for j, pert in enumerate(perturbations):
+            prng = np.random.default_rng([seed, k, j])
+            done = [perturb_history(h, pert, groups, prng) for h in hists]
+            s1, h1 = final_scores(model, [x for x, _ in done], values[tgt], context[tgt])
+            dl, flip = race_effects(s0, s1, lse, mx, won)
+            div = np.linalg.norm(h1 - h0, axis=1)
+            pos = np.array([w for _, w in done], dtype=object)
+            c = cohort[pick]
+            for scope in ["all", *COHORTS]:
+                for where in ["all", "early", "late"]:
+                    m = (c == scope) if scope != "all" else np.ones(len(pick), bool)
+                    if where != "all":
+                        m = m & (pos == where)
+                    if m.any():
+                        out.append((pert.kind, pert.severity, scope, where, k, float(dl[m].mean()),
+                                    float(flip[m].mean()), float(div[m].mean()), int(m.sum())))
+    df = pd.DataFrame(out, columns=["perturbation", "severity", "cohort", "position", "seed", "d_loss", "flip_rate",
+                                    "state_divergence", "n"])
+    agg = df.groupby(["perturbation", "severity", "cohort", "position"], sort=False)
+    res = agg.apply(lambda g: pd.Series({
+        "d_loss": np.average(g["d_loss"], weights=g["n"]), "flip_rate": np.average(g["flip_rate"], weights=g["n"]),
+        "state_divergence": np.average(g["state_divergence"], weights=g["n"]), "n": int(g["n"].sum()),
+    }), include_groups=False).reset_index()
+    res["n"] = res["n"].astype(np.int64)
+    return res
+
+
+def others_in_race(score: np.ndarray, race: np.ndarray, ok: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log-sum-exp and max of the OTHER valid runners' scores in each target row's race. -> (B,), (B,)."""
+    n_r = int(race.max()) + 1
+    s = np.where(ok, score, -np.inf)
+    top = np.full(n_r, -np.inf)
+    np.maximum.at(top, race, s)
+    with np.errstate(invalid="ignore"):  # races without a valid runner: -inf - -inf, masked out
+        e = np.where(ok, np.exp(s - top[race]), 0.0)
+    tot = np.bincount(race, weights=e, minlength=n_r)
+    rt = race[tgt]
+    rest = np.maximum(tot[rt] - e[tgt], 1e-300)
+    lse = np.log(rest) + top[rt]
+    # max of the others: the race max unless the target holds it, then the second highest
+    order = np.lexsort((-s, race))
+    first = np.ones(len(order), bool)
+    first[1:] = race[order][1:] != race[order][:-1]
+    second = np.full(n_r, -np.inf)
+    pos_first = np.flatnonzero(first)
+    nxt = pos_first + 1
+    has2 = (nxt < len(order)) & (race[order][np.minimum(nxt, len(order) - 1)] == race[order][pos_first])
+    second[race[order][pos_first[has2]]] = s[order][nxt[has2]]
+    top_row = np.full(n_r, -1)
+    top_row[race[order][pos_first]] = order[pos_first]
+    mx = np.where(top_row[rt] == tgt, second[rt], top[rt])
+    return lse, mx

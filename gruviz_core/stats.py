@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
+from gruviz_core import cohorts as co
+from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 
 __all__ = [
@@ -34,6 +37,13 @@ __all__ = [
     "relative_change",
     "plateau_steps",
     "plateau_step",
+    "TAU_COLUMNS",
+    "SeedScan",
+    "scan_seed",
+    "dog_layer_table",
+    "kaplan_meier",
+    "step_quartiles",
+    "unit_table",
 ]
 
 TAUS: tuple[float, ...] = (0.9, 0.95, 0.99)
@@ -300,3 +310,139 @@ def plateau_step(s: np.ndarray, *, w: int, delta: float, k: int) -> float:
     """T* of one dog's series s: (T,) -> 1-based step, or NaN when none (censored)."""
     s = np.asarray(s, dtype=np.float64)
     return float(plateau_steps(s, np.arange(1, len(s) + 1), np.array([0, len(s)]), w=w, delta=delta, k=k)[0])
+
+
+# ------------------------------------------------------------------ the stats stage's tables
+# One streaming pass per seed folds shard-aligned chunks into per-row scalars and per-unit
+# accumulators (`scan_seed`); the tables below are built from that scan, never from whole states.
+
+TAU_COLUMNS = tuple(f"f{int(round(t * 100)):03d}" for t in TAUS)  # f090, f095, f099
+"""Column name of F_tau for each stored tau."""
+
+
+class SeedScan:
+    """What one streaming pass over a seed's states leaves: per-row scalars and per-unit accumulators."""
+
+    def __init__(self, n_obs: int, n_layers: int, *, full: bool):
+        self.s = np.full((n_obs, n_layers), np.nan, dtype=np.float32)
+        """(obs, L) mean |h|."""
+        self.f = np.full((n_obs, n_layers, len(TAUS)), np.nan, dtype=np.float32)
+        """(obs, L, tau) near-boundary fractions."""
+        self.abs_sum = np.full((n_obs, n_layers), np.nan, dtype=np.float32) if full else None
+        self.delta = np.full((n_obs, n_layers), np.nan, dtype=np.float32) if full else None
+        self.gates = {"z": GateCounts(), "r": GateCounts()}
+        self.moments = StateMoments()
+        self.bytes_scanned = 0
+        self.rows_missing = 0
+
+
+def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool = True) -> SeedScan:
+    """Fold an iterator of shard-aligned chunks (.start .stop .h .z .r, (n, L, H)) in row order."""
+    out = SeedScan(n_obs, n_layers, full=full)
+    carry = None
+    for c in chunks:
+        a, b = c.start, c.stop
+        r = row_stats(c.h, step[a:b], carry)
+        out.s[a:b], out.f[a:b] = r.s, r.f
+        if full:
+            out.abs_sum[a:b], out.delta[a:b] = r.abs_sum, r.delta
+        ok = np.isfinite(r.s).all(axis=1)  # rows a dead writer never wrote are NaN
+        h, z, g = c.h, c.z, c.r
+        if not ok.all():  # copy only when some rows are missing
+            out.rows_missing += int((~ok).sum())
+            h, z, g = h[ok], z[ok], g[ok]
+        out.moments.add(h)
+        out.gates["z"].add(z)
+        out.gates["r"].add(g)
+        out.bytes_scanned += 3 * c.h.size * 2  # float16 on disk
+        carry = c.h[-1] if len(c.h) else carry
+    return out
+
+
+def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool = True) -> SeedScan:
+    """Fold an iterator of shard-aligned chunks (.start .stop .h .z .r, (n, L, H)) in row order."""
+    out = SeedScan(n_obs, n_layers, full=full)
+    carry = None
+    for c in chunks:
+        a, b = c.start, c.stop
+        r = row_stats(c.h, step[a:b], carry)
+        out.s[a:b], out.f[a:b] = r.s, r.f
+        if full:
+            out.abs_sum[a:b], out.delta[a:b] = r.abs_sum, r.delta
+        ok = np.isfinite(r.s).all(axis=1)  # rows a dead writer never wrote are NaN
+        h, z, g = c.h, c.z, c.r
+        if not ok.all():  # copy only when some rows are missing
+            out.rows_missing += int((~ok).sum())
+            h, z, g = h[ok], z[ok], g[ok]
+        out.moments.add(h)
+        out.gates["z"].add(z)
+        out.gates["r"].add(g)
+        out.bytes_scanned += 3 * c.h.size * 2  # float16 on disk
+        carry = c.h[-1] if len(c.h) else carry
+    return out
+
+
+def dog_layer_table(scan: SeedScan, step, offsets, rule: CohortRule, layer: int) -> dict[str, np.ndarray]:
+    """Per dog for one layer: plateau, censoring, tail F per tau, cohort."""
+    s = scan.s[:, layer].astype(np.float64)
+    plateau = plateau_steps(s, step, offsets, w=rule.w, delta=rule.delta, k=rule.k)
+    start = co.tail_start(plateau, rule)
+    n_steps = np.diff(offsets)
+    tails = {t: co.tail_mean(scan.f[:, layer, i], step, offsets, start) for i, t in enumerate(TAUS)}
+    f_rule = tails[rule.tau]
+    dog = np.repeat(np.arange(len(n_steps)), n_steps)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_s = np.bincount(dog, weights=s, minlength=len(n_steps)) / np.maximum(n_steps, 1)
+    final_s = np.where(n_steps > 0, s[np.maximum(offsets[1:] - 1, 0)], np.nan) if len(s) else np.full(len(n_steps), np.nan)
+    return {
+        "plateau_step": plateau, "n_steps": n_steps, "mean_s": mean_s, "final_s": final_s,
+        **{f"mean_{c}_after": tails[t] for c, t in zip(TAU_COLUMNS, TAUS)},
+        "f_tail": f_rule, "cohort": co.assign_cohorts(plateau, n_steps, f_rule, rule),
+        "thresholds": co.resolve_thresholds(plateau, n_steps, f_rule, rule),
+    }
+
+
+def kaplan_meier(plateau: np.ndarray, n_steps: np.ndarray, rule: CohortRule) -> pd.DataFrame:
+    """Share of dogs not yet plateaued by step; a dog without T* is censored at its last checkable step."""
+    event = np.isfinite(plateau)
+    time_ = np.where(event, plateau, np.maximum(n_steps - rule.k + 1, 0)).astype(np.int64)
+    t_max = int(time_.max()) if len(time_) else 0
+    steps = np.arange(1, t_max + 1)
+    exits = np.bincount(time_, minlength=t_max + 2)
+    events = np.bincount(time_[event], minlength=t_max + 2)
+    at_risk = len(time_) - np.concatenate([[0], np.cumsum(exits)])[steps]  # time >= t
+    d = events[steps]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        surv = np.cumprod(np.where(at_risk > 0, 1 - d / np.maximum(at_risk, 1), 1.0))
+    return pd.DataFrame({"step": steps, "at_risk": at_risk, "plateaued": d, "survival": surv})
+
+
+def step_quartiles(scan: SeedScan, step, dog_cohort_row, layer: int) -> pd.DataFrame:
+    df = pd.DataFrame({"step": step, "cohort": dog_cohort_row, "s": scan.s[:, layer], "f": scan.f[:, layer, 1]})
+    parts = []
+    for name, sub in [("all", df), *df.groupby("cohort", sort=True)]:
+        g = sub.groupby("step")
+        q = g[["s", "f"]].quantile([0.25, 0.5, 0.75]).unstack()
+        parts.append(pd.DataFrame({
+            "layer": layer, "step": q.index.to_numpy(), "cohort": name, "n": g.size().to_numpy(),
+            "s_q25": q[("s", 0.25)].to_numpy(), "s_q50": q[("s", 0.5)].to_numpy(), "s_q75": q[("s", 0.75)].to_numpy(),
+            "f095_q25": q[("f", 0.25)].to_numpy(), "f095_q50": q[("f", 0.5)].to_numpy(),
+            "f095_q75": q[("f", 0.75)].to_numpy(),
+        }))
+    return pd.concat(parts, ignore_index=True)
+
+
+def unit_table(seed: int, scan: SeedScan, health: dict) -> pd.DataFrame:
+    L, H = health["variance"].shape
+    parts = []
+    for gate, counts in scan.gates.items():
+        left, right = counts.fractions() if counts.n else (np.full((L, H), np.nan),) * 2
+        parts.append(pd.DataFrame({
+            "seed": seed, "layer": np.repeat(np.arange(L), H), "gate": gate, "unit": np.tile(np.arange(H), L),
+            "left": left.ravel(), "right": right.ravel(), "variance": health["variance"].ravel(),
+            "mean_abs": health["mean_abs"].ravel(), "dead": health["dead"].ravel(),
+            "always_saturated": health["always_saturated"].ravel(),
+        }))
+    return pd.concat(parts, ignore_index=True)
+
+

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["StoreLayout"]
+__all__ = ["StoreLayout", "RunLayout", "STATS_TABLES", "EVAL_TABLES"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,76 @@ class StoreLayout:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+
+STATS_TABLES = ("dog_step", "dog", "dog_seed", "unit", "step", "plateau")
+"""Tables the stats stage writes under <run>/stats/."""
+EVAL_TABLES = ("cohort_metrics", "calibration", "length_matched", "effect_size", "sensitivity", "repro", "cka",
+               "resilience", "divergence")
+"""Tables the evaluate stage writes under <run>/eval/."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path inside one run directory (temporary or published), named once.
+
+        states.zarr/  plan.json  meta.json  blocks/<b>.json  run.json  _COMPLETE
+        stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json
+    """
+
+    run_dir: Path
+
+    @classmethod
+    def at(cls, run_dir: str | Path) -> "RunLayout":
+        return cls(Path(run_dir))
+
+    @property
+    def states(self) -> Path:
+        return self.run_dir / "states.zarr"
+
+    @property
+    def plan(self) -> Path:
+        return self.run_dir / "plan.json"
+
+    @property
+    def meta(self) -> Path:
+        return self.run_dir / "meta.json"
+
+    @property
+    def blocks(self) -> Path:
+        return self.run_dir / "blocks"
+
+    def block(self, index: int) -> Path:
+        return self.blocks / f"{index}.json"
+
+    @property
+    def run_json(self) -> Path:
+        return self.run_dir / "run.json"
+
+    @property
+    def complete(self) -> Path:
+        return self.run_dir / "_COMPLETE"
+
+    @property
+    def stats(self) -> Path:
+        return self.run_dir / "stats"
+
+    @property
+    def eval(self) -> Path:
+        return self.run_dir / "eval"
+
+    @property
+    def summary(self) -> Path:
+        return self.stats / "summary.json"
+
+    @property
+    def headline(self) -> Path:
+        return self.eval / "headline.json"
+
+    def table(self, name: str) -> Path:
+        """<run>/stats/<name>.parquet or <run>/eval/<name>.parquet, by the table's stage."""
+        if name in STATS_TABLES:
+            return self.stats / f"{name}.parquet"
+        if name in EVAL_TABLES:
+            return self.eval / f"{name}.parquet"
+        raise KeyError(f"{name!r} is not a run table; known: {', '.join(STATS_TABLES + EVAL_TABLES)}")

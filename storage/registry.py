@@ -17,16 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import time
 import uuid
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -34,26 +31,26 @@ import torch
 from gruviz_core import __version__
 from gruviz_core.byo import resolve_factory, wrap_module, wrap_scripted
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
-from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, build_sequences, column_index, fit_normaliser, home_group
+from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
-from gruviz_core.train import TrainConfig, TrainData, score_rows, time_split, train_seed
+from gruviz_core.train import TrainConfig, score_rows
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
 from storage.layout import StoreLayout
 
 __all__ = [
     "ModelSet",
-    "TrainReport",
-    "ensure_sequences",
-    "train_and_register",
+    "sequences_path",
+    "stored_sequence_spec",
+    "save_sequences",
+    "write_model_set",
     "load_model_set",
     "current_model_set",
     "list_model_sets",
     "load_byo",
 ]
 
-log = logging.getLogger("gruviz.registry")
+log = logging.getLogger(__name__)  # under storage.*: routed to the Prefect UI like the rest
 
 SEQUENCES_FILE = "sequences.npz"
 
@@ -95,159 +92,38 @@ class ModelSet:
         )
 
 
-@dataclass(frozen=True)
-class TrainReport:
-    """What a training run produced: the set id and validation metrics of each seed vs the baselines."""
-
-    set_id: str
-    """Id of the registered model set (now CURRENT)."""
-    snapshot_id: str
-    """Forms snapshot it was trained on."""
-    seeds: list[int]
-    """Seeds trained."""
-    cutoff: str
-    """Last date of the training period; validation is every later date."""
-    n_train_rows: int
-    """Runner rows in the training period."""
-    n_val_rows: int
-    """Runner rows in the validation period."""
-    per_seed: dict[str, dict]
-    """Seed -> {'model': metrics, 'model_priced': metrics, 'best_epoch', 'epochs', 'seconds'}."""
-    market: dict | None
-    """Market (renormalised implied probabilities) on the validation rows with prices."""
-    uniform: dict
-    """1/field size on all validation rows."""
-    timings: dict
-    """Seconds: features, per seed, per epoch (mean), total."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 # ------------------------------------------------------------------ sequences
 
 
-def ensure_sequences(root: str | Path, snapshot_id: str) -> Path:
-    """The raw sequences of a snapshot as npz under features/<snapshot_id>/, built once and cached."""
-    path = StoreLayout.at(root).features(snapshot_id) / SEQUENCES_FILE
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                names = tuple(z["feature_names"].tolist()), tuple(z["context_names"].tolist())
-            if names == (FEATURE_NAMES, CONTEXT_NAMES):
-                return path
-            log.info("sequences at %s use an older feature spec; rebuilding", path)
-        except (OSError, ValueError, KeyError):
-            log.warning("sequences at %s unreadable; rebuilding", path)
-    from storage.forms import load_snapshot
+def sequences_path(root: str | Path, snapshot_id: str) -> Path:
+    """Where a snapshot's raw sequences are cached: features/<snapshot_id>/sequences.npz."""
+    return StoreLayout.at(root).features(snapshot_id) / SEQUENCES_FILE
 
-    seqs = build_sequences(load_snapshot(root, snapshot_id))
+
+def stored_sequence_spec(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(feature names, context names) of cached sequences, or None when absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return tuple(z["feature_names"].tolist()), tuple(z["context_names"].tolist())
+    except (OSError, ValueError, KeyError):
+        log.warning("sequences at %s unreadable; rebuilding", path)
+        return None
+
+
+def save_sequences(seqs: Sequences, path: Path) -> None:
+    """Write sequences atomically (readers see the old file or the whole new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
     try:
         seqs.save(tmp)
-        os.replace(tmp, path)  # same directory: readers see the old file or the whole new one
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 # ------------------------------------------------------------------ training
-
-
-def train_and_register(
-    root: str | Path,
-    snapshot_id: str,
-    *,
-    seeds: int | Sequence[int] = 3,
-    hidden: int = 64,
-    layers: int = 1,
-    epochs: int | None = None,
-    train_config: TrainConfig | None = None,
-    context_skip: bool = True,
-    context_names: Sequence[str] | None = None,
-    workers: int = 1,
-    make_current: bool = True,
-    log_fn: Callable[[str], None] | None = None,
-) -> TrainReport:
-    """Train K seeds of the built-in model on a snapshot, write them as one model set, mark it CURRENT.
-
-    `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
-    `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
-    `workers` > 1 trains seeds in parallel processes (spawned, one torch thread each): the way
-    to use several cores, since one GRU's small matrices gain little from intra-op threads.
-    """
-    t0 = time.perf_counter()
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ConfigError("train: seeds must be at least 1 (e.g. --seeds 3)")
-    cfg = train_config or TrainConfig()
-    if epochs is not None:
-        cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
-    seq_path = ensure_sequences(root, snapshot_id)
-    data, norm, cutoff = _training_data(seq_path, cfg.val_frac, context_names)
-    train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
-    t_features = time.perf_counter() - t0
-    configs = [
-        ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
-                    seed=seed, context_skip=context_skip)
-        for seed in seed_list
-    ]
-    if workers > 1 and len(seed_list) > 1:
-        del data  # each worker rebuilds it from the cached npz rather than receiving a pickled copy
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(seed_list)), mp_context=ctx) as pool:
-            futures = [pool.submit(_train_worker, str(seq_path), cfg, tuple(norm.context_names), m) for m in configs]
-            results = [f.result() for f in futures]
-        if log_fn:
-            for r in results:
-                log_fn(f"seed {r.seed}: {len(r.curve)} epochs, best {r.best_epoch}, {r.seconds:.1f} s")
-    else:
-        results = [train_seed(data, m, cfg, log=log_fn) for m in configs]
-    per_epoch = [float(r.curve["seconds"].mean()) for r in results]
-    timings = {
-        "features_s": t_features,
-        "per_seed_s": [r.seconds for r in results],
-        "per_epoch_s": float(np.mean(per_epoch)),
-        "total_s": time.perf_counter() - t0,
-    }
-    first = results[0].metrics
-    report_core = {
-        "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff),
-        "n_train_rows": train_rows, "n_val_rows": val_rows,
-        "per_seed": {
-            str(r.seed): {"model": r.metrics["model"], "model_priced": r.metrics.get("model_priced"),
-                          "best_epoch": r.best_epoch, "epochs": len(r.curve), "seconds": r.seconds}
-            for r in results
-        },
-        "market": first.get("market"), "uniform": first["uniform"], "timings": timings,
-    }
-    set_id = _write_set(root, report_core, results, norm, cfg, make_current)
-    return TrainReport(set_id=set_id, **report_core)
-
-
-def _training_data(
-    seq_path: Path, val_frac: float, context_names: Sequence[str] | None
-) -> tuple[TrainData, Normaliser, np.datetime64]:
-    """Sequences -> normalised training arrays, the normaliser (fitted on the training period) and the cutoff."""
-    seqs = Sequences.load(seq_path)
-    cutoff, train_rows, val_rows = time_split(seqs.race_date, val_frac)
-    ctx_names = tuple(context_names) if context_names else seqs.context_names
-    norm = fit_normaliser(seqs, train_rows).select(seqs.feature_names, ctx_names)
-    ci = column_index(seqs.context_names, ctx_names, what="train context_names")
-    values, context = norm.apply(seqs.values, seqs.context[:, ci])
-    data = TrainData(
-        values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
-        won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
-        train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
-    )
-    return data, norm, cutoff
-
-
-def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...], mcfg: ModelConfig):
-    """One seed in a spawned process: rebuild the arrays from the cached npz, train."""
-    data, _, _ = _training_data(Path(seq_path), cfg.val_frac, context_names)
-    return train_seed(data, mcfg, cfg)
 
 
 def _set_id(report_core: dict, results: list) -> str:
@@ -260,7 +136,8 @@ def _set_id(report_core: dict, results: list) -> str:
     return f"{stamp}-{h.hexdigest()[:10]}"
 
 
-def _write_set(root, report_core: dict, results: list, norm: Normaliser, cfg: TrainConfig, make_current: bool) -> str:
+def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cfg: TrainConfig, make_current: bool) -> str:
+    """Write trained seeds as one model set (tmp dir, then an atomic rename); optionally mark it CURRENT."""
     layout = StoreLayout.at(root)
     set_id = _set_id(report_core, results)
     while layout.model_set(set_id).exists():  # same weights trained again within the same second

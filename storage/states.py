@@ -49,19 +49,18 @@ from zarr.core.sync import sync as zarr_sync
 
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
-from gruviz_core.extract import choose_device, iter_extract
-from gruviz_core.model import LoadedModel
 from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
-from storage.layout import StoreLayout
+from storage.layout import RunLayout, StoreLayout
 
 __all__ = [
     "RunPlan",
     "begin_run",
-    "extract_block",
+    "BlockWriter",
+    "prefetch",
     "finish_run",
     "publish_run",
-    "extract_run",
     "latest_run",
+    "published_runs",
     "open_states",
     "open_dataset",
     "StatesReader",
@@ -248,85 +247,64 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
                            dimension_names=("obs", "layer", "unit"), attributes={"long_name": what})
 
 
-def extract_block(
-    plan_or_tmpdir: RunPlan | str | Path, block_index: int, models: Sequence[LoadedModel],
-    values: np.ndarray, context: np.ndarray, *, device: str | None = None, batch_size: int = 1024,
-    max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Compute and write one block's shards; writes its done marker last. Returns the marker.
+class BlockWriter:
+    """Writes the shards of one block of a run: the stage computes, this persists.
 
-    values: (obs, F), context: (obs, C) normalised model inputs of ALL rows (the block picks its
-    own). `progress(dogs_done, dogs_in_block)` is called after each shard.
+    Open it as a context manager; `shards()` yields each shard's rows [s0, s1) and the dogs with
+    rows in it, `write(k, ...)` hands seed k's arrays for a shard to a writer thread (so compute
+    overlaps compression and writes), and `done(marker)` writes the block's done marker last.
     """
-    plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
-    _check_models(plan, models, values, context)
-    t0 = time.perf_counter()
-    dev = choose_device(device)
-    root = zarr.open_group(zarr.storage.LocalStore(plan.path / STATES), mode="r+")
-    starts = root["row_start"][:]
-    offsets = np.append(starts, plan.n_obs).astype(np.int64)
-    dog_ids = root["dog_id"][:] if plan.n_dogs else np.array([], dtype=object)
-    a, b = plan.block_rows(block_index)
-    arrays = [(root[f"seed{k}/h"], root[f"seed{k}/z"], root[f"seed{k}/r"]) for k in range(len(models))]
-    score = root["score"]
-    max_err = [0.0] * len(models)
-    first_dog = int(np.searchsorted(offsets, a, "right")) - 1 if b > a else 0
-    dogs_total = int(np.searchsorted(offsets, b, "left")) - first_dog if b > a else 0
-    with _ShardWriter() as writer:
-        for s0 in range(a, b, plan.shard_rows):
-            s1 = min(s0 + plan.shard_rows, b)
+
+    def __init__(self, plan_or_tmpdir: "RunPlan | str | Path", block_index: int):
+        self.plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
+        self.block_index = block_index
+        root = zarr.open_group(zarr.storage.LocalStore(self.plan.path / STATES), mode="r+")
+        self.offsets = np.append(root["row_start"][:], self.plan.n_obs).astype(np.int64)
+        """(dog + 1,) row offsets of every dog of the run."""
+        self.dog_ids = root["dog_id"][:] if self.plan.n_dogs else np.array([], dtype=object)
+        self.rows = self.plan.block_rows(block_index)
+        self._arrays = [(root[f"seed{k}/h"], root[f"seed{k}/z"], root[f"seed{k}/r"]) for k in range(len(self.plan.seeds))]
+        self._score = root["score"]
+        a, b = self.rows
+        self.first_dog = int(np.searchsorted(self.offsets, a, "right")) - 1 if b > a else 0
+        self.dogs_total = int(np.searchsorted(self.offsets, b, "left")) - self.first_dog if b > a else 0
+        self._writer = _ShardWriter()
+
+    def __enter__(self) -> "BlockWriter":
+        self._writer.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._writer.__exit__(exc_type, exc, tb)
+
+    def shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(s0, s1, dogs) per shard of the block: rows [s0, s1) and the dogs (indices) with rows there."""
+        a, b = self.rows
+        offsets = self.offsets
+        for s0 in range(a, b, self.plan.shard_rows):
+            s1 = min(s0 + self.plan.shard_rows, b)
             lo, hi = int(np.searchsorted(offsets, s0, "right")) - 1, int(np.searchsorted(offsets, s1, "left"))
             dogs = np.arange(lo, hi, dtype=np.int64)
-            dogs = dogs[offsets[dogs + 1] > offsets[dogs]]
-            for k, model in enumerate(models):
-                writer.reserve()
-                h, z, r, sc, err = _fill_shard(model, values, context, offsets, dogs, s0, s1, plan,
-                                               device=dev, batch_size=batch_size, max_tokens=max_tokens,
-                                               dog_ids=dog_ids)
-                max_err[k] = max(max_err[k], err)
-                writer.put([(arrays[k][0], h), (arrays[k][1], z), (arrays[k][2], r)], s0, s1, score, k, sc)
-            if progress is not None:
-                finished = int(np.searchsorted(offsets[1:], s1, "right")) - first_dog
-                progress(min(max(finished, 0), dogs_total), dogs_total)
-    marker = {
-        "block": block_index, "rows": [a, b], "dogs": dogs_total, "device": str(dev),
-        "check_max_err": max_err, "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_json_atomic(plan.path / "blocks" / f"{block_index}.json", marker)
-    return marker
+            yield s0, s1, dogs[offsets[dogs + 1] > offsets[dogs]]
 
+    def dogs_finished(self, s1: int) -> int:
+        """Dogs of this block whose rows all lie before row s1."""
+        finished = int(np.searchsorted(self.offsets[1:], s1, "right")) - self.first_dog
+        return min(max(finished, 0), self.dogs_total)
 
-def _check_models(plan: RunPlan, models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray) -> None:
-    if len(models) != len(plan.seeds):
-        raise ConfigError(f"run {plan.run_id}: {len(models)} models given, the plan has {len(plan.seeds)} seeds")
-    for m in models:
-        if (m.gru.num_layers, m.gru.hidden_size) != (plan.n_layers, plan.n_units):
-            raise ConfigError(f"run {plan.run_id}: model {m.model_id} has {m.gru.num_layers} layers x "
-                              f"{m.gru.hidden_size} units, the plan {plan.n_layers} x {plan.n_units}")
-    if len(values) != plan.n_obs or len(context) != plan.n_obs:
-        raise ConfigError(f"run {plan.run_id}: values has {len(values)} rows and context {len(context)}, "
-                          f"the plan {plan.n_obs}; pass the inputs of every row, not just the block's")
+    def reserve(self) -> None:
+        """Wait for room for one more shard set in memory (at most two exist)."""
+        self._writer.reserve()
 
+    def write(self, k: int, s0: int, s1: int, h: np.ndarray, z: np.ndarray, r: np.ndarray, score: np.ndarray) -> None:
+        """Hand seed k's shard (rows [s0, s1): h, z, r (n, L, H) float16, score (n, 1)) to the writer thread."""
+        arrs = self._arrays[k]
+        self._writer.put([(arrs[0], h), (arrs[1], z), (arrs[2], r)], s0, s1, self._score, k, score)
 
-def _fill_shard(model, values, context, offsets, dogs, s0, s1, plan, **kw):
-    """One seed's h, z, r (n, L, H) float16 and scores (n, 1) for rows [s0, s1), and the check's max error."""
-    n, shape = s1 - s0, (s1 - s0, plan.n_layers, plan.n_units)
-    h, z, r = (np.full(shape, np.nan, dtype=np.float16) for _ in range(3))
-    sc = np.full((n, 1), np.nan, dtype=np.float32)
-    err = 0.0
-    if len(dogs):
-        for _, bs in iter_extract([model], values, context, offsets, dogs, **kw):
-            err = max(err, bs.max_err)
-            first = np.repeat(offsets[bs.dogs] - np.concatenate([[0], np.cumsum(bs.lengths)[:-1]]), bs.lengths)
-            rows = first + np.arange(len(first))  # (rows,) global row of each batch row
-            keep = (rows >= s0) & (rows < s1)
-            if keep.all():
-                idx = rows - s0
-                h[idx], z[idx], r[idx], sc[idx, 0] = bs.h, bs.z, bs.r, bs.score
-            else:
-                idx = rows[keep] - s0
-                h[idx], z[idx], r[idx], sc[idx, 0] = bs.h[keep], bs.z[keep], bs.r[keep], bs.score[keep]
-    return h, z, r, sc, err
+    def done(self, marker: dict) -> dict:
+        """Write the block's done marker (after every shard is on disk: call after the with block)."""
+        write_json_atomic(RunLayout.at(self.plan.path).block(self.block_index), marker)
+        return marker
 
 
 class _ShardWriter:
@@ -432,29 +410,6 @@ def publish_run(root: str | Path, tmp_dir: str | Path) -> Path:
     return run_dir
 
 
-def extract_run(
-    root: str | Path, run_id: str, meta: dict, models: Sequence[LoadedModel], seqs_values: np.ndarray,
-    context: np.ndarray, offsets: np.ndarray, dog_id: np.ndarray, dog_name: np.ndarray, race_id: np.ndarray,
-    race_date: np.ndarray, won: np.ndarray, market_prob: np.ndarray, *, block_dogs: int | None = None,
-    device: str | None = None, batch_size: int = 1024, progress: Callable[[int, int], None] | None = None,
-    **layout: int,
-) -> Path:
-    """begin_run + every block + finish_run in this process; returns the (unpublished) tmp dir."""
-    gru = models[0].gru
-    seeds = [int(getattr(getattr(m.module, "cfg", None), "seed", k)) for k, m in enumerate(models)]
-    plan = begin_run(root, run_id, {"device_requested": device or "auto", **meta}, offsets=offsets, dog_id=dog_id,
-                     dog_name=dog_name, race_id=race_id, race_date=race_date, won=won, market_prob=market_prob,
-                     n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=meta.get("seeds", seeds),
-                     block_dogs=block_dogs, **layout)
-    done, total = 0, plan.n_dogs
-    for b in range(plan.n_blocks):
-        cb = None if progress is None else (lambda d, _t, base=done: progress(min(base + d, total), total))
-        marker = extract_block(plan, b, models, seqs_values, context, device=device, batch_size=batch_size,
-                               progress=cb)
-        done = min(done + marker["dogs"], total)  # a straddling dog counts once per block: clamp
-    return finish_run(plan.path)
-
-
 def _code_version() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -465,6 +420,18 @@ def _code_version() -> str:
 
 
 # ----------------------------------------------------------------------------------------- reading
+
+
+def published_runs(root: str | Path) -> list[Path]:
+    """Published run directories, oldest night first."""
+    runs_dir = StoreLayout.at(root).runs
+    runs = []
+    for d in runs_dir.iterdir() if runs_dir.exists() else []:
+        layout = RunLayout.at(d)
+        if d.is_dir() and not d.name.startswith(".") and layout.complete.exists():
+            info = json.loads(layout.run_json.read_text(encoding="utf-8"))
+            runs.append((str(info.get("night", "")), str(info.get("finished_at", "")), d))
+    return [d for *_, d in sorted(runs)]
 
 
 def latest_run(root: str | Path) -> Path | None:
@@ -640,6 +607,43 @@ class StatesReader:
         if not 0 <= seed < len(self.seeds):
             raise NotFoundError(f"{self.run_dir}: seed position {seed} out of range; the run has "
                                 f"{len(self.seeds)} seeds {self.seeds} at positions 0..{len(self.seeds) - 1}")
+
+
+def prefetch(it: Iterator, depth: int = 1) -> Iterator:
+    """Iterate `it` in a background thread, `depth` items ahead: reads (zarr/blosc release the GIL)
+    overlap the statistics of the previous chunk. Memory: depth more chunks."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def _run() -> None:
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put(x, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # hand the reader's error to the consumer
+            q.put(e)
+
+    th = threading.Thread(target=_run, name="gruviz-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            x = q.get()
+            if x is done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+        th.join(timeout=5)
 
 
 def _read_all(arrays: Sequence[zarr.Array], selections: Sequence[tuple]) -> list[np.ndarray]:

@@ -12,7 +12,10 @@ import torch
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from storage import analysis, states
+from flows.stages.evaluate import evaluate_run
+from flows.stages.extract import extract_run
+from flows.stages.stats import compute_stats
+from storage import states
 
 FEATURES = ("time_z", "time_missing", "implied_prob", "price_missing", "won")
 CONTEXT = ("box", "market_prob")
@@ -83,11 +86,11 @@ def _models(n_seeds=2, hidden=8, layers=2):
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     inputs, models = _races(), _models()
-    tmp = states.extract_run(root, "run1", {"snapshot_id": "snap"}, models, device="cpu", chunk_rows=16,
+    tmp = extract_run(root, "run1", {"snapshot_id": "snap"}, models, device="cpu", chunk_rows=16,
                              shard_chunks=4, **inputs)
     rule = CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02)
-    summary = analysis.compute_stats(tmp, rule=rule)
-    headline = analysis.evaluate_run(tmp, models=models, values=inputs["seqs_values"], context=inputs["context"],
+    summary = compute_stats(tmp, rule=rule)
+    headline = evaluate_run(tmp, models=models, values=inputs["seqs_values"], context=inputs["context"],
                                      offsets=inputs["offsets"], feature_names=FEATURES, sample_dogs=40, n_boot=40)
     return tmp, inputs, summary, headline
 
@@ -144,7 +147,7 @@ def test_eval_tables_make_sense(run):
 
 def test_evaluate_without_models_skips_resilience(run, tmp_path):
     tmp, *_ = run
-    headline = analysis.evaluate_run(tmp, models=None, n_boot=20)
+    headline = evaluate_run(tmp, models=None, n_boot=20)
     assert "resilience" not in headline["tables"] and headline["notes"]
 
 
@@ -166,11 +169,11 @@ def test_resilience_unperturbed_scores_match_the_store(run):
 
 
 def test_prefetch_keeps_order_and_passes_errors():
-    assert list(analysis.prefetch(iter(range(50)), depth=2)) == list(range(50))
+    assert list(states.prefetch(iter(range(50)), depth=2)) == list(range(50))
 
     def broken():
         yield 1
         raise ValueError("reader failed")
 
     with pytest.raises(ValueError, match="reader failed"):
-        list(analysis.prefetch(broken()))
+        list(states.prefetch(broken()))

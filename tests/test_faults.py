@@ -74,10 +74,11 @@ def check_run(run_dir: Path, inp: dict) -> None:
 
 
 def test_killed_writer_leaves_published_run_intact(tmp_path):
+    from flows.stages.extract import extract_run, write_block
     from storage import states
 
     first = inputs(1)
-    run1 = states.publish_run(tmp_path, states.extract_run(tmp_path, "r1", {}, models(), device="cpu",
+    run1 = states.publish_run(tmp_path, extract_run(tmp_path, "r1", {}, models(), device="cpu",
                                                             **first, **LAYOUT))
     before = states.open_states(run1).dog("D3").h.copy()
     proc = spawn("slow-run", str(tmp_path), "r2")
@@ -102,13 +103,14 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
         states.finish_run(tmp)
     # the next run publishes correctly
     second = inputs(2)
-    run3 = states.publish_run(tmp_path, states.extract_run(tmp_path, "r3", {}, models(), device="cpu",
+    run3 = states.publish_run(tmp_path, extract_run(tmp_path, "r3", {}, models(), device="cpu",
                                                             **second, **LAYOUT))
     assert states.latest_run(tmp_path) == run3
     check_run(run3, second)
 
 
 def test_two_processes_write_blocks_concurrently(tmp_path):
+    from flows.stages.extract import extract_run, write_block
     from storage import states
 
     inp = inputs(3, n_dogs=60)
@@ -127,6 +129,7 @@ def test_two_processes_write_blocks_concurrently(tmp_path):
 
 
 def _worker(argv: list[str]) -> None:
+    from flows.stages.extract import extract_run, write_block
     from storage import states
 
     mode = argv[0]
@@ -143,14 +146,14 @@ def _worker(argv: list[str]) -> None:
             time.sleep(0.5)
 
         for b in range(plan.n_blocks):
-            states.extract_block(plan, b, models(), vals, ctx, device="cpu", progress=slow)
+            write_block(plan, b, models(), vals, ctx, device="cpu", progress=slow)
         time.sleep(60)  # never finishes on its own within the test
     elif mode == "blocks":  # every `step`-th block from `first`
         tmp, seed, first, step = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
         inp = inputs(seed, n_dogs=60)
         plan = states.RunPlan.load(tmp)
         for b in range(first, plan.n_blocks, step):
-            states.extract_block(plan, b, models(), inp["seqs_values"], inp["context"], device="cpu")
+            write_block(plan, b, models(), inp["seqs_values"], inp["context"], device="cpu")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_nightly_publishes_report_artifacts_and_email(store, monkeypatch):
     assert float(arts["extraction-progress"].data) == pytest.approx(100.0)
 
     logs = _logs(state.state_details.flow_run_id)  # gruviz's own module logs reach the UI
-    assert any(line.startswith("flows.stages: block 0:") for line in logs), logs[:20]
+    assert any(line.startswith("flows.stages.extract: block 0:") for line in logs), logs[:20]
 
     (rcpts, msg), = smtp.messages
     assert rcpts == ["team@example.com"]

@@ -18,8 +18,10 @@ from gruviz_core.sequences import Sequences
 from gruviz_core.synth import simulate
 from gruviz_core.train import TrainConfig, TrainData, time_split, validation_metrics
 from storage.forms import ingest
+from flows.stages.features import run as ensure_sequences
+from flows.stages.train import train_and_register
 from storage.registry import (
-    current_model_set, ensure_sequences, list_model_sets, load_byo, load_model_set, train_and_register,
+    current_model_set, list_model_sets, load_byo, load_model_set,
 )
 
 TINY = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)

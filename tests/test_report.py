@@ -215,7 +215,10 @@ def _real_run(root: Path) -> Path:
 
     from gruviz_core.cohorts import CohortRule
     from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-    from storage import analysis, states
+    from flows.stages.evaluate import evaluate_run
+    from flows.stages.extract import extract_run
+    from flows.stages.stats import compute_stats
+    from storage import states
 
     feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
     rng = np.random.default_rng(0)
@@ -247,9 +250,9 @@ def _real_run(root: Path) -> Path:
             m.gru.weight_ih_l0.mul_(4)  # so that some units saturate
         models.append(LoadedModel.wrap(m, feats, ctx, model_id=f"s{s}"))
     meta = {"snapshot_id": "snap-real", "model_set_id": "set-real", "night": "2026-11-26"}
-    tmp = states.extract_run(root, "real", meta, models, device="cpu", chunk_rows=16, shard_chunks=4, **inputs)
-    analysis.compute_stats(tmp, rule=CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02))
-    analysis.evaluate_run(tmp, sample_dogs=20, n_boot=20)  # no models given: resilience is 'not computed'
+    tmp = extract_run(root, "real", meta, models, device="cpu", chunk_rows=16, shard_chunks=4, **inputs)
+    compute_stats(tmp, rule=CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02))
+    evaluate_run(tmp, sample_dogs=20, n_boot=20)  # no models given: resilience is 'not computed'
     return states.publish_run(root, tmp)
 
 

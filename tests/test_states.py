@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.extract import extract_batch
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
+from flows.stages.extract import extract_run, write_block
 from storage import states
 
 F, C = 4, 2
@@ -45,7 +46,7 @@ def make_inputs(lengths, seed=0):
 
 
 def write_run(root, run_id, models, inputs, **kw):
-    tmp = states.extract_run(root, run_id, {"snapshot_id": "snap", "model_set_id": "set"}, models, device="cpu",
+    tmp = extract_run(root, run_id, {"snapshot_id": "snap", "model_set_id": "set"}, models, device="cpu",
                              **inputs, **kw)
     return states.publish_run(root, tmp)
 
@@ -154,13 +155,13 @@ def test_lifecycle_guards(tmp_path):
         states.open_states(plan.path)
     states.open_states(plan.path, allow_incomplete=True)
     for b in (0, 1, 3):
-        states.extract_block(plan.tmp_dir, b, models, values, context, device="cpu")
+        write_block(plan.tmp_dir, b, models, values, context, device="cpu")
     with pytest.raises(StoreError, match=r"blocks \[2\] of 4"):
         states.finish_run(plan.path)
     with pytest.raises(StoreError, match="call finish_run"):
         states.publish_run(tmp_path, plan.path)
     seen = []
-    states.extract_block(plan, 2, models, values, context, device="cpu", progress=lambda d, t: seen.append((d, t)))
+    write_block(plan, 2, models, values, context, device="cpu", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (2, 2) or seen[-1][0] == seen[-1][1]
     states.finish_run(plan.path)
     run_dir = states.publish_run(tmp_path, plan.path)
@@ -171,6 +172,6 @@ def test_lifecycle_guards(tmp_path):
 def test_progress_reaches_total(tmp_path):
     seen = []
     inp = make_inputs([5, 1, 9, 2, 2, 7])
-    states.extract_run(tmp_path, "r", {}, make_models(n_seeds=1), chunk_rows=2, shard_chunks=1, block_dogs=2,
+    extract_run(tmp_path, "r", {}, make_models(n_seeds=1), chunk_rows=2, shard_chunks=1, block_dogs=2,
                        progress=lambda d, t: seen.append((d, t)), device="cpu", **inp)
     assert seen[-1] == (6, 6) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))

@@ -1,0 +1,15 @@
+"""The ingest stage: form files (paths, directories, globs) -> a content-addressed forms snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.forms import IngestSummary
+from storage.forms import ingest as _ingest
+
+__all__ = ["run"]
+
+
+def run(sources: list[str], root: str | Path, *, fmt: str | None = None) -> IngestSummary:
+    """Read, adapt and account for every row of `sources`; write the snapshot; return its summary."""
+    return _ingest(list(sources), Path(root), fmt=fmt)
