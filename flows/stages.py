@@ -95,34 +95,33 @@ def published_runs(root: str) -> list[Path]:
 
 def report(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str, watchlist: list[str]) -> str:
     """Build, render and publish the night's report; returns its path relative to the reports dir."""
-    from reports.model import build_report
+    from reports.build import build_report, heatmap_dog_ids
     from reports.publish import publish_report
     from reports.render import render
+    from storage.results import read_dog_states, read_history, read_run_results
 
     run = Path(run_dir)
-    history = [d for d in published_runs(root) if d.resolve() != run.resolve()]
-    model = build_report(run, history=history, watchlist=tuple(watchlist), data_quality=_data_quality(root, snapshot_id))
-    headline_path = run / "eval" / "headline.json"
-    headline = json.loads(headline_path.read_text(encoding="utf-8")) if headline_path.exists() else {}
-    page = publish_report(render(model), Path(reports_dir), night, headline=headline)
+    results = read_run_results(run)
+    history = read_history(d for d in published_runs(root) if d.resolve() != run.resolve())
+    dogs = read_dog_states(run, heatmap_dog_ids(results, watchlist))
+    model = build_report(
+        results, history=history, dogs=dogs, watchlist=tuple(watchlist), data_quality=_data_quality(root, snapshot_id)
+    )
+    page = publish_report(render(model), Path(reports_dir), night, headline=dict(results.headline))
     return str(Path(page).resolve().relative_to(Path(reports_dir).resolve()))
 
 
 def email_lines(run_dir: str, watchlist: list[str]) -> dict[str, str]:
     """Labelled headline numbers for the email, with exemplar and watchlist dogs by name."""
-    import pandas as pd
-
     from reports.email import email_summary
+    from storage.results import read_run_results
 
-    run = Path(run_dir)
-    headline_path = run / "eval" / "headline.json"
-    headline = json.loads(headline_path.read_text(encoding="utf-8")) if headline_path.exists() else {}
-    dogs_path = run / "stats" / "dog.parquet"
+    results = read_run_results(run_dir, tables=("dog",))
     dogs = None
-    if dogs_path.exists():
-        dogs = pd.read_parquet(dogs_path, columns=["dog_id", "dog_name", "cohort", "plateau_step", "cohort_layer"])
+    if results.dog is not None:
+        dogs = results.dog[["dog_id", "dog_name", "cohort", "plateau_step", "cohort_layer"]]
         dogs = dogs[dogs["cohort_layer"]]
-    return email_summary(headline, dogs, tuple(watchlist))
+    return email_summary(dict(results.headline), dogs, tuple(watchlist))
 
 
 def _data_quality(root: str, snapshot_id: str) -> dict:

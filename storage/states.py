@@ -51,6 +51,7 @@ import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.extract import choose_device, iter_extract
 from gruviz_core.model import LoadedModel
+from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
 from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
 from storage.layout import StoreLayout
 
@@ -475,32 +476,6 @@ def latest_run(root: str | Path) -> Path | None:
         return None
     d = layout.run(run_id)
     return d if (d / COMPLETE).exists() else None
-
-
-@dataclass(frozen=True)
-class DogStates:
-    """Every step of one dog under one seed."""
-
-    dog_index: int
-    """Position of the dog in the run."""
-    dog_id: str
-    """The dog's id."""
-    dog_name: str
-    """The dog's name."""
-    step: np.ndarray
-    """(T,) int32 1-based step."""
-    race_date: np.ndarray
-    """(T,) datetime64[D] (NaT unknown)."""
-    race_id: np.ndarray
-    """(T,) str."""
-    score: np.ndarray
-    """(T,) float32 this seed's score of each race."""
-    h: np.ndarray
-    """(T, L, H) float32 state after each race."""
-    z: np.ndarray
-    """(T, L, H) float32 update gate."""
-    r: np.ndarray
-    """(T, L, H) float32 reset gate."""
 
 
 @dataclass(frozen=True)
