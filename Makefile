@@ -20,6 +20,8 @@ run: $(STAMP)
 	$(VENV)/bin/gruviz demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # One benchmark at a time (2 cores): each prints one JSON line of ratios measured in the same run.

@@ -17,11 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reports.model import build_report  # noqa: E402
-from reports.publish import publish_report  # noqa: E402
+from flows.stages.report import publish as publish_report  # noqa: E402
 from reports.render import render  # noqa: E402
 from reports.serve import make_server  # noqa: E402
-from tests.report_fixtures import fake_dog_states, write_history, write_run  # noqa: E402
+from tests.report_fixtures import report_of, write_history, write_run  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -30,7 +29,7 @@ def _one(root: Path, n_dogs: int) -> tuple[dict, str]:
     run = write_run(root / f"run-{n_dogs}", n_dogs=n_dogs, max_steps=150, n_units=64, n_layers=1)
     history = write_history(root / f"hist-{n_dogs}", ["2026-11-22", "2026-11-23", "2026-11-24"])
     t0 = time.perf_counter()
-    model = build_report(run, history=history, dog_states=fake_dog_states(run))
+    model = report_of(run, history=history)  # reading the run through storage.results included
     t1 = time.perf_counter()
     html = render(model)
     t2 = time.perf_counter()

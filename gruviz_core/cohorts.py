@@ -18,8 +18,12 @@ values a run used; they are stored with the cohort counts.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from gruviz_core.errors import ConfigError
 

@@ -13,7 +13,7 @@ scan over shard-aligned chunks gives the same answer as one pass over everything
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -334,29 +334,6 @@ class SeedScan:
         self.moments = StateMoments()
         self.bytes_scanned = 0
         self.rows_missing = 0
-
-
-def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool = True) -> SeedScan:
-    """Fold an iterator of shard-aligned chunks (.start .stop .h .z .r, (n, L, H)) in row order."""
-    out = SeedScan(n_obs, n_layers, full=full)
-    carry = None
-    for c in chunks:
-        a, b = c.start, c.stop
-        r = row_stats(c.h, step[a:b], carry)
-        out.s[a:b], out.f[a:b] = r.s, r.f
-        if full:
-            out.abs_sum[a:b], out.delta[a:b] = r.abs_sum, r.delta
-        ok = np.isfinite(r.s).all(axis=1)  # rows a dead writer never wrote are NaN
-        h, z, g = c.h, c.z, c.r
-        if not ok.all():  # copy only when some rows are missing
-            out.rows_missing += int((~ok).sum())
-            h, z, g = h[ok], z[ok], g[ok]
-        out.moments.add(h)
-        out.gates["z"].add(z)
-        out.gates["r"].add(g)
-        out.bytes_scanned += 3 * c.h.size * 2  # float16 on disk
-        carry = c.h[-1] if len(c.h) else carry
-    return out
 
 
 def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool = True) -> SeedScan:

@@ -86,7 +86,7 @@ class RunLayout:
 
     @property
     def states(self) -> Path:
-        return self.run_dir / "states.zarr"
+        return self.run_dir / "states.zarr"  # storage.states.STATES
 
     @property
     def plan(self) -> Path:

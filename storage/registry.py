@@ -34,7 +34,6 @@ from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from gruviz_core.sequences import Sequences
-from gruviz_core.train import TrainConfig, score_rows
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
 from storage.layout import StoreLayout
 
@@ -84,12 +83,6 @@ class ModelSet:
         ci = column_index(seqs.context_names, self.context_names, what=f"model set {self.set_id} context")
         return self.normaliser.apply(seqs.values[:, fi], seqs.context[:, ci])
 
-    def scores(self, seqs: Sequences, *, chunk_dogs: int = 1024) -> np.ndarray:
-        """(obs, seed) float32 score of every row under every model (CPU, eval)."""
-        values, context = self.prepare(seqs)
-        return np.stack(
-            [score_rows(m.module, values, context, seqs.offsets, chunk_dogs=chunk_dogs) for m in self.models], axis=1
-        )
 
 
 # ------------------------------------------------------------------ sequences
@@ -136,7 +129,7 @@ def _set_id(report_core: dict, results: list) -> str:
     return f"{stamp}-{h.hexdigest()[:10]}"
 
 
-def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cfg: TrainConfig, make_current: bool) -> str:
+def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cfg: Any, make_current: bool) -> str:
     """Write trained seeds as one model set (tmp dir, then an atomic rename); optionally mark it CURRENT."""
     layout = StoreLayout.at(root)
     set_id = _set_id(report_core, results)

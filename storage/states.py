@@ -33,10 +33,9 @@ import json
 import queue
 import subprocess
 import threading
-import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +48,7 @@ from zarr.core.sync import sync as zarr_sync
 
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
+from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
 from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
 from storage.layout import RunLayout, StoreLayout
 
@@ -71,7 +71,9 @@ __all__ = [
 ]
 
 STATES = "states.zarr"
+"""Name of the states store inside a run (its path: storage.layout.RunLayout.states)."""
 COMPLETE = "_COMPLETE"
+"""Name of the completion marker (its path: RunLayout.complete)."""
 CHUNK_BYTES = 512 * 1024
 """Target size of one uncompressed inner chunk of h/z/r (measured best on 2 cores)."""
 SHARD_CHUNKS = 128
@@ -132,7 +134,7 @@ class RunPlan:
 
     @classmethod
     def load(cls, tmp_dir: str | Path) -> "RunPlan":
-        p = Path(tmp_dir) / "plan.json"
+        p = RunLayout.at(tmp_dir).plan
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
@@ -178,14 +180,14 @@ def begin_run(
             block_shards = n_shards
     tmp = StoreLayout.at(root).runs_tmp / f"{run_id}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
-    (tmp / "blocks").mkdir()
+    RunLayout.at(tmp).blocks.mkdir()
     plan = RunPlan(str(tmp), run_id, n_dogs, n_obs, n_layers, n_units, tuple(int(s) for s in seeds),
                    chunk_rows, shard_rows, int(block_shards))
     _create_arrays(plan, meta, offsets, dog_id, dog_name, race_id, race_date, won, market_prob)
     d = asdict(plan)
     d.pop("tmp_dir")
-    write_json_atomic(tmp / "plan.json", d)
-    write_json_atomic(tmp / "meta.json", meta)
+    write_json_atomic(RunLayout.at(tmp).plan, d)
+    write_json_atomic(RunLayout.at(tmp).meta, meta)
     return plan
 
 
@@ -200,7 +202,7 @@ def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **a
 
 
 def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id, race_date, won, market_prob):
-    store = zarr.storage.LocalStore(plan.path / STATES)
+    store = zarr.storage.LocalStore(RunLayout.at(plan.path).states)
     root = zarr.create_group(store, attributes={
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
         "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
@@ -258,7 +260,7 @@ class BlockWriter:
     def __init__(self, plan_or_tmpdir: "RunPlan | str | Path", block_index: int):
         self.plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
         self.block_index = block_index
-        root = zarr.open_group(zarr.storage.LocalStore(self.plan.path / STATES), mode="r+")
+        root = zarr.open_group(zarr.storage.LocalStore(RunLayout.at(self.plan.path).states), mode="r+")
         self.offsets = np.append(root["row_start"][:], self.plan.n_obs).astype(np.int64)
         """(dog + 1,) row offsets of every dog of the run."""
         self.dog_ids = root["dog_id"][:] if self.plan.n_dogs else np.array([], dtype=object)
@@ -364,7 +366,7 @@ def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
     plan = RunPlan.load(tmp_dir)
     blocks, missing = [], []
     for b in range(plan.n_blocks):
-        p = plan.path / "blocks" / f"{b}.json"
+        p = RunLayout.at(plan.path).block(b)
         if p.exists():
             blocks.append(json.loads(p.read_text(encoding="utf-8")))
         else:
@@ -372,7 +374,7 @@ def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
     if missing:
         raise StoreError(f"run {plan.run_id} at {plan.path}: blocks {missing} of {plan.n_blocks} have no done "
                          "marker (a writer died or never ran); run extract_block for them again, then finish_run")
-    meta = json.loads((plan.path / "meta.json").read_text(encoding="utf-8"))
+    meta = json.loads(RunLayout.at(plan.path).meta.read_text(encoding="utf-8"))
     info = {
         **meta, **(extra or {}),
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_dogs": plan.n_dogs, "n_obs": plan.n_obs,
@@ -390,8 +392,8 @@ def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
         info["device"] = info["device"][0]
     with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3; we want it
         warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(zarr.storage.LocalStore(plan.path / STATES))
-    write_json_atomic(plan.path / "run.json", info)
+        zarr.consolidate_metadata(zarr.storage.LocalStore(RunLayout.at(plan.path).states))
+    write_json_atomic(RunLayout.at(plan.path).run_json, info)
     return plan.path
 
 
@@ -399,12 +401,12 @@ def publish_run(root: str | Path, tmp_dir: str | Path) -> Path:
     """Write _COMPLETE, rename the run into runs/<run_id>/ atomically, point runs/LATEST at it."""
     tmp_dir = Path(tmp_dir)
     try:
-        info = json.loads((tmp_dir / "run.json").read_text(encoding="utf-8"))
+        info = json.loads(RunLayout.at(tmp_dir).run_json.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise StoreError(f"{tmp_dir}: no run.json; call finish_run before publish_run") from e
     layout = StoreLayout.at(root)
     run_dir = layout.run(info["run_id"])
-    write_text_atomic(tmp_dir / COMPLETE, info["finished_at"] + "\n")
+    write_text_atomic(RunLayout.at(tmp_dir).complete, info["finished_at"] + "\n")
     publish_dir(tmp_dir, run_dir)
     write_text_atomic(layout.runs / "LATEST", info["run_id"] + "\n")
     return run_dir
@@ -441,33 +443,7 @@ def latest_run(root: str | Path) -> Path | None:
     if run_id is None:
         return None
     d = layout.run(run_id)
-    return d if (d / COMPLETE).exists() else None
-
-
-@dataclass(frozen=True)
-class DogStates:
-    """Every step of one dog under one seed."""
-
-    dog_index: int
-    """Position of the dog in the run."""
-    dog_id: str
-    """The dog's id."""
-    dog_name: str
-    """The dog's name."""
-    step: np.ndarray
-    """(T,) int32 1-based step."""
-    race_date: np.ndarray
-    """(T,) datetime64[D] (NaT unknown)."""
-    race_id: np.ndarray
-    """(T,) str."""
-    score: np.ndarray
-    """(T,) float32 this seed's score of each race."""
-    h: np.ndarray
-    """(T, L, H) float32 state after each race."""
-    z: np.ndarray
-    """(T, L, H) float32 update gate."""
-    r: np.ndarray
-    """(T, L, H) float32 reset gate."""
+    return d if RunLayout.at(d).complete.exists() else None
 
 
 @dataclass(frozen=True)
@@ -489,9 +465,9 @@ class Chunk:
 def open_states(run_dir: str | Path, *, allow_incomplete: bool = False) -> "StatesReader":
     """Read a published run (with _COMPLETE); `allow_incomplete` lets the stats stage read its tmp run."""
     run_dir = Path(run_dir)
-    if not (run_dir / STATES).exists():
+    if not RunLayout.at(run_dir).states.exists():
         raise NotFoundError(f"{run_dir}: no {STATES}; not a run directory (see storage.states.latest_run)")
-    if not allow_incomplete and not (run_dir / COMPLETE).exists():
+    if not allow_incomplete and not RunLayout.at(run_dir).complete.exists():
         raise StoreError(f"{run_dir}: no {COMPLETE} marker, the run is not published (it may still be written or "
                          "its writer died); read a published run, or pass allow_incomplete=True inside the pipeline")
     return StatesReader(run_dir)
@@ -502,7 +478,7 @@ class StatesReader:
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        store = zarr.storage.LocalStore(run_dir / STATES, read_only=True)
+        store = zarr.storage.LocalStore(RunLayout.at(run_dir).states, read_only=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self._root = zarr.open_group(store, mode="r")
@@ -522,7 +498,7 @@ class StatesReader:
     @property
     def meta(self) -> dict:
         """run.json (empty before finish_run)."""
-        p = self.run_dir / "run.json"
+        p = RunLayout.at(self.run_dir).run_json
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
     @property
@@ -673,7 +649,7 @@ def open_dataset(run_dir: str | Path, seed: int = 0, *, allow_incomplete: bool =
 
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
     reader._check_seed(seed)
-    path = Path(run_dir) / STATES
+    path = RunLayout.at(run_dir).states
     consolidated = (path / "zarr.json").exists() and "consolidated_metadata" in (path / "zarr.json").read_text()
     base = xr.open_zarr(path, consolidated=consolidated or None, zarr_format=3)
     states = xr.open_zarr(path, group=f"seed{seed}", consolidated=False, zarr_format=3)

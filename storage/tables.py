@@ -19,7 +19,7 @@ from gruviz_core.errors import NotFoundError
 from storage.atomic import write_json_atomic
 from storage.layout import RunLayout
 
-__all__ = ["write_parquet_atomic", "write_table", "read_table", "has_table", "read_json", "write_json"]
+__all__ = ["write_parquet_atomic", "write_table", "read_table", "has_table", "read_record", "write_json"]
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -52,7 +52,7 @@ def read_table(run_dir: str | Path, name: str, columns: list[str] | None = None)
     return pd.read_parquet(path, columns=columns)
 
 
-def read_json(path: Path) -> Any:
+def read_record(path: Path) -> Any:
     """A JSON file of a run (run.json, summary, headline), or a clear error naming it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

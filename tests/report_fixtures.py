@@ -3,21 +3,26 @@
 `write_run(run_dir, ...)` writes `run.json`, `stats/*.parquet`, `stats/summary.json`,
 `eval/*.parquet` and `eval/headline.json` with plausible synthetic numbers (no model, no Zarr),
 vectorised so that a 100k-dog run takes a few seconds. `fake_dog_states(run_dir)` returns a
-loader with the signature of `storage.states.open_states(run_dir).dog` for the heatmaps.
+loader like `storage.states.open_states(run_dir).dog` for the heatmaps; `report_of(run_dir, ...)`
+reads the run through `storage.results` and builds its report as the nightly flow does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["FakeDogStates", "write_run", "write_history", "fake_dog_states", "EVIL_NAME", "TABLES"]
+from gruviz_core.results import DogStates, DogStatesSet, RunResults
+from reports.build import build_report, heatmap_dog_ids
+from reports.model import ReportModel
+from storage.results import read_dog_states, read_history, read_run_results, states_of
+
+__all__ = ["write_run", "write_history", "fake_dog_states", "fake_states_set", "report_of", "EVIL_NAME", "TABLES"]
 
 EVIL_NAME = "<script>alert(1)</script>"
 """A dog name that must show as text and never run."""
@@ -41,26 +46,6 @@ TABLES = (
 """Every Parquet table the report reads, relative to the run directory."""
 
 COHORTS = ("saturated", "partial", "unsaturated", "undecided")
-
-
-@dataclass(frozen=True)
-class FakeDogStates:
-    """Same fields as storage.states.DogStates."""
-
-    dog_id: str
-    """The dog's id."""
-    dog_name: str
-    """The dog's name as raced."""
-    race_date: np.ndarray
-    """(T,) datetime64[D]."""
-    race_id: np.ndarray
-    """(T,) str."""
-    h: np.ndarray
-    """(T, L, H) float32 hidden states."""
-    z: np.ndarray
-    """(T, L, H) float32 update gates."""
-    r: np.ndarray
-    """(T, L, H) float32 reset gates."""
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
@@ -423,14 +408,14 @@ def write_history(root: str | Path, nights: Iterable[str], **kwargs) -> list[Pat
     return out
 
 
-def fake_dog_states(run_dir: str | Path) -> Callable[..., FakeDogStates]:
+def fake_dog_states(run_dir: str | Path) -> Callable[..., DogStates]:
     """A loader like `open_states(run_dir).dog`: states that saturate as the dog's cohort says."""
     dog = pd.read_parquet(Path(run_dir) / "stats" / "dog.parquet")
     dog = dog[dog["layer"] == dog["layer"].max()].set_index("dog_id")
     settings = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["settings"]
     n_layers, n_units = int(settings["num_layers"]), int(settings["hidden_size"])
 
-    def load(dog_id: str, seed: int = 0) -> FakeDogStates:
+    def load(dog_id: str, seed: int = 0) -> DogStates:
         if dog_id not in dog.index:
             raise KeyError(f"dog {dog_id!r} is not in {run_dir}")
         row = dog.loc[dog_id]
@@ -444,14 +429,40 @@ def fake_dog_states(run_dir: str | Path) -> Callable[..., FakeDogStates]:
         z = (1 / (1 + np.exp(-rng.normal(0, 2, (t, n_layers, n_units))))).astype(np.float32)
         r = (1 / (1 + np.exp(-rng.normal(0, 2, (t, n_layers, n_units))))).astype(np.float32)
         dates = np.datetime64("2024-01-01") + np.arange(t) * 9
-        return FakeDogStates(
+        return DogStates(
+            dog_index=int(row["dog_index"]),
             dog_id=dog_id,
             dog_name=str(row["dog_name"]),
             race_date=dates.astype("datetime64[D]"),
             race_id=np.array([f"R{dog_id}-{k}" for k in range(t)]),
+            step=np.arange(1, t + 1, dtype=np.int32),
+            score=np.zeros(t, np.float32),
             h=h,
             z=z,
             r=r,
         )
 
     return load
+
+
+def fake_states_set(run_dir: str | Path, ids: Sequence[str]) -> DogStatesSet:
+    """The fake states of the given dogs, as `storage.results.read_dog_states` returns real ones."""
+    load = fake_dog_states(run_dir)
+    return states_of(load, ids)
+
+
+def report_of(
+    run_dir: str | Path,
+    *,
+    history: Iterable[str | Path] = (),
+    watchlist: Sequence[str] = (),
+    data_quality: dict | None = None,
+    states: str = "fake",
+) -> ReportModel:
+    """The run's report as the nightly flow builds it; states 'fake' (fake_dog_states) or 'real' (the store)."""
+    results: RunResults = read_run_results(run_dir)
+    ids = heatmap_dog_ids(results, watchlist)
+    dogs = fake_states_set(run_dir, ids) if states == "fake" else read_dog_states(run_dir, ids)
+    return build_report(
+        results, history=read_history(history), dogs=dogs, watchlist=watchlist, data_quality=data_quality
+    )

@@ -9,12 +9,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from reports.model import build_report
-from reports.publish import publish_report
+from flows.stages.report import publish as publish_report
 from reports.render import render
 from reports.serve import make_server
 from tests.conftest import REPO
-from tests.report_fixtures import EVIL_NAME, fake_dog_states, write_history, write_run
+from tests.report_fixtures import EVIL_NAME, report_of, write_history, write_run
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +35,7 @@ def site(tmp_path_factory):
         "duplicates_merged": 10,
         "rejects_by_reason": {"no race date": 12, "unparseable place": 8},
     }
-    model = build_report(run, history=history, data_quality=dq, dog_states=fake_dog_states(run))
+    model = report_of(run, history=history, data_quality=dq)
     reports = base / "reports"
     for h in history:  # earlier nights, so the index has a trend
         head = json.loads((h / "eval" / "headline.json").read_text())

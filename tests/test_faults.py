@@ -74,7 +74,7 @@ def check_run(run_dir: Path, inp: dict) -> None:
 
 
 def test_killed_writer_leaves_published_run_intact(tmp_path):
-    from flows.stages.extract import extract_run, write_block
+    from flows.stages.extract import extract_run
     from storage import states
 
     first = inputs(1)
@@ -110,7 +110,6 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
 
 
 def test_two_processes_write_blocks_concurrently(tmp_path):
-    from flows.stages.extract import extract_run, write_block
     from storage import states
 
     inp = inputs(3, n_dogs=60)
@@ -129,7 +128,7 @@ def test_two_processes_write_blocks_concurrently(tmp_path):
 
 
 def _worker(argv: list[str]) -> None:
-    from flows.stages.extract import extract_run, write_block
+    from flows.stages.extract import write_block
     from storage import states
 
     mode = argv[0]

@@ -19,7 +19,7 @@ from gruviz_core.synth import simulate
 from gruviz_core.train import TrainConfig, TrainData, time_split, validation_metrics
 from storage.forms import ingest
 from flows.stages.features import run as ensure_sequences
-from flows.stages.train import train_and_register
+from flows.stages.train import model_set_scores, train_and_register
 from storage.registry import (
     current_model_set, list_model_sets, load_byo, load_model_set,
 )
@@ -77,7 +77,7 @@ def test_reloaded_checkpoints_give_the_stored_metrics(store):
     ms = load_model_set(root, report.set_id)
     assert ms.seeds == [0, 1] and ms.models[0].gru.num_layers == 2
     seqs = Sequences.load(ensure_sequences(root, snap))
-    scores = ms.scores(seqs)  # (obs, seed)
+    scores = model_set_scores(ms, seqs)  # (obs, seed)
     assert scores.shape == (seqs.n_obs, 2) and np.isfinite(scores).all()
     values, context = ms.prepare(seqs)
     _, train, val = time_split(seqs.race_date, TINY.val_frac)
@@ -149,7 +149,7 @@ def test_byo_factory_with_state_dicts(tmp_path, store):
     seqs = Sequences.load(ensure_sequences(root, snap))
     values, context = ms.prepare(seqs)
     assert values.shape == (seqs.n_obs, 3) and context.shape == (seqs.n_obs, len(CONTEXT_NAMES))
-    scores = ms.scores(seqs)
+    scores = model_set_scores(ms, seqs)
     assert scores.shape == (seqs.n_obs, 2) and not np.allclose(scores[:, 0], scores[:, 1])
     out = ms.models[0].run(torch.from_numpy(values[None, :7]), torch.from_numpy(context[None, :7]))
     assert out.gru_output.shape == (1, 7, 6)

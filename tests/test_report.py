@@ -1,4 +1,4 @@
-"""The nightly report: model from a fake run directory, rendering, escaping, determinism, size, publishing."""
+"""The nightly report: model from a fake run directory (read through storage.results), rendering, escaping, determinism, size, publishing."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import pytest
 
 from gruviz_core.errors import ConfigError, NotFoundError
 from reports.figures import REDRAW, figure
-from reports.model import MAX_FRAMES, ReportModel, build_report
-from reports.publish import ASSET, publish_report
+from reports.model import MAX_FRAMES, ReportModel
+from flows.stages.report import publish as publish_report
+from storage.site import ASSET
 from reports.render import plotly_js_path, render
-from tests.report_fixtures import EVIL_NAME, TABLES, fake_dog_states, write_history, write_run
+from storage.results import read_run_results
+from tests.report_fixtures import EVIL_NAME, TABLES, report_of, write_history, write_run
 
 DQ = {  # as storage.forms writes the snapshot's manifest.json
     "rows_in": 100,
@@ -42,7 +44,7 @@ def history(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def model(run_dir, history) -> ReportModel:
-    return build_report(run_dir, history=history, data_quality=DQ, dog_states=fake_dog_states(run_dir))
+    return report_of(run_dir, history=history, data_quality=DQ)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ def test_model_is_frozen_plain_data(model):
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.night = "x"  # type: ignore[misc]
     for spec in _panels(model).values():
-        json.dumps(spec.data)  # plain data only: lists, numbers, strings
+        json.dumps(dataclasses.asdict(spec))  # plain data only: lists, numbers, strings
 
 
 def test_escapes_text_from_data(html):
@@ -105,10 +107,10 @@ def test_plotly_loaded_once_from_shared_asset(html, model):
 
 
 def test_deterministic_and_independent_of_paths(model, run_dir, history, html, tmp_path):
-    again = render(build_report(run_dir, history=history, data_quality=DQ, dog_states=fake_dog_states(run_dir)))
+    again = render(report_of(run_dir, history=history, data_quality=DQ))
     assert again == html
     moved = shutil.copytree(run_dir, tmp_path / "elsewhere")
-    other = render(build_report(moved, history=history, data_quality=DQ, dog_states=fake_dog_states(moved)))
+    other = render(report_of(moved, history=history, data_quality=DQ))
     assert other == html
     assert str(run_dir) not in html
     assert len(re.findall(r'id="fig-[a-z-]+"', html)) == len(_panels(model))
@@ -120,7 +122,7 @@ def test_animated_heatmap_contract(model):
     assert 1 < len(fig.frames) <= MAX_FRAMES  # the saturated exemplar has 150 races: sampled
     heat = [t for t in fig.data if t.type == "heatmap"]
     assert len(heat) == 2 and all(t.zmin == -1 and t.zmax == 1 for t in heat)
-    assert [d["name"] for d in spec.data["dogs"]] == [EVIL_NAME, "DOG 000001"]  # most and least saturated
+    assert [d.name for d in spec.dogs] == [EVIL_NAME, "DOG 000001"]  # most and least saturated
     for fr in fig.frames:  # frames update the veil traces' data only, never the layout or the heatmaps
         assert fr.layout is None or fr.layout.to_plotly_json() == {}
         assert list(fr.traces) == [2, 3] and all(t.type == "scatter" for t in fr.data)
@@ -133,15 +135,15 @@ def test_animated_heatmap_contract(model):
 
 
 def test_watchlist_by_name_then_exemplar(run_dir):
-    m = build_report(run_dir, watchlist=["dog 000005", "no such dog"], dog_states=fake_dog_states(run_dir))
-    dogs = _panels(m)["fig-states-anim"].data["dogs"]
-    assert [d["id"] for d in dogs] == ["D000005", "D000000"]
+    m = report_of(run_dir, watchlist=["dog 000005", "no such dog"])
+    dogs = _panels(m)["fig-states-anim"].dogs
+    assert [d.id for d in dogs] == ["D000005", "D000000"]
 
 
 def test_missing_tables_say_not_computed(tmp_path):
     omit = set(TABLES) | {"stats/summary.json"}
     run = write_run(tmp_path / "bare", n_dogs=20, omit=omit)
-    m = build_report(run)  # default loader: no states.zarr here
+    m = report_of(run, states="real")  # the real states reader: no states.zarr here
     notes = " ".join(p.note or "" for s in m.sections for p in s.panels)
     for rel in TABLES:
         if rel != "stats/dog_step.parquet":  # only read together with step.parquet
@@ -151,7 +153,7 @@ def test_missing_tables_say_not_computed(tmp_path):
     assert page.count('class="note"') >= len(TABLES) - 2
     # and a run with only some tables gone still renders the rest
     part = write_run(tmp_path / "part", n_dogs=20, omit={"eval/cka.parquet", "stats/unit.parquet"})
-    pm = build_report(part, dog_states=fake_dog_states(part))
+    pm = report_of(part)
     html = render(pm)
     assert "eval/cka.parquet is missing" in html and "stats/unit.parquet is missing" in html
     assert 'id="fig-states-anim"' in html
@@ -162,15 +164,15 @@ def test_data_quality_identity(model, tmp_path):
     assert "holds." in dq.panels[0].explain
     assert dq.panels[1].table.rows == (("no date", 5), ("bad place", 2))
     assert dq.panels[2].table.rows == (("ANZ_Greyhounds_2024_01.csv.gz", "iggy", 100, "0123456789ab"),)
-    bad = build_report(write_run(tmp_path / "r", n_dogs=5), data_quality={**DQ, "rows_in": 101})
+    bad = report_of(write_run(tmp_path / "r", n_dogs=5), data_quality={**DQ, "rows_in": 101}, states="real")
     assert "DOES NOT HOLD" in next(s for s in bad.sections if s.id == "data-quality").panels[0].explain
     with pytest.raises(NotFoundError, match="does not exist"):
-        build_report(tmp_path / "no-such-run")
+        read_run_results(tmp_path / "no-such-run")
 
 
 def test_size_budget_at_100k_dogs(tmp_path):
     run = write_run(tmp_path / "big", n_dogs=100_000, max_steps=150, n_units=64, n_layers=1)
-    page = render(build_report(run, dog_states=fake_dog_states(run)))
+    page = render(report_of(run))
     assert len(page.encode("utf-8")) <= 3 * 1024 * 1024, f"page is {len(page) / 1e6:.2f} MB"
 
 
@@ -258,21 +260,21 @@ def _real_run(root: Path) -> Path:
 
 def test_report_on_a_real_run(tmp_path):
     run = _real_run(tmp_path / "store")
-    m = build_report(run)  # the real states reader, the real tables
+    m = report_of(run, states="real")  # the real states reader, the real tables
     html = render(m)
     notes = [p.note for s in m.sections for p in s.panels if p.note]
     assert any("eval/resilience.parquet is missing" in n for n in notes)
     assert not any("stats/" in n for n in notes), notes
     states_fig = _panels(m)["fig-states-anim"]
-    assert len(states_fig.data["dogs"]) == 2 and states_fig.data["dogs"][0]["n_units"] == 8
+    assert len(states_fig.dogs) == 2 and states_fig.dogs[0].n_units == 8
     assert dict(m.provenance)["data snapshot"] == "snap-real" and m.night == "2026-11-26"
     assert m.verdict and EVIL_NAME not in html
 
 
 def test_headline_counts_are_exact_not_rounded():
-    from reports.model import _headline_numbers
+    from reports.headline import headline_numbers
 
-    nums = {h.key: h for h in _headline_numbers({"dogs": 28731, "obs": 497574}, {"dogs": 28000, "obs": 497000})}
+    nums = {h.key: h for h in headline_numbers({"dogs": 28731, "obs": 497574}, {"dogs": 28000, "obs": 497000})}
     assert nums["dogs"].text == "28,731" and nums["obs"].text == "497,574"
     assert nums["dogs"].delta_text == "+731"
 
@@ -280,7 +282,7 @@ def test_headline_counts_are_exact_not_rounded():
 def test_verdict_prefers_the_gap_to_the_market_over_raw_log_loss():
     import pandas as pd
 
-    from reports.model import _verdict
+    from reports.headline import verdict
 
     effect = pd.DataFrame([
         # raw log-loss: saturated dogs win more, so their log-loss is higher whatever the model does
@@ -288,9 +290,9 @@ def test_verdict_prefers_the_gap_to_the_market_over_raw_log_loss():
         {"metric": "log_loss_vs_market", "a": "saturated", "b": "unsaturated", "diff": -0.01, "lo": -0.03, "hi": 0.01,
          "adjust": "none"},
     ])
-    text = _verdict({"dogs": 28731, "saturated_share": 24 / 28731}, {}, 18.0, effect, None)
+    text = verdict({"dogs": 28731, "saturated_share": 24 / 28731}, {}, 18.0, effect, None)
     assert "0.1% of 28,731 dogs have saturated hidden states" in text
     assert "No clear difference in the model's log-loss gap to the market" in text
     assert "0.29" not in text
-    raw_only = _verdict({"dogs": 10}, {}, None, effect[effect["metric"] == "log_loss"], None)
+    raw_only = verdict({"dogs": 10}, {}, None, effect[effect["metric"] == "log_loss"], None)
     assert "predicted worse, log-loss 0.29 higher" in raw_only

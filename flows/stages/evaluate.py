@@ -23,7 +23,7 @@ from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from storage.layout import RunLayout
 from storage.states import open_states
-from storage.tables import has_table, read_json, read_table, write_json, write_table
+from storage.tables import has_table, read_record, read_table, write_json, write_table
 
 __all__ = ["evaluate_run", "run"]
 
@@ -55,7 +55,7 @@ def evaluate_run(
     if not has_table(run_dir, "dog"):
         raise NotFoundError(f"{layout.stats}: no dog table; run the stats stage (flows.stages.stats.compute_stats) first")
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
-    summary = read_json(layout.summary)
+    summary = read_record(layout.summary)
     rule = CohortRule.from_dict(summary["rule"])
     dogs = read_table(run_dir, "dog")
     dogs = dogs[dogs["cohort_layer"]].sort_values("dog_index").reset_index(drop=True)

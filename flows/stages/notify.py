@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from flows.stages.report import headline_of
 from reports.email import email_summary
-from storage.tables import has_table, read_table
+from storage.results import read_run_results
 
 __all__ = ["email_lines"]
 
 
 def email_lines(run_dir: str, watchlist: list[str]) -> dict[str, str]:
     """Labelled headline numbers for the email, with exemplar and watchlist dogs by name."""
-    run = Path(run_dir)
+    results = read_run_results(run_dir, tables=("dog",))
     dogs = None
-    if has_table(run, "dog"):
-        dogs = read_table(run, "dog", columns=["dog_id", "dog_name", "cohort", "plateau_step", "cohort_layer"])
+    if results.dog is not None:
+        dogs = results.dog[["dog_id", "dog_name", "cohort", "plateau_step", "cohort_layer"]]
         dogs = dogs[dogs["cohort_layer"]]
-    return email_summary(headline_of(run), dogs, tuple(watchlist))
+    return email_summary(dict(results.headline), dogs, tuple(watchlist))

@@ -5,30 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from gruviz_core.errors import NotFoundError
-from reports.model import build_report
-from reports.publish import publish_report
-from reports.render import render
+from reports.build import build_report, heatmap_dog_ids
+from reports.render import plotly_js_path, render, render_index
 from storage.forms import read_manifest
-from storage.layout import RunLayout
+from storage import site
+from storage.results import read_dog_states, read_history, read_run_results
 from storage.states import published_runs
-from storage.tables import read_json
 
-__all__ = ["run", "headline_of"]
+__all__ = ["run", "publish"]
 
 
 def run(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str, watchlist: list[str]) -> str:
     """Build, render and publish the night's report; returns its path relative to the reports dir."""
     run = Path(run_dir)
-    history = [d for d in published_runs(root) if d.resolve() != run.resolve()]
-    model = build_report(run, history=history, watchlist=tuple(watchlist), data_quality=_data_quality(root, snapshot_id))
-    page = publish_report(render(model), Path(reports_dir), night, headline=headline_of(run))
+    results = read_run_results(run)
+    history = read_history(d for d in published_runs(root) if d.resolve() != run.resolve())
+    dogs = read_dog_states(run, heatmap_dog_ids(results, watchlist))
+    model = build_report(
+        results, history=history, dogs=dogs, watchlist=tuple(watchlist), data_quality=_data_quality(root, snapshot_id)
+    )
+    page = publish(render(model), reports_dir, night, headline=dict(results.headline))
     return str(Path(page).resolve().relative_to(Path(reports_dir).resolve()))
 
 
-def headline_of(run_dir: str | Path) -> dict:
-    """The run's headline record ({} before the evaluate stage has run)."""
-    path = RunLayout.at(run_dir).headline
-    return read_json(path) if path.exists() else {}
+def publish(html: str, reports_dir: str | Path, night: str, *, headline: dict) -> Path:
+    """Publish a rendered page as <reports_dir>/<night>/index.html, with the shared plotly.js and the index."""
+    return site.publish_report(html, Path(reports_dir), night, headline=headline, plotly_js=plotly_js_path(),
+                               render_index=render_index)
 
 
 def _data_quality(root: str, snapshot_id: str) -> dict:

@@ -27,7 +27,7 @@ from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 from storage.layout import RunLayout
 from storage.states import open_states, prefetch
-from storage.tables import read_json, write_json, write_table
+from storage.tables import read_record, write_json, write_table
 
 __all__ = ["compute_stats", "run_offsets"]
 
@@ -121,7 +121,7 @@ def compute_stats(
 def _record_rule(run_dir: Path, rule: CohortRule) -> None:
     """Add the cohort rule to run.json (kept as is otherwise)."""
     p = RunLayout.at(run_dir).run_json
-    info = read_json(p) if p.exists() else {}
+    info = read_record(p) if p.exists() else {}
     info["cohort_rule"] = rule.to_dict()
     write_json(p, info)
 

@@ -18,10 +18,10 @@ from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_
 from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
-from gruviz_core.train import TrainConfig, TrainData, time_split, train_seed
-from storage.registry import write_model_set
+from gruviz_core.train import TrainConfig, TrainData, score_rows, time_split, train_seed
+from storage.registry import ModelSet, write_model_set
 
-__all__ = ["TrainReport", "train_and_register"]
+__all__ = ["TrainReport", "train_and_register", "model_set_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +151,11 @@ def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...
     return train_seed(data, mcfg, cfg)
 
 
+
+
+def model_set_scores(model_set: ModelSet, seqs: Sequences, *, chunk_dogs: int = 1024) -> np.ndarray:
+    """(obs, seed) float32 score of every row under every model of a set (CPU, eval)."""
+    values, context = model_set.prepare(seqs)
+    return np.stack(
+        [score_rows(m.module, values, context, seqs.offsets, chunk_dogs=chunk_dogs) for m in model_set.models], axis=1
+    )

@@ -1,4 +1,7 @@
-"""Publish a night's page into the reports directory: atomic page, shared plotly.js once, index of all nights.
+"""The reports directory: a night's page published atomically, the shared plotly.js once, the index of all nights.
+
+Persistence only: the caller (flows.stages.report) passes the rendered page, the plotly.js file and the
+index renderer from `reports`.
 
 <reports_dir>/assets/plotly.min.js     copied once from the installed plotly package
 <reports_dir>/<night>/index.html       the night's page (written atomically)
@@ -13,13 +16,15 @@ import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from gruviz_core.errors import ConfigError
-from reports.render import plotly_js_path, render_index
 from storage.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 __all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "ASSET"]
+
+IndexRenderer = Callable[[list[dict]], str]
+"""Renders the index page from list_nights(...) (reports.render.render_index)."""
 
 ASSET = "assets/plotly.min.js"
 """Where the shared plotly.js lives, relative to the reports directory."""
@@ -46,9 +51,8 @@ def _lock(reports_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_plotly_asset(reports_dir: str | Path) -> Path:
-    """Copy plotly.min.js into <reports_dir>/assets once (again only if the installed plotly changed)."""
-    src = plotly_js_path()
+def ensure_plotly_asset(reports_dir: str | Path, src: Path) -> Path:
+    """Copy plotly.min.js (`src`) into <reports_dir>/assets once (again only if the installed plotly changed)."""
     dst = Path(reports_dir) / ASSET
     if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
         write_bytes_atomic(dst, src.read_bytes())
@@ -78,14 +82,16 @@ def list_nights(reports_dir: str | Path) -> list[dict]:
     return nights[::-1]
 
 
-def write_index(reports_dir: str | Path) -> Path:
+def write_index(reports_dir: str | Path, render_index: IndexRenderer) -> Path:
     """Rewrite <reports_dir>/index.html from the nights on disk (atomic)."""
     path = Path(reports_dir) / "index.html"
     write_text_atomic(path, render_index(list_nights(reports_dir)))
     return path
 
 
-def publish_report(html: str, reports_dir: str | Path, night: str, *, headline: dict) -> Path:
+def publish_report(
+    html: str, reports_dir: str | Path, night: str, *, headline: dict, plotly_js: Path, render_index: IndexRenderer
+) -> Path:
     """Publish a rendered page as <reports_dir>/<night>/index.html; returns its path.
 
     The shared plotly.js is in place before the page, the page is renamed into place whole, and the
@@ -95,9 +101,9 @@ def publish_report(html: str, reports_dir: str | Path, night: str, *, headline: 
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     with _lock(reports_dir):
-        ensure_plotly_asset(reports_dir)
+        ensure_plotly_asset(reports_dir, plotly_js)
         write_json_atomic(reports_dir / night / "headline.json", headline)
         page = reports_dir / night / "index.html"
         write_text_atomic(page, html)
-        write_index(reports_dir)
+        write_index(reports_dir, render_index)
     return page

@@ -1,0 +1,107 @@
+"""What a published run gives the report: typed records, read by `storage.results`, presented by `reports`.
+
+`RunResults` holds a run's metadata, its stats summary and headline (plain dicts for now) and one
+pandas DataFrame per run table (`gruviz_core.tables`: the columns are guaranteed; None when the run
+has no such table). `DogStates` is one dog's every step under one seed; `DogStatesSet` the few
+dogs a report draws. `NightHeadline` is an earlier night for the trend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["DogStates", "DogStatesSet", "NightHeadline", "RunResults"]
+
+
+@dataclass(frozen=True)
+class DogStates:
+    """Every step of one dog under one seed."""
+
+    dog_index: int
+    """Position of the dog in the run."""
+    dog_id: str
+    """The dog's id."""
+    dog_name: str
+    """The dog's name."""
+    step: np.ndarray
+    """(T,) int32 1-based step."""
+    race_date: np.ndarray
+    """(T,) datetime64[D] (NaT unknown)."""
+    race_id: np.ndarray
+    """(T,) str."""
+    score: np.ndarray
+    """(T,) float32 this seed's score of each race."""
+    h: np.ndarray
+    """(T, L, H) float32 state after each race."""
+    z: np.ndarray
+    """(T, L, H) float32 update gate."""
+    r: np.ndarray
+    """(T, L, H) float32 reset gate."""
+
+
+@dataclass(frozen=True)
+class DogStatesSet:
+    """The states of the few dogs a report draws (seed 0), and why any could not be read."""
+
+    by_id: Mapping[str, DogStates] = field(default_factory=dict)
+    """Dog id -> its states, for every dog that could be read."""
+    problems: tuple[str, ...] = ()
+    """'<dog id>: <error>' for each dog asked for that could not be read."""
+    note: str | None = None
+    """Why no dog could be read at all (no states store, a broken store); None when the store opened."""
+
+
+@dataclass(frozen=True)
+class NightHeadline:
+    """An earlier night's headline numbers, for the trend across nights."""
+
+    night: str
+    """The night (YYYY-MM-DD)."""
+    headline: Mapping[str, Any]
+    """Its eval/headline.json."""
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """Everything a published run gives the report; each table has its `gruviz_core.tables` columns."""
+
+    name: str
+    """The run directory's name (the night when run.json and the headline do not say)."""
+    meta: Mapping[str, Any]
+    """run.json ({} when absent): run_id, night, snapshot_id, model_set_id, seeds, code_version, device, ..."""
+    summary: Mapping[str, Any] | None
+    """stats/summary.json: effective_dim, cohort counts, rule, cohort_layer, ...; None when absent."""
+    headline: Mapping[str, Any]
+    """eval/headline.json ({} when absent): dogs, obs, cohort_counts, log-losses, exemplars, ..."""
+    dog_step: pd.DataFrame | None = None
+    """stats/dog_step.parquet, the columns of `gruviz_core.tables.DOG_STEP_COLUMNS`: one row per dog, step and layer."""
+    dog: pd.DataFrame | None = None
+    """stats/dog.parquet: one row per dog and layer."""
+    unit: pd.DataFrame | None = None
+    """stats/unit.parquet: one row per seed, layer, gate and unit."""
+    step: pd.DataFrame | None = None
+    """stats/step.parquet: quartiles of s and F_0.95 per layer, step and cohort."""
+    plateau: pd.DataFrame | None = None
+    """stats/plateau.parquet: Kaplan-Meier share not yet plateaued per layer and step."""
+    cohort_metrics: pd.DataFrame | None = None
+    """eval/cohort_metrics.parquet: metric per cohort and source, with intervals."""
+    calibration: pd.DataFrame | None = None
+    """eval/calibration.parquet: predicted vs observed win rate per cohort and bin."""
+    length_matched: pd.DataFrame | None = None
+    """eval/length_matched.parquet: metrics per career-length stratum and cohort."""
+    effect_size: pd.DataFrame | None = None
+    """eval/effect_size.parquet: cohort differences (a - b) with bootstrap intervals."""
+    sensitivity: pd.DataFrame | None = None
+    """eval/sensitivity.parquet: cohort sizes and log-loss over a (tau, theta) grid."""
+    repro: pd.DataFrame | None = None
+    """eval/repro.parquet: seed agreement metrics per scope."""
+    cka: pd.DataFrame | None = None
+    """eval/cka.parquet: linear CKA between seeds per step."""
+    resilience: pd.DataFrame | None = None
+    """eval/resilience.parquet: effect of perturbations per cohort and career position."""
+    divergence: pd.DataFrame | None = None
+    """eval/divergence.parquet: distance between two dogs' states per step."""

@@ -1,0 +1,102 @@
+"""One Arrow schema per run table (docs/ARCHITECTURE.md section 4): the contract between the stages
+that write a run's tables and everything that reads them.
+
+A table on disk must have every column of its schema (more columns may be added, none removed); the
+reader (`storage.results`) checks this once, so the report trusts the columns instead of testing
+them. Types are checked by kind: an integer column may be stored in any integer width, a float
+column in any float or integer width (a nullable step is a float with NaN), text as string or
+dictionary of strings, and an empty table's all-null columns pass.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import pyarrow as pa
+
+__all__ = ["TABLES", "DOG_STEP_COLUMNS", "schema_problems"]
+
+_I, _F, _S, _B = pa.int64(), pa.float64(), pa.string(), pa.bool_()
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, kind) for name, kind in fields])
+
+
+TABLES: Mapping[str, pa.Schema] = {
+    "dog_step": _schema(
+        ("dog_index", _I), ("step", _I), ("layer", _I), ("abs_sum", _F), ("s", _F),
+        ("f090", _F), ("f095", _F), ("f099", _F),
+    ),
+    "dog": _schema(
+        ("dog_index", _I), ("dog_id", _S), ("dog_name", _S), ("n_steps", _I), ("layer", _I),
+        ("plateau_step", _F), ("censored", _B), ("mean_s", _F), ("final_s", _F), ("mean_f095_after", _F),
+        ("cohort", _S), ("cohort_layer", _B),
+    ),
+    "unit": _schema(
+        ("seed", _I), ("layer", _I), ("gate", _S), ("unit", _I), ("left", _F), ("right", _F),
+        ("variance", _F), ("mean_abs", _F), ("dead", _B), ("always_saturated", _B),
+    ),
+    "step": _schema(
+        ("layer", _I), ("step", _I), ("cohort", _S), ("n", _I), ("s_q25", _F), ("s_q50", _F), ("s_q75", _F),
+        ("f095_q25", _F), ("f095_q50", _F), ("f095_q75", _F),
+    ),
+    "plateau": _schema(("layer", _I), ("step", _I), ("at_risk", _I), ("plateaued", _I), ("survival", _F)),
+    "cohort_metrics": _schema(
+        ("cohort", _S), ("metric", _S), ("value", _F), ("lo", _F), ("hi", _F), ("n_dogs", _I), ("n_rows", _I),
+        ("source", _S),
+    ),
+    "calibration": _schema(("cohort", _S), ("bin", _I), ("p_mean", _F), ("won_rate", _F), ("n", _I)),
+    "length_matched": _schema(
+        ("stratum", _S), ("cohort", _S), ("metric", _S), ("value", _F), ("lo", _F), ("hi", _F), ("n_dogs", _I),
+    ),
+    "effect_size": _schema(
+        ("metric", _S), ("a", _S), ("b", _S), ("diff", _F), ("lo", _F), ("hi", _F), ("adjust", _S),
+    ),
+    "sensitivity": _schema(("tau", _F), ("theta", _F), ("cohort", _S), ("n_dogs", _I), ("log_loss", _F)),
+    "repro": _schema(("scope", _S), ("metric", _S), ("value", _F)),
+    "cka": _schema(("step", _I), ("seed_a", _I), ("seed_b", _I), ("cka", _F)),
+    "resilience": _schema(
+        ("perturbation", _S), ("severity", _F), ("cohort", _S), ("position", _S), ("d_loss", _F),
+        ("flip_rate", _F), ("state_divergence", _F), ("n", _I),
+    ),
+    "divergence": _schema(("pair", _S), ("dog_a", _S), ("dog_b", _S), ("step", _I), ("distance", _F)),
+}
+"""Table name -> the columns every stored copy has (the name is the file's stem under stats/ or eval/)."""
+
+DOG_STEP_COLUMNS: tuple[str, ...] = tuple(TABLES["dog_step"].names)
+"""The per-dog-step columns read back (the table is the run's largest: `delta` is left on disk)."""
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "str"
+    if pa.types.is_null(t):
+        return "null"
+    return str(t)
+
+
+_ACCEPTS = {"int": {"int"}, "float": {"int", "float"}, "str": {"str"}, "bool": {"bool"}}
+
+
+def schema_problems(name: str, found: pa.Schema) -> list[str]:
+    """What a stored table lacks against its schema: one line per missing or mistyped column; [] when it conforms."""
+    expected = TABLES[name]
+    have = {f.name: f.type for f in found}
+    out = []
+    for field in expected:
+        if field.name not in have:
+            out.append(f"column {field.name!r} is missing")
+            continue
+        got, want = _kind(have[field.name]), _kind(field.type)
+        if got != "null" and got not in _ACCEPTS[want]:
+            out.append(f"column {field.name!r} is {have[field.name]}, expected {want}")
+    return out

@@ -1,0 +1,100 @@
+"""`build_report(results, ...) -> ReportModel`: the nightly page's content from a run's typed results (pure).
+
+The caller reads the run (`storage.results.read_run_results`), earlier nights' headlines
+(`read_history`) and the heatmap dogs' states (`read_dog_states(run_dir, heatmap_dog_ids(results,
+watchlist))`); nothing here opens a file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults
+from reports.headline import cohort_counts, headline_numbers, verdict
+from reports.model import AnimHeatmapSpec, ReportModel, sig
+from reports.sections.cohorts import cohort_section
+from reports.sections.common import nonempty, per_dog
+from reports.sections.resilience import divergence_section, resilience_section
+from reports.sections.run import provenance, quality_section, trend_section
+from reports.sections.saturation import saturation_section
+from reports.sections.seeds import repro_section
+from reports.sections.states import abs_sum_section, choose_dogs, states_section
+
+__all__ = ["build_report", "heatmap_dog_ids"]
+
+_NO_STATES = DogStatesSet(note="Not provided: no dog states were passed to the report.")
+
+
+def heatmap_dog_ids(results: RunResults, watchlist: Sequence[str] = ()) -> list[str]:
+    """The ids of the dogs the heatmaps show (read their states and pass them to `build_report`)."""
+    dog, _ = per_dog(results.dog, results.summary)
+    if dog is None:
+        return []
+    return [str(r["dog_id"]) for r in choose_dogs(dog, list(watchlist))[0]]
+
+
+def build_report(
+    results: RunResults,
+    *,
+    history: Sequence[NightHeadline] = (),
+    dogs: DogStatesSet | Mapping[str, DogStates] | None = None,
+    watchlist: Sequence[str] = (),
+    data_quality: Mapping[str, Any] | None = None,
+) -> ReportModel:
+    """The nightly report's content from a run's results, earlier nights' headlines and the heatmap dogs' states."""
+    if dogs is None:
+        dogs = _NO_STATES
+    elif not isinstance(dogs, DogStatesSet):
+        dogs = DogStatesSet(dict(dogs))
+    run_meta, head, summary = results.meta, dict(results.headline), results.summary
+    night = str(head.get("night") or run_meta.get("night") or results.name)
+    rule = (summary or {}).get("rule") or run_meta.get("cohort_rule")
+    if data_quality is None:
+        data_quality = run_meta.get("data_quality") or run_meta.get("ingest")
+
+    dog, layer = per_dog(results.dog, summary)
+    if head and "median_plateau_step" not in head and nonempty(dog):
+        ps = pd.to_numeric(dog["plateau_step"], errors="coerce").dropna()
+        head = {**head, "median_plateau_step": sig(ps.median()) if len(ps) else None}
+    hist = _history(history, night)
+    prev = hist[-1] if hist else None
+    counts = cohort_counts(head, summary, dog)
+
+    states = states_section(dog, list(watchlist), dogs)
+    chosen_ids = [
+        str(d.id) for p in states.panels if isinstance(p.figure, AnimHeatmapSpec) for d in p.figure.dogs
+    ]
+    sections = (
+        states,
+        abs_sum_section(results, dog, chosen_ids, layer),
+        saturation_section(results, layer),
+        cohort_section(results, dog, counts, rule),
+        repro_section(results),
+        resilience_section(results),
+        divergence_section(results, dog),
+        trend_section(night, head, hist),
+        quality_section(data_quality),
+    )
+    return ReportModel(
+        title=f"gruviz nightly report {night}",
+        night=night,
+        verdict=verdict(
+            head, dict(counts), sig(head.get("median_plateau_step")), results.effect_size, results.length_matched
+        ),
+        headline=headline_numbers(head, prev[1] if prev else None),
+        cohort_counts=counts,
+        provenance=provenance(run_meta, rule, night),
+        previous_night=prev[0] if prev else None,
+        sections=sections,
+    )
+
+
+def _history(history: Sequence[NightHeadline], night: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """(night, headline) of earlier nights, oldest first; later or same nights are ignored (the last given wins)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for h in history:
+        if h.night < night:
+            out[h.night] = h.headline
+    return sorted(out.items())

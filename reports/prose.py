@@ -1,0 +1,202 @@
+"""The report's words, apart from its code: glossary, section intros, panel explanations, verdict sentences.
+
+Keys are section ids (`INTRO`) and panel keys (`EXPLAIN`); templates use str.format fields.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+__all__ = ["GLOSSARY", "INTRO", "EXPLAIN", "VERDICT", "MISSING", "STATES_HOW"]
+
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    (
+        "Magnitude saturation",
+        "Hidden units pinned near the tanh boundary (|h| close to 1). Measured by s = mean |h| "
+        "(the abs-sum divided by the number of units) and F_tau, the share of units with |h| >= tau. "
+        "A saturated state changes little from race to race: new form barely moves it.",
+    ),
+    (
+        "Gate saturation",
+        "Update (z) and reset (r) gates stuck near 0 or 1 (Karpathy, Johnson and Fei-Fei, 2015): the share of "
+        "steps a gate unit spends below 0.1 (left) or above 0.9 (right). In PyTorch z near 1 means "
+        "'keep the old state', so right-saturated z units ignore new races.",
+    ),
+    (
+        "Spectral saturation",
+        "The state uses few directions: the effective dimension (participation ratio of the state covariance) "
+        "is small compared with the number of units, even if no single unit is pinned.",
+    ),
+    (
+        "Plateau step T*",
+        "The first race from which s stops changing (relative change over w races below delta for k races). "
+        "Dogs with too few races to tell are 'undecided' (right-censored), not 'unsaturated'.",
+    ),
+    (
+        "Cohorts",
+        "saturated: a plateau exists and the mean F_0.95 after it reaches theta; unsaturated: F stays low; "
+        "partial: in between; undecided: too few races. The rule and its parameters are in the header.",
+    ),
+)
+"""(term, definition), shown at the end of the page."""
+
+MISSING = "Not computed for this run: {rel} is missing."
+"""The note of a panel whose input table the run lacks."""
+
+INTRO: Mapping[str, str] = {
+    "states": (
+        "What the model's memory looks like inside two dogs: every hidden unit (rows) after every race (columns). "
+        "Red is near +1, blue near -1, white near 0; a dog whose columns turn solid red/blue has saturated."
+    ),
+    "abs-sum": (
+        "The notebook's curve: how large the hidden state is after each race. s is the abs-sum of the state "
+        "divided by the number of units (0 = all units at zero, 1 = every unit pinned at +/-1)."
+    ),
+    "saturation": (
+        "The three kinds of saturation (see the glossary at the end): magnitude (F_tau by race), gates "
+        "(z and r stuck at 0 or 1) and spectral (effective dimension), plus how long dogs take to plateau."
+    ),
+    "cohorts": (
+        "Does saturation matter for prediction? Each cohort's win log-loss, Brier score, AUC and winner hit rate, "
+        "with 95% intervals from a bootstrap over dogs, against the market's prices and a uniform guess."
+    ),
+    "reproducibility": (
+        "Would another training seed tell the same story? The K seed models are compared on their states "
+        "(CKA), their predictions (spread, top-pick churn) and their cohort labels (Cohen's kappa)."
+    ),
+    "resilience": (
+        "How much do data problems hurt? Inputs are perturbed (a race dropped, order shuffled, noisy times, missing "
+        "values, a duplicated race, a truncated history) and the change in loss, the top-pick flip rate and the state "
+        "divergence are measured by cohort and by position in the career."
+    ),
+    "divergence": (
+        "From the same initial state, how far apart two dogs' hidden states move race by race (Euclidean distance)."
+    ),
+    "trend": (
+        "Tonight against previous nights: is the model drifting, is the market catching up, are more dogs saturating?"
+    ),
+    "data-quality": (
+        "What went in: every input row ends as accepted, rejected (with a reason) or merged as a duplicate; "
+        "nothing is dropped silently."
+    ),
+}
+"""Section id -> the question the section answers."""
+
+STATES_HOW: Mapping[str, str] = {
+    "watchlist": "Dogs from the configured watchlist.",
+    "some": "Dogs from the watchlist, then",
+    "none": "No watchlist configured, so:",
+    "exemplars": " the most saturated dog (left) and the least saturated dog (right) with enough races to tell.",
+}
+"""How the heatmap dogs were chosen (the start of the animated panel's explanation)."""
+
+EXPLAIN: Mapping[str, str] = {
+    "states-anim": (
+        "{how} Press Play to watch the top layer fill in race by race (the veiled part is still to come), "
+        "or drag the slider to a race. One colour scale (-1 to +1) for every frame, so colours compare across "
+        "frames and dogs."
+    ),
+    "states-static": (
+        "The same states, all races at once, one row of panels per layer. Look for the race from which a dog's "
+        "columns stop changing: that is its plateau (dashed line)."
+    ),
+    "abs-sum": (
+        "Shaded bands are the middle half (25th-75th percentile) of each cohort's dogs at each race, the line inside "
+        "is the median; thin lines are the two heatmap dogs, a diamond marks each one's plateau; the dashed vertical "
+        "line is the median plateau race over all dogs. Bands stop where fewer than {min_dogs} dogs have raced that "
+        "often."
+    ),
+    "f-tau": (
+        "Left: the share of units with |h| >= 0.95 (F_0.95), middle half and median per cohort. Right: the mean over "
+        "all dogs at three thresholds tau; the gap between the lines says how close to +/-1 the pinned units are."
+    ),
+    "gates": (
+        "Each dot is one gate unit: how often it is below 0.1 (x, left-saturated) and above 0.9 (y, right-saturated), "
+        "one panel per layer, seed 0. Dots near the origin are healthy; dots hugging an axis are stuck. "
+        "A z unit high on y keeps its old state and ignores new races."
+    ),
+    "unit-health": (
+        "Per layer: units, dead units (variance ~ 0: they never move), always-saturated units (|h| pinned), and the "
+        "effective dimension (participation ratio of the state covariance: how many directions the state really uses)."
+    ),
+    "unit-scatter": (
+        "Each dot is one hidden unit: its mean |h| (x) and variance across all steps of all dogs (y, log scale). "
+        "Dead units sit at the bottom, always-saturated units at the right."
+    ),
+    "plateau": (
+        "Time to plateau: the share of dogs whose state has not yet plateaued, by race (Kaplan-Meier style, so dogs "
+        "with short careers count while they race and then drop out instead of counting as 'never'). "
+        "Where the curve crosses 50% is the median time to saturation."
+    ),
+    "sizes": (
+        "How many dogs fall in each cohort, and how long their careers are (more races give the state more time to "
+        "saturate)."
+    ),
+    "metrics": (
+        "Dots are estimates, whiskers 95% intervals. Lower is better for log-loss and Brier, higher for AUC and hit "
+        "rate. Compare a cohort's model dot with its market dot: the model's edge (or not) in that cohort."
+    ),
+    "effect": (
+        "The difference between two cohorts (a - b) with its 95% bootstrap interval over dogs. An interval that "
+        "excludes 0 is a difference this run can see; one that straddles 0 is not."
+    ),
+    "length": (
+        "The same comparison within bands of career length, so 'saturated' cannot just mean 'raced more'. If the gap "
+        "between cohorts persists inside each band, it is about the state, not the history length."
+    ),
+    "calibration": (
+        "Predicted win probability (x) against how often those dogs actually won (y), in bins. On the diagonal is "
+        "well calibrated; below it the model is over-confident."
+    ),
+    "sensitivity": (
+        "How the cohorts move when the rule's thresholds move: left, the share of dogs called saturated as theta "
+        "(the F needed after the plateau) changes, one line per tau; right, the saturated cohort's log-loss. "
+        "Flat lines mean the verdict does not hinge on the exact thresholds."
+    ),
+    "cka": (
+        "Linear CKA between two seeds' hidden states at each race (1 = the same representation up to rotation and "
+        "scale, 0 = unrelated). Rising CKA means seeds agree more once states settle."
+    ),
+    "repro": (
+        "prob_spread: mean spread of the seeds' win probabilities for the same runner; top_pick_churn: share of races "
+        "where the seeds pick different winners; kappa: agreement of the seeds' cohort labels beyond chance."
+    ),
+    "resilience": (
+        "Each perturbation at its strongest severity, all positions. Taller bars: that cohort's predictions move "
+        "more when the data is damaged that way."
+    ),
+    "resilience-position": (
+        "Mean over perturbations at their strongest severity. The notebook's hypothesis: early steps (before "
+        "the plateau) are less resilient, so the early bars should be taller."
+    ),
+    "resilience-all": "Every perturbation, severity, cohort and position.",
+    "divergence": (
+        "A curve that levels off means both states have settled (often both saturated); one that keeps growing means "
+        "the dogs' form keeps pushing them apart."
+    ),
+    "trend": "One point per night; tonight is the last.",
+    "nights": "Newest first.",
+    "rows": "Counts from tonight's ingest.",
+    "rows-check": " Check rows in = accepted + rejected + duplicates merged: ",
+    "rejects": "Most common first; the rejected rows themselves are in the snapshot's rejects.parquet.",
+}
+"""Panel key -> what the panel shows and how to read it."""
+
+VERDICT: Mapping[str, str] = {
+    "share": "{share} of {dogs:,} dogs have saturated hidden states",
+    "plateau": " (median plateau at race {race:.0f})",
+    "gap_market": "the model's log-loss gap to the market",
+    "gap_raw": "log-loss",
+    "better": "It matters: {a} dogs are predicted better, {what} {size:.3g} lower than for {b} dogs ({ci}).",
+    "worse": "It matters: {a} dogs are predicted worse, {what} {size:.3g} higher than for {b} dogs ({ci}).",
+    "unclear": "No clear difference in {what} between {a} and {b} dogs ({ci}).",
+    "ci": "95% interval {lo:+.3g} to {hi:+.3g}",
+    "matched": "At equal history length the difference is {diff:+.3g} ({lo:+.3g} to {hi:+.3g}): ",
+    "matched_clear": "it is about the state, not just career length.",
+    "matched_unclear": "not clear once career length is matched.",
+    "strata": "At equal history length the gap points the same way in {same} of {n} strata.",
+    "empty": "Saturated and unsaturated dogs could not be compared tonight (one cohort is empty or too small).",
+    "absent": "Cohort comparison not computed for this run.",
+    "market": "The model {word} the market: log-loss {m:.4g} vs {k:.4g}.",
+}
+"""Sentences of the verdict paragraph at the top of the page."""

@@ -1,0 +1,202 @@
+"""The hidden-state heatmaps of two dogs and the abs-sum per race; which dogs they show."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from gruviz_core.results import DogStates, DogStatesSet, RunResults
+from reports.model import (
+    MAX_FRAMES, MAX_HEATMAP_STEPS, MIN_BAND_DOGS, AnimHeatmapSpec, BandsSpec, DogHeat, ExemplarCurve, HeatmapSpec,
+    Line, Panel, Section, sig,
+)
+from reports.prose import EXPLAIN, INTRO, STATES_HOW
+from reports.sections.common import bands, by_layer, colour, ints, missing, nonempty, sigs
+
+__all__ = ["choose_dogs", "states_section", "abs_sum_section"]
+
+_TITLE = "Hidden states of two dogs"
+
+
+def choose_dogs(dog: pd.DataFrame, watchlist: Sequence[str]) -> tuple[list[dict], str]:
+    """Watchlist dogs (by id or name) first, then the most and least saturated exemplars; two at most.
+
+    `dog`: stats/dog.parquet at the cohort layer. Returns the dogs' rows and how they were chosen."""
+    top = dog.sort_values("dog_index", kind="stable")
+    picked: list[dict] = []
+    for w in watchlist:
+        hit = top[
+            (top["dog_id"].astype(str) == str(w)) | (top["dog_name"].astype(str).str.casefold() == str(w).casefold())
+        ]
+        for _, r in hit.head(1).iterrows():
+            if r["dog_id"] not in [p["dog_id"] for p in picked]:
+                picked.append(r.to_dict())
+        if len(picked) == 2:
+            return picked, STATES_HOW["watchlist"]
+    how = STATES_HOW["some"] if picked else STATES_HOW["none"]
+    how += STATES_HOW["exemplars"]
+    for _, r in _exemplars(top):
+        if len(picked) == 2:
+            break
+        if r["dog_id"] not in [p["dog_id"] for p in picked]:
+            picked.append(r.to_dict())
+    return picked, how
+
+
+def _exemplars(top: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """The most saturated dog (saturated cohort first) and the least saturated one (unsaturated first), distinct.
+
+    Ranked by mean F_0.95 after the plateau, then final s, then mean s (ties are common: F is often 0)."""
+    long = top[top["n_steps"] >= min(10, int(top["n_steps"].max()))].copy()
+    keys = ["mean_f095_after", "final_s", "mean_s"]
+    for k in keys:
+        long[k] = pd.to_numeric(long[k], errors="coerce").fillna(-1.0)
+    cohort = long["cohort"]
+    hi = long.assign(_pool=(cohort != "saturated").astype(int)).sort_values(
+        ["_pool", *keys], ascending=[True] + [False] * len(keys), kind="stable"
+    )
+    lo = long.assign(_pool=(cohort != "unsaturated").astype(int)).sort_values(
+        ["_pool", *keys], ascending=[True] + [True] * len(keys), kind="stable"
+    )
+    out = []
+    if len(hi):
+        out.append(("most", hi.iloc[0].drop("_pool")))
+        rest = lo[lo["dog_id"] != hi.iloc[0]["dog_id"]]
+        if len(rest):
+            out.append(("least", rest.iloc[0].drop("_pool")))
+    return out
+
+
+def states_section(dog: pd.DataFrame | None, watchlist: Sequence[str], dogs: DogStatesSet) -> Section:
+    """Animated and static heatmaps of the chosen dogs' states."""
+    intro = INTRO["states"]
+    if dog is None:
+        return Section("states", _TITLE, intro, (Panel("Heatmaps", "", note=missing("stats/dog.parquet")),))
+    chosen, how = choose_dogs(dog, watchlist)
+    if dogs.note is not None:
+        return Section("states", _TITLE, intro, (Panel("Heatmaps", "", note=dogs.note),))
+    problems = list(dogs.problems)
+    heats = []
+    for row in chosen:
+        st = dogs.by_id.get(str(row["dog_id"]))
+        if st is None:
+            if not any(p.startswith(f"{row['dog_id']}: ") for p in problems):
+                problems.append(f"{row['dog_id']}: not given to the report")
+            continue
+        heats.append(_dog_heat(st, row))
+    if not heats:
+        note = "States could not be read: " + "; ".join(problems)
+        return Section("states", _TITLE, intro, (Panel("Heatmaps", "", note=note),))
+    n_layers = max(d.n_layers for d in heats)
+    frames = _frame_steps(max(d.n_steps for d in heats))
+    names = ", ".join(f"{d.name} ({d.cohort})" for d in heats)
+    panels = [
+        Panel(
+            "Animated: the state race by race",
+            EXPLAIN["states-anim"].format(how=how),
+            AnimHeatmapSpec("fig-states-anim", heats, frames, n_layers - 1, height=460),
+        ),
+        Panel(
+            "Static: races x units, every layer",
+            EXPLAIN["states-static"],
+            HeatmapSpec("fig-states-static", heats, n_layers, height=max(320, 260 * n_layers)),
+        ),
+    ]
+    if problems:
+        panels.append(Panel("Dogs not shown", "", note="Could not read: " + "; ".join(problems)))
+    return Section("states", f"{_TITLE}: {names}", intro, tuple(panels))
+
+
+def _frame_steps(t_max: int) -> list[int]:
+    """At most MAX_FRAMES steps 1..t_max, evenly sampled, always including the last."""
+    if t_max <= MAX_FRAMES:
+        return list(range(1, t_max + 1))
+    return sorted(set(np.round(np.linspace(1, t_max, MAX_FRAMES)).astype(int).tolist()))
+
+
+def _dog_heat(st: DogStates, row: dict) -> DogHeat:
+    """One dog's states as plain lists for the heatmaps: per layer (unit, step) with 3 decimals."""
+    h = np.asarray(st.h, dtype=np.float32)  # (T, L, H)
+    t = h.shape[0]
+    idx = (
+        np.arange(t)
+        if t <= MAX_HEATMAP_STEPS
+        else np.unique(np.round(np.linspace(0, t - 1, MAX_HEATMAP_STEPS)).astype(int))
+    )
+    layers = []
+    for layer in range(h.shape[1]):
+        m = np.round(h[idx, layer, :].T.astype(np.float64), 3)  # (H, steps)
+        layers.append([[None if not math.isfinite(v) else float(v) for v in r] for r in m.tolist()])
+    plateau = row.get("plateau_step")
+    return DogHeat(
+        id=str(st.dog_id),
+        name=str(st.dog_name),
+        cohort=str(row.get("cohort", "")),
+        n_steps=int(t),
+        n_layers=int(h.shape[1]),
+        n_units=int(h.shape[2]),
+        steps=ints(idx + 1),
+        dates=[str(d)[:10] for d in np.asarray(st.race_date)[idx]],
+        z=layers,
+        plateau=None if plateau is None or pd.isna(plateau) else int(plateau),
+    )
+
+
+def abs_sum_section(results: RunResults, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int) -> Section:
+    """Cohort bands of s by race, the heatmap dogs' curves and the median plateau."""
+    intro = INTRO["abs-sum"]
+    step = by_layer(results.step, layer)
+    if not nonempty(step):
+        return Section(
+            "abs-sum", "Abs-sum per race", intro, (Panel("Abs-sum per race", "", note=missing("stats/step.parquet")),)
+        )
+    all_line = step[step["cohort"] == "all"].sort_values("step")
+    all_line = all_line[all_line["n"] >= MIN_BAND_DOGS]
+    median_plateau = None
+    if nonempty(dog):
+        ps = pd.to_numeric(dog["plateau_step"], errors="coerce").dropna()
+        median_plateau = sig(ps.median()) if len(ps) else None
+    spec = BandsSpec(
+        "fig-abs-sum",
+        bands=bands(step, "s", cohorts=("saturated", "unsaturated", "partial")),
+        lines=[Line("all dogs (median)", ints(all_line["step"]), sigs(all_line["s_q50"]), colour("all"), "dot")],
+        exemplars=_exemplar_curves(results.dog_step, dog, chosen_ids, layer),
+        vline=median_plateau,
+        vline_label=f"median plateau {median_plateau:.0f}" if median_plateau is not None else None,
+        xlabel="race (step)",
+        ylabel="s = abs-sum / units",
+        yrange=[0, 1],
+        height=420,
+    )
+    panel = Panel(
+        "Abs-sum per race: cohorts and exemplar dogs", EXPLAIN["abs-sum"].format(min_dogs=MIN_BAND_DOGS), spec
+    )
+    return Section("abs-sum", "Abs-sum per race", intro, (panel,))
+
+
+def _exemplar_curves(
+    ds: pd.DataFrame | None, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int
+) -> list[ExemplarCurve]:
+    out: list[ExemplarCurve] = []
+    if dog is None or not chosen_ids or ds is None:
+        return out
+    for did in chosen_ids:
+        r = dog[dog["dog_id"] == did]
+        if not len(r):
+            continue
+        sub = by_layer(ds[ds["dog_index"] == int(r["dog_index"].iloc[0])], layer).sort_values("step")
+        p = r["plateau_step"].iloc[0]
+        out.append(
+            ExemplarCurve(
+                name=str(r["dog_name"].iloc[0]),
+                x=ints(sub["step"]),
+                y=sigs(sub["s"]),
+                abs_sum=sigs(sub["abs_sum"]),
+                plateau=None if pd.isna(p) else int(p),
+            )
+        )
+    return out
+
