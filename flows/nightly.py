@@ -81,8 +81,8 @@ def stats_task(tmp_dir: str, rule: dict) -> dict:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(tmp_dir: str, root: str, set_id: str, seq_path: str) -> dict:
-    return evaluate.run(tmp_dir, root, set_id, seq_path)
+def evaluate_task(tmp_dir: str, root: str, set_id: str, seq_path: str, n_boot: int, min_races: int) -> dict:
+    return evaluate.run(tmp_dir, root, set_id, seq_path, n_boot=n_boot, min_races=min_races)
 
 
 @task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -129,7 +129,7 @@ def nightly(
     _extract_blocks(plan, s)
     tmp_dir = finish_run_task(plan)
     stats_task(tmp_dir, _rule(s))
-    headline = evaluate_task(tmp_dir, root, set_id, seq_path)
+    headline = evaluate_task(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
     run_dir = publish_run_task(root, tmp_dir)
     rel = report_task(run_dir, root, str(s.reports_path.resolve()), night, snapshot_id, list(s.watchlist))
 

@@ -36,10 +36,13 @@ class Settings(BaseSettings):
     market_context: bool = Field(
         False, description="Train with the market price as pre-race context; off by default so the GRU learns from form and the market stays the baseline.")
     train_workers: int = Field(1, description="Seeds trained in parallel processes (one torch thread each).", gt=0)
-    cohort_rule: str = Field("plateau-f", description="Named cohort rule (gruviz_core.cohorts.CohortRule).")
+    cohort_rule: str = Field("plateau-f-abs", description="Named cohort rule (gruviz_core.cohorts.RULES); an unknown name is refused.")
     cohort_theta: float | None = Field(
-        None, description="Cohort rule: tail F_tau (a quantile of the decided dogs') at or above which a dog is saturated; default the rule's.")
+        None, description="Cohort rule: tail F_tau (share of units) at or above which a dog with a plateau is saturated; default the rule's.")
     cohort_tau: float | None = Field(None, description="Cohort rule: |h| threshold of F_tau (0.9, 0.95 or 0.99); default the rule's.")
+    bootstrap: int = Field(1000, description="Bootstrap replicates (over dogs) of every comparison's interval.", ge=100)
+    min_eval_races: int = Field(
+        2000, description="Fewest held-out races (after the model set's training and early-stopping windows) to compare on.", ge=1)
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")

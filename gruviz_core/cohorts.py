@@ -7,12 +7,15 @@
 
 The tail is the steps from T* on when there is a plateau, else the steps after the warm-up w.
 
-`scale="absolute"` reads theta and low as fractions of units. `scale="quantile"` (the default)
-reads them as quantiles of the tail F over the decided dogs of the run: a trained model pins the
-same units for nearly every dog (on the Iggy data every decided dog has 11-38% of its units at
-|h| >= 0.95 after its plateau), so absolute thresholds put everyone in one cohort, while quantiles
-always compare the most with the least saturated dogs. `resolve_thresholds` gives the absolute
-values a run used; they are stored with the cohort counts.
+Rules are named and versioned (`RULES`); a run stores the rule it used. The default, `plateau-f-abs`
+v2, reads theta and low as absolute shares of units, so it may find no saturated dog at all: that
+is a finding, reported with the distribution of tail F, never hidden by thresholds that move with
+the data. (v1, `plateau-f` with quantile thresholds, resolved both thresholds to 0 when most dogs
+had tail F = 0, and made "saturated" the top quartile by construction otherwise; it is gone.)
+
+Status at prediction time (`status_at_prediction`): race t of a dog is predicted from h_{t-1}, so a
+scored race is grouped by what the model had then: plateau reached by t-1 (T* + k - 1 <= t - 1), the
+running tail F up to t-1, s_{t-1}. Nothing after the race decides its group.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ __all__ = [
     "sensitivity_cohorts",
     "THETA_GRID",
     "exemplar_pair",
+    "RULES",
+    "PredictionStatus",
+    "status_at_prediction",
+    "debut_observed",
 ]
 
 COHORTS: tuple[str, ...] = ("saturated", "partial", "unsaturated", "undecided")
@@ -52,9 +59,9 @@ THETA_GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
 class CohortRule:
     """The rule that puts each dog in a cohort; stored with every run so nights compare like with like."""
 
-    name: str = "plateau-f"
-    """Rule family; change it when the logic changes, not the numbers."""
-    version: int = 1
+    name: str = "plateau-f-abs"
+    """Rule family (a key of RULES); change it when the logic changes, not the numbers."""
+    version: int = 2
     """Bump when a default below changes."""
     w: int = 5
     """Window in steps over which the relative change of s is measured."""
@@ -64,14 +71,15 @@ class CohortRule:
     """Consecutive flat steps needed to call a plateau."""
     tau: float = 0.95
     """|h| >= tau counts a unit as near the boundary (F_tau)."""
-    theta: float = 0.75
-    """Mean F_tau from T* on at or above which a dog is saturated (a quantile when scale='quantile')."""
-    low: float = 0.25
-    """Mean F_tau over the tail at or below which a dog is unsaturated (a quantile when scale='quantile')."""
+    theta: float = 0.25
+    """Mean F_tau from T* on at or above which a dog is saturated (a share of units; a quantile when scale='quantile')."""
+    low: float = 0.05
+    """Mean F_tau over the tail below which a dog is unsaturated (a share of units; a quantile when scale='quantile')."""
     layer: int = -1
     """Layer whose states decide the dog's cohort (-1: top layer)."""
-    scale: str = "quantile"
-    """'quantile': theta and low are quantiles of the decided dogs' tail F; 'absolute': shares of units."""
+    scale: str = "absolute"
+    """'absolute': theta and low are shares of units; 'quantile' (only under a relative rule's own name):
+    quantiles of the decided dogs' tail F."""
 
     def __post_init__(self) -> None:
         if self.w < 1 or self.k < 1 or self.delta <= 0:
@@ -96,11 +104,16 @@ class CohortRule:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise ConfigError(f"cohort rule {d.get('name')!r}: unknown parameters {unknown}; known: {sorted(known)}")
+        name = flat.get("name", cls.name)
+        if name not in RULES:
+            raise ConfigError(f"cohort rule {name!r} is unknown; known rules: {', '.join(sorted(RULES))} "
+                              "(GRUVIZ_COHORT_RULE)")
+        base = RULES[name]
         if "version" in flat:
             flat["version"] = int(flat["version"])
         if "theta" in flat and "low" not in flat:  # a theta alone below the default low keeps the rule valid
-            flat["low"] = min(cls.low, float(flat["theta"]))
-        return cls(**flat)
+            flat["low"] = min(base.low, float(flat["theta"]))
+        return replace(base, **flat)
 
     @classmethod
     def coerce(cls, rule: "CohortRule | dict | None") -> "CohortRule":
@@ -114,7 +127,17 @@ class CohortRule:
         return replace(self, tau=tau, theta=theta, low=min(self.low, theta))
 
 
-DEFAULT_RULE = CohortRule()
+RULES: dict[str, CohortRule] = {}
+"""Named rules, each at its current version. A change of any default bumps that rule's version."""
+
+
+def _register(rule: CohortRule) -> CohortRule:
+    RULES[rule.name] = rule
+    return rule
+
+
+DEFAULT_RULE = _register(CohortRule())
+_register(CohortRule(name="relative-s-quartile", version=1, theta=0.75, low=0.25, scale="quantile"))
 
 
 def min_steps(rule: CohortRule) -> int:
@@ -160,7 +183,7 @@ def assign_cohorts(plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray,
     short = (~has) & (np.asarray(n_steps) < min_steps(rule))
     f = np.nan_to_num(np.asarray(f_tail, dtype=np.float64), nan=0.0)
     out = np.full(len(plateau), "partial", dtype=object)
-    out[f <= low] = "unsaturated"
+    out[(f < low) if rule.scale == "absolute" else (f <= low)] = "unsaturated"
     out[has & (f >= max(theta, 1e-9))] = "saturated"  # nobody is saturated with no unit near the boundary
     out[short] = "undecided"
     return out
@@ -195,3 +218,73 @@ def exemplar_pair(dogs: "pd.DataFrame") -> list[tuple[str, str]]:
     return [(str(order["dog_id"].iloc[-1]), str(order["dog_id"].iloc[0]))]
 
 
+
+
+@dataclass(frozen=True)
+class PredictionStatus:
+    """What the model had when it predicted each race: from h_{t-1} and the steps before t only."""
+
+    status: np.ndarray
+    """(obs,) object: saturated / partial / unsaturated / undecided under the rule, from steps < t."""
+    plateau_reached: np.ndarray
+    """(obs,) bool: T* + k - 1 <= t - 1 (the plateau was checkable by the race before)."""
+    f_run: np.ndarray
+    """(obs,) float64 running mean F_tau over the tail so far (from T* once reached, else the last w
+    steps); NaN at step 1 (no state yet but h_0 = 0)."""
+    s_prev: np.ndarray
+    """(obs,) float64 s_{t-1} = mean |h_{t-1}|; 0 at step 1 (h_0 = 0)."""
+    f_prev: np.ndarray
+    """(obs,) float64 F_tau(h_{t-1}); 0 at step 1."""
+
+
+def status_at_prediction(
+    s: np.ndarray, f: np.ndarray, step: np.ndarray, offsets: np.ndarray, plateau: np.ndarray, rule: CohortRule
+) -> PredictionStatus:
+    """Status of every row at prediction time. s, f: (obs,) s and F_tau of the state AFTER each row's
+    race; step: (obs,) 1-based; offsets: (dog + 1,); plateau: (dog,) T* (NaN if none)."""
+    s, f = np.asarray(s, dtype=np.float64), np.asarray(f, dtype=np.float64)
+    sizes = np.diff(offsets)
+    dog = np.repeat(np.arange(len(sizes)), sizes)
+    first = np.asarray(step) == 1
+    s_prev = np.where(first, 0.0, np.roll(s, 1))
+    f_prev = np.where(first, 0.0, np.roll(f, 1))
+    t_prev = np.asarray(step, dtype=np.int64) - 1  # steps known before the race
+    T = np.asarray(plateau, dtype=np.float64)[dog]
+    reached = np.isfinite(T) & (T + rule.k - 1 <= t_prev)
+    # running mean of F over steps [a, t-1] from a per-dog cumulative sum (row r holds steps 1..step[r])
+    cs = np.cumsum(np.nan_to_num(f))
+    csum = np.concatenate([[0.0], cs])  # csum[i] = sum of rows < i
+
+    def _sum_steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum of F over steps a..b of the row's dog
+        start = np.asarray(offsets[:-1])[dog]
+        return csum[start + b] - csum[start + a - 1] if len(a) else np.zeros(0)
+
+    a = np.where(reached, np.nan_to_num(T, nan=1.0), np.maximum(t_prev - rule.w + 1, 1)).astype(np.int64)
+    b = np.maximum(t_prev, 0)
+    ok = b >= a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f_run = np.where(ok, _sum_steps(np.where(ok, a, 1), np.where(ok, b, 1)) / np.maximum(b - a + 1, 1), np.nan)
+    out = np.full(len(s), "partial", dtype=object)
+    out[np.nan_to_num(f_run, nan=0.0) < rule.low] = "unsaturated"
+    out[reached & (np.nan_to_num(f_run, nan=0.0) >= max(rule.theta, 1e-9))] = "saturated"
+    out[(~reached) & (t_prev < min_steps(rule))] = "undecided"
+    return PredictionStatus(out, reached, f_run, s_prev, f_prev)
+
+
+def debut_observed(first_date: np.ndarray, covered_months: np.ndarray, *, lookback_days: int = 90) -> np.ndarray:
+    """(dog,) bool: the data cover every month in the `lookback_days` before the dog's first observed race,
+    so a dog that raced then would have been seen: its first observed race is (taken as) its debut.
+
+    first_date: (dog,) datetime64[D]; covered_months: sorted datetime64[M] months with any race in the data.
+    """
+    first = np.asarray(first_date, dtype="datetime64[D]")
+    cov = np.asarray(covered_months, dtype="datetime64[M]")
+    if len(cov) == 0:
+        return np.zeros(len(first), dtype=bool)
+    lo = (first - np.timedelta64(lookback_days, "D")).astype("datetime64[M]")
+    hi = first.astype("datetime64[M]")
+    # months in [lo, hi] all covered <=> count of covered months in range == span, and lo >= first covered month
+    idx_lo = np.searchsorted(cov, lo, side="left")
+    idx_hi = np.searchsorted(cov, hi, side="right")
+    span = (hi - lo).astype(np.int64) + 1
+    return ((idx_hi - idx_lo) == span) & (lo >= cov[0])

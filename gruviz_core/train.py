@@ -32,6 +32,7 @@ __all__ = [
     "TrainData",
     "SeedResult",
     "time_split",
+    "time_windows",
     "conditional_logit_nll",
     "score_rows",
     "win_metrics",
@@ -59,7 +60,10 @@ class TrainConfig:
     min_delta: float = 2e-4
     """Smallest drop of the validation loss (nats per race) that counts as better."""
     val_frac: float = 0.15
-    """Share of the most recent race dates held out for validation."""
+    """Share of race dates in the early-stopping window (after the training period)."""
+    test_frac: float = 0.2
+    """Share of the most recent race dates held out entirely (after the early-stopping window): never used
+    to fit or to choose the epoch, so the nightly report can compare cohorts on them out of sample."""
     grad_clip: float = 1.0
     """Max gradient norm per step."""
     threads: int | None = 1
@@ -124,6 +128,25 @@ def time_split(race_date: np.ndarray, val_frac: float) -> tuple[np.datetime64, n
     cutoff = dates[n_train - 1]
     train = race_date.astype("datetime64[D]") <= cutoff
     return cutoff, train, ~train
+
+
+def time_windows(
+    race_date: np.ndarray, val_frac: float, test_frac: float
+) -> tuple[np.datetime64, np.datetime64, np.ndarray, np.ndarray]:
+    """Train | early-stopping | test windows by date: (last training date, last early-stopping date,
+    train (obs,) bool, early-stopping (obs,) bool). Rows after the second date are the test window."""
+    if not 0.0 <= test_frac < 1.0 or not 0.0 < val_frac < 1.0 or val_frac + test_frac >= 1.0:
+        raise ConfigError(f"train: val_frac={val_frac}, test_frac={test_frac}: each in [0, 1), val_frac > 0 "
+                          "and together below 1 (e.g. 0.15 and 0.2)")
+    dates = np.unique(race_date.astype("datetime64[D]"))
+    if len(dates) < 3 and test_frac > 0:
+        raise ConfigError(f"train: races on {len(dates)} date(s); train, early-stopping and test windows need 3")
+    n_test = min(int(round(len(dates) * test_frac)), len(dates) - 2) if test_frac > 0 else 0
+    kept = dates[: len(dates) - n_test]
+    cutoff, _, _ = time_split(kept, val_frac / (1.0 - test_frac))
+    es_end = kept[-1]
+    d = race_date.astype("datetime64[D]")
+    return cutoff, es_end, d <= cutoff, (d > cutoff) & (d <= es_end)
 
 
 def conditional_logit_nll(scores: torch.Tensor, race: torch.Tensor, won: torch.Tensor) -> tuple[torch.Tensor, int]:

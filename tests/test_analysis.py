@@ -31,9 +31,12 @@ CONTRACT = {
     "stats/plateau.parquet": ["layer", "step", "at_risk", "plateaued", "survival"],
     "eval/cohort_metrics.parquet": ["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"],
     "eval/calibration.parquet": ["cohort", "bin", "p_mean", "won_rate", "n"],
-    "eval/length_matched.parquet": ["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"],
-    "eval/effect_size.parquet": ["metric", "a", "b", "diff", "lo", "hi"],
-    "eval/sensitivity.parquet": ["tau", "theta", "cohort", "n_dogs", "log_loss"],
+    "eval/status_compare.parquet": ["stratum", "group", "metric", "value", "lo", "hi", "n_dogs", "n_rows",
+                                    "n_winners", "n_eff_dogs"],
+    "eval/status_effect.parquet": ["comparison", "metric", "a", "b", "diff", "lo", "hi", "n_dogs_a", "n_dogs_b",
+                                   "comparable", "excludes_zero"],
+    "eval/dose_response.parquet": ["score", "decile", "score_mid", "value", "lo", "hi", "n_rows", "n_dogs"],
+    "eval/sensitivity.parquet": ["param", "value", "n_dogs_a", "n_dogs_b", "diff", "lo", "hi", "comparable"],
     "eval/repro.parquet": ["scope", "metric", "value"],
     "eval/cka.parquet": ["step", "seed_a", "seed_b", "cka"],
     "eval/resilience.parquet": ["perturbation", "severity", "cohort", "position", "d_loss", "flip_rate",
@@ -91,7 +94,8 @@ def run(tmp_path_factory):
     rule = CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02)
     summary = compute_stats(tmp, rule=rule)
     headline = evaluate_run(tmp, models=models, values=inputs["seqs_values"], context=inputs["context"],
-                                     offsets=inputs["offsets"], feature_names=FEATURES, sample_dogs=40, n_boot=40)
+                                     offsets=inputs["offsets"], feature_names=FEATURES, sample_dogs=40, n_boot=40,
+                            min_races=1)
     return tmp, inputs, summary, headline
 
 
@@ -104,11 +108,11 @@ def test_tables_have_the_contract_columns(run):
         assert len(df) > 0, rel
     assert not list(tmp.glob("stats/.*.tmp")) and not list(tmp.glob("eval/.*.tmp"))
     s = json.loads((tmp / "stats" / "summary.json").read_text())
-    assert s["rule"]["name"] == "plateau-f" and len(s["effective_dim"]) == 2
+    assert s["rule"]["name"] == "plateau-f-abs" and len(s["effective_dim"]) == 2
     assert sum(s["cohort_counts"].values()) == s["n_dogs"]
     assert json.loads((tmp / "run.json").read_text())["cohort_rule"] == s["rule"]
     assert headline["model_log_loss"] > 0 and headline["has_market"]
-    assert headline["notes"] == []
+    assert not [n for n in headline["notes"] if n.startswith("resilience skipped")]
 
 
 def test_streaming_stats_equal_in_memory(run):
@@ -147,7 +151,7 @@ def test_eval_tables_make_sense(run):
 
 def test_evaluate_without_models_skips_resilience(run, tmp_path):
     tmp, *_ = run
-    headline = evaluate_run(tmp, models=None, n_boot=20)
+    headline = evaluate_run(tmp, models=None, n_boot=20, min_races=1)
     assert "resilience" not in headline["tables"] and headline["notes"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import pandas as pd
 
 from flows.stages.stats import run_offsets
 from gruviz_core import cohorts as co
+from gruviz_core import comparisons as cmp
+from gruviz_core import stats as st
 from gruviz_core import evaluate as ev
 from gruviz_core import resilience as rs
 from gruviz_core.cohorts import CohortRule
@@ -25,24 +28,86 @@ from storage.layout import RunLayout
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
 
-__all__ = ["evaluate_run", "run"]
+__all__ = ["evaluate_run", "run", "Holdout", "holdout_of"]
 
 
-def run(tmp_dir: str, root: str, set_id: str, seq_path: str) -> dict:
+@dataclass(frozen=True)
+class Holdout:
+    """Which races a run may compare on: those after the model set last saw (fit or early stopping)."""
+
+    after: str | None = None
+    """ISO date; races strictly after it are out of sample. None: unknown, every race is compared."""
+    basis: str = "none"
+    """'builtin-split' (train | early-stopping | test windows), 'registered' (the team's training date) or 'none'."""
+    model_cutoff: str | None = None
+    """Last date of the model set's training period, as recorded."""
+    early_stop_end: str | None = None
+    """Last date of its early-stopping window, as recorded."""
+
+    def keep(self, race_date: np.ndarray) -> np.ndarray:
+        """(rows,) bool: race_date (datetime64) after the boundary (all True without one)."""
+        d = np.asarray(race_date, dtype="datetime64[D]")
+        if self.after is None:
+            return np.ones(len(d), dtype=bool)
+        return d > np.datetime64(self.after, "D")
+
+
+def holdout_of(meta: dict) -> Holdout:
+    """The held-out boundary recorded with a model set (its registry manifest)."""
+    cutoff, es_end, until = meta.get("cutoff"), meta.get("early_stop_end"), meta.get("trained_until")
+    if es_end:
+        return Holdout(str(es_end), "builtin-split", cutoff, es_end)
+    if until:
+        return Holdout(str(until), "registered", cutoff, None)
+    return Holdout(None, "none", cutoff, None)
+
+
+def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
     """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline."""
     from flows.stages.extract import inputs
 
     seqs, model_set, values, context = inputs(root, seq_path, set_id)
     return evaluate_run(Path(tmp_dir), models=model_set.models, values=values, context=context,
-                        offsets=seqs.offsets, feature_names=seqs.feature_names)
+                        offsets=seqs.offsets, feature_names=seqs.feature_names, n_boot=n_boot,
+                        holdout=holdout_of(model_set.meta), min_races=min_races)
+
+
+def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> dict:
+    """The evaluation period as the report states it."""
+    d = r["race_date"].to_numpy(dtype="datetime64[D]")
+    n_races = int(race.max() + 1) if len(race) else 0
+    return {
+        "start": str(d.min()) if len(d) else None, "end": str(d.max()) if len(d) else None,
+        "after": holdout.after, "model_cutoff": holdout.model_cutoff, "early_stop_end": holdout.early_stop_end,
+        "basis": holdout.basis, "races": n_races, "dogs": int(r["dog_index"].nunique()), "rows": int(len(r)),
+        "in_sample": False if holdout.after is not None else None, "min_races": int(min_races),
+        "too_small": n_races < min_races,
+    }
+
+
+def _nll(p: np.ndarray | None, won: np.ndarray, race: np.ndarray) -> float | None:
+    if p is None or len(p) == 0:
+        return None
+    return cmp.race_nll(p, won, race)
+
+
+def _km_median(run_dir: Path, summary: dict) -> int | None:
+    """Kaplan-Meier median time to plateau of the cohort layer; None while the curve stays above 0.5."""
+    if not has_table(run_dir, "plateau"):
+        return None
+    km = read_table(run_dir, "plateau")
+    km = km[km["layer"] == summary.get("cohort_layer", 0)]
+    below = km[km["survival"] <= 0.5]
+    return int(below["step"].min()) if len(below) else None
 
 
 def evaluate_run(
     run_dir: str | Path, *, models: list[LoadedModel] | None = None, values: np.ndarray | None = None,
     context: np.ndarray | None = None, offsets: np.ndarray | None = None, feature_names: Sequence[str] = (),
-    sample_dogs: int = 2000, seed: int = 0, n_boot: int = 200, allow_incomplete: bool = True,
+    sample_dogs: int = 2000, seed: int = 0, n_boot: int = 1000, allow_incomplete: bool = True,
     pairs: Sequence[tuple[str, str]] | None = None,
     perturbations: Sequence[rs.Perturbation] = rs.DEFAULT_PERTURBATIONS,
+    holdout: Holdout | None = None, sizes: cmp.Sizes = cmp.Sizes(), min_races: int = 2000, grid_boot: int = 200,
 ) -> dict:
     """Cohort comparisons of a run whose stats exist; writes eval/*.parquet and eval/headline.json.
 
@@ -63,6 +128,8 @@ def evaluate_run(
     rows = reader.rows()
     scores = reader.scores().astype(np.float64)  # (obs, seed)
     sel, has_market = ev.eval_rows(rows, scores)
+    holdout = holdout or Holdout()
+    sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
     won = r["won"].to_numpy(np.float64)
     race = race_codes(r["race_id"].to_numpy())
@@ -73,23 +140,24 @@ def evaluate_run(
     sources = {"model": p, "model_mean": probs.mean(axis=1), "uniform": uniform_probs(race)}
     if has_market:
         sources["market"] = renormalise(r["market_prob"].to_numpy(np.float64), race)
-    weights = ev.poisson_weights(len(cohort), n_boot, seed)
+    weights = cmp.bootstrap_weights(len(cohort), n_boot, seed)  # (B, dog) float32, shared by every comparison
+    period = _period(holdout, r, race, min_races)
     tables: dict[str, pd.DataFrame] = {}
-    tables["cohort_metrics"] = ev.cohort_metrics(sources, won, race, dog, cohort, weights=weights)
+    # by the dog's cohort (decided by its whole career: includes selection); a smaller B suffices here
+    tables["cohort_metrics"] = ev.cohort_metrics(sources, won, race, dog, cohort,
+                                                 weights=weights[: min(n_boot, 200)].astype(np.float64))
     row_cohort = cohort[dog]
     cal = [ev.calibration(sources[s], won, row_cohort).assign(source=s) for s in ("model", "market") if s in sources]
     tables["calibration"] = pd.concat(cal, ignore_index=True)
-    ref = sources.get("market")
-    eff = ev.effect_sizes(p, won, race, dog, cohort, weights=weights, ref=ref)
-    tables["length_matched"], eff_lm = ev.length_matched(p, won, race, dog, step, cohort, weights=weights, ref=ref)
-    tables["effect_size"] = pd.concat([eff, eff_lm], ignore_index=True)
-    tables["sensitivity"] = ev.sensitivity(dogs, rule, p, won, dog)
+    found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
+                         sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
+    tables.update(found.tables)
     kappa_pairs = _kappas(run_dir, len(reader.seeds))
     tables["repro"] = ev.repro_table(probs, race, dog, cohort, kappa_pairs)
     tables["cka"] = _cka(reader, dogs, seed=seed)
     ex_pairs = list(pairs) if pairs else co.exemplar_pair(dogs)
     tables["divergence"] = _divergence(reader, ex_pairs)
-    notes = []
+    notes = list(found.notes)
     if models and values is not None and context is not None and offsets is not None:
         tables["resilience"] = rs.resilience_table(rows, scores, sel, cohort, models, values, context,
                                                    _checked_offsets(reader, offsets), feature_names, sample_dogs,
@@ -103,24 +171,22 @@ def evaluate_run(
     def _get(src, c="all", m="log_loss"):
         return float(cm.get((src, c, m), np.nan))
 
-    eff_i = tables["effect_size"].set_index(["adjust", "metric"])
     headline = {
-        "dogs": reader.n_dogs, "obs": reader.n_obs, "eval_rows": int(len(sel)), "eval_races": int(race.max() + 1) if len(race) else 0,
+        "dogs": reader.n_dogs, "obs": reader.n_obs, "eval_rows": int(len(sel)),
+        "eval_races": int(race.max() + 1) if len(race) else 0,
         "seeds": reader.seeds, "cohort_counts": summary["cohort_counts"], "rule": summary["rule"],
         "saturated_share": summary["cohort_counts"].get("saturated", 0) / max(reader.n_dogs, 1),
+        "period": period, "race_nll": {k: _nll(sources.get(k), won, race) for k in ("model", "model_mean", "market", "uniform")},
         "model_log_loss": _get("model"), "model_mean_log_loss": _get("model_mean"),
         "market_log_loss": _get("market"), "uniform_log_loss": _get("uniform"),
         "model_hit_rate": _get("model", m="hit_rate"), "market_hit_rate": _get("market", m="hit_rate"),
         "model_auc": _get("model", m="auc"),
-        "saturated_log_loss": _get("model", "saturated"), "unsaturated_log_loss": _get("model", "unsaturated"),
-        "log_loss_diff": ev.effect_of(eff_i, "none"), "log_loss_diff_length_matched": ev.effect_of(eff_i, "length_matched"),
-        "gap_vs_market_diff_length_matched": ev.effect_of(eff_i, "length_matched", ev.GAP_METRIC),
-        "saturated_gap_vs_market": _get("model", "saturated", ev.GAP_METRIC),
-        "unsaturated_gap_vs_market": _get("model", "unsaturated", ev.GAP_METRIC),
+        **found.headline, "plateau_median_km": _km_median(run_dir, summary),
         "effective_dim": summary.get("effective_dim"), "dead_units": summary.get("dead_units"),
         "always_saturated_units": summary.get("always_saturated_units"),
         "exemplars": [{"dog_a": a, "dog_b": b} for a, b in ex_pairs],
-        "has_market": has_market, "n_boot": n_boot, "bootstrap_seed": seed,
+        "has_market": has_market, "n_boot": n_boot, "bootstrap_seed": seed, "grid_boot": grid_boot,
+        "min_sizes": {"dogs": sizes.min_dogs, "winners": sizes.min_winners},
         "tables": sorted(tables), "notes": notes, "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(layout.headline, headline)
@@ -161,3 +227,157 @@ def _checked_offsets(reader, offsets: np.ndarray) -> np.ndarray:
         raise ConfigError(f"{reader.run_dir}: the offsets given to evaluate_run do not match the store's "
                           f"row_start/row_size ({len(offsets) - 1} vs {reader.n_dogs} dogs); pass the run's sequences")
     return store_off
+
+
+@dataclass(frozen=True)
+class _Found:
+    tables: dict[str, pd.DataFrame]
+    headline: dict
+    notes: list[str] = field(default_factory=list)
+
+
+_GROUPS = ("saturated", "partial", "unsaturated", "undecided")
+_SENSITIVITY_GRID: tuple[tuple[str, tuple[float, ...]], ...] = (
+    ("tau", (0.9, 0.99)), ("theta", (0.1, 0.5)), ("w", (3, 8)), ("delta", (0.02, 0.1)), ("k", (2, 5)),
+)
+"""One-at-a-time grid around the rule's own values (tau, theta, and the plateau's w, delta, k)."""
+
+
+def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights, *,
+                 sizes: cmp.Sizes, grid_boot: int, too_small: bool) -> _Found:
+    """Scored races grouped by the status the model had at prediction time, compared within step strata;
+    the negative control, within-dog, dose-response and the threshold grid (see gruviz_core.comparisons)."""
+    n_dogs = len(dogs)
+    layer = int(summary.get("cohort_layer", 0))
+    ds = read_table(run_dir, "dog_step", columns=["step", "layer", "s", *st.TAU_COLUMNS])
+    ds = ds[ds["layer"] == layer]
+    s_row = ds["s"].to_numpy(np.float64)
+    f_rows = {tau: ds[c].to_numpy(np.float64) for tau, c in zip(st.TAUS, st.TAU_COLUMNS)}
+    steps_all = ds["step"].to_numpy(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(dogs["n_steps"].to_numpy(np.int64))])
+    empty = {"status_compare": cmp.group_table(cmp.row_metrics(np.zeros(0), np.zeros(0), np.zeros(0, np.int64), None),
+                                               np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, object),
+                                               weights, groups=_GROUPS, n_dogs=n_dogs)}
+    if too_small or len(sel) == 0:
+        return _Found({**empty, "status_effect": _effect_frame([]), "dose_response": _dose_frame(pd.DataFrame()),
+                       "sensitivity": _sens_frame([])},
+                      {"main_effect": None, "negative_control": None, "within_dog": None, "dose_trend": None,
+                       "n_comparisons": 0, "debut_scope": None},
+                      ["comparisons skipped: the held-out period is too small or empty"])
+    rm = cmp.row_metrics(sources["model"], won, race, sources.get("market"))
+    metric = "gap_vs_market" if rm.has_market else "runner_log_loss"
+    status = co.status_at_prediction(s_row, f_rows[rule.tau], steps_all, offsets, dogs["plateau_step"].to_numpy(), rule)
+    debut = dogs["debut_observed"].to_numpy(bool) if "debut_observed" in dogs else np.zeros(n_dogs, bool)
+    scope_debut = np.unique(dog[debut[dog]]).size >= sizes.min_dogs
+    in_scope = debut[dog] if scope_debut else np.ones(len(dog), bool)
+    notes = [] if scope_debut else ["step-indexed comparisons include dogs whose debut is not observed "
+                                    "(too few dogs with an observed debut in the period)"]
+    group = np.where(in_scope, status.status[sel], "out of scope")
+    stratum = cmp.stratum_of(step)
+    cohort = dogs["cohort"].to_numpy(dtype=object)
+    effects = [
+        ("main", cmp.stratified_effect(rm, dog, group, stratum, weights, a="saturated", b="unsaturated",
+                                       metric=metric, n_dogs=n_dogs, sizes=sizes)),
+        ("negative_control", cmp.stratified_effect(rm, dog, np.where((step == 1) & in_scope, cohort[dog], "-"),
+                                                   stratum, weights, a="saturated", b="unsaturated", metric=metric,
+                                                   n_dogs=n_dogs, sizes=sizes)),
+        ("within_dog", _within_dog_scoped(rm, dog, status.plateau_reached[sel], in_scope, weights, metric,
+                                          n_dogs, sizes)),
+        ("by_dog_cohort", cmp.stratified_effect(rm, dog, cohort[dog], stratum, weights, a="saturated",
+                                                b="unsaturated", metric=metric, n_dogs=n_dogs, sizes=sizes)),
+    ]
+    dose, trend = cmp.dose_response(rm, dog, status.s_prev[sel], (step >= 2) & in_scope, weights,
+                                    metric=metric, n_dogs=n_dogs)
+    effects.append(("dose_trend", _trend_effect(metric, trend, dose, sizes)))
+    sens = _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offsets, rule, weights[:grid_boot],
+                        metric, n_dogs, sizes)
+    tables = {
+        "status_compare": cmp.group_table(rm, dog, group, stratum, weights, groups=_GROUPS, n_dogs=n_dogs),
+        "status_effect": _effect_frame(effects), "dose_response": _dose_frame(dose), "sensitivity": _sens_frame(sens),
+    }
+    by = dict(effects)
+    head = {"main_effect": by["main"], "negative_control": by["negative_control"], "within_dog": by["within_dog"],
+            "dose_trend": trend if trend.get("slope") is not None else None,
+            "n_comparisons": len(effects) + len(sens) - 1, "debut_scope": "observed" if scope_debut else "all",
+            "main_metric": metric}
+    return _Found(tables, head, notes)
+
+
+def _within_dog_scoped(rm, dog, after, in_scope, weights, metric, n_dogs, sizes) -> dict:
+    keep = np.flatnonzero(in_scope)
+    sub = cmp.RowMetrics(rm.values[keep], rm.has_market)
+    return cmp.within_dog_effect(sub, dog[keep], after[keep], weights, metric=metric, n_dogs=n_dogs, sizes=sizes)
+
+
+def _trend_effect(metric: str, trend: dict, dose: pd.DataFrame, sizes: cmp.Sizes) -> dict:
+    ok = trend.get("slope") is not None
+    lo, hi = trend.get("lo"), trend.get("hi")
+    n = int(dose["n_dogs"].max()) if len(dose) else 0
+    comparable = ok and len(dose) >= 3 and int(dose["n_dogs"].min()) >= sizes.min_dogs
+    return {"metric": metric, "a": "slope per unit s_prev", "b": "", "diff": trend.get("slope"), "lo": lo, "hi": hi,
+            "n_dogs_a": n, "n_dogs_b": n, "n_winners_a": 0, "n_winners_b": 0, "comparable": bool(comparable),
+            "excludes_zero": bool(comparable and lo is not None and np.isfinite(lo) and (lo > 0 or hi < 0))}
+
+
+def _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offsets, rule, weights, metric,
+                 n_dogs, sizes) -> list[tuple]:
+    """The main effect at each point of the one-at-a-time grid (and the rule's own point first)."""
+    out = []
+    points = [("default", None, rule)]
+    for param, values in _SENSITIVITY_GRID:
+        for v in values:
+            if param == "theta":
+                r = replace(rule, theta=v, low=min(rule.low, v))
+            else:
+                r = replace(rule, **{param: type(getattr(rule, param))(v)})
+            points.append((param, v, r))
+    plateau_cache: dict[tuple, np.ndarray] = {}
+    for param, v, r in points:
+        key = (r.w, r.delta, r.k)
+        if key not in plateau_cache:
+            plateau_cache[key] = st.plateau_steps(s_row, steps_all, offsets, w=r.w, delta=r.delta, k=r.k)
+        status = co.status_at_prediction(s_row, f_rows[r.tau], steps_all, offsets, plateau_cache[key], r)
+        group = np.where(in_scope, status.status[sel], "out of scope")
+        e = cmp.stratified_effect(rm, dog, group, stratum, weights, a="saturated", b="unsaturated", metric=metric,
+                                  n_dogs=n_dogs, sizes=sizes)
+        na, nb = int((group == "saturated").sum()), int((group == "unsaturated").sum())
+        value = float("nan") if v is None else v  # the default row: the rule's own parameters
+        out.append((param, float(value), e["n_dogs_a"], e["n_dogs_b"], na, nb, e["diff"], e["lo"], e["hi"],
+                    e["comparable"]))
+    return out
+
+
+_EFFECT_COLS = ["comparison", "metric", "a", "b", "diff", "lo", "hi", "n_dogs_a", "n_dogs_b", "n_winners_a",
+                "n_winners_b", "comparable", "excludes_zero", "note"]
+
+
+def _effect_frame(effects: list[tuple[str, dict]]) -> pd.DataFrame:
+    rows = [{"comparison": name, **{k: e.get(k) for k in _EFFECT_COLS[1:-1]}, "note": e.get("note", "")}
+            for name, e in effects]
+    df = pd.DataFrame(rows, columns=_EFFECT_COLS)
+    for c in ("diff", "lo", "hi"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in ("n_dogs_a", "n_dogs_b", "n_winners_a", "n_winners_b"):
+        df[c] = df[c].fillna(0).astype("int64")
+    for c in ("comparable", "excludes_zero"):
+        df[c] = df[c].fillna(False).astype(bool)
+    return df
+
+
+def _dose_frame(dose: pd.DataFrame) -> pd.DataFrame:
+    cols = ["score", "decile", "score_lo", "score_hi", "score_mid", "value", "lo", "hi", "metric", "n_rows", "n_dogs"]
+    if len(dose) == 0:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("decile", "n_rows", "n_dogs") else
+                                          ("object" if c in ("score", "metric") else "float64")) for c in cols})
+    return dose.assign(score="s_prev")[cols]
+
+
+def _sens_frame(rows: list[tuple]) -> pd.DataFrame:
+    cols = ["param", "value", "n_dogs_a", "n_dogs_b", "n_rows_a", "n_rows_b", "diff", "lo", "hi", "comparable"]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("diff", "lo", "hi", "value"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in ("n_dogs_a", "n_dogs_b", "n_rows_a", "n_rows_b"):
+        df[c] = df[c].astype("int64")
+    df["comparable"] = df["comparable"].astype(bool)
+    return df

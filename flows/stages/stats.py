@@ -68,6 +68,7 @@ def compute_stats(
         else:
             del scan
     idx = reader.index()
+    debut = _debut_observed(reader.rows()["race_date"].to_numpy(), offsets)
     dog_rows, step_tables, plateau_tables = [], [], []
     cohort_of_dog = None
     for li in range(L):
@@ -80,7 +81,7 @@ def compute_stats(
             "n_steps": d["n_steps"], "layer": li, "plateau_step": d["plateau_step"],
             "censored": ~np.isfinite(d["plateau_step"]), "mean_s": d["mean_s"], "final_s": d["final_s"],
             **{f"mean_{c}_after": d[f"mean_{c}_after"] for c in st.TAU_COLUMNS}, "f_tail": d["f_tail"],
-            "cohort": d["cohort"], "cohort_layer": li == layer,
+            "cohort": d["cohort"], "cohort_layer": li == layer, "debut_observed": debut,
         }))
         plateau_tables.append(st.kaplan_meier(d["plateau_step"], d["n_steps"], rule).assign(layer=li))
     row_cohort = np.repeat(cohort_of_dog, n_steps)
@@ -124,6 +125,17 @@ def _record_rule(run_dir: Path, rule: CohortRule) -> None:
     info = read_record(p) if p.exists() else {}
     info["cohort_rule"] = rule.to_dict()
     write_json(p, info)
+
+
+def _debut_observed(race_date: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(dog,) bool: the data cover the months before the dog's first observed race (see co.debut_observed)."""
+    d = np.asarray(race_date, dtype="datetime64[D]")
+    n = len(offsets) - 1
+    if len(d) == 0:
+        return np.zeros(n, dtype=bool)
+    first = d[np.minimum(offsets[:-1], len(d) - 1)]
+    months = np.unique(d[~np.isnat(d)].astype("datetime64[M]"))
+    return co.debut_observed(first, months) & (np.diff(offsets) > 0)
 
 
 def run_offsets(reader) -> np.ndarray:

@@ -18,7 +18,7 @@ from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_
 from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
-from gruviz_core.train import TrainConfig, TrainData, score_rows, time_split, train_seed
+from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed
 from storage.registry import ModelSet, write_model_set
 
 __all__ = ["TrainReport", "train_and_register", "model_set_scores"]
@@ -37,7 +37,9 @@ class TrainReport:
     seeds: list[int]
     """Seeds trained."""
     cutoff: str
-    """Last date of the training period; validation is every later date."""
+    """Last date of the training period; the early-stopping window follows it."""
+    early_stop_end: str
+    """Last date of the early-stopping window; races after it (the test window) were never used."""
     n_train_rows: int
     """Runner rows in the training period."""
     n_val_rows: int
@@ -86,7 +88,7 @@ def train_and_register(
     if epochs is not None:
         cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
     seq_path = features.run(root, snapshot_id)
-    data, norm, cutoff = _training_data(seq_path, cfg.val_frac, context_names)
+    data, norm, cutoff, es_end = _training_data(seq_path, cfg.val_frac, cfg.test_frac, context_names)
     train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
     t_features = time.perf_counter() - t0
     configs = [
@@ -114,7 +116,7 @@ def train_and_register(
     }
     first = results[0].metrics
     report_core = {
-        "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff),
+        "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff), "early_stop_end": str(es_end),
         "n_train_rows": train_rows, "n_val_rows": val_rows,
         "per_seed": {
             str(r.seed): {"model": r.metrics["model"], "model_priced": r.metrics.get("model_priced"),
@@ -128,11 +130,11 @@ def train_and_register(
 
 
 def _training_data(
-    seq_path: Path, val_frac: float, context_names: Sequence[str] | None
-) -> tuple[TrainData, Normaliser, np.datetime64]:
+    seq_path: Path, val_frac: float, test_frac: float, context_names: Sequence[str] | None
+) -> tuple[TrainData, Normaliser, np.datetime64, np.datetime64]:
     """Sequences -> normalised training arrays, the normaliser (fitted on the training period) and the cutoff."""
     seqs = Sequences.load(seq_path)
-    cutoff, train_rows, val_rows = time_split(seqs.race_date, val_frac)
+    cutoff, es_end, train_rows, val_rows = time_windows(seqs.race_date, val_frac, test_frac)
     ctx_names = tuple(context_names) if context_names else seqs.context_names
     norm = fit_normaliser(seqs, train_rows).select(seqs.feature_names, ctx_names)
     ci = column_index(seqs.context_names, ctx_names, what="train context_names")
@@ -142,12 +144,12 @@ def _training_data(
         won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
         train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
     )
-    return data, norm, cutoff
+    return data, norm, cutoff, es_end
 
 
 def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...], mcfg: ModelConfig):
     """One seed in a spawned process: rebuild the arrays from the cached npz, train."""
-    data, _, _ = _training_data(Path(seq_path), cfg.val_frac, context_names)
+    data, _, _, _ = _training_data(Path(seq_path), cfg.val_frac, cfg.test_frac, context_names)
     return train_seed(data, mcfg, cfg)
 
 

@@ -1,0 +1,336 @@
+"""Honest cohort comparisons (DESIGN.md section 6): scored races grouped by the saturation status the
+model had when it predicted them, compared within history-length strata, out of sample, with a
+bootstrap over dogs and a minimum size below which nothing is compared.
+
+Rows are scored runners (one per dog and race) of the evaluation period only. Every metric is a ratio
+of per-dog sums, so a Poisson bootstrap over DOGS is one float32 (B, dog) @ (dog, k) product per group:
+
+    gap_vs_market     per-runner log-loss of the model minus the market's on the same runner: the
+                      model's own skill gap, fair across groups that differ in who wins
+    runner_log_loss   per-runner binary log-loss of the win probability
+    brier             squared error of the win probability
+    concordance       within-race pairs (winner, loser) ordered correctly, credited to both runners
+    hit_rate          top picks (the model's favourite) that won
+
+Race NLL (-log p(winner) per race, what the model is trained on) is a per-race number: `race_nll`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gruviz_core.errors import ConfigError
+from gruviz_core.racing import win_log_loss
+
+__all__ = [
+    "RUNNER_METRICS",
+    "STRATA",
+    "Sizes",
+    "RowMetrics",
+    "row_metrics",
+    "race_nll",
+    "stratum_of",
+    "bootstrap_weights",
+    "group_table",
+    "stratified_effect",
+    "within_dog_effect",
+    "dose_response",
+    "effective_dogs",
+]
+
+RUNNER_METRICS: tuple[str, ...] = ("gap_vs_market", "runner_log_loss", "brier", "concordance", "hit_rate")
+"""Metrics of every group; lower is better for the first three."""
+
+STRATA: tuple[tuple[int, int, str], ...] = (
+    (1, 1, "1"), (2, 5, "2-5"), (6, 10, "6-10"), (11, 20, "11-20"), (21, 40, "21-40"), (41, 10**9, "41+"),
+)
+"""History-length strata on a scored race's step t (the race is predicted from h_{t-1})."""
+
+# columns of the per-dog sums matrix
+_N, _GAP, _LL, _BR, _CONC, _PICKS, _HITS, _WIN = range(8)
+_COL = {"gap_vs_market": _GAP, "runner_log_loss": _LL, "brier": _BR, "concordance": _CONC}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Minimum group sizes below which a comparison prints 'too small to compare'."""
+
+    min_dogs: int = 100
+    """Dogs with at least one scored race in the group."""
+    min_winners: int = 50
+    """Winners among the group's scored races."""
+
+
+@dataclass(frozen=True)
+class RowMetrics:
+    """Per-row ingredients of every metric, for the rows of the evaluation period."""
+
+    values: np.ndarray
+    """(obs, 8) float64 columns n, gap, ll, brier, concordance, is_top, hit, won."""
+    has_market: bool
+    """Whether gap_vs_market is defined (market prices on every evaluated race)."""
+
+
+def row_metrics(p: np.ndarray, won: np.ndarray, race: np.ndarray, ref: np.ndarray | None) -> RowMetrics:
+    """p, won, race (codes), ref (market probabilities or None): (obs,) -> RowMetrics."""
+    p, won = np.asarray(p, dtype=np.float64), np.asarray(won, dtype=np.float64)
+    ll = win_log_loss(p, won)
+    gap = ll - win_log_loss(ref, won) if ref is not None else np.full(len(p), np.nan)
+    out = np.zeros((len(p), 8))
+    out[:, _N] = 1.0
+    out[:, _GAP], out[:, _LL], out[:, _BR] = gap, ll, (p - won) ** 2
+    out[:, _CONC] = _concordance(p, won, race)
+    top = _top_pick(p, race)
+    out[:, _PICKS], out[:, _HITS], out[:, _WIN] = top, top * won, won
+    return RowMetrics(out, ref is not None)
+
+
+def race_nll(p: np.ndarray, won: np.ndarray, race: np.ndarray) -> float:
+    """Mean over races of -log p(winner) (dead heats: the winners' mean). (obs,) -> float."""
+    n = int(race.max()) + 1 if len(race) else 0
+    if n == 0:
+        return float("nan")
+    term = np.where(won > 0, -np.log(np.clip(p, 1e-12, 1.0)), 0.0)
+    winners = np.bincount(race, weights=won, minlength=n)
+    ok = winners > 0
+    return float(np.mean(np.bincount(race, weights=term, minlength=n)[ok] / winners[ok]))
+
+
+def _top_pick(p: np.ndarray, race: np.ndarray) -> np.ndarray:
+    order = np.lexsort((-p, race))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = race[order][1:] != race[order][:-1]
+    out = np.zeros(len(p))
+    out[order[first]] = 1.0
+    return out
+
+
+def _concordance(p: np.ndarray, won: np.ndarray, race: np.ndarray) -> np.ndarray:
+    """Per runner: the share of its (winner, loser) pairs in its race that p orders correctly (ties 1/2);
+    a winner is paired with every loser, a loser with every winner. NaN for runners with no pair."""
+    n = int(race.max()) + 1 if len(race) else 0
+    out = np.full(len(p), np.nan)
+    if n == 0:
+        return out
+    w = (np.asarray(won) > 0).astype(np.float64)
+    order = np.lexsort((p, race))  # by race, then ascending p
+    rs, ps, ws = race[order], p[order], w[order]
+    new = np.ones(len(rs), dtype=bool)
+    new[1:] = (rs[1:] != rs[:-1]) | (ps[1:] != ps[:-1])
+    grp = np.cumsum(new) - 1  # tie group (race, p)
+    gl, gw = np.bincount(grp, weights=1 - ws), np.bincount(grp, weights=ws)
+    cl, cw = np.cumsum(gl) - gl, np.cumsum(gw) - gw  # losers / winners in earlier groups (all races)
+    first_grp = grp[np.searchsorted(rs, np.arange(n), side="left").clip(max=len(rs) - 1)]
+    base_l, base_w = cl[first_grp], cw[first_grp]
+    n_win, n_lose = np.bincount(rs, weights=ws, minlength=n), np.bincount(rs, weights=1 - ws, minlength=n)
+    losers_below = cl[grp] - base_l[rs]
+    losers_tied = gl[grp] - (1 - ws)
+    winners_above = n_win[rs] - (cw[grp] + gw[grp] - base_w[rs])
+    winners_tied = gw[grp] - ws
+    with np.errstate(invalid="ignore", divide="ignore"):
+        val = np.where(ws > 0, (losers_below + 0.5 * losers_tied) / n_lose[rs],
+                       (winners_above + 0.5 * winners_tied) / n_win[rs])
+    has_pair = np.where(ws > 0, n_lose[rs] > 0, n_win[rs] > 0)
+    out[order] = np.where(has_pair, val, np.nan)
+    return out
+
+
+def stratum_of(step: np.ndarray) -> np.ndarray:
+    """(obs,) 1-based step -> (obs,) stratum label."""
+    step = np.asarray(step)
+    out = np.empty(len(step), dtype=object)
+    for lo, hi, name in STRATA:
+        out[(step >= lo) & (step <= hi)] = name
+    return out
+
+
+def bootstrap_weights(n_dogs: int, n_boot: int, seed: int) -> np.ndarray:
+    """(B, dog) float32 Poisson(1) weights; the same seed gives the same weights."""
+    if n_boot < 1:
+        raise ConfigError(f"bootstrap: n_boot must be >= 1 (GRUVIZ_BOOTSTRAP), got {n_boot}")
+    return np.random.default_rng(seed).poisson(1.0, size=(n_boot, n_dogs)).astype(np.float32)
+
+
+def effective_dogs(rows_per_dog: np.ndarray) -> float:
+    """Kish effective number of dogs when each dog contributes rows_per_dog correlated rows."""
+    r = np.asarray(rows_per_dog, dtype=np.float64)
+    r = r[r > 0]
+    return float(r.sum() ** 2 / np.sum(r**2)) if len(r) else 0.0
+
+
+def _dog_sums(rm: RowMetrics, dog: np.ndarray, keep: np.ndarray, n_dogs: int) -> np.ndarray:
+    """(dog, 8) sums over the kept rows; NaN values (no market, no pair) count as 0 with their own n below."""
+    v = rm.values[keep]
+    d = dog[keep]
+    out = np.zeros((n_dogs, 10))
+    for j in range(8):
+        out[:, j] = np.bincount(d, weights=np.nan_to_num(v[:, j]), minlength=n_dogs)
+    out[:, 8] = np.bincount(d, weights=np.isfinite(v[:, _CONC]), minlength=n_dogs)  # rows with a pair
+    out[:, 9] = np.bincount(d, weights=np.isfinite(v[:, _GAP]), minlength=n_dogs)  # rows with a market
+    return out
+
+
+def _metric(sums: np.ndarray, name: str) -> np.ndarray:
+    """Metric from summed columns; sums (..., 10) -> (...)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if name == "hit_rate":
+            return sums[..., _HITS] / sums[..., _PICKS]
+        if name == "concordance":
+            return sums[..., _CONC] / sums[..., 8]
+        if name == "gap_vs_market":
+            return sums[..., _GAP] / sums[..., 9]
+        return sums[..., _COL[name]] / sums[..., _N]
+
+
+def _interval(reps: np.ndarray) -> tuple[float, float]:
+    reps = reps[np.isfinite(reps)]
+    if len(reps) < 2:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class _Group:
+    point: np.ndarray  # (10,) summed columns
+    reps: np.ndarray  # (B, 10)
+    n_dogs: int
+    n_eff: float
+
+
+def _group(sums: np.ndarray, weights: np.ndarray) -> _Group:
+    used = sums[:, _N] > 0
+    return _Group(sums.sum(axis=0), (weights[:, used] @ sums[used].astype(np.float32)).astype(np.float64),
+                  int(used.sum()), effective_dogs(sums[:, _N]))
+
+
+def _metrics_of(rm: RowMetrics) -> tuple[str, ...]:
+    return RUNNER_METRICS if rm.has_market else RUNNER_METRICS[1:]
+
+
+def group_table(
+    rm: RowMetrics, dog: np.ndarray, group: np.ndarray, stratum: np.ndarray, weights: np.ndarray,
+    *, groups: tuple[str, ...], n_dogs: int,
+) -> pd.DataFrame:
+    """Every metric per (stratum, group) and per group over all strata, with 95% intervals.
+    -> columns stratum, group, metric, value, lo, hi, n_dogs, n_rows, n_winners, n_eff_dogs."""
+    out = []
+    for st in [*[s for _, _, s in STRATA], "all"]:
+        in_st = np.ones(len(dog), bool) if st == "all" else stratum == st
+        for g in groups:
+            keep = in_st & (group == g)
+            if not keep.any():
+                continue
+            grp = _group(_dog_sums(rm, dog, keep, n_dogs), weights)
+            for m in _metrics_of(rm):
+                lo, hi = _interval(_metric(grp.reps, m))
+                out.append((st, g, m, float(_metric(grp.point, m)), lo, hi, grp.n_dogs, int(grp.point[_N]),
+                            int(grp.point[_WIN]), grp.n_eff))
+    cols = ["stratum", "group", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "n_winners", "n_eff_dogs"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def stratified_effect(
+    rm: RowMetrics, dog: np.ndarray, group: np.ndarray, stratum: np.ndarray, weights: np.ndarray,
+    *, a: str, b: str, metric: str, n_dogs: int, sizes: Sizes = Sizes(),
+) -> dict:
+    """Difference a - b of `metric` averaged over strata where both groups have rows, weighted by the rows
+    of a and b there (a group that just raced more is not credited for it); bootstrap over dogs.
+    -> {metric, a, b, diff, lo, hi, n_dogs_a, n_dogs_b, n_winners_a, n_winners_b, comparable, excludes_zero}."""
+    ia, ib = group == a, group == b
+    diffs, reps, wts = [], [], []
+    for _, _, st in STRATA:
+        s = stratum == st
+        if not (ia & s).any() or not (ib & s).any():
+            continue
+        ga, gb = _group(_dog_sums(rm, dog, ia & s, n_dogs), weights), _group(_dog_sums(rm, dog, ib & s, n_dogs), weights)
+        d = _metric(ga.point, metric) - _metric(gb.point, metric)
+        if not np.isfinite(d):
+            continue
+        diffs.append(d)
+        reps.append(_metric(ga.reps, metric) - _metric(gb.reps, metric))
+        wts.append(ga.point[_N] + gb.point[_N])
+    sa, sb = _dog_sums(rm, dog, ia, n_dogs), _dog_sums(rm, dog, ib, n_dogs)
+    return _effect_record(metric, a, b, diffs, reps, wts, sa, sb, sizes)
+
+
+def _effect_record(metric, a, b, diffs, reps, wts, sa, sb, sizes: Sizes) -> dict:
+    na, nb = int((sa[:, _N] > 0).sum()), int((sb[:, _N] > 0).sum())
+    wa, wb = int(round(sa[:, _WIN].sum())), int(round(sb[:, _WIN].sum()))
+    comparable = min(na, nb) >= sizes.min_dogs and min(wa, wb) >= sizes.min_winners and bool(diffs)
+    rec = {"metric": metric, "a": a, "b": b, "diff": None, "lo": None, "hi": None, "n_dogs_a": na, "n_dogs_b": nb,
+           "n_winners_a": wa, "n_winners_b": wb, "comparable": bool(comparable), "excludes_zero": False}
+    if diffs:
+        w = np.asarray(wts) / np.sum(wts)
+        point = float(np.sum(w * np.asarray(diffs)))
+        r = (w[:, None] * np.stack(reps)).sum(axis=0)
+        lo, hi = _interval(r)
+        rec.update(diff=point, lo=lo, hi=hi, excludes_zero=bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0)))
+    return rec
+
+
+def within_dog_effect(
+    rm: RowMetrics, dog: np.ndarray, after: np.ndarray, weights: np.ndarray, *, metric: str, n_dogs: int,
+    sizes: Sizes = Sizes(),
+) -> dict:
+    """The same dogs' races after vs before their plateau: the mean over dogs with both of (metric after -
+    metric before), bootstrap over dogs. after: (obs,) bool plateau reached by the race before."""
+    sa, sb = _dog_sums(rm, dog, after, n_dogs), _dog_sums(rm, dog, ~after, n_dogs)
+    both = (sa[:, _N] > 0) & (sb[:, _N] > 0)
+    d = _metric(sa[both], metric) - _metric(sb[both], metric)
+    ok = np.isfinite(d)
+    idx, d = np.flatnonzero(both)[ok], d[ok]
+    rec = {"metric": metric, "a": "after plateau", "b": "before plateau", "diff": None, "lo": None, "hi": None,
+           "n_dogs_a": len(idx), "n_dogs_b": len(idx), "n_winners_a": int(round(sa[idx, _WIN].sum())),
+           "n_winners_b": int(round(sb[idx, _WIN].sum())), "excludes_zero": False,
+           "comparable": len(idx) >= sizes.min_dogs and min(sa[idx, _WIN].sum(), sb[idx, _WIN].sum()) >= sizes.min_winners}
+    if len(idx):
+        w = weights[:, idx].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = (w @ d) / w.sum(axis=1)
+        lo, hi = _interval(reps)
+        rec.update(diff=float(d.mean()), lo=lo, hi=hi,
+                   excludes_zero=bool(rec["comparable"] and np.isfinite(lo) and (lo > 0 or hi < 0)))
+    return rec
+
+
+def dose_response(
+    rm: RowMetrics, dog: np.ndarray, score: np.ndarray, keep: np.ndarray, weights: np.ndarray,
+    *, metric: str, n_dogs: int, n_bins: int = 10,
+) -> tuple[pd.DataFrame, dict]:
+    """The metric by decile of a continuous saturation score (rows `keep`), with intervals, and the trend:
+    the slope of the decile values on the deciles' mean score (least squares weighted by rows), bootstrapped.
+    -> (table: decile, score_lo, score_hi, score_mid, value, lo, hi, metric, n_rows, n_dogs; trend dict)."""
+    x = np.asarray(score, dtype=np.float64)
+    keep = keep & np.isfinite(x)
+    cols = ["decile", "score_lo", "score_hi", "score_mid", "value", "lo", "hi", "metric", "n_rows", "n_dogs"]
+    if keep.sum() < n_bins:
+        return pd.DataFrame(columns=cols), {"slope": None, "lo": None, "hi": None, "n_rows": int(keep.sum())}
+    edges = np.unique(np.quantile(x[keep], np.linspace(0, 1, n_bins + 1)))
+    b = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    rows, mids, vals, reps, ns = [], [], [], [], []
+    for i in range(len(edges) - 1):
+        k = keep & (b == i)
+        if not k.any():
+            continue
+        g = _group(_dog_sums(rm, dog, k, n_dogs), weights)
+        v, r = float(_metric(g.point, metric)), _metric(g.reps, metric)
+        lo, hi = _interval(r)
+        mid = float(x[k].mean())
+        rows.append((i + 1, float(edges[i]), float(edges[i + 1]), mid, v, lo, hi, metric, int(g.point[_N]), g.n_dogs))
+        mids.append(mid), vals.append(v), reps.append(r), ns.append(g.point[_N])
+    table = pd.DataFrame(rows, columns=cols)
+    trend = {"slope": None, "lo": None, "hi": None, "n_rows": int(keep.sum())}
+    if len(mids) >= 3:
+        X, W = np.asarray(mids), np.asarray(ns)
+        xc = X - np.average(X, weights=W)
+        denom = np.sum(W * xc**2)
+        if denom > 0:
+            slope = float(np.sum(W * xc * np.asarray(vals)) / denom)
+            r = (W * xc) @ np.nan_to_num(np.stack(reps)) / denom
+            lo, hi = _interval(r)
+            trend = {"slope": slope, "lo": lo, "hi": hi, "n_rows": int(keep.sum())}
+    return table, trend
