@@ -69,22 +69,35 @@ def dog_names(n: int, rng: np.random.Generator) -> np.ndarray:
     return pre[pi] + " " + mid + word[wi] + suffix
 
 
-def simulate(n_dogs: int, seed: int, *, start: str = "2023-01-01") -> pd.DataFrame:
-    """Canonical runs of `n_dogs` simulated dogs (source "synth"), deterministic for a seed."""
+SEASON_DAYS = 1095
+"""With an `end` night, racing starts this many days before it and dogs debut throughout."""
+
+
+def simulate(n_dogs: int, seed: int, *, start: str | None = None, end: str | None = None) -> pd.DataFrame:
+    """Canonical runs of `n_dogs` simulated dogs (source "synth"), deterministic for a seed.
+
+    With `end` (the night simulated), racing ends on that day: races after it have not happened yet
+    (careers still under way are cut there) and, unless `start` is given, racing starts SEASON_DAYS
+    before it. Without `end`, racing starts on `start` (default 2023-01-01) and careers run out.
+    """
     if n_dogs < 1:
         raise ConfigError(f"simulate: n_dogs must be >= 1, got {n_dogs}")
     rng = np.random.default_rng(seed)
-    dogs = _dogs(n_dogs, rng)
+    dogs = _dogs(n_dogs, rng, SEASON_DAYS if end is not None else 730)  # with a night, dogs debut all season
     slots = _slots(dogs, rng)
     races = _fields(slots, rng)
     runs = _race(races, dogs, rng)
-    return _table(runs, dogs, pd.Timestamp(start))
+    if end is None:
+        return _table(runs, dogs, pd.Timestamp(start or "2023-01-01"))
+    last = pd.Timestamp(end)
+    table = _table(runs, dogs, pd.Timestamp(start) if start else last - pd.Timedelta(days=SEASON_DAYS))
+    return table[pd.to_datetime(table["race_date"]) <= last].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- stages
 
 
-def _dogs(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _dogs(n: int, rng: np.random.Generator, debut_days: int = 730) -> dict[str, np.ndarray]:
     """Per dog: career length, base ability, early speed, weight, home track, first day."""
     n_tracks = int(np.clip(round(n / 500), 2, len(_TRACKS)))  # about 500 dogs a track, as in Australia
     home_p = 1.0 / np.arange(1, n_tracks + 1) ** 0.6
@@ -96,7 +109,7 @@ def _dogs(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "early": 0.5 * base + rng.normal(0.0, 0.85, n),
         "weight": np.clip(rng.normal(31.0, 3.0, n), 24.0, 40.0),
         "home": rng.choice(n_tracks, size=n, p=home_p / home_p.sum()),
-        "first_day": rng.integers(0, 730, n),
+        "first_day": rng.integers(0, debut_days, n),
         "gap_scale": rng.uniform(2.0, 5.0, n),
         "n_tracks": np.array(n_tracks),
         "name": dog_names(n, rng),

@@ -9,7 +9,8 @@ HELP = "Simulate a season of form, train a small model set if there is none, run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dogs", type=int, default=3000, help="Dogs to simulate (default 3000)")
+    p.add_argument("--dogs", type=int, default=5000,
+                   help="Dogs to simulate (default 5000: enough for a held-out window of about 2,500 races)")
     p.add_argument("--seed", type=int, default=7, help="Simulator seed")
     p.add_argument("--home", help="Store root (default GRUVIZ_HOME or ./gruviz-data)")
     p.add_argument("--epochs", type=int, default=None, help="Training epochs of the demo model set")
@@ -26,13 +27,21 @@ def run(args: argparse.Namespace) -> int:
 
     s = load_settings(home=args.home)
     home = Path(s.home).resolve()
-    source = home / "demo" / f"synth-{args.dogs}-dogs-seed{args.seed}.parquet"
+    night = _tonight(s.timezone)
+    source = home / "demo" / f"synth-{args.dogs}-dogs-seed{args.seed}-to-{night}.parquet"
     if not source.exists():
         source.parent.mkdir(parents=True, exist_ok=True)
-        simulate(args.dogs, args.seed).to_parquet(source, index=False)
+        simulate(args.dogs, args.seed, end=night).to_parquet(source, index=False)  # racing ends tonight
         print(f"simulated {args.dogs} dogs -> {source}")
     if current_model_set(home) is None:
         print("no model set yet: training one (train flow)")
         train(source=[str(source)], home=str(home), epochs=args.epochs)
-    state = nightly(source=[str(source)], home=str(home), return_state=True)
+    state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
     return report_state(state, as_json=args.json)
+
+
+def _tonight(timezone: str) -> str:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(timezone)).date().isoformat()
