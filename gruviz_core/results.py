@@ -8,8 +8,9 @@ dogs a report draws. `NightHeadline` is an earlier night for the trend.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,8 @@ watchlist))`); nothing here opens a file.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults
 from reports.headline import cohort_counts, headline_numbers, period_text, verdict_text

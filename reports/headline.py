@@ -7,7 +7,8 @@ email_summary`) and the flow's summary artifact (which shows the email's lines) 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -15,7 +16,8 @@ from reports.model import HeadlineNumber, sig
 from reports.prose import HIGHER_IS_BETTER, METRIC_NAMES, VERDICT
 from reports.sections.common import cohorts_in, nonempty
 
-__all__ = ["headline_numbers", "cohort_counts", "verdict_text", "period_text", "rule_text", "effect_sizes_text"]
+__all__ = ["headline_numbers", "cohort_counts", "verdict_text", "period_text", "rule_text", "rule_short",
+           "effect_sizes_text"]
 
 _HEADLINE_KEYS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
     # path in eval/headline.json, label, format, which direction is good
@@ -106,7 +108,7 @@ def rule_text(rule: Any) -> str:
     return str(rule) if rule else "n/a"
 
 
-def _rule_short(rule: Any) -> str:
+def rule_short(rule: Any) -> str:
     """'name vN, theta=...' for sentences."""
     if not isinstance(rule, Mapping):
         return rule_text(rule)
@@ -127,9 +129,9 @@ def period_text(head: Mapping[str, Any]) -> str | None:
         early = f" and its early-stopping window (to {p['early_stop_end']})" if p.get("early_stop_end") else ""
         text = f"Evaluated out of sample: races from {span} ({size}), {after}{early}."
     else:
-        text = f"Evaluated on races from {span} ({size}). " + VERDICT["in_sample"]
+        text = f"Evaluated on races from {span} ({size}); they may be in sample: the model set records no training date."
     if p.get("too_small"):
-        text += " " + VERDICT["too_small_period"].format(races=int(p.get("races") or 0), min_races=int(p.get("min_races") or 0))
+        text += f" Too small to compare (fewer than {int(p.get('min_races') or 0):,} races)."
     return text
 
 
@@ -144,7 +146,7 @@ def _share_sentence(head: Mapping[str, Any], counts: Mapping[str, int]) -> str:
     dogs = head.get("dogs") or sum(counts.values())
     if not dogs:
         return ""
-    rule = _rule_short(head.get("rule"))
+    rule = rule_short(head.get("rule"))
     n_sat = counts.get("saturated")
     share = sig(head.get("saturated_share"))
     if share is None and n_sat is not None:

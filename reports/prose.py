@@ -5,7 +5,7 @@ Keys are section ids (`INTRO`) and panel keys (`EXPLAIN`); templates use str.for
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 __all__ = [
     "GLOSSARY", "INTRO", "EXPLAIN", "VERDICT", "MISSING", "STATES_HOW", "METRIC_NAMES", "HIGHER_IS_BETTER", "COMPARISONS",
@@ -244,7 +244,7 @@ COHORT_EXPLAIN: Mapping[str, str] = {
         "{zero} have tail F exactly 0. Dashed lines: the rule's thresholds (unsaturated below low, saturated at or "
         "above theta once a plateau is reached)."
     ),
-    "none-saturated": "The rule ({rule}) finds no saturated dog. The distribution below shows why.",
+    "none-saturated": "The rule ({rule}) finds no saturated dog: a finding, not an error. The distribution shows why.",
     "status": (
         "The {what} of races grouped by the saturation status the model had before each race, within bands of the "
         "step (races already run); dots are estimates, whiskers 95% intervals from a bootstrap over dogs. {better}"

@@ -4,13 +4,14 @@ metrics by dog cohort (which include selection)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from gruviz_core.results import RunResults
-from reports.headline import rule_text
+from reports.headline import rule_short
 from reports.model import (
     SOURCE_COLOURS,
     GroupedPanel,
@@ -107,7 +108,7 @@ def tail_f_panel(dog: pd.DataFrame | None, rule: Any, counts: tuple[tuple[str, i
     zero = int((f == 0).sum())
     explain = COHORT_EXPLAIN["tail-f"].format(n=len(f), zero=f"{zero:,} ({100 * zero / len(f):.1f}%)")
     if dict(counts).get("saturated", None) == 0:
-        explain = COHORT_EXPLAIN["none-saturated"].format(rule=rule_text(rule)) + " " + explain
+        explain = COHORT_EXPLAIN["none-saturated"].format(rule=rule_short(rule)) + " " + explain
     spec = LinesSpec(
         "fig-tail-f", series, xlabel="tail F_0.95 (share of units with |h| >= 0.95 after the plateau)",
         ylabel="share of decided dogs", yrange=[0, 1.02], height=340,

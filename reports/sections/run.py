@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from reports.headline import rule_text
 from reports.model import SOURCE_COLOURS, Line, Lines2Spec, LinesPanel, Panel, Section, Table, sig
