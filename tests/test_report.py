@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from flows.stages.report import publish as publish_report
 from gruviz_core.errors import ConfigError, NotFoundError
 from reports.figures import REDRAW, figure
 from reports.model import MAX_FRAMES, ReportModel
-from flows.stages.report import publish as publish_report
-from storage.site import ASSET
 from reports.render import plotly_js_path, render
 from storage.results import read_run_results
+from storage.site import ASSET
 from tests.report_fixtures import EVIL_NAME, TABLES, report_of, write_history, write_run
 
 DQ = {  # as storage.forms writes the snapshot's manifest.json
@@ -219,11 +219,11 @@ def _real_run(root: Path) -> Path:
     import numpy as np
     import torch
 
-    from gruviz_core.cohorts import CohortRule
-    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
     from flows.stages.evaluate import evaluate_run
     from flows.stages.extract import extract_run
     from flows.stages.stats import compute_stats
+    from gruviz_core.cohorts import CohortRule
+    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
     from storage import states
 
     feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
@@ -273,6 +273,7 @@ def test_report_on_a_real_run(tmp_path):
     assert len(states_fig.dogs) == 2 and states_fig.dogs[0].n_units == 8
     assert dict(m.provenance)["data snapshot"] == "snap-real" and m.night == "2026-11-26"
     assert m.verdict and EVIL_NAME not in html
+    assert m.period and "It matters" not in m.verdict  # the evaluate stage records its period (issue 11)
 
 
 def test_headline_counts_are_exact_not_rounded():
