@@ -8,8 +8,9 @@ dogs a report draws. `NightHeadline` is an earlier night for the trend.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,11 +77,12 @@ class RunResults:
     summary: Mapping[str, Any] | None
     """stats/summary.json: effective_dim, cohort counts, rule, cohort_layer, ...; None when absent."""
     headline: Mapping[str, Any]
-    """eval/headline.json ({} when absent): dogs, obs, cohort_counts, log-losses, exemplars, ..."""
+    """eval/headline.json ({} when absent): period, race_nll, main_effect, negative_control, within_dog,
+    dose_trend, n_comparisons, plateau_median_km, rule, dogs, obs, cohort_counts, exemplars, ..."""
     dog_step: pd.DataFrame | None = None
     """stats/dog_step.parquet, the columns of `gruviz_core.tables.DOG_STEP_COLUMNS`: one row per dog, step and layer."""
     dog: pd.DataFrame | None = None
-    """stats/dog.parquet: one row per dog and layer."""
+    """stats/dog.parquet: one row per dog and layer (tail F `f_tail`, `debut_observed`)."""
     unit: pd.DataFrame | None = None
     """stats/unit.parquet: one row per seed, layer, gate and unit."""
     step: pd.DataFrame | None = None
@@ -91,12 +93,14 @@ class RunResults:
     """eval/cohort_metrics.parquet: metric per cohort and source, with intervals."""
     calibration: pd.DataFrame | None = None
     """eval/calibration.parquet: predicted vs observed win rate per cohort and bin."""
-    length_matched: pd.DataFrame | None = None
-    """eval/length_matched.parquet: metrics per career-length stratum and cohort."""
-    effect_size: pd.DataFrame | None = None
-    """eval/effect_size.parquet: cohort differences (a - b) with bootstrap intervals."""
+    status_compare: pd.DataFrame | None = None
+    """eval/status_compare.parquet: metrics per step stratum and saturation status at prediction time."""
+    status_effect: pd.DataFrame | None = None
+    """eval/status_effect.parquet: comparisons (a - b) with intervals, sizes and whether they are comparable."""
+    dose_response: pd.DataFrame | None = None
+    """eval/dose_response.parquet: the metric by decile of the saturation score at prediction time."""
     sensitivity: pd.DataFrame | None = None
-    """eval/sensitivity.parquet: cohort sizes and log-loss over a (tau, theta) grid."""
+    """eval/sensitivity.parquet: group sizes and the main effect at each point of a grid over the rule."""
     repro: pd.DataFrame | None = None
     """eval/repro.parquet: seed agreement metrics per scope."""
     cka: pd.DataFrame | None = None

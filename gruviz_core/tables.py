@@ -10,7 +10,7 @@ dictionary of strings, and an empty table's all-null columns pass.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
 
@@ -31,7 +31,7 @@ TABLES: Mapping[str, pa.Schema] = {
     "dog": _schema(
         ("dog_index", _I), ("dog_id", _S), ("dog_name", _S), ("n_steps", _I), ("layer", _I),
         ("plateau_step", _F), ("censored", _B), ("mean_s", _F), ("final_s", _F), ("mean_f095_after", _F),
-        ("cohort", _S), ("cohort_layer", _B),
+        ("cohort", _S), ("cohort_layer", _B), ("f_tail", _F), ("debut_observed", _B),
     ),
     "unit": _schema(
         ("seed", _I), ("layer", _I), ("gate", _S), ("unit", _I), ("left", _F), ("right", _F),
@@ -46,14 +46,29 @@ TABLES: Mapping[str, pa.Schema] = {
         ("cohort", _S), ("metric", _S), ("value", _F), ("lo", _F), ("hi", _F), ("n_dogs", _I), ("n_rows", _I),
         ("source", _S),
     ),
-    "calibration": _schema(("cohort", _S), ("bin", _I), ("p_mean", _F), ("won_rate", _F), ("n", _I)),
-    "length_matched": _schema(
-        ("stratum", _S), ("cohort", _S), ("metric", _S), ("value", _F), ("lo", _F), ("hi", _F), ("n_dogs", _I),
+    "calibration": _schema(
+        ("cohort", _S), ("bin", _I), ("lo", _F), ("hi", _F), ("p_mean", _F), ("won_rate", _F), ("n", _I), ("source", _S),
     ),
-    "effect_size": _schema(
-        ("metric", _S), ("a", _S), ("b", _S), ("diff", _F), ("lo", _F), ("hi", _F), ("adjust", _S),
+    # Scored races grouped by saturation status at prediction time (from h_{t-1}), within step strata.
+    "status_compare": _schema(
+        ("stratum", _S), ("group", _S), ("metric", _S), ("value", _F), ("lo", _F), ("hi", _F), ("n_dogs", _I),
+        ("n_rows", _I), ("n_winners", _I), ("n_eff_dogs", _F),
     ),
-    "sensitivity": _schema(("tau", _F), ("theta", _F), ("cohort", _S), ("n_dogs", _I), ("log_loss", _F)),
+    # Comparisons a - b: main, negative_control, within_dog, by_dog_cohort, dose_trend.
+    "status_effect": _schema(
+        ("comparison", _S), ("metric", _S), ("a", _S), ("b", _S), ("diff", _F), ("lo", _F), ("hi", _F),
+        ("n_dogs_a", _I), ("n_dogs_b", _I), ("n_winners_a", _I), ("n_winners_b", _I), ("comparable", _B),
+        ("excludes_zero", _B), ("note", _S),
+    ),
+    "dose_response": _schema(
+        ("score", _S), ("decile", _I), ("score_lo", _F), ("score_hi", _F), ("score_mid", _F), ("value", _F),
+        ("lo", _F), ("hi", _F), ("metric", _S), ("n_rows", _I), ("n_dogs", _I),
+    ),
+    # The main effect at each grid point of the rule's thresholds and plateau parameters.
+    "sensitivity": _schema(
+        ("param", _S), ("value", _F), ("n_dogs_a", _I), ("n_dogs_b", _I), ("n_rows_a", _I), ("n_rows_b", _I),
+        ("diff", _F), ("lo", _F), ("hi", _F), ("comparable", _B),
+    ),
     "repro": _schema(("scope", _S), ("metric", _S), ("value", _F)),
     "cka": _schema(("step", _I), ("seed_a", _I), ("seed_b", _I), ("cka", _F)),
     "resilience": _schema(

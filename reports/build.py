@@ -7,15 +7,14 @@ watchlist))`); nothing here opens a file.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-import pandas as pd
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults
-from reports.headline import cohort_counts, headline_numbers, verdict
-from reports.model import AnimHeatmapSpec, ReportModel, sig
+from reports.headline import cohort_counts, headline_numbers, period_text, verdict_text
+from reports.model import AnimHeatmapSpec, ReportModel
 from reports.sections.cohorts import cohort_section
-from reports.sections.common import nonempty, per_dog
+from reports.sections.common import per_dog
 from reports.sections.resilience import divergence_section, resilience_section
 from reports.sections.run import provenance, quality_section, trend_section
 from reports.sections.saturation import saturation_section
@@ -50,14 +49,11 @@ def build_report(
         dogs = DogStatesSet(dict(dogs))
     run_meta, head, summary = results.meta, dict(results.headline), results.summary
     night = str(head.get("night") or run_meta.get("night") or results.name)
-    rule = (summary or {}).get("rule") or run_meta.get("cohort_rule")
+    rule = head.get("rule") or (summary or {}).get("rule") or run_meta.get("cohort_rule")
     if data_quality is None:
         data_quality = run_meta.get("data_quality") or run_meta.get("ingest")
 
     dog, layer = per_dog(results.dog, summary)
-    if head and "median_plateau_step" not in head and nonempty(dog):
-        ps = pd.to_numeric(dog["plateau_step"], errors="coerce").dropna()
-        head = {**head, "median_plateau_step": sig(ps.median()) if len(ps) else None}
     hist = _history(history, night)
     prev = hist[-1] if hist else None
     counts = cohort_counts(head, summary, dog)
@@ -68,7 +64,7 @@ def build_report(
     ]
     sections = (
         states,
-        abs_sum_section(results, dog, chosen_ids, layer),
+        abs_sum_section(results, dog, chosen_ids, layer, head.get("plateau_median_km")),
         saturation_section(results, layer),
         cohort_section(results, dog, counts, rule),
         repro_section(results),
@@ -80,12 +76,11 @@ def build_report(
     return ReportModel(
         title=f"gruviz nightly report {night}",
         night=night,
-        verdict=verdict(
-            head, dict(counts), sig(head.get("median_plateau_step")), results.effect_size, results.length_matched
-        ),
+        verdict=verdict_text(head, dict(counts)),
+        period=period_text(head),
         headline=headline_numbers(head, prev[1] if prev else None),
         cohort_counts=counts,
-        provenance=provenance(run_meta, rule, night),
+        provenance=provenance(run_meta, rule, night, head),
         previous_night=prev[0] if prev else None,
         sections=sections,
     )

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from gruviz_core.errors import ConfigError, NotifyError
+from reports.headline import period_text, verdict_text
 
 __all__ = [
     "SmtpConfig", "email_summary", "compose_report_email", "compose_failure_email", "send_email", "report_url",
@@ -55,24 +56,29 @@ def report_url(base_url: str, rel_path: str) -> str:
 
 
 def email_summary(headline: dict, dogs=None, watchlist: tuple[str, ...] = ()) -> dict[str, str]:
-    """The few numbers a modeller reads in the email, labelled; `dogs` is stats/dog.parquet (one row per
-    dog on the cohort layer) for the exemplars' and watchlist dogs' names and cohorts."""
+    """The few numbers a modeller reads in the email, labelled, led by the verdict (the same sentence as the page's,
+    from `reports.headline.verdict_text`); `dogs` is stats/dog.parquet (one row per dog on the cohort layer) for the
+    exemplars' and watchlist dogs' names and cohorts. The flow's summary artifact shows these same lines."""
     h = headline
     out: dict[str, str] = {}
+    verdict = verdict_text(h)
+    if verdict:
+        out["Verdict"] = verdict
+    period = period_text(h)
+    if period:
+        out["Evaluated"] = period
     if "dogs" in h:
         out["Dogs / race steps"] = f"{h['dogs']:,} / {h.get('obs', 0):,}"
     counts = h.get("cohort_counts") or {}
     if counts:
         out["Cohorts"] = ", ".join(f"{k} {v:,}" for k, v in counts.items())
-    for key, label in (("model_log_loss", "Model log-loss"), ("market_log_loss", "Market log-loss"),
-                       ("model_hit_rate", "Model winner hit rate"), ("market_hit_rate", "Market winner hit rate")):
+    nll = h.get("race_nll") if isinstance(h.get("race_nll"), dict) else {}
+    for key, label in (("model", "Race NLL, model"), ("market", "Race NLL, market"), ("uniform", "Race NLL, uniform")):
+        if isinstance(nll.get(key), (int, float)):
+            out[label] = _fmt(float(nll[key]))
+    for key, label in (("model_hit_rate", "Model winner hit rate"), ("market_hit_rate", "Market winner hit rate")):
         if isinstance(h.get(key), (int, float)):
             out[label] = _fmt(float(h[key]))
-    for key, label in (("log_loss_diff", "Log-loss saturated - unsaturated"),
-                       ("log_loss_diff_length_matched", "Same, at equal history length")):
-        d = h.get(key)
-        if isinstance(d, dict) and "diff" in d:
-            out[label] = f"{_fmt(d['diff'])} (95% CI {_fmt(d.get('lo'))} to {_fmt(d.get('hi'))})"
     if dogs is not None and len(dogs):
         by_id = dogs.set_index("dog_id")
         for pair in h.get("exemplars") or []:

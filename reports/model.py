@@ -137,7 +137,9 @@ class ReportModel:
     night: str
     """The night (YYYY-MM-DD) this report is for."""
     verdict: str
-    """Plain-language answer to 'does saturation matter tonight?'."""
+    """Plain-language answer: is a saturated state associated with worse predictions tonight (headline.verdict_text)."""
+    period: str | None
+    """What was evaluated: the period, out of sample or not, races and dogs (headline.period_text); None when unknown."""
     headline: tuple[HeadlineNumber, ...]
     """The numbers at the top."""
     cohort_counts: tuple[tuple[str, int], ...]

@@ -5,9 +5,12 @@ Keys are section ids (`INTRO`) and panel keys (`EXPLAIN`); templates use str.for
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
-__all__ = ["GLOSSARY", "INTRO", "EXPLAIN", "VERDICT", "MISSING", "STATES_HOW"]
+__all__ = [
+    "GLOSSARY", "INTRO", "EXPLAIN", "VERDICT", "MISSING", "STATES_HOW", "METRIC_NAMES", "HIGHER_IS_BETTER", "COMPARISONS",
+    "COHORT_EXPLAIN",
+]
 
 GLOSSARY: tuple[tuple[str, str], ...] = (
     (
@@ -30,12 +33,24 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     (
         "Plateau step T*",
         "The first race from which s stops changing (relative change over w races below delta for k races). "
-        "Dogs with too few races to tell are 'undecided' (right-censored), not 'unsaturated'.",
+        "Dogs with too few races to tell are 'undecided' (right-censored), not 'unsaturated'. The median time to "
+        "plateau is the Kaplan-Meier median ('not reached' while more than half the dogs have not plateaued).",
     ),
     (
         "Cohorts",
-        "saturated: a plateau exists and the mean F_0.95 after it reaches theta; unsaturated: F stays low; "
-        "partial: in between; undecided: too few races. The rule and its parameters are in the header.",
+        "A versioned rule with absolute thresholds: saturated, a plateau exists and the tail F_0.95 reaches theta; "
+        "unsaturated, the tail F stays below low; partial, in between; undecided, too few races. The rule may find "
+        "no saturated dog at all. The rule, its version and parameters are in the header.",
+    ),
+    (
+        "Status at prediction time",
+        "A race is predicted from the state before it, h_{t-1}: its group is the status the model had then "
+        "(plateau reached by t-1, tail F so far), never the dog's later career.",
+    ),
+    (
+        "Race NLL vs per-runner log-loss",
+        "Race NLL is the negative log of the probability given to each race's winner (what the model is trained "
+        "on); per-runner log-loss scores every runner's win/lose probability. They are different numbers.",
     ),
 )
 """(term, definition), shown at the end of the page."""
@@ -57,8 +72,10 @@ INTRO: Mapping[str, str] = {
         "(z and r stuck at 0 or 1) and spectral (effective dimension), plus how long dogs take to plateau."
     ),
     "cohorts": (
-        "Does saturation matter for prediction? Each cohort's win log-loss, Brier score, AUC and winner hit rate, "
-        "with 95% intervals from a bootstrap over dogs, against the market's prices and a uniform guess."
+        "Is a saturated hidden state associated with worse (or better) predictions? Races after the model set's "
+        "training cutoff only, each grouped by the saturation status the model had when it predicted the race "
+        "(nothing after the race decides the group), compared within bands of the step and against the market on "
+        "the same races, with 95% intervals from a bootstrap over dogs. Associations, not causes."
     ),
     "reproducibility": (
         "Would another training seed tell the same story? The K seed models are compared on their states "
@@ -103,7 +120,7 @@ EXPLAIN: Mapping[str, str] = {
     "abs-sum": (
         "Shaded bands are the middle half (25th-75th percentile) of each cohort's dogs at each race, the line inside "
         "is the median; thin lines are the two heatmap dogs, a diamond marks each one's plateau; the dashed vertical "
-        "line is the median plateau race over all dogs. Bands stop where fewer than {min_dogs} dogs have raced that "
+        "line is the Kaplan-Meier median time to plateau (absent when not reached). Bands stop where fewer than {min_dogs} dogs have raced that "
         "often."
     ),
     "f-tau": (
@@ -127,31 +144,6 @@ EXPLAIN: Mapping[str, str] = {
         "Time to plateau: the share of dogs whose state has not yet plateaued, by race (Kaplan-Meier style, so dogs "
         "with short careers count while they race and then drop out instead of counting as 'never'). "
         "Where the curve crosses 50% is the median time to saturation."
-    ),
-    "sizes": (
-        "How many dogs fall in each cohort, and how long their careers are (more races give the state more time to "
-        "saturate)."
-    ),
-    "metrics": (
-        "Dots are estimates, whiskers 95% intervals. Lower is better for log-loss and Brier, higher for AUC and hit "
-        "rate. Compare a cohort's model dot with its market dot: the model's edge (or not) in that cohort."
-    ),
-    "effect": (
-        "The difference between two cohorts (a - b) with its 95% bootstrap interval over dogs. An interval that "
-        "excludes 0 is a difference this run can see; one that straddles 0 is not."
-    ),
-    "length": (
-        "The same comparison within bands of career length, so 'saturated' cannot just mean 'raced more'. If the gap "
-        "between cohorts persists inside each band, it is about the state, not the history length."
-    ),
-    "calibration": (
-        "Predicted win probability (x) against how often those dogs actually won (y), in bins. On the diagonal is "
-        "well calibrated; below it the model is over-confident."
-    ),
-    "sensitivity": (
-        "How the cohorts move when the rule's thresholds move: left, the share of dogs called saturated as theta "
-        "(the F needed after the plateau) changes, one line per tau; right, the saturated cohort's log-loss. "
-        "Flat lines mean the verdict does not hinge on the exact thresholds."
     ),
     "cka": (
         "Linear CKA between two seeds' hidden states at each race (1 = the same representation up to rotation and "
@@ -182,21 +174,114 @@ EXPLAIN: Mapping[str, str] = {
 }
 """Panel key -> what the panel shows and how to read it."""
 
+# ---- honest comparison (issue 11): verdict, header and the cohorts section's words -------------------------
+
 VERDICT: Mapping[str, str] = {
-    "share": "{share} of {dogs:,} dogs have saturated hidden states",
-    "plateau": " (median plateau at race {race:.0f})",
-    "gap_market": "the model's log-loss gap to the market",
-    "gap_raw": "log-loss",
-    "better": "It matters: {a} dogs are predicted better, {what} {size:.3g} lower than for {b} dogs ({ci}).",
-    "worse": "It matters: {a} dogs are predicted worse, {what} {size:.3g} higher than for {b} dogs ({ci}).",
-    "unclear": "No clear difference in {what} between {a} and {b} dogs ({ci}).",
+    "too_small_period": (
+        "The held-out period is too small to compare: {races:,} races after the model set's cutoff, fewer than "
+        "the {min_races:,} needed, so no comparison is made tonight."
+    ),
+    "in_sample": (
+        "The model set records no training date, so these comparisons may be in sample (the model may have been "
+        "trained on the races it is scored on)."
+    ),
+    "share": "{share} of {dogs:,} dogs have saturated hidden states under rule {rule}.",
+    "none_saturated": "The rule ({rule}) finds no saturated dog among {dogs:,} dogs; that is a finding, not an error.",
+    "plateau": " Median time to plateau (Kaplan-Meier): race {race}.",
+    "plateau_not_reached": " Median time to plateau (Kaplan-Meier): not reached.",
+    "associated": (
+        "Races predicted from a {a} state are associated with a {word} {what} than races from a{n} {b} state at "
+        "the same step: {diff:+.3g} ({ci}; {sizes})."
+    ),
+    "no_association": (
+        "No association detected at this size between saturation status at prediction time and {what}: "
+        "{a} vs {b} {diff:+.3g} ({ci}; {sizes})."
+    ),
+    "too_small": "Too small to compare {a} with {b} races at prediction time ({sizes}): no verdict tonight.",
+    "absent": "The comparison by saturation status at prediction time was not computed for this run.",
     "ci": "95% interval {lo:+.3g} to {hi:+.3g}",
-    "matched": "At equal history length the difference is {diff:+.3g} ({lo:+.3g} to {hi:+.3g}): ",
-    "matched_clear": "it is about the state, not just career length.",
-    "matched_unclear": "not clear once career length is matched.",
-    "strata": "At equal history length the gap points the same way in {same} of {n} strata.",
-    "empty": "Saturated and unsaturated dogs could not be compared tonight (one cohort is empty or too small).",
-    "absent": "Cohort comparison not computed for this run.",
-    "market": "The model {word} the market: log-loss {m:.4g} vs {k:.4g}.",
+    "sizes": "{na:,} vs {nb:,} dogs, {wa:,} vs {wb:,} winners",
+    "comparisons": (
+        " Associations, not causes; {n} comparisons were made tonight, so about one in twenty intervals would "
+        "exclude 0 by chance alone."
+    ),
+    "causes": " Associations, not causes.",
+    "race_nll": "Race NLL: model {m:.4g}, market {k:.4g}, uniform {u:.4g}.",
+    "race_nll_no_market": "Race NLL: model {m:.4g}, uniform {u:.4g} (no market prices).",
 }
-"""Sentences of the verdict paragraph at the top of the page."""
+"""Sentences of the verdict (reports.headline.verdict_text): the page, the email and the flow's summary."""
+
+METRIC_NAMES: Mapping[str, str] = {
+    "gap_vs_market": "gap to the market (per-runner log-loss, model minus market)",
+    "runner_log_loss": "per-runner log-loss",
+    "brier": "Brier score",
+    "concordance": "within-race concordance",
+    "hit_rate": "winner hit rate",
+    "log_loss": "per-runner log-loss",
+    "auc": "AUC",
+}
+"""Metric key -> its name in words (race NLL and per-runner log-loss are never the same name)."""
+
+HIGHER_IS_BETTER = frozenset({"concordance", "hit_rate", "auc"})
+"""Metrics where a larger value is better (for the others, lower is better)."""
+
+COMPARISONS: Mapping[str, str] = {
+    "main": "main: status at prediction time, step-matched",
+    "negative_control": "negative control: step-1 races by the dog's eventual cohort (selection, not the state)",
+    "within_dog": "within dog: after vs before the plateau",
+    "by_dog_cohort": "by dog cohort (includes selection)",
+    "dose_trend": "dose trend: slope over the saturation score",
+}
+"""status_effect comparison -> its label."""
+
+COHORT_EXPLAIN: Mapping[str, str] = {
+    "sizes": (
+        "How many dogs the rule puts in each cohort, how long their careers are and how many have an observed debut "
+        "(a dog first seen mid-career starts at h_0 = 0 like a debutant)."
+    ),
+    "tail-f": (
+        "The distribution of tail F_0.95 over the {n:,} decided dogs (share of dogs at or below each value); "
+        "{zero} have tail F exactly 0. Dashed lines: the rule's thresholds (unsaturated below low, saturated at or "
+        "above theta once a plateau is reached)."
+    ),
+    "none-saturated": "The rule ({rule}) finds no saturated dog: a finding, not an error. The distribution shows why.",
+    "status": (
+        "The {what} of races grouped by the saturation status the model had before each race, within bands of the "
+        "step (races already run); dots are estimates, whiskers 95% intervals from a bootstrap over dogs. {better}"
+    ),
+    "status-sizes": "Sizes over all steps: dogs, races, winners and the effective number of dogs of each group.",
+    "effects": (
+        "Each comparison a - b with its 95% interval. The negative control compares step-1 races, all predicted "
+        "from h_0 = 0: any difference there is selection of dogs, not the state. Rows below the minimum group size "
+        "say 'too small to compare' instead of an interval."
+    ),
+    "dose": "The {what} by decile of s_{{t-1}}, the saturation score the model had before the race. {trend}",
+    "dose-trend": "Trend: {slope:+.3g} per unit of s (95% interval {lo:+.3g} to {hi:+.3g}, {n:,} races).",
+    "dose-no-trend": "No trend estimate for this run.",
+    "sensitivity": "The main effect and its interval when one parameter of the rule moves (the rest at default).",
+    "sens-robust": (
+        "The grid moved the groups (sizes differ across points) and every interval overlaps the main one: flat "
+        "means robust here."
+    ),
+    "sens-static": (
+        "The grid did not move the groups (the same sizes at every point), so this panel cannot show robustness."
+    ),
+    "sens-moves": (
+        "The grid moved the groups, and at {n} point(s) ({where}) the interval does not overlap the main one: the "
+        "effect depends on the rule's parameters."
+    ),
+    "sens-no-main": "No main effect to compare the grid with.",
+    "calibration": (
+        "Predicted win probability (x) against how often those runners won (y), one line for the model and one for "
+        "the market, on held-out races; hover for the runners in each bin. On the diagonal is well calibrated."
+    ),
+    "by-cohort": (
+        "Metrics of the dogs in each cohort. The cohort is decided by the dog's whole career, so this includes "
+        "selection (longer careers, who wins) and is not the comparison above."
+    ),
+    "too-small-period": (
+        "The held-out period is too small to compare: {races:,} races (fewer than {min_races:,}). The comparisons "
+        "are not shown."
+    ),
+}
+"""Panel key -> what a panel of the cohorts section shows and how to read it."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -86,8 +87,14 @@ def render(model: ReportModel, *, plotly_src: str | None = "assets/plotly.min.js
 def render_index(nights: Sequence[Mapping[str, Any]], *, title: str = "gruviz nightly reports") -> str:
     """The list of all nights, newest first, with the headline trend (no plotly.js needed)."""
     rows = sorted(nights, key=lambda n: str(n["night"]), reverse=True)
-    series = [r.get("headline", {}).get("model_log_loss") for r in reversed(rows)]
+    series = [_model_nll(r.get("headline", {})) for r in reversed(rows)]
     return ENV.get_template("index.html.j2").render(title=title, rows=rows, spark=Markup(_sparkline(series)))
+
+
+def _model_nll(head: Mapping[str, Any]) -> Any:
+    """The night's race NLL of the model; an older night's model log-loss where it has no race NLL."""
+    r = head.get("race_nll")
+    return r.get("model") if isinstance(r, Mapping) else head.get("model_log_loss")
 
 
 def _sparkline(values: Sequence[Any], width: int = 360, height: int = 64) -> str:
@@ -109,7 +116,7 @@ def _sparkline(values: Sequence[Any], width: int = 360, height: int = 64) -> str
     x1, y1 = xy(i1, v1)
     return (
         f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'aria-label="model log-loss by night, oldest to newest">'
+        f'aria-label="model race NLL by night, oldest to newest">'
         f'<polyline fill="none" stroke="#0f766e" stroke-width="2" points="{coords}"/>'
         f'<circle cx="{x0:.1f}" cy="{y0:.1f}" r="3" fill="#0f766e"/><circle cx="{x1:.1f}" cy="{y1:.1f}" r="3.5" fill="#0f766e"/>'
         f'<text x="{x0 - 6:.1f}" y="{y0 + 4:.1f}" text-anchor="end" font-size="12" fill="#4b5563">{v0:.4g}</text>'

@@ -66,7 +66,7 @@ class StoreLayout:
 STATS_TABLES = ("dog_step", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "status_compare", "status_effect", "dose_response", "sensitivity",
-               "repro", "cka", "resilience", "divergence", "length_matched", "effect_size")
+               "repro", "cka", "resilience", "divergence")
 """Tables the evaluate stage writes under <run>/eval/."""
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,8 +35,9 @@ TABLES = (
     "stats/plateau.parquet",
     "eval/cohort_metrics.parquet",
     "eval/calibration.parquet",
-    "eval/length_matched.parquet",
-    "eval/effect_size.parquet",
+    "eval/status_compare.parquet",
+    "eval/status_effect.parquet",
+    "eval/dose_response.parquet",
     "eval/sensitivity.parquet",
     "eval/repro.parquet",
     "eval/cka.parquet",
@@ -47,24 +48,34 @@ TABLES = (
 
 COHORTS = ("saturated", "partial", "unsaturated", "undecided")
 
+SCENARIOS = ("found", "none", "small", "period_small", "zero_saturated", "in_sample_null")
+"""What a fake run's evaluation says: an association found (a worse gap for saturated-status races), none
+at this size, groups too small to compare, a held-out period too small to compare, a rule that finds no
+saturated dog, and a registered model without a training date (in_sample unknown)."""
+
+STRATA = ("1", "2-5", "6-10", "11-20", "21-40", "41+", "all")
+GROUPS = ("saturated", "partial", "unsaturated", "undecided")
+
 
 def _write(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path, index=False)
 
 
-def _dogs(n_dogs: int, max_steps: int, rng: np.random.Generator, evil_first: bool) -> pd.DataFrame:
+def _dogs(n_dogs: int, max_steps: int, rng: np.random.Generator, evil_first: bool, scenario: str) -> pd.DataFrame:
     """One row per dog: career length, plateau, cohort. Long-tailed careers like real data."""
     n_steps = np.clip(np.round(rng.lognormal(2.6, 0.9, n_dogs)), 1, max_steps).astype(np.int64)
     plateau = np.round(rng.normal(18, 6, n_dogs)).clip(6, None).astype(np.int64)
     censored = plateau > n_steps
     level = rng.beta(2, 2, n_dogs)  # how saturated the dog's state ends up, 0..1
+    if scenario == "zero_saturated":  # most dogs' tail F is exactly 0, as on the real data
+        level = np.where(rng.random(n_dogs) < 0.8, 0.0, rng.uniform(0, 0.2, n_dogs))
     f_after = np.where(censored, np.nan, level)
     cohort = np.where(
         censored, "undecided", np.where(level >= 0.5, "saturated", np.where(level < 0.25, "unsaturated", "partial"))
     )
     names = np.array([f"DOG {i:06d}" for i in range(n_dogs)], dtype=object)
-    if evil_first and n_dogs:
+    if evil_first and n_dogs and scenario != "zero_saturated":
         names[0] = EVIL_NAME
         # Make the evil dog the clearest saturated exemplar, so it is on the page.
         n_steps[0], plateau[0], censored[0], level[0], f_after[0], cohort[0] = (
@@ -96,6 +107,7 @@ def _dogs(n_dogs: int, max_steps: int, rng: np.random.Generator, evil_first: boo
             "level": level,
             "f_after": f_after,
             "cohort": cohort,
+            "debut_observed": np.arange(n_dogs) % 7 != 3,
         }
     )
 
@@ -148,6 +160,8 @@ def _dog_table(dogs: pd.DataFrame, n_layers: int) -> pd.DataFrame:
                     "mean_f095_after": dogs["f_after"].astype(np.float32),
                     "cohort": dogs["cohort"],
                     "cohort_layer": layer == n_layers - 1,
+                    "f_tail": np.where(dogs["censored"], np.nan, level**2),
+                    "debut_observed": dogs["debut_observed"],
                 }
             )
         )
@@ -246,9 +260,11 @@ def _unit_table(n_layers: int, n_units: int, seeds: int, rng: np.random.Generato
     return pd.concat(rows, ignore_index=True)
 
 
-def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+def _eval_tables(
+    dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.Generator, scenario: str
+) -> dict[str, pd.DataFrame]:
     counts = dogs["cohort"].value_counts()
-    cm, lm, sens, res, cal = [], [], [], [], []
+    cm, res, cal = [], [], []
     base = {"log_loss": 1.82, "brier": 0.118, "auc": 0.66, "hit_rate": 0.27}
     offset = {"all": 0.0, "saturated": -0.03, "partial": 0.0, "unsaturated": 0.04, "undecided": 0.06}
     for cohort in ("all",) + COHORTS:
@@ -262,21 +278,10 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
                     value = 0.5
                 width = 0.4 / np.sqrt(max(n_dogs, 1))
                 cm.append((cohort, metric, value, value - width, value + width, n_dogs, n_rows, source))
-        for b in range(10):
-            p = (b + 0.5) / 10 * 0.6
-            cal.append((cohort, b, p, p * (1 + offset[cohort]), max(n_rows // 10, 1)))
-    for stratum in ("1-10", "11-20", "21-40", "41+"):
-        for cohort in ("saturated", "partial", "unsaturated"):
-            for metric in ("log_loss", "brier"):
-                v = base[metric] + offset[cohort] * 0.5
-                lm.append((stratum, cohort, metric, v, v - 0.03, v + 0.03, max(int(counts.get(cohort, 0)) // 4, 1)))
-    for tau in (0.9, 0.95, 0.99):
-        for theta in (0.3, 0.4, 0.5, 0.6, 0.7):
-            for cohort in COHORTS:
-                share = {"saturated": 0.8 - theta, "partial": 0.2, "unsaturated": theta - 0.1, "undecided": 0.1}[cohort]
-                share *= {0.9: 1.1, 0.95: 1.0, 0.99: 0.8}[tau]
-                ll = base["log_loss"] + offset[cohort] + (theta - 0.5) * 0.02
-                sens.append((tau, theta, cohort, int(len(dogs) * share), ll))
+        for source, tilt in (("model", 1.0 + offset[cohort]), ("market", 1.0)):
+            for b in range(10):
+                p = (b + 0.5) / 10 * 0.6
+                cal.append((cohort, b, b * 0.06, (b + 1) * 0.06, p, p * tilt, max(n_rows // 10, 1), source))
     for pert in ("drop_last", "drop_random", "shuffle_recent", "time_noise", "missing", "duplicate", "truncate"):
         for severity in (1, 2, 3):
             for cohort in COHORTS:
@@ -284,14 +289,6 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
                     pos = {"early": 2.0, "late": 0.6, "all": 1.0}[position]
                     d = 0.005 * severity * pos * (1.5 if cohort == "unsaturated" else 1.0)
                     res.append((pert, severity, cohort, position, d, 10 * d, 20 * d, 1000))
-    effect = [
-        ("log_loss", "saturated", "unsaturated", -0.07, -0.1, -0.04, "none"),
-        ("brier", "saturated", "unsaturated", -0.008, -0.012, -0.004, "none"),
-        ("auc", "saturated", "unsaturated", 0.03, -0.01, 0.07, "none"),
-        ("hit_rate", "saturated", "unsaturated", 0.02, 0.005, 0.035, "none"),
-        ("log_loss", "saturated", "unsaturated", -0.05, -0.08, -0.02, "length_matched"),
-        ("brier", "saturated", "unsaturated", None, None, None, "length_matched"),
-    ]
     steps = np.arange(1, max_steps + 1)
     cka = [
         (int(t), a, b, float(0.6 + 0.35 * (1 - np.exp(-t / 10))))
@@ -310,12 +307,10 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
         "eval/cohort_metrics.parquet": pd.DataFrame(
             cm, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"]
         ),
-        "eval/calibration.parquet": pd.DataFrame(cal, columns=["cohort", "bin", "p_mean", "won_rate", "n"]),
-        "eval/length_matched.parquet": pd.DataFrame(
-            lm, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs"]
+        "eval/calibration.parquet": pd.DataFrame(
+            cal, columns=["cohort", "bin", "lo", "hi", "p_mean", "won_rate", "n", "source"]
         ),
-        "eval/effect_size.parquet": pd.DataFrame(effect, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"]),
-        "eval/sensitivity.parquet": pd.DataFrame(sens, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"]),
+        **_status_tables(scenario),
         "eval/repro.parquet": pd.DataFrame(repro, columns=["scope", "metric", "value"]),
         "eval/cka.parquet": pd.DataFrame(cka, columns=["step", "seed_a", "seed_b", "cka"]),
         "eval/resilience.parquet": pd.DataFrame(
@@ -324,6 +319,114 @@ def _eval_tables(dogs: pd.DataFrame, seeds: int, max_steps: int, rng: np.random.
         ),
         "eval/divergence.parquet": pd.DataFrame(div, columns=["pair", "dog_a", "dog_b", "step", "distance"]),
     }
+
+
+_MAIN = {  # scenario -> (diff, lo, hi, n_dogs_a, n_winners_a): saturated-status races vs unsaturated-status races
+    "found": (0.031, 0.012, 0.05, 420, 180),
+    "none": (0.004, -0.011, 0.019, 420, 180),
+    "small": (0.09, -0.05, 0.23, 24, 9),
+    "period_small": (0.031, 0.012, 0.05, 420, 180),
+    "zero_saturated": (np.nan, np.nan, np.nan, 0, 0),
+    "in_sample_null": (0.031, 0.012, 0.05, 420, 180),
+}
+_MIN_DOGS, _MIN_WINNERS = 100, 50
+
+
+def _effect(comparison: str, a: str, b: str, diff, lo, hi, na, nb, wa, wb, note: str = "") -> dict:
+    comparable = bool(na >= _MIN_DOGS and nb >= _MIN_DOGS and wa >= _MIN_WINNERS and wb >= _MIN_WINNERS)
+    excludes = bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0))
+    return dict(comparison=comparison, metric="gap_vs_market", a=a, b=b, diff=float(diff), lo=float(lo),
+                hi=float(hi), n_dogs_a=int(na), n_dogs_b=int(nb), n_winners_a=int(wa), n_winners_b=int(wb),
+                comparable=comparable, excludes_zero=excludes, note=note)
+
+
+def _status_effects(scenario: str) -> list[dict]:
+    d, lo, hi, na, wa = _MAIN[scenario]
+    return [
+        _effect("main", "saturated", "unsaturated", d, lo, hi, na, 900, wa, 400, "status at prediction time, step-matched"),
+        _effect("negative_control", "saturated", "unsaturated", 0.002, -0.02, 0.024, 380, 850, 60, 130, "step 1"),
+        _effect("within_dog", "after plateau", "before plateau", 0.01, -0.004, 0.024, 300, 300, 120, 110),
+        _effect("by_dog_cohort", "saturated", "unsaturated", 0.05, 0.02, 0.08, 400, 880, 170, 390),
+        _effect("dose_trend", "s_prev", "slope", 0.08, 0.01, 0.15, 3100, 3100, 5400, 5400, "per unit of s"),
+    ]
+
+
+def _status_tables(scenario: str) -> dict[str, pd.DataFrame]:
+    """eval/status_compare, status_effect, dose_response and sensitivity as the evaluate stage writes them."""
+    main = _MAIN[scenario]
+    rows = []
+    for i, stratum in enumerate(STRATA):
+        for group in GROUPS:
+            if scenario == "zero_saturated" and group == "saturated":
+                continue  # the rule finds no saturated dog: no race is scored from a saturated state
+            shift = {"saturated": main[0] if np.isfinite(main[0]) else 0.0, "partial": 0.01}.get(group, 0.0)
+            n_dogs = {"saturated": main[3], "partial": 600, "unsaturated": 900, "undecided": 700}[group] // (1 + i % 3)
+            for metric, v in (("gap_vs_market", 0.02 + shift), ("runner_log_loss", 0.33 + shift),
+                              ("brier", 0.1), ("concordance", 0.66), ("hit_rate", 0.27)):
+                w = 0.3 / np.sqrt(max(n_dogs, 1))
+                rows.append(dict(stratum=stratum, group=group, metric=metric, value=v, lo=v - w, hi=v + w,
+                                 n_dogs=n_dogs, n_rows=8 * n_dogs, n_winners=n_dogs // 2, n_eff_dogs=0.8 * n_dogs))
+    dose = []
+    for k in range(1, 11):
+        lo_s = (k - 1) / 10 * 0.8
+        v = 0.02 + 0.004 * k * (scenario == "found")
+        dose.append(dict(score="s_prev", decile=k, score_lo=lo_s, score_hi=lo_s + 0.08, score_mid=lo_s + 0.04,
+                         value=v, lo=v - 0.01, hi=v + 0.01, metric="gap_vs_market", n_rows=3800, n_dogs=900))
+    d, lo, hi, na, _ = main
+    sens = [dict(param="default", value=np.nan, n_dogs_a=na, n_dogs_b=900, n_rows_a=8 * na, n_rows_b=7200,
+                 diff=d, lo=lo, hi=hi, comparable=na >= _MIN_DOGS)]
+    for param, values in (("tau", (0.9, 0.99)), ("theta", (0.15, 0.35)), ("w", (3.0, 8.0)),
+                          ("delta", (0.01, 0.05)), ("k", (2.0, 5.0))):
+        for j, v in enumerate(values):
+            n = max(int(na * (1.3 if j == 0 else 0.7)), 0)
+            sens.append(dict(param=param, value=v, n_dogs_a=n, n_dogs_b=900, n_rows_a=8 * n, n_rows_b=7200,
+                             diff=d, lo=lo - 0.005, hi=hi + 0.005, comparable=n >= _MIN_DOGS))
+    return {
+        "eval/status_compare.parquet": pd.DataFrame(rows),
+        "eval/status_effect.parquet": pd.DataFrame(_status_effects(scenario)),
+        "eval/dose_response.parquet": pd.DataFrame(dose),
+        "eval/sensitivity.parquet": pd.DataFrame(sens),
+    }
+
+
+def _headline_effect(e: dict) -> dict:
+    keys = ("metric", "a", "b", "diff", "lo", "hi", "n_dogs_a", "n_dogs_b", "n_winners_a", "n_winners_b",
+            "comparable", "excludes_zero")
+    return {k: (None if isinstance(e[k], float) and not np.isfinite(e[k]) else e[k]) for k in keys}
+
+
+def _honest_headline(scenario: str, model_nll: float) -> dict:
+    """The headline keys of the out-of-sample evaluation (DESIGN.md section 6)."""
+    eff = {e["comparison"]: e for e in _status_effects(scenario)}
+    registered = scenario == "in_sample_null"
+    races = 340 if scenario == "period_small" else 5400
+    trend = eff["dose_trend"]
+    return {
+        "period": {
+            "start": "2026-06-01", "end": "2026-11-24", "model_cutoff": None if registered else "2026-05-31",
+            "early_stop_end": None if registered else "2026-05-31",
+            "basis": "registered" if registered else "builtin-split", "races": races, "dogs": 3100,
+            "rows": 8 * races, "in_sample": None if registered else False, "min_races": 2000,
+            "too_small": races < 2000,
+        },
+        "race_nll": {"model": model_nll, "model_mean": model_nll - 0.005, "market": 1.80, "uniform": 2.05},
+        "main_effect": _headline_effect(eff["main"]),
+        "negative_control": _headline_effect(eff["negative_control"]),
+        "within_dog": _headline_effect(eff["within_dog"]),
+        "dose_trend": {"slope": trend["diff"], "lo": trend["lo"], "hi": trend["hi"], "n_rows": 38000},
+        "n_comparisons": 5,
+        "plateau_median_km": None if scenario in ("none", "zero_saturated") else 18,
+        "rule": RULE,
+        "has_market": True,
+        "n_boot": 1000,
+        "notes": [],
+    }
+
+
+RULE = {
+    "name": "plateau-f-abs", "version": 2,
+    "params": {"theta": 0.25, "low": 0.05, "tau": 0.95, "w": 5, "delta": 0.02, "k": 3, "scale": "absolute"},
+}
 
 
 def write_run(
@@ -338,26 +441,30 @@ def write_run(
     seed: int = 0,
     evil_name: bool = True,
     omit: Iterable[str] = (),
-    model_log_loss: float = 1.82,
+    model_nll: float = 1.82,
+    scenario: str = "found",
 ) -> Path:
-    """Write a fake published run directory; `omit` names tables (e.g. 'eval/cka.parquet') to leave out."""
+    """Write a fake published run directory; `omit` names tables (e.g. 'eval/cka.parquet') to leave out;
+    `scenario` (one of SCENARIOS) what its evaluation says."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario {scenario!r}: expected one of {SCENARIOS}")
     run_dir = Path(run_dir)
     rng = np.random.default_rng(seed)
-    dogs = _dogs(n_dogs, max_steps, rng, evil_name)
+    dogs = _dogs(n_dogs, max_steps, rng, evil_name, scenario)
     tables: dict[str, pd.DataFrame] = {
         "stats/dog_step.parquet": _dog_step(dogs, n_layers, rng),
         "stats/dog.parquet": _dog_table(dogs, n_layers),
         "stats/unit.parquet": _unit_table(n_layers, n_units, seeds, rng),
         "stats/step.parquet": _step_table(dogs, n_layers, max_steps),
         "stats/plateau.parquet": _plateau_table(dogs, n_layers, max_steps),
-        **_eval_tables(dogs, seeds, max_steps, rng),
+        **_eval_tables(dogs, seeds, max_steps, rng, scenario),
     }
     omit = set(omit)
     for rel, df in tables.items():
         if rel not in omit:
             _write(df, run_dir / rel)
     counts = {c: int((dogs["cohort"] == c).sum()) for c in COHORTS}
-    rule = {"name": "plateau-f95", "version": 1, "params": {"tau": 0.95, "theta": 0.5, "w": 5, "delta": 0.02, "k": 3}}
+    rule = RULE
     summary = {
         "effective_dim": [round(7.5 + layer, 2) for layer in range(n_layers)],
         "dead_units": n_layers,
@@ -371,10 +478,8 @@ def write_run(
         "obs": int(dogs["n_steps"].sum()),
         "cohort_counts": counts,
         "saturated_share": round(counts["saturated"] / max(n_dogs, 1), 4),
-        "model_log_loss": model_log_loss,
-        "market_log_loss": 1.80,
-        "uniform_log_loss": 2.05,
-        "log_loss_diff": {"diff": -0.07, "lo": -0.1, "hi": -0.04},
+        "exemplars": [{"dog_a": "D000000", "dog_b": "D000001"}],
+        **_honest_headline(scenario, model_nll),
     }
     run = {
         "run_id": f"{night}-a1b2c3",
@@ -402,7 +507,7 @@ def write_history(root: str | Path, nights: Iterable[str], **kwargs) -> list[Pat
     for i, night in enumerate(nights):
         out.append(
             write_run(
-                Path(root) / night, n_dogs=20, night=night, seed=100 + i, model_log_loss=1.85 - 0.01 * i, **kwargs
+                Path(root) / night, n_dogs=20, night=night, seed=100 + i, model_nll=1.85 - 0.01 * i, **kwargs
             )
         )
     return out

@@ -66,19 +66,31 @@ def test_email_summary_labels_numbers_and_names_watchlist_dogs():
     import pandas as pd
 
     from reports.email import email_summary
+    from reports.headline import verdict_text
 
+    main = {"metric": "gap_vs_market", "a": "saturated", "b": "unsaturated", "diff": 0.01, "lo": -0.002, "hi": 0.02,
+            "n_dogs_a": 150, "n_dogs_b": 900, "n_winners_a": 60, "n_winners_b": 300, "comparable": True,
+            "excludes_zero": False}
     headline = {"dogs": 1200, "obs": 30000, "cohort_counts": {"saturated": 10, "unsaturated": 20},
-                "model_log_loss": 0.31234, "log_loss_diff": {"diff": 0.01, "lo": -0.002, "hi": 0.02},
+                "race_nll": {"model": 1.71234, "market": 1.7, "uniform": 2.05}, "main_effect": main,
+                "n_comparisons": 5, "plateau_median_km": None,
+                "period": {"start": "2026-06-01", "end": "2026-11-24", "model_cutoff": "2026-05-31", "races": 5400,
+                           "dogs": 3100, "rows": 40000, "in_sample": False, "min_races": 2000, "too_small": False},
                 "exemplars": [{"dog_a": "d1", "dog_b": "d2"}]}
     dogs = pd.DataFrame({"dog_id": ["d1", "d2"], "dog_name": [EVIL, "Quiet Bob"],
                          "cohort": ["saturated", "unsaturated"], "plateau_step": [12.0, float("nan")]})
     lines = email_summary(headline, dogs, ("quiet bob",))
     assert lines["Dogs / race steps"] == "1,200 / 30,000"
     assert lines["Cohorts"] == "saturated 10, unsaturated 20"
-    assert lines["Model log-loss"] == "0.3123"
+    assert lines["Race NLL, model"] == "1.712" and lines["Race NLL, uniform"] == "2.05"
+    assert list(lines)[0] == "Verdict"  # the verdict leads, worded by reports.headline.verdict_text as on the page
+    assert lines["Verdict"] == verdict_text(headline)
+    assert "No association detected at this size" in lines["Verdict"] and "5 comparisons" in lines["Verdict"]
+    assert "It matters" not in lines["Verdict"] and "not reached" in lines["Verdict"]
+    assert lines["Evaluated"].startswith("Evaluated out of sample: races from 2026-06-01 to 2026-11-24")
     assert lines["Most saturated exemplar"] == EVIL and lines["Least saturated exemplar"] == "Quiet Bob"
     assert lines["Watchlist: Quiet Bob"] == "unsaturated"
-    assert "95% CI" in lines["Log-loss saturated - unsaturated"]
+    assert not [k for k in lines if "log-loss" in k.lower()]  # race NLL, never a per-runner log-loss under its name
     html = compose_report_email(night="n", url="http://x/", headline=lines, sender="s@x", recipients=["a@x"]) \
         .get_body(("html",)).get_content()
     assert EVIL not in html and "&lt;script&gt;" in html

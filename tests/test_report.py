@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from flows.stages.report import publish as publish_report
 from gruviz_core.errors import ConfigError, NotFoundError
 from reports.figures import REDRAW, figure
 from reports.model import MAX_FRAMES, ReportModel
-from flows.stages.report import publish as publish_report
-from storage.site import ASSET
 from reports.render import plotly_js_path, render
 from storage.results import read_run_results
+from storage.site import ASSET
 from tests.report_fixtures import EVIL_NAME, TABLES, report_of, write_history, write_run
 
 DQ = {  # as storage.forms writes the snapshot's manifest.json
@@ -69,15 +69,19 @@ def test_sections_headline_and_provenance(model):
         "data-quality",
     ]
     head = {h.key: h for h in model.headline}
-    assert head["model_log_loss"].text == "1.82"
-    assert head["model_log_loss"].delta_text == "-0.02" and head["model_log_loss"].tone == "good"
+    assert head["race_nll.model"].label == "Race NLL, model" and head["race_nll.model"].text == "1.82"
+    assert head["race_nll.model"].delta_text == "-0.02" and head["race_nll.model"].tone == "good"
+    assert head["race_nll.market"].text == "1.8" and head["race_nll.uniform"].text == "2.05"
+    assert head["period.races"].text == "5,400" and head["plateau_median_km"].text == "18"
     assert model.previous_night == "2026-11-24"
     prov = dict(model.provenance)
     assert prov["data snapshot"] == "snap-9f8e7d6c5b4a" and prov["model set"] == "set-20261120-3seeds"
     assert prov["seeds"] == "0, 1, 2" and prov["device"] == "cpu" and prov["code version"] == "0.1.0+g1234abc"
-    assert prov["cohort rule"].startswith("plateau-f95 v1 (")
-    assert "saturated dogs are predicted better" in model.verdict
-    assert "At equal history length the difference is -0.05" in model.verdict
+    assert prov["cohort rule"].startswith("plateau-f-abs v2 (")
+    assert prov["evaluation period"] == "2026-06-01 to 2026-11-24, out of sample"
+    assert prov["model set cutoff"] == "2026-05-31"
+    assert model.period.startswith("Evaluated out of sample: races from 2026-06-01 to 2026-11-24 (5,400 races, 3,100 dogs")
+    assert "after the model set's training cutoff 2026-05-31" in model.period
     # every section has something to show: no 'not computed' note on a complete run
     assert not [p.title for s in model.sections for p in s.panels if p.note]
 
@@ -215,11 +219,11 @@ def _real_run(root: Path) -> Path:
     import numpy as np
     import torch
 
-    from gruviz_core.cohorts import CohortRule
-    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
     from flows.stages.evaluate import evaluate_run
     from flows.stages.extract import extract_run
     from flows.stages.stats import compute_stats
+    from gruviz_core.cohorts import CohortRule
+    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
     from storage import states
 
     feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
@@ -269,30 +273,183 @@ def test_report_on_a_real_run(tmp_path):
     assert len(states_fig.dogs) == 2 and states_fig.dogs[0].n_units == 8
     assert dict(m.provenance)["data snapshot"] == "snap-real" and m.night == "2026-11-26"
     assert m.verdict and EVIL_NAME not in html
+    assert m.period and "It matters" not in m.verdict  # the evaluate stage records its period (issue 11)
 
 
 def test_headline_counts_are_exact_not_rounded():
     from reports.headline import headline_numbers
 
-    nums = {h.key: h for h in headline_numbers({"dogs": 28731, "obs": 497574}, {"dogs": 28000, "obs": 497000})}
-    assert nums["dogs"].text == "28,731" and nums["obs"].text == "497,574"
-    assert nums["dogs"].delta_text == "+731"
+    cur = {"period": {"races": 28731, "dogs": 4975}}
+    nums = {h.key: h for h in headline_numbers(cur, {"period": {"races": 28000, "dogs": 4970}})}
+    assert nums["period.races"].text == "28,731" and nums["period.dogs"].text == "4,975"
+    assert nums["period.races"].delta_text == "+731"
 
 
-def test_verdict_prefers_the_gap_to_the_market_over_raw_log_loss():
+# ---- the honest comparison (issue 11): one verdict, sizes, the too-small cases, a rule that finds nothing
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    """The report model, page and email lines of a small fake run per scenario (built once each)."""
+    from reports.email import email_summary
+
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            run = write_run(tmp_path_factory.mktemp(name) / "run", n_dogs=60, max_steps=80, scenario=name)
+            m = report_of(run)
+            head = json.loads((run / "eval" / "headline.json").read_text(encoding="utf-8"))
+            cache[name] = (m, render(m), email_summary(head))
+        return cache[name]
+
+    return get
+
+
+def _cohort_panels(m: ReportModel) -> dict:
+    return {p.title: p for s in m.sections if s.id == "cohorts" for p in s.panels}
+
+
+def _effects_rows(m: ReportModel) -> dict:
+    table = _cohort_panels(m)["Comparisons side by side"].table
+    return {r[0].split(":")[0]: dict(zip(table.columns, r)) for r in table.rows}
+
+
+@pytest.mark.parametrize("name", ["found", "none", "small", "period_small", "zero_saturated", "in_sample_null"])
+def test_page_email_and_summary_say_the_same_verdict(scenario, name):
+    m, html, lines = scenario(name)
+    assert lines["Verdict"] == m.verdict  # the summary artifact shows these same lines (flows.stages.notify)
+    from markupsafe import escape
+
+    assert str(escape(m.verdict)) in html and str(escape(m.period)) in html
+    for gone in ("It matters", "it is about the state", "Flat lines mean the verdict does not hinge"):
+        assert gone not in html and gone not in m.verdict
+    assert "Associations, not causes" in m.verdict or "too small to compare" in m.verdict
+
+
+def test_association_found_is_worded_as_an_association(scenario):
+    m, html, _ = scenario("found")
+    assert "Races predicted from a saturated state are associated with a worse gap to the market" in m.verdict
+    assert "+0.031 (95% interval +0.012 to +0.05; 420 vs 900 dogs, 180 vs 400 winners)" in m.verdict
+    assert "5 comparisons were made tonight" in m.verdict
+    assert "Median time to plateau (Kaplan-Meier): race 18." in m.verdict
+    assert "Race NLL: model 1.82, market 1.8, uniform 2.05." in m.verdict
+    rows = _effects_rows(m)
+    assert rows["main"]["reads as"] == "interval excludes 0" and rows["main"]["95% interval"] == "+0.012 to +0.05"
+    assert rows["negative control"]["reads as"] == "no association detected at this size"
+    assert rows["by dog cohort (includes selection)"]["a - b"] == "saturated - unsaturated"
+    assert set(rows) == {"main", "negative control", "within dog", "by dog cohort (includes selection)", "dose trend"}
+    panels = _cohort_panels(m)
+    assert "flat means robust" in panels["Threshold sensitivity"].explain
+    assert "Trend: +0.08 per unit of s (95% interval +0.01 to +0.15, 38,000 races)" in panels[
+        "Dose-response: by saturation score before the race"
+    ].explain
+    assert panels["By dog cohort (includes selection)"].explain.startswith("Metrics of the dogs in each cohort")
+
+
+def test_no_association_at_this_size(scenario):
+    m, _, _ = scenario("none")
+    assert "No association detected at this size" in m.verdict and "associated with a" not in m.verdict
+    assert "Median time to plateau (Kaplan-Meier): not reached." in m.verdict
+    assert _effects_rows(m)["main"]["reads as"] == "no association detected at this size"
+
+
+def test_too_small_groups_print_sizes_not_intervals(scenario):
+    m, html, _ = scenario("small")
+    assert "Too small to compare saturated with unsaturated races at prediction time (24 vs 900 dogs, 9 vs 400" in m.verdict
+    assert "95% interval" not in m.verdict and "associated with a" not in m.verdict
+    main = _effects_rows(m)["main"]
+    assert main["difference"] is None and main["reads as"] == "too small to compare"
+    assert main["95% interval"] == "too small to compare (24 vs 900 dogs, 9 vs 400 winners)"
+    assert "-0.05 to +0.23" not in html  # the interval of a too-small comparison is never printed
+    assert "flat means robust" not in _cohort_panels(m)["Threshold sensitivity"].explain
+
+
+def test_too_small_period_replaces_the_comparisons(scenario):
+    m, html, lines = scenario("period_small")
+    assert "The held-out period is too small to compare: 340 races" in m.verdict
+    assert "associated" not in m.verdict and "No association" not in m.verdict
+    assert "Too small to compare (fewer than 2,000 races)." in m.period
+    panels = _cohort_panels(m)
+    assert panels["Comparisons"].note.startswith("The held-out period is too small to compare: 340 races")
+    for gone in ("By saturation status at prediction time", "Comparisons side by side", "Threshold sensitivity"):
+        assert gone not in panels
+    assert "fig-status-compare" not in html and "fig-tail-f" in html
+    assert lines["Verdict"] == m.verdict
+
+
+def test_zero_saturated_dogs_is_a_finding_with_the_tail_f_drawn(scenario):
+    m, html, _ = scenario("zero_saturated")
+    assert "The rule (plateau-f-abs v2, theta=0.25) finds no saturated dog among 60 dogs" in m.verdict
+    tail = _cohort_panels(m)["Tail F_0.95 of decided dogs"]
+    assert tail.note is None and tail.explain.startswith("The rule (plateau-f-abs v2, theta=0.25) finds no saturated dog")
+    ecdf = tail.figure.series[0]
+    assert ecdf.x[0] == 0 and ecdf.y[0] == 0 and ecdf.y[1] > 0.5  # the mass at 0 is a visible jump
+    assert [s.name for s in tail.figure.series[1:]] == ["low (unsaturated below)", "theta (saturated at or above)"]
+    assert "The grid did not move the groups" in _cohort_panels(m)["Threshold sensitivity"].explain
+    groups = [s.name for s in _panels(m)["fig-status-compare"].panels[0].series]
+    assert "saturated" not in groups and "unsaturated" in groups
+
+
+def test_in_sample_unknown_is_said_plainly(scenario):
+    m, _, lines = scenario("in_sample_null")
+    assert m.verdict.startswith("The model set records no training date, so these comparisons may be in sample")
+    assert "may be in sample" in m.period and "out of sample" not in m.period
+    assert dict(m.provenance)["evaluation period"].endswith("may be in sample (no training date)")
+    assert "may be in sample" in lines["Verdict"]
+
+
+def test_every_cohort_figure_draws_one_series_per_group_or_source(model):
+    figs = _panels(model)
+    status = figs["fig-status-compare"].panels[0]
+    assert [s.name for s in status.series] == ["saturated", "partial", "unsaturated", "undecided"]
+    assert status.categories == ["1", "2-5", "6-10", "11-20", "21-40", "41+", "all"]
+    assert all(s.lo is not None and s.hi is not None for s in status.series)
+    assert [s.name for s in figs["fig-dose"].panels[0].series] == ["gap to the market (per-runner log-loss, model minus market)"]
+    assert len(figs["fig-dose"].panels[0].categories) == 10
+    for panel in figs["fig-calibration"].panels:  # model and market never merged into one line
+        assert [s.name for s in panel.series] == ["model", "market", "perfect calibration"]
+        assert all(t.endswith(" runners") for t in panel.series[0].text)
+    assert [p.title for p in figs["fig-calibration"].panels] == ["all dogs", "saturated dogs", "unsaturated dogs"]
+    for spec in figs.values():
+        panels = getattr(spec, "panels", None) or [spec]
+        for p in panels:
+            names = [s.name for s in getattr(p, "series", [])]
+            assert len(names) == len(set(names)), (spec.div_id, names)
+    drawn = figure(figs["fig-calibration"])
+    assert sorted({t.name for t in drawn.data}) == ["market", "model", "perfect calibration"]
+
+
+def test_sensitivity_flat_means_robust_only_when_the_grid_moves_the_groups():
     import pandas as pd
 
-    from reports.headline import verdict
+    from reports.sections.status import sensitivity_reading
 
-    effect = pd.DataFrame([
-        # raw log-loss: saturated dogs win more, so their log-loss is higher whatever the model does
-        {"metric": "log_loss", "a": "saturated", "b": "unsaturated", "diff": 0.29, "lo": 0.25, "hi": 0.32, "adjust": "none"},
-        {"metric": "log_loss_vs_market", "a": "saturated", "b": "unsaturated", "diff": -0.01, "lo": -0.03, "hi": 0.01,
-         "adjust": "none"},
-    ])
-    text = verdict({"dogs": 28731, "saturated_share": 24 / 28731}, {}, 18.0, effect, None)
-    assert "0.1% of 28,731 dogs have saturated hidden states" in text
-    assert "No clear difference in the model's log-loss gap to the market" in text
-    assert "0.29" not in text
-    raw_only = verdict({"dogs": 10}, {}, None, effect[effect["metric"] == "log_loss"], None)
-    assert "predicted worse, log-loss 0.29 higher" in raw_only
+    def grid(sizes, intervals):
+        rows = [dict(param="default", value=float("nan"), n_dogs_a=sizes[0], n_dogs_b=900, n_rows_a=1, n_rows_b=1,
+                     diff=0.03, lo=0.01, hi=0.05, comparable=True)]
+        for (p, v), n, (lo, hi) in zip((("theta", 0.15), ("theta", 0.35)), sizes[1:], intervals):
+            rows.append(dict(param=p, value=v, n_dogs_a=n, n_dogs_b=900, n_rows_a=1, n_rows_b=1,
+                             diff=(lo + hi) / 2, lo=lo, hi=hi, comparable=True))
+        return pd.DataFrame(rows)
+
+    assert "flat means robust" in sensitivity_reading(grid([400, 500, 300], [(0.0, 0.04), (0.02, 0.06)]))
+    static = sensitivity_reading(grid([400, 400, 400], [(0.0, 0.04), (0.02, 0.06)]))
+    assert "did not move the groups" in static and "robust here" not in static
+    moved = sensitivity_reading(grid([400, 500, 300], [(0.0, 0.04), (0.06, 0.09)]))
+    assert "theta=0.35" in moved and "depends on the rule" in moved and "robust here" not in moved
+
+
+def test_the_verdict_escapes_text_from_data():
+    from reports.headline import verdict_text
+
+    head = {"dogs": 10, "cohort_counts": {"saturated": 2}, "rule": {"name": EVIL_NAME, "version": 2},
+            "main_effect": None, "n_comparisons": 1}
+    text = verdict_text(head)
+    assert EVIL_NAME in text and "not computed for this run" in text
+    from reports.model import ReportModel as RM
+
+    m = RM(title="t", night="n", verdict=text, period=EVIL_NAME, headline=(), cohort_counts=(), provenance=(),
+           previous_night=None, sections=())
+    page = render(m)
+    assert EVIL_NAME not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 2

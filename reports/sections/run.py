@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from reports.headline import rule_text
 from reports.model import SOURCE_COLOURS, Line, Lines2Spec, LinesPanel, Panel, Section, Table, sig
 from reports.prose import EXPLAIN, INTRO
 from reports.sections.common import colour
 
-__all__ = ["trend_section", "quality_section", "provenance"]
+__all__ = ["trend_section", "quality_section", "provenance", "race_nll"]
 
 
 def trend_section(night: str, head: Mapping[str, Any], history: Sequence[tuple[str, Mapping[str, Any]]]) -> Section:
@@ -22,17 +24,17 @@ def trend_section(night: str, head: Mapping[str, Any], history: Sequence[tuple[s
     xs = [n for n, _ in nights]
     series = []
     for key, name, colour_ in (
-        ("model_log_loss", "model", SOURCE_COLOURS["model"]),
-        ("market_log_loss", "market", SOURCE_COLOURS["market"]),
+        ("model", "model", SOURCE_COLOURS["model"]),
+        ("market", "market", SOURCE_COLOURS["market"]),
     ):
-        ys = [sig(h.get(key)) for _, h in nights]
+        ys = [race_nll(h, key) for _, h in nights]
         if any(y is not None for y in ys):
             series.append(Line(name, xs, ys, colour_, mode="lines+markers"))
     share = [sig(h.get("saturated_share")) for _, h in nights]
     spec = Lines2Spec(
         "fig-trend",
         [
-            LinesPanel("log-loss", series, "log-loss"),
+            LinesPanel("race NLL", series, "race NLL"),
             LinesPanel(
                 "share of dogs saturated",
                 [Line("saturated share", xs, share, colour("saturated"), mode="lines+markers")],
@@ -43,9 +45,9 @@ def trend_section(night: str, head: Mapping[str, Any], history: Sequence[tuple[s
         category_x=True,
         height=340,
     )
-    cols = ("night", "dogs", "saturated share", "model log-loss", "market log-loss")
+    cols = ("night", "dogs", "saturated share", "race NLL, model", "race NLL, market")
     rows = tuple(
-        (n, h.get("dogs"), sig(h.get("saturated_share")), sig(h.get("model_log_loss")), sig(h.get("market_log_loss")))
+        (n, h.get("dogs"), sig(h.get("saturated_share")), race_nll(h, "model"), race_nll(h, "market"))
         for n, h in reversed(nights)
     )
     return Section(
@@ -57,6 +59,12 @@ def trend_section(night: str, head: Mapping[str, Any], history: Sequence[tuple[s
             Panel("Nights", EXPLAIN["nights"], table=Table(cols, rows), collapsed=len(rows) > 10),
         ),
     )
+
+
+def race_nll(head: Mapping[str, Any], source: str) -> float | None:
+    """A night's race NLL of `source` (model, market, uniform); None where that night did not record it."""
+    r = head.get("race_nll")
+    return sig(r.get(source)) if isinstance(r, Mapping) else None
 
 
 def quality_section(dq: Mapping[str, Any] | None) -> Section:
@@ -116,15 +124,24 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def provenance(run_meta: Mapping[str, Any], rule: Any, night: str) -> tuple[tuple[str, str], ...]:
-    """(label, value) of where tonight's numbers come from."""
-    rule_text = "n/a"
-    if isinstance(rule, dict):
-        params = rule.get("params") or {}
-        p = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-        rule_text = f"{rule.get('name', '?')} v{rule.get('version', '?')}" + (f" ({p})" if p else "")
-    elif rule:
-        rule_text = str(rule)
+def _period(head: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    p = head.get("period")
+    if not isinstance(p, Mapping):
+        return ()
+    sample = {False: "out of sample", None: "may be in sample (no training date)"}.get(p.get("in_sample"), "in sample")
+    return (
+        ("evaluation period", f"{p.get('start') or '?'} to {p.get('end') or '?'}, {sample}"),
+        ("evaluated", f"{int(p.get('races') or 0):,} races, {int(p.get('dogs') or 0):,} dogs"),
+        ("model set cutoff", _text(p.get("model_cutoff"))),
+        ("early stopping to", _text(p.get("early_stop_end"))),
+        ("evaluation basis", _text(p.get("basis"))),
+    )
+
+
+def provenance(
+    run_meta: Mapping[str, Any], rule: Any, night: str, head: Mapping[str, Any] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """(label, value) of where tonight's numbers come from, and what was evaluated."""
     return (
         ("night", night),
         ("run", _text(run_meta.get("run_id"))),
@@ -133,6 +150,7 @@ def provenance(run_meta: Mapping[str, Any], rule: Any, night: str) -> tuple[tupl
         ("seeds", _text(run_meta.get("seeds"))),
         ("code version", _text(run_meta.get("code_version"))),
         ("device", _text(run_meta.get("device"))),
-        ("cohort rule", rule_text),
+        ("cohort rule", rule_text(rule)),
+        *_period(head or {}),
         ("run created", _text(run_meta.get("created_at"))),
     )

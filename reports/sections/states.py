@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from gruviz_core.results import DogStates, DogStatesSet, RunResults
 from reports.model import (
-    MAX_FRAMES, MAX_HEATMAP_STEPS, MIN_BAND_DOGS, AnimHeatmapSpec, BandsSpec, DogHeat, ExemplarCurve, HeatmapSpec,
-    Line, Panel, Section, sig,
+    MAX_FRAMES,
+    MAX_HEATMAP_STEPS,
+    MIN_BAND_DOGS,
+    AnimHeatmapSpec,
+    BandsSpec,
+    DogHeat,
+    ExemplarCurve,
+    HeatmapSpec,
+    Line,
+    Panel,
+    Section,
+    sig,
 )
 from reports.prose import EXPLAIN, INTRO, STATES_HOW
 from reports.sections.common import bands, by_layer, colour, ints, missing, nonempty, sigs
@@ -145,8 +156,10 @@ def _dog_heat(st: DogStates, row: dict) -> DogHeat:
     )
 
 
-def abs_sum_section(results: RunResults, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int) -> Section:
-    """Cohort bands of s by race, the heatmap dogs' curves and the median plateau."""
+def abs_sum_section(
+    results: RunResults, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int, km_median: Any = None
+) -> Section:
+    """Cohort bands of s by race, the heatmap dogs' curves and the Kaplan-Meier median time to plateau."""
     intro = INTRO["abs-sum"]
     step = by_layer(results.step, layer)
     if not nonempty(step):
@@ -155,17 +168,14 @@ def abs_sum_section(results: RunResults, dog: pd.DataFrame | None, chosen_ids: l
         )
     all_line = step[step["cohort"] == "all"].sort_values("step")
     all_line = all_line[all_line["n"] >= MIN_BAND_DOGS]
-    median_plateau = None
-    if nonempty(dog):
-        ps = pd.to_numeric(dog["plateau_step"], errors="coerce").dropna()
-        median_plateau = sig(ps.median()) if len(ps) else None
+    median_plateau = sig(km_median)  # Kaplan-Meier (None: not reached), never the median of dogs with a plateau
     spec = BandsSpec(
         "fig-abs-sum",
         bands=bands(step, "s", cohorts=("saturated", "unsaturated", "partial")),
         lines=[Line("all dogs (median)", ints(all_line["step"]), sigs(all_line["s_q50"]), colour("all"), "dot")],
         exemplars=_exemplar_curves(results.dog_step, dog, chosen_ids, layer),
         vline=median_plateau,
-        vline_label=f"median plateau {median_plateau:.0f}" if median_plateau is not None else None,
+        vline_label=f"median time to plateau (KM) {median_plateau:.0f}" if median_plateau is not None else None,
         xlabel="race (step)",
         ylabel="s = abs-sum / units",
         yrange=[0, 1],
