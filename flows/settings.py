@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     cohort_theta: float | None = Field(
         None, description="Cohort rule: tail F_tau (a quantile of the decided dogs') at or above which a dog is saturated; default the rule's.")
     cohort_tau: float | None = Field(None, description="Cohort rule: |h| threshold of F_tau (0.9, 0.95 or 0.99); default the rule's.")
+    sources: list[str] = Field(default_factory=list, description="Form data the nightly ingests when no source is "
+        "passed: directories or globs where new form files land, as a JSON list (unchanged files are not re-read).")
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")
