@@ -44,18 +44,24 @@ NO_NEW_DATA = "no new form data (the sources are unchanged since the last snapsh
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def ingest_task(root: str, sources: list[str]) -> dict:
-    """{"snapshot_id", "new_data"}: the latest snapshot reused when the source files are those it was made of."""
-    before = _latest_or_none(root)
-    if before is not None and _same_files(root, before, sources):
-        get_run_logger().info("sources unchanged since snapshot %s: no new form data", before)
-        return {"snapshot_id": before, "new_data": False}
+def ingest_task(root: str, sources: list[str]) -> str:
     summary = ingest.run(sources, root)
     get_run_logger().info(
         "ingested %s: rows_in=%d accepted=%d rejected=%d duplicates_merged=%d",
         summary.snapshot_id, summary.rows_in, summary.accepted, summary.rejected, summary.duplicates_merged,
     )
-    return {"snapshot_id": summary.snapshot_id, "new_data": summary.snapshot_id != before}
+    return summary.snapshot_id
+
+
+@task(name="ingest-sources", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def ingest_sources_task(root: str, sources: list[str]) -> dict:
+    """{"snapshot_id", "new_data"}: the latest snapshot reused when the source files are those it was made of."""
+    before = _latest_or_none(root)
+    if before is not None and _same_files(root, before, sources):
+        get_run_logger().info("sources unchanged since snapshot %s: no new form data", before)
+        return {"snapshot_id": before, "new_data": False}
+    snapshot_id = ingest_task.fn(root, sources)
+    return {"snapshot_id": snapshot_id, "new_data": snapshot_id != before}
 
 
 @task(name="features", retries=1, cache_policy=NO_CACHE)
@@ -125,7 +131,7 @@ def nightly(
 
     sources = list(source or s.sources)
     if sources:
-        ingested = ingest_task(root, sources)
+        ingested = ingest_sources_task(root, sources)
         snapshot_id, new_data = ingested["snapshot_id"], ingested["new_data"]
     else:
         snapshot_id, new_data = _latest_snapshot(root), None  # None: nothing to ingest was configured

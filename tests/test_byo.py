@@ -28,9 +28,10 @@ def team_module_on_path():
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A store with one small simulated snapshot, and the team's weights (2 seeds) beside it."""
+    import team_model
+
     from gruviz_core.synth import simulate
     from storage.forms import ingest
-    import team_model
 
     root = tmp_path_factory.mktemp("byo-home")
     src = root / "forms.parquet"
