@@ -32,7 +32,23 @@ clean:
 	rm -rf $(VENV) gruviz-data
 
 # Register the deployments of prefect.yaml with the Prefect server at PREFECT_API_URL.
-GRUVIZ_TIMEZONE ?= Australia/Sydney
+# The deployments carry these settings as job variables (env), with the values they have here:
+#   GRUVIZ_HOME              store root                        (default ./gruviz-data, made absolute)
+#   GRUVIZ_SOURCES           JSON list of directories/globs the nightly ingests  (default [] = none)
+#   GRUVIZ_TIMEZONE          schedule timezone; the night is the scheduled start in it
+#   GRUVIZ_REPORTS_BASE_URL  base URL of the published reports (the email's link)
+#   GRUVIZ_RECIPIENTS        JSON list of email recipients (default [] = no email)
+#   GRUVIZ_SETTINGS_FILE     dotenv file on the worker with any other GRUVIZ_ setting (SMTP, device...)
+# e.g. make deploy GRUVIZ_HOME=/srv/gruviz GRUVIZ_SOURCES='["/srv/forms/incoming"]'
+GRUVIZ_HOME             ?= $(CURDIR)/gruviz-data
+GRUVIZ_SOURCES          ?= []
+GRUVIZ_TIMEZONE         ?= Australia/Sydney
+GRUVIZ_REPORTS_BASE_URL ?= http://127.0.0.1:8765
+GRUVIZ_RECIPIENTS       ?= []
+GRUVIZ_SETTINGS_FILE    ?=
 deploy: $(STAMP)
 	$(VENV)/bin/prefect work-pool create gruviz-process --type process --overwrite
-	GRUVIZ_REPO=$(CURDIR) GRUVIZ_TIMEZONE=$(GRUVIZ_TIMEZONE) $(VENV)/bin/prefect --no-prompt deploy --all
+	GRUVIZ_REPO=$(CURDIR) GRUVIZ_TIMEZONE='$(GRUVIZ_TIMEZONE)' GRUVIZ_HOME='$(abspath $(GRUVIZ_HOME))' \
+	GRUVIZ_SOURCES='$(GRUVIZ_SOURCES)' GRUVIZ_REPORTS_BASE_URL='$(GRUVIZ_REPORTS_BASE_URL)' \
+	GRUVIZ_RECIPIENTS='$(GRUVIZ_RECIPIENTS)' GRUVIZ_SETTINGS_FILE='$(GRUVIZ_SETTINGS_FILE)' \
+	$(VENV)/bin/prefect --no-prompt deploy --all

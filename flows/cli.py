@@ -14,7 +14,7 @@ from gruviz_core.errors import GruvizError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ("demo", "synth", "ingest", "train", "nightly", "serve")
+COMMANDS = ("demo", "synth", "ingest", "train", "model", "nightly", "serve")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict]:

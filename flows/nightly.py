@@ -33,9 +33,11 @@ from flows.stages import evaluate, extract, features, ingest, report, stats
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
 
-__all__ = ["nightly"]
+__all__ = ["nightly", "NO_NEW_DATA"]
 
 log = logging.getLogger(__name__)
+
+NO_NEW_DATA = "no new form data (the sources are unchanged since the last snapshot)"
 
 
 # ---------------------------------------------------------------- tasks (thin calls)
@@ -51,9 +53,20 @@ def ingest_task(root: str, sources: list[str]) -> str:
     return summary.snapshot_id
 
 
+@task(name="ingest-sources", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def ingest_sources_task(root: str, sources: list[str]) -> dict:
+    """{"snapshot_id", "new_data"}: the latest snapshot reused when the source files are those it was made of."""
+    before = _latest_or_none(root)
+    if before is not None and _same_files(root, before, sources):
+        get_run_logger().info("sources unchanged since snapshot %s: no new form data", before)
+        return {"snapshot_id": before, "new_data": False}
+    snapshot_id = ingest_task.fn(root, sources)
+    return {"snapshot_id": snapshot_id, "new_data": snapshot_id != before}
+
+
 @task(name="features", retries=1, cache_policy=NO_CACHE)
-def features_task(root: str, snapshot_id: str) -> str:
-    return str(features.run(root, snapshot_id))
+def features_task(root: str, snapshot_id: str, set_id: str | None = None) -> str:
+    return str(features.run(root, snapshot_id, set_id))
 
 
 @task(name="begin-run", cache_policy=NO_CACHE)
@@ -114,17 +127,25 @@ def nightly(
     logger = get_run_logger()
     set_torch_threads(s.torch_threads)
     root = str(Path(s.home).resolve())
-    night = night or dt.datetime.now(_zone(s.timezone)).date().isoformat()
+    night = night or _night(s.timezone)
 
-    snapshot_id = ingest_task(root, list(source)) if source else _latest_snapshot(root)
-    seq_path = features_task(root, snapshot_id)
+    sources = list(source or s.sources)
+    if sources:
+        ingested = ingest_sources_task(root, sources)
+        snapshot_id, new_data = ingested["snapshot_id"], ingested["new_data"]
+    else:
+        snapshot_id, new_data = _latest_snapshot(root), None  # None: nothing to ingest was configured
     set_id = model_set or _current_model_set(root)
+    seq_path = features_task(root, snapshot_id, set_id)
     run_id = f"{night}-{set_id.rsplit('-', 1)[-1][:8]}-{uuid.uuid4().hex[:6]}"
     meta = {
         "run_id": run_id, "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id,
         "device": s.device, "flow_run_id": str(flow_run.id or ""),
         "settings": s.model_dump(mode="json", exclude={"smtp_password"}),
+        **_model_facts(root, set_id),
     }
+    if new_data is False:
+        meta["form_data"] = NO_NEW_DATA
     plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs)
     _extract_blocks(plan, s)
     tmp_dir = finish_run_task(plan)
@@ -135,9 +156,12 @@ def nightly(
 
     url = _report_link(s, rel)
     lines = email_lines(run_dir, list(s.watchlist))  # labelled headline: the summary artifact and the email
+    if new_data is False:
+        lines = {"form data": NO_NEW_DATA, **lines}
     _artifacts(url, night, lines, run_dir)
     result = {"run_id": run_id, "run_dir": run_dir, "report": str(s.reports_path.resolve() / rel), "url": url,
-              "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline}
+              "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline,
+              "new_data": new_data}
     if s.recipients:
         sent = send_report_email(night, url, lines, return_state=True)
         if sent.is_failed():
@@ -169,7 +193,7 @@ class _ProgressReporter:
         self._last = 0.0
 
     @classmethod
-    def for_run(cls, artifact_id: str, total: int, block: int) -> "_ProgressReporter":
+    def for_run(cls, artifact_id: str, total: int, block: int) -> _ProgressReporter:
         with cls._lock:
             cls._runs.setdefault(artifact_id, {})
         return cls(artifact_id, total, block)
@@ -239,6 +263,61 @@ def _current_model_set(root: str) -> str:
     if set_id is None:
         raise NotFoundError(f"store {root}: no current model set; run `gruviz train` first")
     return set_id
+
+
+def _night(timezone: str) -> str:
+    """The night a run is for: its scheduled start (a late or re-run flow keeps its night), else now, in `timezone`."""
+    when = None
+    try:
+        when = flow_run.scheduled_start_time
+    except Exception:  # noqa: BLE001 - no flow run context (called outside Prefect): fall back to now
+        when = None
+    if when is None:
+        when = dt.datetime.now(dt.UTC)
+    return dt.datetime.fromtimestamp(when.timestamp(), _zone(timezone)).date().isoformat()
+
+
+def _latest_or_none(root: str) -> str | None:
+    from storage.forms import latest_snapshot
+
+    return latest_snapshot(Path(root))
+
+
+def _same_files(root: str, snapshot_id: str, sources: list[str]) -> bool:
+    """Whether `sources` expand to exactly the files (path, size, sha256) the snapshot was made of."""
+    from storage.forms import expand_sources, read_manifest
+
+    try:
+        recorded = {f["path"]: f for f in read_manifest(Path(root), snapshot_id).get("files", [])}
+        files = expand_sources(sources)
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    if {str(p) for p in files} != set(recorded):
+        return False
+    for p in files:
+        rec = recorded[str(p)]
+        if rec.get("bytes") != p.stat().st_size or rec.get("sha256") != _sha256(p):
+            return False
+    return True
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_facts(root: str, set_id: str) -> dict:
+    """What the run records of its model set: the date it was trained until, and whether comparisons may be in sample."""
+    from storage.registry import model_set_manifest
+
+    m = model_set_manifest(Path(root), set_id)
+    until = m.get("trained_until", m.get("cutoff"))
+    return {"model_trained_until": until, "comparisons_may_be_in_sample": until is None}
 
 
 def _zone(name: str):

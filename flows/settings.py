@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     bootstrap: int = Field(1000, description="Bootstrap replicates (over dogs) of every comparison's interval.", ge=100)
     min_eval_races: int = Field(
         2000, description="Fewest held-out races (after the model set's training and early-stopping windows) to compare on.", ge=1)
+    sources: list[str] = Field(default_factory=list, description="Form data the nightly ingests when no source is "
+        "passed: directories or globs where new form files land, as a JSON list (unchanged files are not re-read).")
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")

@@ -4,6 +4,12 @@ The contract: `module(x (B, T, F), ctx (B, T, C)) -> (B, T)` scores, where F = t
 feature spec (a list of gruviz feature names, any subset in any order) and the GRU inside
 reads those F features (`input_size == F`), with any number of layers.
 
+Features come either from gruviz's own list (`FEATURE_NAMES`/`CONTEXT_NAMES`, any subset) or
+from the team's own callable `"package.module:fn"`, `fn(runs) -> (features, context)`: given the
+canonical runs table in sequence order (`gruviz_core.features.clean_runs`), two DataFrames with
+one row per run, whose columns are what the GRU reads after the race and what the head knows
+before it (`build_custom_sequences`). A `FeatureSpec` records which, with the callable's version.
+
 Two ways in:
 
 - a factory `"package.module:callable"` (+ a state dict): a plain `nn.Module`; the GRU is found
@@ -18,34 +24,218 @@ Two ways in:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
-from typing import Callable, Sequence
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from gruviz_core.errors import AmbiguousGRUError, ConfigError, FeatureMismatchError, NoGRUError
+from gruviz_core.errors import AmbiguousGRUError, ConfigError, FeatureMismatchError, ModelError, NoGRUError
+from gruviz_core.extract import extract_batch
+from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, build_sequences, clean_runs, column_index
 from gruviz_core.model import LoadedModel, find_gru
+from gruviz_core.sequences import Sequences, pad_batch
 
-__all__ = ["resolve_factory", "wrap_module", "wrap_scripted", "ScriptedAdapter", "find_scripted_gru"]
+__all__ = [
+    "resolve_factory", "resolve_callable", "wrap_module", "wrap_scripted", "ScriptedAdapter", "find_scripted_gru",
+    "FeatureSpec", "feature_spec_of", "callable_identity", "build_custom_sequences", "validate_sample", "SampleCheck",
+]
 
 
 def resolve_factory(spec: str) -> Callable[..., nn.Module]:
     """'package.module:callable' -> the callable (a class or a function returning an nn.Module)."""
+    return resolve_callable(spec, what="model factory", example="mymodels.race:build")
+
+
+def resolve_callable(spec: str, *, what: str = "callable", example: str = "mymodels.race:features") -> Callable:
+    """'package.module:callable' -> the callable; ConfigError naming `what` when it cannot be imported."""
     mod_name, sep, attr = (spec or "").partition(":")
     if not sep or not mod_name or not attr:
-        raise ConfigError(f"model factory {spec!r}: expected 'package.module:callable', e.g. 'mymodels.race:build'")
+        raise ConfigError(f"{what} {spec!r}: expected 'package.module:callable', e.g. {example!r}")
     try:
         obj = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise ConfigError(f"model factory {spec!r}: cannot import {mod_name!r} ({exc}); is it on PYTHONPATH?") from exc
+        raise ConfigError(f"{what} {spec!r}: cannot import {mod_name!r} ({exc}); is it on PYTHONPATH?") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"model factory {spec!r}: {mod_name!r} has no attribute {attr!r}")
+            raise ConfigError(f"{what} {spec!r}: {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"model factory {spec!r}: {attr!r} is not callable")
+        raise ConfigError(f"{what} {spec!r}: {attr!r} is not callable")
     return obj
+
+
+# ------------------------------------------------------------------ feature specs
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The columns a model reads and where they come from: gruviz's features or the team's callable."""
+
+    feature_names: tuple[str, ...]
+    """Columns the GRU reads per race (known after the race), in the model's order."""
+    context_names: tuple[str, ...]
+    """Columns the head reads beside the state (known before the race), in the model's order."""
+    callable: str | None = None
+    """'package.module:fn' building both from the canonical runs table; None = gruviz's own features."""
+    version: str | None = None
+    """The callable's version: its `__version__`, else its module's; None when it declares none."""
+    source_sha256: str | None = None
+    """sha256 of the callable's source text, so a changed callable is noticed even without a version."""
+
+    @property
+    def custom(self) -> bool:
+        return self.callable is not None
+
+    @property
+    def key(self) -> str:
+        """Short id of the spec: custom sequences of a snapshot are cached per key."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature_names": list(self.feature_names), "context_names": list(self.context_names),
+                "callable": self.callable, "version": self.version, "source_sha256": self.source_sha256}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(tuple(d["feature_names"]), tuple(d["context_names"]), d.get("callable"), d.get("version"),
+                   d.get("source_sha256"))
+
+    @classmethod
+    def builtin(cls, feature_names: Sequence[str] | None = None, context_names: Sequence[str] | None = None) -> FeatureSpec:
+        """A subset of gruviz's own features (default all); unknown names are a FeatureMismatchError."""
+        feats = tuple(feature_names or FEATURE_NAMES)
+        ctx = tuple(context_names or CONTEXT_NAMES)
+        column_index(FEATURE_NAMES, feats, what="feature spec")
+        column_index(CONTEXT_NAMES, ctx, what="context spec")
+        return cls(feats, ctx)
+
+
+def callable_identity(fn: Callable) -> tuple[str | None, str | None]:
+    """(version, source sha256) of a callable; either may be None when it cannot be known."""
+    version = getattr(fn, "__version__", None) or getattr(inspect.getmodule(fn), "__version__", None)
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = None
+    return (str(version) if version is not None else None,
+            hashlib.sha256(source.encode()).hexdigest() if source is not None else None)
+
+
+def feature_spec_of(spec: str, runs: pd.DataFrame) -> tuple[FeatureSpec, Sequences]:
+    """The team's callable `spec` run on `runs`: its FeatureSpec (names from its columns, its version) and the sequences."""
+    fn = resolve_callable(spec, what="feature callable")
+    seqs = build_custom_sequences(runs, fn, name=spec)
+    version, sha = callable_identity(fn)
+    return FeatureSpec(seqs.feature_names, seqs.context_names, spec, version, sha), seqs
+
+
+def build_custom_sequences(runs: pd.DataFrame, fn: Callable, *, name: str = "feature callable") -> Sequences:
+    """Sequences whose values/context are `fn(clean_runs(runs)) -> (features, context)`; the rest as gruviz builds it.
+
+    Each returned frame has one row per run (obs), in the order of the table it was given, and
+    numeric columns (NaN = missing; the normaliser maps it to 0).
+    """
+    base = build_sequences(runs)  # offsets, ids, dates, results, market: the skeleton every model shares
+    table = clean_runs(runs)
+    try:
+        out = fn(table.copy())
+    except Exception as exc:  # the team's code: any failure is reported as theirs, with its type
+        raise ConfigError(f"feature callable {name}: raised {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise FeatureMismatchError(
+            f"feature callable {name}: returned {type(out).__name__}; expected a tuple (features, context) of "
+            "two DataFrames with one row per run")
+    values = _columns(out[0], len(table), name, "features")
+    context = _columns(out[1], len(table), name, "context")
+    return dataclasses.replace(base, values=values[1], context=context[1], feature_names=values[0],
+                               context_names=context[0])
+
+
+def _columns(frame: Any, n_obs: int, name: str, what: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, (obs, k) float32) of one returned frame; FeatureMismatchError naming the problem."""
+    if not isinstance(frame, pd.DataFrame):
+        raise FeatureMismatchError(f"feature callable {name}: {what} is a {type(frame).__name__}; return a DataFrame")
+    if len(frame) != n_obs:
+        raise FeatureMismatchError(
+            f"feature callable {name}: {what} has {len(frame)} rows, the runs table it was given {n_obs}; "
+            "return one row per run, in the given order")
+    if frame.shape[1] == 0 and what == "features":
+        raise FeatureMismatchError(f"feature callable {name}: no feature columns; the GRU needs at least one")
+    try:
+        arr = frame.astype("float64").to_numpy(dtype=np.float32, na_value=np.nan)
+    except (TypeError, ValueError) as exc:
+        raise FeatureMismatchError(f"feature callable {name}: {what} has non-numeric columns ({exc}); "
+                                   "encode them as numbers") from exc
+    names = tuple(str(c) for c in frame.columns)
+    if len(set(names)) != len(names):
+        raise FeatureMismatchError(f"feature callable {name}: {what} repeats a column name ({', '.join(names)})")
+    return names, arr.reshape(n_obs, len(names))
+
+
+# ------------------------------------------------------------------ validation on a sample
+
+
+@dataclass(frozen=True)
+class SampleCheck:
+    """What validating a model on a sample of dogs showed."""
+
+    dogs: int
+    """Dogs of the sample run through the model."""
+    rows: int
+    """Races (steps) of those dogs."""
+    max_err: float
+    """Largest |recomputed - fused| top-layer state (must stay within the extraction tolerance)."""
+    layers: int
+    """GRU layers."""
+    units: int
+    """Units per layer."""
+
+
+def validate_sample(
+    model: LoadedModel, values: np.ndarray, context: np.ndarray, offsets: np.ndarray, *, max_dogs: int = 64,
+) -> SampleCheck:
+    """Run `model` on up to `max_dogs` dogs: the forward pass, the scores' shape, the recurrence check.
+
+    values: (obs, F), context: (obs, C) normalised; offsets: (dog + 1,). Raises a ModelError (or
+    ExtractionCheckError) naming what is wrong.
+    """
+    lengths = np.diff(offsets)
+    dogs = np.flatnonzero(lengths > 0)[:max_dogs]
+    if len(dogs) == 0:
+        raise ModelError(f"model {model.model_id}: the validation sample has no dog with a race; ingest form data first")
+    x_np, len_np = pad_batch(values, offsets, dogs)
+    c_np, _ = pad_batch(context, offsets, dogs)
+    with torch.inference_mode():
+        try:
+            out = model.run(torch.from_numpy(x_np), torch.from_numpy(c_np))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelError(
+                f"model {model.model_id}: forward pass failed on x {tuple(x_np.shape)} (features: "
+                f"{', '.join(model.feature_names)}) and ctx {tuple(c_np.shape)} (context: "
+                f"{', '.join(model.context_names) or 'none'}): {type(exc).__name__}: {exc}; the model must take "
+                "module(x (B, T, F), ctx (B, T, C)) -> (B, T) scores") from exc
+    scores = out.scores
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != tuple(x_np.shape[:2]):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ModelError(f"model {model.model_id}: forward returned scores of shape {shape}, expected (B, T) = "
+                         f"{tuple(x_np.shape[:2])}: one score per dog per race")
+    mask = np.arange(x_np.shape[1])[None, :] < len_np[:, None]
+    if not np.isfinite(scores.float().numpy()[mask]).all():
+        raise ModelError(f"model {model.model_id}: forward returned non-finite scores on the sample; "
+                         "check the weights and the normaliser")
+    bs = extract_batch(model, values, context, offsets, dogs, device=torch.device("cpu"))
+    return SampleCheck(dogs=len(dogs), rows=int(len_np.sum()), max_err=float(bs.max_err),
+                       layers=model.gru.num_layers, units=model.gru.hidden_size)
 
 
 def _check_input_size(gru_input_size: int, feature_names: Sequence[str], model_id: str, path: str) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "MARKET_CONTEXT",
     "N_TRACK_BUCKETS",
     "build_sequences",
+    "clean_runs",
     "grade_number",
     "home_group",
     "Normaliser",
@@ -115,6 +116,14 @@ def build_sequences(runs: pd.DataFrame) -> Sequences:
         feature_names=FEATURE_NAMES,
         context_names=CONTEXT_NAMES,
     )
+
+
+def clean_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The canonical runs table in the row order of `build_sequences` (known results, by dog, date, race).
+
+    A team's own feature callable is given this table, so its rows line up with the sequences.
+    """
+    return _clean(conform(runs, where="clean_runs"))
 
 
 def _clean(df: pd.DataFrame) -> pd.DataFrame:

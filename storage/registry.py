@@ -8,7 +8,9 @@
     <root>/models/<set_id>/seed_<k>/features.json    feature and context names + normaliser
     <root>/models/<set_id>/seed_<k>/curve.parquet    training curve (epoch, train_loss, val_loss, seconds)
     <root>/models/<set_id>/seed_<k>/metrics.json     validation metrics: model, market, uniform
+    <root>/models/<set_id>/seed_<k>/model.ts         a registered TorchScript model (kind byo, format torchscript)
     <root>/models/.tmp/<set_id>.<nonce>/             a set being written (renamed into place when complete)
+    <root>/features/<snapshot_id>/custom-<key>/sequences.npz   sequences built by a team's feature callable
     <root>/models/CURRENT                            the current set id (written atomically, last)
 """
 
@@ -18,19 +20,22 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from gruviz_core import __version__
-from gruviz_core.byo import resolve_factory, wrap_module, wrap_scripted
-from gruviz_core.errors import ConfigError, NotFoundError, StoreError
+from gruviz_core.byo import FeatureSpec, resolve_factory, wrap_module, wrap_scripted
+from gruviz_core.errors import ConfigError, ModelError, NotFoundError, StoreError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from gruviz_core.sequences import Sequences
@@ -46,7 +51,10 @@ __all__ = [
     "load_model_set",
     "current_model_set",
     "list_model_sets",
+    "model_set_manifest",
+    "describe_model_sets",
     "load_byo",
+    "save_byo_set",
 ]
 
 log = logging.getLogger(__name__)  # under storage.*: routed to the Prefect UI like the rest
@@ -77,6 +85,11 @@ class ModelSet:
     def context_names(self) -> tuple[str, ...]:
         return self.normaliser.context_names
 
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """Where the models' columns come from: gruviz's features, or the team's callable (manifest's feature_spec)."""
+        return _spec_of(self.meta)
+
     def prepare(self, seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
         """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised."""
         fi = column_index(seqs.feature_names, self.feature_names, what=f"model set {self.set_id} features")
@@ -88,9 +101,13 @@ class ModelSet:
 # ------------------------------------------------------------------ sequences
 
 
-def sequences_path(root: str | Path, snapshot_id: str) -> Path:
-    """Where a snapshot's raw sequences are cached: features/<snapshot_id>/sequences.npz."""
-    return StoreLayout.at(root).features(snapshot_id) / SEQUENCES_FILE
+def sequences_path(root: str | Path, snapshot_id: str, spec: FeatureSpec | None = None) -> Path:
+    """Where a snapshot's raw sequences are cached: features/<snapshot_id>/sequences.npz, or under
+    custom-<key>/ for sequences built by a team's feature callable."""
+    d = StoreLayout.at(root).features(snapshot_id)
+    if spec is not None and spec.custom:
+        d = d / f"custom-{spec.key}"
+    return d / SEQUENCES_FILE
 
 
 def stored_sequence_spec(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -125,7 +142,7 @@ def _set_id(report_core: dict, results: list) -> str:
         for k, v in r.state_dict.items():
             h.update(k.encode())
             h.update(v.detach().cpu().numpy().tobytes())
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{h.hexdigest()[:10]}"
 
 
@@ -151,7 +168,7 @@ def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cf
             write_json_atomic(d / "metrics.json", r.metrics | {"best_epoch": r.best_epoch})
         manifest = {
             "set_id": set_id, "kind": "builtin", "model_class": "gruviz_core.model.RaceGRU",
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "code_version": __version__, "train_config": asdict(cfg),
             "model_configs": {str(r.seed): asdict(r.config) for r in results},
             "feature_names": list(norm.feature_names), "context_names": list(norm.context_names),
@@ -193,6 +210,8 @@ def load_model_set(root: str | Path, set_id: str | None = None) -> ModelSet:
         raise NotFoundError(f"model registry {layout.models}: no model set {set_id!r} (known: {known})")
     meta = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
     norm = Normaliser.from_dict(json.loads((d / "normaliser.json").read_text(encoding="utf-8")))
+    if meta.get("kind") == "byo":
+        return _load_registered_byo(d, meta, norm)
     models = []
     for seed in meta["seeds"]:
         sd = d / f"seed_{seed}"
@@ -217,16 +236,21 @@ def load_byo(
     context_names: Sequence[str] | None = None,
     normaliser: Normaliser | dict | str | Path | None = None,
     set_id: str | None = None,
+    feature_spec: FeatureSpec | None = None,
 ) -> ModelSet:
     """A model set from outside: TorchScript file(s), or `module:factory` + state dict file(s) (one per seed).
 
     `feature_names`/`context_names` (default: all of gruviz's) are the columns the model reads, in its
-    order; `normaliser` (a Normaliser, its dict or a JSON path) scales them, default none (missing -> 0).
+    order, or `feature_spec` names them (e.g. the columns of the team's own feature callable);
+    `normaliser` (a Normaliser, its dict or a JSON path) scales them, default none (missing -> 0).
     """
-    feats = tuple(feature_names or FEATURE_NAMES)
-    ctx = tuple(context_names or CONTEXT_NAMES)
-    column_index(FEATURE_NAMES, feats, what="bring-your-own feature spec")
-    column_index(CONTEXT_NAMES, ctx, what="bring-your-own context spec")
+    if feature_spec is not None and feature_spec.custom:
+        feats, ctx = feature_spec.feature_names, feature_spec.context_names
+    else:
+        feats = tuple(feature_names or (feature_spec.feature_names if feature_spec else FEATURE_NAMES))
+        ctx = tuple(context_names or (feature_spec.context_names if feature_spec else CONTEXT_NAMES))
+        column_index(FEATURE_NAMES, feats, what="bring-your-own feature spec")
+        column_index(CONTEXT_NAMES, ctx, what="bring-your-own context spec")
     norm = _byo_normaliser(normaliser, feats, ctx)
     models: list[LoadedModel] = []
     if (script is None) == (factory is None):
@@ -238,7 +262,10 @@ def load_byo(
                 raise NotFoundError(f"load_byo: TorchScript file {p} does not exist")
             with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; still the format users hold
                 warnings.simplefilter("ignore", DeprecationWarning)
-                scripted = torch.jit.load(str(p), map_location="cpu")
+                try:
+                    scripted = torch.jit.load(str(p), map_location="cpu")
+                except (RuntimeError, ValueError) as exc:
+                    raise ModelError(f"load_byo: {p} is not a TorchScript file torch can load ({exc})") from exc
             models.append(wrap_scripted(scripted, feats, ctx, gru_path=gru_path, model_id=f"{p.name}#{i}"))
         source = {"script": [str(p) for p in paths]}
     else:
@@ -249,12 +276,17 @@ def load_byo(
             if p is not None:
                 if not p.exists():
                     raise NotFoundError(f"load_byo: state dict file {p} does not exist")
-                module.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+                try:
+                    module.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+                except (RuntimeError, OSError, KeyError, ValueError) as exc:
+                    raise ModelError(f"load_byo: state dict {p} does not fit {factory} ({exc}); "
+                                     "give the weights saved from the same architecture") from exc
             models.append(wrap_module(module, feats, ctx, gru_path=gru_path, model_id=f"{factory}#{i}"))
         source = {"factory": factory, "state_dict": [str(p) for p in paths], "factory_kwargs": factory_kwargs or {}}
     sid = set_id or "byo-" + hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:10]
     meta = {"set_id": sid, "kind": "byo", "seeds": list(range(len(models))), "feature_names": list(feats),
-            "context_names": list(ctx), "gru_path": models[0].gru_path, **source}
+            "context_names": list(ctx), "gru_path": models[0].extra.get("scripted_gru_path", models[0].gru_path),
+            "feature_spec": (feature_spec or FeatureSpec(feats, ctx)).to_dict(), **source}
     return ModelSet(set_id=sid, seeds=list(range(len(models))), models=models, normaliser=norm, meta=meta)
 
 
@@ -266,3 +298,114 @@ def _byo_normaliser(normaliser, feats: tuple[str, ...], ctx: tuple[str, ...]) ->
     if isinstance(normaliser, dict):
         normaliser = Normaliser.from_dict(normaliser)
     return normaliser.select(feats, ctx)
+
+
+# ------------------------------------------------------------------ registered bring-your-own sets
+
+_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def save_byo_set(
+    root: str | Path, ms: ModelSet, *, name: str | None = None, trained_until: str | None = None,
+    validation: dict | None = None, snapshot_id: str | None = None, make_current: bool = False,
+) -> str:
+    """Copy a validated bring-your-own set's weights into the registry (tmp dir, then an atomic rename).
+
+    The manifest records the source (factory or TorchScript), the feature spec (the callable and its
+    version, if any), the GRU path, `trained_until` (None: comparisons may be in sample) and the
+    validation on a sample. Returns the set id; marks it CURRENT if asked.
+    """
+    layout = StoreLayout.at(root)
+    set_id = name or f"byo-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{ms.set_id.removeprefix('byo-')}"
+    if not _SET_NAME.match(set_id):
+        raise ConfigError(f"model set name {set_id!r}: use letters, digits, '.', '_' and '-' (at most 100), "
+                          "starting with a letter or digit")
+    if layout.model_set(set_id).exists():
+        raise ConfigError(f"model registry {layout.models}: a model set {set_id!r} exists already; choose another --name")
+    script = "script" in ms.meta
+    sources = [Path(p) for p in (ms.meta["script"] if script else ms.meta.get("state_dict", []))]
+    tmp = layout.models / ".tmp" / f"{set_id}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        files = []
+        for k in ms.seeds:
+            d = tmp / f"seed_{k}"
+            d.mkdir()
+            if script:
+                shutil.copyfile(sources[k], d / "model.ts")
+                files.append(f"seed_{k}/model.ts")
+            elif sources:
+                shutil.copyfile(sources[k], d / "model.pt")
+                files.append(f"seed_{k}/model.pt")
+            write_json_atomic(d / "features.json", ms.feature_spec.to_dict() | {"normaliser": ms.normaliser.to_dict()})
+        write_json_atomic(tmp / "normaliser.json", ms.normaliser.to_dict())
+        gru = ms.models[0].gru
+        manifest = {
+            **{k: v for k, v in ms.meta.items() if k not in ("set_id", "script", "state_dict")},
+            "set_id": set_id, "kind": "byo", "format": "torchscript" if script else "state_dict",
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": __version__,
+            "files": files, "source_files": [str(p.resolve()) for p in sources],
+            "seeds": list(ms.seeds), "layers": gru.num_layers, "units": gru.hidden_size,
+            "trained_until": trained_until, "cutoff": trained_until,
+            "comparisons_may_be_in_sample": trained_until is None,
+            "snapshot_id": snapshot_id, "validation": validation or {},
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+        publish_dir(tmp, layout.model_set(set_id))
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    if make_current:
+        write_text_atomic(layout.models / "CURRENT", set_id + "\n")
+    return set_id
+
+
+def model_set_manifest(root: str | Path, set_id: str | None = None) -> dict:
+    """A model set's manifest (None = CURRENT) without loading its weights."""
+    layout = StoreLayout.at(root)
+    set_id = set_id or current_model_set(root)
+    path = layout.model_set(set_id) / "manifest.json" if set_id else None
+    if path is None or not path.exists():
+        known = ", ".join(list_model_sets(root)) or "none"
+        raise NotFoundError(f"model registry {layout.models}: no model set {set_id!r} (known: {known}); "
+                            "run `gruviz train` or `gruviz model register`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def describe_model_sets(root: str | Path) -> list[dict]:
+    """One line of facts per registered set, oldest first: id, kind, seeds, layers x units, features, current."""
+    current = current_model_set(root)
+    out = []
+    for sid in list_model_sets(root):
+        m = model_set_manifest(root, sid)
+        cfg = next(iter((m.get("model_configs") or {}).values()), {})
+        spec = _spec_of(m)
+        out.append({
+            "set_id": sid, "kind": m.get("kind", "builtin"), "current": sid == current,
+            "created_at": m.get("created_at"), "seeds": m.get("seeds", []),
+            "layers": m.get("layers", cfg.get("num_layers")), "units": m.get("units", cfg.get("hidden_size")),
+            "features": spec.callable or f"{len(spec.feature_names)} gruviz features",
+            "trained_until": m.get("trained_until", m.get("cutoff")),
+        })
+    return out
+
+
+def _spec_of(meta: dict) -> FeatureSpec:
+    if meta.get("feature_spec"):
+        return FeatureSpec.from_dict(meta["feature_spec"])
+    return FeatureSpec(tuple(meta.get("feature_names", FEATURE_NAMES)), tuple(meta.get("context_names", CONTEXT_NAMES)))
+
+
+def _load_registered_byo(d: Path, meta: dict, norm: Normaliser) -> ModelSet:
+    """A registered bring-your-own set, from the weights copied into the registry."""
+    files = [d / f for f in meta.get("files", [])]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise StoreError(f"model set {meta['set_id']}: file(s) missing from the registry: {', '.join(missing)}; "
+                         "register the set again")
+    spec = _spec_of(meta)
+    kw: dict[str, Any] = {"script": files} if meta.get("format") == "torchscript" else {
+        "factory": meta["factory"], "state_dict": files or None, "factory_kwargs": meta.get("factory_kwargs") or None}
+    ms = load_byo(**kw, gru_path=meta.get("gru_path"), feature_spec=spec, normaliser=norm, set_id=meta["set_id"])
+    return ModelSet(set_id=meta["set_id"], seeds=[int(s) for s in meta["seeds"]], models=ms.models,
+                    normaliser=norm, meta=meta)

@@ -206,47 +206,75 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
     root = zarr.create_group(store, attributes={
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
         "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
+        "Conventions": "CF-1.11",
+        "featureType": "trajectory",
     })
     n_obs, n_dogs, cr, sr = plan.n_obs, plan.n_dogs, plan.chunk_rows, plan.shard_rows
     dog_chunk = max(1, min(n_dogs, 1 << 16))
     row_chunk = (max(1, min(cr, n_obs)),)
     row_shard = (max(1, min(sr, n_obs)) // row_chunk[0] * row_chunk[0],)
+    dog_coords = "dog_id dog_name"  # CF `coordinates`: xarray makes these coordinates on `dog`
+    row_coords = "dog_index step race_date race_id"  # ... and these on `obs`
 
-    def per_dog(name, data, dtype, **kw):
-        a = root.create_array(name, shape=(n_dogs,), dtype=dtype, chunks=(dog_chunk,), dimension_names=("dog",), **kw)
+    def per_dog(name, data, dtype, attributes, **kw):
+        a = root.create_array(name, shape=(n_dogs,), dtype=dtype, chunks=(dog_chunk,), dimension_names=("dog",),
+                              attributes=attributes, **kw)
         if n_dogs:
             a[:] = data
 
-    def per_row(name, data, dtype, **kw):
+    def per_row(name, data, dtype, attributes, **kw):
         a = root.create_array(name, shape=(n_obs,), dtype=dtype, chunks=row_chunk, shards=row_shard,
-                              dimension_names=("obs",), **kw)
+                              dimension_names=("obs",), attributes=attributes, **kw)
         if n_obs:
             a[:] = data
 
     sizes = np.diff(offsets)
-    per_dog("row_start", offsets[:-1], "int64")
-    per_dog("row_size", sizes, "int64")
-    per_dog("dog_id", np.asarray(dog_id, dtype=object).astype(str).astype(object), str)
-    per_dog("dog_name", np.asarray(dog_name, dtype=object).astype(str).astype(object), str)
+    per_dog("row_start", offsets[:-1], "int64", {"long_name": "first row (obs) of the dog", "units": "1",
+                                                  "coordinates": dog_coords})
+    per_dog("row_size", sizes, "int64", {"long_name": "number of rows (races) of the dog", "units": "1",
+                                         "sample_dimension": "obs", "coordinates": dog_coords})
+    per_dog("dog_id", np.asarray(dog_id, dtype=object).astype(str).astype(object), str,
+            {"long_name": "dog id", "cf_role": "trajectory_id"})
+    per_dog("dog_name", np.asarray(dog_name, dtype=object).astype(str).astype(object), str,
+            {"long_name": "dog name (display)"})
+    dog_index = np.repeat(np.arange(n_dogs, dtype=np.int32), sizes)  # (obs,)
+    index_attrs = {"long_name": "index of the row's dog on the dog dimension", "instance_dimension": "dog"}
+    per_row("dog_index", dog_index, "int32", index_attrs)
     step = (np.arange(n_obs) - np.repeat(offsets[:-1], sizes) + 1).astype(np.int32)
-    per_row("step", step, "int32")
+    per_row("step", step, "int32", {"long_name": "race number in the dog's observed history (1 = first)",
+                                    "units": "1"})
     days = np.asarray(race_date, dtype="datetime64[D]")
     days_i = np.where(np.isnat(days), _DATE_FILL, days.astype(np.int64)).astype(np.int32)
-    per_row("race_date", days_i, "int32", fill_value=_DATE_FILL,
-            attributes={"units": _EPOCH_UNITS, "calendar": "proleptic_gregorian"})
-    per_row("race_id", np.asarray(race_id, dtype=object).astype(str).astype(object), str)
-    per_row("won", np.asarray(won, dtype=np.float32), "float32", fill_value=np.nan)
-    per_row("market_prob", np.asarray(market_prob, dtype=np.float32), "float32", fill_value=np.nan)
+    per_row("race_date", days_i, "int32", {"long_name": "date of the race", "units": _EPOCH_UNITS,
+                                           "calendar": "proleptic_gregorian", "_FillValue": int(_DATE_FILL)},
+            fill_value=_DATE_FILL)
+    per_row("race_id", np.asarray(race_id, dtype=object).astype(str).astype(object), str, {"long_name": "race id"})
+    per_row("won", np.asarray(won, dtype=np.float32), "float32",
+            {"long_name": "won the race (1), lost (0), unknown (NaN)", "units": "1", "coordinates": row_coords},
+            fill_value=np.nan)
+    per_row("market_prob", np.asarray(market_prob, dtype=np.float32), "float32",
+            {"long_name": "market implied win probability, renormalised within the race", "units": "1",
+             "coordinates": row_coords}, fill_value=np.nan)
     root.create_array("score", shape=(n_obs, len(plan.seeds)), dtype="float32", chunks=(row_chunk[0], 1),
-                      shards=(row_shard[0], 1), fill_value=np.nan, dimension_names=("obs", "seed"))
+                      shards=(row_shard[0], 1), fill_value=np.nan, dimension_names=("obs", "seed"),
+                      attributes={"long_name": "model score of the race (softmax within the race gives win "
+                                  "probabilities)", "units": "1", "coordinates": row_coords})
     state_chunk = (cr, plan.n_layers, plan.n_units)
     state_shard = (sr, plan.n_layers, plan.n_units)
     for k in range(len(plan.seeds)):
         g = root.create_group(f"seed{k}", attributes={"seed": plan.seeds[k]})
-        for name, what in (("h", "state after the step"), ("z", "update gate"), ("r", "reset gate")):
+        # a copy of dog_index per seed group: xarray's DataTree inherits only indexed coordinates, and
+        # CF `coordinates` name variables of the same group (runs of one value: it compresses to ~nothing)
+        a = g.create_array("dog_index", shape=(n_obs,), dtype="int32", chunks=row_chunk, shards=row_shard,
+                           compressors=_compressor(), dimension_names=("obs",), attributes=index_attrs)
+        if n_obs:
+            a[:] = dog_index
+        for name, what in (("h", "GRU hidden state after the step"), ("z", "GRU update gate (1 keeps the old state)"),
+                           ("r", "GRU reset gate")):
             g.create_array(name, shape=(n_obs, plan.n_layers, plan.n_units), dtype="float16", chunks=state_chunk,
                            shards=state_shard, compressors=_compressor(), fill_value=np.nan,
-                           dimension_names=("obs", "layer", "unit"), attributes={"long_name": what})
+                           dimension_names=("obs", "layer", "unit"),
+                           attributes={"long_name": what, "units": "1", "coordinates": "dog_index"})
 
 
 class BlockWriter:

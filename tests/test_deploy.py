@@ -50,7 +50,11 @@ def _api(env, path, body=None):
 
 
 def test_deploy_all_registers_nightly_and_train_with_schedules(prefect_server):
-    env = {**prefect_server, "GRUVIZ_REPO": str(REPO), "GRUVIZ_TIMEZONE": "Europe/London"}
+    settings = {"GRUVIZ_TIMEZONE": "Europe/London", "GRUVIZ_HOME": "/srv/gruviz",
+                "GRUVIZ_SOURCES": '["/srv/forms/incoming", "/srv/forms/*.csv.gz"]',
+                "GRUVIZ_REPORTS_BASE_URL": "https://reports.example/gruviz", "GRUVIZ_RECIPIENTS": '["team@example.com"]',
+                "GRUVIZ_SETTINGS_FILE": "/srv/gruviz/settings.env"}
+    env = {**prefect_server, "GRUVIZ_REPO": str(REPO), **settings}
     subprocess.run([PREFECT, "work-pool", "create", "gruviz-process", "--type", "process"],
                    env=env, check=True, capture_output=True, cwd=REPO)
     out = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO,
@@ -68,4 +72,6 @@ def test_deploy_all_registers_nightly_and_train_with_schedules(prefect_server):
     assert train["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
     limit = nightly.get("global_concurrency_limit") or {}
     assert limit.get("limit") == 1 or nightly.get("concurrency_limit") == 1
+    for d in (nightly, train):  # the deployments carry their settings: the worker's environment need not
+        assert d["job_variables"]["env"] == settings
     assert nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)

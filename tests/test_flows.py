@@ -135,3 +135,47 @@ def test_second_run_for_the_same_night_leaves_the_first_intact(store, monkeypatc
     after = open_states(first["run_dir"]).dog_at(0).h
     assert (before == after).all()
     assert Path(second["report"]).exists()
+
+
+def test_nightly_with_no_parameters_ingests_the_configured_sources(store, monkeypatch, tmp_path):
+    """As the scheduled deployment runs it: no parameters, GRUVIZ_SOURCES set; a file dropped into the
+    directory is in that night's snapshot; a night with nothing new still publishes and says so."""
+    import datetime as dt
+    import shutil
+    from zoneinfo import ZoneInfo
+
+    from flows.nightly import NO_NEW_DATA, nightly
+    from gruviz_core.synth import simulate
+    from storage.forms import read_manifest
+
+    home, source = store
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    shutil.copyfile(source, incoming / "week1.parquet")  # the same form data the store already holds
+    _env(monkeypatch, home, None)
+    monkeypatch.setenv("GRUVIZ_SOURCES", json.dumps([str(incoming)]))
+
+    state = nightly(return_state=True)
+    assert state.is_completed(), state.message
+    first = state.result()
+    tz = ZoneInfo("Australia/Sydney")
+    today = dt.datetime.now(tz).date()
+    assert first["night"] in {today.isoformat(), (today - dt.timedelta(days=1)).isoformat()}
+    assert first["new_data"] is False  # same content, same content-addressed snapshot
+    assert "no new form data" in Path(first["report"]).read_text(encoding="utf-8")
+    summary = _artifacts(state.state_details.flow_run_id)["nightly-summary"].data
+    assert NO_NEW_DATA in summary
+
+    new = simulate(40, seed=21)
+    new["dog_id"] = "NEW-" + new["dog_id"].astype(str)
+    new["race_id"] = "NEW-" + new["race_id"].astype(str)
+    new.to_parquet(incoming / "week2.parquet", index=False)
+    second = nightly(night="2026-11-26", return_state=True).result()
+    assert second["new_data"] is True and second["snapshot_id"] != first["snapshot_id"]
+    files = [Path(f["path"]).name for f in read_manifest(home, second["snapshot_id"])["files"]]
+    assert files == ["week1.parquet", "week2.parquet"]
+    page = Path(second["report"]).read_text(encoding="utf-8")
+    assert second["snapshot_id"] in page and "no new form data" not in page
+
+    third = nightly(night="2026-11-27", return_state=True).result()  # nothing dropped since: not re-read
+    assert third["snapshot_id"] == second["snapshot_id"] and third["new_data"] is False

@@ -143,6 +143,35 @@ def test_xarray_named_dims(tmp_path):
     np.testing.assert_allclose(ds.h.isel(obs=slice(4, 10)).values.astype(np.float32), dog.h)
 
 
+def test_open_datatree_is_self_describing(tmp_path):
+    """xarray.open_datatree on the store: every seed's h/z/r with a per-row dog index, dog_id a coordinate on
+    dog, CF ragged-array attributes, a fill value and units on race_date; and the README's way to pull one dog."""
+    import xarray as xr
+
+    models = make_models(n_seeds=2)
+    inp = make_inputs([4, 6, 2])
+    inp["race_date"][3] = np.datetime64("NaT")
+    run_dir = write_run(tmp_path, "r1", models, inp, chunk_rows=4)
+    tree = xr.open_datatree(run_dir / states.STATES, engine="zarr")
+    assert set(tree.children) == {"seed0", "seed1"}
+    assert "dog_id" in tree.coords and tree["dog_id"].dims == ("dog",)
+    assert list(tree["dog_id"].values) == ["D0000", "D0001", "D0002"]
+    assert tree["row_size"].attrs["sample_dimension"] == "obs" and tree.attrs["featureType"] == "trajectory"
+    assert tree["dog_index"].attrs["instance_dimension"] == "dog"
+    np.testing.assert_array_equal(tree["dog_index"].values, [0] * 4 + [1] * 6 + [2] * 2)
+    assert np.isnat(tree["race_date"].values[3]) and tree["race_date"].encoding["units"] == "days since 1970-01-01"
+    for k in ("seed0", "seed1"):
+        ds = tree[k].to_dataset()
+        assert "dog_index" in ds.coords and ds["dog_index"].dims == ("obs",)
+        for name in ("h", "z", "r"):
+            assert ds[name].dims == ("obs", "layer", "unit") and ds[name].attrs["units"] == "1"
+            assert ds[name].attrs["long_name"].startswith("GRU")
+    # the README's two lines
+    d = int(np.flatnonzero(tree["dog_id"].values == "D0001")[0])
+    h = tree["seed1"].to_dataset().set_xindex("dog_index").sel(dog_index=d)["h"]
+    np.testing.assert_allclose(h.values.astype(np.float32), states.open_states(run_dir).dog("D0001", seed=1).h)
+
+
 def test_lifecycle_guards(tmp_path):
     models = make_models(n_seeds=1)
     inp = make_inputs([3] * 10)

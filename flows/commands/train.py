@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "Train K seeds of the GRU model on a forms snapshot (default: the latest) and mark the set current."

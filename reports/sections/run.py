@@ -145,7 +145,7 @@ def provenance(
     return (
         ("night", night),
         ("run", _text(run_meta.get("run_id"))),
-        ("data snapshot", _text(run_meta.get("snapshot_id"))),
+        ("data snapshot", _text(run_meta.get("snapshot_id")) + (f" ({run_meta['form_data']})" if run_meta.get("form_data") else "")),
         ("model set", _text(run_meta.get("model_set_id"))),
         ("seeds", _text(run_meta.get("seeds"))),
         ("code version", _text(run_meta.get("code_version"))),

@@ -1,0 +1,167 @@
+"""`gruviz model register|list`: bring a team's own GRU model set into the registry, list the sets.
+
+register: a `module:factory` + one state dict per seed, or one TorchScript file per seed; the
+feature spec as gruviz feature/context names or the team's `module:callable`; validated on a
+sample of dogs (the GRU found, input sizes, a forward pass, the recurrence check, the scores'
+shape) before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+
+from gruviz_core.errors import ConfigError
+
+__all__ = ["HELP", "add_arguments", "run", "register"]
+
+HELP = "Register a team's own GRU model set (factory + state dicts, or TorchScript), or list model sets."
+SAMPLE_DOGS = 200
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="model_command", required=True)
+    r = sub.add_parser("register", help="validate a team's model set on a sample and register it",
+                       description="Validate a team's model set on a sample of dogs and register it.")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--factory", help="'package.module:callable' building the nn.Module (with --weights)")
+    src.add_argument("--script", nargs="+", metavar="FILE", help="one TorchScript file per seed")
+    r.add_argument("--weights", nargs="+", metavar="FILE", help="one state dict file per seed (with --factory)")
+    r.add_argument("--factory-kwargs", default=None, help="keyword arguments of the factory, as a JSON object")
+    feats = r.add_mutually_exclusive_group()
+    feats.add_argument("--features", default=None,
+                       help="gruviz feature names the GRU reads, comma-separated (default: all of them)")
+    feats.add_argument("--feature-fn", default=None,
+                       help="'package.module:callable': canonical runs table -> (features, context) DataFrames")
+    r.add_argument("--context", default=None, help="gruviz context names the head reads, comma-separated "
+                   "(default: all of them; not with --feature-fn)")
+    r.add_argument("--gru-path", default=None, help="dotted path of the GRU inside the model (default: the only one)")
+    r.add_argument("--normaliser", default=None, help="JSON normaliser (gruviz_core.features.Normaliser.to_dict)")
+    r.add_argument("--trained-until", default=None, metavar="YYYY-MM-DD",
+                   help="last race date the model was trained on: the report compares later races only "
+                        "(without it, comparisons may be in sample and the run says so)")
+    r.add_argument("--name", default=None, help="model set id (default: byo-<time>-<hash>)")
+    r.add_argument("--current", action="store_true", help="mark the set current (the nightly's default)")
+    r.add_argument("--snapshot", default=None, help="forms snapshot to validate on (default: the latest; "
+                   "simulated races when the store has none)")
+    r.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
+    r.add_argument("--json", action="store_true", help="print the registered set as one JSON object")
+    ls = sub.add_parser("list", help="list the registered model sets", description="List the registered model sets.")
+    ls.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
+    ls.add_argument("--json", action="store_true", help="print the sets as a JSON list")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model_command == "list":
+        return _list(args)
+    out = register(**{k: getattr(args, k) for k in (
+        "factory", "script", "weights", "factory_kwargs", "features", "feature_fn", "context", "gru_path",
+        "normaliser", "trained_until", "name", "current", "snapshot", "home")})
+    if args.json:
+        print(json.dumps(out, sort_keys=True, default=str))
+        return 0
+    v = out["validation"]
+    print(f"model set {out['set_id']} registered{' (current)' if out['current'] else ''}: {len(out['seeds'])} "
+          f"seed(s), GRU {out['gru_path']!r} {out['layers']} layer(s) x {out['units']} units")
+    print(f"features: {out['features']}")
+    print(f"validated on {v['dogs']} dogs, {v['rows']} races of {v['sample']}: recurrence max error "
+          f"{v['max_err']:.2e}")
+    if out["trained_until"] is None:
+        print("no --trained-until: the nightly report's comparisons may be in sample")
+    return 0
+
+
+def register(
+    *, factory: str | None = None, script: list[str] | None = None, weights: list[str] | None = None,
+    factory_kwargs: str | dict | None = None, features: str | None = None, feature_fn: str | None = None,
+    context: str | None = None, gru_path: str | None = None, normaliser: str | None = None,
+    trained_until: str | None = None, name: str | None = None, current: bool = False,
+    snapshot: str | None = None, home: str | None = None,
+) -> dict:
+    """Validate and register a team's model set; returns what was registered (raises a GruvizError naming the problem)."""
+    from flows.settings import load_settings
+    from gruviz_core.byo import FeatureSpec, feature_spec_of, validate_sample
+    from gruviz_core.features import build_sequences
+    from storage.registry import load_byo, model_set_manifest, save_byo_set
+
+    if factory is None and weights:
+        raise ConfigError("model register: --weights goes with --factory (TorchScript files carry their weights)")
+    if feature_fn and context:
+        raise ConfigError("model register: --context names gruviz context columns; with --feature-fn the "
+                          "callable returns the context columns itself")
+    root = load_settings(home=home).home
+    runs, sample = _sample_runs(root, snapshot)
+    if feature_fn:
+        spec, seqs = feature_spec_of(feature_fn, runs)
+    else:
+        spec, seqs = FeatureSpec.builtin(_names(features), _names(context)), build_sequences(runs)
+    ms = load_byo(script=script, factory=factory, state_dict=weights, factory_kwargs=_kwargs(factory_kwargs),
+                  gru_path=gru_path, feature_spec=spec, normaliser=normaliser)
+    values, ctx = ms.prepare(seqs)
+    checks = [validate_sample(m, values, ctx, seqs.offsets) for m in ms.models]
+    validation = {"sample": sample, "dogs": checks[0].dogs, "rows": checks[0].rows,
+                  "max_err": max(c.max_err for c in checks)}
+    set_id = save_byo_set(root, ms, name=name, trained_until=_date(trained_until), validation=validation,
+                          snapshot_id=None if sample == "simulated races" else sample,
+                          make_current=current)
+    m = model_set_manifest(root, set_id)
+    return {"set_id": set_id, "current": current, "seeds": m["seeds"], "layers": m["layers"], "units": m["units"],
+            "gru_path": m["gru_path"], "format": m["format"], "feature_spec": m["feature_spec"],
+            "features": spec.callable or ", ".join(spec.feature_names), "trained_until": m["trained_until"],
+            "comparisons_may_be_in_sample": m["comparisons_may_be_in_sample"], "validation": validation}
+
+
+def _sample_runs(root, snapshot: str | None):
+    """(canonical runs of up to SAMPLE_DOGS dogs, where they came from): the snapshot's, else simulated."""
+    from gruviz_core.synth import simulate
+    from storage.forms import latest_snapshot, load_snapshot
+
+    sid = snapshot or latest_snapshot(root)
+    if sid is None:
+        return simulate(SAMPLE_DOGS, 0), "simulated races"
+    runs = load_snapshot(root, sid)
+    keep = runs["dog_id"].drop_duplicates().iloc[:SAMPLE_DOGS]
+    return runs[runs["dog_id"].isin(keep)].reset_index(drop=True), sid
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _kwargs(text: str | dict | None) -> dict | None:
+    if text is None or isinstance(text, dict):
+        return text
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model register: --factory-kwargs {text!r} is not JSON ({exc}); e.g. '{{\"hidden\": 16}}'") from exc
+    if not isinstance(out, dict):
+        raise ConfigError(f"model register: --factory-kwargs {text!r} must be a JSON object")
+    return out
+
+
+def _date(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise ConfigError(f"model register: --trained-until {text!r} is not a date; use YYYY-MM-DD") from exc
+
+
+def _list(args: argparse.Namespace) -> int:
+    from flows.settings import load_settings
+    from storage.registry import describe_model_sets
+
+    sets = describe_model_sets(load_settings(home=args.home).home)
+    if args.json:
+        print(json.dumps(sets, sort_keys=True, default=str))
+        return 0
+    if not sets:
+        print("no model sets; run `gruviz train` or `gruviz model register`")
+    for s in sets:
+        mark = "*" if s["current"] else " "
+        print(f"{mark} {s['set_id']:40s} {s['kind']:8s} seeds {len(s['seeds'])}  {s['layers']}x{s['units']}  "
+              f"{s['features']}  trained until {s['trained_until'] or '?'}")
+    return 0

@@ -1,0 +1,125 @@
+"""Bring your own model: `gruviz model register` with the docs' team model (its own module, its own
+feature callable, 2 seeds), the nightly run on it, and registrations that are refused with a reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flows.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def team_module_on_path():
+    """docs/examples holds the team's module, as a team's own package would be on PYTHONPATH."""
+    mp = pytest.MonkeyPatch()
+    mp.syspath_prepend(str(REPO / "docs" / "examples"))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A store with one small simulated snapshot, and the team's weights (2 seeds) beside it."""
+    import team_model
+
+    from gruviz_core.synth import simulate
+    from storage.forms import ingest
+
+    root = tmp_path_factory.mktemp("byo-home")
+    src = root / "forms.parquet"
+    simulate(150, seed=5).to_parquet(src, index=False)
+    ingest([str(src)], root)
+    for k in (0, 1):
+        torch.manual_seed(k)
+        torch.save(team_model.build().state_dict(), root / f"team_seed{k}.pt")
+    return root
+
+
+def _register(home: Path, *extra: str) -> list[str]:
+    return ["model", "register", "--home", str(home), "--factory", "team_model:build",
+            "--weights", str(home / "team_seed0.pt"), str(home / "team_seed1.pt"), *extra]
+
+
+def test_register_the_team_model_and_run_the_nightly_on_it(home, capsys, monkeypatch, prefect_harness):
+    from storage.registry import current_model_set, load_model_set
+    from storage.states import open_states
+
+    rc = cli(_register(home, "--feature-fn", "team_model:features", "--trained-until", "2023-03-01",
+                       "--name", "team-v1", "--current", "--json"))
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["set_id"] == "team-v1" and current_model_set(home) == "team-v1"
+    assert out["seeds"] == [0, 1] and (out["layers"], out["units"]) == (2, 12)
+    assert out["gru_path"] == "encoder.rnn" and out["trained_until"] == "2023-03-01"
+    assert out["feature_spec"]["callable"] == "team_model:features" and out["feature_spec"]["version"] == "1.0"
+    assert out["validation"]["dogs"] > 0 and out["validation"]["max_err"] <= 1e-5
+
+    ms = load_model_set(home)  # like a trained set: from the registry's own copy of the weights
+    assert ms.feature_spec.custom and ms.feature_names[:2] == ("won", "log_place")
+    assert not torch.equal(ms.models[0].gru.weight_hh_l1, ms.models[1].gru.weight_hh_l1)
+
+    assert cli(["model", "list", "--home", str(home), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(s["set_id"], s["kind"], s["current"]) for s in listed] == [("team-v1", "byo", True)]
+
+    monkeypatch.setenv("GRUVIZ_BLOCK_DOGS", "100")
+    monkeypatch.delenv("GRUVIZ_RECIPIENTS", raising=False)
+    monkeypatch.delenv("GRUVIZ_SOURCES", raising=False)
+    rc = cli(["nightly", "--home", str(home), "--date", "2026-12-01", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0, result.get("message")
+    assert result["model_set_id"] == "team-v1" and Path(result["report"]).exists()
+    reader = open_states(result["run_dir"])
+    assert reader.seeds == [0, 1]
+    assert reader.meta["model_trained_until"] == "2023-03-01" and not reader.meta["comparisons_may_be_in_sample"]
+    h = reader.dog_at(0, seed=1).h
+    assert h.shape[1:] == (2, 12) and np.isfinite(h).all() and np.abs(h).max() < 1.0
+    custom = list((home / "features").glob("*/custom-*/sequences.npz"))
+    assert len(custom) == 1  # the team's features, cached apart from gruviz's
+
+
+class NoGru(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 4, batch_first=True)
+
+    def forward(self, x, ctx):
+        return self.lstm(x)[0].sum(-1)
+
+
+def bad_scores():
+    """A GRU model whose head returns one score per dog instead of one per race."""
+    import team_model
+
+    class PerDog(team_model.TeamModel):
+        def forward(self, x, ctx):
+            return super().forward(x, ctx).sum(-1)
+
+    return PerDog()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--factory", "tests.test_byo:NoGru", "--feature-fn", "team_model:features"], "no torch.nn.GRU"),
+    (["--factory", "team_model:build", "--features", "won,box,log_place"], "reads 6 features"),
+    (["--factory", "team_model:build", "--weights", "MISSING/seed0.pt", "--feature-fn", "team_model:features"],
+     "seed0.pt does not exist"),
+    (["--factory", "tests.test_byo:bad_scores", "--feature-fn", "team_model:features"], "expected (B, T)"),
+    (["--factory", "team_model:build", "--feature-fn", "team_model:nope"], "has no attribute 'nope'"),
+    (["--factory", "team_model:build", "--feature-fn", "team_model:features", "--trained-until", "March"],
+     "not a date"),
+])
+def test_bad_registrations_name_the_problem(home, capsys, argv, message):
+    from storage.registry import list_model_sets
+
+    before = list_model_sets(home)
+    rc = cli(["model", "register", "--home", str(home), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert list_model_sets(home) == before  # nothing half-registered
