@@ -1,4 +1,4 @@
-"""Honest cohort comparisons (DESIGN.md section 6): scored races grouped by the saturation status the
+"""Honest cohort comparisons (docs/ARCHITECTURE.md, "What makes a comparison honest"): scored races grouped by the saturation status the
 model had when it predicted them, compared within history-length strata, out of sample, with a
 bootstrap over dogs and a minimum size below which nothing is compared.
 

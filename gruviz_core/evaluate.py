@@ -1,4 +1,4 @@
-"""Cohort comparisons (DESIGN.md section 6): win metrics with a bootstrap over dogs, calibration,
+"""Cohort comparisons: win metrics with a bootstrap over dogs, calibration,
 effect sizes at equal history length, and reproducibility across seeds.
 
 Rows are runners (one per dog and race). Steps of one dog are not independent, so intervals come

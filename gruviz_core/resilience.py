@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 import torch
 
 from gruviz_core.cohorts import COHORTS
+from gruviz_core.errors import ConfigError
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import pad_batch
@@ -66,7 +67,7 @@ DEFAULT_PERTURBATIONS: tuple[Perturbation, ...] = (
     *(Perturbation("duplicate", n) for n in (1, 2, 3)),
     *(Perturbation("truncate", n) for n in (20, 10, 5, 2)),
 )
-"""Every data issue of DESIGN.md section 6 at three or four severities."""
+"""Every data issue the resilience panel covers, at three or four severities."""
 
 _TIME_WORDS = ("time", "sectional")
 _PRICE_WORDS = ("price", "implied", "market", "bsp", "odds")
@@ -137,7 +138,7 @@ def perturb_history(
         return np.insert(hist, at + 1, hist[at], axis=0), _where(at, n)
     if p.kind == "truncate":
         return hist[max(0, n - k):], "early"
-    raise ValueError(f"unknown perturbation kind {p.kind!r}")
+    raise ConfigError(f"perturbation {p}: unknown kind {p.kind!r}; use one of DEFAULT_PERTURBATIONS' kinds")
 
 
 def _where(rows: np.ndarray, n: int) -> str:

@@ -1,4 +1,4 @@
-"""Saturation statistics of GRU hidden states (DESIGN.md section 5), streaming-friendly.
+"""Saturation statistics of GRU hidden states (magnitude, gate and spectral saturation), streaming-friendly.
 
 Three kinds of saturation, never mixed:
 

@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gruviz_core.errors import StoreError
+
 __all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "read_pointer", "publish_dir"]
 
 
@@ -57,7 +59,7 @@ def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     """Rename a fully written directory into place. `final_dir` must not exist (ids are unique)."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     if final_dir.exists():
-        raise FileExistsError(f"{final_dir} already exists; run ids are unique, refusing to overwrite")
+        raise StoreError(f"{final_dir} already exists; ids are unique, refusing to overwrite it with {tmp_dir}")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp_dir, final_dir)
     _fsync_dir(final_dir.parent)

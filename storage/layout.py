@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gruviz_core.errors import StoreError
+
 __all__ = ["StoreLayout", "RunLayout", "STATS_TABLES", "EVAL_TABLES"]
 
 
@@ -133,4 +135,4 @@ class RunLayout:
             return self.stats / f"{name}.parquet"
         if name in EVAL_TABLES:
             return self.eval / f"{name}.parquet"
-        raise KeyError(f"{name!r} is not a run table; known: {', '.join(STATS_TABLES + EVAL_TABLES)}")
+        raise StoreError(f"{name!r} is not a run table; known: {', '.join(STATS_TABLES + EVAL_TABLES)}")

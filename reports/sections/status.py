@@ -1,4 +1,4 @@
-"""The comparison by saturation status at prediction time (DESIGN.md section 6): gap to the market by step
+"""The comparison by saturation status at prediction time (docs/ARCHITECTURE.md): gap to the market by step
 stratum and status group, the comparisons side by side (main, negative control, within dog, by dog cohort,
 dose trend), the dose-response by decile of s_{t-1}, and threshold sensitivity."""
 
