@@ -66,7 +66,7 @@ class StoreLayout:
 STATS_TABLES = ("dog_step", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "length_matched", "effect_size", "sensitivity", "repro", "cka",
-               "resilience", "divergence")
+               "resilience", "resilience_contrast", "divergence")
 """Tables the evaluate stage writes under <run>/eval/."""
 
 
