@@ -119,7 +119,7 @@ class DogSums:
     gap: np.ndarray | None = None
     """(dog,) sum of row log-loss minus the reference's; None without a reference."""
 
-    def take(self, dogs: np.ndarray) -> "DogSums":
+    def take(self, dogs: np.ndarray) -> DogSums:
         """Only the given dogs (index array), in that order."""
         return DogSums(self.ll[dogs], self.br[dogs], self.n[dogs], self.picks[dogs], self.hits[dogs],
                        self.pos[dogs], self.neg[dogs], None if self.gap is None else self.gap[dogs])

@@ -102,7 +102,7 @@ def _hsic_weighted(kl: np.ndarray, kw: np.ndarray, lw: np.ndarray, w: np.ndarray
         return (t1 + t2 / ((n_tot - 1) * (n_tot - 2)) - 2.0 * t3 / (n_tot - 2)) / (n_tot * (n_tot - 3))
 
 
-def _cka_weighted(gx: "_Gram", gy: "_Gram") -> np.ndarray:
+def _cka_weighted(gx: _Gram, gy: _Gram) -> np.ndarray:
     xy = _hsic_weighted(gx.k * gy.k, gx.kw, gy.kw, gx.w)
     with np.errstate(invalid="ignore", divide="ignore"):
         return xy / np.sqrt(gx.self_hsic * gy.self_hsic)

@@ -474,7 +474,7 @@ def _boot(x: np.ndarray, dog: np.ndarray, weights: np.ndarray) -> tuple[float, f
 def summarise(
     effects: dict[str, dict[int, tuple]], cases: dict[str, Cases], perturbations: Sequence[Perturbation],
     weights: np.ndarray,
-) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The resilience table (RESILIENCE_COLUMNS) and the early-vs-late / plateau contrasts (CONTRAST_COLUMNS).
 
     effects: scope -> `case_effects`/`feed_effects` output; cases: scope -> its Cases; weights: (B, dog).
@@ -537,7 +537,7 @@ def _levels(perturbations: Sequence[Perturbation]) -> list[int]:
     return out
 
 
-def contrasts(con: "pd.DataFrame", measure: str = "d_nll", contrast: str = "early - late") -> "pd.DataFrame":
+def contrasts(con: pd.DataFrame, measure: str = "d_nll", contrast: str = "early - late") -> pd.DataFrame:
     """The contrast rows of one measure at each kind's strongest severity."""
     c = con[(con["measure"] == measure) & (con["contrast"] == contrast)]
     strongest = c.groupby(["scope", "perturbation"])["level"].transform("max")

@@ -10,7 +10,7 @@ dictionary of strings, and an empty table's all-null columns pass.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
 

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from gruviz_core import stats as st
-from gruviz_core.cohorts import CohortRule
-from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from flows.stages.evaluate import evaluate_run
 from flows.stages.extract import extract_run
 from flows.stages.stats import compute_stats
+from gruviz_core import stats as st
+from gruviz_core.cohorts import CohortRule
+from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from storage import states
 
 FEATURES = ("time_z", "time_missing", "implied_prob", "price_missing", "won")

@@ -107,3 +107,20 @@ def test_repro_table_leaves_out_undecided_dogs():
     k = t[t.metric == "fleiss_kappa"].iloc[0]
     assert k["n"] == 1 and "undecided" not in set(t[t.metric == "agreement"].scope)
     assert isinstance(t, pd.DataFrame) and set(t.columns) == {"scope", "metric", "value", "n"}
+
+
+def test_report_shows_resilience_by_step_contrasts_and_cka_with_n(tmp_path):
+    from reports.render import render
+    from tests.report_fixtures import report_of, write_run
+
+    run = write_run(tmp_path / "run", n_dogs=30)
+    model = report_of(run)
+    sec = {s.id: s for s in model.sections}
+    res = {p.title: p for p in sec["resilience"].panels}
+    assert "Early vs late within each kind" in res and "hypothesis holds" in res["Early vs late within each kind"].explain
+    table = res["All resilience numbers"].table
+    assert any("n/a" in r for r in table.rows)  # noise on never-observed times
+    cka = {p.title: p for p in sec["reproducibility"].panels}["Debiased CKA between seeds by race"]
+    assert "dogs compared at each race" in [p.title for p in cka.figure.panels]
+    html = render(model)
+    assert "fleiss_kappa" in html and "change in race NLL" in html and "shuffled" in html

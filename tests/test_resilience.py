@@ -75,7 +75,7 @@ def test_race_nll_change_matches_a_full_softmax():
         s0, s1 = 0.3, -0.7
         w_other = others[0]
 
-        def nll(s):
+        def nll(s, won=won, w_other=w_other):
             z = np.logaddexp(s, lse)
             return -(s - z) if won else -(w_other - z)
 
