@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import sparse
 
 from gruviz_core import cohorts as co
+from gruviz_core import repro as rp
 from gruviz_core import stats as st
 from gruviz_core.cohorts import COHORTS, CohortRule
 from gruviz_core.errors import ConfigError
@@ -52,8 +53,6 @@ __all__ = [
     "effect_of",
     "sensitivity",
     "repro_table",
-    "cka_sample",
-    "cka_table",
 ]
 
 METRICS: tuple[str, ...] = ("log_loss", "brier", "auc", "hit_rate")
@@ -120,7 +119,7 @@ class DogSums:
     gap: np.ndarray | None = None
     """(dog,) sum of row log-loss minus the reference's; None without a reference."""
 
-    def take(self, dogs: np.ndarray) -> "DogSums":
+    def take(self, dogs: np.ndarray) -> DogSums:
         """Only the given dogs (index array), in that order."""
         return DogSums(self.ll[dogs], self.br[dogs], self.n[dogs], self.picks[dogs], self.hits[dogs],
                        self.pos[dogs], self.neg[dogs], None if self.gap is None else self.gap[dogs])
@@ -308,27 +307,31 @@ def calibration(
 
 
 def prob_spread(probs: np.ndarray) -> np.ndarray:
-    """Std of the win probability across seeds. probs: (obs, seed) -> (obs,)."""
-    return probs.std(axis=1)
+    """Sample std (ddof=1) of the win probability across the K seeds. probs: (obs, seed) -> (obs,); NaN when K < 2."""
+    if probs.shape[1] < 2:
+        return np.full(len(probs), np.nan)
+    return probs.std(axis=1, ddof=1)
 
 
-def top_pick_churn(probs: np.ndarray, race: np.ndarray, dog_ok: np.ndarray | None = None) -> float:
-    """Share of races whose top pick differs between two seeds, averaged over seed pairs.
+def top_pick_churn(probs: np.ndarray, race: np.ndarray, scope: np.ndarray | None = None) -> float:
+    """Share of races whose top pick differs between two seeds, averaged over seed pairs (symmetric in the seeds).
 
-    probs: (obs, seed); dog_ok: (obs,) bool, count only races whose first seed's pick is such a row.
+    probs: (obs, seed); scope: (obs,) bool, count only races where either seed's pick is such a row.
     """
     k = probs.shape[1]
     if k < 2:
         return float("nan")
+    tops = [top_pick_mask(probs[:, i], race) for i in range(k)]
     vals = []
     for i in range(k):
-        ti = top_pick_mask(probs[:, i], race)
         for j in range(i + 1, k):
-            tj = top_pick_mask(probs[:, j], race)
-            pick_i = ti if dog_ok is None else ti & dog_ok
-            n = pick_i.sum()
-            if n:
-                vals.append(float(((pick_i & ~tj).sum()) / n))
+            pi, pj = tops[i], tops[j]
+            if scope is not None:
+                pi, pj = pi & scope, pj & scope
+            races = np.union1d(race[pi], race[pj])
+            if len(races):
+                same = np.intersect1d(race[tops[i] & tops[j]], races)
+                vals.append(1.0 - len(same) / len(races))
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -407,7 +410,14 @@ def sensitivity(dogs: pd.DataFrame, rule: CohortRule, p, won, dog) -> pd.DataFra
     return pd.DataFrame(out, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"])
 
 
-def repro_table(probs, race, dog, cohort, kappa_pairs) -> pd.DataFrame:
+def repro_table(probs: np.ndarray, race: np.ndarray, dog: np.ndarray, cohort: np.ndarray,
+                seed_labels: np.ndarray | None, decided: np.ndarray | None) -> pd.DataFrame:
+    """Prediction spread (ddof=1) and symmetric top-pick churn per scope; Fleiss' kappa and per-cohort agreement
+    of the seeds' cohort labels among decided dogs.
+
+    probs: (obs, seed); dog: (obs,) codes into cohort (dog,); seed_labels: (dog, seed) or None;
+    decided: (dog,) bool, dogs with enough races for every seed to decide. -> scope, metric, value, n.
+    """
     spread = prob_spread(probs)
     row_c = cohort[dog]
     out = []
@@ -415,48 +425,12 @@ def repro_table(probs, race, dog, cohort, kappa_pairs) -> pd.DataFrame:
         m = np.ones(len(dog), bool) if scope == "all" else row_c == scope
         if not m.any():
             continue
-        out.append((scope, "prob_spread", float(spread[m].mean()), int(m.sum())))
+        out.append((scope, "prob_spread", float(np.nanmean(spread[m])) if probs.shape[1] > 1 else np.nan,
+                    int(m.sum())))
         out.append((scope, "top_pick_churn", top_pick_churn(probs, race, None if scope == "all" else m), int(m.sum())))
-    if kappa_pairs:
-        out.append(("all", "kappa", float(np.mean([cohen_kappa(a, b) for a, b in kappa_pairs.values()])),
-                    len(cohort)))
-        for scope in COHORTS:  # share of seed-a members of a cohort that seed b puts there too
-            agree = [float(np.mean(b[a == scope] == scope)) for a, b in kappa_pairs.values() if (a == scope).any()]
-            if agree:
-                out.append((scope, "agreement", float(np.mean(agree)), int((cohort == scope).sum())))
+    if seed_labels is not None and seed_labels.shape[1] >= 2:
+        lab = seed_labels[decided] if decided is not None else seed_labels
+        out.append(("decided", "fleiss_kappa", rp.fleiss_kappa(lab), len(lab)))
+        for c, (agree, n) in sorted(rp.specific_agreement(lab).items()) if len(lab) else []:
+            out.append((c, "agreement", agree, n))
     return pd.DataFrame(out, columns=["scope", "metric", "value", "n"])
-
-
-def cka_sample(n_steps: np.ndarray, *, seed: int, n_sample: int = 300) -> np.ndarray:
-    """Dogs (indices, sorted) whose states the CKA curve compares: a random sample of dogs with >= 2 races."""
-    rng = np.random.default_rng(seed)
-    cand = np.flatnonzero(n_steps >= 2)
-    return np.sort(rng.choice(cand, size=min(n_sample, len(cand)), replace=False))
-
-
-def cka_table(states: dict[int, list[np.ndarray]], cohort: np.ndarray, *, min_dogs: int = 20) -> pd.DataFrame:
-    """Linear CKA between every pair of seeds' top-layer states at each step.
-
-    states: seed -> one (T_d, H) array per sampled dog (same dogs, same order); cohort: (dogs,).
-    """
-    K = len(states)
-    cols = ["step", "seed_a", "seed_b", "cka", "cohort", "n"]
-    if K < 2:
-        return pd.DataFrame(columns=cols)
-    lens = np.array([len(h) for h in states[0]])
-    coh = cohort
-    out = []
-    for t in range(1, int(lens.max(initial=0)) + 1):
-        have = lens >= t
-        for scope in ["all", *COHORTS]:
-            m = have if scope == "all" else have & (coh == scope)
-            if m.sum() < min_dogs:
-                continue
-            idx = np.flatnonzero(m)
-            xs = {k: np.stack([states[k][i][t - 1] for i in idx]) for k in range(K)}
-            for a in range(K):
-                for b in range(a + 1, K):
-                    out.append((t, a, b, linear_cka(xs[a], xs[b]), scope, len(idx)))
-    return pd.DataFrame(out, columns=cols)
-
-

@@ -1,19 +1,24 @@
-"""Resilience to data issues: perturb dogs' histories, re-run the models, measure what moves.
+"""Resilience to data issues: perturb the history before a target race, re-score the race, measure what moves.
 
-For each sampled dog the target is its last race T. Its history (races 1..T-1, the normalised
-`values` rows) is perturbed; the target's context row is kept. The model scores race T from the
-state after the (perturbed) history, exactly as in extraction.
+Targets sit at several steps t of a dog's career (TARGET_STEPS, where the dog has them), so early and
+late predictions are both perturbed. The history before t (rows 1..t-1, the normalised `values`) is
+damaged; the target's own context row is kept; the model scores race t from the state after the
+damaged history, exactly as in extraction.
 
-Approximation (documented in the report): a race's other runners keep their stored, unperturbed
-scores; only the sampled dog's score changes. So the win probability, the loss and the top pick
-of race T are those of "this dog's form data was corrupted, nobody else's".
+Two scopes:
+  dog   this dog's data corrupted, nobody else's: the race's other runners keep their stored scores,
+        so the re-scored race softmax is exact for that fault (not an approximation).
+  feed  a feed-level fault: every runner of the target race gets the same kind of damage to its own
+        history, and the whole race is re-scored.
 
-Measures per (perturbation, severity, cohort, position):
-  d_loss            mean change of the dog's win log-loss on race T
+Measures per case (averaged over the seed models), then per group with a bootstrap over dogs:
+  d_nll             change of the race's NLL, -log softmax(winner), perturbed minus original
   flip_rate         share of races whose top pick changed
-  state_divergence  mean ||h_pert - h_orig|| of the top layer's state before race T
-`position` is where a single-race perturbation hit: 'early' (first half of the history), 'late'
-(second half), or 'all' for perturbations spread over the history.
+  state_divergence  ||h_pert - h_orig|| of the top layer's state before race t
+Cases whose input the perturbation did not change (nothing to drop, no observed value to blank) are
+no-ops: counted (`changed_share`) and left out of the means. Severity grows with the damage for
+every kind (`SEVERITY_UNITS`); draws are shared across severities of a kind, so on a fixed dog a
+bigger severity damages a superset of what a smaller one does.
 """
 
 from __future__ import annotations
@@ -23,51 +28,87 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+
+from gruviz_core.errors import ConfigError
+from gruviz_core.model import LoadedModel
 
 if TYPE_CHECKING:
     import pandas as pd
-import torch
-
-from gruviz_core.cohorts import COHORTS
-from gruviz_core.errors import ConfigError
-from gruviz_core.model import LoadedModel
-from gruviz_core.racing import race_codes
-from gruviz_core.sequences import pad_batch
 
 __all__ = [
     "Perturbation",
     "DEFAULT_PERTURBATIONS",
+    "TARGET_STEPS",
+    "STEP_BUCKETS",
+    "SEVERITY_UNITS",
+    "FeatureGroups",
+    "Draws",
+    "Cases",
     "feature_groups",
+    "draws_for",
     "perturb_history",
+    "kinds_seen",
     "final_scores",
-    "race_effects",
+    "race_nll_change",
+    "bucket_of",
+    "target_cases",
+    "case_effects",
+    "feed_effects",
+    "summarise",
+    "contrasts",
     "pair_divergence",
-    "resilience_table",
     "others_in_race",
+    "subsample_cases",
+    "MEASURES",
+    "RESILIENCE_COLUMNS",
+    "CONTRAST_COLUMNS",
 ]
 
 
 @dataclass(frozen=True)
 class Perturbation:
-    """One kind of data issue at one severity."""
+    """One kind of data issue at one severity (bigger severity = more damage, for every kind)."""
 
     kind: str
     """drop_last, drop_random, shuffle_recent, noise_time, noise_price, missing, duplicate, truncate."""
     severity: float
-    """Races dropped/shuffled/duplicated/kept, noise std (normalised units) or share of rows blanked."""
+    """Amount of damage in the kind's unit (SEVERITY_UNITS)."""
 
+    @property
+    def unit(self) -> str:
+        return SEVERITY_UNITS[self.kind]
+
+
+SEVERITY_UNITS: dict[str, str] = {
+    "drop_last": "latest races removed",
+    "drop_random": "races removed at random",
+    "shuffle_recent": "latest races put out of order",
+    "noise_time": "noise std on observed times (normalised units)",
+    "noise_price": "noise std on observed prices (normalised units)",
+    "missing": "share of races blanked (observed values only)",
+    "duplicate": "races duplicated",
+    "truncate": "oldest races removed",
+}
+"""Kind -> what its severity counts."""
 
 DEFAULT_PERTURBATIONS: tuple[Perturbation, ...] = (
     *(Perturbation("drop_last", n) for n in (1, 2, 4)),
     *(Perturbation("drop_random", n) for n in (1, 2, 4)),
-    *(Perturbation("shuffle_recent", n) for n in (3, 5, 10)),
+    *(Perturbation("shuffle_recent", n) for n in (2, 4, 8)),
     *(Perturbation("noise_time", s) for s in (0.1, 0.5, 1.0)),
     *(Perturbation("noise_price", s) for s in (0.1, 0.5, 1.0)),
     *(Perturbation("missing", f) for f in (0.1, 0.3, 0.6)),
-    *(Perturbation("duplicate", n) for n in (1, 2, 3)),
-    *(Perturbation("truncate", n) for n in (20, 10, 5, 2)),
+    *(Perturbation("duplicate", n) for n in (1, 2, 4)),
+    *(Perturbation("truncate", n) for n in (2, 4, 8)),
 )
-"""Every data issue the resilience panel covers, at three or four severities."""
+"""Every data issue the resilience panel covers, at three severities, mildest first."""
+
+TARGET_STEPS: tuple[int, ...] = (3, 5, 8, 12, 20, 30, 50)
+"""Steps t whose race is re-scored after its history (races 1..t-1) is damaged."""
+
+STEP_BUCKETS: tuple[tuple[int, int, str], ...] = ((1, 5, "t<=5"), (6, 15, "t 6-15"), (16, 10**9, "t>=16"))
+"""Target-step buckets; the first is 'early', the last 'late' in the contrasts."""
 
 _TIME_WORDS = ("time", "sectional")
 _PRICE_WORDS = ("price", "implied", "market", "bsp", "odds")
@@ -82,7 +123,11 @@ class FeatureGroups:
     price: np.ndarray
     """Columns of price features."""
     value_flag: tuple[tuple[int, int], ...]
-    """(value column, its missing-flag column or -1) for every nullable input."""
+    """(value column, its missing-flag column) for every nullable input."""
+
+    def flag_of(self, col: int) -> int:
+        """The missing-flag column of a value column, -1 if it has none."""
+        return next((f for v, f in self.value_flag if v == col), -1)
 
 
 def feature_groups(names: Sequence[str]) -> FeatureGroups:
@@ -95,106 +140,408 @@ def feature_groups(names: Sequence[str]) -> FeatureGroups:
     pairs = []
     for i in is_val:
         stem = names[i].rsplit("_", 1)[0]
-        flag = next((j for j in (i + 1,) if j in flags), None)  # features.py puts the flag right after
-        if flag is None:
+        flag = i + 1 if i + 1 in flags else -1  # features.py puts the flag right after its value
+        if flag == -1:
             flag = next((j for j in flags if names[j] == f"{stem}_missing"), -1)
         if flag != -1:
             pairs.append((i, flag))
     return FeatureGroups(time, price, tuple(pairs))
 
 
-def perturb_history(
-    hist: np.ndarray, p: Perturbation, groups: FeatureGroups, rng: np.random.Generator
-) -> tuple[np.ndarray, str]:
-    """A perturbed copy of one dog's history rows (T-1, F) and where it hit ('early'|'late'|'all')."""
-    n = len(hist)
-    k = int(p.severity)
+@dataclass(frozen=True)
+class Draws:
+    """Random draws of one history, shared by every severity of a kind (so damage is nested)."""
+
+    u: np.ndarray
+    """(n,) uniforms: rows with u < share are blanked by 'missing'."""
+    order: np.ndarray
+    """(n,) a permutation: 'drop_random'/'duplicate' with severity k hit its first k rows."""
+    z: np.ndarray
+    """(n, F) standard normals: 'noise_*' adds severity * z on observed cells."""
+
+
+def draws_for(n: int, n_features: int, rng: np.random.Generator) -> Draws:
+    """Draws for a history of n rows."""
+    return Draws(rng.random(n), rng.permutation(n), rng.standard_normal((n, n_features)).astype(np.float32))
+
+
+def perturb_history(hist: np.ndarray, p: Perturbation, groups: FeatureGroups, d: Draws) -> tuple[np.ndarray, float]:
+    """A damaged copy of one history (n, F) and the damage done (rows or cells touched, or total noise).
+
+    Damage 0 means the input did not change (a no-op). Values are normalised: a missing value is 0
+    with its flag 1, so noise and blanking touch only cells whose flag is 0 (what the model saw).
+    """
+    n, k = len(hist), int(p.severity)
     if p.kind == "drop_last":
-        return hist[: max(0, n - k)], "late"
-    if p.kind == "drop_random":
-        drop = rng.choice(n, size=min(k, n), replace=False) if n else np.array([], dtype=int)
-        return np.delete(hist, drop, axis=0), _where(drop, n)
-    if p.kind == "shuffle_recent":
-        out = hist.copy()
         m = min(k, n)
+        return hist[: n - m], float(m)
+    if p.kind == "truncate":
+        m = min(k, n)
+        return hist[m:], float(m)
+    if p.kind == "drop_random":
+        hit = d.order[: min(k, n)]
+        return np.delete(hist, hit, axis=0), float(len(hit))
+    if p.kind == "duplicate":
+        hit = np.sort(d.order[: min(k, n)])
+        return np.insert(hist, hit + 1, hist[hit], axis=0), float(len(hit))
+    if p.kind == "shuffle_recent":  # the latest m races rotated: the newest moved back m-1 places
+        m = min(k, n)
+        out = hist.copy()
         if m > 1:
-            out[n - m:] = out[n - m:][rng.permutation(m)]
-        return out, "late"
+            out[n - m:] = np.roll(hist[n - m:], 1, axis=0)
+        return out, float(np.any(out != hist, axis=1).sum())
     if p.kind in ("noise_time", "noise_price"):
         cols = groups.time if p.kind == "noise_time" else groups.price
         out = hist.copy()
-        if len(cols) and n:
-            out[:, cols] += rng.normal(scale=p.severity, size=(n, len(cols))).astype(hist.dtype)
-        return out, "all"
+        seen = _observed(hist, cols, groups)  # (n, len(cols))
+        if not seen.any():
+            return out, 0.0
+        out[:, cols] += np.where(seen, p.severity * d.z[:, cols], 0.0).astype(hist.dtype)
+        return out, float(np.abs(p.severity * d.z[:, cols][seen]).sum())
     if p.kind == "missing":
         out = hist.copy()
-        rows = np.flatnonzero(rng.random(n) < p.severity)
+        rows = d.u < p.severity
+        cells = 0
         for v, f in groups.value_flag:
-            out[rows, v] = 0.0
-            out[rows, f] = 1.0
-        return out, "all"
-    if p.kind == "duplicate":
-        at = np.sort(rng.choice(n, size=min(k, n), replace=False)) if n else np.array([], dtype=int)
-        return np.insert(hist, at + 1, hist[at], axis=0), _where(at, n)
-    if p.kind == "truncate":
-        return hist[max(0, n - k):], "early"
-    raise ConfigError(f"perturbation {p}: unknown kind {p.kind!r}; use one of DEFAULT_PERTURBATIONS' kinds")
+            hit = rows & (hist[:, f] == 0)
+            out[hit, v] = 0.0
+            out[hit, f] = 1.0
+            cells += int(hit.sum())
+        return out, float(cells)
+    raise ConfigError(f"unknown perturbation kind {p.kind!r}; expected one of {', '.join(SEVERITY_UNITS)}")
 
 
-def _where(rows: np.ndarray, n: int) -> str:
-    """'early'/'late' for one race hit in the first/second half of the history, else 'all'."""
-    if len(rows) != 1:
-        return "all"
-    return "early" if rows[0] < n / 2 else "late"
+def _observed(hist: np.ndarray, cols: np.ndarray, groups: FeatureGroups) -> np.ndarray:
+    """(n, len(cols)) bool: the value was observed (its missing flag is 0, or it has no flag)."""
+    out = np.ones((len(hist), len(cols)), dtype=bool)
+    for j, c in enumerate(cols):
+        f = groups.flag_of(int(c))
+        if f >= 0:
+            out[:, j] = hist[:, f] == 0
+    return out
+
+
+def kinds_seen(values: np.ndarray, groups: FeatureGroups) -> dict[str, bool]:
+    """Whether the model ever saw the inputs each kind damages, from the normalised training rows (obs, F).
+
+    A kind whose columns are missing on every training row (e.g. times on the Iggy files) damaged
+    weights that never saw data: it is reported 'n/a', not as a number.
+    """
+    def _any_seen(cols: np.ndarray) -> bool:
+        return bool(len(cols) and len(values) and _observed(values, cols, groups).any())
+
+    out = {k: True for k in SEVERITY_UNITS}
+    out["noise_time"] = _any_seen(groups.time)
+    out["noise_price"] = _any_seen(groups.price)
+    out["missing"] = _any_seen(np.array([v for v, _ in groups.value_flag], dtype=np.int64))
+    return out
 
 
 def final_scores(
     model: LoadedModel, hists: Sequence[np.ndarray], target_x: np.ndarray, target_ctx: np.ndarray,
-    *, batch: int = 512,
+    *, batch: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score of each target race after its history, and the top-layer state before it.
 
-    hists: per dog (n_i, F) rows; target_x: (B, F), target_ctx: (B, C) -> scores (B,), state (B, H).
+    hists: per case (n_i, F) rows; target_x: (B, F), target_ctx: (B, C) -> scores (B,), state (B, H).
     """
-    H = model.gru.hidden_size
-    order = np.argsort([len(h) for h in hists], kind="stable")  # similar lengths per batch: less padding
+    H, F, C = model.gru.hidden_size, target_x.shape[1], target_ctx.shape[1]
+    lens = np.array([len(h) for h in hists], dtype=np.int64)
+    order = np.argsort(lens, kind="stable")  # similar lengths per batch: less padding
     scores = np.zeros(len(hists), dtype=np.float32)
     states = np.zeros((len(hists), H), dtype=np.float32)
     for a in range(0, len(hists), batch):
         pick = order[a:a + batch]
-        hs = [hists[i] for i in pick]
-        lens = np.array([len(h) for h in hs], dtype=np.int64)
-        rows = np.concatenate([np.concatenate([h, target_x[i: i + 1]]) for i, h in zip(pick, hs)])
-        offsets = np.concatenate([[0], np.cumsum(lens + 1)])
-        ctx_rows = np.zeros((len(rows), target_ctx.shape[1]), dtype=np.float32)
-        ctx_rows[offsets[1:] - 1] = target_ctx[pick]
-        dogs = np.arange(len(hs))
-        x, _ = pad_batch(rows.astype(np.float32), offsets, dogs)
-        c, _ = pad_batch(ctx_rows, offsets, dogs)
+        ln = lens[pick]
+        T = int(ln.max()) + 1
+        x = np.zeros((len(pick), T, F), dtype=np.float32)
+        c = np.zeros((len(pick), T, C), dtype=np.float32)
+        for b, i in enumerate(pick):
+            x[b, : ln[b]] = hists[i]
+        b = np.arange(len(pick))
+        x[b, ln] = target_x[pick]
+        c[b, ln] = target_ctx[pick]
         with torch.inference_mode():
             out = model.run(torch.from_numpy(x), torch.from_numpy(c))
-        b = np.arange(len(hs))
-        scores[pick] = out.scores.float().numpy()[b, lens]
+        scores[pick] = out.scores.float().numpy()[b, ln]
         g = out.gru_output.float().numpy()
-        has = lens > 0
-        states[pick[has]] = g[b[has], lens[has] - 1]
+        has = ln > 0
+        states[pick[has]] = g[b[has], ln[has] - 1]
     return scores, states
 
 
-def race_effects(
-    s_orig: np.ndarray, s_pert: np.ndarray, others_lse: np.ndarray, others_max: np.ndarray, won: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Change of log-loss and top-pick flip when only this dog's score moves. All (B,) -> (B,), (B,).
+def race_nll_change(s0: np.ndarray, s1: np.ndarray, others_lse: np.ndarray, won: np.ndarray) -> np.ndarray:
+    """Change of the race NLL (-log softmax of the winner) when only this runner's score moves s0 -> s1.
 
-    others_lse: log-sum-exp of the other runners' scores; others_max: their highest score.
+    others_lse: log-sum-exp of the other runners' scores; won: 1 if this runner won. All (B,) -> (B,).
     """
-    def _ll(s):
-        logp = s - np.logaddexp(s, others_lse)
-        p = np.exp(logp)
-        return -(won * logp + (1 - won) * np.log1p(-np.clip(p, 0, 1 - 1e-12)))
+    return np.logaddexp(s1, others_lse) - np.logaddexp(s0, others_lse) - won * (s1 - s0)
 
-    flip = (s_orig > others_max) != (s_pert > others_max)
-    return _ll(s_pert) - _ll(s_orig), flip
+
+def bucket_of(step: np.ndarray) -> np.ndarray:
+    """(n,) target steps -> (n,) STEP_BUCKETS label."""
+    step = np.asarray(step)
+    out = np.empty(len(step), dtype=object)
+    for lo, hi, name in STEP_BUCKETS:
+        out[(step >= lo) & (step <= hi)] = name
+    return out
+
+
+@dataclass(frozen=True)
+class Cases:
+    """Target races of the sampled dogs: one per (dog, target step) with a scored race."""
+
+    dog: np.ndarray
+    """(n,) dog index."""
+    step: np.ndarray
+    """(n,) target step t (1-based)."""
+    row: np.ndarray
+    """(n,) row of the target race."""
+    plateau_reached: np.ndarray
+    """(n,) bool: the dog's plateau was confirmed by step t-1 (plateau_step + k - 1 <= t - 1)."""
+
+
+def target_cases(
+    offsets: np.ndarray, ok: np.ndarray, plateau_step: np.ndarray, k: int, *, sample_dogs: int, seed: int,
+    steps: Sequence[int] = TARGET_STEPS,
+) -> Cases:
+    """Sample dogs with at least one target race among `ok` rows (obs,), and every such target of theirs.
+
+    offsets: (dog + 1,); plateau_step: (dog,) 1-based first plateau step or NaN; k: the rule's
+    confirmation window, so the plateau is known at t only from steps before t.
+    """
+    n_steps = np.diff(offsets)
+    steps = np.array(sorted(set(int(s) for s in steps if s >= 2)), dtype=np.int64)
+    has = (n_steps[:, None] >= steps[None, :])
+    rows = offsets[:-1, None] + steps[None, :] - 1
+    has &= ok[np.minimum(rows, len(ok) - 1)] if len(ok) else False
+    cand = np.flatnonzero(has.any(axis=1))
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(cand, size=min(sample_dogs, len(cand)), replace=False))
+    d, j = np.nonzero(has[pick])
+    dog, step = pick[d], steps[j]
+    reached = np.asarray(plateau_step, dtype=np.float64)[dog] + k - 1 <= step - 1  # NaN -> False
+    return Cases(dog, step, offsets[dog] + step - 1, reached)
+
+
+def subsample_cases(cases: Cases, per_step: int, seed: int) -> Cases:
+    """At most `per_step` cases of each target step, drawn at random (the feed scope re-scores whole races)."""
+    rng = np.random.default_rng([seed, 2])
+    keep = np.concatenate([rng.permutation(np.flatnonzero(cases.step == t))[:per_step] for t in np.unique(cases.step)]
+                          ) if len(cases.step) else np.zeros(0, np.int64)
+    keep = np.sort(keep)
+    return Cases(cases.dog[keep], cases.step[keep], cases.row[keep], cases.plateau_reached[keep])
+
+
+def _damage_all(hists: list[np.ndarray], perturbations, groups, seen, seed: int, salt: int):
+    """Every perturbation of every history: {j: (damaged histories, damage (n,))}; n/a kinds skipped."""
+    F = hists[0].shape[1] if hists else 0
+    draws = [draws_for(len(h), F, np.random.default_rng([seed, salt, i])) for i, h in enumerate(hists)]
+    out = {}
+    for j, p in enumerate(perturbations):
+        if seen.get(p.kind, True):
+            done = [perturb_history(h, p, groups, dr) for h, dr in zip(hists, draws)]
+            out[j] = ([x for x, _ in done], np.array([dmg for _, dmg in done], dtype=np.float64))
+    return out
+
+
+def case_effects(
+    models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray, cases: Cases,
+    others: Sequence[tuple[np.ndarray, np.ndarray]], won: np.ndarray, perturbations: Sequence[Perturbation],
+    groups: FeatureGroups, seen: dict[str, bool], *, seed: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Scope 'dog': {perturbation index: (changed (n,), d_nll, flip, divergence (n,))}, seed-averaged.
+
+    others: per model, (log-sum-exp, max) of the other runners' stored scores in each case's race (n,);
+    won: (n,) whether the case's dog won. Perturbations of kinds not seen are absent.
+    """
+    hists = [values[offsets[d]:r] for d, r in zip(cases.dog, cases.row)]
+    damaged = _damage_all(hists, perturbations, groups, seen, seed, 0)
+    tx, tc = values[cases.row], context[cases.row]
+    out = {j: (dmg > 0, np.zeros(len(dmg)), np.zeros(len(dmg)), np.zeros(len(dmg))) for j, (_, dmg) in damaged.items()}
+    # one scoring pass per model over every changed (case, perturbation): lengths sort across perturbations
+    flat = [(j, i) for j, (_, dmg) in damaged.items() for i in np.flatnonzero(dmg > 0)]
+    all_h = [damaged[j][0][i] for j, i in flat]
+    idx = np.array([i for _, i in flat], dtype=np.int64)
+    for m, (lse, mx) in zip(models, others):
+        s0, h0 = final_scores(m, hists, tx, tc)
+        s1, h1 = final_scores(m, all_h, tx[idx], tc[idx]) if flat else (np.zeros(0), np.zeros((0, 1)))
+        dl = race_nll_change(s0[idx].astype(np.float64), s1.astype(np.float64), lse[idx], won[idx])
+        flip = ((s0[idx] > mx[idx]) != (s1 > mx[idx])).astype(np.float64)
+        div = np.linalg.norm(h1 - h0[idx], axis=1)
+        pos = 0
+        for j, (_, dmg) in damaged.items():
+            ch = np.flatnonzero(dmg > 0)
+            sl = slice(pos, pos + len(ch))
+            out[j][1][ch] += dl[sl] / len(models)
+            out[j][2][ch] += flip[sl] / len(models)
+            out[j][3][ch] += div[sl] / len(models)
+            pos += len(ch)
+    return out
+
+
+def feed_effects(
+    models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray,
+    row_dog: np.ndarray, row_race: np.ndarray, ok: np.ndarray, won: np.ndarray, cases: Cases,
+    perturbations: Sequence[Perturbation], groups: FeatureGroups, seen: dict[str, bool], *, seed: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Scope 'feed': every valid runner of each case's race damaged, the race re-scored from scratch.
+
+    row_dog, row_race, ok, won: (obs,) per row. Same output as `case_effects`; the divergence is the
+    case dog's own state.
+    """
+    by_race = _rows_by_race(row_race, ok)
+    runners = [by_race[row_race[r]] for r in cases.row]  # each case's race rows, its own row included
+    flat_rows = np.concatenate(runners) if runners else np.zeros(0, np.int64)
+    case_of = np.repeat(np.arange(len(runners)), [len(x) for x in runners])
+    hists = [values[offsets[row_dog[r]]:r] for r in flat_rows]
+    damaged = _damage_all(hists, perturbations, groups, seen, seed, 1)
+    tx, tc = values[flat_rows], context[flat_rows]
+    own = flat_rows == cases.row[case_of]
+    w = won[flat_rows]
+    n = len(runners)
+    out = {}
+    base = [final_scores(m, hists, tx, tc) for m in models]
+    for j, (dh, dmg) in damaged.items():
+        changed = np.bincount(case_of, weights=dmg, minlength=n) > 0
+        acc = np.zeros((3, n))
+        for m, (s0, h0) in zip(models, base):
+            s1, h1 = final_scores(m, dh, tx, tc)
+            nll0, top0 = _race_nll_top(s0, case_of, w, n)
+            nll1, top1 = _race_nll_top(s1, case_of, w, n)
+            acc[0] += (nll1 - nll0) / len(models)
+            acc[1] += (top0 != top1) / len(models)
+            acc[2][case_of[own]] += np.linalg.norm(h1[own] - h0[own], axis=1) / len(models)
+        out[j] = (changed, *np.where(changed, acc, 0.0))
+    return out
+
+
+def _rows_by_race(race: np.ndarray, ok: np.ndarray) -> dict[int, np.ndarray]:
+    rows = np.flatnonzero(ok)
+    order = rows[np.argsort(race[rows], kind="stable")]
+    cut = np.flatnonzero(np.diff(race[order])) + 1
+    return {int(race[g[0]]): g for g in np.split(order, cut) if len(g)}
+
+
+def _race_nll_top(s: np.ndarray, grp: np.ndarray, won: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group of rows: NLL of the winner under the softmax, and the position of the top score."""
+    s = s.astype(np.float64)
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, grp, s)
+    lse = np.log(np.bincount(grp, weights=np.exp(s - top[grp]), minlength=n)) + top
+    nll = -np.bincount(grp, weights=won * (s - lse[grp]), minlength=n)
+    first = np.full(n, len(s))
+    np.minimum.at(first, grp, np.where(s == top[grp], np.arange(len(s)), len(s)))
+    return nll, first
+
+
+# ------------------------------------------------------------------ tables
+
+MEASURES = ("d_nll", "flip_rate", "state_divergence")
+
+RESILIENCE_COLUMNS: tuple[str, ...] = (
+    "scope", "perturbation", "severity", "severity_unit", "level", "bucket", "plateau", "status",
+    "n_cases", "n_changed", "changed_share", "n_dogs",
+    *(f"{m}{s}" for m in MEASURES for s in ("", "_lo", "_hi")),
+)
+CONTRAST_COLUMNS: tuple[str, ...] = (
+    "scope", "perturbation", "severity", "level", "contrast", "measure", "a", "b", "value_a", "value_b",
+    "diff", "lo", "hi", "n_a", "n_b",
+)
+
+
+def _groups(cases: Cases) -> list[tuple[str, str, np.ndarray]]:
+    """(bucket, plateau, case mask): all; each bucket; before/after the plateau."""
+    b = bucket_of(cases.step)
+    out = [("all", "all", np.ones(len(b), bool))]
+    out += [(name, "all", b == name) for _, _, name in STEP_BUCKETS]
+    out += [("all", "not yet", ~cases.plateau_reached), ("all", "reached", cases.plateau_reached)]
+    return out
+
+
+def _boot(x: np.ndarray, dog: np.ndarray, weights: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+    """Mean of x over cases and its replicates with dog weights (B, dog): (mean, lo, hi, reps (B,))."""
+    if len(x) == 0:
+        return np.nan, np.nan, np.nan, np.full(len(weights), np.nan)
+    w = weights[:, dog]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (w @ x) / w.sum(axis=1)
+    ok = reps[np.isfinite(reps)]
+    lo, hi = (np.percentile(ok, [2.5, 97.5]) if len(ok) >= 2 else (np.nan, np.nan))
+    return float(x.mean()), float(lo), float(hi), reps
+
+
+def summarise(
+    effects: dict[str, dict[int, tuple]], cases: dict[str, Cases], perturbations: Sequence[Perturbation],
+    weights: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The resilience table (RESILIENCE_COLUMNS) and the early-vs-late / plateau contrasts (CONTRAST_COLUMNS).
+
+    effects: scope -> `case_effects`/`feed_effects` output; cases: scope -> its Cases; weights: (B, dog).
+    """
+    import pandas as pd
+
+    levels = _levels(perturbations)
+    rows, con = [], []
+    for scope, eff in effects.items():
+        cs = cases[scope]
+        for j, p in enumerate(perturbations):
+            reps_of = {}
+            for bucket, plat, m in _groups(cs):
+                head = (scope, p.kind, float(p.severity), p.unit, levels[j], bucket, plat)
+                if j not in eff:
+                    rows.append((*head, "n/a", int(m.sum()), 0, np.nan, 0, *[np.nan] * 9))
+                    continue
+                changed = eff[j][0] & m
+                vals, reps = [], {}
+                for q, name in enumerate(MEASURES):
+                    mean, lo, hi, r = _boot(eff[j][q + 1][changed], cs.dog[changed], weights)
+                    vals += [mean, lo, hi]
+                    reps[name] = (mean, r)
+                reps_of[(bucket, plat)] = (reps, int(changed.sum()))
+                share = float(changed.sum() / m.sum()) if m.any() else np.nan
+                status = "ok" if changed.any() else ("no change" if m.any() else "no cases")
+                rows.append((*head, status, int(m.sum()), int(changed.sum()), share,
+                             len(np.unique(cs.dog[changed])), *vals))
+            con += _contrast_rows(scope, p, levels[j], reps_of)
+    return pd.DataFrame(rows, columns=list(RESILIENCE_COLUMNS)), pd.DataFrame(con, columns=list(CONTRAST_COLUMNS))
+
+
+def _contrast_rows(scope: str, p: Perturbation, level: int, reps_of: dict) -> list[tuple]:
+    early, late = STEP_BUCKETS[0][2], STEP_BUCKETS[-1][2]
+    pairs = (("early - late", (early, "all"), (late, "all")), ("before - after plateau", ("all", "not yet"),
+                                                                 ("all", "reached")))
+    out = []
+    for name, ka, kb in pairs:
+        if ka not in reps_of or kb not in reps_of:
+            continue
+        (ra, na), (rb, nb) = reps_of[ka], reps_of[kb]
+        if na == 0 or nb == 0:
+            continue
+        for q in MEASURES:
+            (va, xa), (vb, xb) = ra[q], rb[q]
+            d = xa - xb
+            d = d[np.isfinite(d)]
+            lo, hi = (np.percentile(d, [2.5, 97.5]) if len(d) >= 2 else (np.nan, np.nan))
+            out.append((scope, p.kind, float(p.severity), level, name, q, "/".join(ka), "/".join(kb), va, vb,
+                        va - vb, float(lo), float(hi), na, nb))
+    return out
+
+
+def _levels(perturbations: Sequence[Perturbation]) -> list[int]:
+    """1 = mildest severity of its kind; the highest level is the strongest."""
+    out = []
+    for p in perturbations:
+        sev = sorted({q.severity for q in perturbations if q.kind == p.kind})
+        out.append(sev.index(p.severity) + 1)
+    return out
+
+
+def contrasts(con: pd.DataFrame, measure: str = "d_nll", contrast: str = "early - late") -> pd.DataFrame:
+    """The contrast rows of one measure at each kind's strongest severity."""
+    c = con[(con["measure"] == measure) & (con["contrast"] == contrast)]
+    strongest = c.groupby(["scope", "perturbation"])["level"].transform("max")
+    return c[c["level"] == strongest]
 
 
 def pair_divergence(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
@@ -202,61 +549,6 @@ def pair_divergence(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
     t = min(len(h_a), len(h_b))
     d = (h_a[:t] - h_b[:t]).reshape(t, -1)
     return np.sqrt((d.astype(np.float64) ** 2).sum(axis=1))
-
-
-# ------------------------------------------------------------------ the evaluate stage's resilience table
-
-
-def resilience_table(rows, scores, sel, cohort, models, values, context, store_off, feature_names,
-                     sample_dogs, seed, perturbations) -> "pd.DataFrame":
-    """Perturb sampled dogs' histories; score their last race against the other runners' stored scores.
-
-    rows: per-row frame (race_id, won); scores: (obs, seed); sel: rows evaluated; store_off: (dog + 1,).
-    """
-    import pandas as pd
-
-    names = tuple(feature_names) or tuple(models[0].feature_names)
-    groups = feature_groups(names)
-    ok = np.zeros(len(rows), bool)
-    ok[sel] = True
-    last = store_off[1:] - 1
-    n_steps = np.diff(store_off)
-    cand = np.flatnonzero((n_steps >= 3) & ok[np.maximum(last, 0)])
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(cand, size=min(sample_dogs, len(cand)), replace=False))
-    tgt = last[pick]
-    race_all = race_codes(rows["race_id"].to_numpy())
-    out = []
-    for k, model in enumerate(models):
-        lse, mx = others_in_race(scores[:, k], race_all, ok, tgt)
-        won = rows["won"].to_numpy(np.float64)[tgt]
-        hists = [values[store_off[d]:last[d]] for d in pick]
-        s0, h0 = final_scores(model, hists, values[tgt], context[tgt])
-        for j, pert in enumerate(perturbations):
-            prng = np.random.default_rng([seed, k, j])
-            done = [perturb_history(h, pert, groups, prng) for h in hists]
-            s1, h1 = final_scores(model, [x for x, _ in done], values[tgt], context[tgt])
-            dl, flip = race_effects(s0, s1, lse, mx, won)
-            div = np.linalg.norm(h1 - h0, axis=1)
-            pos = np.array([w for _, w in done], dtype=object)
-            c = cohort[pick]
-            for scope in ["all", *COHORTS]:
-                for where in ["all", "early", "late"]:
-                    m = (c == scope) if scope != "all" else np.ones(len(pick), bool)
-                    if where != "all":
-                        m = m & (pos == where)
-                    if m.any():
-                        out.append((pert.kind, pert.severity, scope, where, k, float(dl[m].mean()),
-                                    float(flip[m].mean()), float(div[m].mean()), int(m.sum())))
-    df = pd.DataFrame(out, columns=["perturbation", "severity", "cohort", "position", "seed", "d_loss", "flip_rate",
-                                    "state_divergence", "n"])
-    agg = df.groupby(["perturbation", "severity", "cohort", "position"], sort=False)
-    res = agg.apply(lambda g: pd.Series({
-        "d_loss": np.average(g["d_loss"], weights=g["n"]), "flip_rate": np.average(g["flip_rate"], weights=g["n"]),
-        "state_divergence": np.average(g["state_divergence"], weights=g["n"]), "n": int(g["n"].sum()),
-    }), include_groups=False).reset_index()
-    res["n"] = res["n"].astype(np.int64)
-    return res
 
 
 def others_in_race(score: np.ndarray, race: np.ndarray, ok: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

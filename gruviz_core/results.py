@@ -102,10 +102,12 @@ class RunResults:
     sensitivity: pd.DataFrame | None = None
     """eval/sensitivity.parquet: group sizes and the main effect at each point of a grid over the rule."""
     repro: pd.DataFrame | None = None
-    """eval/repro.parquet: seed agreement metrics per scope."""
+    """eval/repro.parquet: prediction spread, churn and cohort agreement across seeds, with each value's n."""
     cka: pd.DataFrame | None = None
-    """eval/cka.parquet: linear CKA between seeds per step."""
+    """eval/cka.parquet: debiased linear CKA between seeds per step, with n, interval and permutation baseline."""
     resilience: pd.DataFrame | None = None
-    """eval/resilience.parquet: effect of perturbations per cohort and career position."""
+    """eval/resilience.parquet: effect of perturbations per scope, kind, severity, target-step bucket and plateau."""
+    resilience_contrast: pd.DataFrame | None = None
+    """eval/resilience_contrast.parquet: early minus late (and before minus after the plateau) within kind and severity."""
     divergence: pd.DataFrame | None = None
     """eval/divergence.parquet: distance between two dogs' states per step."""

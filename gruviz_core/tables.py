@@ -69,11 +69,20 @@ TABLES: Mapping[str, pa.Schema] = {
         ("param", _S), ("value", _F), ("n_dogs_a", _I), ("n_dogs_b", _I), ("n_rows_a", _I), ("n_rows_b", _I),
         ("diff", _F), ("lo", _F), ("hi", _F), ("comparable", _B),
     ),
-    "repro": _schema(("scope", _S), ("metric", _S), ("value", _F)),
-    "cka": _schema(("step", _I), ("seed_a", _I), ("seed_b", _I), ("cka", _F)),
+    "repro": _schema(("scope", _S), ("metric", _S), ("value", _F), ("n", _I)),
+    "cka": _schema(
+        ("step", _I), ("seed_a", _I), ("seed_b", _I), ("n", _I), ("cka", _F), ("lo", _F), ("hi", _F),
+        ("cka_perm", _F), ("cka_biased", _F),
+    ),
     "resilience": _schema(
-        ("perturbation", _S), ("severity", _F), ("cohort", _S), ("position", _S), ("d_loss", _F),
-        ("flip_rate", _F), ("state_divergence", _F), ("n", _I),
+        ("scope", _S), ("perturbation", _S), ("severity", _F), ("severity_unit", _S), ("level", _I), ("bucket", _S),
+        ("plateau", _S), ("status", _S), ("n_cases", _I), ("n_changed", _I), ("changed_share", _F), ("n_dogs", _I),
+        *((f"{m}{s}", _F) for m in ("d_nll", "flip_rate", "state_divergence") for s in ("", "_lo", "_hi")),
+    ),
+    "resilience_contrast": _schema(
+        ("scope", _S), ("perturbation", _S), ("severity", _F), ("level", _I), ("contrast", _S), ("measure", _S),
+        ("a", _S), ("b", _S), ("value_a", _F), ("value_b", _F), ("diff", _F), ("lo", _F), ("hi", _F),
+        ("n_a", _I), ("n_b", _I),
     ),
     "divergence": _schema(("pair", _S), ("dog_a", _S), ("dog_b", _S), ("step", _I), ("distance", _F)),
 }

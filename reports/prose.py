@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
-    "GLOSSARY", "INTRO", "EXPLAIN", "VERDICT", "MISSING", "STATES_HOW", "METRIC_NAMES", "HIGHER_IS_BETTER", "COMPARISONS",
-    "COHORT_EXPLAIN",
+    "GLOSSARY", "INTRO", "EXPLAIN", "VERDICT", "VERDICT_RES", "CKA_READING", "MISSING", "STATES_HOW", "METRIC_NAMES",
+    "HIGHER_IS_BETTER", "COMPARISONS", "COHORT_EXPLAIN",
 ]
 
 GLOSSARY: tuple[tuple[str, str], ...] = (
@@ -79,12 +79,16 @@ INTRO: Mapping[str, str] = {
     ),
     "reproducibility": (
         "Would another training seed tell the same story? The K seed models are compared on their states "
-        "(CKA), their predictions (spread, top-pick churn) and their cohort labels (Cohen's kappa)."
+        "(debiased CKA), their predictions (spread, top-pick churn) and their cohort labels (Fleiss' kappa among "
+        "dogs with enough races to be decided)."
     ),
     "resilience": (
-        "How much do data problems hurt? Inputs are perturbed (a race dropped, order shuffled, noisy times, missing "
-        "values, a duplicated race, a truncated history) and the change in loss, the top-pick flip rate and the state "
-        "divergence are measured by cohort and by position in the career."
+        "How much do data problems hurt, and when? Target races at several steps t of a career are re-scored after "
+        "the history before t is damaged (latest races removed, random races removed, recent order shuffled, noise "
+        "on observed times or prices, values blanked, races duplicated, oldest races removed), each at severities "
+        "that grow with the damage. Scope 'dog': only this dog's data is corrupted and the other runners keep their "
+        "stored scores, which is exact for that fault. Scope 'feed': every runner of the race is damaged and the "
+        "race re-scored. Perturbations that changed nothing are counted as no-ops and left out of the means."
     ),
     "divergence": (
         "From the same initial state, how far apart two dogs' hidden states move race by race (Euclidean distance)."
@@ -146,22 +150,37 @@ EXPLAIN: Mapping[str, str] = {
         "Where the curve crosses 50% is the median time to saturation."
     ),
     "cka": (
-        "Linear CKA between two seeds' hidden states at each race (1 = the same representation up to rotation and "
-        "scale, 0 = unrelated). Rising CKA means seeds agree more once states settle."
+        "Debiased linear CKA (unbiased HSIC) between two seeds' top-layer states at each race, on up to 1,000 dogs "
+        "with at least that many races (1 = the same representation up to rotation and scale, 0 = unrelated at any n); "
+        "dotted: the same with one seed's dogs shuffled, what unrelated states give. Hypothesis tested: seeds agree "
+        "more once states settle. The curve stops where fewer than 200 dogs remain; the right panel draws n."
     ),
     "repro": (
-        "prob_spread: mean spread of the seeds' win probabilities for the same runner; top_pick_churn: share of races "
-        "where the seeds pick different winners; kappa: agreement of the seeds' cohort labels beyond chance."
+        "prob_spread: mean sample std (ddof=1) of the seeds' win probabilities for the same runner; top_pick_churn: "
+        "share of races where two seeds pick different winners (symmetric, averaged over pairs); fleiss_kappa: "
+        "agreement of all seeds' cohort labels beyond chance among decided dogs; agreement: chance that another seed "
+        "agrees with a seed that put a dog in that cohort (n = dogs any seed put there). Hypothesis tested: the "
+        "cohorts are a property of the data, not of one seed; kappa near 1 supports it, near 0 refutes it."
     ),
-    "resilience": (
-        "Each perturbation at its strongest severity, all positions. Taller bars: that cohort's predictions move "
-        "more when the data is damaged that way."
+    "resilience-d_nll": (
+        "Change in race NLL: how much worse (positive) the race's softmax predicts the winner after the damage, "
+        "mean over damaged cases with a 95% bootstrap interval over dogs, at each kind's strongest severity. "
+        "Hypothesis tested (the notebook's): early targets (t<=5) move more than late ones (t>=16)."
     ),
-    "resilience-position": (
-        "Mean over perturbations at their strongest severity. The notebook's hypothesis: early steps (before "
-        "the plateau) are less resilient, so the early bars should be taller."
+    "resilience-flip_rate": (
+        "Top-pick flip rate: share of races whose favourite under the model changes after the damage, with a 95% "
+        "bootstrap interval over dogs. Same hypothesis: the early bars should be taller."
     ),
-    "resilience-all": "Every perturbation, severity, cohort and position.",
+    "resilience-contrast": (
+        "Within the same kind and severity: early (t<=5) minus late (t>=16) targets, and dogs whose plateau was not "
+        "yet confirmed by t-1 minus those whose was, each with a 95% interval from the same bootstrap replicates. "
+        "Structural kinds remove a larger share of a short history, which is part of what 'early' means here."
+    ),
+    "resilience-all": (
+        "Every scope, kind, severity (with its unit), target-step bucket and plateau status; 'n/a': the model never "
+        "saw those inputs in training (all missing), so damaging them measures nothing; 'share changed': cases "
+        "whose input the perturbation changed at all."
+    ),
     "divergence": (
         "A curve that levels off means both states have settled (often both saturated); one that keeps growing means "
         "the dogs' form keeps pushing them apart."
@@ -173,6 +192,26 @@ EXPLAIN: Mapping[str, str] = {
     "rejects": "Most common first; the rejected rows themselves are in the snapshot's rejects.parquet.",
 }
 """Panel key -> what the panel shows and how to read it."""
+
+VERDICT_RES: Mapping[str, str] = {
+    "holds": ("On this model the notebook's hypothesis holds: early targets lose more race NLL than late ones in {up} "
+              "of {n} kinds (late more in {down}); median ratio early/late {ratio:.2g}."),
+    "refuted": ("On this model the data refutes the notebook's hypothesis: late targets lose more race NLL in {down} of "
+                "{n} kinds (early more in {up}); median ratio early/late {ratio:.2g}."),
+    "mixed": ("On this model the hypothesis is not clearly supported: early targets lose more race NLL in {up} of {n} "
+              "kinds, late ones in {down}, the rest within noise; median ratio early/late {ratio:.2g}."),
+    "none": "Too few early and late targets to test the notebook's hypothesis.",
+}
+"""Sentences of the resilience verdict (early vs late, race NLL, scope 'dog', strongest severities)."""
+
+CKA_READING: Mapping[str, str] = {
+    "rising": ("The data supports it: CKA rises from {early:.2f} (races 1-5) to {late:.2f} (race 20 on), beyond the "
+               "intervals, with n >= {n} at every step and the shuffled baseline within {perm:.2f} of 0."),
+    "flat": ("The data does not show a clear rise: CKA {early:.2f} at races 1-5 vs {late:.2f} from race 20, "
+             "intervals overlapping (n >= {n}; shuffled baseline within {perm:.2f} of 0)."),
+}
+"""Sentences reading the CKA curve."""
+
 
 # ---- honest comparison (issue 11): verdict, header and the cohorts section's words -------------------------
 

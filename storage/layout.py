@@ -68,7 +68,7 @@ class StoreLayout:
 STATS_TABLES = ("dog_step", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "status_compare", "status_effect", "dose_response", "sensitivity",
-               "repro", "cka", "resilience", "divergence")
+               "repro", "cka", "resilience", "resilience_contrast", "divergence")
 """Tables the evaluate stage writes under <run>/eval/."""
 
 

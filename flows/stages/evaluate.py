@@ -19,6 +19,7 @@ from gruviz_core import cohorts as co
 from gruviz_core import comparisons as cmp
 from gruviz_core import stats as st
 from gruviz_core import evaluate as ev
+from gruviz_core import repro as rp
 from gruviz_core import resilience as rs
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
@@ -69,7 +70,8 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     seqs, model_set, values, context = inputs(root, seq_path, set_id)
     return evaluate_run(Path(tmp_dir), models=model_set.models, values=values, context=context,
                         offsets=seqs.offsets, feature_names=seqs.feature_names, n_boot=n_boot,
-                        holdout=holdout_of(model_set.meta), min_races=min_races)
+                        holdout=holdout_of(model_set.meta), min_races=min_races,
+                        train_rows=_train_rows(seqs.race_date, model_set.meta.get("cutoff")))
 
 
 def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> dict:
@@ -108,11 +110,13 @@ def evaluate_run(
     pairs: Sequence[tuple[str, str]] | None = None,
     perturbations: Sequence[rs.Perturbation] = rs.DEFAULT_PERTURBATIONS,
     holdout: Holdout | None = None, sizes: cmp.Sizes = cmp.Sizes(), min_races: int = 2000, grid_boot: int = 200,
+    target_steps: Sequence[int] = rs.TARGET_STEPS, train_rows: np.ndarray | None = None,
 ) -> dict:
     """Cohort comparisons of a run whose stats exist; writes eval/*.parquet and eval/headline.json.
 
     Resilience needs `models` (one per seed, in the store's seed order) and the normalised
-    `values` (obs, F), `context` (obs, C) with `offsets` (dog + 1,) in the store's dog order.
+    `values` (obs, F), `context` (obs, C) with `offsets` (dog + 1,) in the store's dog order;
+    `train_rows` (obs,) bool marks the model's training period (kinds it never saw are 'n/a').
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -152,16 +156,15 @@ def evaluate_run(
     found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
                          sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
     tables.update(found.tables)
-    kappa_pairs = _kappas(run_dir, len(reader.seeds))
-    tables["repro"] = ev.repro_table(probs, race, dog, cohort, kappa_pairs)
-    tables["cka"] = _cka(reader, dogs, seed=seed)
+    tables["repro"] = ev.repro_table(probs, race, dog, cohort, *_kappas(run_dir, dogs, rule))
+    tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
     ex_pairs = list(pairs) if pairs else co.exemplar_pair(dogs)
     tables["divergence"] = _divergence(reader, ex_pairs)
     notes = list(found.notes)
     if models and values is not None and context is not None and offsets is not None:
-        tables["resilience"] = rs.resilience_table(rows, scores, sel, cohort, models, values, context,
-                                                   _checked_offsets(reader, offsets), feature_names, sample_dogs,
-                                                   seed, perturbations)
+        tables.update(_resilience(rows, scores, sel, dogs, rule, models, values, context,
+                                  _checked_offsets(reader, offsets), feature_names, train_rows, sample_dogs=sample_dogs,
+                                  seed=seed, n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
     else:
         notes.append("resilience skipped: evaluate_run was given no models and normalised inputs")
     for name, df in tables.items():
@@ -193,19 +196,81 @@ def evaluate_run(
     return headline
 
 
-def _kappas(run_dir: Path, n_seeds: int) -> dict[tuple[int, int], np.ndarray]:
+def _kappas(run_dir: Path, dogs: pd.DataFrame, rule: CohortRule) -> tuple[np.ndarray | None, np.ndarray]:
+    """(dog, seed) cohort labels of every seed (None without dog_seed) and the decided dogs (enough races to
+    have checked a plateau: the same for every seed, so 'undecided' is left out of the agreement)."""
+    decided = dogs["n_steps"].to_numpy() >= co.min_steps(rule)
+    if not has_table(run_dir, "dog_seed"):
+        return None, decided
     ds = read_table(run_dir, "dog_seed")
-    by = {k: g.sort_values("dog_index")["cohort"].to_numpy(dtype=object) for k, g in ds.groupby("seed")}
-    return {(a, b): (by[a], by[b]) for a in range(n_seeds) for b in range(a + 1, n_seeds) if a in by and b in by}
+    lab = ds.pivot_table(index="dog_index", columns="seed", values="cohort", aggfunc="first")
+    lab = lab.reindex(dogs["dog_index"].to_numpy())
+    ok = lab.notna().all(axis=1).to_numpy()
+    return lab.to_numpy(dtype=object), decided & ok
 
 
-def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_sample: int = 300, max_step: int = 60) -> pd.DataFrame:
-    """Linear CKA between seeds' top-layer states per step, on a sample of dogs read from the store."""
+def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_boot: int = 100, n_per_step: int = 1000,
+         min_dogs: int = 200) -> pd.DataFrame:
+    """Debiased CKA between seeds' top-layer states per step (gruviz_core.repro), states read once per seed."""
     if len(reader.seeds) < 2:
-        return ev.cka_table({0: []}, np.array([], dtype=object))
-    pick = ev.cka_sample(dogs["n_steps"].to_numpy(), seed=seed, n_sample=n_sample)
-    states = {k: [reader.dog_at(int(d), k).h[:max_step, -1] for d in pick] for k in range(len(reader.seeds))}
-    return ev.cka_table(states, dogs["cohort"].to_numpy(dtype=object)[pick])
+        return pd.DataFrame(columns=list(rp.CKA_COLUMNS))
+    picks = rp.cka_dogs(dogs["n_steps"].to_numpy(), seed=seed, n_per_step=n_per_step, min_dogs=min_dogs)
+    if not picks:
+        return pd.DataFrame(columns=list(rp.CKA_COLUMNS))
+    start = run_offsets(reader)[:-1]
+    want = {t: start[d] + t - 1 for t, d in picks.items()}  # rows of each step's dogs
+    rows = np.unique(np.concatenate(list(want.values())))
+    states = {t: {} for t in want}
+    for k in range(len(reader.seeds)):
+        h = _top_rows(reader, k, rows)
+        for t, r in want.items():
+            states[t][k] = h[np.searchsorted(rows, r)]
+    weights_of = lambda n: ev.poisson_weights(n, n_boot, seed + 3)  # noqa: E731
+    return rp.cka_curve(states, weights_of=weights_of, seed=seed)
+
+
+def _top_rows(reader, seed: int, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), H) float32 top-layer states at sorted `rows`, read chunk by chunk over their span."""
+    out = np.zeros((len(rows), reader.n_units), dtype=np.float32)
+    if not len(rows):
+        return out
+    for c in reader.iter_chunks(seed, (int(rows[0]), int(rows[-1]) + 1)):
+        a, b = np.searchsorted(rows, [c.start, c.stop])
+        out[a:b] = c.h[rows[a:b] - c.start, -1]
+    return out
+
+
+def _resilience(rows, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
+                sample_dogs, seed, n_boot, perturbations, steps, feed_per_step: int = 40) -> dict[str, pd.DataFrame]:
+    """The resilience and resilience_contrast tables: targets at several steps, scopes 'dog' and 'feed'."""
+    names = tuple(feature_names) or tuple(models[0].feature_names)
+    groups = rs.feature_groups(names)
+    seen = rs.kinds_seen(values if train_rows is None else values[np.asarray(train_rows, bool)], groups)
+    ok = np.zeros(len(rows), bool)
+    ok[sel] = True
+    plateau = np.full(len(offsets) - 1, np.nan)
+    plateau[dogs["dog_index"].to_numpy()] = dogs["plateau_step"].to_numpy(np.float64)
+    cases = rs.target_cases(offsets, ok, plateau, rule.k, sample_dogs=sample_dogs, seed=seed, steps=steps)
+    race_all = race_codes(rows["race_id"].to_numpy())
+    won_all = rows["won"].to_numpy(np.float64)
+    others = [rs.others_in_race(scores[:, k], race_all, ok, cases.row) for k in range(len(models))]
+    feed = rs.subsample_cases(cases, feed_per_step, seed)
+    effects = {
+        "dog": rs.case_effects(models, values, context, offsets, cases, others, won_all[cases.row], perturbations,
+                               groups, seen, seed=seed),
+        "feed": rs.feed_effects(models, values, context, offsets, rows["dog_index"].to_numpy(np.int64), race_all,
+                                ok, np.nan_to_num(won_all), feed, perturbations, groups, seen, seed=seed),
+    }
+    weights = ev.poisson_weights(len(offsets) - 1, n_boot, seed + 5)
+    res, con = rs.summarise(effects, {"dog": cases, "feed": feed}, perturbations, weights)
+    return {"resilience": res, "resilience_contrast": con}
+
+
+def _train_rows(race_date: np.ndarray, cutoff: str | None) -> np.ndarray | None:
+    """(obs,) bool rows on or before the model set's training cutoff; None when the set does not say."""
+    if not cutoff:
+        return None
+    return np.asarray(race_date).astype("datetime64[D]") <= np.datetime64(str(cutoff)[:10], "D")
 
 
 def _divergence(reader, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
