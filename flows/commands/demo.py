@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7, help="Simulator seed")
     p.add_argument("--home", help="Store root (default GRUVIZ_HOME or ./gruviz-data)")
     p.add_argument("--epochs", type=int, default=None, help="Training epochs of the demo model set")
+    p.add_argument("--night", help="The night simulated and run (YYYY-MM-DD; default tonight in GRUVIZ_TIMEZONE)")
     p.add_argument("--json", action="store_true", help="Print the result as one JSON object")
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = load_settings(home=args.home)
     home = Path(s.home).resolve()
-    night = _tonight(s.timezone)
+    night = args.night or _tonight(s.timezone)
     source = home / "demo" / f"synth-{args.dogs}-dogs-seed{args.seed}-to-{night}.parquet"
     if not source.exists():
         source.parent.mkdir(parents=True, exist_ok=True)
