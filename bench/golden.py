@@ -39,7 +39,7 @@ def run_demo(home: Path) -> dict:
     env = {**os.environ, "GRUVIZ_HOME": str(home), "GRUVIZ_SEEDS": "2", "GRUVIZ_HIDDEN_SIZE": "16",
            "GRUVIZ_RECIPIENTS": "[]", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     gruviz = Path(sys.executable).with_name("gruviz")
-    out = subprocess.run([str(gruviz), "demo", "--dogs", "400", "--seed", "3", "--epochs", "2", "--json"],
+    out = subprocess.run([str(gruviz), "demo", "--dogs", "400", "--seed", "3", "--epochs", "2", "--night", "2026-11-30", "--json"],
                          env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"demo failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
