@@ -7,6 +7,7 @@ Each module `flows/commands/<name>.py` defines `HELP: str`, `add_arguments(parse
 from __future__ import annotations
 
 import argparse
+import os
 import importlib
 import sys
 
@@ -35,6 +36,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Prefect's temporary server would send telemetry from its SQLite database while the flow writes to it
+    # ("database is locked" tracebacks on a busy machine); the user can still turn it on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     parser, modules = _parser()
     args = parser.parse_args(argv)
     try:
