@@ -156,7 +156,7 @@ def test_compare_adds_the_divergence(app):
         ("/explore?q=%ff", 400),
         ("/explore?run=../../etc", 400),
         ("/explore?run=no-such-run", 404),
-        (f"/explore/no-such-run/dog/D001", 404),
+        ("/explore/no-such-run/dog/D001", 404),
         (f"/explore/{RUN}/dog/D999", 404),
         (f"/explore/{RUN}/dog/D001?vs=D999", 404),
         (f"/explore/{RUN}/dog/D001?x=1", 400),
