@@ -95,6 +95,8 @@ class ReportsHandler(SimpleHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy", _CSP)
         self.send_header("Cache-Control", "no-cache")
+        if self.explore is not None:  # reports' pages reveal their explorer links on seeing it
+            self.send_header("X-Gruviz-Explorer", "/explore")
         super().end_headers()
 
     def _refuse(self) -> None:

@@ -23,6 +23,7 @@ from tests.report_fixtures import EVIL_NAME
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUN = "explore-run"
+NIGHT = "2026-11-26"
 
 
 def make_store(root: Path, *, run_id: str = RUN, n_dogs: int = 30, n_races: int = 90, field: int = 6,
@@ -90,9 +91,14 @@ def app(store) -> ExplorerApp:
 def site(store, tmp_path_factory):
     """`gruviz serve`'s server (reports dir with the plotly asset + the explorer) in a thread on 127.0.0.1."""
     from flows.commands.serve import explorer
+    from flows.stages.report import publish as publish_report
+    from reports.render import render
+    from tests.report_fixtures import report_of
 
     reports = tmp_path_factory.mktemp("reports")
     ensure_plotly_asset(reports, plotly_js_path())
+    html = render(report_of(store / "runs" / RUN, states="real", watchlist=["Ebony Flash"]))
+    publish_report(html, reports, NIGHT, headline={})
     (reports / "secret.txt").write_text("in the reports dir")
     server = make_server(reports, port=0, quiet=True, explore=explorer(store))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -290,3 +296,29 @@ def test_hostile_name_shows_as_text_in_chromium(browser, site):
     assert page.locator("a.hit").all_inner_texts() == [EVIL_NAME]
     _clean(seen, site)
     page.close()
+
+
+@pytest.mark.browser
+def test_report_links_to_the_explorer_only_when_served(browser, site, tmp_path):
+    page, seen = _watched(browser)
+    page.goto(f"http://{site}/{NIGHT}/index.html", wait_until="load")
+    page.wait_for_selector("a.explore-link")
+    hrefs = page.locator("a.explore-link").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    assert dog_href(RUN, "D005") in hrefs  # the watchlist dog
+    page.locator(f"a.explore-link[href='{dog_href(RUN, 'D005')}']").click()
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.inner_text("#dog-name") == "Ebony Flash"
+    _clean(seen, site)
+    # the static file, opened from disk: the paths stay text, nothing fails
+    status, html = _get(site, f"/{NIGHT}/index.html")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "plotly.min.js").write_bytes(plotly_js_path().read_bytes())
+    (tmp_path / "night").mkdir()
+    (tmp_path / "night" / "index.html").write_text(html, encoding="utf-8")
+    static, seen2 = _watched(browser)
+    static.goto((tmp_path / "night" / "index.html").as_uri(), wait_until="load")
+    static.wait_for_timeout(300)
+    assert static.locator("a.explore-link").count() == 0 and dog_href(RUN, "D005") in static.inner_text("main")
+    assert not seen2["errors"], seen2["errors"]
+    page.close()
+    static.close()
