@@ -58,7 +58,9 @@ def build_report(
     prev = hist[-1] if hist else None
     counts = cohort_counts(head, summary, dog)
 
-    states = states_section(dog, list(watchlist), dogs)
+    div = results.divergence
+    pairs = [] if div is None else list(dict.fromkeys(zip(div["dog_a"].astype(str), div["dog_b"].astype(str))))
+    states = states_section(dog, list(watchlist), dogs, run_id=run_meta.get("run_id"), pairs=pairs)
     chosen_ids = [
         str(d.id) for p in states.panels if isinstance(p.figure, AnimHeatmapSpec) for d in p.figure.dogs
     ]

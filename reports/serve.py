@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import posixpath
 import sys
+from collections.abc import Callable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from gruviz_core.errors import ConfigError
@@ -36,6 +39,8 @@ class ReportsHandler(SimpleHTTPRequestHandler):
     server_version = "gruviz-serve"
     sys_version = ""
     quiet = False
+    explore: Callable[[str], Any] | None = None
+    """Answers `/explore...` targets with .status and .html (reports.explorer.ExplorerApp); None: no explorer."""
 
     def version_string(self) -> str:
         return self.server_version
@@ -62,6 +67,8 @@ class ReportsHandler(SimpleHTTPRequestHandler):
         )
 
     def send_head(self):  # type: ignore[override]
+        if self.explore is not None and (self.path == "/explore" or self.path.startswith(("/explore/", "/explore?"))):
+            return self._send_explore()
         try:
             resolved = self._resolve()
         except UnicodeDecodeError:
@@ -71,6 +78,15 @@ class ReportsHandler(SimpleHTTPRequestHandler):
             return None
         return super().send_head()
 
+    def _send_explore(self) -> BytesIO:
+        answer = self.explore(self.path)  # type: ignore[misc]
+        body = answer.html.encode("utf-8")
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return BytesIO(body)
+
     def list_directory(self, path):  # type: ignore[override]
         self.send_error(404, "No directory listings")
         return None
@@ -79,6 +95,8 @@ class ReportsHandler(SimpleHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy", _CSP)
         self.send_header("Cache-Control", "no-cache")
+        if self.explore is not None:  # reports' pages reveal their explorer links on seeing it
+            self.send_header("X-Gruviz-Explorer", "/explore")
         super().end_headers()
 
     def _refuse(self) -> None:
@@ -95,15 +113,19 @@ class ReportsHandler(SimpleHTTPRequestHandler):
             sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
 
 
-def make_server(directory: str | Path, *, port: int = 8765, quiet: bool = False) -> ThreadingHTTPServer:
-    """A server for `directory` bound to 127.0.0.1:`port` (0 picks a free port); call serve_forever()."""
+def make_server(
+    directory: str | Path, *, port: int = 8765, quiet: bool = False, explore: Callable[[str], Any] | None = None
+) -> ThreadingHTTPServer:
+    """A server for `directory` bound to 127.0.0.1:`port` (0 picks a free port); call serve_forever().
+    `explore` answers the explorer's pages (`/explore...`; reports.explorer.ExplorerApp)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(
             f"reports directory {directory} does not exist; publish a report first (gruviz nightly / gruviz demo) "
             "or pass --dir"
         )
-    handler = partial(type("Handler", (ReportsHandler,), {"quiet": quiet}), directory=str(directory.resolve()))
+    attrs = {"quiet": quiet, "explore": None if explore is None else staticmethod(explore)}
+    handler = partial(type("Handler", (ReportsHandler,), attrs), directory=str(directory.resolve()))
     server = ThreadingHTTPServer((HOST, port), handler)
     server.daemon_threads = True
     return server

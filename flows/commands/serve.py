@@ -1,4 +1,5 @@
-"""`gruviz serve [--port P] [--dir D]`: serve the reports directory on 127.0.0.1, read-only."""
+"""`gruviz serve [--port P] [--dir D] [--store S]`: serve the reports directory and the explorer on 127.0.0.1,
+read-only. The explorer (`/explore`) reads the store's published runs through storage.explore."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flows.settings import load_settings
+from reports.explorer import ExplorerApp
 from reports.serve import HOST, make_server
+from storage.explore import ExploreStore
 
-__all__ = ["HELP", "add_arguments", "run", "resolve"]
+__all__ = ["HELP", "add_arguments", "run", "resolve", "explorer"]
 
-HELP = "Serve the published reports on 127.0.0.1 (read-only, GET/HEAD only)."
+HELP = "Serve the published reports and the explorer on 127.0.0.1 (read-only, GET/HEAD only)."
 DEFAULT_PORT = 8765
 
 
@@ -27,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="reports directory (default: settings' reports path, <GRUVIZ_HOME>/reports)",
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="store root whose published runs the explorer reads (default: GRUVIZ_HOME)",
     )
     p.add_argument("--quiet", action="store_true", help="do not log each request")
 
@@ -44,10 +53,17 @@ def resolve(args: argparse.Namespace) -> tuple[Path, int]:
     return directory.expanduser().resolve(), int(port)
 
 
+def explorer(store: Path | None) -> ExplorerApp:
+    """The explorer over the store root (`--store`, else GRUVIZ_HOME)."""
+    root = Path(store) if store is not None else Path(load_settings().home)
+    return ExplorerApp(ExploreStore(root.expanduser().resolve()))
+
+
 def run(args: argparse.Namespace) -> int:
     directory, port = resolve(args)
-    server = make_server(directory, port=port, quiet=args.quiet)
-    print(f"serving {directory} at http://{HOST}:{server.server_port}/ (read-only; Ctrl-C to stop)", flush=True)
+    server = make_server(directory, port=port, quiet=args.quiet, explore=explorer(getattr(args, "store", None)))
+    print(f"serving {directory} at http://{HOST}:{server.server_port}/ (read-only; Ctrl-C to stop); "
+          f"explorer at http://{HOST}:{server.server_port}/explore", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

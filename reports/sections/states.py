@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from reports.model import (
     Line,
     Panel,
     Section,
+    Table,
     sig,
 )
 from reports.prose import EXPLAIN, INTRO, STATES_HOW
@@ -81,8 +83,12 @@ def _exemplars(top: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     return out
 
 
-def states_section(dog: pd.DataFrame | None, watchlist: Sequence[str], dogs: DogStatesSet) -> Section:
-    """Animated and static heatmaps of the chosen dogs' states."""
+def states_section(
+    dog: pd.DataFrame | None, watchlist: Sequence[str], dogs: DogStatesSet, *, run_id: str | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
+) -> Section:
+    """Animated and static heatmaps of the chosen dogs' states; with `run_id`, their explorer pages (and the
+    divergence `pairs`'), which the page turns into links when gruviz serve serves it."""
     intro = INTRO["states"]
     if dog is None:
         return Section("states", _TITLE, intro, (Panel("Heatmaps", "", note=missing("stats/dog.parquet")),))
@@ -118,7 +124,20 @@ def states_section(dog: pd.DataFrame | None, watchlist: Sequence[str], dogs: Dog
     ]
     if problems:
         panels.append(Panel("Dogs not shown", "", note="Could not read: " + "; ".join(problems)))
+    if run_id:
+        panels.append(_explorer_panel(run_id, heats, pairs))
     return Section("states", f"{_TITLE}: {names}", intro, tuple(panels))
+
+
+def _explorer_panel(run_id: str, heats: Sequence[DogHeat], pairs: Sequence[tuple[str, str]]) -> Panel:
+    """Each heatmap dog's and divergence pair's explorer page (a path; a link when served by gruviz serve)."""
+    page = "/explore/{}/dog/{}".format
+    rows = [(d.name, d.cohort, page(quote(run_id, safe=""), quote(d.id, safe=""))) for d in heats]
+    rows += [(f"{a} vs {b}", "divergence pair", page(quote(run_id, safe=""), quote(a, safe="")) + "?vs="
+              + quote(b, safe="")) for a, b in pairs]
+    explain = ("Every dog's states, gates, abs-sum and predictions, read from the store on demand: "
+               "served by gruviz serve, these open in the explorer (/explore); opened from disk they are paths.")
+    return Panel("Open in the explorer", explain, table=Table(("dog", "cohort", "explorer page"), tuple(rows)))
 
 
 def _frame_steps(t_max: int) -> list[int]:

@@ -1,0 +1,141 @@
+"""What the explorer reads of one run and one dog (records `storage.explore` fills and `reports.explorer`
+draws), and the few sums a dog's page needs: win probabilities within a race, prefix search of names.
+
+    DogDirectory   every dog of a run: ids and names (search, closest names)
+    RunInfo        a published run in the list of runs
+    CohortBand     the quartiles of s by step of one cohort at the cohort layer (stats table `step`)
+    DogRecord      one dog: states (seed 0), every seed's score, the runners' scores in its races,
+                   its s and F_tau at the cohort layer (stats table `dog_step`), cohort, plateau, rule
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gruviz_core.results import DogStates
+
+__all__ = ["RunInfo", "DogDirectory", "CohortBand", "DogRecord", "race_win_prob", "search_dogs"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A published run, as the explorer lists it."""
+
+    run_id: str
+    """The run's id (its directory under runs/)."""
+    night: str
+    """The night it is for ('' when run.json does not say)."""
+    n_dogs: int
+    """Dogs in the run."""
+
+
+@dataclass(frozen=True)
+class DogDirectory:
+    """Every dog of a run, in store order (position = dog_index)."""
+
+    run_id: str
+    """The run."""
+    ids: Sequence[str]
+    """(dog,) dog ids."""
+    names: Sequence[str]
+    """(dog,) dog names."""
+
+
+@dataclass(frozen=True)
+class CohortBand:
+    """One cohort's quartiles of s by step at the cohort layer (stats table `step`)."""
+
+    cohort: str
+    """The cohort ('all' for every dog)."""
+    step: np.ndarray
+    """(S,) int64 steps."""
+    n: np.ndarray
+    """(S,) int64 dogs at each step."""
+    lo: np.ndarray
+    """(S,) float64 25th percentile of s."""
+    mid: np.ndarray
+    """(S,) float64 median of s."""
+    hi: np.ndarray
+    """(S,) float64 75th percentile of s."""
+
+
+@dataclass(frozen=True)
+class DogRecord:
+    """Everything a dog's explorer page shows, as read from the store (nothing computed yet)."""
+
+    run_id: str
+    """The run."""
+    states: DogStates
+    """Every step of the dog under seed position 0: h, z, r (T, L, H), dates, race ids, seed 0's score."""
+    seeds: tuple[int, ...]
+    """Seed value of each model of the run."""
+    scores: np.ndarray
+    """(T, S) float32 every seed's score of each of the dog's races (NaN: not scored)."""
+    won: np.ndarray
+    """(T,) float32 won (1), lost (0), unknown (NaN)."""
+    market_prob: np.ndarray
+    """(T,) float32 the market's implied win probability (NaN unknown)."""
+    field_offsets: np.ndarray
+    """(T + 1,) int64: the runners of race t are field_scores[field_offsets[t]:field_offsets[t + 1]]."""
+    field_scores: np.ndarray
+    """(N, S) float32 scores of every runner in the store in each of the dog's races (the dog included)."""
+    s: np.ndarray | None
+    """(T,) float64 s = abs-sum / units at the cohort layer (stats dog_step); None when the stats are missing."""
+    abs_sum: np.ndarray | None
+    """(T,) float64 abs-sum at the cohort layer; None when the stats are missing."""
+    f: np.ndarray | None
+    """(T,) float64 F_tau at the cohort layer, tau of the run's rule; None when the stats are missing."""
+    cohort: str | None
+    """The dog's cohort at the cohort layer; None when the stats are missing."""
+    plateau_step: float
+    """Its plateau step T* at the cohort layer (NaN: none seen, or no stats)."""
+    cohort_layer: int
+    """The layer whose states decide cohorts (summary.json)."""
+    rule: Mapping[str, Any] | None
+    """The run's cohort rule {name, version, params} (summary.json); None when absent."""
+    band: CohortBand | None
+    """Its cohort's band of s by step; None when the stats are missing."""
+    band_all: CohortBand | None
+    """Every dog's band of s by step; None when the stats are missing."""
+
+
+def race_win_prob(own: np.ndarray, field_scores: np.ndarray, field_offsets: np.ndarray) -> np.ndarray:
+    """Softmax of the scores within each race over the runners in the store, for the dog's own runner.
+
+    own: (T, S) the dog's scores; field_scores: (N, S); field_offsets: (T + 1,) -> (T, S) float64
+    (NaN where the dog's score is NaN; runners with a NaN score are left out of the race).
+    """
+    own = np.asarray(own, dtype=np.float64)
+    fs = np.asarray(field_scores, dtype=np.float64)
+    out = np.full(own.shape, np.nan)
+    for t in range(own.shape[0]):
+        field = fs[field_offsets[t] : field_offsets[t + 1]]  # (n, S)
+        for k in range(own.shape[1]):
+            x = field[:, k]
+            x = x[np.isfinite(x)]
+            if not np.isfinite(own[t, k]) or not len(x):
+                continue
+            m = x.max()
+            out[t, k] = np.exp(own[t, k] - m) / np.exp(x - m).sum()
+    return out
+
+
+def search_dogs(directory: DogDirectory, query: str, *, limit: int = 25) -> list[int]:
+    """Positions of the dogs whose name or id starts with `query` (case-insensitive), or one of whose name's
+    words does; whole-name and id matches first, then by name. Empty query: nothing."""
+    q = query.strip().casefold()
+    if not q:
+        return []
+    first, words = [], []
+    for i, (dog_id, name) in enumerate(zip(directory.ids, directory.names)):
+        n = str(name).casefold()
+        if n.startswith(q) or str(dog_id).casefold().startswith(q):
+            first.append(i)
+        elif any(w.startswith(q) for w in n.split()[1:]):
+            words.append(i)
+    key = lambda i: (str(directory.names[i]).casefold(), str(directory.ids[i]))  # noqa: E731
+    return (sorted(first, key=key) + sorted(words, key=key))[:limit]

@@ -1,0 +1,168 @@
+"""What the explorer reads of the store: the published runs, a run's dogs, and one dog's record.
+
+A run's per-row tables (scores, results, races, the cohort layer's s and F_tau) are read once per run
+and kept (`ExploreStore` holds the few most recent runs), so a dog's page costs one read of its states.
+Run ids are looked up among the published runs only, and dog ids in the run's index: nothing a request
+names becomes a path.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from gruviz_core.errors import NotFoundError
+from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo
+from storage.layout import RunLayout, StoreLayout
+from storage.results import read_json
+from storage.states import StatesReader, latest_run, open_states, published_runs
+
+__all__ = ["ExploreStore", "RUN_ID"]
+
+RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
+"""What a run id may look like (storage.states publishes runs under runs/<run_id>/)."""
+_KEEP_RUNS = 3
+"""Runs kept in memory at once (a run's per-row tables: ~40 bytes per row)."""
+
+
+class ExploreStore:
+    """The explorer's read-only view of a store root (`GRUVIZ_HOME`); safe to share between threads."""
+
+    def __init__(self, root: str | Path):
+        self.root = StoreLayout.at(root).root
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def runs(self) -> list[RunInfo]:
+        """Published runs, newest night first."""
+        out = []
+        for d in reversed(published_runs(self.root)):
+            meta = read_json(RunLayout.at(d).run_json) or {}
+            out.append(RunInfo(d.name, str(meta.get("night", "")), int(meta.get("n_dogs", 0))))
+        return out
+
+    def latest_run_id(self) -> str | None:
+        """The run runs/LATEST points at (None when nothing is published)."""
+        d = latest_run(self.root)
+        return d.name if d is not None else None
+
+    def directory(self, run_id: str) -> DogDirectory:
+        """Every dog of a published run; NotFoundError when there is no such run."""
+        run = self._run(run_id)
+        return DogDirectory(run_id, run.ids, run.names)
+
+    def dog(self, run_id: str, dog_id: str) -> DogRecord:
+        """One dog's record; NotFoundError for an unknown run or dog."""
+        return self._run(run_id).record(dog_id)
+
+    def read_states(self, run_id: str, dog_id: str):
+        """Only the dog's states under seed 0 (what the benchmark compares a page with)."""
+        run = self._run(run_id)
+        return run.reader.dog(dog_id, 0)
+
+    def _run(self, run_id: str) -> _Run:
+        run_dir = self._published(run_id)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.run_dir != run_dir or run.finished != _finished(run_dir):
+                run = _Run(run_id, run_dir)
+                self._runs[run_id] = run
+                while len(self._runs) > _KEEP_RUNS:
+                    self._runs.popitem(last=False)
+            self._runs.move_to_end(run_id)
+            return run
+
+    def _published(self, run_id: str) -> Path:
+        if not RUN_ID.match(run_id) or ".." in run_id:
+            raise NotFoundError(f"{self.root}: {run_id!r} is not a run id")
+        d = StoreLayout.at(self.root).run(run_id)
+        if not RunLayout.at(d).complete.is_file() or d.resolve().parent != StoreLayout.at(self.root).runs.resolve():
+            raise NotFoundError(f"{self.root}: no published run {run_id!r}; see runs/ (gruviz nightly publishes them)")
+        return d
+
+
+def _finished(run_dir: Path) -> float:
+    try:
+        return RunLayout.at(run_dir).complete.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+class _Run:
+    """One run's per-row tables in memory and its states reader."""
+
+    def __init__(self, run_id: str, run_dir: Path):
+        self.run_id, self.run_dir, self.finished = run_id, run_dir, _finished(run_dir)
+        self.reader: StatesReader = open_states(run_dir)
+        idx = self.reader.index()
+        self.ids = [str(x) for x in idx["dog_id"]]
+        self.names = [str(x) for x in idx["dog_name"]]
+        self.offsets = np.concatenate([[0], np.cumsum(idx["row_size"].to_numpy(np.int64))])
+        rows = self.reader.rows()
+        self.won = rows["won"].to_numpy(np.float32)
+        self.market = rows["market_prob"].to_numpy(np.float32)
+        self.scores = self.reader.scores()  # (obs, S)
+        codes = pd.factorize(rows["race_id"].to_numpy(), sort=False)[0]
+        self.race = codes.astype(np.int64)  # (obs,)
+        self.by_race = np.argsort(codes, kind="stable")  # rows grouped by race
+        self.race_start = np.searchsorted(codes[self.by_race], np.arange(codes.max() + 2 if len(codes) else 1))
+        self.summary = read_json(RunLayout.at(run_dir).summary)
+        self.rule = (self.summary or {}).get("rule")
+        self.layer = int((self.summary or {}).get("cohort_layer", self.reader.n_layers - 1))
+        self._stats(run_dir)
+
+    def _stats(self, run_dir: Path) -> None:
+        """The cohort layer's s, abs-sum and F_tau per row, each dog's cohort and plateau, the bands."""
+        self.s = self.abs_sum = self.f = None
+        self.cohort: list[str] | None = None
+        self.plateau = np.full(len(self.ids), np.nan)
+        self.bands: dict[str, CohortBand] = {}
+        layout = RunLayout.at(run_dir)
+        tau = float(((self.rule or {}).get("params") or {}).get("tau", 0.95))
+        f_col = f"f{int(round(tau * 100)):03d}"
+        if layout.table("dog_step").is_file():
+            ds = pq.read_table(layout.table("dog_step"), columns=["layer", "abs_sum", "s", f_col],
+                               filters=[("layer", "=", self.layer)]).to_pandas()
+            if len(ds) == self.reader.n_obs:  # one row per store row, in store order (flows.stages.stats)
+                self.s, self.abs_sum = ds["s"].to_numpy(np.float64), ds["abs_sum"].to_numpy(np.float64)
+                self.f = ds[f_col].to_numpy(np.float64)
+        if layout.table("dog").is_file():
+            dog = pd.read_parquet(layout.table("dog"), columns=["dog_index", "layer", "plateau_step", "cohort"])
+            dog = dog[dog["layer"] == self.layer].sort_values("dog_index")
+            if len(dog) == len(self.ids):
+                self.cohort = [str(c) for c in dog["cohort"]]
+                self.plateau = dog["plateau_step"].to_numpy(np.float64)
+        if layout.table("step").is_file():
+            st = pd.read_parquet(layout.table("step"))
+            st = st[st["layer"] == self.layer].sort_values("step")
+            for c, g in st.groupby("cohort", sort=False):
+                self.bands[str(c)] = CohortBand(
+                    str(c), g["step"].to_numpy(np.int64), g["n"].to_numpy(np.int64), g["s_q25"].to_numpy(np.float64),
+                    g["s_q50"].to_numpy(np.float64), g["s_q75"].to_numpy(np.float64),
+                )
+
+    def record(self, dog_id: str) -> DogRecord:
+        d = self.reader.dog_index(dog_id)
+        a, b = int(self.offsets[d]), int(self.offsets[d + 1])
+        states = self.reader.dog_at(d, 0)
+        field = [self.by_race[self.race_start[c] : self.race_start[c + 1]] for c in self.race[a:b]]
+        field_offsets = np.concatenate([[0], np.cumsum([len(f) for f in field])]).astype(np.int64)
+        rows = np.concatenate(field) if field else np.zeros(0, np.int64)
+        cohort = self.cohort[d] if self.cohort is not None else None
+
+        def cut(x):
+            return None if x is None else x[a:b]
+
+        return DogRecord(
+            run_id=self.run_id, states=states, seeds=tuple(self.reader.seeds), scores=self.scores[a:b],
+            won=self.won[a:b], market_prob=self.market[a:b], field_offsets=field_offsets,
+            field_scores=self.scores[rows], s=cut(self.s), abs_sum=cut(self.abs_sum), f=cut(self.f), cohort=cohort,
+            plateau_step=float(self.plateau[d]), cohort_layer=self.layer, rule=self.rule,
+            band=self.bands.get(cohort) if cohort is not None else None, band_all=self.bands.get("all"),
+        )
