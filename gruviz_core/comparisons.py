@@ -286,7 +286,8 @@ def within_dog_effect(
     rec = {"metric": metric, "a": "after plateau", "b": "before plateau", "diff": None, "lo": None, "hi": None,
            "n_dogs_a": len(idx), "n_dogs_b": len(idx), "n_winners_a": int(round(sa[idx, _WIN].sum())),
            "n_winners_b": int(round(sb[idx, _WIN].sum())), "excludes_zero": False,
-           "comparable": len(idx) >= sizes.min_dogs and min(sa[idx, _WIN].sum(), sb[idx, _WIN].sum()) >= sizes.min_winners}
+           "comparable": bool(len(idx) >= sizes.min_dogs
+                              and min(sa[idx, _WIN].sum(), sb[idx, _WIN].sum()) >= sizes.min_winners)}
     if len(idx):
         w = weights[:, idx].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -75,7 +75,11 @@ def test_too_small_groups_are_not_compared():
     d = _races(1, n_dogs=150, n_races=60)
     status = np.where(d["dog"] < 20, "saturated", "unsaturated")
     e = _effect(d, status, d["model"])
-    assert not e["comparable"] and not e["excludes_zero"] and e["n_dogs_a"] <= 20
+    assert e["comparable"] is False and e["excludes_zero"] is False and e["n_dogs_a"] <= 20
+    within = cmp.within_dog_effect(cmp.row_metrics(d["model"], d["won"], d["race"], d["market"]), d["dog"],
+                                   d["step"] > 2, cmp.bootstrap_weights(d["n_dogs"], 50, 0), metric="gap_vs_market",
+                                   n_dogs=d["n_dogs"])
+    assert isinstance(within["comparable"], bool) and isinstance(within["excludes_zero"], bool)  # JSON true/false
 
 
 def test_negative_control_at_step_one_sees_selection_not_state():
