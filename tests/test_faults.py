@@ -197,6 +197,56 @@ def test_killed_command_leaves_no_prefect_server(tmp_path, command, sig):
             os.kill(server, signal.SIGKILL)
 
 
+# ------------------------------------------------------------- a damaged model set: clear errors
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    from flows.stages.ingest import run as ingest
+    from flows.stages.train import train_and_register
+    from gruviz_core.synth import simulate
+    from gruviz_core.train import TrainConfig
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("damaged")
+    simulate(40, 2).to_parquet(root / "src.parquet")
+    snap = ingest([str(root / "src.parquet")], root).snapshot_id
+    cfg = TrainConfig(epochs=1, lr=1e-2, batch_rows=4000, chunk_dogs=256)
+    return root, train_and_register(root, snap, seeds=1, hidden=4, train_config=cfg, promote=True).set_id
+
+
+def _nan_weights(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    next(iter(state.values())).fill_(float("nan"))
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("damage, target, match", [
+    (lambda p: p.write_bytes(b""), "seed_0/model.pt", "empty"),
+    (lambda p: p.write_bytes(os.urandom(4096)), "seed_0/model.pt", "not a PyTorch state dict"),
+    (lambda p: torch.save({"x": [1, 2]}, p), "seed_0/model.pt", "not a PyTorch state dict|not a state dict"),
+    (_nan_weights, "seed_0/model.pt", "non-finite"),
+    (lambda p: p.write_text("{not json"), "manifest.json", "not readable JSON"),
+    (lambda p: p.write_text('{"set_id": "x"}'), "manifest.json", "seeds"),
+    (lambda p: p.write_text("{}"), "normaliser.json", "missing or invalid fields"),
+    (lambda p: p.write_text('{"bogus": 1}'), "seed_0/config.json", "missing or invalid fields"),
+])
+def test_damaged_model_set_is_a_clear_error(model_store, tmp_path, damage, target, match):
+    import shutil
+
+    from gruviz_core.errors import StoreError
+    from storage.registry import load_model_set
+
+    root, set_id = model_store
+    store = tmp_path / "store"
+    shutil.copytree(root / "models", store / "models")
+    damage(store / "models" / set_id / target)
+    with pytest.raises(StoreError, match=match) as err:
+        load_model_set(store, set_id)
+    text = str(err.value)
+    assert target.split("/")[-1] in text and "gruviz train" in text and "weights_only=False" not in text
+
+
 def _worker(argv: list[str]) -> None:
     from flows.stages.extract import write_block
     from storage import states
