@@ -197,7 +197,7 @@ def test_byo_torchscript(tmp_path):
 
 def test_cli_train_prints_json(store, capsys, prefect_harness):
     root, snap, _ = store
-    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1",
+    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1", "--promote",
               "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -210,5 +210,5 @@ def test_cli_train_prints_json(store, capsys, prefect_harness):
 
 
 def test_cli_train_without_snapshot_is_a_clear_error(tmp_path, capsys, prefect_harness):
-    assert cli(["train", "--home", str(tmp_path)]) == 1
+    assert cli(["train", "--home", str(tmp_path)]) == 2  # the preflight refuses before any work
     assert "gruviz ingest" in capsys.readouterr().err
