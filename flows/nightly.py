@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from uuid import UUID
 
@@ -28,10 +29,12 @@ from prefect.states import Failed
 
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
+from flows.preflight import Preflight, preflight_nightly
 from flows.settings import Settings, load_settings
 from flows.stages import evaluate, extract, features, ingest, report, stats
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
+from storage.states import hold_tmp_run, nightly_lock, remove_tmp_run, sweep_tmp_runs
 
 __all__ = ["nightly", "NO_NEW_DATA"]
 
@@ -110,6 +113,19 @@ def report_task(run_dir: str, root: str, reports_dir: str, night: str, snapshot_
     return report.run(run_dir, root, reports_dir, night, snapshot_id, watchlist)
 
 
+@task(name="retention", cache_policy=NO_CACHE)
+def retention_task(root: str, reports_dir: str, keep_nights: int) -> dict:
+    from reports.render import render_index
+    from storage.site import prune_reports
+    from storage.states import prune_runs
+
+    removed = {"runs": prune_runs(root, keep_nights), "reports": prune_reports(reports_dir, keep_nights, render_index)}
+    if removed["runs"] or removed["reports"]:
+        get_run_logger().info("retention (%d nights): removed runs %s, report nights %s", keep_nights,
+                              removed["runs"], removed["reports"])
+    return removed
+
+
 # ---------------------------------------------------------------- the flow
 
 
@@ -124,18 +140,28 @@ def nightly(
     """One night: the latest form data through the current model set into a published run and report."""
     route_library_logs()
     s = load_settings(home=home, device=device)
+    sources = list(source or s.sources)
+    night = night or _scheduled_night(s.timezone)
+    checked = preflight_nightly(s, night=night, model_set=model_set, sources=sources)  # before any work
+    with ExitStack() as held:
+        held.enter_context(nightly_lock(checked.root))  # one night per store at a time
+        swept = sweep_tmp_runs(checked.root)
+        if swept:
+            get_run_logger().warning("removed %d stale temporary run(s): %s", len(swept), ", ".join(swept))
+        return _night(s, checked, sources, held)
+
+
+def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack) -> dict:
     logger = get_run_logger()
     set_torch_threads(s.torch_threads)
-    root = str(Path(s.home).resolve())
-    night = night or _night(s.timezone)
+    root, night = str(checked.root), checked.night
 
-    sources = list(source or s.sources)
     if sources:
         ingested = ingest_sources_task(root, sources)
         snapshot_id, new_data = ingested["snapshot_id"], ingested["new_data"]
     else:
-        snapshot_id, new_data = _latest_snapshot(root), None  # None: nothing to ingest was configured
-    set_id = model_set or _current_model_set(root)
+        snapshot_id, new_data = checked.snapshot_id, None  # None: nothing to ingest was configured
+    set_id = checked.model_set
     seq_path = features_task(root, snapshot_id, set_id)
     run_id = f"{night}-{set_id.rsplit('-', 1)[-1][:8]}-{uuid.uuid4().hex[:6]}"
     meta = {
@@ -147,12 +173,15 @@ def nightly(
     if new_data is False:
         meta["form_data"] = NO_NEW_DATA
     plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs)
+    held.enter_context(hold_tmp_run(plan["tmp_dir"]))  # no sweep takes it while this night runs
+    held.callback(remove_tmp_run, root, plan["tmp_dir"])  # a failed night leaves nothing; after publish, a no-op
     _extract_blocks(plan, s)
     tmp_dir = finish_run_task(plan)
     stats_task(tmp_dir, _rule(s))
     headline = evaluate_task(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
     run_dir = publish_run_task(root, tmp_dir)
-    rel = report_task(run_dir, root, str(s.reports_path.resolve()), night, snapshot_id, list(s.watchlist))
+    rel = report_task(run_dir, root, str(checked.reports_dir), night, snapshot_id, list(s.watchlist))
+    retention_task(root, str(checked.reports_dir), s.keep_nights)
 
     url = _report_link(s, rel)
     lines = email_lines(run_dir, list(s.watchlist))  # labelled headline: the summary artifact and the email
@@ -193,7 +222,7 @@ class _ProgressReporter:
         self._last = 0.0
 
     @classmethod
-    def for_run(cls, artifact_id: str, total: int, block: int) -> _ProgressReporter:
+    def for_run(cls, artifact_id: str, total: int, block: int) -> "_ProgressReporter":
         with cls._lock:
             cls._runs.setdefault(artifact_id, {})
         return cls(artifact_id, total, block)
@@ -245,27 +274,11 @@ def _rule(s: Settings) -> dict:
     return {k: v for k, v in rule.items() if v is not None}
 
 
-def _latest_snapshot(root: str) -> str:
-    from gruviz_core.errors import NotFoundError
-    from storage.forms import latest_snapshot
-
-    snap = latest_snapshot(Path(root))
-    if snap is None:
-        raise NotFoundError(f"store {root}: no forms snapshot yet; pass --source PATH or run `gruviz ingest` first")
-    return snap
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
 
 
-def _current_model_set(root: str) -> str:
-    from gruviz_core.errors import NotFoundError
-    from storage.registry import current_model_set
-
-    set_id = current_model_set(Path(root))
-    if set_id is None:
-        raise NotFoundError(f"store {root}: no current model set; run `gruviz train` first")
-    return set_id
-
-
-def _night(timezone: str) -> str:
+def _scheduled_night(timezone: str) -> str:
     """The night a run is for: its scheduled start (a late or re-run flow keeps its night), else now, in `timezone`."""
     when = None
     try:

@@ -6,12 +6,18 @@ Read at the entry points (CLI, flows); library code takes plain arguments.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gruviz_core.errors import ConfigError
+from gruviz_core.stats import TAUS
+
 __all__ = ["Settings", "load_settings"]
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 
 class Settings(BaseSettings):
@@ -24,7 +30,8 @@ class Settings(BaseSettings):
     reports_base_url: str = Field(
         "http://127.0.0.1:8765", description="Base URL under which reports_dir is served; the email links to it."
     )
-    device: str = Field("auto", description="Torch device for extraction: auto (cuda, else mps, else cpu), cuda, cpu, ...")
+    device: str = Field("auto", description="Torch device for extraction: auto (cuda, else mps, else cpu), cpu, "
+                        "cuda, cuda:N or mps.")
     torch_threads: int = Field(
         1, description="Torch intra-op threads per process on CPU. 1 by default: on a shared machine two OpenMP threads "
         "spin-wait on each other (measured 150x slower under load); blocks run in parallel instead.", gt=0)
@@ -38,7 +45,8 @@ class Settings(BaseSettings):
     train_workers: int = Field(1, description="Seeds trained in parallel processes (one torch thread each).", gt=0)
     cohort_rule: str = Field("plateau-f-abs", description="Named cohort rule (gruviz_core.cohorts.RULES); an unknown name is refused.")
     cohort_theta: float | None = Field(
-        None, description="Cohort rule: tail F_tau (share of units) at or above which a dog with a plateau is saturated; default the rule's.")
+        None, ge=0.0, le=1.0,
+        description="Cohort rule: tail F_tau (share of units) at or above which a dog with a plateau is saturated; default the rule's.")
     cohort_tau: float | None = Field(None, description="Cohort rule: |h| threshold of F_tau (0.9, 0.95 or 0.99); default the rule's.")
     bootstrap: int = Field(1000, description="Bootstrap replicates (over dogs) of every comparison's interval.", ge=100)
     min_eval_races: int = Field(
@@ -48,13 +56,29 @@ class Settings(BaseSettings):
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")
-    smtp_port: int = Field(587, description="SMTP port.")
-    smtp_tls: str = Field("starttls", description="none, starttls or ssl.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    smtp_tls: Literal["none", "starttls", "ssl"] = Field("starttls", description="none, starttls or ssl.")
     smtp_user: str | None = Field(None, description="SMTP user name.")
     smtp_password: SecretStr | None = Field(None, description="SMTP password (or name a Prefect Secret in smtp_password_secret).")
     smtp_password_secret: str | None = Field(None, description="Name of a Prefect Secret block holding the SMTP password.")
     email_from: str = Field("gruviz@localhost", description="From address of report emails.")
     recipients: list[str] = Field(default_factory=list, description="Who gets the nightly email.")
+    keep_nights: int = Field(
+        30, ge=0, description="Published runs and report pages kept, in nights (newest first); 0 keeps every night.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("cohort_tau")
+    @classmethod
+    def _tau(cls, v: float | None) -> float | None:
+        if v is not None and not any(abs(v - t) < 1e-9 for t in TAUS):
+            raise ValueError(f"expected one of the stored thresholds {TAUS}")
+        return v
 
     @property
     def reports_path(self) -> Path:
@@ -63,6 +87,22 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides) -> Settings:
     """Settings from the environment (and the dotenv file named by GRUVIZ_SETTINGS_FILE, if any),
-    with explicit overrides (CLI flags) on top."""
+    with explicit overrides (CLI flags) on top. Raises ConfigError naming every bad setting."""
     env_file = os.environ.get("GRUVIZ_SETTINGS_FILE") or None
-    return Settings(_env_file=env_file, **{k: v for k, v in overrides.items() if v is not None})
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"GRUVIZ_SETTINGS_FILE={env_file}: no such file; create it or unset GRUVIZ_SETTINGS_FILE")
+    try:
+        return Settings(_env_file=env_file, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, env_file)) from None
+
+
+def _describe(exc: ValidationError, env_file: str | None) -> str:
+    """One line per bad setting: its variable, the value given and what is expected."""
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        value = err.get("input")
+        lines.append(f"GRUVIZ_{field.upper()}={value!r}: {err['msg']}")
+    where = f" (environment, flags or {env_file})" if env_file else " (environment or flags)"
+    return "invalid settings" + where + ": " + "; ".join(lines) + "; fix or unset them"

@@ -1,11 +1,13 @@
 """A read-only static server for the reports directory, on loopback only.
 
 GET and HEAD only (anything else: 405); no path outside the directory is reachable (`..`, encoded
-`%2e%2e`, backslashes and symlinks pointing out all answer 404); no directory listings.
+`%2e%2e`, backslashes and symlinks pointing out all answer 404); no directory listings; no dotfiles
+(`.publish.lock`, `.deleted.*`, editor droppings: 404); a connection idle for `idle_timeout_s` is closed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import sys
@@ -21,6 +23,8 @@ from gruviz_core.errors import ConfigError
 
 __all__ = ["ReportsHandler", "make_server", "HOST"]
 
+IDLE_TIMEOUT_S = 30.0
+"""Seconds a connection may stay silent before the server closes it (a stuck client holds no thread)."""
 HOST = "127.0.0.1"
 """The only address the server binds: reports are for this machine (put a real web server in front to share)."""
 
@@ -50,11 +54,13 @@ class ReportsHandler(SimpleHTTPRequestHandler):
         root = os.path.realpath(self.directory)
         raw = unquote(urlsplit(self.path).path, errors="strict") if "%" in self.path else urlsplit(self.path).path
         parts = raw.split("/")
-        if any(p in ("..", ".") or "\\" in p or "\x00" in p for p in parts):
+        if any(p.startswith(".") or "\\" in p or "\x00" in p for p in parts):  # '..', '.', dotfiles
             return None
         full = os.path.realpath(os.path.join(root, *[p for p in parts if p]))
         if full != root and not full.startswith(root + os.sep):
             return None
+        if any(p.startswith(".") for p in os.path.relpath(full, root).split(os.sep) if p != "."):
+            return None  # a symlink that lands on a dotfile inside
         if raw.endswith("/") and not full.endswith(os.sep):
             full += os.sep  # keep the trailing slash: SimpleHTTPRequestHandler redirects on it
         return full
@@ -110,11 +116,12 @@ class ReportsHandler(SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
         if not self.quiet:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
+            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
 
 def make_server(
-    directory: str | Path, *, port: int = 8765, quiet: bool = False, explore: Callable[[str], Any] | None = None
+    directory: str | Path, *, port: int = 8765, quiet: bool = False, idle_timeout_s: float = IDLE_TIMEOUT_S,
+    explore: Callable[[str], Any] | None = None,
 ) -> ThreadingHTTPServer:
     """A server for `directory` bound to 127.0.0.1:`port` (0 picks a free port); call serve_forever().
     `explore` answers the explorer's pages (`/explore...`; reports.explorer.ExplorerApp)."""
@@ -124,8 +131,17 @@ def make_server(
             f"reports directory {directory} does not exist; publish a report first (gruviz nightly / gruviz demo) "
             "or pass --dir"
         )
-    attrs = {"quiet": quiet, "explore": None if explore is None else staticmethod(explore)}
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"port {port} is out of range; expected 0-65535 (0 picks a free port)")
+    attrs = {"quiet": quiet, "timeout": idle_timeout_s,  # StreamRequestHandler.timeout: per-connection socket timeout
+             "explore": None if explore is None else staticmethod(explore)}
     handler = partial(type("Handler", (ReportsHandler,), attrs), directory=str(directory.resolve()))
-    server = ThreadingHTTPServer((HOST, port), handler)
+    try:
+        server = ThreadingHTTPServer((HOST, port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {HOST} is already in use (another gruviz serve?); "
+                              "stop it, or pass --port N (or --port 0 for any free port)") from None
+        raise ConfigError(f"cannot listen on {HOST}:{port} ({exc.strerror or exc}); pass another --port") from None
     server.daemon_threads = True
     return server

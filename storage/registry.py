@@ -199,7 +199,10 @@ def list_model_sets(root: str | Path) -> list[str]:
 
 
 def load_model_set(root: str | Path, set_id: str | None = None) -> ModelSet:
-    """A registered model set (None = CURRENT), every seed's weights loaded, in eval mode on CPU."""
+    """A registered model set (None = CURRENT), every seed's weights loaded, in eval mode on CPU.
+
+    A damaged set (unreadable JSON, a checkpoint that is not a state dict, non-finite weights) is a
+    StoreError naming the file and the fix, never a raw parser error."""
     layout = StoreLayout.at(root)
     set_id = set_id or current_model_set(root)
     if set_id is None:
@@ -208,21 +211,78 @@ def load_model_set(root: str | Path, set_id: str | None = None) -> ModelSet:
     if not (d / "manifest.json").exists():
         known = ", ".join(list_model_sets(root)) or "none"
         raise NotFoundError(f"model registry {layout.models}: no model set {set_id!r} (known: {known})")
-    meta = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
-    norm = Normaliser.from_dict(json.loads((d / "normaliser.json").read_text(encoding="utf-8")))
+    meta = _read_set_json(d / "manifest.json", set_id)
+    seeds = meta.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise StoreError(f"model set {set_id}: {d / 'manifest.json'} has no list of integer 'seeds' "
+                         f"(got {seeds!r}); {_FIX}")
+    norm = _parse(d / "normaliser.json", set_id, Normaliser.from_dict)
     if meta.get("kind") == "byo":
         return _load_registered_byo(d, meta, norm)
     models = []
-    for seed in meta["seeds"]:
+    for seed in seeds:
         sd = d / f"seed_{seed}"
-        cfg = ModelConfig(**json.loads((sd / "config.json").read_text(encoding="utf-8")))
+        cfg = _parse(sd / "config.json", set_id, lambda c: ModelConfig(**c))
         module = RaceGRU(cfg)
         try:
-            module.load_state_dict(torch.load(sd / "model.pt", map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as exc:
-            raise StoreError(f"model set {set_id}: checkpoint {sd / 'model.pt'} unreadable ({exc}); retrain the set") from exc
+            module.load_state_dict(_read_checkpoint(sd / "model.pt", set_id))
+        except RuntimeError as exc:  # wrong keys or shapes for this config
+            first = str(exc).strip().splitlines()[0]
+            raise StoreError(f"model set {set_id}: checkpoint {sd / 'model.pt'} does not fit {sd / 'config.json'} "
+                             f"({first}); {_FIX}") from None
+        _check_finite(module, sd / "model.pt", set_id)
         models.append(LoadedModel.wrap(module, norm.feature_names, norm.context_names, model_id=f"{set_id}/seed_{seed}"))
-    return ModelSet(set_id=set_id, seeds=[int(s) for s in meta["seeds"]], models=models, normaliser=norm, meta=meta)
+    return ModelSet(set_id=set_id, seeds=[int(s) for s in seeds], models=models, normaliser=norm, meta=meta)
+
+
+_FIX = "retrain the set (`gruviz train`), restore its directory from a backup, or point models/CURRENT at another set"
+
+
+def _read_set_json(path: Path, set_id: str) -> dict:
+    """A model set's JSON file as a dict, or a StoreError naming it."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"model set {set_id}: {path} is missing; {_FIX}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"model set {set_id}: {path} is not readable JSON ({exc}); {_FIX}") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"model set {set_id}: {path} holds a {type(obj).__name__}, expected an object; {_FIX}")
+    return obj
+
+
+def _parse(path: Path, set_id: str, build):
+    """build(json of path), with a missing or wrong field reported as a StoreError naming the file."""
+    try:
+        return build(_read_set_json(path, set_id))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"model set {set_id}: {path} has missing or invalid fields ({exc!r}); {_FIX}") from None
+
+
+def _read_checkpoint(path: Path, set_id: str) -> dict:
+    """A checkpoint's state dict, loaded safely (tensors only); anything else a StoreError naming the file."""
+    if not path.is_file():
+        raise StoreError(f"model set {set_id}: checkpoint {path} is missing; {_FIX}")
+    if path.stat().st_size == 0:
+        raise StoreError(f"model set {set_id}: checkpoint {path} is empty (0 bytes; an interrupted copy?); {_FIX}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, EOFError, RuntimeError, ValueError... for a bad file
+        raise StoreError(f"model set {set_id}: checkpoint {path} is not a PyTorch state dict of tensors "
+                         f"({type(exc).__name__}: damaged, truncated or not written by gruviz); {_FIX}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StoreError(f"model set {set_id}: checkpoint {path} holds a {type(state).__name__}, not a state dict "
+                         f"of tensors; {_FIX}")
+    return state
+
+
+def _check_finite(module: torch.nn.Module, path: Path, set_id: str) -> None:
+    """Every weight finite: a NaN or infinite weight is the checkpoint's fault, said so here."""
+    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise StoreError(f"model set {set_id}: checkpoint {path} has non-finite (NaN or inf) weights in "
+                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (training diverged or the file "
+                         f"was damaged); {_FIX}")
 
 
 def load_byo(

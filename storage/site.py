@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from gruviz_core.errors import ConfigError
 from storage.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "ASSET"]
+__all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "prune_reports", "ASSET"]
 
 IndexRenderer = Callable[[list[dict]], str]
 """Renders the index page from list_nights(...) (reports.render.render_index)."""
@@ -107,3 +110,22 @@ def publish_report(
         write_text_atomic(page, html)
         write_index(reports_dir, render_index)
     return page
+
+
+def prune_reports(reports_dir: str | Path, keep_nights: int, render_index: IndexRenderer) -> list[str]:
+    """Delete the pages of all but the newest `keep_nights` nights (0 keeps all) and rewrite the index.
+
+    Each night leaves by a rename to a dot-name first (never served, never listed), so no half page is seen."""
+    reports_dir = Path(reports_dir)
+    if keep_nights <= 0 or not reports_dir.is_dir():
+        return []
+    removed = []
+    with _lock(reports_dir):
+        for n in list_nights(reports_dir)[keep_nights:]:  # newest first
+            doomed = reports_dir / f".deleted.{n['night']}.{uuid.uuid4().hex[:8]}"
+            os.rename(reports_dir / n["night"], doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(n["night"])
+        if removed:
+            write_index(reports_dir, render_index)
+    return removed

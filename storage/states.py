@@ -29,13 +29,17 @@ few shards, whatever the number of dogs).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import queue
+import shutil
 import subprocess
 import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +64,11 @@ __all__ = [
     "finish_run",
     "publish_run",
     "latest_run",
+    "nightly_lock",
+    "hold_tmp_run",
+    "remove_tmp_run",
+    "sweep_tmp_runs",
+    "prune_runs",
     "published_runs",
     "open_states",
     "open_dataset",
@@ -436,8 +445,157 @@ def publish_run(root: str | Path, tmp_dir: str | Path) -> Path:
     run_dir = layout.run(info["run_id"])
     write_text_atomic(RunLayout.at(tmp_dir).complete, info["finished_at"] + "\n")
     publish_dir(tmp_dir, run_dir)
-    write_text_atomic(layout.runs / "LATEST", info["run_id"] + "\n")
+    if _moves_forward(layout, str(info.get("night", ""))):
+        write_text_atomic(layout.runs / "LATEST", info["run_id"] + "\n")
     return run_dir
+
+
+def _moves_forward(layout: StoreLayout, night: str) -> bool:
+    """LATEST only moves forward in night order: a backfilled older night publishes without taking it."""
+    current = latest_run(layout.root)
+    if current is None:
+        return True
+    try:
+        current_night = str(json.loads(RunLayout.at(current).run_json.read_text(encoding="utf-8")).get("night", ""))
+    except (OSError, json.JSONDecodeError):
+        return True
+    return night >= current_night  # ISO dates (checked by the preflight) sort as strings
+
+
+# ------------------------------------------------------------------------------------ store hygiene
+
+_NIGHTLY_LOCK = ".nightly.lock"
+_TMP_GRACE_S = 600.0
+"""A temporary run with no owner lock is left alone this long (a writer between begin_run and its lock)."""
+
+
+@contextmanager
+def nightly_lock(root: str | Path) -> Iterator[Path]:
+    """Hold <root>/runs/.nightly.lock for the block: one nightly per store at a time.
+
+    An flock, so a crashed or killed holder releases it with its process (never a stale lock)."""
+    path = StoreLayout.at(root).runs / _NIGHTLY_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StoreError(
+                f"store {StoreLayout.at(root).root}: another nightly is running ({holder} holds {path}); "
+                "wait for it to finish (the lock is released when that process ends)"
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}\n")
+            f.flush()
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _tmp_lock_path(tmp_dir: Path) -> Path:
+    return tmp_dir.with_name(tmp_dir.name + ".lock")
+
+
+@contextmanager
+def hold_tmp_run(tmp_dir: str | Path) -> Iterator[None]:
+    """Mark a temporary run as owned by this process (an flock beside it) so no sweep removes it."""
+    lock = _tmp_lock_path(Path(tmp_dir))
+    with open(lock, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_tmp_run(root: str | Path, tmp_dir: str | Path) -> bool:
+    """Delete a temporary run (a failed night's) and its lock file; True when something was removed."""
+    tmp_root = StoreLayout.at(root).runs_tmp
+    tmp_dir = Path(tmp_dir).resolve()
+    if tmp_dir.parent != tmp_root or tmp_dir.name.startswith("."):
+        raise StoreError(f"{tmp_dir} is not a temporary run under {tmp_root}; refusing to delete it")
+    existed = tmp_dir.exists()
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    _tmp_lock_path(tmp_dir).unlink(missing_ok=True)
+    return existed
+
+
+def sweep_tmp_runs(root: str | Path, *, grace_s: float = _TMP_GRACE_S) -> list[str]:
+    """Remove stale temporary runs: those whose owner lock no live process holds (a crashed or killed
+    night's), or with no lock at all and older than `grace_s`. Returns the names removed."""
+    tmp_root = StoreLayout.at(root).runs_tmp
+    removed = []
+    for d in sorted(tmp_root.iterdir()) if tmp_root.is_dir() else []:
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        if _is_stale(d, grace_s):
+            remove_tmp_run(root, d)
+            removed.append(d.name)
+    for lock in tmp_root.glob("*.lock") if tmp_root.is_dir() else []:
+        if not lock.with_suffix("").exists() and _unlocked(lock):
+            lock.unlink(missing_ok=True)
+    return removed
+
+
+def _is_stale(tmp_dir: Path, grace_s: float) -> bool:
+    lock = _tmp_lock_path(tmp_dir)
+    if lock.exists():
+        return _unlocked(lock)
+    try:
+        age = datetime.now().timestamp() - tmp_dir.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > grace_s
+
+
+def _unlocked(lock: Path) -> bool:
+    """True when no process holds an flock on `lock` (tested by taking and dropping it)."""
+    try:
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+    except FileNotFoundError:
+        return False
+
+
+def prune_runs(root: str | Path, keep_nights: int) -> list[str]:
+    """Delete published runs of all but the newest `keep_nights` nights (0 keeps all); never the LATEST run.
+
+    Each run leaves by an atomic rename into runs/.tmp first, so readers see a whole run or none."""
+    if keep_nights <= 0:
+        return []
+    layout = StoreLayout.at(root)
+    latest = latest_run(root)
+    by_night: dict[str, list[Path]] = {}
+    for d in published_runs(root):
+        by_night.setdefault(_night_of(d), []).append(d)
+    nights = sorted(by_night)
+    removed = []
+    for night in nights[: max(0, len(nights) - keep_nights)]:
+        for d in by_night[night]:
+            if latest is not None and d.resolve() == latest.resolve():
+                continue
+            layout.runs_tmp.mkdir(parents=True, exist_ok=True)
+            doomed = layout.runs_tmp / f".deleted.{d.name}.{uuid.uuid4().hex[:8]}"
+            os.rename(d, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(d.name)
+    return removed
+
+
+def _night_of(run_dir: Path) -> str:
+    try:
+        return str(json.loads(RunLayout.at(run_dir).run_json.read_text(encoding="utf-8")).get("night", ""))
+    except (OSError, json.JSONDecodeError):
+        return ""
 
 
 def _code_version() -> str:

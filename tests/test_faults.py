@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,6 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
     np.testing.assert_array_equal(states.open_states(run1).dog("D3").h, before)
     check_run(run1, first)
     (tmp,) = (tmp_path / "runs" / ".tmp").iterdir()
-    import pytest
     from gruviz_core.errors import StoreError
 
     with pytest.raises(StoreError, match="no done marker"):
@@ -125,6 +125,126 @@ def test_two_processes_write_blocks_concurrently(tmp_path):
         assert p.returncode == 0, err
     states.finish_run(plan.path)
     check_run(states.publish_run(tmp_path, plan.path), inp)
+
+
+# ------------------------------------------------------- killing a command leaves no Prefect server behind
+
+
+def _fake_store(home: Path) -> None:
+    """Just enough store for the preflight to pass (the command is killed long before it is read)."""
+    (home / "forms" / "snap1").mkdir(parents=True)
+    (home / "forms" / "LATEST").write_text("snap1\n")
+    (home / "models" / "set1").mkdir(parents=True)
+    (home / "models" / "set1" / "manifest.json").write_text("{}")
+    (home / "models" / "CURRENT").write_text("set1\n")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for PID 1 to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("command, sig", [("nightly", signal.SIGKILL), ("train", signal.SIGKILL),
+                                          ("nightly", signal.SIGTERM)])
+def test_killed_command_leaves_no_prefect_server(tmp_path, command, sig):
+    home = tmp_path / "home"
+    _fake_store(home)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PREFECT_HOME=str(tmp_path / "prefect"),
+               GRUVIZ_HOME=str(home))
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", command, "--home", str(home)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = None
+    try:
+        deadline = time.monotonic() + 120
+        while server is None and time.monotonic() < deadline and proc.poll() is None:
+            server = next((c for c in _children(proc.pid) if "uvicorn" in _cmdline(c)), None)
+            time.sleep(0.1)
+        assert server is not None, f"no Prefect server child seen; exit {proc.poll()}: {proc.stderr.read()[-2000:]}"
+        time.sleep(1.0)  # the server is up (or starting) under the command
+        os.kill(proc.pid, sig)
+        proc.wait(60)
+        gone = time.monotonic() + 30
+        while _alive(server) and time.monotonic() < gone:
+            time.sleep(0.2)
+        assert not _alive(server), f"Prefect server {server} outlived `gruviz {command}` killed by {sig.name}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if server is not None and _alive(server):
+            os.kill(server, signal.SIGKILL)
+
+
+# ------------------------------------------------------------- a damaged model set: clear errors
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    from flows.stages.ingest import run as ingest
+    from flows.stages.train import train_and_register
+    from gruviz_core.synth import simulate
+    from gruviz_core.train import TrainConfig
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("damaged")
+    simulate(40, 2).to_parquet(root / "src.parquet")
+    snap = ingest([str(root / "src.parquet")], root).snapshot_id
+    cfg = TrainConfig(epochs=1, lr=1e-2, batch_rows=4000, chunk_dogs=256)
+    return root, train_and_register(root, snap, seeds=1, hidden=4, train_config=cfg, promote=True).set_id
+
+
+def _nan_weights(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    next(iter(state.values())).fill_(float("nan"))
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("damage, target, match", [
+    (lambda p: p.write_bytes(b""), "seed_0/model.pt", "empty"),
+    (lambda p: p.write_bytes(os.urandom(4096)), "seed_0/model.pt", "not a PyTorch state dict"),
+    (lambda p: torch.save({"x": [1, 2]}, p), "seed_0/model.pt", "not a PyTorch state dict|not a state dict"),
+    (_nan_weights, "seed_0/model.pt", "non-finite"),
+    (lambda p: p.write_text("{not json"), "manifest.json", "not readable JSON"),
+    (lambda p: p.write_text('{"set_id": "x"}'), "manifest.json", "seeds"),
+    (lambda p: p.write_text("{}"), "normaliser.json", "missing or invalid fields"),
+    (lambda p: p.write_text('{"bogus": 1}'), "seed_0/config.json", "missing or invalid fields"),
+])
+def test_damaged_model_set_is_a_clear_error(model_store, tmp_path, damage, target, match):
+    import shutil
+
+    from gruviz_core.errors import StoreError
+    from storage.registry import load_model_set
+
+    root, set_id = model_store
+    store = tmp_path / "store"
+    shutil.copytree(root / "models", store / "models")
+    damage(store / "models" / set_id / target)
+    with pytest.raises(StoreError, match=match) as err:
+        load_model_set(store, set_id)
+    text = str(err.value)
+    assert target.split("/")[-1] in text and "gruviz train" in text and "weights_only=False" not in text
 
 
 def _worker(argv: list[str]) -> None:

@@ -16,7 +16,7 @@ from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
 from gruviz_core.synth import simulate
-from gruviz_core.train import TrainConfig, TrainData, time_split, validation_metrics
+from gruviz_core.train import TrainConfig, TrainData, time_windows, validation_metrics
 from storage.forms import ingest
 from flows.stages.features import run as ensure_sequences
 from flows.stages.train import model_set_scores, train_and_register
@@ -80,7 +80,7 @@ def test_reloaded_checkpoints_give_the_stored_metrics(store):
     scores = model_set_scores(ms, seqs)  # (obs, seed)
     assert scores.shape == (seqs.n_obs, 2) and np.isfinite(scores).all()
     values, context = ms.prepare(seqs)
-    _, train, val = time_split(seqs.race_date, TINY.val_frac)
+    _, _, train, val = time_windows(seqs.race_date, TINY.val_frac, TINY.test_frac)  # the early-stopping window
     data = TrainData(values, context, seqs.offsets, race_codes(seqs.race_id), seqs.won, seqs.market_prob,
                      train, val, np.zeros(seqs.n_dogs, dtype=np.int64))
     for k, seed in enumerate(ms.seeds):
@@ -197,7 +197,7 @@ def test_byo_torchscript(tmp_path):
 
 def test_cli_train_prints_json(store, capsys, prefect_harness):
     root, snap, _ = store
-    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1",
+    rc = cli(["train", "--home", str(root), "--snapshot", snap, "--seeds", "1", "--hidden", "4", "--epochs", "1", "--promote",
               "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -210,5 +210,5 @@ def test_cli_train_prints_json(store, capsys, prefect_harness):
 
 
 def test_cli_train_without_snapshot_is_a_clear_error(tmp_path, capsys, prefect_harness):
-    assert cli(["train", "--home", str(tmp_path)]) == 1
+    assert cli(["train", "--home", str(tmp_path)]) == 2  # the preflight refuses before any work
     assert "gruviz ingest" in capsys.readouterr().err

@@ -129,3 +129,37 @@ def test_cli_serves_until_interrupted(tmp_path, monkeypatch, capsys):
     args = argparse.Namespace(dir=tmp_path, port=0, quiet=True)
     assert serve_cmd.run(args) == 0
     assert f"http://127.0.0.1:{started['port']}/" in capsys.readouterr().out
+
+
+def test_dotfiles_are_not_served(site):
+    root = Path(site.RequestHandlerClass.keywords["directory"])
+    (root / ".publish.lock").write_text("lock")
+    (root / ".deleted.2026-01-01").mkdir(exist_ok=True)
+    (root / ".deleted.2026-01-01" / "index.html").write_text("old")
+    (root / "dot.html").symlink_to(root / ".publish.lock")
+    for path in ("/.publish.lock", "/.deleted.2026-01-01/index.html", "/%2epublish.lock", "/dot.html"):
+        status, _, body = _request(site, "GET", path)
+        assert status == 404 and b"lock" not in body and b"old" not in body, path
+
+
+def test_idle_connection_is_closed(tmp_path):
+    import socket
+    import time
+
+    (tmp_path / "index.html").write_text("hi")
+    server = make_server(tmp_path, port=0, quiet=True, idle_timeout_s=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection((HOST, server.server_port), timeout=10) as sock:
+            t0 = time.monotonic()
+            assert sock.recv(1024) == b""  # the server hung up on the silent client
+            assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_port_in_use_is_a_clear_error(site, tmp_path, capsys):
+    rc = cli.main(["serve", "--dir", str(tmp_path), "--port", str(site.server_port), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already in use" in err and "--port" in err and "Traceback" not in err

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from flows.output import dumps_strict
 
 HELP = "Run the nightly flow now: ingest (optional), extract, statistics, report, email."
 
@@ -19,10 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly
+    from flows.preflight import preflight_nightly
+    from flows.server import prefect_api, signals_raise
+    from flows.settings import load_settings
 
-    state = nightly(source=args.source, night=args.night, home=args.home, model_set=args.model_set,
-                    device=args.device, return_state=True)
-    return report_state(state, as_json=args.json)
+    s = load_settings(home=args.home, device=args.device)
+    preflight_nightly(s, night=args.night, model_set=args.model_set, sources=args.source)  # before a server starts
+    with signals_raise(), prefect_api():  # the temporary Prefect server dies with this command
+        state = nightly(source=args.source, night=args.night, home=args.home, model_set=args.model_set,
+                        device=args.device, return_state=True)
+        return report_state(state, as_json=args.json)
 
 
 def report_state(state, *, as_json: bool = False) -> int:
@@ -33,7 +40,7 @@ def report_state(state, *, as_json: bool = False) -> int:
         result = {}
     out = {"flow_run_id": run_id, "state": state.name, "message": state.message, **result}
     if as_json:
-        print(json.dumps(out, default=str))
+        print(dumps_strict(out))
     else:
         if result.get("report"):
             print(f"report: {result['report']}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from flows.output import dumps_strict
 
 __all__ = ["HELP", "add_arguments", "run"]
 
-HELP = "Train K seeds of the GRU model on a forms snapshot (default: the latest) and mark the set current."
+HELP = ("Train K seeds of the GRU model on a forms snapshot (default: the latest); the set becomes current if it "
+        "beats the uniform baseline on its validation window (or with --promote).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,26 +24,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--market", action="store_true", default=None,
                    help="also give the model the market price as pre-race context (default: form only; "
                         "the market is always the baseline)")
+    p.add_argument("--promote", action="store_true",
+                   help="make the set current even if it does not beat the uniform baseline")
     p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
     p.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the `train` Prefect flow (visible in the UI like a scheduled run) and prints its report."""
+    from flows.preflight import preflight_train
+    from flows.server import prefect_api, signals_raise
+    from flows.settings import load_settings
     from flows.train import train
 
-    state = train(source=args.source, snapshot=args.snapshot, home=args.home, seeds=args.seeds, hidden=args.hidden,
-                  layers=args.layers, epochs=args.epochs, market=args.market, workers=args.workers,
-                  return_state=True)
+    s = load_settings(home=args.home)
+    preflight_train(s, snapshot=args.snapshot, sources=args.source)  # before a server starts
+    with signals_raise(), prefect_api():  # the temporary Prefect server dies with this command
+        state = train(source=args.source, snapshot=args.snapshot, home=args.home, seeds=args.seeds,
+                      hidden=args.hidden, layers=args.layers, epochs=args.epochs, market=args.market,
+                      workers=args.workers, promote=args.promote, return_state=True)
     if not state.is_completed():
         print(f"gruviz train: flow run {state.state_details.flow_run_id} ended {state.name}: {state.message}",
               file=sys.stderr)
         return 1
     report = state.result()
+    rc = 0 if report.get("current") else 1
+    if not report.get("current"):
+        print(f"gruviz train: model set {report['set_id']} does not beat the uniform baseline on its validation "
+              "window: registered, NOT made current (train longer or on more data, or pass --promote)",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps(report, sort_keys=True, default=str))
-        return 0
-    print(f"model set {report['set_id']}  (snapshot {report['snapshot_id']}, seeds {report['seeds']}, current)")
+        print(dumps_strict(report, sort_keys=True))
+        return rc
+    status = "current" if report.get("current") else "not current"
+    print(f"model set {report['set_id']}  (snapshot {report['snapshot_id']}, seeds {report['seeds']}, {status})")
     print(f"train up to {report['cutoff']}: {report['n_train_rows']} rows; validation: {report['n_val_rows']} rows")
     print(f"{'':14s}{'log-loss':>10s}{'race LL':>10s}{'Brier':>9s}{'hit rate':>10s}{'rows':>9s}")
     per_seed = report["per_seed"]
@@ -54,4 +70,4 @@ def run(args: argparse.Namespace) -> int:
     t = report["timings"]
     print(f"time: {t['total_s']:.1f} s total, {t['per_epoch_s']:.1f} s per epoch")
     print(f"flow run: {state.state_details.flow_run_id}")
-    return 0
+    return rc

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from gruviz_core.sequences import Sequences
 from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed
 from storage.registry import ModelSet, write_model_set
 
-__all__ = ["TrainReport", "train_and_register", "model_set_scores"]
+__all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,11 @@ class TrainReport:
     """What a training run produced: the set id and validation metrics of each seed vs the baselines."""
 
     set_id: str
-    """Id of the registered model set (now CURRENT)."""
+    """Id of the registered model set."""
+    current: bool
+    """Whether the set was made CURRENT (it beat the uniform baseline, or promotion was forced)."""
+    beats_uniform: bool
+    """Mean race log-loss of the seeds on the validation (early-stopping) window below uniform's."""
     snapshot_id: str
     """Forms snapshot it was trained on."""
     seeds: list[int]
@@ -71,9 +75,13 @@ def train_and_register(
     context_names: Sequence[str] | None = None,
     workers: int = 1,
     make_current: bool = True,
+    promote: bool = False,
     log_fn: Callable[[str], None] | None = None,
 ) -> TrainReport:
     """Train K seeds of the built-in model on a snapshot, write them as one model set, mark it CURRENT.
+
+    The sanity gate: a set whose seeds do not beat the uniform baseline (1/field size) on the
+    validation window is registered but CURRENT stays where it was, unless `promote` forces it.
 
     `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
     `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
@@ -125,8 +133,20 @@ def train_and_register(
         },
         "market": first.get("market"), "uniform": first["uniform"], "timings": timings,
     }
-    set_id = write_model_set(root, report_core, results, norm, cfg, make_current)
-    return TrainReport(set_id=set_id, **report_core)
+    beats = beats_uniform(report_core["per_seed"], report_core["uniform"])
+    current = make_current and (beats or promote)
+    set_id = write_model_set(root, report_core, results, norm, cfg, current)
+    if make_current and not current:
+        log.warning("model set %s does not beat the uniform baseline on its validation window; registered, "
+                    "not made current (pass --promote to force)", set_id)
+    return TrainReport(set_id=set_id, current=current, beats_uniform=beats, **report_core)
+
+
+def beats_uniform(per_seed: dict[str, dict], uniform: dict) -> bool:
+    """Mean race log-loss of the seeds (validation window) strictly below uniform's; NaN never beats."""
+    losses = [float(v["model"]["race_log_loss"]) for v in per_seed.values()]
+    mean, base = float(np.mean(losses)) if losses else float("nan"), float(uniform["race_log_loss"])
+    return bool(np.isfinite(mean) and np.isfinite(base) and mean < base)
 
 
 def _training_data(

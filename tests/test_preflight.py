@@ -1,0 +1,136 @@
+"""The preflight: bad settings, nights, ids and destinations fail first, before any work, naming the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main as cli
+from flows.preflight import check_cohort_rule, check_night, preflight_nightly
+from flows.settings import Settings, load_settings
+from gruviz_core.errors import ConfigError
+
+
+def _store(home: Path) -> Path:
+    """Just enough store for the preflight: a snapshot and a current model set."""
+    (home / "forms" / "snap1").mkdir(parents=True)
+    (home / "forms" / "LATEST").write_text("snap1\n")
+    (home / "models" / "set1").mkdir(parents=True)
+    (home / "models" / "set1" / "manifest.json").write_text("{}")
+    (home / "models" / "CURRENT").write_text("set1\n")
+    return home
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for k in ("GRUVIZ_SMTP_HOST", "GRUVIZ_RECIPIENTS", "GRUVIZ_SETTINGS_FILE", "GRUVIZ_REPORTS_DIR",
+              "GRUVIZ_DEVICE", "GRUVIZ_SMTP_TLS", "GRUVIZ_COHORT_RULE", "GRUVIZ_COHORT_TAU"):
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("night", ["../../escaped", "2026-13-01", "2026-11-25/..", "20261125", "", "0001-1-1"])
+def test_night_must_be_a_date(night):
+    with pytest.raises(ConfigError, match="YYYY-MM-DD"):
+        check_night(night)
+
+
+def test_night_is_normalised_and_defaults_to_today():
+    assert check_night("2026-11-25") == "2026-11-25"
+    assert len(check_night(None, timezone="Australia/Sydney")) == 10
+
+
+def test_cli_escaping_date_writes_nothing(tmp_path, env, capsys):
+    home = _store(tmp_path / "store")
+    assert cli(["nightly", "--home", str(home), "--date", "../../escaped"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+    assert not (home / "runs").exists() and not list(tmp_path.glob("escaped*"))
+
+
+@pytest.mark.parametrize("current, flag", [("../other/models/x", None), ("set1", "../../x"), ("/etc", None)])
+def test_model_set_ids_stay_under_the_store(tmp_path, env, current, flag):
+    home = _store(tmp_path / "store")
+    (home / "models" / "CURRENT").write_text(current + "\n")
+    with pytest.raises(ConfigError, match="plain id"):
+        preflight_nightly(load_settings(home=str(home)), night="2026-11-25", model_set=flag)
+
+
+def test_bogus_smtp_tls_fails_before_the_night(tmp_path, env, capsys):
+    home = _store(tmp_path / "store")
+    env.setenv("GRUVIZ_SMTP_TLS", "bogus")
+    assert cli(["nightly", "--home", str(home), "--date", "2026-11-25"]) == 2
+    err = capsys.readouterr().err
+    assert "GRUVIZ_SMTP_TLS='bogus'" in err and "starttls" in err
+    assert not (home / "runs").exists()
+
+
+def test_missing_settings_file_is_named(tmp_path, env):
+    env.setenv("GRUVIZ_SETTINGS_FILE", str(tmp_path / "nope.env"))
+    with pytest.raises(ConfigError, match="nope.env"):
+        load_settings()
+
+
+def test_settings_file_is_read(tmp_path, env):
+    f = tmp_path / "gruviz.env"
+    f.write_text("GRUVIZ_KEEP_NIGHTS=7\n")
+    env.setenv("GRUVIZ_SETTINGS_FILE", str(f))
+    assert load_settings().keep_nights == 7
+
+
+def test_unwritable_reports_dir_fails_first(tmp_path, env):
+    home = _store(tmp_path / "store")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    env.setenv("GRUVIZ_REPORTS_DIR", str(blocker / "reports"))  # under a file: unwritable even for root
+    with pytest.raises(ConfigError, match="reports directory .* not writable"):
+        preflight_nightly(load_settings(home=str(home)), night="2026-11-25")
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("GRUVIZ_DEVICE", "gpu", "GRUVIZ_DEVICE"),
+    ("GRUVIZ_COHORT_TAU", "0.5", "GRUVIZ_COHORT_TAU"),
+    ("GRUVIZ_COHORT_THETA", "1.5", "GRUVIZ_COHORT_THETA"),
+    ("GRUVIZ_SMTP_PORT", "0", "GRUVIZ_SMTP_PORT"),
+    ("GRUVIZ_KEEP_NIGHTS", "-1", "GRUVIZ_KEEP_NIGHTS"),
+])
+def test_typed_settings(env, name, value, match):
+    env.setenv(name, value)
+    with pytest.raises(ConfigError, match=match):
+        load_settings()
+
+
+def test_cuda_without_cuda_is_refused(tmp_path, env):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA"):
+        preflight_nightly(load_settings(home=str(_store(tmp_path)), device="cuda"), night="2026-11-25")
+
+
+def test_unknown_cohort_rule_is_refused():
+    with pytest.raises(ConfigError, match="no-such-rule"):
+        check_cohort_rule(Settings(cohort_rule="no-such-rule"))
+    assert check_cohort_rule(Settings(cohort_tau=0.99)).tau == pytest.approx(0.99)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"recipients": ["a@b.c"]}, "GRUVIZ_SMTP_HOST"),
+    ({"smtp_host": "mail", "smtp_tls": "ssl", "smtp_port": 587}, "starttls"),
+    ({"smtp_host": "mail", "recipients": ["not-an-address"]}, "not-an-address"),
+    ({"smtp_host": "mail", "smtp_user": "me"}, "GRUVIZ_SMTP_PASSWORD"),
+])
+def test_smtp_settings_must_agree(tmp_path, env, values, match):
+    s = Settings(home=_store(tmp_path), **values)
+    with pytest.raises(ConfigError, match=match):
+        preflight_nightly(s, night="2026-11-25")
+
+
+def test_deployment_night_parameter_is_checked_by_the_flow(tmp_path, env, prefect_harness):
+    from flows.nightly import nightly
+
+    home = _store(tmp_path / "store")
+    state = nightly(night="../../escaped", home=str(home), return_state=True)
+    assert state.is_failed() and "YYYY-MM-DD" in state.message
+    assert not (home / "runs").exists() and not list(tmp_path.glob("escaped*"))
