@@ -19,7 +19,7 @@ RULE = CohortRule(w=3, k=2, theta=0.5, low=0.1, scale="absolute")
         (6.0, 20, 0.5, "saturated"),  # theta inclusive
         (6.0, 20, 0.3, "partial"),
         (6.0, 20, 0.02, "unsaturated"),
-        (6.0, 20, 0.1, "unsaturated"),  # low inclusive
+        (6.0, 20, 0.1, "partial"),  # absolute rule: unsaturated is strictly below low
         (np.nan, 30, 0.02, "unsaturated"),  # no plateau but F stays low
         (np.nan, 30, 0.8, "partial"),  # high F but never flat
         (np.nan, 4, 0.8, "undecided"),  # shorter than w + k: censored
@@ -42,7 +42,7 @@ def test_tail_mean_from_plateau_or_after_warmup():
 
 def test_rule_round_trip_and_validation():
     d = RULE.to_dict()
-    assert d["name"] == "plateau-f" and d["version"] == 1 and d["params"]["theta"] == 0.5
+    assert d["name"] == "plateau-f-abs" and d["version"] == 2 and d["params"]["theta"] == 0.5
     assert CohortRule.from_dict(d) == RULE
     with pytest.raises(ConfigError):
         CohortRule(low=0.6, theta=0.5)
@@ -64,16 +64,20 @@ def test_sensitivity_grid_moves_with_theta():
 
 
 def test_rule_from_flat_settings_dict():
-    r = CohortRule.coerce({"name": "plateau-f95-v1", "tau": 0.95, "theta": 0.5})
-    assert r.name == "plateau-f95-v1" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "quantile"
+    r = CohortRule.coerce({"name": "plateau-f-abs", "tau": 0.95, "theta": 0.5})
+    assert r.name == "plateau-f-abs" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "absolute"
+    rel = CohortRule.coerce({"name": "relative-s-quartile"})
+    assert rel.scale == "quantile" and rel.version == 1
+    with pytest.raises(ConfigError, match="unknown"):
+        CohortRule.coerce({"name": "plateau-f95-v1"})  # a rule name that is not registered is refused
     assert CohortRule.coerce(None) == CohortRule()
-    assert CohortRule.coerce({"theta": 0.1}).low == 0.1
+    assert CohortRule.coerce({"theta": 0.01}).low == 0.01  # a theta below the default low keeps low <= theta
     with pytest.raises(ConfigError):
         CohortRule.coerce({"name": "x", "thetaa": 0.5})
 
 
 def test_quantile_scale_splits_runs_where_every_dog_is_somewhat_saturated():
-    rule = CohortRule(w=3, k=2, theta=0.75, low=0.25)  # quantiles (default scale)
+    rule = CohortRule(name="relative-s-quartile", w=3, k=2, theta=0.75, low=0.25, scale="quantile")
     f = np.linspace(0.2, 0.4, 9)  # every dog has 20-40% of units pinned
     plateau = np.full(9, 5.0)
     n = np.full(9, 30)
