@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_
 from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
-from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed
+from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
 from storage.registry import ModelSet, write_model_set
 
 __all__ = ["TrainReport", "train_and_register", "model_set_scores"]
@@ -52,6 +52,11 @@ class TrainReport:
     """1/field size on all validation rows."""
     timings: dict
     """Seconds: features, per seed, per epoch (mean), total."""
+    n_test_rows: int = 0
+    """Runner rows in the test window (after `early_stop_end`)."""
+    test: dict | None = None
+    """Test-window metrics (gruviz_core.train.window_report): per seed, the K-seed mean (the production score),
+    uniform, and 'vs' each baseline (market; a source's rated price where given) on the same races, as differences."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +77,7 @@ def train_and_register(
     workers: int = 1,
     make_current: bool = True,
     log_fn: Callable[[str], None] | None = None,
+    yardsticks: Callable[[Sequences], dict[str, np.ndarray]] | None = None,
 ) -> TrainReport:
     """Train K seeds of the built-in model on a snapshot, write them as one model set, mark it CURRENT.
 
@@ -79,6 +85,8 @@ def train_and_register(
     `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
     `workers` > 1 trains seeds in parallel processes (spawned, one torch thread each): the way
     to use several cores, since one GRU's small matrices gain little from intra-op threads.
+    `yardsticks` (seqs -> name -> (obs,) win probability, NaN where unknown) adds other forecasters, e.g. a
+    source's own rated price, to the test-window comparison; they are never an input.
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -90,6 +98,7 @@ def train_and_register(
     seq_path = features.run(root, snapshot_id)
     data, norm, cutoff, es_end = _training_data(seq_path, cfg.val_frac, cfg.test_frac, context_names)
     train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
+    test_rows = data.test_rows if data.test_rows is not None else np.zeros(len(data.won), dtype=bool)
     t_features = time.perf_counter() - t0
     configs = [
         ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
@@ -97,7 +106,6 @@ def train_and_register(
         for seed in seed_list
     ]
     if workers > 1 and len(seed_list) > 1:
-        del data  # each worker rebuilds it from the cached npz rather than receiving a pickled copy
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(seed_list)), mp_context=ctx) as pool:
             futures = [pool.submit(_train_worker, str(seq_path), cfg, tuple(norm.context_names), m) for m in configs]
@@ -115,6 +123,8 @@ def train_and_register(
         "total_s": time.perf_counter() - t0,
     }
     first = results[0].metrics
+    sticks = yardsticks(Sequences.load(seq_path)) if yardsticks else None
+    test = window_report({str(r.seed): r.scores for r in results}, data, test_rows, sticks)
     report_core = {
         "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff), "early_stop_end": str(es_end),
         "n_train_rows": train_rows, "n_val_rows": val_rows,
@@ -124,6 +134,7 @@ def train_and_register(
             for r in results
         },
         "market": first.get("market"), "uniform": first["uniform"], "timings": timings,
+        "n_test_rows": int(test_rows.sum()), "test": test,
     }
     set_id = write_model_set(root, report_core, results, norm, cfg, make_current)
     return TrainReport(set_id=set_id, **report_core)
@@ -143,6 +154,7 @@ def _training_data(
         values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
         won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
         train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
+        test_rows=seqs.race_date.astype("datetime64[D]") > es_end,
     )
     return data, norm, cutoff, es_end
 
