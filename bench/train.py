@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from flows.stages.train import train_and_register  # noqa: E402
-from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT  # noqa: E402
+from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, MARKET_CONTEXT  # noqa: E402
 from gruviz_core.formats import normalise_name  # noqa: E402
 from gruviz_core.train import TrainConfig  # noqa: E402
 from storage.forms import ingest  # noqa: E402
@@ -80,6 +80,9 @@ def main() -> int:
     ap.add_argument("--dir", default="/tmp/gruviz-bench-train")
     ap.add_argument("--source", default=str(IGGY))
     ap.add_argument("--no-market", action="store_true", help="train without the price in the context (form only)")
+    ap.add_argument("--drop", nargs="*", default=[], help="leave out features/context columns starting with these "
+                    "prefixes (ablations), e.g. grade_change kind_ track_ placed")
+    ap.add_argument("--no-box-track", action="store_true", help="no box x track term in the model")
     ap.add_argument("--no-rated", action="store_true", help="skip the Iggy rated-price yardstick")
     ap.add_argument("--verbose", action="store_true", help="print each epoch's losses to stderr")
     a = ap.parse_args()
@@ -90,15 +93,18 @@ def main() -> int:
     snap = ingest([a.source], a.dir)
     t_ingest = time.perf_counter() - t0
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if a.verbose else None
-    context = [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT] if a.no_market else None
+    drop = tuple(a.drop)
+    context = [n for n in CONTEXT_NAMES if not (a.no_market and n in MARKET_CONTEXT) and not n.startswith(drop or ("\0",))]
+    feats = [n for n in FEATURE_NAMES if not n.startswith(drop or ("\0",))]
     r = train_and_register(a.dir, snap.snapshot_id, seeds=a.seeds, hidden=a.hidden, layers=a.layers,
                            train_config=TrainConfig(threads=a.threads), epochs=a.epochs, context_names=context,
+                           feature_names=feats, box_track=not a.no_box_track,
                            workers=a.workers, log_fn=log, yardsticks=None if a.no_rated else rated_price(a.source))
     pick = lambda m: {k: round(m[k], 4) for k in KEYS} | {"n_rows": m["n_rows"], "n_races": m["n_races"]}  # noqa: E731
     out = {
         "bench": "train", "source": "betfair-iggy", "snapshot_id": snap.snapshot_id, "rows": snap.accepted,
         "dogs": snap.dogs, "races": snap.races, "threads": a.threads, "workers": a.workers, "hidden": a.hidden, "layers": a.layers,
-        "market_in_context": not a.no_market,
+        "market_in_context": not a.no_market, "dropped": list(drop), "box_track": not a.no_box_track,
         "seeds": r.seeds, "set_id": r.set_id, "cutoff": r.cutoff,
         "n_train_rows": r.n_train_rows, "n_val_rows": r.n_val_rows,
         "ingest_s": round(t_ingest, 1), "features_s": round(r.timings["features_s"], 1),
