@@ -3,12 +3,16 @@
 Each row of a dog's sequence is one race, in date order, with two vectors:
 
 - `values` (known after the race): what the race showed about the dog: run time and
-  sectional against a leak-free track/distance reference, margin, log place, won, box,
-  distance, grade, weight change, days since the last run, the market's implied probability,
+  sectional against a leak-free track/distance reference, margin, log place, placed, won, box,
+  distance, grade level, weight change, days since the last run, the market's implied probability,
   and a missing flag for each nullable input. Raw: missing inputs are NaN (their flag says so).
-- `context` (known before the race): box, distance, track (hashed one-hot), days since the
-  last run, field size and the market's implied probability (renormalised within the race) and its log,
-  so the conditional logit can start from the market's own odds.
+- `context` (known before the race): box, distance, track (one-hot over a stored vocabulary, unknown
+  tracks in one bucket), days since the last run, field size, the race's grade (level, kind) and the
+  class change from the dog's last race, and the market's implied probability (renormalised within the
+  race) and its log, so the conditional logit can start from the market's own odds.
+
+Days since the last run are unknown (flagged) when a calendar month between the two runs has no
+race at all in the table: a gap in the data, not a spell off.
 
 No leakage: the reference time of a race uses only races on earlier dates at the same
 track and distance, and per-dog features look back only, so a row's features never change
@@ -18,14 +22,15 @@ when later races are added.
 from __future__ import annotations
 
 import re
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from gruviz_core.errors import FeatureMismatchError, InputError
+from gruviz_core.grades import GRADE_KINDS, grade_table, parse_grade
 from gruviz_core.racing import race_codes, renormalise
 from gruviz_core.schema import conform
 from gruviz_core.sequences import Sequences
@@ -34,7 +39,9 @@ __all__ = [
     "FEATURE_NAMES",
     "CONTEXT_NAMES",
     "MARKET_CONTEXT",
-    "N_TRACK_BUCKETS",
+    "TRACKS",
+    "track_column",
+    "interaction_columns",
     "build_sequences",
     "clean_runs",
     "grade_number",
@@ -44,11 +51,30 @@ __all__ = [
     "column_index",
 ]
 
-N_TRACK_BUCKETS = 16
-"""Tracks are hashed into this many one-hot buckets (stable across snapshots, no vocabulary to store)."""
+TRACKS: tuple[str, ...] = (
+    # Australia and New Zealand (Iggy, thedogs)
+    "Addington", "Albion Park", "Angle Park", "Ascot Park", "Ballarat", "Bendigo", "Broken Hill", "Bulli",
+    "Bundaberg", "Cambridge", "Cannington", "Capalaba", "Casino", "Dapto", "Darwin", "Dubbo", "Gawler", "Geelong",
+    "Gosford", "Goulburn", "Grafton", "Gunnedah", "Hatrick", "Healesville", "Hobart", "Horsham", "Ipswich",
+    "Launceston", "Maitland", "Manawatu", "Mandurah", "Mount Gambier", "Murray Bridge", "Murray Bridge Straight",
+    "Muswellbrook", "Northam", "Nowra", "Q Straight", "Q1 Lakeside", "Q2 Parklands", "Richmond",
+    "Richmond Straight", "Rockhampton", "Sale", "Sandown Park", "Shepparton", "Taree", "Temora", "The Gardens",
+    "The Meadows", "Townsville", "Traralgon", "Wagga", "Warragul", "Warrnambool", "Wentworth Park",
+    # Great Britain (GBGB)
+    "Central Park", "Crayford", "Doncaster", "Harlow", "Henlow", "Hove", "Kinsley", "Monmore", "Newcastle",
+    "Nottingham", "Oxford", "Pelaw Grange", "Perry Barr", "Romford", "Sheffield", "Star Pelaw", "Suffolk Downs",
+    "Sunderland", "Swindon", "Towcester", "Valley", "Yarmouth",
+)
+"""The stored track vocabulary: one context column each (a learned embedding through the head); a track not
+in it goes to `track_other`. Fixed in code so sequences of any snapshot have the same columns."""
 
 MIN_REFERENCE_RUNS = 5
 """Earlier runs at a track+distance needed before its reference time is trusted."""
+
+def track_column(track: str) -> str:
+    """Context column of a track: 'track_' + lower-case name, non-alphanumerics as '_' ('The Meadows' -> track_the_meadows)."""
+    return "track_" + re.sub(r"[^a-z0-9]+", "_", str(track).strip().lower()).strip("_")
+
 
 FEATURE_NAMES: tuple[str, ...] = (
     "time_z", "time_missing",
@@ -58,7 +84,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "won",
     "box", "box_missing",
     "distance_km", "distance_missing",
-    "grade_num", "grade_missing",
+    "grade_level", "grade_missing",
+    "placed", "placed_missing",
     "weight_change_kg", "weight_change_missing",
     "log_days_since", "days_missing",
     "implied_prob", "price_missing",
@@ -70,18 +97,15 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "distance_km", "distance_missing",
     "log_days_since", "days_missing",
     "log_field_size",
+    "grade_level", "grade_missing", "grade_change", "grade_change_missing",
+    *(f"kind_{k}" for k in GRADE_KINDS),
     "market_prob", "market_logit", "market_missing",
-    *(f"track_h{i:02d}" for i in range(N_TRACK_BUCKETS)),
+    *(track_column(t) for t in TRACKS), "track_other",
 )
 
 MARKET_CONTEXT: tuple[str, ...] = ("market_prob", "market_logit", "market_missing")
 """Context columns from the price; leave them out to make the GRU learn from form alone."""
 
-_GRADE_WORDS = (
-    (re.compile(r"ma?i?de?n|mdn"), 8.0),
-    (re.compile(r"nov|nvce"), 7.0),
-    (re.compile(r"ffa|open|grp|group|listed|inv|cup"), 1.0),
-)
 
 
 def build_sequences(runs: pd.DataFrame) -> Sequences:
@@ -96,11 +120,12 @@ def build_sequences(runs: pd.DataFrame) -> Sequences:
     race = race_codes(df["race_id"].to_numpy())
     dog_first = np.r_[True, df["dog_id"].to_numpy()[1:] != df["dog_id"].to_numpy()[:-1]]
     days = df["race_date"].to_numpy("datetime64[D]").astype(np.int64).astype(np.float64)
-    days_since = np.where(dog_first, np.nan, np.diff(days, prepend=np.nan))
+    days_since = np.where(dog_first | _gap_in_data(df["race_date"]), np.nan, np.diff(days, prepend=np.nan))
     log_days = np.log1p(np.clip(days_since, 0.0, None))
     market = _market_prob(df, race)
-    values = _values(df, race, dog_first, log_days, market)
-    context = _context(df, race, log_days, market)
+    grades = grade_table(df["grade"])
+    values = _values(df, race, dog_first, log_days, market, grades)
+    context = _context(df, race, dog_first, log_days, market, grades)
     starts = np.flatnonzero(dog_first)
     offsets = np.r_[starts, len(df)].astype(np.int64)
     return Sequences(
@@ -136,12 +161,30 @@ def _clean(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["dog_id", "race_date", "race_id"], kind="stable").reset_index(drop=True)
 
 
+def _gap_in_data(race_date: pd.Series) -> np.ndarray:
+    """(obs,) bool: a calendar month strictly between this row and the row before it has no race at all.
+
+    Rows are by dog and date, so 'the row before' is the dog's previous run (the first row of a dog is
+    ignored by the caller). Only months before the race's own month count: leak-free.
+    """
+    month = race_date.to_numpy("datetime64[M]").astype(np.int64)
+    if not len(month):
+        return np.zeros(0, dtype=bool)
+    lo = int(month.min())
+    covered = np.zeros(int(month.max()) - lo + 1, dtype=bool)
+    covered[month - lo] = True
+    empty_before = np.r_[0, np.cumsum(~covered)]  # empty months strictly before index i
+    prev = np.r_[month[0], month[:-1]]
+    return (empty_before[month - lo] - empty_before[np.minimum(prev, month) - lo + 1].clip(min=0)) > 0
+
+
 def _num(s: pd.Series) -> np.ndarray:
     return s.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _values(
-    df: pd.DataFrame, race: np.ndarray, dog_first: np.ndarray, log_days: np.ndarray, market: np.ndarray
+    df: pd.DataFrame, race: np.ndarray, dog_first: np.ndarray, log_days: np.ndarray, market: np.ndarray,
+    grades: pd.DataFrame,
 ) -> np.ndarray:
     """(obs, len(FEATURE_NAMES)) float32; NaN where an input is missing."""
     time_z = _reference_z(df, "run_time_s")
@@ -150,19 +193,20 @@ def _values(
     place = np.log(np.clip(_num(df["finish_pos"]), 1.0, None))
     box = _num(df["box"])
     dist_km = _num(df["distance_m"]) / 1000.0
-    grade = df["grade"].map(grade_number, na_action="ignore").astype("Float64").to_numpy(np.float64, na_value=np.nan)
+    grade = grades["level"].to_numpy(np.float64)
+    placed = _placed(df, race)
     weight = _num(df["weight_kg"])
     weight_change = np.where(dog_first, np.nan, np.diff(weight, prepend=np.nan))
     cols = {
         "time_z": time_z, "sectional_z": sect_z, "margin_log": margin, "log_place": place,
         "won": df["won"].to_numpy(dtype=np.float64), "box": box, "distance_km": dist_km,
-        "grade_num": grade, "weight_change_kg": np.clip(weight_change, -5.0, 5.0),
+        "grade_level": grade, "placed": placed, "weight_change_kg": np.clip(weight_change, -5.0, 5.0),
         "log_days_since": log_days, "implied_prob": _own_implied(df, race),
     }
     flags = {
         "time_missing": time_z, "sectional_missing": sect_z, "margin_missing": margin,
         "place_missing": place, "box_missing": box, "distance_missing": dist_km,
-        "grade_missing": grade, "weight_change_missing": weight_change, "days_missing": log_days,
+        "grade_missing": grade, "placed_missing": placed, "weight_change_missing": weight_change, "days_missing": log_days,
         "price_missing": cols["implied_prob"],
     }
     for name, src in flags.items():
@@ -170,7 +214,19 @@ def _values(
     return np.stack([cols[n] for n in FEATURE_NAMES], axis=1).astype(np.float32)
 
 
-def _context(df: pd.DataFrame, race: np.ndarray, log_days: np.ndarray, market: np.ndarray) -> np.ndarray:
+def _placed(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
+    """(obs,) 1 if the dog finished in the places (first 2 of fields under 8, first 3 else), 0 if not; NaN unknown."""
+    pos = _num(df["finish_pos"])
+    field = _num(df["field_size"])
+    field = np.where(np.isfinite(field), field, np.bincount(race)[race])
+    places = np.where(field < 8, 2.0, 3.0)
+    return np.where(np.isfinite(pos), (pos <= places).astype(np.float64), np.nan)
+
+
+def _context(
+    df: pd.DataFrame, race: np.ndarray, dog_first: np.ndarray, log_days: np.ndarray, market: np.ndarray,
+    grades: pd.DataFrame,
+) -> np.ndarray:
     """(obs, len(CONTEXT_NAMES)) float32; NaN where an input is missing."""
     box = _num(df["box"])
     dist_km = _num(df["distance_m"]) / 1000.0
@@ -184,10 +240,18 @@ def _context(df: pd.DataFrame, race: np.ndarray, log_days: np.ndarray, market: n
     }
     for b in range(1, 9):
         cols[f"box_{b}"] = (box == b).astype(np.float64)
-    tracks, track_code = np.unique(df["track"].astype(str).str.strip().str.lower().to_numpy(dtype=str), return_inverse=True)
-    bucket = np.array([zlib.crc32(t.encode("utf-8")) % N_TRACK_BUCKETS for t in tracks], dtype=np.int64)[track_code]
-    for i in range(N_TRACK_BUCKETS):
-        cols[f"track_h{i:02d}"] = (bucket == i).astype(np.float64)
+    level = grades["level"].to_numpy(np.float64)
+    change = np.where(dog_first, np.nan, level - np.r_[np.nan, level[:-1]])
+    cols |= {"grade_level": level, "grade_missing": (~np.isfinite(level)).astype(np.float64),
+             "grade_change": change, "grade_change_missing": (~np.isfinite(change)).astype(np.float64)}
+    kind = grades["kind"].to_numpy(dtype=str)
+    for k in GRADE_KINDS:
+        cols[f"kind_{k}"] = (kind == k).astype(np.float64)
+    known = {track_column(t) for t in TRACKS}
+    col = df["track"].astype(str).map(track_column).to_numpy(dtype=object)
+    col = np.where(np.isin(col, list(known)), col, "track_other")
+    for name in (*(track_column(t) for t in TRACKS), "track_other"):
+        cols[name] = (col == name).astype(np.float64)
     return np.stack([cols[n] for n in CONTEXT_NAMES], axis=1).astype(np.float32)
 
 
@@ -240,20 +304,22 @@ def _reference_z(df: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def grade_number(grade: str) -> float:
-    """Coarse numeric grade: the mean of the digits in it ('Gr4/5' -> 4.5), maiden 8, novice 7, open 1; NaN else."""
-    g = str(grade).strip().lower()
-    digits = [int(d) for d in re.findall(r"\d", g)]
-    if digits:
-        return float(np.mean(digits))
-    for pattern, value in _GRADE_WORDS:
-        if pattern.search(g):
-            return value
-    return float("nan")
+    """Class level of a grade string (gruviz_core.grades: 'Gr4/5' -> 4.5, maiden 8, novice 7, open class 0; NaN
+    where the string gives no class, e.g. 'Heat')."""
+    return parse_grade(grade).level
+
+
+def interaction_columns(context_names: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Positions of the box one-hots (box_1..box_8) and of the track one-hots in `context_names`, for the
+    model's box x track term; empty when either is absent (e.g. a model set that names other columns)."""
+    box = tuple(i for i, n in enumerate(context_names) if re.fullmatch(r"box_\d+", n))
+    track = tuple(i for i, n in enumerate(context_names) if n.startswith("track_"))
+    return (box, track) if box and track else ((), ())
 
 
 def home_group(seqs: Sequences) -> np.ndarray:
-    """(dog,) int64: each dog's most frequent track bucket, so training batches keep co-runners together."""
-    idx = [i for i, n in enumerate(seqs.context_names) if n.startswith("track_h")]
+    """(dog,) int64: each dog's most frequent track column, so training batches keep co-runners together."""
+    idx = [i for i, n in enumerate(seqs.context_names) if n.startswith("track_")]
     if not idx:
         return np.zeros(seqs.n_dogs, dtype=np.int64)
     bucket = np.argmax(seqs.context[:, idx], axis=1)  # (obs,)
@@ -300,7 +366,7 @@ class Normaliser:
             _standardise(context, self.context_mean, self.context_std, self.clip, "context"),
         )
 
-    def select(self, feature_names: Sequence[str], context_names: Sequence[str]) -> "Normaliser":
+    def select(self, feature_names: Sequence[str], context_names: Sequence[str]) -> Normaliser:
         """The same normaliser restricted/reordered to the named columns."""
         fi = column_index(self.feature_names, feature_names, what="normaliser features")
         ci = column_index(self.context_names, context_names, what="normaliser context")
@@ -312,7 +378,7 @@ class Normaliser:
         )
 
     @classmethod
-    def identity(cls, feature_names: Sequence[str], context_names: Sequence[str]) -> "Normaliser":
+    def identity(cls, feature_names: Sequence[str], context_names: Sequence[str]) -> Normaliser:
         """No scaling, missing -> 0: for models that bring no normaliser of their own."""
         f, c = len(feature_names), len(context_names)
         return cls(tuple(feature_names), tuple(context_names), (0.0,) * f, (1.0,) * f, (0.0,) * c, (1.0,) * c, 1e9)
@@ -326,7 +392,7 @@ class Normaliser:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Normaliser":
+    def from_dict(cls, d: dict[str, Any]) -> Normaliser:
         return cls(
             tuple(d["feature_names"]), tuple(d["context_names"]),
             tuple(float(v) for v in d["values_mean"]), tuple(float(v) for v in d["values_std"]),

@@ -40,6 +40,11 @@ class ModelConfig:
     context_skip: bool = False
     """Add a linear term of the context to the score (starting at 0), so the GRU and head learn a
     correction to what the context already says (e.g. the market's log-odds), as racing models do."""
+    box_columns: tuple[int, ...] = ()
+    """Context positions of the box one-hots; with `track_columns`, a learned box x track table (starting at 0)
+    is added to the score: box bias is track-specific. Empty: no such term."""
+    track_columns: tuple[int, ...] = ()
+    """Context positions of the track one-hots (the stored vocabulary and its unknown bucket)."""
 
 
 class RaceGRU(nn.Module):
@@ -60,6 +65,11 @@ class RaceGRU(nn.Module):
         self.skip = nn.Linear(cfg.n_context, 1, bias=False) if cfg.context_skip else None
         if self.skip is not None:
             nn.init.zeros_(self.skip.weight)
+        self.box_track = None
+        if cfg.box_columns and cfg.track_columns:
+            self.box_track = nn.Parameter(torch.zeros(len(cfg.box_columns), len(cfg.track_columns)))
+            self.register_buffer("_box_idx", torch.tensor(list(cfg.box_columns), dtype=torch.long), persistent=False)
+            self.register_buffer("_track_idx", torch.tensor(list(cfg.track_columns), dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F) race features, ctx: (B, T, C) pre-race context -> (B, T) scores."""
@@ -68,10 +78,13 @@ class RaceGRU(nn.Module):
         score = self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
         if self.skip is not None:
             score = score + self.skip(ctx).squeeze(-1)
+        if self.box_track is not None:  # (B, T, boxes) @ (boxes, tracks) . (B, T, tracks)
+            box, track = ctx.index_select(-1, self._box_idx), ctx.index_select(-1, self._track_idx)
+            score = score + ((box @ self.box_track) * track).sum(-1)
         return score
 
 
-_HOOK_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_HOOK_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 _HOOK_LOCKS_GUARD = threading.Lock()
 
 
@@ -132,7 +145,7 @@ class LoadedModel:
     @classmethod
     def wrap(
         cls, module: nn.Module, feature_names, context_names, *, gru_path: str | None = None, model_id: str = "unnamed"
-    ) -> "LoadedModel":
+    ) -> LoadedModel:
         path, gru = find_gru(module, gru_path)
         return cls(module.eval(), gru, path, tuple(feature_names), tuple(context_names), model_id)
 

@@ -25,7 +25,15 @@ from torch import nn
 
 from gruviz_core.errors import ConfigError
 from gruviz_core.model import ModelConfig, RaceGRU
-from gruviz_core.racing import brier, hit_rate, race_codes, race_softmax, uniform_probs, win_log_loss
+from gruviz_core.racing import (
+    brier,
+    hit_rate,
+    race_codes,
+    race_softmax,
+    renormalise,
+    uniform_probs,
+    win_log_loss,
+)
 
 __all__ = [
     "TrainConfig",
@@ -37,6 +45,7 @@ __all__ = [
     "score_rows",
     "win_metrics",
     "validation_metrics",
+    "window_report",
     "train_seed",
 ]
 
@@ -94,6 +103,8 @@ class TrainData:
     """(obs,) bool: in the validation period."""
     group: np.ndarray
     """(dog,) int64 batch group (home track bucket)."""
+    test_rows: np.ndarray | None = None
+    """(obs,) bool: in the test window (after the early-stopping window; never fitted on or used to stop)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,9 @@ class SeedResult:
     """Validation metrics: {'model', 'uniform', 'market', 'model_priced'} -> win_metrics dict."""
     seconds: float
     """Wall time of training this seed."""
+    scores: np.ndarray | None = field(default=None, repr=False)
+    """(obs,) float32 score of every row under the kept weights, so the K seeds' mean can be scored without
+    running the models again."""
 
 
 def time_split(race_date: np.ndarray, val_frac: float) -> tuple[np.datetime64, np.ndarray, np.ndarray]:
@@ -243,6 +257,47 @@ def validation_metrics(scores: np.ndarray, data: TrainData) -> dict:
     return out
 
 
+def window_report(
+    seed_scores: dict[str, np.ndarray], data: TrainData, rows: np.ndarray, yardsticks: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """Metrics of each seed and of the K-seed mean (the production score) on `rows`, beside the baselines.
+
+    seed_scores: seed -> (obs,) scores. Each seed's probabilities come from a softmax within the race;
+    the ensemble is the mean of those probabilities. yardsticks: name -> (obs,) win probability of another
+    forecaster (e.g. a source's own rated price, renormalised within the race here; NaN where unknown).
+    'vs' compares the ensemble with each baseline on the same races only (those where the baseline
+    prices every runner): {'baseline', 'model', 'diff' (model - baseline)}.
+    """
+    rows = np.asarray(rows, dtype=bool)
+    if not rows.any():
+        return {}
+    race = race_codes(data.race[rows])
+    won = data.won[rows].astype(np.float64)
+    probs = {k: race_softmax(v[rows], race) for k, v in seed_scores.items()}
+    ens = np.mean(np.stack(list(probs.values()), axis=1), axis=1)
+    out: dict = {
+        "per_seed": {k: win_metrics(p, won, race) for k, p in probs.items()},
+        "ensemble": win_metrics(ens, won, race),
+        "uniform": win_metrics(uniform_probs(race), won, race),
+    }
+    baselines = {"market": data.market_prob[rows].astype(np.float64)}
+    baselines |= {k: renormalise(np.asarray(v, dtype=np.float64)[rows], race) for k, v in (yardsticks or {}).items()}
+    baselines["uniform"] = uniform_probs(race)
+    out["vs"] = {}
+    for name, p in baselines.items():
+        bad = np.bincount(race, weights=~np.isfinite(p), minlength=int(race.max()) + 1) > 0
+        keep = ~bad[race]
+        if not keep.any():
+            continue
+        sub = race_codes(race[keep])
+        b, m = win_metrics(p[keep], won[keep], sub), win_metrics(ens[keep], won[keep], sub)
+        out["vs"][name] = {"baseline": b, "model": m, "diff": {k: m[k] - b[k] for k in _METRIC_KEYS}}
+    return out
+
+
+_METRIC_KEYS = ("log_loss", "brier", "hit_rate", "race_log_loss")
+
+
 def _race_loss(scores: np.ndarray, data: TrainData, rows: np.ndarray) -> float:
     """Conditional-logit NLL per race over whole races (all runners present) of the given rows."""
     race = race_codes(data.race[rows])
@@ -349,4 +404,5 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) 
     return SeedResult(
         seed=seed, config=model_cfg, state_dict=model.state_dict(), curve=pd.DataFrame(curve),
         best_epoch=best_epoch, metrics=validation_metrics(scores, data), seconds=time.perf_counter() - t0,
+        scores=scores,
     )

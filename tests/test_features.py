@@ -8,8 +8,18 @@ import pytest
 
 from gruviz_core.errors import FeatureMismatchError
 from gruviz_core.features import (
-    CONTEXT_NAMES, FEATURE_NAMES, Normaliser, build_sequences, fit_normaliser, grade_number, home_group,
+    CONTEXT_NAMES,
+    FEATURE_NAMES,
+    TRACKS,
+    Normaliser,
+    build_sequences,
+    fit_normaliser,
+    grade_number,
+    home_group,
+    interaction_columns,
+    track_column,
 )
+from gruviz_core.grades import GRADE_KINDS
 from gruviz_core.schema import conform
 
 
@@ -98,8 +108,99 @@ def test_missing_inputs_are_flagged_and_unknown_results_dropped():
 
 def test_grade_numbers():
     assert grade_number("Gr4/5") == 4.5
-    assert grade_number("Mdn") == 8.0 and grade_number("Nvce") == 7.0 and grade_number("FFA") == 1.0
+    assert grade_number("Mdn") == 8.0 and grade_number("Nvce") == 7.0 and grade_number("FFA") == 0.0
+    assert grade_number("Grp3") == 0.0 and grade_number("Mdn/Gr6") == 7.0
     assert np.isnan(grade_number("Heat"))
+
+
+NEW_INPUTS = (
+    ["v:placed", "v:placed_missing", "v:grade_level", "v:grade_missing", "v:log_days_since", "v:days_missing",
+     "c:grade_level", "c:grade_change", "c:grade_change_missing", "c:log_days_since", "c:days_missing"]
+    + [f"c:kind_{k}" for k in GRADE_KINDS] + ["c:track_other", "c:track_ballarat"]
+)
+
+
+@pytest.mark.parametrize("column", NEW_INPUTS)
+def test_new_inputs_use_only_earlier_rows(column):
+    """Changing everything about the later races (result, grade, track, month gaps) changes no earlier row."""
+    runs = _varied(toy_runs(n_races=240))
+    later = runs["race_date"] >= runs["race_date"].quantile(0.6)
+    changed = runs.copy()
+    rng = np.random.default_rng(5)
+    changed.loc[later, "finish_pos"] = rng.permutation(changed.loc[later, "finish_pos"].to_numpy())
+    changed.loc[later, "won"] = changed.loc[later, "finish_pos"] == 1
+    changed.loc[later, "grade"] = rng.choice(["Heat", "Gr7", "Mdn", "FFA"], int(later.sum()))
+    changed.loc[later, "track"] = "Nowhere Park"
+    changed.loc[later, "race_date"] = changed.loc[later, "race_date"] + pd.Timedelta(days=120)  # makes a gap
+    a, b = _by_key(build_sequences(runs)), _by_key(build_sequences(changed))
+    early = a.index[a.index.get_level_values("race").isin(runs.loc[~later, "race_id"])]
+    pd.testing.assert_series_equal(a.loc[early, column], b.loc[early, column])
+    assert not a[column].isna().all()
+
+
+def _varied(runs: pd.DataFrame) -> pd.DataFrame:
+    """Grades and tracks that vary, as in real files."""
+    grades = np.array(["Gr5", "Gr4/5", "Mdn", "Heat", "Final", "FFA", "N/G", "Gr6"])
+    runs = runs.copy()
+    codes = runs["race_id"].str[1:].astype(int).to_numpy()
+    runs["grade"] = pd.array(grades[codes % len(grades)], dtype="string")
+    runs["track"] = runs["track"].map({"Track 0": "Ballarat", "Track 1": "Sandown Park", "Track 2": "Mars"})
+    return runs
+
+
+def test_grade_change_and_kind_of_the_upcoming_race():
+    runs = _varied(toy_runs(n_races=60))
+    seqs = build_sequences(runs)
+    ctx = {n: seqs.context[:, i] for i, n in enumerate(seqs.context_names)}
+    lv = ctx["grade_level"]
+    d0 = seqs.dog_rows(0)
+    rows = np.arange(d0.start, d0.stop) if isinstance(d0, slice) else np.asarray(d0)
+    expected = np.r_[np.nan, lv[rows][1:] - lv[rows][:-1]]
+    np.testing.assert_allclose(ctx["grade_change"][rows], expected)
+    np.testing.assert_array_equal(ctx["grade_change_missing"] == 1, np.isnan(ctx["grade_change"]))
+    kinds = np.stack([ctx[f"kind_{k}"] for k in GRADE_KINDS], axis=1)
+    np.testing.assert_array_equal(kinds.sum(axis=1), 1.0)  # exactly one kind per race
+    heat = seqs.race_id == runs.loc[runs["grade"] == "Heat", "race_id"].iloc[0]
+    assert (ctx["kind_heat"][heat] == 1).all() and np.isnan(lv[heat]).all()
+
+
+def test_track_vocabulary_and_unknown_bucket():
+    seqs = build_sequences(_varied(toy_runs(n_races=60)))
+    ctx = {n: seqs.context[:, i] for i, n in enumerate(seqs.context_names)}
+    tracks = [n for n in seqs.context_names if n.startswith("track_")]
+    assert len(tracks) == len(TRACKS) + 1 and track_column("The Meadows") == "track_the_meadows"
+    np.testing.assert_array_equal(np.stack([ctx[t] for t in tracks], 1).sum(1), 1.0)
+    assert ctx["track_ballarat"].sum() > 0 and ctx["track_sandown_park"].sum() > 0 and ctx["track_other"].sum() > 0
+    box, track = interaction_columns(seqs.context_names)
+    assert len(box) == 8 and len(track) == len(TRACKS) + 1
+
+
+def test_placed_flag_from_the_place_and_field():
+    runs = toy_runs(n_races=40)
+    runs.loc[5, "finish_pos"] = pd.NA
+    seqs = _by_key(build_sequences(runs))
+    r = runs.set_index(["dog_id", "race_id"]).loc[seqs.index]
+    places = np.where(r["field_size"].astype(float) < 8, 2, 3)
+    pos = r["finish_pos"].astype(float).to_numpy()
+    known = np.isfinite(pos)
+    np.testing.assert_array_equal(seqs["v:placed"].to_numpy()[known], (pos[known] <= places[known]).astype(float))
+    assert np.isnan(seqs["v:placed"].to_numpy()[~known]).all() and (seqs["v:placed_missing"].to_numpy()[~known] == 1).all()
+
+
+def test_days_since_is_unknown_across_a_month_without_data():
+    runs = toy_runs(n_races=240)  # 80 days from 2024-01-01: January to March
+    feb = runs["race_date"].dt.month == 2
+    runs = runs[~feb]  # no race at all in February: a gap in the data
+    seqs = build_sequences(runs)
+    days = seqs.values[:, seqs.feature_names.index("log_days_since")]
+    prev = np.r_[np.datetime64("NaT"), seqs.race_date[:-1]].astype("datetime64[D]")
+    first = np.zeros(seqs.n_obs, bool)
+    first[seqs.offsets[:-1]] = True
+    across = ~first & (prev < np.datetime64("2024-02-01")) & (seqs.race_date >= np.datetime64("2024-03-01"))
+    assert across.sum() > 10 and np.isnan(days[across]).all()
+    assert np.isfinite(days[~first & ~across]).all()
+    ctx = seqs.context[:, seqs.context_names.index("days_missing")]
+    np.testing.assert_array_equal(ctx == 1, first | across)
 
 
 def test_normaliser_round_trip_and_apply():

@@ -14,8 +14,16 @@ from gruviz_core.racing import race_codes, race_softmax
 from gruviz_core.sequences import pad_batch
 from gruviz_core.synth import simulate
 from gruviz_core.train import (
-    TrainConfig, TrainData, conditional_logit_nll, score_rows, time_split, train_seed, win_metrics,
+    TrainConfig,
+    TrainData,
+    conditional_logit_nll,
+    score_rows,
+    time_split,
+    train_seed,
+    win_metrics,
+    window_report,
 )
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -132,3 +140,26 @@ def test_win_metrics_of_a_perfect_forecast():
     won = np.array([1.0, 0, 0, 1, 0])
     m = win_metrics(won * 0.999 + 0.0002, won, race)
     assert m["hit_rate"] == 1.0 and m["race_log_loss"] < 0.01 and m["n_races"] == 2
+
+
+def test_window_report_scores_the_mean_of_seeds_beside_baselines_on_the_same_races():
+    race = np.repeat(np.arange(4), 3)
+    won = np.tile([1.0, 0.0, 0.0], 4).astype(np.float32)
+    market = np.tile([0.5, 0.3, 0.2], 4).astype(np.float32)
+    market[3:6] = np.nan  # race 1 unpriced: left out of the market comparison only
+    data = TrainData(np.zeros((12, 1), np.float32), np.zeros((12, 1), np.float32), np.array([0, 12]), race, won,
+                     market, np.zeros(12, bool), np.zeros(12, bool), np.zeros(1, np.int64), np.ones(12, bool))
+    s0, s1 = np.tile([1.0, 0.0, 0.0], 4), np.tile([0.0, 0.0, 0.0], 4)
+    rated = np.tile([2.0, 1.0, 1.0], 4)  # unnormalised: renormalised within the race -> 0.5, 0.25, 0.25
+    rated[0] = np.nan  # race 0 unrated
+    out = window_report({"0": s0, "1": s1}, data, np.ones(12, bool), {"rated": rated})
+    p0 = np.exp(1.0) / (np.exp(1.0) + 2.0)
+    ens = (p0 + 1.0 / 3.0) / 2.0
+    assert out["per_seed"]["0"]["race_log_loss"] == pytest.approx(-np.log(p0))
+    assert out["ensemble"]["race_log_loss"] == pytest.approx(-np.log(ens))
+    m = out["vs"]["market"]
+    assert m["baseline"]["n_races"] == 3 and m["baseline"]["race_log_loss"] == pytest.approx(-np.log(0.5))
+    assert m["diff"]["race_log_loss"] == pytest.approx(-np.log(ens) + np.log(0.5))
+    r = out["vs"]["rated"]
+    assert r["baseline"]["n_races"] == 3 and r["baseline"]["race_log_loss"] == pytest.approx(-np.log(0.5))
+    assert out["vs"]["uniform"]["diff"]["race_log_loss"] == pytest.approx(-np.log(ens) - np.log(3.0))

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from flows.cli import main as cli
+from flows.stages.features import run as ensure_sequences
+from flows.stages.train import model_set_scores, train_and_register
 from gruviz_core.errors import AmbiguousGRUError, ConfigError, FeatureMismatchError, NoGRUError, NotFoundError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, MARKET_CONTEXT
 from gruviz_core.model import ModelConfig, RaceGRU
@@ -18,10 +20,11 @@ from gruviz_core.sequences import Sequences
 from gruviz_core.synth import simulate
 from gruviz_core.train import TrainConfig, TrainData, time_windows, validation_metrics
 from storage.forms import ingest
-from flows.stages.features import run as ensure_sequences
-from flows.stages.train import model_set_scores, train_and_register
 from storage.registry import (
-    current_model_set, list_model_sets, load_byo, load_model_set,
+    current_model_set,
+    list_model_sets,
+    load_byo,
+    load_model_set,
 )
 
 TINY = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)
@@ -61,6 +64,10 @@ def test_train_registers_a_complete_set_and_marks_it_current(store):
     out = report.to_dict()
     assert set(out["per_seed"]) == {"0", "1"} and out["uniform"]["n_rows"] == out["n_val_rows"]
     assert out["market"]["log_loss"] > 0 and out["timings"]["per_epoch_s"] > 0
+    test = manifest["test"]  # the test window (after early_stop_end) is reported and kept in the registry
+    assert test["ensemble"]["n_rows"] == out["n_test_rows"] > 0 and set(test["per_seed"]) == {"0", "1"}
+    assert test["vs"]["market"]["diff"]["race_log_loss"] == pytest.approx(
+        test["vs"]["market"]["model"]["race_log_loss"] - test["vs"]["market"]["baseline"]["race_log_loss"])
 
 
 def test_seeds_in_parallel_processes_match_serial_training(store, tmp_path):
@@ -80,7 +87,7 @@ def test_reloaded_checkpoints_give_the_stored_metrics(store):
     scores = model_set_scores(ms, seqs)  # (obs, seed)
     assert scores.shape == (seqs.n_obs, 2) and np.isfinite(scores).all()
     values, context = ms.prepare(seqs)
-    _, _, train, val = time_windows(seqs.race_date, TINY.val_frac, TINY.test_frac)  # the early-stopping window
+    _, _, train, val = time_windows(seqs.race_date, TINY.val_frac, TINY.test_frac)  # as the train stage splits
     data = TrainData(values, context, seqs.offsets, race_codes(seqs.race_id), seqs.won, seqs.market_prob,
                      train, val, np.zeros(seqs.n_dogs, dtype=np.int64))
     for k, seed in enumerate(ms.seeds):

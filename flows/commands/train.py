@@ -67,6 +67,20 @@ def run(args: argparse.Namespace) -> int:
     rows += [("uniform", report["uniform"])]
     for name, m in rows:
         print(f"{name:14s}{m['log_loss']:10.4f}{m['race_log_loss']:10.4f}{m['brier']:9.4f}{m['hit_rate']:10.3f}{m['n_rows']:9d}")
+    test = report.get("test") or {}
+    if test:
+        print(f"test window after {report['early_stop_end']}: {report['n_test_rows']} rows "
+              "(never fitted on or used to stop)")
+        print(f"{'':14s}{'log-loss':>10s}{'race LL':>10s}{'Brier':>9s}{'hit rate':>10s}{'rows':>9s}")
+        rows = [(f"seed {k}", m) for k, m in test["per_seed"].items()] + [("mean of seeds", test["ensemble"])]
+        for name, m in rows:
+            print(f"{name:14s}{m['log_loss']:10.4f}{m['race_log_loss']:10.4f}{m['brier']:9.4f}{m['hit_rate']:10.3f}"
+                  f"{m['n_rows']:9d}")
+        for name, v in test.get("vs", {}).items():
+            b, d = v["baseline"], v["diff"]
+            print(f"{name:14s}{b['log_loss']:10.4f}{b['race_log_loss']:10.4f}{b['brier']:9.4f}{b['hit_rate']:10.3f}"
+                  f"{b['n_rows']:9d}   mean of seeds - {name} on its {b['n_races']} races: race LL "
+                  f"{d['race_log_loss']:+.4f}, log-loss {d['log_loss']:+.4f}")
     t = report["timings"]
     print(f"time: {t['total_s']:.1f} s total, {t['per_epoch_s']:.1f} s per epoch")
     print(f"flow run: {state.state_details.flow_run_id}")

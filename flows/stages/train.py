@@ -14,11 +14,11 @@ import numpy as np
 
 from flows.stages import features
 from gruviz_core.errors import ConfigError
-from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_group
+from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_group, interaction_columns
 from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
-from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed
+from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
 from storage.registry import ModelSet, write_model_set
 
 __all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores"]
@@ -56,6 +56,11 @@ class TrainReport:
     """1/field size on all validation rows."""
     timings: dict
     """Seconds: features, per seed, per epoch (mean), total."""
+    n_test_rows: int = 0
+    """Runner rows in the test window (after `early_stop_end`)."""
+    test: dict | None = None
+    """Test-window metrics (gruviz_core.train.window_report): per seed, the K-seed mean (the production score),
+    uniform, and 'vs' each baseline (market; a source's rated price where given) on the same races, as differences."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,10 +78,13 @@ def train_and_register(
     train_config: TrainConfig | None = None,
     context_skip: bool = True,
     context_names: Sequence[str] | None = None,
+    feature_names: Sequence[str] | None = None,
+    box_track: bool = True,
     workers: int = 1,
     make_current: bool = True,
     promote: bool = False,
     log_fn: Callable[[str], None] | None = None,
+    yardsticks: Callable[[Sequences], dict[str, np.ndarray]] | None = None,
 ) -> TrainReport:
     """Train K seeds of the built-in model on a snapshot, write them as one model set, mark it CURRENT.
 
@@ -85,8 +93,12 @@ def train_and_register(
 
     `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
     `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
+    `feature_names` (default: all) picks the race features the GRU reads (ablations). `box_track` adds the
+    model's learned box x track table where the context has box and track one-hots.
     `workers` > 1 trains seeds in parallel processes (spawned, one torch thread each): the way
     to use several cores, since one GRU's small matrices gain little from intra-op threads.
+    `yardsticks` (seqs -> name -> (obs,) win probability, NaN where unknown) adds other forecasters, e.g. a
+    source's own rated price, to the test-window comparison; they are never an input.
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -96,19 +108,21 @@ def train_and_register(
     if epochs is not None:
         cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
     seq_path = features.run(root, snapshot_id)
-    data, norm, cutoff, es_end = _training_data(seq_path, cfg.val_frac, cfg.test_frac, context_names)
+    data, norm, cutoff, es_end = _training_data(seq_path, cfg.val_frac, cfg.test_frac, context_names, feature_names)
+    box_cols, track_cols = interaction_columns(norm.context_names) if box_track else ((), ())
     train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
+    test_rows = data.test_rows if data.test_rows is not None else np.zeros(len(data.won), dtype=bool)
     t_features = time.perf_counter() - t0
     configs = [
         ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
-                    seed=seed, context_skip=context_skip)
+                    seed=seed, context_skip=context_skip, box_columns=box_cols, track_columns=track_cols)
         for seed in seed_list
     ]
     if workers > 1 and len(seed_list) > 1:
-        del data  # each worker rebuilds it from the cached npz rather than receiving a pickled copy
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(seed_list)), mp_context=ctx) as pool:
-            futures = [pool.submit(_train_worker, str(seq_path), cfg, tuple(norm.context_names), m) for m in configs]
+            futures = [pool.submit(_train_worker, str(seq_path), cfg, tuple(norm.context_names),
+                                   tuple(norm.feature_names), m) for m in configs]
             results = [f.result() for f in futures]
         if log_fn:
             for r in results:
@@ -123,6 +137,8 @@ def train_and_register(
         "total_s": time.perf_counter() - t0,
     }
     first = results[0].metrics
+    sticks = yardsticks(Sequences.load(seq_path)) if yardsticks else None
+    test = window_report({str(r.seed): r.scores for r in results}, data, test_rows, sticks)
     report_core = {
         "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff), "early_stop_end": str(es_end),
         "n_train_rows": train_rows, "n_val_rows": val_rows,
@@ -132,6 +148,7 @@ def train_and_register(
             for r in results
         },
         "market": first.get("market"), "uniform": first["uniform"], "timings": timings,
+        "n_test_rows": int(test_rows.sum()), "test": test,
     }
     beats = beats_uniform(report_core["per_seed"], report_core["uniform"])
     current = make_current and (beats or promote)
@@ -150,26 +167,31 @@ def beats_uniform(per_seed: dict[str, dict], uniform: dict) -> bool:
 
 
 def _training_data(
-    seq_path: Path, val_frac: float, test_frac: float, context_names: Sequence[str] | None
+    seq_path: Path, val_frac: float, test_frac: float, context_names: Sequence[str] | None,
+    feature_names: Sequence[str] | None = None,
 ) -> tuple[TrainData, Normaliser, np.datetime64, np.datetime64]:
     """Sequences -> normalised training arrays, the normaliser (fitted on the training period) and the cutoff."""
     seqs = Sequences.load(seq_path)
     cutoff, es_end, train_rows, val_rows = time_windows(seqs.race_date, val_frac, test_frac)
     ctx_names = tuple(context_names) if context_names else seqs.context_names
-    norm = fit_normaliser(seqs, train_rows).select(seqs.feature_names, ctx_names)
+    feat_names = tuple(feature_names) if feature_names else seqs.feature_names
+    norm = fit_normaliser(seqs, train_rows).select(feat_names, ctx_names)
     ci = column_index(seqs.context_names, ctx_names, what="train context_names")
-    values, context = norm.apply(seqs.values, seqs.context[:, ci])
+    fi = column_index(seqs.feature_names, feat_names, what="train feature_names")
+    values, context = norm.apply(seqs.values[:, fi], seqs.context[:, ci])
     data = TrainData(
         values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
         won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
         train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
+        test_rows=seqs.race_date.astype("datetime64[D]") > es_end,
     )
     return data, norm, cutoff, es_end
 
 
-def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...], mcfg: ModelConfig):
+def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...], feature_names: tuple[str, ...],
+                  mcfg: ModelConfig):
     """One seed in a spawned process: rebuild the arrays from the cached npz, train."""
-    data, _, _, _ = _training_data(Path(seq_path), cfg.val_frac, cfg.test_frac, context_names)
+    data, _, _, _ = _training_data(Path(seq_path), cfg.val_frac, cfg.test_frac, context_names, feature_names)
     return train_seed(data, mcfg, cfg)
 
 
