@@ -7,8 +7,8 @@ Each module `flows/commands/<name>.py` defines `HELP: str`, `add_arguments(parse
 from __future__ import annotations
 
 import argparse
-import os
 import importlib
+import os
 import sys
 
 from gruviz_core.errors import GruvizError

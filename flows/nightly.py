@@ -222,7 +222,7 @@ class _ProgressReporter:
         self._last = 0.0
 
     @classmethod
-    def for_run(cls, artifact_id: str, total: int, block: int) -> "_ProgressReporter":
+    def for_run(cls, artifact_id: str, total: int, block: int) -> _ProgressReporter:
         with cls._lock:
             cls._runs.setdefault(artifact_id, {})
         return cls(artifact_id, total, block)

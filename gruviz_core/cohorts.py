@@ -97,7 +97,7 @@ class CohortRule:
         return {"name": d.pop("name"), "version": d.pop("version"), "params": d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CohortRule":
+    def from_dict(cls, d: dict) -> CohortRule:
         """From {name, version, params} or a flat {name, tau, theta, ...} (settings); unknown keys are an error."""
         flat = {**{k: v for k, v in d.items() if k != "params"}, **d.get("params", {})}
         known = set(cls.__dataclass_fields__)
@@ -116,13 +116,13 @@ class CohortRule:
         return replace(base, **flat)
 
     @classmethod
-    def coerce(cls, rule: "CohortRule | dict | None") -> "CohortRule":
+    def coerce(cls, rule: CohortRule | dict | None) -> CohortRule:
         """A rule from a rule, a dict (see from_dict) or None (the default rule)."""
         if rule is None:
             return cls()
         return rule if isinstance(rule, cls) else cls.from_dict(rule)
 
-    def with_thresholds(self, *, tau: float, theta: float) -> "CohortRule":
+    def with_thresholds(self, *, tau: float, theta: float) -> CohortRule:
         """The same rule at other thresholds (low kept <= theta)."""
         return replace(self, tau=tau, theta=theta, low=min(self.low, theta))
 
@@ -205,7 +205,7 @@ def sensitivity_cohorts(
     return out
 
 
-def exemplar_pair(dogs: "pd.DataFrame") -> list[tuple[str, str]]:
+def exemplar_pair(dogs: pd.DataFrame) -> list[tuple[str, str]]:
     """The exemplar rule, the only one: the most and the least saturated dog by mean s among dogs with long
     histories (top decile of race counts). dogs: stats/dog.parquet rows of the cohort layer. -> [(most, least)]."""
     if len(dogs) < 2:

@@ -76,7 +76,7 @@ class Sequences:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Sequences":
+    def load(cls, path: str | Path) -> Sequences:
         with np.load(path, allow_pickle=False) as z:
             return cls(
                 values=z["values"], context=z["context"], offsets=z["offsets"],

@@ -120,7 +120,7 @@ class GateCounts:
     hi: float = 0.9
     """Right threshold."""
 
-    def add(self, g: np.ndarray) -> "GateCounts":
+    def add(self, g: np.ndarray) -> GateCounts:
         """Count a chunk of activations g: (n, L, H); NaN rows count as neither."""
         left = (g < self.lo).sum(axis=0, dtype=np.int64)
         right = (g > self.hi).sum(axis=0, dtype=np.int64)
@@ -129,7 +129,7 @@ class GateCounts:
         self.n += int(g.shape[0])
         return self
 
-    def merge(self, other: "GateCounts") -> "GateCounts":
+    def merge(self, other: GateCounts) -> GateCounts:
         if other.left is None:
             return self
         if self.left is None:
@@ -165,7 +165,7 @@ class StateMoments:
     sat_count: np.ndarray | None = None
     """(L, H) int64: rows with |h| >= sat_tau."""
 
-    def add(self, h: np.ndarray) -> "StateMoments":
+    def add(self, h: np.ndarray) -> StateMoments:
         """Fold in a chunk h: (n, L, H)."""
         if len(h) == 0:
             return self
@@ -182,7 +182,7 @@ class StateMoments:
         )
         return self.merge(part)
 
-    def merge(self, other: "StateMoments") -> "StateMoments":
+    def merge(self, other: StateMoments) -> StateMoments:
         if other.n == 0:
             return self
         if self.n == 0:

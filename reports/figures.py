@@ -7,18 +7,32 @@ so the same model renders to the same bytes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import plotly.graph_objects as go
 
 from gruviz_core.errors import ConfigError
 from reports.figures_charts import (
-    bands_figure, gates_figure, grouped_figure, lines2_figure, lines_figure, scatter_figure,
+    bands_figure,
+    gates_figure,
+    grouped_figure,
+    lines2_figure,
+    lines_figure,
+    scatter_figure,
 )
 from reports.figures_heatmaps import anim_heatmap, static_heatmap
 from reports.plot_base import COLORSCALE, PLOTLY_CONFIG, REDRAW
 from reports.specs import (
-    AnimHeatmapSpec, BandsSpec, FigureSpec, GatesSpec, GroupedSpec, HeatmapSpec, Lines2Spec, LinesSpec, ScatterSpec,
+    AnimHeatmapSpec,
+    BandsSpec,
+    FigureSpec,
+    GatesSpec,
+    GroupedSpec,
+    HeatmapSpec,
+    Lines2Spec,
+    LinesSpec,
+    ScatterSpec,
 )
 
 __all__ = ["figure", "figure_html", "COLORSCALE", "PLOTLY_CONFIG", "REDRAW"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -11,7 +11,15 @@ from plotly.subplots import make_subplots
 from reports.model import sig
 from reports.plot_base import error_bars, label, labels, layout, rgba
 from reports.specs import (
-    Band, BandsSpec, GatesSpec, GroupedSeries, GroupedSpec, Line, Lines2Spec, LinesSpec, ScatterSpec,
+    Band,
+    BandsSpec,
+    GatesSpec,
+    GroupedSeries,
+    GroupedSpec,
+    Line,
+    Lines2Spec,
+    LinesSpec,
+    ScatterSpec,
 )
 
 __all__ = ["bands_figure", "lines_figure", "lines2_figure", "scatter_figure", "gates_figure", "grouped_figure"]

@@ -9,15 +9,32 @@ kept except the heatmap dogs, so the page size does not grow with the number of 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
 from reports.prose import GLOSSARY
 from reports.specs import (
-    AnimHeatmapSpec, Band, BandsSpec, DogHeat, ExemplarCurve, FigureSpec, GateLayer, GatesSpec, GateSeries,
-    GroupedPanel, GroupedSeries, GroupedSpec, HeatmapSpec, Line, Lines2Spec, LinesPanel, LinesSpec, ScatterSeries,
+    AnimHeatmapSpec,
+    Band,
+    BandsSpec,
+    DogHeat,
+    ExemplarCurve,
+    FigureSpec,
+    GateLayer,
+    GateSeries,
+    GatesSpec,
+    GroupedPanel,
+    GroupedSeries,
+    GroupedSpec,
+    HeatmapSpec,
+    Line,
+    Lines2Spec,
+    LinesPanel,
+    LinesSpec,
+    ScatterSeries,
     ScatterSpec,
 )
 

@@ -110,7 +110,7 @@ def _sparkline(values: Sequence[Any], width: int = 360, height: int = 64) -> str
     def xy(i: int, v: float) -> tuple[float, float]:
         return left + (width - left - right) * i / n, height - 8 - (height - 16) * (v - lo) / span
 
-    coords = " ".join("%.1f,%.1f" % xy(i, v) for i, v in pts)
+    coords = " ".join("{:.1f},{:.1f}".format(*xy(i, v)) for i, v in pts)
     (i0, v0), (i1, v1) = pts[0], pts[-1]
     x0, y0 = xy(i0, v0)
     x1, y1 = xy(i1, v1)

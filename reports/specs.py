@@ -6,7 +6,7 @@ Values are already rounded; arrays are lists (they go to Plotly as is). Re-expor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "FigureSpec", "DogHeat", "AnimHeatmapSpec", "HeatmapSpec", "Band", "Line", "ExemplarCurve", "BandsSpec",
@@ -329,7 +329,7 @@ class GroupedSpec:
     """Height in pixels."""
 
 
-FigureSpec = Union[
-    AnimHeatmapSpec, HeatmapSpec, BandsSpec, LinesSpec, Lines2Spec, ScatterSpec, GatesSpec, GroupedSpec
-]
+FigureSpec = (
+    AnimHeatmapSpec | HeatmapSpec | BandsSpec | LinesSpec | Lines2Spec | ScatterSpec | GatesSpec | GroupedSpec
+)
 """Any figure of the report; `reports.figures.figure(spec)` draws it by its type."""

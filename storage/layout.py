@@ -29,7 +29,7 @@ class StoreLayout:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "StoreLayout":
+    def at(cls, root: str | Path) -> StoreLayout:
         return cls(Path(root).expanduser().resolve())
 
     @property
@@ -83,7 +83,7 @@ class RunLayout:
     run_dir: Path
 
     @classmethod
-    def at(cls, run_dir: str | Path) -> "RunLayout":
+    def at(cls, run_dir: str | Path) -> RunLayout:
         return cls(Path(run_dir))
 
     @property

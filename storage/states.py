@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +142,7 @@ class RunPlan:
         return min(block * span, self.n_obs), min((block + 1) * span, self.n_obs)
 
     @classmethod
-    def load(cls, tmp_dir: str | Path) -> "RunPlan":
+    def load(cls, tmp_dir: str | Path) -> RunPlan:
         p = RunLayout.at(tmp_dir).plan
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
@@ -294,7 +294,7 @@ class BlockWriter:
     overlaps compression and writes), and `done(marker)` writes the block's done marker last.
     """
 
-    def __init__(self, plan_or_tmpdir: "RunPlan | str | Path", block_index: int):
+    def __init__(self, plan_or_tmpdir: RunPlan | str | Path, block_index: int):
         self.plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
         self.block_index = block_index
         root = zarr.open_group(zarr.storage.LocalStore(RunLayout.at(self.plan.path).states), mode="r+")
@@ -309,7 +309,7 @@ class BlockWriter:
         self.dogs_total = int(np.searchsorted(self.offsets, b, "left")) - self.first_dog if b > a else 0
         self._writer = _ShardWriter()
 
-    def __enter__(self) -> "BlockWriter":
+    def __enter__(self) -> BlockWriter:
         self._writer.__enter__()
         return self
 
@@ -359,7 +359,7 @@ class _ShardWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gruviz-shard-writer", daemon=True)
 
-    def __enter__(self) -> "_ShardWriter":
+    def __enter__(self) -> _ShardWriter:
         self._thread.start()
         return self
 
@@ -421,7 +421,7 @@ def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
         "device": sorted({b["device"] for b in blocks}) if blocks else [],
         "check_max_err": max((max(b["check_max_err"], default=0.0) for b in blocks), default=0.0),
         "extract_seconds": sum(b["seconds"] for b in blocks),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     info.setdefault("code_version", _code_version())
     info.setdefault("created_at", info["finished_at"])
@@ -648,7 +648,7 @@ class Chunk:
     """(n, L, H) float32."""
 
 
-def open_states(run_dir: str | Path, *, allow_incomplete: bool = False) -> "StatesReader":
+def open_states(run_dir: str | Path, *, allow_incomplete: bool = False) -> StatesReader:
     """Read a published run (with _COMPLETE); `allow_incomplete` lets the stats stage read its tmp run."""
     run_dir = Path(run_dir)
     if not RunLayout.at(run_dir).states.exists():

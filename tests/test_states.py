@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows.stages.extract import extract_run, write_block
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.extract import extract_batch
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from flows.stages.extract import extract_run, write_block
 from storage import states
 
 F, C = 4, 2

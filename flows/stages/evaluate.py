@@ -17,10 +17,10 @@ import pandas as pd
 from flows.stages.stats import run_offsets
 from gruviz_core import cohorts as co
 from gruviz_core import comparisons as cmp
-from gruviz_core import stats as st
 from gruviz_core import evaluate as ev
 from gruviz_core import repro as rp
 from gruviz_core import resilience as rs
+from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
 from gruviz_core.model import LoadedModel

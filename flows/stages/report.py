@@ -7,8 +7,8 @@ from pathlib import Path
 from gruviz_core.errors import NotFoundError
 from reports.build import build_report, heatmap_dog_ids
 from reports.render import plotly_js_path, render, render_index
-from storage.forms import read_manifest
 from storage import site
+from storage.forms import read_manifest
 from storage.results import read_dog_states, read_history, read_run_results
 from storage.states import published_runs
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
 from gruviz_core.results import RunResults
 from reports.model import (
-    MIN_BAND_DOGS, BandsSpec, GateLayer, GateSeries, GatesSpec, Line, LinesSpec, Panel, ScatterSeries, ScatterSpec,
-    Section, Table, sig,
+    MIN_BAND_DOGS,
+    BandsSpec,
+    GateLayer,
+    GateSeries,
+    GatesSpec,
+    Line,
+    LinesSpec,
+    Panel,
+    ScatterSeries,
+    ScatterSpec,
+    Section,
+    Table,
+    sig,
 )
 from reports.prose import EXPLAIN, INTRO
 from reports.sections.common import bands, by_layer, ints, missing, nonempty, sigs
