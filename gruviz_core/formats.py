@@ -60,9 +60,9 @@ __all__ = [
     "normalise_name",
     "parse_dates",
     "parse_margin",
+    "parse_number",
     "parse_place",
     "parse_price",
-    "parse_number",
 ]
 
 REASONS: dict[str, str] = {
@@ -482,7 +482,7 @@ class _Races:
     n_dogs: int
 
     @classmethod
-    def of(cls, race_id: pd.Series, dog_id: pd.Series, file: np.ndarray) -> "_Races":
+    def of(cls, race_id: pd.Series, dog_id: pd.Series, file: np.ndarray) -> _Races:
         r = pd.factorize(race_id)[0].astype(np.int64)
         race, uniq = pd.factorize(r * (int(file.max()) + 1 if len(file) else 1) + file)
         dog, dogs = pd.factorize(dog_id)
@@ -584,7 +584,7 @@ def _iggy(raw: pd.DataFrame, file: np.ndarray, bad: dict) -> pd.DataFrame:
     return df
 
 
-def _iggy_places(df: pd.DataFrame, raw: pd.DataFrame, races: "_Races", ok: np.ndarray, bad: dict) -> None:
+def _iggy_places(df: pd.DataFrame, raw: pd.DataFrame, races: _Races, ok: np.ndarray, bad: dict) -> None:
     """`placed` from PLACE_RESULT, and finish_pos 2 where the place market makes it certain.
 
     A race has a place market when any runner placed (none in fields under 5). A winner is placed.

@@ -8,7 +8,7 @@ import pandas as pd
 
 from gruviz_core.errors import MissingColumnError
 
-__all__ = ["Column", "CANONICAL", "CANONICAL_COLUMNS", "REQUIRED", "empty_runs", "conform", "placed_from_place"]
+__all__ = ["CANONICAL", "CANONICAL_COLUMNS", "REQUIRED", "Column", "conform", "empty_runs", "placed_from_place"]
 
 
 @dataclass(frozen=True)

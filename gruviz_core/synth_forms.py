@@ -12,6 +12,7 @@ them to files is the caller's job (bench/ingest.py, tests).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +69,7 @@ def form_guides(runs: pd.DataFrame, n_guides: int, seed: int, *, starts: int = 5
         "hist": hist,
     }).sort_values(["guide", "rug", "j"], kind="stable")
     lines = _lines(r, rows, rng)
-    return FormGuides(files=_files(r, rows, lines, race, guide_of), listed=r.iloc[np.unique(rows["hist"])]
+    return FormGuides(files=_files(r, rows, lines, guide_of), listed=r.iloc[np.unique(rows["hist"])]
                       .reset_index(drop=True), rows=len(rows))
 
 
@@ -133,13 +134,13 @@ def _fmt(x, spec: str) -> np.ndarray:
     return text[inv]
 
 
-def _files(r: pd.DataFrame, rows: pd.DataFrame, lines: np.ndarray, race: np.ndarray,
-           guide_of: pd.Series) -> dict[str, str]:
+def _files(r: pd.DataFrame, rows: pd.DataFrame, lines: np.ndarray, guide_of: pd.Series) -> dict[str, str]:
+    """One CSV text per guide: the header, then its rows (already in guide, rug, newest-first order)."""
     g = rows["guide"].to_numpy()
     bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
     by_race = r.drop_duplicates("race_id").set_index("race_id")
     names = {}
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         race_id = guide_of.index[g[a]]
         row = by_race.loc[race_id]
         slug = str(row["track"]).lower().replace(" ", "-")

@@ -68,13 +68,13 @@ __all__ = [
     "READ_WARNINGS",
     "Forms",
     "IngestSummary",
-    "ingest",
-    "read_forms",
-    "load_snapshot",
-    "load_rejects",
-    "read_manifest",
-    "latest_snapshot",
     "expand_sources",
+    "ingest",
+    "latest_snapshot",
+    "load_rejects",
+    "load_snapshot",
+    "read_forms",
+    "read_manifest",
     "read_source",
 ]
 
@@ -174,7 +174,7 @@ def read_forms(sources: list[str] | str, *, fmt: str | None = None) -> Forms:
     """Read, adapt and merge every source; writes nothing. Errors name the file (UnreadableFileError, ...)."""
     files = expand_sources(sources)
     loaded = _load_all(files)
-    frames, parts = _parse_and_adapt(loaded, fmt)
+    frames, parts, adapters = _parse_and_adapt(loaded, fmt)
     runs_all = pd.concat([a.runs for a in parts], ignore_index=True) if parts else _empty_adapted_runs()
     warnings = [a.warnings for a in parts]
     rejects = _reject_table(parts, frames, files)
@@ -183,7 +183,7 @@ def read_forms(sources: list[str] | str, *, fmt: str | None = None) -> Forms:
     counts = {"rows_in": rows_in, "accepted": len(runs), "rejected": len(rejects), "duplicates_merged": duplicates}
     if rows_in != len(runs) + len(rejects) + duplicates:
         raise StoreError(f"ingest accounting broken: {counts}; this is a bug in storage.forms, please report it")
-    file_meta, totals = _file_meta(loaded, runs_all, rejects, warnings, fmt)
+    file_meta, totals = _file_meta(loaded, runs_all, rejects, warnings, adapters)
     by_reason = {str(k): int(v) for k, v in rejects["reason"].value_counts().sort_index().items()}
     summary = IngestSummary(
         snapshot_id=_content_id(runs, rejects),
@@ -462,7 +462,7 @@ def _decode(data: bytes, path: Path) -> tuple[bytes, str, int]:
     _tls.fallback = 0
     text = data.decode("utf-8", errors="gruviz-cp1252")
     n = _tls.fallback
-    valid_multibyte = len(text) < len(data) - n  # some non-ASCII UTF-8 survived beside the fallback bytes
+    valid_multibyte = len(text) < len(data)  # fewer characters than bytes: some UTF-8 beside the fallback bytes
     return text.encode("utf-8"), (enc + "+cp1252" if valid_multibyte else "cp1252"), n
 
 
@@ -616,18 +616,19 @@ def _extra_cells(extra: pd.DataFrame) -> pd.Series:
 # ---------------------------------------------------------------- adapting, in one pass per format
 
 
-def _parse_and_adapt(loaded: list[_Source], fmt: str | None) -> tuple[list[pd.DataFrame], list[Adapted]]:
-    """Raw frames (one per header group, or per file parsed alone) and the adapted parts: one per format
-    for the CSV rows of all files, one per Parquet file (it keeps its dtypes)."""
+def _parse_and_adapt(loaded: list[_Source], fmt: str | None) -> tuple[list[pd.DataFrame], list[Adapted], dict[int, str]]:
+    """Raw frames (one per header group, or per file parsed alone), the adapted parts (one per format for the
+    CSV rows of all files, one per Parquet file: it keeps its dtypes) and each file's adapter."""
     groups: dict[tuple, list[_Source]] = {}
     frames: list[pd.DataFrame] = []
     parts: list[Adapted] = []
     by_fmt: dict[str, list[pd.DataFrame]] = {}
+    adapters: dict[int, str] = {}
     for src in loaded:
         if src.frame is None:
             groups.setdefault((src.delimiter, src.header), []).append(src)
             continue
-        f = _format_of(src.frame.columns, fmt, src.path)
+        f = adapters[src.index] = _format_of(src.frame.columns, fmt, src.path)
         frames.append(src.frame)
         if src.encoding == "parquet":
             parts.append(adapt(src.frame, f, where=str(src.path)))
@@ -635,13 +636,14 @@ def _parse_and_adapt(loaded: list[_Source], fmt: str | None) -> tuple[list[pd.Da
             by_fmt.setdefault(f, []).append(src.frame)
     for group in groups.values():
         f = _format_of(_clean_names(group[0].header), fmt, _group_where(group))
+        adapters.update((src.index, f) for src in group)
         frame = _group_frame(group)
         frames.append(frame)
         by_fmt.setdefault(f, []).append(frame)
     for f, group_frames in by_fmt.items():
         table = group_frames[0] if len(group_frames) == 1 else _union(group_frames)
         parts.append(adapt(table, f, where=f"{f} files"))
-    return frames, parts
+    return frames, parts, adapters
 
 
 def _union(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -720,8 +722,8 @@ def _reject_table(parts: list[Adapted], frames: list[pd.DataFrame], files: list[
 
 
 def _file_meta(loaded: list[_Source], runs_all: pd.DataFrame, rejects: pd.DataFrame,
-               warnings: list[pd.DataFrame], fmt: str | None) -> tuple[list[dict], dict[str, int]]:
-    """Per-file entries of the manifest, and the warning totals."""
+               warnings: list[pd.DataFrame], adapters: dict[int, str]) -> tuple[list[dict], dict[str, int]]:
+    """Per-file entries of the manifest (format: the `source` of its rows, else its adapter), and the warning totals."""
     n = len(loaded)
     accepted = np.bincount(runs_all["source_file"].to_numpy(np.int64), minlength=n)
     fmt_of = runs_all.groupby("source_file")["source"].first().to_dict() if len(runs_all) else {}
@@ -736,7 +738,7 @@ def _file_meta(loaded: list[_Source], runs_all: pd.DataFrame, rejects: pd.DataFr
             w.update({str(k): int(v) for k, v in per_file.loc[src.index].items()})
         totals.update(w)
         entry = {"path": str(src.path), "sha256": src.sha256, "bytes": src.nbytes, "encoding": src.encoding,
-                 "rows": src.rows, "format": fmt or fmt_of.get(src.index, "unknown"),
+                 "rows": src.rows, "format": fmt_of.get(src.index, adapters.get(src.index, "unknown")),
                  "accepted": int(accepted[src.index]), "rejected": int(rejected.get(str(src.path), 0)),
                  "warnings": dict(sorted(w.items()))}
         if src.duplicate_columns:
