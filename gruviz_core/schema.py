@@ -8,7 +8,7 @@ import pandas as pd
 
 from gruviz_core.errors import MissingColumnError
 
-__all__ = ["Column", "CANONICAL", "CANONICAL_COLUMNS", "REQUIRED", "empty_runs", "conform"]
+__all__ = ["CANONICAL", "CANONICAL_COLUMNS", "REQUIRED", "Column", "conform", "empty_runs", "placed_from_place"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ CANONICAL: tuple[Column, ...] = (
     Column("field_size", "Int8", False, "runners that started in the race"),
     Column("finish_pos", "Int8", False, "finishing place, 1 = won; missing for non-finishers"),
     Column("won", "boolean", False, "won the race; missing when the result is unknown (scratched, void)"),
+    Column("placed", "boolean", False,
+           "finished in the paid places of the race's place market (Iggy PLACE_RESULT); a table without the column "
+           "gets it from finish_pos and field_size (2 places up to 7 runners, 3 from 8); missing where unknown"),
     Column("run_time_s", "Float64", False, "the dog's run time in seconds"),
     Column("win_time_s", "Float64", False, "the winner's run time in seconds"),
     Column("sectional_s", "Float64", False, "first sectional time in seconds"),
@@ -58,7 +61,10 @@ def empty_runs() -> pd.DataFrame:
 
 
 def conform(df: pd.DataFrame, *, where: str = "table") -> pd.DataFrame:
-    """Columns in canonical order and dtypes; raises MissingColumnError naming `where`."""
+    """Columns in canonical order and dtypes; raises MissingColumnError naming `where`.
+
+    A table without `placed` (older snapshots, the simulator) gets it from finish_pos and field_size.
+    """
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise MissingColumnError(
@@ -69,4 +75,13 @@ def conform(df: pd.DataFrame, *, where: str = "table") -> pd.DataFrame:
     for name, dtype in _DTYPES.items():
         col = df[name] if name in df.columns else pd.Series(pd.NA, index=df.index)
         out[name] = col.astype(dtype)
+    if "placed" not in df.columns:
+        out["placed"] = placed_from_place(out["finish_pos"], out["field_size"])
     return out.reset_index(drop=True)
+
+
+def placed_from_place(finish_pos: pd.Series, field_size: pd.Series) -> pd.Series:
+    """(rows,) boolean: finished within the paid places (2 up to 7 runners, 3 from 8); <NA> if either is unknown."""
+    pos, field = finish_pos.astype("Float64"), field_size.astype("Float64")
+    places = (field >= 8).astype("Float64") + 2
+    return (pos <= places).astype("boolean").where(pos.notna() & field.notna(), pd.NA).astype("boolean")

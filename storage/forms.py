@@ -3,21 +3,53 @@
     <root>/forms/<snapshot_id>/runs.parquet     canonical runs, sorted (race_date, race_id, box, dog_id)
     <root>/forms/<snapshot_id>/rejects.parquet  source_file, source_row (1-based data row, header excluded), reason
                                                 (a gruviz_core.formats.REASONS code), raw (JSON of the row's cells as strings)
-    <root>/forms/<snapshot_id>/manifest.json    counts, files with sha256, rejects_by_reason, accounting identity
+    <root>/forms/<snapshot_id>/manifest.json    counts, files with sha256, rejects_by_reason, warnings, accounting identity
     <root>/forms/LATEST                         newest snapshot id
 
 The snapshot id is a hash of the content (runs and rejects), so the same input gives the same id
 whatever the order or location of its files. Every input row is accounted for:
 `rows_in = accepted + rejected + duplicates_merged`.
+
+How files are read (so that speed per row does not depend on how rows are split into files):
+all files are read as bytes in a thread pool (I/O and gzip release the GIL), each is decoded on
+its own, CSV files with the same header are concatenated and parsed by one pandas call, and every
+format's rows go through their adapter in one vectorised pass, each row carrying its file and row.
+
+- Encodings: a BOM (UTF-8, UTF-16, UTF-32) decides; a file with no BOM whose bytes look like UTF-16
+  (every other byte zero) is UTF-16. Otherwise a file is UTF-8, and only the byte sequences that are
+  not valid UTF-8 are read as cp1252 (Latin-1 where cp1252 has no character): a correctly encoded
+  `Zoë` stays `Zoë` beside a stray Latin-1 byte. The file's entry in the manifest says which.
+- Rows: blank lines are not rows. A row shorter than the header is padded with empty cells; extra
+  cells beyond the header that are empty (a trailing comma) are dropped; a row with non-empty extra
+  cells is rejected as `extra_fields` (pandas would have shifted every column). A delimiter of tab or
+  semicolon is used when the header has no comma but one of those.
+- Duplicated columns: the first non-empty value of the copies is used; rows where two copies hold
+  different values are counted (warning `duplicate_column_conflict`) and the names are in the manifest.
+- Warnings (counted in the manifest, total and per file; the row is kept): READ_WARNINGS here and
+  gruviz_core.formats.WARNINGS (`bad_<column>`: a value present but not understood, kept as missing).
+
+Sanity gates: an ingest with no data rows, or in which a file has no accepted row, raises InputError
+naming the file(s) and does not move forms/LATEST (the snapshot is still written, so that its
+rejects.parquet can be read).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import functools
 import glob
+import gzip
 import hashlib
+import io
 import json
 import os
+import re
+import sys
+import threading
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,19 +59,22 @@ import pandas as pd
 
 from gruviz_core import __version__
 from gruviz_core.errors import GruvizError, InputError, NotFoundError, StoreError, UnreadableFileError
-from gruviz_core.formats import Adapted, adapt
-from gruviz_core.schema import CANONICAL_COLUMNS, conform
+from gruviz_core.formats import Adapted, adapt, check_columns, detect_format
+from gruviz_core.schema import CANONICAL, CANONICAL_COLUMNS, conform
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
 from storage.layout import StoreLayout
 
 __all__ = [
+    "READ_WARNINGS",
+    "Forms",
     "IngestSummary",
-    "ingest",
-    "load_snapshot",
-    "load_rejects",
-    "read_manifest",
-    "latest_snapshot",
     "expand_sources",
+    "ingest",
+    "latest_snapshot",
+    "load_rejects",
+    "load_snapshot",
+    "read_forms",
+    "read_manifest",
     "read_source",
 ]
 
@@ -47,8 +82,22 @@ SUFFIXES = (".csv", ".csv.gz", ".parquet")
 KEY = ["race_id", "dog_id"]
 """One row per (dog, race): rows sharing this key are duplicates, merged."""
 SORT = ["race_date", "race_id", "box", "dog_id"]
-SNAPSHOT_VERSION = "forms-v1"
-"""Bump when the canonical content of a snapshot changes meaning (it is part of the id)."""
+SNAPSHOT_VERSION = "forms-v2"
+"""Bump when the canonical content of a snapshot changes meaning (it is part of the id).
+v2: the `placed` column, Iggy second places, names from ids, implausible dates rejected."""
+
+READ_WARNINGS: dict[str, str] = {
+    "duplicate_column_conflict": "rows where two copies of a duplicated column hold different values (the first non-empty is used)",
+    "decoded_cp1252": "byte sequences that were not valid UTF-8, read as cp1252/Latin-1",
+}
+"""Warnings counted while reading files (the rows are kept)."""
+
+_READ_THREADS = 8
+"""Threads reading files: I/O, gzip and sha256 release the GIL, decoding does not."""
+_BIG_FILE = 1 << 20
+"""Plain files larger than this on average are read in threads."""
+_SLACK = 1
+"""Fields beyond the header the shared parse makes room for; a row with more re-parses with the exact width."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +122,8 @@ class IngestSummary:
     """Reason code -> rejected rows."""
     files: list[str] = field(default_factory=list)
     """Source files read, in the order read."""
+    warnings: dict[str, int] = field(default_factory=dict)
+    """Warning code -> count (READ_WARNINGS, gruviz_core.formats.WARNINGS); rows kept, values or bytes noted."""
 
     @property
     def balanced(self) -> bool:
@@ -82,48 +133,68 @@ class IngestSummary:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Forms:
+    """Every source file read and adapted, duplicates merged; what a snapshot holds, before it is written."""
+
+    runs: pd.DataFrame
+    """The canonical runs table, one row per (dog, race), sorted (race_date, race_id, box, dog_id)."""
+    rejects: pd.DataFrame
+    """source_file, source_row, reason, raw (JSON of the row's cells)."""
+    summary: IngestSummary
+    """Counts; `snapshot_id` is the content id of runs and rejects."""
+    files: list[dict]
+    """Per file: path, sha256, bytes, encoding, format, rows, accepted, rejected, warnings (, duplicate_columns)."""
+
+
 # ---------------------------------------------------------------- public API
 
 
 def ingest(sources: list[str] | str, root: str | Path, *, fmt: str | None = None) -> IngestSummary:
-    """Read every source (files, directories, globs), write a forms snapshot, point forms/LATEST at it."""
+    """Read every source (files, directories, globs), write a forms snapshot, point forms/LATEST at it.
+
+    Raises InputError naming the file(s), without moving forms/LATEST, when there is no data row or
+    when a file has no accepted row (the snapshot is written all the same, for its rejects).
+    """
     layout = StoreLayout.at(root)
+    forms = read_forms(sources, fmt=fmt)
+    s = forms.summary
+    if s.rows_in == 0:
+        raise InputError(f"{_names(s.files)}: no data rows (empty or header only); nothing ingested, "
+                         f"forms/LATEST not moved. Check the export.")
+    _write_snapshot(layout, forms)
+    empty = [m for m in forms.files if m["accepted"] == 0]
+    if empty:
+        raise InputError(_no_accepted_message(layout, forms, empty))
+    write_text_atomic(layout.forms / "LATEST", s.snapshot_id + "\n")
+    return s
+
+
+def read_forms(sources: list[str] | str, *, fmt: str | None = None) -> Forms:
+    """Read, adapt and merge every source; writes nothing. Errors name the file (UnreadableFileError, ...)."""
     files = expand_sources(sources)
-    runs_parts, reject_parts, file_meta = [], [], []
-    rows_in = 0
-    for path in files:
-        raw = read_source(path)
-        adapted = adapt(raw, fmt, where=str(path))
-        rows_in += len(raw)
-        runs_parts.append(adapted.runs.assign(_file=str(path)))
-        reject_parts.append(_reject_table(raw, adapted, path))
-        file_meta.append(
-            {"path": str(path), "sha256": _sha256(path), "bytes": path.stat().st_size, "rows": len(raw),
-             "format": _fmt_of(adapted, fmt), "accepted": len(adapted.runs), "rejected": len(adapted.rejects)}
-        )
-    combined = pd.concat(runs_parts, ignore_index=True) if runs_parts else conform(pd.DataFrame(columns=CANONICAL_COLUMNS))
-    runs, duplicates = _merge_duplicates(combined)
-    rejects = _concat_rejects(reject_parts)
-    summary_counts = {
-        "rows_in": rows_in,
-        "accepted": len(runs),
-        "rejected": len(rejects),
-        "duplicates_merged": duplicates,
-    }
+    loaded = _load_all(files)
+    frames, parts, adapters = _parse_and_adapt(loaded, fmt)
+    runs_all = pd.concat([a.runs for a in parts], ignore_index=True) if parts else _empty_adapted_runs()
+    warnings = [a.warnings for a in parts]
+    rejects = _reject_table(parts, frames, files)
+    rows_in = sum(src.rows for src in loaded)
+    runs, duplicates = _merge_duplicates(runs_all)
+    counts = {"rows_in": rows_in, "accepted": len(runs), "rejected": len(rejects), "duplicates_merged": duplicates}
     if rows_in != len(runs) + len(rejects) + duplicates:
-        raise StoreError(f"ingest accounting broken: {summary_counts}; this is a bug in storage.forms, please report it")
-    snapshot_id = _content_id(runs, rejects)
+        raise StoreError(f"ingest accounting broken: {counts}; this is a bug in storage.forms, please report it")
+    file_meta, totals = _file_meta(loaded, runs_all, rejects, warnings, adapters)
     by_reason = {str(k): int(v) for k, v in rejects["reason"].value_counts().sort_index().items()}
     summary = IngestSummary(
-        snapshot_id=snapshot_id,
-        **summary_counts,
+        snapshot_id=_content_id(runs, rejects),
+        **counts,
         dogs=int(runs["dog_id"].nunique()),
         races=int(runs["race_id"].nunique()),
         rejects_by_reason=by_reason,
         files=[str(p) for p in files],
+        warnings=totals,
     )
-    _write_snapshot(layout, summary, runs, rejects, file_meta)
-    return summary
+    return Forms(runs=runs, rejects=rejects, summary=summary, files=file_meta)
 
 
 def load_snapshot(root: str | Path, snapshot_id: str | None = None) -> pd.DataFrame:
@@ -138,7 +209,7 @@ def load_rejects(root: str | Path, snapshot_id: str | None = None) -> pd.DataFra
 
 
 def read_manifest(root: str | Path, snapshot_id: str | None = None) -> dict:
-    """The manifest.json of a snapshot (None = LATEST): counts, files, rejects_by_reason."""
+    """The manifest.json of a snapshot (None = LATEST): counts, files, rejects_by_reason, warnings."""
     return json.loads((_snapshot_dir(root, snapshot_id) / "manifest.json").read_text(encoding="utf-8"))
 
 
@@ -148,126 +219,617 @@ def latest_snapshot(root: str | Path) -> str | None:
 
 
 def expand_sources(sources: list[str] | str) -> list[Path]:
-    """Files named, found under directories (recursively) or matched by globs; sorted, each once."""
+    """Files named, found under directories (recursively) or matched by globs; sorted, each once.
+
+    A sub-directory that cannot be listed is an UnreadableFileError naming it (its files would be lost).
+    """
     if isinstance(sources, (str, Path)):
         sources = [sources]
     found: list[Path] = []
     for src in map(str, sources):
         p = Path(src).expanduser()
         if p.is_dir():
-            found += [f for f in p.rglob("*") if f.is_file() and _readable_suffix(f)]
+            found += _walk(p.resolve())
         elif p.is_file():
-            found.append(p)
+            found.append(p.resolve())
         elif glob.has_magic(src):
             matches = [Path(m) for m in glob.glob(os.path.expanduser(src), recursive=True)]
-            found += [m for m in matches if m.is_file() and _readable_suffix(m)]
+            found += [_resolved(m) for m in matches if m.is_file() and _readable_suffix(m)]
             if not matches:
                 raise InputError(f"{src}: the glob matches no file; check the pattern")
         else:
             raise UnreadableFileError(f"{src}: no such file or directory")
-    files = sorted({f.resolve() for f in found})
+    files = sorted(set(found))
     if not files:
         raise InputError(f"{', '.join(map(str, sources))}: no .csv, .csv.gz or .parquet files found")
     return files
 
 
 def read_source(path: str | Path) -> pd.DataFrame:
-    """A source file as a raw table: CSV cells as strings (utf-8, else latin-1), Parquet as typed."""
-    path = Path(path)
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            raw = pd.read_parquet(path)
-        elif name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
-            raw = _read_csv(path)
-        else:
-            raise UnreadableFileError(f"{path}: not a .csv, .csv.gz or .parquet file")
-    except GruvizError:
-        raise
-    except Exception as exc:  # pandas/pyarrow/gzip raise many kinds; all mean "cannot read this file"
-        raise UnreadableFileError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); is it a CSV/Parquet file?") from exc
-    raw.columns = [str(c).strip().lstrip("\ufeff") for c in raw.columns]
-    return raw
+    """One source file as a raw table: CSV cells as strings (decoded as the module says), Parquet as typed.
+
+    Has an `_extra` column (JSON list of the cells beyond the header) only when some row has non-empty ones.
+    """
+    src = _load(0, Path(path))
+    frame = src.frame if src.frame is not None else _group_frame([src])
+    frame = frame.drop(columns=["_file", "_row"])
+    if "_extra" in frame.columns and not (frame["_extra"] != "").any():
+        frame = frame.drop(columns=["_extra"])
+    return frame
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- sources
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    kw = dict(dtype=str, keep_default_na=False, na_filter=False, compression="infer")
-    try:
-        return pd.read_csv(path, encoding="utf-8-sig", **kw)
-    except UnicodeDecodeError:
-        return pd.read_csv(path, encoding="latin-1", **kw)
-    except pd.errors.EmptyDataError as exc:
-        raise UnreadableFileError(f"{path}: empty file (no header line); remove it or add a header") from exc
+def _walk(top: Path) -> list[Path]:
+    """Form files under `top`, recursively (symlinked directories are not followed)."""
+    out: list[Path] = []
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                elif e.is_file() and e.name.lower().endswith(SUFFIXES):
+                    out.append(Path(e.path))
+        except OSError as exc:
+            raise UnreadableFileError(
+                f"{d}: cannot list this directory ({exc.strerror or exc}); its files would be left out of the "
+                "ingest. Fix its permissions or leave it out of the sources."
+            ) from exc
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_dir(d: str) -> Path:
+    return Path(os.path.realpath(d))
+
+
+def _resolved(p: Path) -> Path:
+    """Absolute path through its resolved directory (one realpath per directory, not per file)."""
+    return _real_dir(str(p.absolute().parent)) / p.name
 
 
 def _readable_suffix(p: Path) -> bool:
     return p.name.lower().endswith(SUFFIXES)
 
 
-def _fmt_of(adapted: Adapted, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    src = adapted.runs["source"]
-    return str(src.iloc[0]) if len(src) else "unknown"
+# ---------------------------------------------------------------- reading one file (runs in a thread)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+@dataclass
+class _Source:
+    """One file after reading: either a body for the shared CSV parse, or a frame of its own."""
+
+    index: int
+    path: Path
+    sha256: str
+    nbytes: int
+    encoding: str = "parquet"
+    delimiter: str = ","
+    header: tuple[str, ...] = ()
+    """Header cells as written (stripped); CSV only."""
+    body: bytes | None = None
+    """UTF-8 data lines, no blank line, each ending in \\n, no quoted field spanning lines (shared parse)."""
+    rows: int = 0
+    frame: pd.DataFrame | None = None
+    """Parquet, or a CSV parsed on its own (quoted newlines): header columns, `_extra`, `_file`, `_row`."""
+    warnings: Counter = field(default_factory=Counter)
+    duplicate_columns: list[str] = field(default_factory=list)
 
 
-def _reject_table(raw: pd.DataFrame, adapted: Adapted, path: Path) -> pd.DataFrame:
-    rows = adapted.rejects["source_row"].to_numpy()
-    cells = raw.iloc[rows - 1].astype("string").fillna("")
-    raw_json = [json.dumps(r, ensure_ascii=False, sort_keys=False) for r in cells.to_dict("records")]
-    return pd.DataFrame(
-        {"source_file": str(path), "source_row": rows.astype(np.int64),
-         "reason": adapted.rejects["reason"].astype(str).to_numpy(), "raw": raw_json}
-    )
+def _load_all(files: list[Path]) -> list[_Source]:
+    """Read every file; the first error in file order is raised.
+
+    Threads pay where a file's work is mostly I/O or gzip (both release the GIL): several compressed or
+    large files. Small plain files (a season of form guides) are GIL-bound work; threads only add overhead.
+    """
+    jobs = list(enumerate(files))
+    if len(files) < 2 or not _threads_pay(files):
+        return [_load(i, p) for i, p in jobs]
+    chunk = max(1, -(-len(jobs) // (4 * _READ_THREADS)))
+    batches = [jobs[a:a + chunk] for a in range(0, len(jobs), chunk)]
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(batches))) as pool:
+        return [src for batch in pool.map(lambda b: [_load(i, p) for i, p in b], batches) for src in batch]
 
 
-def _concat_rejects(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    cols = {"source_file": "string", "source_row": "int64", "reason": "string", "raw": "string"}
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
-    out = pd.concat(parts, ignore_index=True).astype(cols)
+def _threads_pay(files: list[Path]) -> bool:
+    if any(p.name.lower().endswith((".gz", ".parquet")) for p in files):
+        return True
+    try:
+        total = sum(os.stat(p).st_size for p in files)
+    except OSError:
+        return False  # the read will name the file
+    return total / len(files) > _BIG_FILE
+
+
+def _load(index: int, path: Path) -> _Source:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableFileError(f"{path}: cannot be read ({exc.strerror or exc}); check it exists and its permissions") from exc
+    src = _Source(index=index, path=path, sha256=hashlib.sha256(data).hexdigest(), nbytes=len(data))
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            _load_parquet(src, data)
+        elif name.endswith((".csv", ".csv.gz", ".txt", ".txt.gz")):
+            if name.endswith(".gz"):
+                data = gzip.decompress(data)
+            _load_csv(src, data)
+        else:
+            raise UnreadableFileError(f"{path}: not a .csv, .csv.gz or .parquet file")
+    except GruvizError:
+        raise
+    except Exception as exc:  # pyarrow/gzip/zlib raise many kinds; all mean "cannot read this file"
+        raise UnreadableFileError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); is it a CSV/Parquet file?") from exc
+    return src
+
+
+def _load_parquet(src: _Source, data: bytes) -> None:
+    frame = pd.read_parquet(io.BytesIO(data))
+    names = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
+    frame.columns = range(len(names))
+    src.frame = _named(frame, names, np.full(len(frame), src.index), src)
+    src.frame["_row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
+    src.rows = len(frame)
+
+
+def _load_csv(src: _Source, data: bytes) -> None:
+    data, src.encoding, fallback = _decode(data, src.path)
+    if fallback:
+        src.warnings["decoded_cp1252"] += fallback
+    data = data.replace(b"\xef\xbb\xbf", b"")  # BOMs, also mid-file where files were concatenated
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    data = data[re.match(rb"(?:[ \t]*\n)*", data).end():]  # blank lines before the header
+    nl = data.find(b"\n")
+    head, body = (data, b"") if nl < 0 else (data[:nl], data[nl + 1:])
+    if not head.strip():
+        raise UnreadableFileError(f"{src.path}: empty file (no header line); remove it or add a header")
+    src.delimiter = _delimiter(head)
+    if b'"' in data and _quotes_span_lines(data):
+        _parse_alone(src, data)
+        return
+    src.header = tuple(next(csv.reader([head.decode("utf-8")], delimiter=src.delimiter)))
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    if b"\n\n" in body or b"\n " in body or b"\n\t" in body or body[:1] in (b" ", b"\t", b"\n"):
+        body = re.sub(rb"(?m)^[ \t]*\n", b"", body)  # blank lines are not rows
+    src.body, src.rows = body, body.count(b"\n")
+
+
+def _delimiter(head: bytes) -> str:
+    """Comma, unless the header has none and has tabs (Excel 'Unicode text') or semicolons."""
+    if b"," in head:
+        return ","
+    return "\t" if b"\t" in head else ";" if b";" in head else ","
+
+
+def _quotes_span_lines(data: bytes) -> bool:
+    """True if some line has an odd number of quote characters (a quoted field may hold a newline)."""
+    return any(line.count(b'"') & 1 for line in data.split(b"\n") if b'"' in line)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+_tls = threading.local()
+
+
+def _cp1252_fallback(exc: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler: the bytes that are not valid UTF-8 are read as cp1252 (Latin-1 where undefined)."""
+    bad = exc.object[exc.start:exc.end]
+    _tls.fallback = getattr(_tls, "fallback", 0) + 1
+    out = []
+    for b in bad:
+        try:
+            out.append(bytes([b]).decode("cp1252"))
+        except UnicodeDecodeError:
+            out.append(chr(b))
+    return "".join(out), exc.end
+
+
+codecs.register_error("gruviz-cp1252", _cp1252_fallback)
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def _decode(data: bytes, path: Path) -> tuple[bytes, str, int]:
+    """Bytes of a text file -> (UTF-8 bytes, encoding as found, byte sequences read by the cp1252 fallback)."""
+    wide = next(((bom, enc) for bom, enc in _BOMS if data.startswith(bom)), None)
+    if wide is None and (enc := _looks_utf16(data)):
+        wide = (b"", enc)
+    if wide is not None:
+        bom, enc = wide
+        try:
+            return data[len(bom):].decode(enc).encode("utf-8"), enc, 0
+        except UnicodeDecodeError as exc:
+            raise UnreadableFileError(f"{path}: looks like {enc.upper()} but is not valid {enc.upper()} ({exc}); "
+                                      "save it again as UTF-8") from exc
+    enc = "utf-8"
+    if data.startswith(codecs.BOM_UTF8):
+        data, enc = data[len(codecs.BOM_UTF8):], "utf-8-sig"
+    try:
+        data.decode("utf-8")
+        return data, enc, 0
+    except UnicodeDecodeError:
+        pass
+    _tls.fallback = 0
+    text = data.decode("utf-8", errors="gruviz-cp1252")
+    n = _tls.fallback
+    valid_multibyte = len(text) < len(data)  # fewer characters than bytes: some UTF-8 beside the fallback bytes
+    return text.encode("utf-8"), (enc + "+cp1252" if valid_multibyte else "cp1252"), n
+
+
+def _looks_utf16(data: bytes) -> str | None:
+    """'utf-16-le'/'utf-16-be' when a BOM-less file has a zero in every other byte (ASCII text in UTF-16)."""
+    sample = data[:4096]
+    if len(sample) < 4 or sample.count(0) < len(sample) // 4:
+        return None
+    return "utf-16-le" if sample[1::2].count(0) >= sample[0::2].count(0) else "utf-16-be"
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _parse_alone(src: _Source, data: bytes) -> None:
+    """A CSV whose quoted fields may span lines: Python's csv module, rows and fields exact."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # huge fields are data, not an error
+    text = data.decode("utf-8")
+    try:
+        rows = list(csv.reader(io.StringIO(text), delimiter=src.delimiter, strict=True))
+    except csv.Error as exc:
+        if "end of data" in str(exc) or "EOF" in str(exc):
+            raise UnreadableFileError(f"{src.path}: a quoted field is never closed ({exc}); "
+                                      "every row after it would be swallowed. Fix the quote.") from exc
+        rows = list(csv.reader(io.StringIO(text), delimiter=src.delimiter))
+    rows = [r for r in rows if r and not (len(r) == 1 and not r[0].strip())]
+    src.header = tuple(rows[0])
+    body = rows[1:]
+    width = max([len(src.header)] + [len(r) for r in body])
+    padded = [r + [""] * (width - len(r)) for r in body]
+    src.frame = _named(pd.DataFrame(padded, columns=range(width), dtype=object) if padded else
+                       pd.DataFrame(columns=range(width), dtype=object),
+                       _clean_names(src.header), np.full(len(body), src.index), src)
+    src.frame["_row"] = np.arange(1, len(body) + 1, dtype=np.int64)
+    src.rows = len(body)
+
+
+def _group_frame(group: list[_Source]) -> pd.DataFrame:
+    """The rows of CSV files sharing one header and delimiter, parsed by ONE pandas call when possible."""
+    body = b"".join(s.body for s in group)
+    counts = np.array([s.rows for s in group], dtype=np.int64)
+    delim = group[0].delimiter
+    cells = _parse_body(body, delim, len(group[0].header))
+    if len(cells) != counts.sum():  # pandas split rows differently from our line count: file by file
+        return pd.concat([_group_frame([s]) for s in group], ignore_index=True) if len(group) > 1 else \
+            _alone_frame(group[0])
+    file = np.repeat(np.array([s.index for s in group], dtype=np.int64), counts)
+    frame = _named(cells, _clean_names(group[0].header), file, *group)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    frame["_row"] = np.arange(len(frame), dtype=np.int64) - starts + 1
+    return frame
+
+
+def _alone_frame(src: _Source) -> pd.DataFrame:
+    """Last resort for one file pandas split differently from its lines: the csv module, rows exact."""
+    _parse_alone(src, _join_header(src.header, src.delimiter) + b"\n" + (src.body or b""))
+    return src.frame
+
+
+def _join_header(cells: tuple[str, ...], delim: str) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, delimiter=delim, lineterminator="").writerow(cells)
+    return out.getvalue().encode("utf-8")
+
+
+def _parse_body(body: bytes, delim: str, header_fields: int) -> pd.DataFrame:
+    """Data lines -> (rows, K) Python strings, K >= the most fields on any line: short rows padded with ''.
+
+    pandas raises on a row with more fields than `names`, except on the FIRST row, which it would cut
+    silently (index_col=False) or take as the index: the width always covers the first row.
+    """
+    if not body:
+        return pd.DataFrame(columns=range(1), dtype=object)
+    first = body[: body.find(b"\n")]
+    width = max(header_fields + _SLACK, first.count(delim.encode()) + 1)
+    try:
+        return _read_cells(body, delim, width)
+    except pd.errors.ParserError:
+        # a row with even more fields: the exact width (quoted delimiters only over-count)
+        width = max(line.count(delim.encode()) for line in body.split(b"\n")) + 1
+        return _read_cells(body, delim, width)
+
+
+def _read_cells(body: bytes, delim: str, width: int) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(body), header=None, names=range(width), index_col=False, dtype=object,
+                       na_filter=False, sep=delim, quotechar='"', skip_blank_lines=True, engine="c", encoding="utf-8")
+
+
+def _clean_names(header: tuple[str, ...]) -> list[str]:
+    names = [str(c).strip().lstrip("\ufeff").strip() for c in header]
+    return [n if n else f"Unnamed: {i}" for i, n in enumerate(names)]
+
+
+def _named(cells: pd.DataFrame, names: list[str], file: np.ndarray, *owners: _Source) -> pd.DataFrame:
+    """Positional cells -> header-named columns (duplicates coalesced and counted), `_extra`, `_file`."""
+    n, h = len(cells), len(names)
+    out: dict[str, pd.Series | np.ndarray] = {}
+    first: dict[str, int] = {}
+    for pos, name in enumerate(names):
+        col = cells[pos] if pos in cells.columns else pd.Series("", index=cells.index, dtype=object)
+        if name not in first:
+            first[name] = pos
+            out[name] = col
+            continue
+        for src in owners:
+            if name not in src.duplicate_columns:
+                src.duplicate_columns.append(name)
+        out[name], conflict = _coalesce(out[name], col)
+        if conflict.any():
+            hits = np.bincount(file[conflict], minlength=max(s.index for s in owners) + 1)
+            for src in owners:
+                if hits[src.index]:
+                    src.warnings["duplicate_column_conflict"] += int(hits[src.index])
+    frame = pd.DataFrame(out, index=cells.index)
+    frame.columns = list(out)
+    extra_cols = [c for c in cells.columns if isinstance(c, (int, np.integer)) and c >= h]
+    frame["_extra"] = _extra_cells(cells[extra_cols]) if extra_cols else ""
+    frame["_file"] = file.astype(np.int64) if n else np.array([], np.int64)
+    return frame.reset_index(drop=True)
+
+
+def _up_to_last_value(cells: list[str]) -> list[str]:
+    """Cells up to the last non-empty one (the shared parse pads every row to one width)."""
+    while cells and not cells[-1].strip():
+        cells.pop()
+    return cells
+
+
+def _coalesce(a: pd.Series, b: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """First non-empty of two copies of a column; (values, rows where both hold different values)."""
+    ta, tb = a.astype("string").fillna("").str.strip(), b.astype("string").fillna("").str.strip()
+    conflict = ((ta != "") & (tb != "") & (ta != tb)).to_numpy(dtype=bool)
+    return a.where(ta != "", b), conflict
+
+
+def _extra_cells(extra: pd.DataFrame) -> pd.Series:
+    """JSON list of a row's cells beyond the header (up to its last non-empty one) where any is not empty, else ''."""
+    filled = np.zeros(len(extra), dtype=bool)
+    for c in extra.columns:
+        v = extra[c].to_numpy(dtype=object)
+        some = np.flatnonzero((v != "") & pd.notna(v))
+        if len(some):
+            filled[some] |= np.array([bool(str(x).strip()) for x in v[some]], dtype=bool)
+    out = pd.Series("", index=extra.index, dtype=object)
+    if filled.any():
+        out[filled] = [json.dumps(_up_to_last_value([str(v) for v in r]), ensure_ascii=False)
+                       for r in extra[filled].itertuples(index=False)]
+    return out
+
+
+# ---------------------------------------------------------------- adapting, in one pass per format
+
+
+def _parse_and_adapt(loaded: list[_Source], fmt: str | None) -> tuple[list[pd.DataFrame], list[Adapted], dict[int, str]]:
+    """Raw frames (one per header group, or per file parsed alone), the adapted parts (one per format for the
+    CSV rows of all files, one per Parquet file: it keeps its dtypes) and each file's adapter."""
+    groups: dict[tuple, list[_Source]] = {}
+    frames: list[pd.DataFrame] = []
+    parts: list[Adapted] = []
+    by_fmt: dict[str, list[pd.DataFrame]] = {}
+    adapters: dict[int, str] = {}
+    for src in loaded:
+        if src.frame is None:
+            groups.setdefault((src.delimiter, src.header), []).append(src)
+            continue
+        f = adapters[src.index] = _format_of(src.frame.columns, fmt, src.path)
+        frames.append(src.frame)
+        if src.encoding == "parquet":
+            parts.append(adapt(src.frame, f, where=str(src.path)))
+        else:
+            by_fmt.setdefault(f, []).append(src.frame)
+    for group in groups.values():
+        f = _format_of(_clean_names(group[0].header), fmt, _group_where(group))
+        adapters.update((src.index, f) for src in group)
+        frame = _group_frame(group)
+        frames.append(frame)
+        by_fmt.setdefault(f, []).append(frame)
+    for f, group_frames in by_fmt.items():
+        table = group_frames[0] if len(group_frames) == 1 else _union(group_frames)
+        parts.append(adapt(table, f, where=f"{f} files"))
+    return frames, parts, adapters
+
+
+def _union(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames of one format with different headers -> one table; a column a file lacks is empty there."""
+    columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+    filled = [f.assign(**{c: "" for c in columns if c not in f.columns})[columns] for f in frames]
+    return pd.concat(filled, ignore_index=True, sort=False)
+
+
+def _format_of(columns, fmt: str | None, where) -> str:
+    f = fmt or detect_format(list(columns), where=str(where))
+    check_columns(list(columns), f, where=str(where))
+    return f
+
+
+def _group_where(group: list[_Source]) -> str:
+    more = len(group) - 1
+    return str(group[0].path) + (f" (and {more} other file(s) with the same header)" if more else "")
+
+
+def _empty_adapted_runs() -> pd.DataFrame:
+    runs = conform(pd.DataFrame(columns=CANONICAL_COLUMNS))
+    runs["source_row"] = pd.Series(dtype=np.int64)
+    runs["source_file"] = pd.Series(dtype=np.int64)
+    runs["name_from_id"] = pd.Series(dtype=bool)
+    return runs
+
+
+# ---------------------------------------------------------------- rejects, merging, accounting
+
+
+_REJECT_COLS = {"source_file": "string", "source_row": "int64", "reason": "string", "raw": "string"}
+
+
+def _reject_table(parts: list[Adapted], frames: list[pd.DataFrame], files: list[Path]) -> pd.DataFrame:
+    """Every rejected row with its file's path and its cells as JSON (the columns of its own header)."""
+    rej = pd.concat([a.rejects for a in parts], ignore_index=True) if parts else pd.DataFrame(
+        {"source_file": np.array([], np.int64), "source_row": np.array([], np.int64), "reason": []})
+    if rej.empty:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _REJECT_COLS.items()})
+    rej_file, rej_row = rej["source_file"].to_numpy(np.int64), rej["source_row"].to_numpy(np.int64)
+    raw = np.empty(len(rej), dtype=object)
+    for frame in frames:
+        # a file's rows are contiguous in its frame, rows 1..n in order: position = file's start + row - 1
+        f = frame["_file"].to_numpy(np.int64)
+        if not len(f):
+            continue
+        starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+        start_of = np.full(len(files), -1, dtype=np.int64)
+        start_of[f[starts]] = starts
+        hit = start_of[rej_file] >= 0
+        if not hit.any():
+            continue
+        pos = np.full(len(rej), -1, dtype=np.int64)
+        pos[hit] = start_of[rej_file[hit]] + rej_row[hit] - 1
+        if not (frame["_row"].to_numpy(np.int64)[pos[hit]] == rej_row[hit]).all():
+            raise StoreError("ingest provenance broken (rows of a file not contiguous); this is a bug in storage.forms")
+        cols = [c for c in frame.columns if c not in ("_file", "_row", "_extra")]
+        cells = frame.iloc[pos[hit]]
+        table = cells[cols]
+        if not all(table[c].dtype == object for c in cols):  # Parquet: typed cells as text
+            table = table.astype("string").fillna("").astype(object)
+        extra = cells["_extra"].to_numpy(dtype=object) if "_extra" in cells.columns else [""] * len(cells)
+        records = []
+        for values, x in zip(table.to_numpy(dtype=object).tolist(), extra):
+            r = dict(zip(cols, ("" if v is None else str(v) for v in values)))
+            if x:
+                r["_extra"] = json.loads(x)
+            records.append(r)
+        raw[np.flatnonzero(hit)] = [json.dumps(r, ensure_ascii=False, sort_keys=False) for r in records]
+    paths = np.array([str(p) for p in files], dtype=object)
+    out = pd.DataFrame({"source_file": paths[rej["source_file"].to_numpy(np.int64)],
+                        "source_row": rej["source_row"].to_numpy(np.int64),
+                        "reason": rej["reason"].astype(str).to_numpy(), "raw": raw}).astype(_REJECT_COLS)
     return out.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)
 
 
+def _file_meta(loaded: list[_Source], runs_all: pd.DataFrame, rejects: pd.DataFrame,
+               warnings: list[pd.DataFrame], adapters: dict[int, str]) -> tuple[list[dict], dict[str, int]]:
+    """Per-file entries of the manifest (format: the `source` of its rows, else its adapter), and the warning totals."""
+    n = len(loaded)
+    accepted = np.bincount(runs_all["source_file"].to_numpy(np.int64), minlength=n)
+    fmt_of = runs_all.groupby("source_file")["source"].first().to_dict() if len(runs_all) else {}
+    rejected = rejects["source_file"].value_counts().to_dict()
+    warn = pd.concat(warnings, ignore_index=True) if warnings else pd.DataFrame(columns=["source_file", "warning"])
+    per_file = warn.groupby(["source_file", "warning"]).size() if len(warn) else pd.Series(dtype=np.int64)
+    totals: Counter = Counter()
+    meta = []
+    for src in loaded:
+        w = Counter(src.warnings)
+        if len(per_file) and src.index in per_file.index.get_level_values(0):
+            w.update({str(k): int(v) for k, v in per_file.loc[src.index].items()})
+        totals.update(w)
+        entry = {"path": str(src.path), "sha256": src.sha256, "bytes": src.nbytes, "encoding": src.encoding,
+                 "rows": src.rows, "format": fmt_of.get(src.index, adapters.get(src.index, "unknown")),
+                 "accepted": int(accepted[src.index]), "rejected": int(rejected.get(str(src.path), 0)),
+                 "warnings": dict(sorted(w.items()))}
+        if src.duplicate_columns:
+            entry["duplicate_columns"] = list(src.duplicate_columns)
+        meta.append(entry)
+    return meta, dict(sorted(totals.items()))
+
+
 def _merge_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One row per (race_id, dog_id): duplicates give each column its first non-missing value, in content order."""
-    df = df.drop(columns=["_file", "source_row"])
-    # content order, independent of file order: sort keys, then a hash of the whole row as tie-break
-    df["_h"] = pd.util.hash_pandas_object(df, index=False).to_numpy()
-    df = df.sort_values(SORT + ["_h"], kind="stable", na_position="last").reset_index(drop=True)
-    dup = df.duplicated(KEY, keep=False).to_numpy()
+    """One row per (race_id, dog_id): duplicates give each column its first non-missing value, in content order.
+
+    Content order (independent of file order): race_date, race_id, box (missing last), dog_id, then a hash
+    of the whole row. The result is sorted by (race_date, race_id, box, dog_id).
+    """
+    from_id = df["name_from_id"].to_numpy(dtype=bool)
+    # a name that is only the dog's id stands aside for a real name from any other row of the dog
+    fallback = df.loc[from_id].drop_duplicates("dog_id").set_index("dog_id")["dog_name"]
+    df = df.drop(columns=["source_file", "source_row", "name_from_id"])
+    if from_id.any():
+        df["dog_name"] = df["dog_name"].mask(from_id)
+    if df.empty:
+        return _one_display_name(conform(df, where="merged runs"), fallback), 0
+    race, n_races = _codes(df["race_id"], sort=True)
+    dog, n_dogs = _codes(df["dog_id"], sort=True)
+    date, n_dates = _codes(df["race_date"], sort=True)
+    box = df["box"].astype("Float64").fillna(11).to_numpy(dtype=np.int64, na_value=11).clip(0, 11)
+    group, n_groups = _codes(race * n_dogs + dog)
+    in_group = np.bincount(group, minlength=n_groups)[group] > 1
+    row_hash = np.zeros(len(df), dtype=np.uint64)  # the tie-break, only needed within a group
+    if in_group.any():
+        row_hash[in_group] = pd.util.hash_pandas_object(df[in_group], index=False).to_numpy()
+    if n_dates * n_races * 12 * n_dogs < 2**62:  # one composite key sorts as (date, race, box, dog)
+        order = np.lexsort((row_hash, ((date * n_races + race) * 12 + box) * n_dogs + dog))
+    else:
+        order = np.lexsort((row_hash, dog, box, race, date))
+    df = df.take(order).reset_index(drop=True)
+    group, in_group = group[order], in_group[order]
     n_dup = 0
-    if dup.any():
-        clash = df[dup]
-        merged = clash.groupby(KEY, sort=False, dropna=False).first()
-        merged = merged.reset_index()
+    if in_group.any():
+        clash = df[in_group]
+        merged = clash.groupby(group[in_group], sort=False).first()
         n_dup = len(clash) - len(merged)
-        df = pd.concat([df[~dup], merged], ignore_index=True)
-    runs = conform(df, where="merged runs")
-    runs = _one_display_name(runs)
-    runs = runs.sort_values(SORT, kind="stable", na_position="last").reset_index(drop=True)
-    return runs, n_dup
+        leaders = np.flatnonzero(in_group & ~pd.Series(group).duplicated().to_numpy())
+        merged = merged.loc[group[leaders]]  # in the leaders' order
+        for col in df.columns:  # the leader takes the group's first non-missing values (usually its own)
+            now, best = df[col].iloc[leaders].reset_index(drop=True), merged[col].reset_index(drop=True)
+            if not now.equals(best.astype(now.dtype)):
+                values = df[col].array.copy()
+                values[leaders] = best.astype(df[col].dtype).array
+                df[col] = values
+        # each group is now its leader (first in content order), whose sort keys are the group's
+        keep = ~in_group
+        keep[leaders] = True
+        df = df[keep].reset_index(drop=True)
+    runs = df if _is_canonical(df) else conform(df, where="merged runs")
+    return _one_display_name(runs, fallback), n_dup
 
 
-def _one_display_name(runs: pd.DataFrame) -> pd.DataFrame:
-    """A dog spelled differently across files gets one display name: its most frequent, ties alphabetical."""
+def _codes(values: pd.Series | np.ndarray, sort: bool = False) -> tuple[np.ndarray, int]:
+    """(rows,) int64 codes (in value order when `sort`; missing -> -1) and how many distinct values."""
+    codes, uniques = pd.factorize(values, sort=sort)
+    return codes.astype(np.int64), max(len(uniques), 1)
+
+
+def _is_canonical(df: pd.DataFrame) -> bool:
+    return list(df.columns) == list(CANONICAL_COLUMNS) and all(
+        str(df[c.name].dtype) == c.dtype for c in CANONICAL)
+
+
+def _one_display_name(runs: pd.DataFrame, fallback: pd.Series) -> pd.DataFrame:
+    """A dog spelled differently across files gets one display name: its most frequent, ties alphabetical;
+    a dog known only by id shows its id."""
     if runs.empty:
         return runs
-    counts = runs.groupby(["dog_id", "dog_name"], sort=False).size().reset_index(name="n")
-    counts = counts.sort_values(["dog_id", "n", "dog_name"], ascending=[True, False, True], kind="stable")
-    best = counts.drop_duplicates("dog_id").set_index("dog_id")["dog_name"]
-    runs["dog_name"] = runs["dog_id"].map(best).astype("string")
+    dog, n_dogs = _codes(runs["dog_id"])
+    name, names = pd.factorize(runs["dog_name"], sort=True)  # alphabetical codes; missing -1
+    pair, pairs = pd.factorize(dog * (len(names) + 1) + name + 1)
+    if len(pairs) > n_dogs or (name < 0).any():  # some dog has several spellings, or only its id
+        count = np.bincount(pair)
+        pair_dog, pair_name = pairs // (len(names) + 1), pairs % (len(names) + 1) - 1
+        rank = np.lexsort((pair_name, -count, pair_name < 0, pair_dog))  # named first, most rows, then a-z
+        first = rank[np.r_[True, pair_dog[rank][1:] != pair_dog[rank][:-1]]]
+        best = np.full(n_dogs, -1, dtype=np.int64)
+        best[pair_dog[first]] = pair_name[first]
+        chosen = best[dog]
+        spelled = np.append(np.asarray(names, dtype=object), None)  # -1: no name but the id
+        shown = pd.Series(spelled[chosen], index=runs.index, dtype="string")
+        shown = shown.mask(chosen < 0)
+        if len(fallback):
+            shown = shown.fillna(runs["dog_id"].map(fallback).astype("string"))
+        runs["dog_name"] = shown
     return runs
 
 
@@ -285,6 +847,28 @@ def _content_id(runs: pd.DataFrame, rejects: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def _names(files: list[str], limit: int = 5) -> str:
+    shown = ", ".join(files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+def _no_accepted_message(layout: StoreLayout, forms: Forms, empty: list[dict]) -> str:
+    s = forms.summary
+    rej = forms.rejects
+    lines = []
+    for m in empty[:5]:
+        if m["rows"] == 0:
+            lines.append(f"{m['path']}: no data rows (header only)")
+            continue
+        why = rej.loc[rej["source_file"] == m["path"], "reason"].value_counts()
+        lines.append(f"{m['path']}: none of its {m['rows']} rows accepted (rejected: "
+                     + ", ".join(f"{k} {v}" for k, v in why.items()) + ")")
+    more = f"; and {len(empty) - 5} more file(s)" if len(empty) > 5 else ""
+    before = latest_snapshot(layout.root)
+    return ("; ".join(lines) + more + f". forms/LATEST not moved (still {before or 'unset'}); the rows are in "
+            f"{layout.snapshot(s.snapshot_id) / 'rejects.parquet'}. Fix the file(s) or leave them out of the sources.")
+
+
 def _snapshot_dir(root: str | Path, snapshot_id: str | None) -> Path:
     layout = StoreLayout.at(root)
     sid = snapshot_id or latest_snapshot(root)
@@ -296,35 +880,36 @@ def _snapshot_dir(root: str | Path, snapshot_id: str | None) -> Path:
     return d
 
 
-def _write_snapshot(layout: StoreLayout, summary: IngestSummary, runs: pd.DataFrame,
-                    rejects: pd.DataFrame, file_meta: list[dict]) -> None:
+def _write_snapshot(layout: StoreLayout, forms: Forms) -> None:
+    """Write the snapshot directory (atomically, once per content id); does not touch forms/LATEST."""
+    summary, runs, rejects = forms.summary, forms.runs, forms.rejects
     final = layout.snapshot(summary.snapshot_id)
-    if not (final / "manifest.json").exists():
-        tmp = layout.forms / ".tmp" / f"{summary.snapshot_id}.{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True, exist_ok=True)
+    if (final / "manifest.json").exists():
+        return
+    tmp = layout.forms / ".tmp" / f"{summary.snapshot_id}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        runs.to_parquet(tmp / "runs.parquet", index=False)
+        rejects.to_parquet(tmp / "rejects.parquet", index=False)
+        dates = runs["race_date"]
+        manifest = {
+            **summary.to_dict(),
+            "identity": "rows_in = accepted + rejected + duplicates_merged",
+            "balanced": summary.balanced,
+            "files": forms.files,
+            "sources": sorted({m["format"] for m in forms.files}),
+            "first_date": None if dates.dropna().empty else str(dates.min().date()),
+            "last_date": None if dates.dropna().empty else str(dates.max().date()),
+            "columns": list(runs.columns),
+            "snapshot_version": SNAPSHOT_VERSION,
+            "code_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
         try:
-            runs.to_parquet(tmp / "runs.parquet", index=False)
-            rejects.to_parquet(tmp / "rejects.parquet", index=False)
-            dates = runs["race_date"]
-            manifest = {
-                **summary.to_dict(),
-                "identity": "rows_in = accepted + rejected + duplicates_merged",
-                "balanced": summary.balanced,
-                "files": file_meta,
-                "sources": sorted({m["format"] for m in file_meta}),
-                "first_date": None if dates.empty else str(dates.min().date()),
-                "last_date": None if dates.empty else str(dates.max().date()),
-                "columns": list(runs.columns),
-                "snapshot_version": SNAPSHOT_VERSION,
-                "code_version": __version__,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            write_json_atomic(tmp / "manifest.json", manifest)
-            try:
-                publish_dir(tmp, final)
-            except (FileExistsError, OSError):
-                if not (final / "manifest.json").exists():  # someone else published the same content: fine
-                    raise
-        finally:
-            remove_tree(tmp)
-    write_text_atomic(layout.forms / "LATEST", summary.snapshot_id + "\n")
+            publish_dir(tmp, final)
+        except (FileExistsError, OSError):
+            if not (final / "manifest.json").exists():  # someone else published the same content: fine
+                raise
+    finally:
+        remove_tree(tmp)

@@ -56,6 +56,15 @@ def _row(runs: pd.DataFrame, dog_id: str, race_id: str) -> pd.Series:
         ("not a date", None),
         ("", None),
         ("1066-10-14", None),
+        # issue 18 item 10: four-digit years as written, two-digit years by POSIX %y (never 2099)
+        ("0001-01-01", None),
+        ("0024-01-05", None),
+        ("5/08/99", "1999-08-05"),
+        ("5/08/68", "2068-08-05"),
+        ("5/08/69", None),  # 1969: before the window
+        ("Saturday 15th February 20", "2020-02-15"),
+        ("5/08/202", None),
+        ("2100-01-01", None),
     ],
 )
 def test_parse_dates(text, expected):
@@ -107,6 +116,17 @@ def test_names(raw, key, shown):
     assert display_name(s).iloc[0] == shown
 
 
+def test_implausible_dates_rejected_with_their_own_reason():
+    raw = pd.DataFrame({"race_id": ["c:1"] * 5, "dog_id": ["D1", "D2", "D3", "D4", "D5"], "dog_name": ["A", "B", "C", "D", "E"],
+                        "track": ["Sale"] * 5,
+                        "race_date": ["0001-01-01", "31/02/2020", "not a date", "1/1/99", "2024-03-01"]}, dtype="string")
+    a = adapt(raw, "canonical")
+    assert a.rejects.set_index("source_row")["reason"].to_dict() == {1: "implausible_date", 2: "bad_date", 3: "bad_date"}
+    assert list(a.runs["race_date"]) == [pd.Timestamp("1999-01-01"), pd.Timestamp("2024-03-01")]
+    typed = raw.assign(race_date=pd.to_datetime(["1970-01-01", "2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"]))
+    assert adapt(typed, "canonical").rejects["reason"].tolist() == ["implausible_date"]
+
+
 # ---------------------------------------------------------------- detection
 
 
@@ -138,6 +158,7 @@ def test_missing_column_names_file_and_column():
 def _check_partition(raw_len: int, a) -> None:
     rows = sorted(a.runs["source_row"].tolist() + a.rejects["source_row"].tolist())
     assert rows == list(range(1, raw_len + 1))
+    assert set(a.warnings["source_row"]) <= set(a.runs["source_row"])  # warnings only on kept rows
     assert list(a.runs.columns[: len(CANONICAL_COLUMNS)]) == list(CANONICAL_COLUMNS)
     assert set(a.rejects["reason"]) <= set(REASONS)
 
@@ -259,3 +280,129 @@ def test_fuzz_rows_partition(fmt, rows, seed):
     raw = raw[list(np.random.default_rng(seed).permutation(header))]  # shuffled columns
     a = adapt(raw, fmt, where="fuzz")
     _check_partition(len(raw), a)
+
+
+# ---------------------------------------------------------------- Iggy places (PLACE_RESULT)
+
+_IGGY = "Date,Track,Race Name,Race,MarketId,SelectionId,Rug,Dog,Rated Price,WIN_RESULT,WIN_BSP,PLACE_RESULT,PLACE_BSP,WIN_VALUE\n"
+
+
+def _iggy_rows(market: str, results: list[tuple[str, str, str]]) -> str:
+    return "".join(f"2025-01-01,Sale,R1 400m Gr5,1,{market},{i},{i + 1},{dog},5.0,{win},5.0,{place},2.0,0\n"
+                   for i, (dog, win, place) in enumerate(results))
+
+
+def test_iggy_place_result_sets_placed_and_certain_second_places(tmp_path):
+    text = _IGGY + (
+        # three places paid: second and third cannot be told apart
+        _iggy_rows("1", [("A1", "1", "1"), ("B1", "0", "1"), ("C1", "0", "1")] + [(f"X{i}", "0", "0") for i in range(5)])
+        # two places paid: the other placed dog came second
+        + _iggy_rows("2", [("A2", "0", "1"), ("B2", "1", "1"), ("C2", "0", "0"), ("D2", "0", "0"), ("E2", "0", "0")])
+        # no place market (a field of four): nobody placed, even the winner
+        + _iggy_rows("3", [("A3", "1", "0"), ("B3", "0", "0"), ("C3", "0", "0"), ("D3", "0", "0")])
+        # dead heat for first: no certain second
+        + _iggy_rows("4", [("A4", "1", "1"), ("B4", "1", "1"), ("C4", "0", "0"), ("D4", "0", "0"), ("E4", "0", "0")])
+        # a winner whose place leg says 0 is placed all the same; a scratching has no result
+        + _iggy_rows("5", [("A5", "1", "0"), ("B5", "0", "1"), ("C5", "0", "0"), ("D5", "0", "0"), ("E5", "", "")])
+    )
+    (tmp_path / "places.csv").write_text(text)
+    a = adapt(read_source(tmp_path / "places.csv"), where="places.csv")
+    runs = a.runs.set_index("dog_id")
+    pos = {k: None if pd.isna(v) else int(v) for k, v in runs["finish_pos"].items()}
+    placed = {k: None if pd.isna(v) else bool(v) for k, v in runs["placed"].items()}
+    assert [pos[d] for d in ("A1", "B1", "C1", "X0")] == [1, None, None, None]
+    assert [placed[d] for d in ("A1", "B1", "C1", "X0")] == [True, True, True, False]
+    assert [pos[d] for d in ("A2", "B2", "C2")] == [2, 1, None]
+    assert [placed[d] for d in ("A2", "B2", "C2")] == [True, True, False]
+    assert pos["A3"] == 1 and all(placed[d] is None for d in ("A3", "B3", "C3", "D3"))
+    assert [pos[d] for d in ("A4", "B4", "C4")] == [1, 1, None]
+    assert [pos[d] for d in ("A5", "B5")] == [1, 2] and placed["A5"] and placed["B5"]
+    # won stays what WIN_RESULT says, and finish_pos never contradicts it
+    assert (runs["won"] == (runs["finish_pos"] == 1).fillna(False)).all()
+    assert a.rejects["reason"].tolist() == ["not_run"]
+
+
+def test_placed_given_or_derived_from_place_and_field():
+    raw = pd.DataFrame({"race_id": ["c:1"] * 4, "dog_id": ["D1", "D2", "D3", "D4"], "dog_name": ["A", "B", "C", "D"],
+                        "track": ["Sale"] * 4, "race_date": ["2024-03-01"] * 4, "finish_pos": ["1", "2", "3", ""],
+                        "field_size": ["7", "7", "8", "8"]}, dtype="string")
+    assert adapt(raw).runs["placed"].tolist() == [True, True, True, pd.NA]
+    given = adapt(raw.assign(placed=["1", "0", "", "yes"])).runs["placed"]
+    assert given.tolist() == [True, False, pd.NA, True]
+
+
+def test_iggy_race_name_without_space_before_grade():
+    raw = read_source(FIX / "iggy_2024_01.csv").assign(**{"Race Name": "R12 352mHeat"})
+    runs = adapt(raw).runs
+    assert set(runs["distance_m"]) == {352} and set(runs["grade"]) == {"Heat"}
+
+
+# ---------------------------------------------------------------- identity by id (issue 13 item 3)
+
+
+def test_gbgb_empty_names_fall_back_to_the_id():
+    raw = read_source(FIX / "gbgb_results.csv")
+    raw["dogName"] = ""
+    a = adapt(raw, where="gbgb")
+    assert a.rejects.set_index("source_row")["reason"].to_dict() == {6: "not_run"}
+    assert _row(a.runs, "gbgb:548001", "gbgb:1750001")["dog_name"] == "548001"
+    assert a.runs["name_from_id"].all()
+    # no name column at all, and no id either
+    a = adapt(raw.drop(columns=["dogName"]).assign(dogId=["", *raw["dogId"][1:]]), where="gbgb")
+    assert a.rejects.set_index("source_row")["reason"].to_dict() == {1: "missing_dog_name", 6: "not_run"}
+
+
+def test_canonical_id_without_name_is_accepted():
+    raw = read_source(FIX / "canonical_small.csv")
+    raw.loc[0, "dog_name"] = " "
+    a = adapt(raw)
+    d1 = a.runs[a.runs["dog_id"] == "D1"]
+    assert list(d1["dog_name"]) == ["D1", "Alpha One"] and list(d1["name_from_id"]) == [True, False]
+
+
+def test_thedogs_dog_id_column_is_the_identity():
+    raw = read_source(FIX / "thedogs_guide_a.csv")
+    raw.insert(1, "Dog Id", ["77", "", "", "", "", ""])  # the id on the first row only, like the name
+    raw.loc[3, "Dog Name"] = ""  # Fast Eddie's block: no name and no id -> not a continuation of Rosie
+    raw.loc[3, "Dog Id"] = "88"
+    a = adapt(raw, where="guide")
+    ids = a.runs.set_index("source_row")["dog_id"].to_dict()
+    assert ids[1] == ids[2] == ids[3] == "td:77" and ids[4] == ids[5] == "td:88"
+    names = a.runs.set_index("source_row")["dog_name"].to_dict()
+    assert names[1] == "Zipping Rosie" and names[4] == "88"
+    # ids on every row: a new id starts a new dog even without a name
+    raw["Dog Id"] = ["77", "77", "77", "88", "88", "88"]
+    assert adapt(raw).runs.set_index("source_row")["dog_id"].to_dict() == ids
+
+
+# ---------------------------------------------------------------- provenance: one table, many files
+
+
+def test_many_files_in_one_table_never_mix():
+    one = read_source(FIX / "thedogs_guide_a.csv")
+    # the second file starts with a dog's earlier start, its name row lost: it must not inherit ZIPPING ROSIE's
+    two = one.iloc[[1, 2, 3, 4]].reset_index(drop=True)
+    both = pd.concat([one.assign(_file=0, _row=range(1, 7)), two.assign(_file=1, _row=range(1, 5))], ignore_index=True)
+    a = adapt(both)
+    rej = a.rejects.set_index(["source_file", "source_row"])["reason"].to_dict()
+    assert rej == {(0, 6): "not_run", (1, 1): "missing_dog_name", (1, 2): "missing_dog_name"}
+    alone = adapt(one)
+    pd.testing.assert_frame_equal(a.runs[a.runs["source_file"] == 0].reset_index(drop=True), alone.runs)
+
+
+def test_extra_fields_are_rejected_not_shifted():
+    raw = read_source(FIX / "canonical_small.csv")
+    raw["_extra"] = ["", '["x"]', "", "", "", "", ""]
+    a = adapt(raw)
+    assert a.rejects.set_index("source_row")["reason"].to_dict() == {2: "extra_fields", 6: "missing_dog_id", 7: "bad_date"}
+
+
+def test_unparseable_values_of_kept_rows_are_counted():
+    raw = read_source(FIX / "thedogs_guide_a.csv")
+    raw.loc[0, "WGT"] = "heavy"
+    raw.loc[1, "BOX"] = "12"
+    raw.loc[2, "SP"] = "-"  # a spelling of 'no value': not counted
+    raw.loc[5, "WGT"] = "abc"  # a rejected row (not run): its cells are in the rejects, not a warning
+    a = adapt(raw)
+    assert a.warnings.set_index("source_row")["warning"].to_dict() == {1: "bad_weight_kg", 2: "bad_box"}
+    assert pd.isna(a.runs.set_index("source_row").loc[1, "weight_kg"])

@@ -1,4 +1,9 @@
-"""`gruviz ingest SOURCE...`: form data files -> a content-addressed forms snapshot in the store."""
+"""`gruviz ingest SOURCE...`: form data files -> a content-addressed forms snapshot in the store.
+
+Exits 2 naming the file (and leaves forms/LATEST where it was) when a file cannot be read, has no
+data rows or none of its rows is accepted; the counts, rejects and warnings are in the snapshot's
+manifest.json either way.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from storage.forms import ingest
 
 __all__ = ["HELP", "add_arguments", "run"]
 
-HELP = "Ingest form data (files, directories, globs; .csv, .csv.gz, .parquet) into a forms snapshot."
+HELP = ("Ingest form data (files, directories, globs; .csv, .csv.gz, .parquet) into a forms snapshot; "
+        "exits 2 naming the file when one cannot be read or has no accepted row.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,4 +40,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"dogs {s.dogs}  races {s.races}")
     for reason, n in s.rejects_by_reason.items():
         print(f"  rejected {reason}: {n}")
+    for code, n in s.warnings.items():
+        print(f"  warning {code}: {n}")
     return 0
