@@ -51,7 +51,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -903,7 +903,7 @@ def _write_snapshot(layout: StoreLayout, forms: Forms) -> None:
             "columns": list(runs.columns),
             "snapshot_version": SNAPSHOT_VERSION,
             "code_version": __version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
         try:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"simulated {args.dogs} dogs -> {source}")
     if current_model_set(home) is None:
         print("no model set yet: training one (train flow)")
-        train(source=[str(source)], home=str(home), epochs=args.epochs)
+        train(source=[str(source)], home=str(home), epochs=args.epochs, promote=True)  # the demo runs its own set
     state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
     return report_state(state, as_json=args.json)
 
