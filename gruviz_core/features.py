@@ -220,7 +220,11 @@ def _placed(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
     field = _num(df["field_size"])
     field = np.where(np.isfinite(field), field, np.bincount(race)[race])
     places = np.where(field < 8, 2.0, 3.0)
-    return np.where(np.isfinite(pos), (pos <= places).astype(np.float64), np.nan)
+    out = np.where(np.isfinite(pos), (pos <= places).astype(np.float64), np.nan)
+    if "placed" in df.columns:  # the source's own flag (Iggy's PLACE_RESULT: placed, place unknown) wins
+        given = df["placed"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        out = np.where(np.isfinite(given), given, out)
+    return out
 
 
 def _context(
