@@ -178,6 +178,8 @@ def test_track_vocabulary_and_unknown_bucket():
 def test_placed_flag_from_the_place_and_field():
     runs = toy_runs(n_races=40)
     runs.loc[5, "finish_pos"] = pd.NA
+    if "placed" in runs:
+        runs.loc[5, "placed"] = pd.NA  # the source does not say either
     seqs = _by_key(build_sequences(runs))
     r = runs.set_index(["dog_id", "race_id"]).loc[seqs.index]
     places = np.where(r["field_size"].astype(float) < 8, 2, 3)
@@ -227,3 +229,14 @@ def test_home_group_is_the_most_frequent_track():
     seqs = build_sequences(toy_runs(n_races=60, tracks=3))
     g = home_group(seqs)
     assert g.shape == (seqs.n_dogs,) and len(np.unique(g)) <= 3
+
+
+def test_the_sources_placed_flag_wins_where_the_place_is_unknown():
+    """Iggy pays three places in big fields without saying who was second or third: placed, place unknown."""
+    runs = toy_runs(n_races=40)
+    runs["placed"] = pd.array([pd.NA] * len(runs), dtype="boolean")
+    runs.loc[7, "finish_pos"] = pd.NA
+    runs.loc[7, "placed"] = True
+    seqs = _by_key(build_sequences(runs))
+    key = (runs.loc[7, "dog_id"], runs.loc[7, "race_id"])
+    assert seqs.loc[key, "v:placed"] == 1.0
