@@ -8,8 +8,8 @@ manifest.json either way.
 from __future__ import annotations
 
 import argparse
-import json
 
+from flows.output import dumps_strict
 from flows.settings import load_settings
 from gruviz_core.formats import FORMATS
 from storage.forms import ingest
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(home=args.home)
     s = ingest(args.sources, settings.home, fmt=args.fmt)
     if args.json:
-        print(json.dumps(s.to_dict(), sort_keys=True))
+        print(dumps_strict(s.to_dict(), sort_keys=True))
         return 0
     print(f"snapshot {s.snapshot_id}  ({len(s.files)} file(s) -> {settings.home}/forms/{s.snapshot_id})")
     print(f"rows_in {s.rows_in} = accepted {s.accepted} + rejected {s.rejected} "

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import json
 
+from flows.output import dumps_strict
 from gruviz_core.errors import ConfigError
 
 __all__ = ["HELP", "add_arguments", "run", "register"]
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "factory", "script", "weights", "factory_kwargs", "features", "feature_fn", "context", "gru_path",
         "normaliser", "trained_until", "name", "current", "snapshot", "home")})
     if args.json:
-        print(json.dumps(out, sort_keys=True, default=str))
+        print(dumps_strict(out, sort_keys=True))
         return 0
     v = out["validation"]
     print(f"model set {out['set_id']} registered{' (current)' if out['current'] else ''}: {len(out['seeds'])} "
@@ -156,7 +157,7 @@ def _list(args: argparse.Namespace) -> int:
 
     sets = describe_model_sets(load_settings(home=args.home).home)
     if args.json:
-        print(json.dumps(sets, sort_keys=True, default=str))
+        print(dumps_strict(sets, sort_keys=True))
         return 0
     if not sets:
         print("no model sets; run `gruviz train` or `gruviz model register`")
