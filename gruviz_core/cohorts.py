@@ -39,8 +39,6 @@ __all__ = [
     "tail_mean",
     "assign_cohorts",
     "resolve_thresholds",
-    "sensitivity_cohorts",
-    "THETA_GRID",
     "exemplar_pair",
     "RULES",
     "PredictionStatus",
@@ -50,9 +48,6 @@ __all__ = [
 
 COHORTS: tuple[str, ...] = ("saturated", "partial", "unsaturated", "undecided")
 """Cohort names, in the order reports show them."""
-
-THETA_GRID: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
-"""Default theta values of the sensitivity grid (tau runs over stats.TAUS)."""
 
 
 @dataclass(frozen=True)
@@ -189,22 +184,6 @@ def assign_cohorts(plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray,
     return out
 
 
-def sensitivity_cohorts(
-    plateau: np.ndarray,
-    n_steps: np.ndarray,
-    f_tail_by_tau: dict[float, np.ndarray],
-    rule: CohortRule,
-    thetas: tuple[float, ...] = THETA_GRID,
-) -> list[tuple[float, float, np.ndarray]]:
-    """Cohorts over a grid of (tau, theta): [(tau, theta, cohorts (dog,))]. T* does not depend on them."""
-    out = []
-    for tau, f in sorted(f_tail_by_tau.items()):
-        for theta in thetas:
-            r = rule.with_thresholds(tau=tau, theta=theta)
-            out.append((tau, theta, assign_cohorts(plateau, n_steps, f, r)))
-    return out
-
-
 def exemplar_pair(dogs: pd.DataFrame) -> list[tuple[str, str]]:
     """The exemplar rule, the only one: the most and the least saturated dog by mean s among dogs with long
     histories (top decile of race counts). dogs: stats/dog.parquet rows of the cohort layer. -> [(most, least)]."""
@@ -216,8 +195,6 @@ def exemplar_pair(dogs: pd.DataFrame) -> list[tuple[str, str]]:
         long = dogs
     order = long.sort_values(["mean_s", "dog_index"])
     return [(str(order["dog_id"].iloc[-1]), str(order["dog_id"].iloc[0]))]
-
-
 
 
 @dataclass(frozen=True)

@@ -23,26 +23,20 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from gruviz_core import cohorts as co
 from gruviz_core import repro as rp
-from gruviz_core import stats as st
-from gruviz_core.cohorts import COHORTS, CohortRule
+from gruviz_core.cohorts import COHORTS
 from gruviz_core.errors import ConfigError
 from gruviz_core.racing import race_codes
 
 __all__ = [
     "METRICS",
     "GAP_METRIC",
-    "STRATA",
-    "stratum_of",
     "poisson_weights",
     "top_pick_mask",
     "DogSums",
     "dog_sums",
     "metric_values",
     "cohort_metrics",
-    "effect_sizes",
-    "length_matched",
     "calibration",
     "CALIBRATION_EDGES",
     "prob_spread",
@@ -50,8 +44,6 @@ __all__ = [
     "cohen_kappa",
     "linear_cka",
     "eval_rows",
-    "effect_of",
-    "sensitivity",
     "repro_table",
 ]
 
@@ -61,24 +53,11 @@ METRICS: tuple[str, ...] = ("log_loss", "brier", "auc", "hit_rate")
 GAP_METRIC = "log_loss_vs_market"
 """Extra metric when a reference is given: mean log-loss of the model minus the reference's."""
 
-STRATA: tuple[tuple[int, int, str], ...] = (
-    (1, 5, "1-5"), (6, 10, "6-10"), (11, 20, "11-20"), (21, 40, "21-40"), (41, 10**9, "41+"),
-)
-"""History-length strata on a row's step (races run so far, this one included)."""
 
 CALIBRATION_EDGES: np.ndarray = np.array([0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])
 """Bin edges of the calibration table; fine where win probabilities live (1/8 = 0.125)."""
 
 _EPS = 1e-12
-
-
-def stratum_of(step: np.ndarray) -> np.ndarray:
-    """(obs,) 1-based step -> (obs,) stratum label."""
-    step = np.asarray(step)
-    out = np.empty(len(step), dtype=object)
-    for lo, hi, name in STRATA:
-        out[(step >= lo) & (step <= hi)] = name
-    return out
 
 
 def poisson_weights(n_dogs: int, n_boot: int, seed: int) -> np.ndarray:
@@ -220,79 +199,6 @@ def cohort_metrics(
     return pd.DataFrame(rows, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"])
 
 
-def effect_sizes(
-    p: np.ndarray, won: np.ndarray, race: np.ndarray, dog: np.ndarray, dog_cohort: np.ndarray,
-    *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated", ref: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """Difference a - b of every metric with a bootstrap interval (same replicate for both cohorts).
-
-    ref: (obs,) reference probabilities (market) for GAP_METRIC.
-    -> columns metric, a, b, diff, lo, hi, adjust ('none').
-    """
-    s = dog_sums(p, won, dog, top_pick_mask(p, race), len(dog_cohort), ref=ref)
-    ia, ib = np.flatnonzero(dog_cohort == a), np.flatnonzero(dog_cohort == b)
-    pa, pb = metric_values(s.take(ia), np.ones((1, len(ia)))), metric_values(s.take(ib), np.ones((1, len(ib))))
-    ra, rb = metric_values(s.take(ia), weights[:, ia]), metric_values(s.take(ib), weights[:, ib])
-    rows = []
-    for m in s.metrics:
-        lo, hi = _interval(ra[m] - rb[m])
-        rows.append((m, a, b, float(pa[m][0] - pb[m][0]), lo, hi, "none"))
-    return pd.DataFrame(rows, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"])
-
-
-def length_matched(
-    p: np.ndarray, won: np.ndarray, race: np.ndarray, dog: np.ndarray, step: np.ndarray,
-    dog_cohort: np.ndarray, *, weights: np.ndarray, a: str = "saturated", b: str = "unsaturated",
-    ref: np.ndarray | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Metrics per history-length stratum and cohort, and the stratum-weighted difference a - b.
-
-    A row's stratum is its step (races run so far). The weighted difference averages the
-    within-stratum differences over strata where both cohorts have rows, weighted by the rows
-    of a and b in each stratum, so a cohort that just raced more is not credited for it.
-    -> (table: stratum, cohort, metric, value, lo, hi, n_dogs, n_rows;
-        effect: metric, a, b, diff, lo, hi, adjust ('length_matched')).
-    """
-    is_top = top_pick_mask(p, race)
-    strata = stratum_of(step)
-    n_dogs = len(dog_cohort)
-    ia, ib = np.flatnonzero(dog_cohort == a), np.flatnonzero(dog_cohort == b)
-    rows, diffs, wts = [], [], []
-    for _, _, name in STRATA:
-        keep = strata == name
-        if not keep.any():
-            continue
-        s = dog_sums(p, won, dog, is_top, n_dogs, keep=keep, ref=ref)
-        per = {}
-        for cname, idx in _groups(dog_cohort):
-            idx = idx[s.n[idx] > 0]
-            if len(idx) == 0:
-                continue
-            point = metric_values(s.take(idx), np.ones((1, len(idx))))
-            reps = metric_values(s.take(idx), weights[:, idx])
-            per[cname] = (point, reps)
-            for m in s.metrics:
-                lo, hi = _interval(reps[m])
-                rows.append((name, cname, m, float(point[m][0]), lo, hi, len(idx), int(s.n[idx].sum())))
-        if a in per and b in per:
-            diffs.append((per[a], per[b]))
-            wts.append(s.n[ia].sum() + s.n[ib].sum())
-    table = pd.DataFrame(rows, columns=["stratum", "cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows"])
-    eff = []
-    if diffs:
-        w = np.array(wts) / np.sum(wts)
-        for m in (METRICS if ref is None else (*METRICS, GAP_METRIC)):
-            d_point = np.array([pa[0][m][0] - pb[0][m][0] for pa, pb in diffs])
-            d_reps = np.stack([pa[1][m] - pb[1][m] for pa, pb in diffs])  # (strata, B)
-            ok = np.isfinite(d_point)
-            point = float(np.sum(w[ok] * d_point[ok]) / np.sum(w[ok])) if ok.any() else float("nan")
-            reps = (w[ok, None] * d_reps[ok]).sum(axis=0) / np.sum(w[ok]) if ok.any() else np.array([np.nan])
-            lo, hi = _interval(reps)
-            eff.append((m, a, b, point, lo, hi, "length_matched"))
-    effect = pd.DataFrame(eff, columns=["metric", "a", "b", "diff", "lo", "hi", "adjust"])
-    return table, effect
-
-
 def calibration(
     p: np.ndarray, won: np.ndarray, group: np.ndarray, *, edges: np.ndarray = CALIBRATION_EDGES
 ) -> pd.DataFrame:
@@ -383,31 +289,6 @@ def eval_rows(rows: pd.DataFrame, scores: np.ndarray) -> tuple[np.ndarray, bool]
     if has_market:
         ok &= priced[race]
     return np.flatnonzero(ok), bool(has_market)
-
-
-def effect_of(eff_i: pd.DataFrame, adjust: str, metric: str = "log_loss") -> dict:
-    try:
-        row = eff_i.loc[(adjust, metric)]
-    except KeyError:
-        return {"diff": None, "lo": None, "hi": None}
-    return {k: (None if not np.isfinite(row[k]) else float(row[k])) for k in ("diff", "lo", "hi")}
-
-
-def sensitivity(dogs: pd.DataFrame, rule: CohortRule, p, won, dog) -> pd.DataFrame:
-    """Cohort sizes and model log-loss over a grid of (tau, theta)."""
-    ll = -(won * np.log(np.clip(p, 1e-12, 1)) + (1 - won) * np.log1p(-np.clip(p, 0, 1 - 1e-12)))
-    n = len(dogs)
-    ll_d = np.bincount(dog, weights=ll, minlength=n)
-    n_d = np.bincount(dog, minlength=n)
-    f_by_tau = {t: dogs[f"mean_{c}_after"].to_numpy() for c, t in zip(st.TAU_COLUMNS, st.TAUS)}
-    out = []
-    for tau, theta, c in co.sensitivity_cohorts(dogs["plateau_step"].to_numpy(), dogs["n_steps"].to_numpy(),
-                                                 f_by_tau, rule):
-        for name in co.COHORTS:
-            m = c == name
-            rows_ = n_d[m].sum()
-            out.append((tau, theta, name, int(m.sum()), float(ll_d[m].sum() / rows_) if rows_ else np.nan))
-    return pd.DataFrame(out, columns=["tau", "theta", "cohort", "n_dogs", "log_loss"])
 
 
 def repro_table(probs: np.ndarray, race: np.ndarray, dog: np.ndarray, cohort: np.ndarray,

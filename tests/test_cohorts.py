@@ -52,17 +52,6 @@ def test_rule_round_trip_and_validation():
         CohortRule(scale="relative")
 
 
-def test_sensitivity_grid_moves_with_theta():
-    plateau = np.array([6.0, 6.0, 6.0, np.nan])
-    n = np.array([20, 20, 20, 3])
-    f = {0.9: np.array([0.9, 0.6, 0.3, 0.0]), 0.99: np.array([0.4, 0.2, 0.0, 0.0])}
-    grid = cohorts.sensitivity_cohorts(plateau, n, f, RULE, thetas=(0.25, 0.75))
-    assert [(t, th) for t, th, _ in grid] == [(0.9, 0.25), (0.9, 0.75), (0.99, 0.25), (0.99, 0.75)]
-    sat = [int((c == "saturated").sum()) for _, _, c in grid]
-    assert sat == [3, 1, 1, 0]
-    assert all(c[3] == "undecided" for _, _, c in grid)
-
-
 def test_rule_from_flat_settings_dict():
     r = CohortRule.coerce({"name": "plateau-f-abs", "tau": 0.95, "theta": 0.5})
     assert r.name == "plateau-f-abs" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "absolute"

@@ -73,29 +73,6 @@ def test_bootstrap_resamples_dogs_not_rows():
     assert abs(w.mean() - 1) < 0.05
 
 
-def test_effect_size_and_length_matched_zero_for_identical_cohorts():
-    p, won, race, dog, cohort, step = _races()
-    # duplicate every race with the dogs relabelled into the other cohort: identical cohorts
-    n = len(cohort)
-    p2, won2 = np.concatenate([p, p]), np.concatenate([won, won])
-    race2 = np.concatenate([race, race + race.max() + 1])
-    dog2 = np.concatenate([dog, dog + n])
-    cohort2 = np.array(["saturated"] * n + ["unsaturated"] * n, dtype=object)
-    step2 = np.concatenate([step, step])
-    w = ev.poisson_weights(2 * n, 50, seed=1)
-    eff = ev.effect_sizes(p2, won2, race2, dog2, cohort2, weights=w)
-    np.testing.assert_allclose(eff["diff"], 0, atol=1e-12)
-    table, lm = ev.length_matched(p2, won2, race2, dog2, step2, cohort2, weights=w)
-    np.testing.assert_allclose(lm["diff"], 0, atol=1e-12)
-    assert set(table.stratum) == {"1-5", "6-10", "11-20", "21-40", "41+"}
-    assert (lm.adjust == "length_matched").all()
-
-
-def test_stratum_labels():
-    assert list(ev.stratum_of(np.array([1, 5, 6, 10, 11, 20, 21, 40, 41, 150]))) == [
-        "1-5", "1-5", "6-10", "6-10", "11-20", "11-20", "21-40", "21-40", "41+", "41+"]
-
-
 def test_calibration_bins():
     p = np.array([0.01, 0.02, 0.55, 0.58])
     won = np.array([0, 0, 1, 0])
@@ -153,7 +130,4 @@ def test_gap_vs_market_is_zero_against_itself_and_sign_is_right():
     t2 = ev.cohort_metrics({"model": unif, "market": p}, won, race, dog, cohort, weights=w)
     g2 = t2[(t2.metric == ev.GAP_METRIC) & (t2.cohort == "all")].iloc[0]
     assert g2.value > 0 and g2.lo > 0  # uniform is worse than a skilled forecast
-    eff = ev.effect_sizes(p, won, race, dog, cohort, weights=w, ref=unif)
-    assert ev.GAP_METRIC in set(eff.metric)
-    _, lm = ev.length_matched(p, won, race, dog, step, cohort, weights=w, ref=unif)
-    assert ev.GAP_METRIC in set(lm.metric)
+    assert g2.lo > 0 and g2.n_rows == len(p)

@@ -1,6 +1,6 @@
 """The evaluate stage: cohort comparisons of a run whose stats exist -> eval tables and the headline.
 
-    eval/cohort_metrics, calibration, length_matched, effect_size, sensitivity, repro, cka, resilience,
+    eval/cohort_metrics, calibration, status_compare, status_effect, dose_response, sensitivity, repro, cka, resilience,
     divergence (docs/ARCHITECTURE.md lists their columns) and eval/headline.json.
 """
 
