@@ -60,7 +60,8 @@ def build_report(
 
     div = results.divergence
     pairs = [] if div is None else list(dict.fromkeys(zip(div["dog_a"].astype(str), div["dog_b"].astype(str))))
-    states = states_section(dog, list(watchlist), dogs, run_id=run_meta.get("run_id"), pairs=pairs)
+    errors = [e for e in head.get("largest_errors") or [] if isinstance(e, dict)]
+    states = states_section(dog, list(watchlist), dogs, run_id=run_meta.get("run_id"), pairs=pairs, errors=errors)
     chosen_ids = [
         str(d.id) for p in states.panels if isinstance(p.figure, AnimHeatmapSpec) for d in p.figure.dogs
     ]

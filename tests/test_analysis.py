@@ -115,6 +115,9 @@ def test_tables_have_the_contract_columns(run):
     assert json.loads((tmp / "run.json").read_text())["cohort_rule"] == s["rule"]
     assert headline["model_log_loss"] > 0 and headline["has_market"]
     assert not [n for n in headline["notes"] if n.startswith("resilience skipped")]
+    errors = headline["largest_errors"]  # the last race day's worst-predicted runners, for the explorer links
+    assert 0 < len(errors) <= 5 and len({e["race_date"] for e in errors}) == 1
+    assert [e["error"] for e in errors] == sorted((e["error"] for e in errors), reverse=True)
 
 
 def test_streaming_stats_equal_in_memory(run):

@@ -188,6 +188,7 @@ def evaluate_run(
         "effective_dim": summary.get("effective_dim"), "dead_units": summary.get("dead_units"),
         "always_saturated_units": summary.get("always_saturated_units"),
         "exemplars": [{"dog_a": a, "dog_b": b} for a, b in ex_pairs],
+        "largest_errors": _largest_errors(r, dogs, sources, won),
         "has_market": has_market, "n_boot": n_boot, "bootstrap_seed": seed, "grid_boot": grid_boot,
         "min_sizes": {"dogs": sizes.min_dogs, "winners": sizes.min_winners},
         "tables": sorted(tables), "notes": notes, "seconds": round(time.perf_counter() - t0, 3),
@@ -449,3 +450,18 @@ def _sens_frame(rows: list[tuple]) -> pd.DataFrame:
         df[c] = df[c].astype("int64")
     df["comparable"] = df["comparable"].astype(bool)
     return df
+
+
+def _largest_errors(r: pd.DataFrame, dogs: pd.DataFrame, sources: dict, won: np.ndarray, n: int = 5) -> list[dict]:
+    """The runners of the period's last race day that the model got most wrong: the largest per-runner
+    log-loss gap to the market (log-loss without one). For the report's links to the explorer."""
+    if len(r) == 0:
+        return []
+    ll = cmp.row_metrics(sources["model"], won, np.zeros(len(won), np.int64), sources.get("market")).values
+    err = ll[:, 1] if "market" in sources else ll[:, 2]  # gap, else runner log-loss
+    day = r["race_date"].to_numpy(dtype="datetime64[D]")
+    last = day == day.max()
+    idx = np.flatnonzero(last)[np.argsort(-np.nan_to_num(err[last], nan=-np.inf), kind="stable")[:n]]
+    ids = dogs.set_index("dog_index")
+    return [{"dog_id": str(ids.at[int(r["dog_index"].iat[i]), "dog_id"]), "race_id": str(r["race_id"].iat[i]),
+             "race_date": str(day[i]), "error": float(err[i]), "won": bool(won[i] > 0)} for i in idx]

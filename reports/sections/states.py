@@ -85,7 +85,7 @@ def _exemplars(top: pd.DataFrame) -> list[tuple[str, pd.Series]]:
 
 def states_section(
     dog: pd.DataFrame | None, watchlist: Sequence[str], dogs: DogStatesSet, *, run_id: str | None = None,
-    pairs: Sequence[tuple[str, str]] = (),
+    pairs: Sequence[tuple[str, str]] = (), errors: Sequence[dict] = (),
 ) -> Section:
     """Animated and static heatmaps of the chosen dogs' states; with `run_id`, their explorer pages (and the
     divergence `pairs`'), which the page turns into links when gruviz serve serves it."""
@@ -125,16 +125,21 @@ def states_section(
     if problems:
         panels.append(Panel("Dogs not shown", "", note="Could not read: " + "; ".join(problems)))
     if run_id:
-        panels.append(_explorer_panel(run_id, heats, pairs))
+        panels.append(_explorer_panel(run_id, heats, pairs, errors))
     return Section("states", f"{_TITLE}: {names}", intro, tuple(panels))
 
 
-def _explorer_panel(run_id: str, heats: Sequence[DogHeat], pairs: Sequence[tuple[str, str]]) -> Panel:
-    """Each heatmap dog's and divergence pair's explorer page (a path; a link when served by gruviz serve)."""
+def _explorer_panel(
+    run_id: str, heats: Sequence[DogHeat], pairs: Sequence[tuple[str, str]], errors: Sequence[dict] = ()
+) -> Panel:
+    """Each heatmap dog's, divergence pair's and largest error's explorer page (a link when served)."""
     page = "/explore/{}/dog/{}".format
     rows = [(d.name, d.cohort, page(quote(run_id, safe=""), quote(d.id, safe=""))) for d in heats]
     rows += [(f"{a} vs {b}", "divergence pair", page(quote(run_id, safe=""), quote(a, safe="")) + "?vs="
               + quote(b, safe="")) for a, b in pairs]
+    rows += [(str(e.get("dog_id")), f"largest error: {e.get('race_id')} ({e.get('race_date')}, "
+              f"{'won' if e.get('won') else 'lost'})", page(quote(run_id, safe=""), quote(str(e.get("dog_id")), safe="")))
+             for e in errors]
     explain = ("Every dog's states, gates, abs-sum and predictions, read from the store on demand: "
                "served by gruviz serve, these open in the explorer (/explore); opened from disk they are paths.")
     return Panel("Open in the explorer", explain, table=Table(("dog", "cohort", "explorer page"), tuple(rows)))
