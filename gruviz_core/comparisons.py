@@ -39,6 +39,7 @@ __all__ = [
     "within_dog_effect",
     "dose_response",
     "effective_dogs",
+    "percentile_interval",
 ]
 
 RUNNER_METRICS: tuple[str, ...] = ("gap_vs_market", "runner_log_loss", "brier", "concordance", "hit_rate")
@@ -185,7 +186,8 @@ def _metric(sums: np.ndarray, name: str) -> np.ndarray:
         return sums[..., _COL[name]] / sums[..., _N]
 
 
-def _interval(reps: np.ndarray) -> tuple[float, float]:
+def percentile_interval(reps: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of bootstrap replicates (NaN replicates dropped; NaNs if fewer than 2)."""
     reps = reps[np.isfinite(reps)]
     if len(reps) < 2:
         return float("nan"), float("nan")
@@ -226,7 +228,7 @@ def group_table(
                 continue
             grp = _group(_dog_sums(rm, dog, keep, n_dogs), weights)
             for m in _metrics_of(rm):
-                lo, hi = _interval(_metric(grp.reps, m))
+                lo, hi = percentile_interval(_metric(grp.reps, m))
                 out.append((st, g, m, float(_metric(grp.point, m)), lo, hi, grp.n_dogs, int(grp.point[_N]),
                             int(grp.point[_WIN]), grp.n_eff))
     cols = ["stratum", "group", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "n_winners", "n_eff_dogs"]
@@ -267,7 +269,7 @@ def _effect_record(metric, a, b, diffs, reps, wts, sa, sb, sizes: Sizes) -> dict
         w = np.asarray(wts) / np.sum(wts)
         point = float(np.sum(w * np.asarray(diffs)))
         r = (w[:, None] * np.stack(reps)).sum(axis=0)
-        lo, hi = _interval(r)
+        lo, hi = percentile_interval(r)
         rec.update(diff=point, lo=lo, hi=hi, excludes_zero=bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0)))
     return rec
 
@@ -292,7 +294,7 @@ def within_dog_effect(
         w = weights[:, idx].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             reps = (w @ d) / w.sum(axis=1)
-        lo, hi = _interval(reps)
+        lo, hi = percentile_interval(reps)
         rec.update(diff=float(d.mean()), lo=lo, hi=hi,
                    excludes_zero=bool(rec["comparable"] and np.isfinite(lo) and (lo > 0 or hi < 0)))
     return rec
@@ -319,7 +321,7 @@ def dose_response(
             continue
         g = _group(_dog_sums(rm, dog, k, n_dogs), weights)
         v, r = float(_metric(g.point, metric)), _metric(g.reps, metric)
-        lo, hi = _interval(r)
+        lo, hi = percentile_interval(r)
         mid = float(x[k].mean())
         rows.append((i + 1, float(edges[i]), float(edges[i + 1]), mid, v, lo, hi, metric, int(g.point[_N]), g.n_dogs))
         mids.append(mid), vals.append(v), reps.append(r), ns.append(g.point[_N])
@@ -332,6 +334,6 @@ def dose_response(
         if denom > 0:
             slope = float(np.sum(W * xc * np.asarray(vals)) / denom)
             r = (W * xc) @ np.nan_to_num(np.stack(reps)) / denom
-            lo, hi = _interval(r)
+            lo, hi = percentile_interval(r)
             trend = {"slope": slope, "lo": lo, "hi": hi, "n_rows": int(keep.sum())}
     return table, trend

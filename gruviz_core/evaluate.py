@@ -25,6 +25,7 @@ from scipy import sparse
 
 from gruviz_core import repro as rp
 from gruviz_core.cohorts import COHORTS
+from gruviz_core.comparisons import percentile_interval as _interval
 from gruviz_core.errors import ConfigError
 from gruviz_core.racing import race_codes
 
@@ -154,14 +155,6 @@ def metric_values(s: DogSums, weights: np.ndarray) -> dict[str, np.ndarray]:
         if s.gap is not None:
             out[GAP_METRIC] = weights @ s.gap / n
     return out
-
-
-def _interval(reps: np.ndarray) -> tuple[float, float]:
-    reps = reps[np.isfinite(reps)]
-    if len(reps) < 2:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def _groups(dog_cohort: np.ndarray) -> list[tuple[str, np.ndarray]]:

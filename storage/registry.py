@@ -146,6 +146,19 @@ def _set_id(report_core: dict, results: list) -> str:
     return f"{stamp}-{h.hexdigest()[:10]}"
 
 
+def _commit_set(layout: StoreLayout, tmp: Path, set_id: str, manifest: dict, make_current: bool) -> str:
+    """Write the manifest last, rename the set into place, then (optionally) point CURRENT at it."""
+    try:
+        write_json_atomic(tmp / "manifest.json", manifest)
+        publish_dir(tmp, layout.model_set(set_id))
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    if make_current:
+        write_text_atomic(layout.models / "CURRENT", set_id + "\n")
+    return set_id
+
+
 def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cfg: Any, make_current: bool) -> str:
     """Write trained seeds as one model set (tmp dir, then an atomic rename); optionally mark it CURRENT."""
     layout = StoreLayout.at(root)
@@ -174,14 +187,10 @@ def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cf
             "feature_names": list(norm.feature_names), "context_names": list(norm.context_names),
             **report_core,
         }
-        write_json_atomic(tmp / "manifest.json", manifest)
-        publish_dir(tmp, layout.model_set(set_id))
     except BaseException:
         remove_tree(tmp)
         raise
-    if make_current:
-        write_text_atomic(layout.models / "CURRENT", set_id + "\n")
-    return set_id
+    return _commit_set(layout, tmp, set_id, manifest, make_current)
 
 
 # ------------------------------------------------------------------ loading
@@ -410,14 +419,10 @@ def save_byo_set(
             "comparisons_may_be_in_sample": trained_until is None,
             "snapshot_id": snapshot_id, "validation": validation or {},
         }
-        write_json_atomic(tmp / "manifest.json", manifest)
-        publish_dir(tmp, layout.model_set(set_id))
     except BaseException:
         remove_tree(tmp)
         raise
-    if make_current:
-        write_text_atomic(layout.models / "CURRENT", set_id + "\n")
-    return set_id
+    return _commit_set(layout, tmp, set_id, manifest, make_current)
 
 
 def model_set_manifest(root: str | Path, set_id: str | None = None) -> dict:
