@@ -33,6 +33,7 @@ __all__ = [
     "row_metrics",
     "race_nll",
     "stratum_of",
+    "label_ranges",
     "bootstrap_weights",
     "group_table",
     "stratified_effect",
@@ -141,9 +142,14 @@ def _concordance(p: np.ndarray, won: np.ndarray, race: np.ndarray) -> np.ndarray
 
 def stratum_of(step: np.ndarray) -> np.ndarray:
     """(obs,) 1-based step -> (obs,) stratum label."""
+    return label_ranges(step, STRATA)
+
+
+def label_ranges(step: np.ndarray, ranges: tuple[tuple[int, int, str], ...]) -> np.ndarray:
+    """(n,) steps -> (n,) the label of the inclusive (lo, hi, label) range each falls in (None if none)."""
     step = np.asarray(step)
     out = np.empty(len(step), dtype=object)
-    for lo, hi, name in STRATA:
+    for lo, hi, name in ranges:
         out[(step >= lo) & (step <= hi)] = name
     return out
 

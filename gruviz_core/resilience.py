@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from gruviz_core.comparisons import label_ranges
 from gruviz_core.errors import ConfigError
 from gruviz_core.model import LoadedModel
 
@@ -280,11 +281,7 @@ def race_nll_change(s0: np.ndarray, s1: np.ndarray, others_lse: np.ndarray, won:
 
 def bucket_of(step: np.ndarray) -> np.ndarray:
     """(n,) target steps -> (n,) STEP_BUCKETS label."""
-    step = np.asarray(step)
-    out = np.empty(len(step), dtype=object)
-    for lo, hi, name in STEP_BUCKETS:
-        out[(step >= lo) & (step <= hi)] = name
-    return out
+    return label_ranges(step, STEP_BUCKETS)
 
 
 @dataclass(frozen=True)
