@@ -1,4 +1,9 @@
-"""Atomic writes: readers see the old thing or the new thing, never half of either."""
+"""Atomic writes: readers see the old thing or the new thing, never half of either.
+
+Local: a temporary sibling, fsync, rename. Object storage (storage.fs): one PUT per object, which
+is atomic already; a directory is never renamed there (publish_dir refuses: write under the final
+prefix and mark it complete last instead).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gruviz_core.errors import StoreError
+from storage import fs
 
 __all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "read_pointer", "publish_dir"]
 
@@ -23,8 +29,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a sibling temp file, fsync, then rename over `path`."""
-    path = Path(path)
+    """Write to a sibling temp file, fsync, then rename over `path` (remote: one PUT)."""
+    path = fs.store_path(path)
+    if not isinstance(path, Path):
+        fs.write_bytes(path, data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -49,14 +58,17 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def read_pointer(path: str | Path) -> str | None:
     """The id a pointer file (LATEST, CURRENT) names, or None when there is none yet."""
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = fs.store_path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
     return text or None
 
 
 def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
-    """Rename a fully written directory into place. `final_dir` must not exist (ids are unique)."""
+    """Rename a fully written directory into place. `final_dir` must not exist (ids are unique). Local only."""
+    if fs.is_remote(tmp_dir) or fs.is_remote(final_dir):
+        raise StoreError(f"publish_dir({tmp_dir}, {final_dir}): object storage has no rename; write under the "
+                         "final prefix and mark it complete last (a bug in storage if reached)")
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     if final_dir.exists():
         raise StoreError(f"{final_dir} already exists; ids are unique, refusing to overwrite it with {tmp_dir}")
@@ -66,4 +78,9 @@ def publish_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
 
 
 def remove_tree(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Delete a directory or a prefix; missing is fine."""
+    p = fs.store_path(path)
+    if isinstance(p, Path):
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        fs.remove_tree(p)

@@ -6,9 +6,13 @@
     <root>/models/<set_id>/manifest.json        the K seeds trained together
     <root>/models/<set_id>/seed_<k>/...         checkpoint, config, features, curve, metrics
     <root>/models/CURRENT                       text: current model set id
-    <root>/runs/<run_id>/                       a published run: states.zarr, stats/, eval/, run.json
-    <root>/runs/.tmp/<run_id>.<nonce>/          a run being written (never read by readers)
+    <root>/runs/<run_id>/                       a published run: states.zarr, stats/, eval/, run.json, _COMPLETE
+    <root>/runs/.tmp/<run_id>.<nonce>/          a run being written (never read by readers); local stores only
     <root>/runs/LATEST                          text: newest published run id
+
+The root is a local directory or any fsspec URL (storage.fs). On object storage a run is written
+under its own prefix runs/<run_id>/ directly (no rename there): readers only follow LATEST and only
+list runs holding _COMPLETE, which is written last.
     <root>/reports/                             published HTML (the reports dir can be set apart)
 """
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gruviz_core.errors import StoreError
+from storage.fs import StorePath, store_path
 
 __all__ = ["StoreLayout", "RunLayout", "STATS_TABLES", "EVAL_TABLES"]
 
@@ -26,42 +31,44 @@ __all__ = ["StoreLayout", "RunLayout", "STATS_TABLES", "EVAL_TABLES"]
 class StoreLayout:
     """Paths of the store's parts; creates nothing."""
 
-    root: Path
+    root: StorePath
+    """The store root: an absolute local path, or a UPath for an fsspec URL."""
 
     @classmethod
-    def at(cls, root: str | Path) -> StoreLayout:
-        return cls(Path(root).expanduser().resolve())
+    def at(cls, root: str | StorePath) -> StoreLayout:
+        p = store_path(root)
+        return cls(p.resolve() if isinstance(p, Path) else p)
 
     @property
-    def forms(self) -> Path:
+    def forms(self) -> StorePath:
         return self.root / "forms"
 
-    def snapshot(self, snapshot_id: str) -> Path:
+    def snapshot(self, snapshot_id: str) -> StorePath:
         return self.forms / snapshot_id
 
-    def features(self, snapshot_id: str) -> Path:
+    def features(self, snapshot_id: str) -> StorePath:
         return self.root / "features" / snapshot_id
 
     @property
-    def models(self) -> Path:
+    def models(self) -> StorePath:
         return self.root / "models"
 
-    def model_set(self, set_id: str) -> Path:
+    def model_set(self, set_id: str) -> StorePath:
         return self.models / set_id
 
     @property
-    def runs(self) -> Path:
+    def runs(self) -> StorePath:
         return self.root / "runs"
 
-    def run(self, run_id: str) -> Path:
+    def run(self, run_id: str) -> StorePath:
         return self.runs / run_id
 
     @property
-    def runs_tmp(self) -> Path:
+    def runs_tmp(self) -> StorePath:
         return self.runs / ".tmp"
 
     @property
-    def reports(self) -> Path:
+    def reports(self) -> StorePath:
         return self.root / "reports"
 
 
@@ -80,56 +87,57 @@ class RunLayout:
         stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json
     """
 
-    run_dir: Path
+    run_dir: StorePath
+    """The run's directory (local) or prefix (object storage)."""
 
     @classmethod
-    def at(cls, run_dir: str | Path) -> RunLayout:
-        return cls(Path(run_dir))
+    def at(cls, run_dir: str | StorePath) -> RunLayout:
+        return cls(store_path(run_dir))
 
     @property
-    def states(self) -> Path:
+    def states(self) -> StorePath:
         return self.run_dir / "states.zarr"  # storage.states.STATES
 
     @property
-    def plan(self) -> Path:
+    def plan(self) -> StorePath:
         return self.run_dir / "plan.json"
 
     @property
-    def meta(self) -> Path:
+    def meta(self) -> StorePath:
         return self.run_dir / "meta.json"
 
     @property
-    def blocks(self) -> Path:
+    def blocks(self) -> StorePath:
         return self.run_dir / "blocks"
 
-    def block(self, index: int) -> Path:
+    def block(self, index: int) -> StorePath:
         return self.blocks / f"{index}.json"
 
     @property
-    def run_json(self) -> Path:
+    def run_json(self) -> StorePath:
         return self.run_dir / "run.json"
 
     @property
-    def complete(self) -> Path:
+    def complete(self) -> StorePath:
         return self.run_dir / "_COMPLETE"
 
     @property
-    def stats(self) -> Path:
+    def stats(self) -> StorePath:
         return self.run_dir / "stats"
 
     @property
-    def eval(self) -> Path:
+    def eval(self) -> StorePath:
         return self.run_dir / "eval"
 
     @property
-    def summary(self) -> Path:
+    def summary(self) -> StorePath:
         return self.stats / "summary.json"
 
     @property
-    def headline(self) -> Path:
+    def headline(self) -> StorePath:
         return self.eval / "headline.json"
 
-    def table(self, name: str) -> Path:
+    def table(self, name: str) -> StorePath:
         """<run>/stats/<name>.parquet or <run>/eval/<name>.parquet, by the table's stage."""
         if name in STATS_TABLES:
             return self.stats / f"{name}.parquet"

@@ -16,14 +16,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gruviz_core.errors import NotFoundError
+from storage import fs
 from storage.atomic import write_json_atomic
+from storage.fs import StorePath
 from storage.layout import RunLayout
 
 __all__ = ["write_parquet_atomic", "write_table", "read_table", "has_table", "read_record", "write_json"]
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write a table to a temporary sibling, then rename it over `path`."""
+def write_parquet_atomic(df: pd.DataFrame, path: StorePath) -> None:
+    """Write a table to a temporary sibling, then rename it over `path` (object storage: one PUT)."""
+    path = fs.store_path(path)
+    if fs.is_remote(path):
+        fs.write_parquet(df, path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -33,7 +39,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_table(run_dir: str | Path, name: str, df: pd.DataFrame) -> Path:
+def write_table(run_dir: str | StorePath, name: str, df: pd.DataFrame) -> StorePath:
     """Write the run table `name` (see storage.layout.STATS_TABLES / EVAL_TABLES); returns its path."""
     path = RunLayout.at(run_dir).table(name)
     write_parquet_atomic(df, path)
@@ -49,16 +55,16 @@ def read_table(run_dir: str | Path, name: str, columns: list[str] | None = None)
     path = RunLayout.at(run_dir).table(name)
     if not path.exists():
         raise NotFoundError(f"run {run_dir}: no table {name} at {path}; run the stage that writes it first")
-    return pd.read_parquet(path, columns=columns)
+    return fs.read_parquet(path, columns=columns)
 
 
-def read_record(path: Path) -> Any:
+def read_record(path: str | StorePath) -> Any:
     """A JSON file of a run (run.json, summary, headline), or a clear error naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(fs.store_path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise NotFoundError(f"{path}: missing; run the stage that writes it first") from e
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: str | StorePath, obj: Any) -> None:
     write_json_atomic(path, obj)
