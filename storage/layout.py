@@ -118,6 +118,11 @@ class RunLayout:
         return self.run_dir / "run.json"
 
     @property
+    def owner(self) -> StorePath:
+        """Object storage only: created exclusively by begin_run, so one writer owns the run's prefix."""
+        return self.run_dir / "_WRITER"
+
+    @property
     def complete(self) -> StorePath:
         return self.run_dir / "_COMPLETE"
 

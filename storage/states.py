@@ -12,6 +12,14 @@
     <run>/run.json       run metadata (finish_run)
     <run>/_COMPLETE      written last, just before the atomic rename that publishes the run
 
+Publishing. Local store: the run is written under runs/.tmp/<run_id>.<nonce>/, marked _COMPLETE,
+renamed into runs/<run_id>/, then runs/LATEST is rewritten. Object storage (storage.fs; no rename):
+the run is written under its own prefix runs/<run_id>/ directly (run ids are unique, so two nights
+never share a prefix and a block marker names its run), _COMPLETE is written last inside it, then
+runs/LATEST. Readers only follow LATEST and only list runs with _COMPLETE, so a night killed before
+its pointer leaves the previous run as LATEST; an older night never moves LATEST back. The one-night
+lock is an flock locally and an exclusive-create object with an expiry on object storage.
+
 `seed<k>` is the k-th model of the set (k = 0..S-1); `run.json["seeds"]` holds their seed values.
 
 Rows are the dogs' rows in ragged order with no padding (`row_start` = the Sequences offsets).
@@ -53,7 +61,9 @@ from zarr.core.sync import sync as zarr_sync
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
+from storage import fs
 from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
+from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
 
 __all__ = [
@@ -102,7 +112,7 @@ class RunPlan:
     """The row layout of a run being written: what every block process needs besides the inputs."""
 
     tmp_dir: str
-    """The run's temporary directory, runs/.tmp/<run_id>.<nonce>."""
+    """Where the run is written: runs/.tmp/<run_id>.<nonce> (local), runs/<run_id> (object storage: a URL)."""
     run_id: str
     """Id the run is published under."""
     n_dogs: int
@@ -123,8 +133,8 @@ class RunPlan:
     """Shards per block; block b owns rows [b * block_shards * shard_rows, ...)."""
 
     @property
-    def path(self) -> Path:
-        return Path(self.tmp_dir)
+    def path(self) -> StorePath:
+        return fs.store_path(self.tmp_dir)
 
     @property
     def n_shards(self) -> int:
@@ -142,14 +152,14 @@ class RunPlan:
         return min(block * span, self.n_obs), min((block + 1) * span, self.n_obs)
 
     @classmethod
-    def load(cls, tmp_dir: str | Path) -> RunPlan:
+    def load(cls, tmp_dir: str | StorePath) -> RunPlan:
         p = RunLayout.at(tmp_dir).plan
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise NotFoundError(f"{p}: no plan; this is not a run directory made by storage.states.begin_run") from e
         d["seeds"] = tuple(d["seeds"])
-        d["tmp_dir"] = str(Path(tmp_dir))
+        d["tmp_dir"] = str(fs.store_path(tmp_dir))
         return cls(**d)
 
 
@@ -187,9 +197,7 @@ def begin_run(
             block_shards = max(1, int(np.ceil(block_dogs * mean_len / shard_rows)))
         else:
             block_shards = n_shards
-    tmp = StoreLayout.at(root).runs_tmp / f"{run_id}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    RunLayout.at(tmp).blocks.mkdir()
+    tmp = _new_run_dir(StoreLayout.at(root), run_id)
     plan = RunPlan(str(tmp), run_id, n_dogs, n_obs, n_layers, n_units, tuple(int(s) for s in seeds),
                    chunk_rows, shard_rows, int(block_shards))
     _create_arrays(plan, meta, offsets, dog_id, dog_name, race_id, race_date, won, market_prob)
@@ -198,6 +206,27 @@ def begin_run(
     write_json_atomic(RunLayout.at(tmp).plan, d)
     write_json_atomic(RunLayout.at(tmp).meta, meta)
     return plan
+
+
+def _new_run_dir(layout: StoreLayout, run_id: str) -> StorePath:
+    """Local: a fresh runs/.tmp/<run_id>.<nonce>/. Object storage: the run's own prefix runs/<run_id>/,
+    which must be empty (run ids are unique; a second writer of the same id is refused)."""
+    if isinstance(layout.root, Path):
+        tmp = layout.runs_tmp / f"{run_id}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        RunLayout.at(tmp).blocks.mkdir()
+        return tmp
+    d = layout.run(run_id)
+    if not fs.create_exclusive(RunLayout.at(d).owner, f"{os.getpid()}@{_host()}\n".encode()):
+        raise StoreError(f"{d}: a run {run_id} is being written or exists already; run ids are unique, "
+                         "start the night again (it picks a new id)")
+    return d
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **arrays: np.ndarray) -> None:
@@ -211,7 +240,7 @@ def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **a
 
 
 def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id, race_date, won, market_prob):
-    store = zarr.storage.LocalStore(RunLayout.at(plan.path).states)
+    store = fs.zarr_store(RunLayout.at(plan.path).states)
     root = zarr.create_group(store, attributes={
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
         "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
@@ -294,10 +323,10 @@ class BlockWriter:
     overlaps compression and writes), and `done(marker)` writes the block's done marker last.
     """
 
-    def __init__(self, plan_or_tmpdir: RunPlan | str | Path, block_index: int):
+    def __init__(self, plan_or_tmpdir: RunPlan | str | StorePath, block_index: int):
         self.plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
         self.block_index = block_index
-        root = zarr.open_group(zarr.storage.LocalStore(RunLayout.at(self.plan.path).states), mode="r+")
+        root = zarr.open_group(fs.zarr_store(RunLayout.at(self.plan.path).states), mode="r+")
         self.offsets = np.append(root["row_start"][:], self.plan.n_obs).astype(np.int64)
         """(dog + 1,) row offsets of every dog of the run."""
         self.dog_ids = root["dog_id"][:] if self.plan.n_dogs else np.array([], dtype=object)
@@ -341,7 +370,10 @@ class BlockWriter:
         self._writer.put([(arrs[0], h), (arrs[1], z), (arrs[2], r)], s0, s1, self._score, k, score)
 
     def done(self, marker: dict) -> dict:
-        """Write the block's done marker (after every shard is on disk: call after the with block)."""
+        """Write the block's done marker (after every shard is on disk: call after the with block).
+
+        The marker names its run, so a marker can never count for another run's block."""
+        marker = {**marker, "run_id": self.plan.run_id, "block": self.block_index}
         write_json_atomic(RunLayout.at(self.plan.path).block(self.block_index), marker)
         return marker
 
@@ -398,16 +430,21 @@ class _ShardWriter:
             self._raise()
 
 
-def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
+def finish_run(tmp_dir: str | StorePath, *, extra: dict | None = None) -> StorePath:
     """Check every block wrote its done marker, write run.json, consolidate the Zarr metadata."""
     plan = RunPlan.load(tmp_dir)
     blocks, missing = [], []
     for b in range(plan.n_blocks):
         p = RunLayout.at(plan.path).block(b)
-        if p.exists():
-            blocks.append(json.loads(p.read_text(encoding="utf-8")))
-        else:
+        try:
+            marker = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             missing.append(b)
+            continue
+        if marker.get("run_id", plan.run_id) != plan.run_id:
+            raise StoreError(f"run {plan.run_id} at {plan.path}: block marker {p} belongs to run {marker['run_id']}; "
+                             "two nights wrote into one run directory, start this night again")
+        blocks.append(marker)
     if missing:
         raise StoreError(f"run {plan.run_id} at {plan.path}: blocks {missing} of {plan.n_blocks} have no done "
                          "marker (a writer died or never ran); run extract_block for them again, then finish_run")
@@ -429,22 +466,30 @@ def finish_run(tmp_dir: str | Path, *, extra: dict | None = None) -> Path:
         info["device"] = info["device"][0]
     with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3; we want it
         warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(zarr.storage.LocalStore(RunLayout.at(plan.path).states))
+        zarr.consolidate_metadata(fs.zarr_store(RunLayout.at(plan.path).states))
     write_json_atomic(RunLayout.at(plan.path).run_json, info)
     return plan.path
 
 
-def publish_run(root: str | Path, tmp_dir: str | Path) -> Path:
-    """Write _COMPLETE, rename the run into runs/<run_id>/ atomically, point runs/LATEST at it."""
-    tmp_dir = Path(tmp_dir)
+def publish_run(root: str | StorePath, tmp_dir: str | StorePath) -> StorePath:
+    """Write _COMPLETE, rename the run into runs/<run_id>/ atomically, point runs/LATEST at it.
+
+    Object storage: the run is already under runs/<run_id>/; _COMPLETE then LATEST are written last."""
+    tmp_dir = fs.store_path(tmp_dir)
     try:
         info = json.loads(RunLayout.at(tmp_dir).run_json.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise StoreError(f"{tmp_dir}: no run.json; call finish_run before publish_run") from e
     layout = StoreLayout.at(root)
     run_dir = layout.run(info["run_id"])
-    write_text_atomic(RunLayout.at(tmp_dir).complete, info["finished_at"] + "\n")
-    publish_dir(tmp_dir, run_dir)
+    if isinstance(run_dir, Path):
+        write_text_atomic(RunLayout.at(tmp_dir).complete, info["finished_at"] + "\n")
+        publish_dir(tmp_dir, run_dir)
+    else:
+        if str(tmp_dir).rstrip("/") != str(run_dir).rstrip("/"):
+            raise StoreError(f"{tmp_dir}: not the prefix of run {info['run_id']} ({run_dir}); on object storage a "
+                             "run is published where begin_run wrote it")
+        write_text_atomic(RunLayout.at(run_dir).complete, info["finished_at"] + "\n")
     if _moves_forward(layout, str(info.get("night", ""))):
         write_text_atomic(layout.runs / "LATEST", info["run_id"] + "\n")
     return run_dir
@@ -467,14 +512,25 @@ def _moves_forward(layout: StoreLayout, night: str) -> bool:
 _NIGHTLY_LOCK = ".nightly.lock"
 _TMP_GRACE_S = 600.0
 """A temporary run with no owner lock is left alone this long (a writer between begin_run and its lock)."""
+LOCK_TTL_S = 300.0
+"""Object storage: a nightly lock not renewed for this long is stale (its holder died) and may be taken."""
+_REMOTE_GRACE_S = 6 * 3600.0
+"""Object storage: an unpublished run prefix untouched this long is a dead night's and is swept."""
 
 
 @contextmanager
-def nightly_lock(root: str | Path) -> Iterator[Path]:
+def nightly_lock(root: str | StorePath, *, ttl_s: float = LOCK_TTL_S) -> Iterator[StorePath]:
     """Hold <root>/runs/.nightly.lock for the block: one nightly per store at a time.
 
-    An flock, so a crashed or killed holder releases it with its process (never a stale lock)."""
+    Local: an flock, so a crashed or killed holder releases it with its process (never a stale lock).
+    Object storage: an object created only if absent (S3 PUT with If-None-Match: *) holding its owner and
+    an expiry, renewed by a heartbeat thread every ttl/3 and deleted on exit; a holder killed without
+    cleaning up blocks later nights for at most `ttl_s`, after which its lock is taken over."""
     path = StoreLayout.at(root).runs / _NIGHTLY_LOCK
+    if not isinstance(path, Path):
+        with _remote_lock(path, ttl_s):
+            yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -496,14 +552,69 @@ def nightly_lock(root: str | Path) -> Iterator[Path]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _remote_lock(path: StorePath, ttl_s: float) -> Iterator[None]:
+    owner = f"pid {os.getpid()} on {_host()} ({uuid.uuid4().hex[:8]})"
+
+    def body() -> bytes:
+        now = datetime.now(UTC).timestamp()
+        return json.dumps({"owner": owner, "heartbeat": now, "expires": now + ttl_s}).encode()
+
+    if not fs.create_exclusive(path, body()):
+        held = _lock_info(path)
+        if held is not None and held.get("expires", 0.0) > datetime.now(UTC).timestamp():
+            until = datetime.fromtimestamp(held["expires"], UTC).isoformat(timespec="seconds")
+            raise StoreError(f"store {path.parent.parent}: another nightly is running ({held.get('owner')} holds "
+                             f"{path}, renewed until {until}); wait for it to finish, or delete {path} if that "
+                             "night is known dead")
+        path.unlink(missing_ok=True)  # expired (its holder died): take it over, still by exclusive create
+        if not fs.create_exclusive(path, body()):
+            raise StoreError(f"store {path.parent.parent}: another nightly took the expired lock {path} just now; "
+                             "wait for it to finish")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ttl_s / 3):
+            held = _lock_info(path)
+            if held is None or held.get("owner") != owner:
+                return  # taken over after an expiry: never write over another night's lock
+            fs.write_bytes(path, body())
+
+    th = threading.Thread(target=beat, name="gruviz-lock-heartbeat", daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join(timeout=10)
+        held = _lock_info(path)
+        if held is not None and held.get("owner") == owner:
+            path.unlink(missing_ok=True)
+
+
+def _lock_info(path: StorePath) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
 def _tmp_lock_path(tmp_dir: Path) -> Path:
     return tmp_dir.with_name(tmp_dir.name + ".lock")
 
 
 @contextmanager
-def hold_tmp_run(tmp_dir: str | Path) -> Iterator[None]:
-    """Mark a temporary run as owned by this process (an flock beside it) so no sweep removes it."""
-    lock = _tmp_lock_path(Path(tmp_dir))
+def hold_tmp_run(tmp_dir: str | StorePath) -> Iterator[None]:
+    """Mark a temporary run as owned by this process (an flock beside it) so no sweep removes it.
+
+    Object storage: nothing to hold (sweeps run under the nightly lock and spare recent prefixes)."""
+    tmp_dir = fs.store_path(tmp_dir)
+    if not isinstance(tmp_dir, Path):
+        yield
+        return
+    lock = _tmp_lock_path(tmp_dir)
     with open(lock, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -512,9 +623,14 @@ def hold_tmp_run(tmp_dir: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def remove_tmp_run(root: str | Path, tmp_dir: str | Path) -> bool:
-    """Delete a temporary run (a failed night's) and its lock file; True when something was removed."""
-    tmp_root = StoreLayout.at(root).runs_tmp
+def remove_tmp_run(root: str | StorePath, tmp_dir: str | StorePath) -> bool:
+    """Delete a temporary run (a failed night's) and its lock file; True when something was removed.
+
+    Object storage: deletes the run's prefix unless it is complete (after publish this is a no-op)."""
+    layout = StoreLayout.at(root)
+    if not isinstance(layout.root, Path):
+        return _remove_remote_run(layout, fs.store_path(tmp_dir))
+    tmp_root = layout.runs_tmp
     tmp_dir = Path(tmp_dir).resolve()
     if tmp_dir.parent != tmp_root or tmp_dir.name.startswith("."):
         raise StoreError(f"{tmp_dir} is not a temporary run under {tmp_root}; refusing to delete it")
@@ -524,10 +640,28 @@ def remove_tmp_run(root: str | Path, tmp_dir: str | Path) -> bool:
     return existed
 
 
-def sweep_tmp_runs(root: str | Path, *, grace_s: float = _TMP_GRACE_S) -> list[str]:
+def _remove_remote_run(layout: StoreLayout, run_dir: StorePath) -> bool:
+    run_dir = fs.store_path(str(run_dir).rstrip("/"))
+    if str(run_dir.parent).rstrip("/") != str(layout.runs).rstrip("/") or run_dir.name.startswith("."):
+        raise StoreError(f"{run_dir} is not a run prefix under {layout.runs}; refusing to delete it")
+    if RunLayout.at(run_dir).complete.exists():
+        return False
+    existed = RunLayout.at(run_dir).plan.exists() or RunLayout.at(run_dir).owner.exists()
+    fs.remove_tree(run_dir)
+    return existed
+
+
+def sweep_tmp_runs(root: str | StorePath, *, grace_s: float | None = None) -> list[str]:
     """Remove stale temporary runs: those whose owner lock no live process holds (a crashed or killed
-    night's), or with no lock at all and older than `grace_s`. Returns the names removed."""
-    tmp_root = StoreLayout.at(root).runs_tmp
+    night's), or with no lock at all and older than `grace_s`. Returns the names removed.
+
+    Object storage: run prefixes with no _COMPLETE, not LATEST, untouched (their writer object) for
+    `grace_s` (default 6 h, longer than any night)."""
+    layout = StoreLayout.at(root)
+    if not isinstance(layout.root, Path):
+        return _sweep_remote(layout, _REMOTE_GRACE_S if grace_s is None else grace_s)
+    grace_s = _TMP_GRACE_S if grace_s is None else grace_s
+    tmp_root = layout.runs_tmp
     removed = []
     for d in sorted(tmp_root.iterdir()) if tmp_root.is_dir() else []:
         if not d.is_dir() or d.name.startswith("."):
@@ -539,6 +673,32 @@ def sweep_tmp_runs(root: str | Path, *, grace_s: float = _TMP_GRACE_S) -> list[s
         if not lock.with_suffix("").exists() and _unlocked(lock):
             lock.unlink(missing_ok=True)
     return removed
+
+
+def _sweep_remote(layout: StoreLayout, grace_s: float) -> list[str]:
+    latest = read_pointer(layout.runs / "LATEST")
+    now = datetime.now(UTC).timestamp()
+    removed = []
+    for d in _run_prefixes(layout):
+        run = RunLayout.at(d)
+        if d.name == latest or run.complete.exists():
+            continue
+        touched = max((t for t in (fs.modified_s(run.owner), fs.modified_s(run.run_json)) if t is not None),
+                      default=None)
+        if touched is None or now - touched > grace_s:
+            fs.remove_tree(d)
+            removed.append(d.name)
+    return removed
+
+
+def _run_prefixes(layout: StoreLayout) -> list[StorePath]:
+    """Entries under runs/ that may be runs (object storage: prefixes; no dot-names such as the lock)."""
+    try:
+        entries = list(layout.runs.iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted((d for d in entries if not d.name.startswith(".") and d.name != "LATEST" and d.is_dir()),
+                  key=lambda d: d.name)
 
 
 def _is_stale(tmp_dir: Path, grace_s: float) -> bool:
@@ -566,32 +726,43 @@ def _unlocked(lock: Path) -> bool:
         return False
 
 
-def prune_runs(root: str | Path, keep_nights: int) -> list[str]:
+def prune_runs(root: str | StorePath, keep_nights: int) -> list[str]:
     """Delete published runs of all but the newest `keep_nights` nights (0 keeps all); never the LATEST run.
 
-    Each run leaves by an atomic rename into runs/.tmp first, so readers see a whole run or none."""
+    Each run leaves by an atomic rename into runs/.tmp first, so readers see a whole run or none.
+    Object storage: _COMPLETE goes first (readers stop listing the run), then the prefix."""
     if keep_nights <= 0:
         return []
     layout = StoreLayout.at(root)
     latest = latest_run(root)
-    by_night: dict[str, list[Path]] = {}
+    by_night: dict[str, list[StorePath]] = {}
     for d in published_runs(root):
         by_night.setdefault(_night_of(d), []).append(d)
     nights = sorted(by_night)
     removed = []
     for night in nights[: max(0, len(nights) - keep_nights)]:
         for d in by_night[night]:
-            if latest is not None and d.resolve() == latest.resolve():
+            if latest is not None and _same(d, latest):
                 continue
-            layout.runs_tmp.mkdir(parents=True, exist_ok=True)
-            doomed = layout.runs_tmp / f".deleted.{d.name}.{uuid.uuid4().hex[:8]}"
-            os.rename(d, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            if isinstance(d, Path):
+                layout.runs_tmp.mkdir(parents=True, exist_ok=True)
+                doomed = layout.runs_tmp / f".deleted.{d.name}.{uuid.uuid4().hex[:8]}"
+                os.rename(d, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            else:
+                RunLayout.at(d).complete.unlink(missing_ok=True)
+                fs.remove_tree(d)
             removed.append(d.name)
     return removed
 
 
-def _night_of(run_dir: Path) -> str:
+def _same(a: StorePath, b: StorePath) -> bool:
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def _night_of(run_dir: StorePath) -> str:
     try:
         return str(json.loads(RunLayout.at(run_dir).run_json.read_text(encoding="utf-8")).get("night", ""))
     except (OSError, json.JSONDecodeError):
@@ -610,19 +781,23 @@ def _code_version() -> str:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def published_runs(root: str | Path) -> list[Path]:
-    """Published run directories, oldest night first."""
-    runs_dir = StoreLayout.at(root).runs
+def published_runs(root: str | StorePath) -> list[StorePath]:
+    """Published run directories (those with _COMPLETE), oldest night first."""
+    layout = StoreLayout.at(root)
+    if not isinstance(layout.root, Path):
+        found = [d for d in _run_prefixes(layout) if RunLayout.at(d).complete.exists()]
+    else:
+        runs_dir = layout.runs
+        found = [d for d in (runs_dir.iterdir() if runs_dir.exists() else [])
+                 if d.is_dir() and not d.name.startswith(".") and RunLayout.at(d).complete.exists()]
     runs = []
-    for d in runs_dir.iterdir() if runs_dir.exists() else []:
-        layout = RunLayout.at(d)
-        if d.is_dir() and not d.name.startswith(".") and layout.complete.exists():
-            info = json.loads(layout.run_json.read_text(encoding="utf-8"))
-            runs.append((str(info.get("night", "")), str(info.get("finished_at", "")), d))
-    return [d for *_, d in sorted(runs)]
+    for d in found:
+        info = json.loads(RunLayout.at(d).run_json.read_text(encoding="utf-8"))
+        runs.append((str(info.get("night", "")), str(info.get("finished_at", "")), str(d), d))
+    return [d for *_, d in sorted(runs, key=lambda r: r[:3])]
 
 
-def latest_run(root: str | Path) -> Path | None:
+def latest_run(root: str | StorePath) -> StorePath | None:
     """The newest published run's directory, or None when none is published."""
     layout = StoreLayout.at(root)
     run_id = read_pointer(layout.runs / "LATEST")
@@ -648,9 +823,9 @@ class Chunk:
     """(n, L, H) float32."""
 
 
-def open_states(run_dir: str | Path, *, allow_incomplete: bool = False) -> StatesReader:
+def open_states(run_dir: str | StorePath, *, allow_incomplete: bool = False) -> StatesReader:
     """Read a published run (with _COMPLETE); `allow_incomplete` lets the stats stage read its tmp run."""
-    run_dir = Path(run_dir)
+    run_dir = fs.store_path(run_dir)
     if not RunLayout.at(run_dir).states.exists():
         raise NotFoundError(f"{run_dir}: no {STATES}; not a run directory (see storage.states.latest_run)")
     if not allow_incomplete and not RunLayout.at(run_dir).complete.exists():
@@ -662,9 +837,9 @@ def open_states(run_dir: str | Path, *, allow_incomplete: bool = False) -> State
 class StatesReader:
     """Reads a run's states store: per-dog index, per-row tables, each dog's states, shard-sized chunks."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: StorePath):
         self.run_dir = run_dir
-        store = zarr.storage.LocalStore(RunLayout.at(run_dir).states, read_only=True)
+        store = fs.zarr_store(RunLayout.at(run_dir).states, read_only=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self._root = zarr.open_group(store, mode="r")
@@ -829,16 +1004,17 @@ def _days(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def open_dataset(run_dir: str | Path, seed: int = 0, *, allow_incomplete: bool = False):
+def open_dataset(run_dir: str | StorePath, seed: int = 0, *, allow_incomplete: bool = False):
     """The run as one lazy xarray.Dataset: h, z, r (obs, layer, unit), per-row and per-dog variables."""
     import xarray as xr
 
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
     reader._check_seed(seed)
-    path = RunLayout.at(run_dir).states
+    path = RunLayout.at(reader.run_dir).states
     consolidated = (path / "zarr.json").exists() and "consolidated_metadata" in (path / "zarr.json").read_text()
-    base = xr.open_zarr(path, consolidated=consolidated or None, zarr_format=3)
-    states = xr.open_zarr(path, group=f"seed{seed}", consolidated=False, zarr_format=3)
+    store = fs.zarr_store(path, read_only=True)
+    base = xr.open_zarr(store, consolidated=consolidated or None, zarr_format=3)
+    states = xr.open_zarr(store, group=f"seed{seed}", consolidated=False, zarr_format=3)
     ds = xr.merge([base, states], compat="override", join="override")
     return ds.assign_coords(
         layer=np.arange(reader.n_layers), unit=np.arange(reader.n_units), seed=np.array(reader.seeds),
