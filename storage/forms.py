@@ -61,7 +61,9 @@ from gruviz_core import __version__
 from gruviz_core.errors import GruvizError, InputError, NotFoundError, StoreError, UnreadableFileError
 from gruviz_core.formats import Adapted, adapt, check_columns, detect_format
 from gruviz_core.schema import CANONICAL, CANONICAL_COLUMNS, conform
+from storage import fs
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
+from storage.fs import StorePath
 from storage.layout import StoreLayout
 
 __all__ = [
@@ -150,7 +152,7 @@ class Forms:
 # ---------------------------------------------------------------- public API
 
 
-def ingest(sources: list[str] | str, root: str | Path, *, fmt: str | None = None) -> IngestSummary:
+def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None = None) -> IngestSummary:
     """Read every source (files, directories, globs), write a forms snapshot, point forms/LATEST at it.
 
     Raises InputError naming the file(s), without moving forms/LATEST, when there is no data row or
@@ -197,23 +199,23 @@ def read_forms(sources: list[str] | str, *, fmt: str | None = None) -> Forms:
     return Forms(runs=runs, rejects=rejects, summary=summary, files=file_meta)
 
 
-def load_snapshot(root: str | Path, snapshot_id: str | None = None) -> pd.DataFrame:
+def load_snapshot(root: str | StorePath, snapshot_id: str | None = None) -> pd.DataFrame:
     """The canonical runs table of a snapshot (None = LATEST)."""
     path = _snapshot_dir(root, snapshot_id) / "runs.parquet"
-    return conform(pd.read_parquet(path), where=str(path))
+    return conform(fs.read_parquet(path), where=str(path))
 
 
-def load_rejects(root: str | Path, snapshot_id: str | None = None) -> pd.DataFrame:
+def load_rejects(root: str | StorePath, snapshot_id: str | None = None) -> pd.DataFrame:
     """The rejected rows of a snapshot (None = LATEST): source_file, source_row, reason, raw."""
-    return pd.read_parquet(_snapshot_dir(root, snapshot_id) / "rejects.parquet")
+    return fs.read_parquet(_snapshot_dir(root, snapshot_id) / "rejects.parquet")
 
 
-def read_manifest(root: str | Path, snapshot_id: str | None = None) -> dict:
+def read_manifest(root: str | StorePath, snapshot_id: str | None = None) -> dict:
     """The manifest.json of a snapshot (None = LATEST): counts, files, rejects_by_reason, warnings."""
     return json.loads((_snapshot_dir(root, snapshot_id) / "manifest.json").read_text(encoding="utf-8"))
 
 
-def latest_snapshot(root: str | Path) -> str | None:
+def latest_snapshot(root: str | StorePath) -> str | None:
     """The id forms/LATEST names, or None before the first ingest."""
     return read_pointer(StoreLayout.at(root).forms / "LATEST")
 
@@ -869,7 +871,7 @@ def _no_accepted_message(layout: StoreLayout, forms: Forms, empty: list[dict]) -
             f"{layout.snapshot(s.snapshot_id) / 'rejects.parquet'}. Fix the file(s) or leave them out of the sources.")
 
 
-def _snapshot_dir(root: str | Path, snapshot_id: str | None) -> Path:
+def _snapshot_dir(root: str | StorePath, snapshot_id: str | None) -> StorePath:
     layout = StoreLayout.at(root)
     sid = snapshot_id or latest_snapshot(root)
     if sid is None:
@@ -881,16 +883,24 @@ def _snapshot_dir(root: str | Path, snapshot_id: str | None) -> Path:
 
 
 def _write_snapshot(layout: StoreLayout, forms: Forms) -> None:
-    """Write the snapshot directory (atomically, once per content id); does not touch forms/LATEST."""
+    """Write the snapshot directory (atomically, once per content id); does not touch forms/LATEST.
+
+    Object storage: written under its final prefix, manifest.json last (readers require it)."""
     summary, runs, rejects = forms.summary, forms.runs, forms.rejects
     final = layout.snapshot(summary.snapshot_id)
     if (final / "manifest.json").exists():
         return
-    tmp = layout.forms / ".tmp" / f"{summary.snapshot_id}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    remote = not isinstance(final, Path)
+    tmp = final if remote else layout.forms / ".tmp" / f"{summary.snapshot_id}.{uuid.uuid4().hex[:8]}"
+    if not remote:
+        tmp.mkdir(parents=True, exist_ok=True)
     try:
-        runs.to_parquet(tmp / "runs.parquet", index=False)
-        rejects.to_parquet(tmp / "rejects.parquet", index=False)
+        if remote:
+            fs.write_parquet(runs, tmp / "runs.parquet")
+            fs.write_parquet(rejects, tmp / "rejects.parquet")
+        else:
+            runs.to_parquet(tmp / "runs.parquet", index=False)
+            rejects.to_parquet(tmp / "rejects.parquet", index=False)
         dates = runs["race_date"]
         manifest = {
             **summary.to_dict(),
@@ -906,10 +916,13 @@ def _write_snapshot(layout: StoreLayout, forms: Forms) -> None:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
+        if remote:
+            return  # same content, same id: a concurrent writer of the same snapshot writes the same objects
         try:
             publish_dir(tmp, final)
         except (FileExistsError, OSError):
             if not (final / "manifest.json").exists():  # someone else published the same content: fine
                 raise
     finally:
-        remove_tree(tmp)
+        if not remote:
+            remove_tree(tmp)

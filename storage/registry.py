@@ -12,16 +12,21 @@
     <root>/models/.tmp/<set_id>.<nonce>/             a set being written (renamed into place when complete)
     <root>/features/<snapshot_id>/custom-<key>/sequences.npz   sequences built by a team's feature callable
     <root>/models/CURRENT                            the current set id (written atomically, last)
+
+On object storage (storage.fs) a set is written under its final prefix models/<set_id>/ directly,
+manifest.json last: readers only take a set with a manifest, so a half-written set is never seen.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -39,7 +44,9 @@ from gruviz_core.errors import ConfigError, ModelError, NotFoundError, StoreErro
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from gruviz_core.sequences import Sequences
+from storage import fs
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
+from storage.fs import StorePath
 from storage.layout import StoreLayout
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "sequences_path",
     "stored_sequence_spec",
     "save_sequences",
+    "load_sequences",
     "write_model_set",
     "load_model_set",
     "current_model_set",
@@ -101,7 +109,7 @@ class ModelSet:
 # ------------------------------------------------------------------ sequences
 
 
-def sequences_path(root: str | Path, snapshot_id: str, spec: FeatureSpec | None = None) -> Path:
+def sequences_path(root: str | StorePath, snapshot_id: str, spec: FeatureSpec | None = None) -> StorePath:
     """Where a snapshot's raw sequences are cached: features/<snapshot_id>/sequences.npz, or under
     custom-<key>/ for sequences built by a team's feature callable."""
     d = StoreLayout.at(root).features(snapshot_id)
@@ -110,20 +118,27 @@ def sequences_path(root: str | Path, snapshot_id: str, spec: FeatureSpec | None 
     return d / SEQUENCES_FILE
 
 
-def stored_sequence_spec(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def stored_sequence_spec(path: str | StorePath) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(feature names, context names) of cached sequences, or None when absent or unreadable."""
+    path = fs.store_path(path)
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with fs.load_npz(path) as z:
             return tuple(z["feature_names"].tolist()), tuple(z["context_names"].tolist())
     except (OSError, ValueError, KeyError):
         log.warning("sequences at %s unreadable; rebuilding", path)
         return None
 
 
-def save_sequences(seqs: Sequences, path: Path) -> None:
-    """Write sequences atomically (readers see the old file or the whole new one)."""
+def save_sequences(seqs: Sequences, path: str | StorePath) -> None:
+    """Write sequences atomically (readers see the old file or the whole new one; remote: one PUT)."""
+    path = fs.store_path(path)
+    if not isinstance(path, Path):
+        buf = io.BytesIO()
+        seqs.save(buf)
+        fs.write_bytes(path, buf.getvalue())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
     try:
@@ -131,6 +146,14 @@ def save_sequences(seqs: Sequences, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def load_sequences(path: str | StorePath) -> Sequences:
+    """Sequences cached at `path` (local file, or an object read into memory)."""
+    path = fs.store_path(path)
+    if isinstance(path, Path):
+        return Sequences.load(path)
+    return Sequences.load(io.BytesIO(path.read_bytes()))
 
 
 # ------------------------------------------------------------------ training
@@ -146,11 +169,12 @@ def _set_id(report_core: dict, results: list) -> str:
     return f"{stamp}-{h.hexdigest()[:10]}"
 
 
-def _commit_set(layout: StoreLayout, tmp: Path, set_id: str, manifest: dict, make_current: bool) -> str:
+def _commit_set(layout: StoreLayout, tmp: StorePath, set_id: str, manifest: dict, make_current: bool) -> str:
     """Write the manifest last, rename the set into place, then (optionally) point CURRENT at it."""
     try:
         write_json_atomic(tmp / "manifest.json", manifest)
-        publish_dir(tmp, layout.model_set(set_id))
+        if isinstance(tmp, Path):
+            publish_dir(tmp, layout.model_set(set_id))
     except BaseException:
         remove_tree(tmp)
         raise
@@ -165,19 +189,18 @@ def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cf
     set_id = _set_id(report_core, results)
     while layout.model_set(set_id).exists():  # same weights trained again within the same second
         set_id = f"{set_id}-{uuid.uuid4().hex[:4]}"
-    tmp = layout.models / ".tmp" / f"{set_id}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = _set_dir(layout, set_id)
     try:
         spec = {"feature_names": list(norm.feature_names), "context_names": list(norm.context_names),
                 "normaliser": norm.to_dict()}
         write_json_atomic(tmp / "normaliser.json", norm.to_dict())
         for r in results:
             d = tmp / f"seed_{r.seed}"
-            d.mkdir()
-            torch.save(r.state_dict, d / "model.pt")
+            _mkdir(d)
+            _save_torch(r.state_dict, d / "model.pt")
             write_json_atomic(d / "config.json", asdict(r.config))
             write_json_atomic(d / "features.json", spec)
-            r.curve.to_parquet(d / "curve.parquet", index=False)
+            _write_curve(r.curve, d / "curve.parquet")
             write_json_atomic(d / "metrics.json", r.metrics | {"best_epoch": r.best_epoch})
         manifest = {
             "set_id": set_id, "kind": "builtin", "model_class": "gruviz_core.model.RaceGRU",
@@ -193,21 +216,59 @@ def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cf
     return _commit_set(layout, tmp, set_id, manifest, make_current)
 
 
+def _set_dir(layout: StoreLayout, set_id: str) -> StorePath:
+    """Where a set is written: models/.tmp/<set_id>.<nonce>/ (local, renamed later), models/<set_id>/ (remote)."""
+    if not isinstance(layout.root, Path):
+        return layout.model_set(set_id)
+    tmp = layout.models / ".tmp" / f"{set_id}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _mkdir(d: StorePath) -> None:
+    if isinstance(d, Path):
+        d.mkdir()
+
+
+def _save_torch(obj: Any, path: StorePath) -> None:
+    if isinstance(path, Path):
+        torch.save(obj, path)
+        return
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    fs.write_bytes(path, buf.getvalue())
+
+
+def _write_curve(curve, path: StorePath) -> None:
+    if isinstance(path, Path):
+        curve.to_parquet(path, index=False)
+    else:
+        fs.write_parquet(curve, path)
+
+
+def _copy_into(src: Path, dst: StorePath) -> None:
+    """A local file copied into the store."""
+    if isinstance(dst, Path):
+        shutil.copyfile(src, dst)
+    else:
+        fs.write_bytes(dst, Path(src).read_bytes())
+
+
 # ------------------------------------------------------------------ loading
 
 
-def current_model_set(root: str | Path) -> str | None:
+def current_model_set(root: str | StorePath) -> str | None:
     """The id in models/CURRENT, or None before any training."""
     return read_pointer(StoreLayout.at(root).models / "CURRENT")
 
 
-def list_model_sets(root: str | Path) -> list[str]:
+def list_model_sets(root: str | StorePath) -> list[str]:
     """Ids of all complete model sets, oldest first."""
     models = StoreLayout.at(root).models
     return sorted(p.name for p in models.iterdir() if (p / "manifest.json").exists()) if models.exists() else []
 
 
-def load_model_set(root: str | Path, set_id: str | None = None) -> ModelSet:
+def load_model_set(root: str | StorePath, set_id: str | None = None) -> ModelSet:
     """A registered model set (None = CURRENT), every seed's weights loaded, in eval mode on CPU.
 
     A damaged set (unreadable JSON, a checkpoint that is not a state dict, non-finite weights) is a
@@ -247,7 +308,7 @@ def load_model_set(root: str | Path, set_id: str | None = None) -> ModelSet:
 _FIX = "retrain the set (`gruviz train`), restore its directory from a backup, or point models/CURRENT at another set"
 
 
-def _read_set_json(path: Path, set_id: str) -> dict:
+def _read_set_json(path: StorePath, set_id: str) -> dict:
     """A model set's JSON file as a dict, or a StoreError naming it."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -260,7 +321,7 @@ def _read_set_json(path: Path, set_id: str) -> dict:
     return obj
 
 
-def _parse(path: Path, set_id: str, build):
+def _parse(path: StorePath, set_id: str, build):
     """build(json of path), with a missing or wrong field reported as a StoreError naming the file."""
     try:
         return build(_read_set_json(path, set_id))
@@ -268,14 +329,15 @@ def _parse(path: Path, set_id: str, build):
         raise StoreError(f"model set {set_id}: {path} has missing or invalid fields ({exc!r}); {_FIX}") from None
 
 
-def _read_checkpoint(path: Path, set_id: str) -> dict:
+def _read_checkpoint(path: StorePath, set_id: str) -> dict:
     """A checkpoint's state dict, loaded safely (tensors only); anything else a StoreError naming the file."""
     if not path.is_file():
         raise StoreError(f"model set {set_id}: checkpoint {path} is missing; {_FIX}")
     if path.stat().st_size == 0:
         raise StoreError(f"model set {set_id}: checkpoint {path} is empty (0 bytes; an interrupted copy?); {_FIX}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        src = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+        state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, EOFError, RuntimeError, ValueError... for a bad file
         raise StoreError(f"model set {set_id}: checkpoint {path} is not a PyTorch state dict of tensors "
                          f"({type(exc).__name__}: damaged, truncated or not written by gruviz); {_FIX}") from None
@@ -285,7 +347,7 @@ def _read_checkpoint(path: Path, set_id: str) -> dict:
     return state
 
 
-def _check_finite(module: torch.nn.Module, path: Path, set_id: str) -> None:
+def _check_finite(module: torch.nn.Module, path: StorePath, set_id: str) -> None:
     """Every weight finite: a NaN or infinite weight is the checkpoint's fault, said so here."""
     bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
@@ -375,7 +437,7 @@ _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def save_byo_set(
-    root: str | Path, ms: ModelSet, *, name: str | None = None, trained_until: str | None = None,
+    root: str | StorePath, ms: ModelSet, *, name: str | None = None, trained_until: str | None = None,
     validation: dict | None = None, snapshot_id: str | None = None, make_current: bool = False,
 ) -> str:
     """Copy a validated bring-your-own set's weights into the registry (tmp dir, then an atomic rename).
@@ -393,18 +455,17 @@ def save_byo_set(
         raise ConfigError(f"model registry {layout.models}: a model set {set_id!r} exists already; choose another --name")
     script = "script" in ms.meta
     sources = [Path(p) for p in (ms.meta["script"] if script else ms.meta.get("state_dict", []))]
-    tmp = layout.models / ".tmp" / f"{set_id}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = _set_dir(layout, set_id)
     try:
         files = []
         for k in ms.seeds:
             d = tmp / f"seed_{k}"
-            d.mkdir()
+            _mkdir(d)
             if script:
-                shutil.copyfile(sources[k], d / "model.ts")
+                _copy_into(sources[k], d / "model.ts")
                 files.append(f"seed_{k}/model.ts")
             elif sources:
-                shutil.copyfile(sources[k], d / "model.pt")
+                _copy_into(sources[k], d / "model.pt")
                 files.append(f"seed_{k}/model.pt")
             write_json_atomic(d / "features.json", ms.feature_spec.to_dict() | {"normaliser": ms.normaliser.to_dict()})
         write_json_atomic(tmp / "normaliser.json", ms.normaliser.to_dict())
@@ -425,7 +486,7 @@ def save_byo_set(
     return _commit_set(layout, tmp, set_id, manifest, make_current)
 
 
-def model_set_manifest(root: str | Path, set_id: str | None = None) -> dict:
+def model_set_manifest(root: str | StorePath, set_id: str | None = None) -> dict:
     """A model set's manifest (None = CURRENT) without loading its weights."""
     layout = StoreLayout.at(root)
     set_id = set_id or current_model_set(root)
@@ -437,7 +498,7 @@ def model_set_manifest(root: str | Path, set_id: str | None = None) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def describe_model_sets(root: str | Path) -> list[dict]:
+def describe_model_sets(root: str | StorePath) -> list[dict]:
     """One line of facts per registered set, oldest first: id, kind, seeds, layers x units, features, current."""
     current = current_model_set(root)
     out = []
@@ -461,13 +522,19 @@ def _spec_of(meta: dict) -> FeatureSpec:
     return FeatureSpec(tuple(meta.get("feature_names", FEATURE_NAMES)), tuple(meta.get("context_names", CONTEXT_NAMES)))
 
 
-def _load_registered_byo(d: Path, meta: dict, norm: Normaliser) -> ModelSet:
+def _load_registered_byo(d: StorePath, meta: dict, norm: Normaliser) -> ModelSet:
     """A registered bring-your-own set, from the weights copied into the registry."""
     files = [d / f for f in meta.get("files", [])]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise StoreError(f"model set {meta['set_id']}: file(s) missing from the registry: {', '.join(missing)}; "
                          "register the set again")
+    if not isinstance(d, Path):  # load_byo reads local files: bring the weights over first
+        with tempfile.TemporaryDirectory(prefix="gruviz-byo-") as local:
+            for name, f in zip(meta.get("files", []), files):
+                (Path(local) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(local) / name).write_bytes(f.read_bytes())
+            return _load_registered_byo(Path(local), meta, norm)
     spec = _spec_of(meta)
     kw: dict[str, Any] = {"script": files} if meta.get("format") == "torchscript" else {
         "factory": meta["factory"], "state_dict": files or None, "factory_kwargs": meta.get("factory_kwargs") or None}
