@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 
 from gruviz_core.errors import NotFoundError
 from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo
+from storage import fs
+from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
 from storage.results import read_json
 from storage.states import StatesReader, latest_run, open_states, published_runs
@@ -78,16 +80,30 @@ class ExploreStore:
             self._runs.move_to_end(run_id)
             return run
 
-    def _published(self, run_id: str) -> Path:
+    def _published(self, run_id: str) -> StorePath:
         if not RUN_ID.match(run_id) or ".." in run_id:
             raise NotFoundError(f"{self.root}: {run_id!r} is not a run id")
         d = StoreLayout.at(self.root).run(run_id)
-        if not RunLayout.at(d).complete.is_file() or d.resolve().parent != StoreLayout.at(self.root).runs.resolve():
+        if not RunLayout.at(d).complete.is_file() or not _directly_under(d, StoreLayout.at(self.root).runs):
             raise NotFoundError(f"{self.root}: no published run {run_id!r}; see runs/ (gruviz nightly publishes them)")
         return d
 
 
-def _finished(run_dir: Path) -> float:
+def _read_filtered(path: StorePath, columns: list[str], layer: int) -> pd.DataFrame:
+    """The rows of one layer of a Parquet table (local: pushed down to the row groups)."""
+    if isinstance(path, Path):
+        return pq.read_table(path, columns=columns, filters=[("layer", "=", layer)]).to_pandas()
+    df = fs.read_parquet(path, columns=columns)
+    return df[df["layer"] == layer].reset_index(drop=True)
+
+
+def _directly_under(d: StorePath, parent: StorePath) -> bool:
+    if isinstance(d, Path) and isinstance(parent, Path):
+        return d.resolve().parent == parent.resolve()
+    return str(d.parent).rstrip("/") == str(parent).rstrip("/")
+
+
+def _finished(run_dir: StorePath) -> float:
     try:
         return RunLayout.at(run_dir).complete.stat().st_mtime
     except FileNotFoundError:
@@ -97,7 +113,7 @@ def _finished(run_dir: Path) -> float:
 class _Run:
     """One run's per-row tables in memory and its states reader."""
 
-    def __init__(self, run_id: str, run_dir: Path):
+    def __init__(self, run_id: str, run_dir: StorePath):
         self.run_id, self.run_dir, self.finished = run_id, run_dir, _finished(run_dir)
         self.reader: StatesReader = open_states(run_dir)
         idx = self.reader.index()
@@ -117,7 +133,7 @@ class _Run:
         self.layer = int((self.summary or {}).get("cohort_layer", self.reader.n_layers - 1))
         self._stats(run_dir)
 
-    def _stats(self, run_dir: Path) -> None:
+    def _stats(self, run_dir: StorePath) -> None:
         """The cohort layer's s, abs-sum and F_tau per row, each dog's cohort and plateau, the bands."""
         self.s = self.abs_sum = self.f = None
         self.cohort: list[str] | None = None
@@ -127,19 +143,18 @@ class _Run:
         tau = float(((self.rule or {}).get("params") or {}).get("tau", 0.95))
         f_col = f"f{int(round(tau * 100)):03d}"
         if layout.table("dog_step").is_file():
-            ds = pq.read_table(layout.table("dog_step"), columns=["layer", "abs_sum", "s", f_col],
-                               filters=[("layer", "=", self.layer)]).to_pandas()
+            ds = _read_filtered(layout.table("dog_step"), ["layer", "abs_sum", "s", f_col], self.layer)
             if len(ds) == self.reader.n_obs:  # one row per store row, in store order (flows.stages.stats)
                 self.s, self.abs_sum = ds["s"].to_numpy(np.float64), ds["abs_sum"].to_numpy(np.float64)
                 self.f = ds[f_col].to_numpy(np.float64)
         if layout.table("dog").is_file():
-            dog = pd.read_parquet(layout.table("dog"), columns=["dog_index", "layer", "plateau_step", "cohort"])
+            dog = fs.read_parquet(layout.table("dog"), columns=["dog_index", "layer", "plateau_step", "cohort"])
             dog = dog[dog["layer"] == self.layer].sort_values("dog_index")
             if len(dog) == len(self.ids):
                 self.cohort = [str(c) for c in dog["cohort"]]
                 self.plateau = dog["plateau_step"].to_numpy(np.float64)
         if layout.table("step").is_file():
-            st = pd.read_parquet(layout.table("step"))
+            st = fs.read_parquet(layout.table("step"))
             st = st[st["layer"] == self.layer].sort_values("step")
             for c, g in st.groupby("cohort", sort=False):
                 self.bands[str(c)] = CohortBand(
