@@ -7,7 +7,7 @@ store, the machine or several settings at once:
 
     night      a real date, YYYY-MM-DD (it names directories)
     ids        --model-set, models/CURRENT, --snapshot, forms/LATEST: plain names, resolved under the store
-    writable   the store root and the reports directory
+    writable   the store root (a directory, or an fsspec URL: reachable and writable) and the reports directory
     device     the torch device exists on this machine
     smtp       host, port, TLS mode, sender and recipients agree
     cohort     the cohort rule is known and its parameters valid (check_cohort_rule)
@@ -21,11 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from flows.settings import Settings
 from gruviz_core.errors import ConfigError, NotFoundError
+from storage.fs import StorePath, store_path
 
 __all__ = [
     "Preflight",
@@ -34,6 +36,7 @@ __all__ = [
     "check_night",
     "check_id",
     "check_writable",
+    "check_store",
     "check_device",
     "check_smtp",
     "check_cohort_rule",
@@ -47,8 +50,8 @@ _NIGHT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 class Preflight:
     """What the preflight resolved; the flow uses these values, never the raw inputs."""
 
-    root: Path
-    """Store root, absolute and writable."""
+    root: StorePath
+    """Store root, absolute and writable: a local Path, or a UPath for an fsspec URL (s3://bucket/prefix)."""
     reports_dir: Path | None
     """Reports directory, absolute and writable (None for commands that publish no report)."""
     night: str | None
@@ -63,7 +66,7 @@ def preflight_nightly(
     s: Settings, *, night: str | None = None, model_set: str | None = None, sources: list[str] | None = None
 ) -> Preflight:
     """Every check of a night, in the order a reader would fix them."""
-    root = check_writable(Path(s.home), "store root (GRUVIZ_HOME / --home)")
+    root = check_store(s.home)
     reports = check_writable(s.reports_path, "reports directory (GRUVIZ_REPORTS_DIR)")
     night = check_night(night, timezone=s.timezone)
     check_device(s.device)
@@ -76,7 +79,7 @@ def preflight_nightly(
 
 def preflight_train(s: Settings, *, snapshot: str | None = None, sources: list[str] | None = None) -> Preflight:
     """Every check of a training run: the store, the snapshot id, the failure notice's SMTP settings."""
-    root = check_writable(Path(s.home), "store root (GRUVIZ_HOME / --home)")
+    root = check_store(s.home)
     check_smtp(s)
     if sources:
         snap = None
@@ -104,10 +107,10 @@ def check_night(night: str | None, *, timezone: str = "UTC") -> str:
                           "(--date, or the deployment's `night` parameter)") from None
 
 
-def check_id(parent: Path, value: str, what: str) -> str:
+def check_id(parent: StorePath, value: str, what: str) -> str:
     """A plain id that names an entry directly under `parent` (no '/', no '..', nothing outside the store)."""
     text = str(value).strip()
-    inside = (parent / text).resolve().parent == parent.resolve()
+    inside = (parent / text).resolve().parent == parent.resolve() if isinstance(parent, Path) else "/" not in text
     if not _ID.match(text) or ".." in text or not inside:
         raise ConfigError(f"{what} {value!r} is not a plain id under {parent}; expected letters, digits, "
                           "'-', '_', '.' (no '/' or '..'); fix the value (or the pointer file that holds it)")
@@ -125,6 +128,27 @@ def check_writable(path: Path, what: str) -> Path:
         raise ConfigError(f"{what} {path} is not writable ({exc.strerror or exc}); "
                           "create it with write permission or point the setting elsewhere") from None
     return path.resolve()
+
+
+def check_store(home: str) -> StorePath:
+    """The store root: a local directory made absolute and proven writable (check_writable), or an fsspec URL
+    proven reachable and writable by writing and deleting a probe object under it."""
+    root = store_path(home)
+    what = "store root (GRUVIZ_HOME / --home)"
+    if isinstance(root, Path):
+        return check_writable(root, what)
+    probe = root / f".gruviz-preflight-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"preflight\n")
+        probe.unlink(missing_ok=True)
+    except ImportError as exc:
+        raise ConfigError(f"{what} {home}: no filesystem for this URL is installed ({exc}); install gruviz[dask] "
+                          "(s3fs) or point GRUVIZ_HOME at a directory") from None
+    except Exception as exc:  # noqa: BLE001 - any client error (credentials, endpoint, bucket) is the same refusal
+        raise ConfigError(f"{what} {home} is not reachable or not writable ({type(exc).__name__}: {exc}); check "
+                          "the bucket exists and the credentials/endpoint (AWS_* variables, AWS_ENDPOINT_URL_S3), "
+                          "or point GRUVIZ_HOME elsewhere") from None
+    return root
 
 
 def check_device(device: str) -> str:
@@ -176,7 +200,7 @@ def check_cohort_rule(s: Settings):
     return cohorts.CohortRule.coerce({k: v for k, v in rule.items() if v is not None})
 
 
-def _latest_snapshot(root: Path) -> str:
+def _latest_snapshot(root: StorePath) -> str:
     from storage.forms import latest_snapshot
 
     snap = latest_snapshot(root)
@@ -185,7 +209,7 @@ def _latest_snapshot(root: Path) -> str:
     return check_id(root / "forms", snap, f"forms/LATEST ({root / 'forms' / 'LATEST'}) names snapshot")
 
 
-def _model_set(root: Path, model_set: str | None) -> str:
+def _model_set(root: StorePath, model_set: str | None) -> str:
     from storage.registry import current_model_set
 
     models = root / "models"

@@ -17,6 +17,7 @@ from gruviz_core.errors import ConfigError
 from gruviz_core.stats import TAUS
 
 __all__ = ["Settings", "load_settings"]
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 
@@ -25,8 +26,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GRUVIZ_", env_file=None, extra="ignore")
 
-    home: Path = Field(Path("./gruviz-data"), description="Store root: snapshots, model registry, runs.")
-    reports_dir: Path | None = Field(None, description="Where HTML reports are published; default <home>/reports.")
+    home: str = Field("./gruviz-data", description="Store root: snapshots, model registry, runs. A local directory "
+                      "(made absolute) or an fsspec URL such as s3://bucket/prefix (see docs/cluster.md).")
+    reports_dir: Path | None = Field(None, description="Where HTML reports are published (a local directory); default "
+                                     "<home>/reports, or ./gruviz-reports when home is a URL.")
     reports_base_url: str = Field(
         "http://127.0.0.1:8765", description="Base URL under which reports_dir is served; the email links to it."
     )
@@ -66,6 +69,16 @@ class Settings(BaseSettings):
     keep_nights: int = Field(
         30, ge=0, description="Published runs and report pages kept, in nights (newest first); 0 keeps every night.")
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home(cls, v) -> str:
+        text = str(v).strip()
+        if not text:
+            raise ValueError("expected a directory or a URL such as s3://bucket/prefix")
+        if _is_url(text):
+            return text.rstrip("/") if not text.startswith("file://") else str(Path(text[len("file://"):]).absolute())
+        return str(Path(text).expanduser().absolute())
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -81,8 +94,19 @@ class Settings(BaseSettings):
         return v
 
     @property
+    def home_is_url(self) -> bool:
+        """True when the store is on an fsspec URL (object storage), not a local directory."""
+        return _is_url(self.home)
+
+    @property
     def reports_path(self) -> Path:
-        return Path(self.reports_dir) if self.reports_dir else Path(self.home) / "reports"
+        if self.reports_dir:
+            return Path(self.reports_dir)
+        return Path("./gruviz-reports").absolute() if self.home_is_url else Path(self.home) / "reports"
+
+
+def _is_url(text: str) -> bool:
+    return _URL.match(text) is not None
 
 
 def load_settings(**overrides) -> Settings:
