@@ -93,7 +93,7 @@ def finish_run_task(plan: dict) -> str:
 
 @task(name="stats", cache_policy=NO_CACHE)
 def stats_task(tmp_dir: str, rule: dict) -> dict:
-    return _jsonable(stats.compute_stats(Path(tmp_dir), rule=rule))
+    return _jsonable(stats.compute_stats(tmp_dir, rule=rule))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -105,7 +105,7 @@ def evaluate_task(tmp_dir: str, root: str, set_id: str, seq_path: str, n_boot: i
 def publish_run_task(root: str, tmp_dir: str) -> str:
     from storage.states import publish_run
 
-    return str(publish_run(Path(root), Path(tmp_dir)))
+    return str(publish_run(root, tmp_dir))
 
 
 @task(name="report", retries=1, cache_policy=NO_CACHE)
@@ -244,7 +244,7 @@ def _artifacts(url: str, night: str, lines: dict[str, str], run_dir: str) -> Non
     md = [f"# gruviz nightly {night}", "", f"[Open the report]({url})", "", "| | |", "|---|---|"]
     md += [f"| {_md(k)} | {_md(v)} |" for k, v in lines.items()]
     create_markdown_artifact("\n".join(md), key="nightly-summary", description="Headline numbers")
-    metrics = _cohort_metrics_rows(Path(run_dir))
+    metrics = _cohort_metrics_rows(run_dir)
     if metrics:
         create_table_artifact(metrics, key="cohort-metrics", description="Cohort metrics with 95% intervals")
 
@@ -254,7 +254,7 @@ def _md(text: str) -> str:
     return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
-def _cohort_metrics_rows(run_dir: Path) -> list[dict]:
+def _cohort_metrics_rows(run_dir: str) -> list[dict]:
     from storage.tables import has_table, read_table
 
     if not has_table(run_dir, "cohort_metrics"):
@@ -293,7 +293,7 @@ def _scheduled_night(timezone: str) -> str:
 def _latest_or_none(root: str) -> str | None:
     from storage.forms import latest_snapshot
 
-    return latest_snapshot(Path(root))
+    return latest_snapshot(root)
 
 
 def _same_files(root: str, snapshot_id: str, sources: list[str]) -> bool:
@@ -301,7 +301,7 @@ def _same_files(root: str, snapshot_id: str, sources: list[str]) -> bool:
     from storage.forms import expand_sources, read_manifest
 
     try:
-        recorded = {f["path"]: f for f in read_manifest(Path(root), snapshot_id).get("files", [])}
+        recorded = {f["path"]: f for f in read_manifest(root, snapshot_id).get("files", [])}
         files = expand_sources(sources)
     except (OSError, KeyError, TypeError, ValueError):
         return False
@@ -328,7 +328,7 @@ def _model_facts(root: str, set_id: str) -> dict:
     """What the run records of its model set: the date it was trained until, and whether comparisons may be in sample."""
     from storage.registry import model_set_manifest
 
-    m = model_set_manifest(Path(root), set_id)
+    m = model_set_manifest(root, set_id)
     until = m.get("trained_until", m.get("cutoff"))
     return {"model_trained_until": until, "comparisons_may_be_in_sample": until is None}
 

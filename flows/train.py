@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -27,7 +25,7 @@ def train_task(
     from gruviz_core.features import CONTEXT_NAMES, MARKET_CONTEXT
 
     context = None if market else [n for n in CONTEXT_NAMES if n not in MARKET_CONTEXT]
-    report = train_and_register(Path(root), snapshot_id, seeds=seeds, hidden=hidden, layers=layers, epochs=epochs,
+    report = train_and_register(root, snapshot_id, seeds=seeds, hidden=hidden, layers=layers, epochs=epochs,
                                 context_names=context, workers=workers, promote=promote,
                                 log_fn=get_run_logger().info)
     return report.to_dict()

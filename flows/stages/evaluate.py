@@ -25,6 +25,7 @@ from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
+from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
@@ -68,7 +69,7 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     from flows.stages.extract import inputs
 
     seqs, model_set, values, context = inputs(root, seq_path, set_id)
-    return evaluate_run(Path(tmp_dir), models=model_set.models, values=values, context=context,
+    return evaluate_run(tmp_dir, models=model_set.models, values=values, context=context,
                         offsets=seqs.offsets, feature_names=seqs.feature_names, n_boot=n_boot,
                         holdout=holdout_of(model_set.meta), min_races=min_races,
                         train_rows=_train_rows(seqs.race_date, model_set.meta.get("cutoff")))
@@ -119,7 +120,7 @@ def evaluate_run(
     `train_rows` (obs,) bool marks the model's training period (kinds it never saw are 'n/a').
     """
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = store_path(run_dir)
     layout = RunLayout.at(run_dir)
     if not has_table(run_dir, "dog"):
         raise NotFoundError(f"{layout.stats}: no dog table; run the stats stage (flows.stages.stats.compute_stats) first")

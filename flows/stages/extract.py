@@ -20,7 +20,7 @@ from gruviz_core.errors import ConfigError
 from gruviz_core.extract import choose_device, iter_extract
 from gruviz_core.model import LoadedModel
 from gruviz_core.sequences import Sequences
-from storage.registry import ModelSet, load_model_set
+from storage.registry import ModelSet, load_model_set, load_sequences
 from storage.states import BlockWriter, RunPlan, begin_run, finish_run
 
 __all__ = ["inputs", "begin", "block", "finish", "write_block", "extract_run", "set_torch_threads"]
@@ -40,8 +40,8 @@ def set_torch_threads(n: int) -> None:
 def inputs(root: str, seq_path: str, set_id: str) -> tuple[Sequences, ModelSet, np.ndarray, np.ndarray]:
     """(Sequences, ModelSet, values (obs, F), context (obs, C)) for a snapshot and model set; cached per
     process so the block tasks of one run (threads of one worker) load them once."""
-    seqs = Sequences.load(seq_path)
-    model_set = load_model_set(Path(root), set_id)
+    seqs = load_sequences(seq_path)
+    model_set = load_model_set(root, set_id)
     values, context = model_set.prepare(seqs)
     return seqs, model_set, values, context
 

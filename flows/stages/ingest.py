@@ -12,4 +12,4 @@ __all__ = ["run"]
 
 def run(sources: list[str], root: str | Path, *, fmt: str | None = None) -> IngestSummary:
     """Read, adapt and account for every row of `sources`; write the snapshot; return its summary."""
-    return _ingest(list(sources), Path(root), fmt=fmt)
+    return _ingest(list(sources), root, fmt=fmt)

@@ -9,6 +9,7 @@ from reports.build import build_report, heatmap_dog_ids
 from reports.render import plotly_js_path, render, render_index
 from storage import site
 from storage.forms import read_manifest
+from storage.fs import store_path
 from storage.results import read_dog_states, read_history, read_run_results
 from storage.states import published_runs
 
@@ -17,7 +18,7 @@ __all__ = ["run", "publish"]
 
 def run(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str, watchlist: list[str]) -> str:
     """Build, render and publish the night's report; returns its path relative to the reports dir."""
-    run = Path(run_dir)
+    run = store_path(run_dir)
     results = read_run_results(run)
     history = read_history(d for d in published_runs(root) if d.resolve() != run.resolve())
     dogs = read_dog_states(run, heatmap_dog_ids(results, watchlist))

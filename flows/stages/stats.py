@@ -25,6 +25,7 @@ from gruviz_core import cohorts as co
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
+from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.states import open_states, prefetch
 from storage.tables import read_record, write_json, write_table
@@ -38,7 +39,7 @@ def compute_stats(
 ) -> dict:
     """Scan every seed of a run chunk by chunk; write stats/*.parquet and stats/summary.json; return the summary."""
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = store_path(run_dir)
     rule = CohortRule.coerce(rule)
     if rule.tau not in st.TAUS:
         raise ConfigError(f"cohort rule {rule.name}: tau={rule.tau} is not one of the stored thresholds {st.TAUS}")

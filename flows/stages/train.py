@@ -19,7 +19,7 @@ from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
 from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
-from storage.registry import ModelSet, write_model_set
+from storage.registry import ModelSet, load_sequences, write_model_set
 
 __all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores"]
 
@@ -137,7 +137,7 @@ def train_and_register(
         "total_s": time.perf_counter() - t0,
     }
     first = results[0].metrics
-    sticks = yardsticks(Sequences.load(seq_path)) if yardsticks else None
+    sticks = yardsticks(load_sequences(seq_path)) if yardsticks else None
     test = window_report({str(r.seed): r.scores for r in results}, data, test_rows, sticks)
     report_core = {
         "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff), "early_stop_end": str(es_end),
@@ -171,7 +171,7 @@ def _training_data(
     feature_names: Sequence[str] | None = None,
 ) -> tuple[TrainData, Normaliser, np.datetime64, np.datetime64]:
     """Sequences -> normalised training arrays, the normaliser (fitted on the training period) and the cutoff."""
-    seqs = Sequences.load(seq_path)
+    seqs = load_sequences(seq_path)
     cutoff, es_end, train_rows, val_rows = time_windows(seqs.race_date, val_frac, test_frac)
     ctx_names = tuple(context_names) if context_names else seqs.context_names
     feat_names = tuple(feature_names) if feature_names else seqs.feature_names
