@@ -1,0 +1,219 @@
+"""The store on object storage: a real S3 API (moto's server on 127.0.0.1), no mocks of boto calls.
+
+The endpoint reaches every client through the standard AWS variables (AWS_ENDPOINT_URL_S3 and
+credentials), so a worker process started by the flows finds it too; see docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+
+import numpy as np
+import pytest
+
+pytest.importorskip("s3fs", reason="object-storage store needs the optional dependency s3fs (pip install gruviz[dask])")
+pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (make test installs it)")
+
+from flows.stages.extract import extract_run  # noqa: E402
+from gruviz_core.errors import StoreError  # noqa: E402
+from storage import fs, states  # noqa: E402
+from tests.test_states import make_inputs, make_models  # noqa: E402
+
+BUCKET = "gruviz-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """moto's S3 server on a free loopback port, the AWS variables pointing at it, one bucket; its s3:// URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(BUCKET)
+    try:
+        yield f"s3://{BUCKET}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_home(s3_bucket):
+    """A fresh prefix of the bucket for one test."""
+    return f"{s3_bucket}/{uuid.uuid4().hex[:8]}"
+
+
+def _write_run(home: str, run_id: str, night: str, *, publish: bool = True):
+    tmp = extract_run(home, run_id, {"night": night, "snapshot_id": "snap", "model_set_id": "set"},
+                      make_models(n_seeds=1), device="cpu", chunk_rows=4, shard_chunks=1, block_dogs=3,
+                      **make_inputs([3, 5, 2, 4, 6]))
+    return states.publish_run(home, tmp) if publish else tmp
+
+
+def test_store_paths_on_a_url_are_remote_and_local_paths_stay_pathlib(tmp_path):
+    from pathlib import Path
+
+    assert fs.is_remote("s3://b/p") and not fs.is_remote(tmp_path) and not fs.is_remote(f"file://{tmp_path}")
+    assert fs.store_path(f"file://{tmp_path}") == tmp_path and type(fs.store_path(str(tmp_path))) is type(Path())
+    assert str(states.StoreLayout.at("s3://b/p").run("r1")) == "s3://b/p/runs/r1"
+
+
+def test_pointer_last_publish_and_a_killed_run(s3_home):
+    first = _write_run(s3_home, "2026-01-01-a", "2026-01-01")
+    assert str(first) == f"{s3_home}/runs/2026-01-01-a"
+    assert str(states.latest_run(s3_home)) == str(first)
+    # a night killed after its blocks and run.json, before publishing: its prefix stays, unpublished
+    killed = _write_run(s3_home, "2026-01-02-b", "2026-01-02", publish=False)
+    assert (killed / "run.json").exists() and (killed / "blocks" / "0.json").exists()
+    assert str(states.latest_run(s3_home)) == str(first)
+    assert [d.name for d in states.published_runs(s3_home)] == ["2026-01-01-a"]
+    with pytest.raises(StoreError, match="no _COMPLETE"):
+        states.open_states(killed)
+    # the block markers name their run
+    assert json.loads((killed / "blocks" / "0.json").read_text())["run_id"] == "2026-01-02-b"
+    # a second writer of the same run id is refused (ids are unique; one writer per prefix)
+    with pytest.raises(StoreError, match="run ids are unique"):
+        _write_run(s3_home, "2026-01-02-b", "2026-01-02", publish=False)
+    # the sweep (under the nightly lock) removes the dead prefix after its grace; never a published run
+    assert states.sweep_tmp_runs(s3_home, grace_s=3600) == []
+    assert states.sweep_tmp_runs(s3_home, grace_s=0) == ["2026-01-02-b"]
+    assert not (killed / "run.json").exists() and (first / states.COMPLETE).exists()
+    # a published run is never removed as a failed night's (the flow's cleanup after publish is a no-op)
+    assert states.remove_tmp_run(s3_home, first) is False and (first / states.COMPLETE).exists()
+
+
+def test_an_older_night_finishing_later_does_not_move_latest_back(s3_home):
+    newer = _write_run(s3_home, "2026-02-02-n", "2026-02-02")
+    older = _write_run(s3_home, "2026-02-01-o", "2026-02-01")
+    assert str(states.latest_run(s3_home)) == str(newer)
+    assert [d.name for d in states.published_runs(s3_home)] == [older.name, newer.name]
+    assert states.prune_runs(s3_home, keep_nights=1) == [older.name]
+    assert [d.name for d in states.published_runs(s3_home)] == [newer.name]
+    assert not (older / "run.json").exists()
+
+
+def test_runs_open_from_s3_in_xarray_and_the_reader(s3_home):
+    import xarray as xr
+
+    run_dir = _write_run(s3_home, "2026-03-01-x", "2026-03-01")
+    tree = xr.open_datatree(str(run_dir / states.STATES), engine="zarr")
+    assert list(tree["dog_id"].values) == ["D0000", "D0001", "D0002", "D0003", "D0004"]
+    ds = states.open_dataset(run_dir)
+    dog = states.open_states(run_dir).dog("D0001")
+    np.testing.assert_allclose(ds.h.isel(obs=slice(3, 8)).values.astype(np.float32), dog.h, atol=1e-6)
+
+
+def test_the_nightly_lock_refuses_a_second_night_and_expires(s3_home):
+    lock = states.StoreLayout.at(s3_home).runs / ".nightly.lock"
+    with states.nightly_lock(s3_home):
+        assert json.loads(lock.read_text())["expires"] > 0
+        with pytest.raises(StoreError, match="another nightly is running"):
+            with states.nightly_lock(s3_home):
+                pass
+    assert not lock.exists()  # released on exit
+    # a holder that died without releasing: refused until its expiry, then taken over
+    fs.write_bytes(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
+    with states.nightly_lock(s3_home):
+        assert json.loads(lock.read_text())["owner"] != "dead"
+
+
+# ------------------------------------------------------------------ the flows end to end on the bucket
+
+
+@pytest.fixture(scope="module")
+def s3_store(prefect_harness, s3_bucket, tmp_path_factory):
+    """A small simulated snapshot ingested and a model set trained, all on the bucket."""
+    from flows.train import train
+    from gruviz_core.synth import simulate
+
+    home = f"{s3_bucket}/flows-{uuid.uuid4().hex[:6]}"
+    source = tmp_path_factory.mktemp("s3-forms") / "forms.parquet"
+    simulate(300, seed=5).to_parquet(source, index=False)
+    state = train(source=[str(source)], home=home, seeds=1, hidden=8, epochs=2, return_state=True)
+    assert state.is_completed(), state.message
+    return home, source
+
+
+def _night_env(monkeypatch, home: str, reports) -> None:
+    monkeypatch.setenv("GRUVIZ_HOME", home)
+    monkeypatch.setenv("GRUVIZ_REPORTS_DIR", str(reports))
+    monkeypatch.setenv("GRUVIZ_BLOCK_DOGS", "100")
+    monkeypatch.setenv("GRUVIZ_BOOTSTRAP", "100")
+    monkeypatch.delenv("GRUVIZ_SMTP_HOST", raising=False)
+    monkeypatch.delenv("GRUVIZ_RECIPIENTS", raising=False)
+
+
+def test_nightly_on_s3_publishes_a_run_xarray_opens_and_a_report(s3_store, monkeypatch, tmp_path):
+    import xarray as xr
+
+    from flows.nightly import nightly
+
+    home, source = s3_store
+    _night_env(monkeypatch, home, tmp_path / "reports")
+    state = nightly(source=[str(source)], night="2026-11-25", return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["run_dir"].startswith(f"{home}/runs/")
+    assert str(states.latest_run(home)) == result["run_dir"]
+    tree = xr.open_datatree(result["run_dir"] + "/states.zarr", engine="zarr")
+    assert "dog_id" in tree.coords and tree.sizes["dog"] > 100
+    ds = xr.open_zarr(result["run_dir"] + "/states.zarr", group="seed0")
+    assert ds["h"].dims == ("obs", "layer", "unit")
+    report = tmp_path / "reports" / "2026-11-25" / "index.html"
+    assert report.is_file() and report.stat().st_size > 10_000
+    assert not (states.StoreLayout.at(home).runs / ".nightly.lock").exists()
+
+
+def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_store, monkeypatch, tmp_path):
+    from flows.nightly import nightly
+    from flows.stages import evaluate
+
+    home, source = s3_store
+    _night_env(monkeypatch, home, tmp_path / "reports")
+    first = nightly(source=[str(source)], night="2026-11-26", return_state=True)
+    assert first.is_completed(), first.message
+    before = [d.name for d in states.published_runs(home)]
+
+    def boom(*a, **k):
+        raise RuntimeError("killed after the blocks, before publish")
+
+    monkeypatch.setattr(evaluate, "run", boom)
+    failed = nightly(source=[str(source)], night="2026-11-27", return_state=True)
+    assert failed.is_failed()
+    assert str(states.latest_run(home)) == first.result()["run_dir"]
+    assert [d.name for d in states.published_runs(home)] == before
+    leftovers = [d.name for d in states.StoreLayout.at(home).runs.iterdir() if d.name.startswith("2026-11-27")]
+    assert leftovers == []  # the failed night removed its own prefix
+
+
+def test_the_nightly_refuses_to_run_while_another_holds_the_bucket(s3_store, monkeypatch, tmp_path):
+    from flows.nightly import nightly
+
+    home, source = s3_store
+    _night_env(monkeypatch, home, tmp_path / "reports")
+    latest = str(states.latest_run(home))
+    with states.nightly_lock(home):
+        state = nightly(source=[str(source)], night="2026-11-28", return_state=True)
+    assert state.is_failed() and "another nightly is running" in str(state.message)
+    assert str(states.latest_run(home)) == latest
