@@ -575,10 +575,13 @@ def _remote_lock(path: StorePath, ttl_s: float) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(ttl_s / 3):
-            held = _lock_info(path)
-            if held is None or held.get("owner") != owner:
-                return  # taken over after an expiry: never write over another night's lock
-            fs.write_bytes(path, body())
+            try:
+                held = _lock_info(path)
+                if held is None or held.get("owner") != owner:
+                    return  # taken over after an expiry: never write over another night's lock
+                fs.write_bytes(path, body())
+            except Exception:  # noqa: BLE001 - a failed renewal is retried next beat; the ttl allows two misses
+                continue
 
     th = threading.Thread(target=beat, name="gruviz-lock-heartbeat", daemon=True)
     th.start()
