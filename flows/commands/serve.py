@@ -53,10 +53,9 @@ def resolve(args: argparse.Namespace) -> tuple[Path, int]:
     return directory.expanduser().resolve(), int(port)
 
 
-def explorer(store: Path | None) -> ExplorerApp:
-    """The explorer over the store root (`--store`, else GRUVIZ_HOME)."""
-    root = Path(store) if store is not None else Path(load_settings().home)
-    return ExplorerApp(ExploreStore(root.expanduser().resolve()))
+def explorer(store: str | Path | None) -> ExplorerApp:
+    """The explorer over the store root (`--store`, else GRUVIZ_HOME): a directory or an fsspec URL."""
+    return ExplorerApp(ExploreStore(store if store is not None else load_settings().home))
 
 
 def run(args: argparse.Namespace) -> int:
