@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--store",
-        type=Path,
+        type=str,
         default=None,
         help="store root whose published runs the explorer reads (default: GRUVIZ_HOME)",
     )
