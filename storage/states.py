@@ -698,7 +698,7 @@ def _run_prefixes(layout: StoreLayout) -> list[StorePath]:
     """Entries under runs/ that may be runs (object storage: prefixes; no dot-names such as the lock)."""
     try:
         entries = list(layout.runs.iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no runs/ prefix yet: an object store has no empty dirs
         return []
     return sorted((d for d in entries if not d.name.startswith(".") and d.name != "LATEST" and d.is_dir()),
                   key=lambda d: d.name)

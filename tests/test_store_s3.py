@@ -217,3 +217,21 @@ def test_the_nightly_refuses_to_run_while_another_holds_the_bucket(s3_store, mon
         state = nightly(source=[str(source)], night="2026-11-28", return_state=True)
     assert state.is_failed() and "another nightly is running" in str(state.message)
     assert str(states.latest_run(home)) == latest
+
+
+def test_settings_and_preflight_take_a_url_home(s3_home, tmp_path):
+    from pathlib import Path
+
+    from flows.preflight import check_store
+    from flows.settings import load_settings
+    from gruviz_core.errors import ConfigError
+
+    s = load_settings(home=s3_home + "/")
+    assert s.home == s3_home and s.home_is_url and s.reports_path == Path("./gruviz-reports").absolute()
+    assert load_settings(home=str(tmp_path / "x" / "..")).home == str(Path(tmp_path / "x" / "..").absolute())
+    assert str(check_store(s.home)) == s3_home
+    assert not fs.store_path(s3_home).exists()  # the probe object is gone: nothing under the prefix
+    assert states.published_runs(s3_home) == [] and states.latest_run(s3_home) is None
+    assert states.sweep_tmp_runs(s3_home) == [] and states.prune_runs(s3_home, 1) == []
+    with pytest.raises(ConfigError, match="s3://no-such-bucket-gruviz/p.*not reachable or not writable"):
+        check_store("s3://no-such-bucket-gruviz/p")
