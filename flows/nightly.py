@@ -30,6 +30,7 @@ from prefect.states import Failed
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
 from flows.preflight import Preflight, preflight_nightly
+from flows.progress import report as progress_report
 from flows.settings import Settings, load_settings
 from flows.stages import evaluate, extract, features, ingest, report, stats
 from flows.stages.extract import set_torch_threads
@@ -232,6 +233,8 @@ class _ProgressReporter:
             blocks = self._runs[self.artifact_id]
             blocks[self.block] = done
             share = min(100.0, 100.0 * sum(blocks.values()) / self.total)  # a dog split by blocks counts twice
+            dogs = min(sum(blocks.values()), self.total)
+        progress_report("extract", dogs, self.total, unit="dogs")  # the CLI's bar (flows.progress)
         now = time.monotonic()
         if force or now - self._last >= self.every_s:
             self._last = now
