@@ -137,10 +137,11 @@ def nightly(
     home: str | None = None,
     model_set: str | None = None,
     device: str | None = None,
+    cohort_rule: str | None = None,
 ) -> dict:
     """One night: the latest form data through the current model set into a published run and report."""
     route_library_logs()
-    s = load_settings(home=home, device=device)
+    s = load_settings(home=home, device=device, cohort_rule=cohort_rule)
     sources = list(source or s.sources)
     night = night or _scheduled_night(s.timezone)
     checked = preflight_nightly(s, night=night, model_set=model_set, sources=sources)  # before any work
