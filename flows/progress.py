@@ -84,7 +84,10 @@ def shown(enabled: bool, *, console=None) -> Iterator[None]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    console = console or Console(stderr=True)
+    if console is None:
+        console = Console(stderr=True)
+        if not console.is_terminal:  # a file or a pipe: one line per bar, not wrapped at 80 columns
+            console = Console(stderr=True, width=200)
     bars = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[extra]}"), TimeElapsedColumn(),
