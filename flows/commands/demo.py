@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, with_progress
+from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, progress_shown
 
 __all__ = ["HELP", "command", "run"]
 
@@ -29,7 +29,7 @@ def command(
     quiet: Quiet = False,
 ) -> int:
     """Progress: epochs per seed when it trains, dogs extracted."""
-    return with_progress(run, namespace(dogs=dogs, seed=seed, home=home, epochs=epochs, night=night, json=as_json,
+    return run(namespace(dogs=dogs, seed=seed, home=home, epochs=epochs, night=night, json=as_json,
                                         progress=progress, quiet=quiet))
 
 
@@ -50,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
         source.parent.mkdir(parents=True, exist_ok=True)
         simulate(args.dogs, args.seed, end=night).to_parquet(source, index=False)  # racing ends tonight
         print(f"simulated {args.dogs} dogs -> {source}", file=say)
-    if current_model_set(home) is None:
+    fresh = current_model_set(home) is None
+    if fresh:
         print("no model set yet: training one (train flow)", file=say)
-        train(source=[str(source)], home=str(home), epochs=args.epochs, promote=True)  # the demo runs its own set
-    state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
+    with progress_shown(args):
+        if fresh:
+            train(source=[str(source)], home=str(home), epochs=args.epochs, promote=True)  # the demo runs its own set
+        state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
     return report_state(state, as_json=args.json)
 
 

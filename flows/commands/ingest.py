@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands.options import Home, Json, Quiet, ShowProgress, choices, namespace, with_progress
+from flows.commands.options import Home, Json, Quiet, ShowProgress, choices, namespace, progress_shown
 from flows.output import dumps_strict
 from flows.settings import load_settings
 from flows.stages.ingest import run as ingest
@@ -35,12 +35,13 @@ def command(
     quiet: Quiet = False,
 ) -> int:
     """Progress: files read of all, rows read."""
-    return with_progress(run, namespace(sources=sources, fmt=fmt and fmt.value, json=as_json, home=home, progress=progress, quiet=quiet))
+    return run(namespace(sources=sources, fmt=fmt and fmt.value, json=as_json, home=home, progress=progress, quiet=quiet))
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(home=args.home)
-    s = ingest(args.sources, settings.home, fmt=args.fmt)
+    with progress_shown(args):
+        s = ingest(args.sources, settings.home, fmt=args.fmt)
     if args.json:
         print(dumps_strict(s.to_dict(), sort_keys=True))
         return 0

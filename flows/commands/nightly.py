@@ -16,7 +16,7 @@ from flows.commands.options import (
     cohort_rules,
     device,
     namespace,
-    with_progress,
+    progress_shown,
 )
 from flows.output import dumps_strict
 
@@ -44,7 +44,7 @@ def command(
     quiet: Quiet = False,
 ) -> int:
     """Progress: dogs extracted of all."""
-    return with_progress(run, namespace(
+    return run(namespace(
         source=source or None, night=night, home=home, model_set=model_set, device=device,
         cohort_rule=cohort_rule and cohort_rule.value,
         json=as_json, progress=progress, quiet=quiet))
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     s = load_settings(home=args.home, device=args.device, cohort_rule=rule)
     preflight_nightly(s, night=args.night, model_set=args.model_set, sources=args.source or s.sources)  # before a server
     with signals_raise(), prefect_api():  # the temporary Prefect server dies with this command
-        state = nightly(source=args.source, night=args.night, home=args.home, model_set=args.model_set,
-                        device=args.device, cohort_rule=rule, return_state=True)
+        with progress_shown(args):
+            state = nightly(source=args.source, night=args.night, home=args.home, model_set=args.model_set,
+                            device=args.device, cohort_rule=rule, return_state=True)
         return report_state(state, as_json=args.json)
 
 

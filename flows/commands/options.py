@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import enum
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
 
 from flows.progress import shown, wanted
 
-__all__ = ["Home", "Json", "ShowProgress", "Quiet", "DEVICE_METAVAR", "device", "choices", "cohort_rules", "namespace", "with_progress"]
+__all__ = ["Home", "Json", "ShowProgress", "Quiet", "DEVICE_METAVAR", "device", "choices", "cohort_rules", "namespace", "progress_shown"]
 
 Home = Annotated[str | None, typer.Option("--home", help="store root (default: GRUVIZ_HOME or ./gruviz-data)")]
 Json = Annotated[bool, typer.Option("--json", help="print the result as one JSON object on stdout (no progress bars)")]
@@ -50,8 +50,8 @@ def namespace(**values: Any) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
-def with_progress(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """`run(args)` with progress bars on stderr when wanted (a terminal, no --json or --quiet; or --progress)."""
-    enabled = wanted(force=args.progress, quiet=args.json or args.quiet)
-    with shown(enabled):
-        return run(args)
+def progress_shown(args: argparse.Namespace):
+    """Progress bars on stderr while the block runs, when wanted (a terminal, no --json or --quiet; or --progress).
+    Wrap only the long work: the command prints its result after the bars are done."""
+    force, quiet = getattr(args, "progress", False), getattr(args, "json", False) or getattr(args, "quiet", False)
+    return shown(wanted(force=force, quiet=quiet))

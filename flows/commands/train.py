@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, with_progress
+from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, progress_shown
 from flows.output import dumps_strict
 
 __all__ = ["HELP", "MULTI_VALUE", "command", "run"]
@@ -40,7 +40,7 @@ def command(
     progress: ShowProgress = False,
     quiet: Quiet = False,
 ) -> int:
-    return with_progress(run, namespace(
+    return run(namespace(
         snapshot=snapshot, seeds=seeds, hidden=hidden, layers=layers, epochs=epochs, source=source or None,
         workers=workers, market=market, promote=promote, json=as_json, home=home, progress=progress, quiet=quiet))
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = load_settings(home=args.home)
     preflight_train(s, snapshot=args.snapshot, sources=args.source)  # before a server starts
-    with signals_raise(), prefect_api():  # the temporary Prefect server dies with this command
+    with signals_raise(), prefect_api(), progress_shown(args):  # the temporary Prefect server dies with this command
         state = train(source=args.source, snapshot=args.snapshot, home=args.home, seeds=args.seeds,
                       hidden=args.hidden, layers=args.layers, epochs=args.epochs, market=args.market,
                       workers=args.workers, promote=args.promote, return_state=True)
