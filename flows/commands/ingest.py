@@ -14,8 +14,6 @@ import typer
 
 from flows.commands.options import Home, Json, Quiet, ShowProgress, choices, namespace, progress_shown
 from flows.output import dumps_strict
-from flows.settings import load_settings
-from flows.stages.ingest import run as ingest
 from gruviz_core.formats import FORMATS
 
 __all__ = ["HELP", "command", "run"]
@@ -39,6 +37,9 @@ def command(
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.settings import load_settings
+    from flows.stages.ingest import run as ingest
+
     settings = load_settings(home=args.home)
     with progress_shown(args):
         s = ingest(args.sources, settings.home, fmt=args.fmt)

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
 
 from flows.commands.options import namespace
-from flows.settings import load_settings
-from reports.explorer import ExplorerApp
-from reports.serve import HOST, make_server
-from storage.explore import ExploreStore
+
+if TYPE_CHECKING:
+    from reports.explorer import ExplorerApp
 
 __all__ = ["HELP", "command", "run", "resolve", "explorer"]
 
@@ -37,6 +36,8 @@ def command(
 
 def resolve(args: argparse.Namespace) -> tuple[Path, int]:
     """The directory and port to serve: flags first, then settings."""
+    from flows.settings import load_settings
+
     s = load_settings()
     directory = Path(args.dir) if args.dir is not None else s.reports_path
     port = args.port
@@ -50,11 +51,17 @@ def resolve(args: argparse.Namespace) -> tuple[Path, int]:
 
 def explorer(store: Path | None) -> ExplorerApp:
     """The explorer over the store root (`--store`, else GRUVIZ_HOME)."""
+    from flows.settings import load_settings
+    from reports.explorer import ExplorerApp
+    from storage.explore import ExploreStore
+
     root = Path(store) if store is not None else Path(load_settings().home)
     return ExplorerApp(ExploreStore(root.expanduser().resolve()))
 
 
 def run(args: argparse.Namespace) -> int:
+    from reports.serve import HOST, make_server
+
     directory, port = resolve(args)
     server = make_server(directory, port=port, quiet=args.quiet, explore=explorer(getattr(args, "store", None)))
     print(f"serving {directory} at http://{HOST}:{server.server_port}/ (read-only; Ctrl-C to stop); "

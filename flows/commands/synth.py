@@ -11,7 +11,6 @@ import typer
 
 from flows.commands.options import namespace
 from gruviz_core.errors import ConfigError
-from gruviz_core.synth import simulate
 
 __all__ = ["HELP", "command", "run"]
 
@@ -28,6 +27,8 @@ def command(
 
 
 def run(args: argparse.Namespace) -> int:
+    from gruviz_core.synth import simulate
+
     out = Path(args.out)
     name = out.name.lower()
     if not name.endswith((".csv", ".csv.gz", ".parquet")):
