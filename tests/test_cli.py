@@ -124,3 +124,27 @@ def test_demo_forced_progress_shows_training_epochs_and_extraction(tmp_path, cap
     done = re.search(r"extract\b.*?\b(\d+)/(\d+)\s+dogs\b", out.err)
     assert done and int(done.group(1)) == int(done.group(2)) == 60, out.err  # every dog
     assert "simulated 60 dogs" in out.err  # the demo's own lines go to stderr with --json
+
+
+def test_options_reach_the_command_as_before(monkeypatch):
+    """argparse's spellings still parse to the same values: several values after one flag, flags, typed choices."""
+    import flows.commands.model as model_cmd
+    import flows.commands.nightly as nightly_cmd
+    import flows.commands.train as train_cmd
+
+    seen = {}
+    for mod in (train_cmd, nightly_cmd, model_cmd):
+        monkeypatch.setattr(mod, "run", lambda args, name=mod.__name__: seen.setdefault(name, vars(args)) and 0)
+    assert main(["train", "--market", "--source", "a.csv", "b.csv", "--seeds", "2", "--json"]) == 0
+    t = seen["flows.commands.train"]
+    assert (t["source"], t["market"], t["seeds"], t["json"], t["promote"], t["epochs"]) == (
+        ["a.csv", "b.csv"], True, 2, True, False, None)
+    assert main(["nightly", "--source", "a", "b", "--date", "2026-01-01", "--device", "cuda:1",
+                 "--cohort-rule", "relative-s-quartile"]) == 0
+    n = seen["flows.commands.nightly"]
+    assert (n["source"], n["night"], n["device"], n["cohort_rule"]) == (["a", "b"], "2026-01-01", "cuda:1",
+                                                                        "relative-s-quartile")
+    assert type(n["cohort_rule"]) is str
+    assert main(["model", "register", "--factory", "x:y", "--weights", "a.pt", "b.pt", "--current"]) == 0
+    m = seen["flows.commands.model"]
+    assert (m["model_command"], m["weights"], m["script"], m["current"]) == ("register", ["a.pt", "b.pt"], None, True)
