@@ -1,38 +1,54 @@
-"""The `gruviz` command line: one module per subcommand under flows/commands/.
+"""The `gruviz` command line (Typer): one module per subcommand under flows/commands/.
 
-Each module `flows/commands/<name>.py` defines `HELP: str`, `add_arguments(parser)` and
-`run(args) -> int`. A command whose module is missing is simply not offered.
+Each module `flows/commands/<name>.py` defines `HELP: str` and either `command` (a function whose
+typed parameters are the options) or `app` (a Typer of subcommands, e.g. `model register|list`);
+`run(args) -> int` does the work. A command whose module is missing is simply not offered.
+`MULTI_VALUE` names options that take several values after one flag (`--source a.csv b.csv`).
+
+main(argv) returns the exit code: 0 done, 1 a run that did not complete, 2 a usage error (bad
+option or value, at parse time) or a GruvizError (`gruviz <command>: error: ...` on stderr).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
+from types import ModuleType
+
+import typer
 
 from gruviz_core.errors import GruvizError
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "app", "COMMANDS"]
 
 COMMANDS = ("demo", "synth", "ingest", "train", "model", "nightly", "serve")
+HELP = "Look inside GRU models of greyhound race form."
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="gruviz", description="Look inside GRU models of greyhound race form.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _modules() -> dict[str, ModuleType]:
     modules = {}
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"flows.commands.{name}")
+            modules[name] = importlib.import_module(f"flows.commands.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"flows.commands.{name}":
                 continue
             raise
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
-        modules[name] = mod
-    return parser, modules
+    return modules
+
+
+def app(modules: dict[str, ModuleType] | None = None) -> typer.Typer:
+    """The Typer application with every command module found."""
+    root = typer.Typer(name="gruviz", help=HELP, no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+    for name, mod in (modules or _modules()).items():
+        sub = getattr(mod, "app", None)
+        if isinstance(sub, typer.Typer):
+            root.add_typer(sub, name=name, help=mod.HELP)
+        else:
+            root.command(name, help=mod.HELP)(mod.command)
+    return root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +56,55 @@ def main(argv: list[str] | None = None) -> int:
     # ("database is locked" tracebacks on a busy machine); the user can still turn it on.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    parser, modules = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    modules = _modules()
+    name = next((a for a in argv if not a.startswith("-")), "")
+    multi = getattr(modules.get(name), "MULTI_VALUE", ())
+    command = typer.main.get_command(app(modules))
     try:
-        return int(modules[args.command].run(args) or 0)
+        return int(command.main(args=_repeat_multi(argv, multi), prog_name="gruviz", standalone_mode=False) or 0)
     except GruvizError as exc:
-        print(f"gruviz {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gruviz {name}: error: {exc}", file=sys.stderr)
         return 2
+    except typer.Exit as exc:  # --help
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.Abort:  # Ctrl-C, SIGTERM (flows.server.signals_raise): cleanups have run
+        print("gruviz: interrupted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:  # a usage error: unknown option, bad value, at parse time
+        _usage_error(exc)
+        return int(getattr(exc, "exit_code", 2))
+
+
+def _usage_error(exc: Exception) -> None:
+    """Usage, then `gruviz <command>: error: <what>` on stderr (argparse's shape)."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = message.replace("Value error, ", "")  # pydantic's prefix on a refused choice or parser value
+    if ctx is not None and not message:  # no command: the help was shown
+        return
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+        print(f"{ctx.command_path}: error: {message} (see {ctx.command_path} --help)", file=sys.stderr)
+    else:
+        print(f"gruviz: error: {message}", file=sys.stderr)
+
+
+def _repeat_multi(argv: list[str], multi: tuple[str, ...]) -> list[str]:
+    """`--source a b --json` -> `--source a --source b --json` for the options in `multi` (argparse's nargs='+')."""
+    out: list[str] = []
+    flag = None
+    for arg in argv:
+        if arg in multi:
+            flag = arg
+            out.append(arg)
+        elif flag is not None and not arg.startswith("-") and out[-1] != flag:
+            out += [flag, arg]
+        else:
+            if arg.startswith("-"):
+                flag = None
+            out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

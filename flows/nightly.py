@@ -30,6 +30,7 @@ from prefect.states import Failed
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
 from flows.preflight import Preflight, preflight_nightly
+from flows.progress import report as progress_report
 from flows.settings import Settings, load_settings
 from flows.stages import evaluate, extract, features, ingest, report, stats
 from flows.stages.extract import set_torch_threads
@@ -136,10 +137,11 @@ def nightly(
     home: str | None = None,
     model_set: str | None = None,
     device: str | None = None,
+    cohort_rule: str | None = None,
 ) -> dict:
     """One night: the latest form data through the current model set into a published run and report."""
     route_library_logs()
-    s = load_settings(home=home, device=device)
+    s = load_settings(home=home, device=device, cohort_rule=cohort_rule)
     sources = list(source or s.sources)
     night = night or _scheduled_night(s.timezone)
     checked = preflight_nightly(s, night=night, model_set=model_set, sources=sources)  # before any work
@@ -232,6 +234,8 @@ class _ProgressReporter:
             blocks = self._runs[self.artifact_id]
             blocks[self.block] = done
             share = min(100.0, 100.0 * sum(blocks.values()) / self.total)  # a dog split by blocks counts twice
+            dogs = min(sum(blocks.values()), self.total)
+        progress_report("extract", dogs, self.total, unit="dogs")  # the CLI's bar (flows.progress)
         now = time.monotonic()
         if force or now - self._last >= self.every_s:
             self._last = now

@@ -341,18 +341,19 @@ def _batches(data: TrainData, train_len: np.ndarray, rng: np.random.Generator, b
     return [b for b in np.split(order, cuts) if len(b)]
 
 
-def train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, *, log=None) -> SeedResult:
-    """Train one seed of RaceGRU on the training period; early stopping on the validation races."""
+def train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, *, log=None, on_epoch=None) -> SeedResult:
+    """Train one seed of RaceGRU on the training period; early stopping on the validation races.
+    `on_epoch(row)` gets each epoch's curve row (epoch, batch_loss, train_loss, val_loss, seconds)."""
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train_seed(data, model_cfg, cfg, log)
+        return _train_seed(data, model_cfg, cfg, log, on_epoch)
     finally:
         torch.set_num_threads(before)
 
 
-def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) -> SeedResult:
+def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log, on_epoch=None) -> SeedResult:
     t0 = time.perf_counter()
     seed = model_cfg.seed
     torch.manual_seed(seed)
@@ -393,6 +394,8 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) 
                       "val_loss": val_loss, "seconds": time.perf_counter() - te})
         if log:
             log(f"seed {seed} epoch {epoch}: train {curve[-1]['train_loss']:.4f} val {val_loss:.4f}")
+        if on_epoch:
+            on_epoch(dict(curve[-1]))
         if val_loss < best_loss - cfg.min_delta:
             best, best_loss, best_epoch, stale = copy.deepcopy(model.state_dict()), val_loss, epoch, 0
         else:

@@ -49,6 +49,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -152,14 +153,16 @@ class Forms:
 # ---------------------------------------------------------------- public API
 
 
-def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None = None) -> IngestSummary:
+def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None = None,
+           progress: Callable[[int, int, int], None] | None = None) -> IngestSummary:
     """Read every source (files, directories, globs), write a forms snapshot, point forms/LATEST at it.
+    `progress(files_read, files, rows_read)` is called as files are read.
 
     Raises InputError naming the file(s), without moving forms/LATEST, when there is no data row or
     when a file has no accepted row (the snapshot is written all the same, for its rejects).
     """
     layout = StoreLayout.at(root)
-    forms = read_forms(sources, fmt=fmt)
+    forms = read_forms(sources, fmt=fmt, progress=progress)
     s = forms.summary
     if s.rows_in == 0:
         raise InputError(f"{_names(s.files)}: no data rows (empty or header only); nothing ingested, "
@@ -172,10 +175,12 @@ def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None =
     return s
 
 
-def read_forms(sources: list[str] | str, *, fmt: str | None = None) -> Forms:
-    """Read, adapt and merge every source; writes nothing. Errors name the file (UnreadableFileError, ...)."""
+def read_forms(sources: list[str] | str, *, fmt: str | None = None,
+               progress: Callable[[int, int, int], None] | None = None) -> Forms:
+    """Read, adapt and merge every source; writes nothing. Errors name the file (UnreadableFileError, ...).
+    `progress(files_read, files, rows_read)` is called as files are read."""
     files = expand_sources(sources)
-    loaded = _load_all(files)
+    loaded = _load_all(files, progress)
     frames, parts, adapters = _parse_and_adapt(loaded, fmt)
     runs_all = pd.concat([a.runs for a in parts], ignore_index=True) if parts else _empty_adapted_runs()
     warnings = [a.warnings for a in parts]
@@ -323,7 +328,7 @@ class _Source:
     duplicate_columns: list[str] = field(default_factory=list)
 
 
-def _load_all(files: list[Path]) -> list[_Source]:
+def _load_all(files: list[Path], progress: Callable[[int, int, int], None] | None = None) -> list[_Source]:
     """Read every file; the first error in file order is raised.
 
     Threads pay where a file's work is mostly I/O or gzip (both release the GIL): several compressed or
@@ -331,11 +336,23 @@ def _load_all(files: list[Path]) -> list[_Source]:
     """
     jobs = list(enumerate(files))
     if len(files) < 2 or not _threads_pay(files):
-        return [_load(i, p) for i, p in jobs]
+        return _counted(([_load(i, p)] for i, p in jobs), len(files), progress)
     chunk = max(1, -(-len(jobs) // (4 * _READ_THREADS)))
     batches = [jobs[a:a + chunk] for a in range(0, len(jobs), chunk)]
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(batches))) as pool:
-        return [src for batch in pool.map(lambda b: [_load(i, p) for i, p in b], batches) for src in batch]
+        return _counted(pool.map(lambda b: [_load(i, p) for i, p in b], batches), len(files), progress)
+
+
+def _counted(batches, n_files: int, progress: Callable[[int, int, int], None] | None) -> list[_Source]:
+    """The sources of every batch in order; `progress(files_read, n_files, rows_read)` after each batch."""
+    out: list[_Source] = []
+    rows = 0
+    for batch in batches:
+        out.extend(batch)
+        rows += sum(src.rows for src in batch)
+        if progress is not None:
+            progress(len(out), n_files, rows)
+    return out
 
 
 def _threads_pay(files: list[Path]) -> bool:

@@ -130,10 +130,10 @@ def test_cli_errors_exit_2_naming_the_file(tmp_path, capsys, content, name, mess
 
 
 def test_cli_unknown_format_flag(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:  # argparse refuses it before anything runs
-        main(["ingest", str(FIX), "--format", "nope", "--home", str(tmp_path)])
-    assert exc.value.code == 2
-    assert "nope" in capsys.readouterr().err
+    assert main(["ingest", str(FIX), "--format", "nope", "--home", str(tmp_path)]) == 2  # refused at parse time
+    err = capsys.readouterr().err
+    assert "gruviz ingest: error:" in err and "'nope' is not one of" in err and "'iggy'" in err
+    assert not (tmp_path / "forms").exists()
 
 
 def test_cli_json(tmp_path, capsys):

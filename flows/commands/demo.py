@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, progress_shown
+
+__all__ = ["HELP", "command", "run"]
 
 HELP = "Simulate a season of form, train a small model set if there is none, run the nightly flow, print the report."
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dogs", type=int, default=5000,
-                   help="Dogs to simulate (default 5000: enough for a held-out window of about 2,500 races)")
-    p.add_argument("--seed", type=int, default=7, help="Simulator seed")
-    p.add_argument("--home", help="Store root (default GRUVIZ_HOME or ./gruviz-data)")
-    p.add_argument("--epochs", type=int, default=None, help="Training epochs of the demo model set")
-    p.add_argument("--night", help="The night simulated and run (YYYY-MM-DD; default tonight in GRUVIZ_TIMEZONE)")
-    p.add_argument("--json", action="store_true", help="Print the result as one JSON object")
+def command(
+    dogs: Annotated[int, typer.Option(
+        "--dogs", min=1, help="dogs to simulate (5000: enough for a held-out window of about 2,500 races)")] = 5000,
+    seed: Annotated[int, typer.Option("--seed", help="simulator seed")] = 7,
+    home: Home = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="training epochs of the demo model set")] = None,
+    night: Annotated[str | None, typer.Option(
+        "--night", metavar="YYYY-MM-DD", help="the night simulated and run (default: tonight in GRUVIZ_TIMEZONE)")] = None,
+    as_json: Json = False,
+    progress: ShowProgress = False,
+    quiet: Quiet = False,
+) -> int:
+    """Progress: epochs per seed when it trains, dogs extracted."""
+    return run(namespace(dogs=dogs, seed=seed, home=home, epochs=epochs, night=night, json=as_json,
+                                        progress=progress, quiet=quiet))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,14 +45,18 @@ def run(args: argparse.Namespace) -> int:
     home = Path(s.home).resolve()
     night = args.night or _tonight(s.timezone)
     source = home / "demo" / f"synth-{args.dogs}-dogs-seed{args.seed}-to-{night}.parquet"
+    say = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON only
     if not source.exists():
         source.parent.mkdir(parents=True, exist_ok=True)
         simulate(args.dogs, args.seed, end=night).to_parquet(source, index=False)  # racing ends tonight
-        print(f"simulated {args.dogs} dogs -> {source}")
-    if current_model_set(home) is None:
-        print("no model set yet: training one (train flow)")
-        train(source=[str(source)], home=str(home), epochs=args.epochs, promote=True)  # the demo runs its own set
-    state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
+        print(f"simulated {args.dogs} dogs -> {source}", file=say)
+    fresh = current_model_set(home) is None
+    if fresh:
+        print("no model set yet: training one (train flow)", file=say)
+    with progress_shown(args):
+        if fresh:
+            train(source=[str(source)], home=str(home), epochs=args.epochs, promote=True)  # the demo runs its own set
+        state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
     return report_state(state, as_json=args.json)
 
 

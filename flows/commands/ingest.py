@@ -8,29 +8,41 @@ manifest.json either way.
 from __future__ import annotations
 
 import argparse
+from typing import Annotated
 
+import typer
+
+from flows.commands.options import Home, Json, Quiet, ShowProgress, choices, namespace, progress_shown
 from flows.output import dumps_strict
-from flows.settings import load_settings
 from gruviz_core.formats import FORMATS
-from storage.forms import ingest
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "command", "run"]
 
 HELP = ("Ingest form data (files, directories, globs; .csv, .csv.gz, .parquet) into a forms snapshot; "
         "exits 2 naming the file when one cannot be read or has no accepted row.")
+Format = choices("Format", FORMATS)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
-    p.add_argument("--format", dest="fmt", choices=sorted(FORMATS), default=None,
-                   help="the files' format (default: detected from each header)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
+def command(
+    sources: Annotated[list[str], typer.Argument(metavar="SOURCE", help="files, directories or globs")],
+    fmt: Annotated[Format | None, typer.Option(
+        "--format", help="the files' format (default: detected from each header)")] = None,
+    as_json: Json = False,
+    home: Home = None,
+    progress: ShowProgress = False,
+    quiet: Quiet = False,
+) -> int:
+    """Progress: files read of all, rows read."""
+    return run(namespace(sources=sources, fmt=fmt and fmt.value, json=as_json, home=home, progress=progress, quiet=quiet))
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.settings import load_settings
+    from flows.stages.ingest import run as ingest
+
     settings = load_settings(home=args.home)
-    s = ingest(args.sources, settings.home, fmt=args.fmt)
+    with progress_shown(args):
+        s = ingest(args.sources, settings.home, fmt=args.fmt)
     if args.json:
         print(dumps_strict(s.to_dict(), sort_keys=True))
         return 0

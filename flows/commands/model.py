@@ -11,46 +11,78 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from typing import Annotated
 
+import typer
+
+from flows.commands.options import Home, Json, namespace
 from flows.output import dumps_strict
 from gruviz_core.errors import ConfigError
 
-__all__ = ["HELP", "add_arguments", "run", "register"]
+__all__ = ["HELP", "MULTI_VALUE", "app", "run", "register"]
 
 HELP = "Register a team's own GRU model set (factory + state dicts, or TorchScript), or list model sets."
+MULTI_VALUE = ("--script", "--weights")
 SAMPLE_DOGS = 200
 
+app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="model_command", required=True)
-    r = sub.add_parser("register", help="validate a team's model set on a sample and register it",
-                       description="Validate a team's model set on a sample of dogs and register it.")
-    src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--factory", help="'package.module:callable' building the nn.Module (with --weights)")
-    src.add_argument("--script", nargs="+", metavar="FILE", help="one TorchScript file per seed")
-    r.add_argument("--weights", nargs="+", metavar="FILE", help="one state dict file per seed (with --factory)")
-    r.add_argument("--factory-kwargs", default=None, help="keyword arguments of the factory, as a JSON object")
-    feats = r.add_mutually_exclusive_group()
-    feats.add_argument("--features", default=None,
-                       help="gruviz feature names the GRU reads, comma-separated (default: all of them)")
-    feats.add_argument("--feature-fn", default=None,
-                       help="'package.module:callable': canonical runs table -> (features, context) DataFrames")
-    r.add_argument("--context", default=None, help="gruviz context names the head reads, comma-separated "
-                   "(default: all of them; not with --feature-fn)")
-    r.add_argument("--gru-path", default=None, help="dotted path of the GRU inside the model (default: the only one)")
-    r.add_argument("--normaliser", default=None, help="JSON normaliser (gruviz_core.features.Normaliser.to_dict)")
-    r.add_argument("--trained-until", default=None, metavar="YYYY-MM-DD",
-                   help="last race date the model was trained on: the report compares later races only "
-                        "(without it, comparisons may be in sample and the run says so)")
-    r.add_argument("--name", default=None, help="model set id (default: byo-<time>-<hash>)")
-    r.add_argument("--current", action="store_true", help="mark the set current (the nightly's default)")
-    r.add_argument("--snapshot", default=None, help="forms snapshot to validate on (default: the latest; "
-                   "simulated races when the store has none)")
-    r.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
-    r.add_argument("--json", action="store_true", help="print the registered set as one JSON object")
-    ls = sub.add_parser("list", help="list the registered model sets", description="List the registered model sets.")
-    ls.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
-    ls.add_argument("--json", action="store_true", help="print the sets as a JSON list")
+
+@app.command("register", help="Validate a team's model set on a sample of dogs and register it.")
+def register_command(
+    ctx: typer.Context,
+    factory: Annotated[str | None, typer.Option(
+        "--factory", help="'package.module:callable' building the nn.Module (with --weights); or --script")] = None,
+    script: Annotated[list[str] | None, typer.Option(
+        "--script", metavar="FILE...", help="one TorchScript file per seed; or --factory")] = None,
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", metavar="FILE...", help="one state dict file per seed (with --factory)")] = None,
+    factory_kwargs: Annotated[str | None, typer.Option(
+        "--factory-kwargs", help="keyword arguments of the factory, as a JSON object")] = None,
+    features: Annotated[str | None, typer.Option(
+        "--features", help="gruviz feature names the GRU reads, comma-separated (default: all of them)")] = None,
+    feature_fn: Annotated[str | None, typer.Option(
+        "--feature-fn", help="'package.module:callable': canonical runs table -> (features, context) DataFrames; "
+        "not with --features")] = None,
+    context: Annotated[str | None, typer.Option(
+        "--context", help="gruviz context names the head reads, comma-separated (default: all of them; "
+        "not with --feature-fn)")] = None,
+    gru_path: Annotated[str | None, typer.Option(
+        "--gru-path", help="dotted path of the GRU inside the model (default: the only one)")] = None,
+    normaliser: Annotated[str | None, typer.Option(
+        "--normaliser", help="JSON normaliser (gruviz_core.features.Normaliser.to_dict)")] = None,
+    trained_until: Annotated[str | None, typer.Option(
+        "--trained-until", metavar="YYYY-MM-DD",
+        help="last race date the model was trained on: the report compares later races only "
+        "(without it, comparisons may be in sample and the run says so)")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="model set id (default: byo-<time>-<hash>)")] = None,
+    current: Annotated[bool, typer.Option("--current", help="mark the set current (the nightly's default)")] = False,
+    snapshot: Annotated[str | None, typer.Option(
+        "--snapshot", help="forms snapshot to validate on (default: the latest; simulated races when the store "
+        "has none)")] = None,
+    home: Home = None,
+    as_json: Json = False,
+) -> int:
+    _one_of(ctx, "--factory", factory, "--script", script, required=True)
+    _one_of(ctx, "--features", features, "--feature-fn", feature_fn)
+    return run(namespace(
+        model_command="register", factory=factory, script=script or None, weights=weights or None,
+        factory_kwargs=factory_kwargs, features=features, feature_fn=feature_fn, context=context, gru_path=gru_path,
+        normaliser=normaliser, trained_until=trained_until, name=name, current=current, snapshot=snapshot,
+        home=home, json=as_json))
+
+
+@app.command("list", help="List the registered model sets (* = current).")
+def list_command(home: Home = None, as_json: Json = False) -> int:
+    return run(namespace(model_command="list", home=home, json=as_json))
+
+
+def _one_of(ctx: typer.Context, a: str, a_value, b: str, b_value, *, required: bool = False) -> None:
+    """argparse's mutually exclusive group: at most one of the options (exactly one when required)."""
+    if a_value and b_value:
+        ctx.fail(f"{a} is not allowed with {b}: pass one of them")
+    if required and not (a_value or b_value):
+        ctx.fail(f"one of {a} or {b} is required")
 
 
 def run(args: argparse.Namespace) -> int:

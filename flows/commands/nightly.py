@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import argparse
+from typing import Annotated
 
+import typer
+
+from flows.commands.options import (
+    DEVICE_METAVAR,
+    Home,
+    Json,
+    Quiet,
+    ShowProgress,
+    cohort_rules,
+    device,
+    namespace,
+    progress_shown,
+)
 from flows.output import dumps_strict
 
+__all__ = ["HELP", "MULTI_VALUE", "command", "run", "report_state"]
+
 HELP = "Run the nightly flow now: ingest (optional), extract, statistics, report, email."
+MULTI_VALUE = ("--source",)
+CohortRule = cohort_rules()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", nargs="+", help="Form data to ingest first (files, directories, globs); default: the latest snapshot")
-    p.add_argument("--date", dest="night", help="Night of the run, YYYY-MM-DD (default: today in GRUVIZ_TIMEZONE)")
-    p.add_argument("--home", help="Store root (default GRUVIZ_HOME or ./gruviz-data)")
-    p.add_argument("--model-set", help="Model set id (default: the current one)")
-    p.add_argument("--device", help="Torch device (default GRUVIZ_DEVICE or auto)")
-    p.add_argument("--json", action="store_true", help="Print the result as one JSON object")
+def command(
+    source: Annotated[list[str] | None, typer.Option(
+        "--source", metavar="PATH...",
+        help="form data to ingest first (files, directories, globs); default: GRUVIZ_SOURCES, else the latest snapshot")] = None,
+    night: Annotated[str | None, typer.Option(
+        "--date", metavar="YYYY-MM-DD", help="night of the run (default: today in GRUVIZ_TIMEZONE)")] = None,
+    home: Home = None,
+    model_set: Annotated[str | None, typer.Option("--model-set", help="model set id (default: the current one)")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", parser=device, metavar=DEVICE_METAVAR, help="torch device (default: GRUVIZ_DEVICE or auto)")] = None,
+    cohort_rule: Annotated[CohortRule | None, typer.Option(
+        "--cohort-rule", help="named cohort rule (default: GRUVIZ_COHORT_RULE)")] = None,
+    as_json: Json = False,
+    progress: ShowProgress = False,
+    quiet: Quiet = False,
+) -> int:
+    """Progress: dogs extracted of all."""
+    return run(namespace(
+        source=source or None, night=night, home=home, model_set=model_set, device=device,
+        cohort_rule=cohort_rule and cohort_rule.value,
+        json=as_json, progress=progress, quiet=quiet))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,11 +56,13 @@ def run(args: argparse.Namespace) -> int:
     from flows.server import prefect_api, signals_raise
     from flows.settings import load_settings
 
-    s = load_settings(home=args.home, device=args.device)
-    preflight_nightly(s, night=args.night, model_set=args.model_set, sources=args.source)  # before a server starts
+    rule = getattr(args, "cohort_rule", None)
+    s = load_settings(home=args.home, device=args.device, cohort_rule=rule)
+    preflight_nightly(s, night=args.night, model_set=args.model_set, sources=args.source or s.sources)  # before a server
     with signals_raise(), prefect_api():  # the temporary Prefect server dies with this command
-        state = nightly(source=args.source, night=args.night, home=args.home, model_set=args.model_set,
-                        device=args.device, return_state=True)
+        with progress_shown(args):
+            state = nightly(source=args.source, night=args.night, home=args.home, model_set=args.model_set,
+                            device=args.device, cohort_rule=rule, return_state=True)
         return report_state(state, as_json=args.json)
 
 

@@ -5,23 +5,30 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from flows.commands.options import namespace
 from gruviz_core.errors import ConfigError
-from gruviz_core.synth import simulate
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "command", "run"]
 
 HELP = "Simulate races of N dogs into a canonical runs file (.csv, .csv.gz or .parquet)."
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dogs", type=int, default=2000, help="number of dogs (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
-    p.add_argument("--start", default="2023-01-01", help="first race date (ISO)")
-    p.add_argument("--out", required=True, help="output file: .csv, .csv.gz or .parquet")
+def command(
+    out: Annotated[str, typer.Option("--out", help="output file: .csv, .csv.gz or .parquet")],
+    dogs: Annotated[int, typer.Option("--dogs", help="number of dogs")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="random seed (same seed, same data)")] = 0,
+    start: Annotated[str, typer.Option("--start", help="first race date (ISO)")] = "2023-01-01",
+) -> int:
+    return run(namespace(out=out, dogs=dogs, seed=seed, start=start))
 
 
 def run(args: argparse.Namespace) -> int:
+    from gruviz_core.synth import simulate
+
     out = Path(args.out)
     name = out.name.lower()
     if not name.endswith((".csv", ".csv.gz", ".parquet")):

@@ -4,30 +4,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Annotated
 
+import typer
+
+from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, progress_shown
 from flows.output import dumps_strict
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "MULTI_VALUE", "command", "run"]
 
 HELP = ("Train K seeds of the GRU model on a forms snapshot (default: the latest); the set becomes current if it "
         "beats the uniform baseline on its validation window (or with --promote).")
+MULTI_VALUE = ("--source",)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--snapshot", default=None, help="forms snapshot id (default: forms/LATEST)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds K (default: GRUVIZ_SEEDS or 3)")
-    p.add_argument("--hidden", type=int, default=None, help="GRU units per layer (default: GRUVIZ_HIDDEN_SIZE or 64)")
-    p.add_argument("--layers", type=int, default=None, help="GRU layers (default: GRUVIZ_NUM_LAYERS or 1)")
-    p.add_argument("--epochs", type=int, default=None, help="max epochs per seed (early stopping may end sooner)")
-    p.add_argument("--source", nargs="+", default=None, help="form data to ingest first (files, directories, globs)")
-    p.add_argument("--workers", type=int, default=None, help="seeds trained in parallel processes (default 1)")
-    p.add_argument("--market", action="store_true", default=None,
-                   help="also give the model the market price as pre-race context (default: form only; "
-                        "the market is always the baseline)")
-    p.add_argument("--promote", action="store_true",
-                   help="make the set current even if it does not beat the uniform baseline")
-    p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
-    p.add_argument("--home", default=None, help="store root (default: GRUVIZ_HOME or ./gruviz-data)")
+def command(
+    snapshot: Annotated[str | None, typer.Option("--snapshot", help="forms snapshot id (default: forms/LATEST)")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="seeds K (default: GRUVIZ_SEEDS or 3)")] = None,
+    hidden: Annotated[int | None, typer.Option(
+        "--hidden", min=1, help="GRU units per layer (default: GRUVIZ_HIDDEN_SIZE or 64)")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", min=1, help="GRU layers (default: GRUVIZ_NUM_LAYERS or 1)")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="max epochs per seed (early stopping may end sooner)")] = None,
+    source: Annotated[list[str] | None, typer.Option(
+        "--source", metavar="PATH...", help="form data to ingest first (files, directories, globs)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="seeds trained in parallel processes (default 1; no per-epoch progress)")] = None,
+    market: Annotated[bool | None, typer.Option(
+        "--market", help="also give the model the market price as pre-race context (default: form only; "
+        "the market is always the baseline)")] = None,
+    promote: Annotated[bool, typer.Option(
+        "--promote", help="make the set current even if it does not beat the uniform baseline")] = False,
+    as_json: Json = False,
+    home: Home = None,
+    progress: ShowProgress = False,
+    quiet: Quiet = False,
+) -> int:
+    return run(namespace(
+        snapshot=snapshot, seeds=seeds, hidden=hidden, layers=layers, epochs=epochs, source=source or None,
+        workers=workers, market=market, promote=promote, json=as_json, home=home, progress=progress, quiet=quiet))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = load_settings(home=args.home)
     preflight_train(s, snapshot=args.snapshot, sources=args.source)  # before a server starts
-    with signals_raise(), prefect_api():  # the temporary Prefect server dies with this command
+    with signals_raise(), prefect_api(), progress_shown(args):  # the temporary Prefect server dies with this command
         state = train(source=args.source, snapshot=args.snapshot, home=args.home, seeds=args.seeds,
                       hidden=args.hidden, layers=args.layers, epochs=args.epochs, market=args.market,
                       workers=args.workers, promote=args.promote, return_state=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flows.progress import report
 from storage.forms import IngestSummary
 from storage.forms import ingest as _ingest
 
@@ -12,4 +13,8 @@ __all__ = ["run"]
 
 def run(sources: list[str], root: str | Path, *, fmt: str | None = None) -> IngestSummary:
     """Read, adapt and account for every row of `sources`; write the snapshot; return its summary."""
-    return _ingest(list(sources), root, fmt=fmt)
+    return _ingest(list(sources), root, fmt=fmt, progress=_report)
+
+
+def _report(files_read: int, files: int, rows: int) -> None:
+    report("ingest", files_read, files, unit="files", rows=rows)

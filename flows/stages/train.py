@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.progress import report
 from flows.stages import features
 from gruviz_core.errors import ConfigError
 from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_group, interaction_columns
@@ -128,7 +129,10 @@ def train_and_register(
             for r in results:
                 log_fn(f"seed {r.seed}: {len(r.curve)} epochs, best {r.best_epoch}, {r.seconds:.1f} s")
     else:
-        results = [train_seed(data, m, cfg, log=log_fn) for m in configs]
+        results = [train_seed(data, m, cfg, log=log_fn, on_epoch=_epoch_report(m.seed, cfg.epochs)) for m in configs]
+    for r in results:  # early stopping ends a seed before its last epoch: its bar ends full
+        last = float(r.curve["val_loss"].iloc[-1]) if len(r.curve) else float("nan")
+        report(f"train seed {r.seed}", len(r.curve), len(r.curve), unit="epochs", val_loss=last, best=r.best_epoch)
     per_epoch = [float(r.curve["seconds"].mean()) for r in results]
     timings = {
         "features_s": t_features,
@@ -157,6 +161,10 @@ def train_and_register(
         log.warning("model set %s does not beat the uniform baseline on its validation window; registered, "
                     "not made current (pass --promote to force)", set_id)
     return TrainReport(set_id=set_id, current=current, beats_uniform=beats, **report_core)
+
+
+def _epoch_report(seed: int, epochs: int) -> Callable[[dict], None]:
+    return lambda row: report(f"train seed {seed}", row["epoch"], epochs, unit="epochs", val_loss=row["val_loss"])
 
 
 def beats_uniform(per_seed: dict[str, dict], uniform: dict) -> bool:
