@@ -143,3 +143,42 @@ def test_plateau_status_uses_only_steps_before_the_target():
     cases = rs.target_cases(offsets, ok, np.array([5.0]), 3, sample_dogs=1, seed=0, steps=(3, 5, 8, 12))
     # plateau at 5 is confirmed after step 5 + 3 - 1 = 7: known at t = 8 (steps 1..7), not at t = 5
     assert dict(zip(cases.step.tolist(), cases.plateau_reached.tolist())) == {3: False, 5: False, 8: True, 12: True}
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_batched_rescoring_equals_scoring_each_damaged_history(layers):
+    """The shared-prefix, packed re-scoring gives what `final_scores` gives on each damaged history, for every kind."""
+    offsets, values, context, race, won = _setup(n_dogs=12, n_races=15)
+    values[::3, GROUPS.value_flag[0][1]] = 1.0  # some missing values
+    torch.manual_seed(3)
+    model = LoadedModel.wrap(RaceGRU(ModelConfig(len(FEATURE_NAMES), len(CONTEXT), hidden_size=8, num_layers=layers,
+                                                 context_skip=True)), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, np.full(12, np.nan), 3, sample_dogs=12, seed=0, steps=(1, 2, 5, 9, 15))
+    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    perts = rs.DEFAULT_PERTURBATIONS
+    seen = {k: True for k in rs.SEVERITY_UNITS}
+    assert rs._fast_ok(model, values, context, items)
+    base, pert = rs._rescore([model], values, context, items, perts, GROUPS, seen, seed=4, salt=0)
+    hists = [values[a:b] for a, b in zip(items.start, items.row)]
+    s0, h0 = rs.final_scores(model, hists, values[items.row], context[items.row])
+    np.testing.assert_allclose(base[0][0], s0, atol=1e-5)
+    np.testing.assert_allclose(base[0][1], h0, atol=1e-5)
+    d = rs._FlatDraws(items, values, GROUPS, 4, 0)
+    for j, p in enumerate(perts):
+        dmg, ((s1, h1),) = pert[j]
+        want_dmg, want = [], []
+        for i in range(len(items.row)):
+            sl = slice(d.cum[i], d.cum[i + 1])
+            z = np.zeros((len(hists[i]), values.shape[1]), np.float32)
+            z[:, d.noise_cols] = d.z[sl]
+            dr = rs.Draws(d.u[sl], np.argsort(d.rank[sl], kind="stable"), z)
+            h, dm = rs.perturb_history(hists[i], p, GROUPS, dr)
+            want_dmg.append(dm)
+            want.append(h)
+        np.testing.assert_allclose(dmg, want_dmg, rtol=1e-5, err_msg=str(p))
+        ch = np.flatnonzero(np.asarray(want_dmg) > 0)
+        assert len(ch) > 0, p
+        ws, wh = rs.final_scores(model, [want[i] for i in ch], values[items.row[ch]], context[items.row[ch]])
+        np.testing.assert_allclose(s1, ws, atol=1e-5, err_msg=str(p))
+        np.testing.assert_allclose(h1, wh, atol=1e-5, err_msg=str(p))
