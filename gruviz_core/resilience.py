@@ -23,6 +23,7 @@ bigger severity damages a superset of what a smaller one does.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -751,16 +752,8 @@ def _groups(cases: Cases) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
-def _boot(x: np.ndarray, dog: np.ndarray, weights: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-    """Mean of x over cases and its replicates with dog weights (B, dog): (mean, lo, hi, reps (B,))."""
-    if len(x) == 0:
-        return np.nan, np.nan, np.nan, np.full(len(weights), np.nan)
-    w = weights[:, dog]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps = (w @ x) / w.sum(axis=1)
-    ok = reps[np.isfinite(reps)]
-    lo, hi = (np.percentile(ok, [2.5, 97.5]) if len(ok) >= 2 else (np.nan, np.nan))
-    return float(x.mean()), float(lo), float(hi), reps
+def _per_dog(x: np.ndarray, dog: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(dog, weights=x, minlength=n)
 
 
 def summarise(
@@ -770,6 +763,8 @@ def summarise(
     """The resilience table (RESILIENCE_COLUMNS) and the early-vs-late / plateau contrasts (CONTRAST_COLUMNS).
 
     effects: scope -> `case_effects`/`feed_effects` output; cases: scope -> its Cases; weights: (B, dog).
+    Each mean's bootstrap replicates are ratios of weighted per-dog sums: every group and measure of a
+    scope is one (B, dog) @ (dog, columns) product over the scope's dogs.
     """
     import pandas as pd
 
@@ -777,9 +772,31 @@ def summarise(
     rows, con = [], []
     for scope, eff in effects.items():
         cs = cases[scope]
+        groups = _groups(cs)
+        dogs_u, dinv = np.unique(cs.dog, return_inverse=True)
+        nd = len(dogs_u)
+        sums, counts, keys = [], [], []
+        for j in sorted(eff):
+            for g, (_, _, m) in enumerate(groups):
+                changed = eff[j][0] & m
+                counts.append(_per_dog(changed.astype(np.float64), dinv, nd))
+                for q in range(len(MEASURES)):
+                    sums.append(_per_dog(np.where(changed, eff[j][q + 1], 0.0), dinv, nd))
+                    keys.append((j, g, q))
+        col = {k: i for i, k in enumerate(keys)}
+        if keys:
+            w = np.asarray(weights[:, dogs_u], dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps_all = (w @ np.stack(sums, axis=1)) / np.repeat(w @ np.stack(counts, axis=1), len(MEASURES), axis=1)
+            reps_all[~np.isfinite(reps_all)] = np.nan
+            n_ok = np.isfinite(reps_all).sum(axis=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lo_all, hi_all = np.nanpercentile(reps_all, [2.5, 97.5], axis=0)
+            lo_all[n_ok < 2], hi_all[n_ok < 2] = np.nan, np.nan
         for j, p in enumerate(perturbations):
             reps_of = {}
-            for bucket, plat, m in _groups(cs):
+            for g, (bucket, plat, m) in enumerate(groups):
                 head = (scope, p.kind, float(p.severity), p.unit, levels[j], bucket, plat)
                 if j not in eff:
                     rows.append((*head, "n/a", int(m.sum()), 0, np.nan, 0, *[np.nan] * 9))
@@ -787,8 +804,12 @@ def summarise(
                 changed = eff[j][0] & m
                 vals, reps = [], {}
                 for q, name in enumerate(MEASURES):
-                    mean, lo, hi, r = _boot(eff[j][q + 1][changed], cs.dog[changed], weights)
-                    vals += [mean, lo, hi]
+                    c = col[(j, g, q)]
+                    if changed.any():
+                        mean, lo, hi, r = float(eff[j][q + 1][changed].mean()), lo_all[c], hi_all[c], reps_all[:, c]
+                    else:
+                        mean, lo, hi, r = np.nan, np.nan, np.nan, np.full(len(weights), np.nan)
+                    vals += [mean, float(lo), float(hi)]
                     reps[name] = (mean, r)
                 reps_of[(bucket, plat)] = (reps, int(changed.sum()))
                 share = float(changed.sum() / m.sum()) if m.any() else np.nan
