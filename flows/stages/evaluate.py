@@ -131,12 +131,13 @@ def evaluate_run(
     cohort = dogs["cohort"].to_numpy(dtype=object)
     rows = reader.rows()
     scores = reader.scores().astype(np.float64)  # (obs, seed)
-    sel, has_market = ev.eval_rows(rows, scores)
+    race_all = race_codes(rows["race_id"].to_numpy())  # once: factorising 500k strings is not free
+    sel, has_market = ev.eval_rows(rows, scores, race_all)
     holdout = holdout or Holdout()
     sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
     won = r["won"].to_numpy(np.float64)
-    race = race_codes(r["race_id"].to_numpy())
+    race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
     step = r["step"].to_numpy()
     probs = np.stack([race_softmax(scores[sel, k], race) for k in range(scores.shape[1])], axis=1)  # (n, seed)
@@ -162,7 +163,7 @@ def evaluate_run(
     tables["divergence"] = _divergence(reader, ex_pairs)
     notes = list(found.notes)
     if models and values is not None and context is not None and offsets is not None:
-        tables.update(_resilience(rows, scores, sel, dogs, rule, models, values, context,
+        tables.update(_resilience(rows, race_all, scores, sel, dogs, rule, models, values, context,
                                   _checked_offsets(reader, offsets), feature_names, train_rows, sample_dogs=sample_dogs,
                                   seed=seed, n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
     else:
@@ -231,17 +232,14 @@ def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_boot: int = 100, n_per_step
 
 
 def _top_rows(reader, seed: int, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), H) float32 top-layer states at sorted `rows`, read chunk by chunk over their span."""
-    out = np.zeros((len(rows), reader.n_units), dtype=np.float32)
+    """(len(rows), H) float32 top-layer states at sorted `rows`: h alone (not z, r), only the chunks holding them."""
     if not len(rows):
-        return out
-    for c in reader.iter_chunks(seed, (int(rows[0]), int(rows[-1]) + 1)):
-        a, b = np.searchsorted(rows, [c.start, c.stop])
-        out[a:b] = c.h[rows[a:b] - c.start, -1]
-    return out
+        return np.zeros((0, reader.n_units), dtype=np.float32)
+    h = reader._arr(f"seed{seed}/h")  # noqa: SLF001 - the reader has no public row selection yet
+    return h.get_orthogonal_selection((rows, reader.n_layers - 1, slice(None))).astype(np.float32)
 
 
-def _resilience(rows, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
+def _resilience(rows, race_all, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
                 sample_dogs, seed, n_boot, perturbations, steps, feed_per_step: int = 12) -> dict[str, pd.DataFrame]:
     """The resilience and resilience_contrast tables: targets at several steps, scopes 'dog' and 'feed'.
 
@@ -255,7 +253,6 @@ def _resilience(rows, scores, sel, dogs, rule, models, values, context, offsets,
     plateau = np.full(len(offsets) - 1, np.nan)
     plateau[dogs["dog_index"].to_numpy()] = dogs["plateau_step"].to_numpy(np.float64)
     cases = rs.target_cases(offsets, ok, plateau, rule.k, sample_dogs=sample_dogs, seed=seed, steps=steps)
-    race_all = race_codes(rows["race_id"].to_numpy())
     won_all = rows["won"].to_numpy(np.float64)
     others = [rs.others_in_race(scores[:, k], race_all, ok, cases.row) for k in range(len(models))]
     feed = rs.subsample_cases(cases, feed_per_step, seed)
