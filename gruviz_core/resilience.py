@@ -632,24 +632,35 @@ class _Fast:
         h0 = torch.from_numpy(np.ascontiguousarray(state))
         x1 = torch.from_numpy(np.ascontiguousarray(tx))[:, None] if g.batch_first else \
             torch.from_numpy(np.ascontiguousarray(tx))[None]
+        n = len(tx)
         with torch.inference_mode():
             _, h1 = g(x1, h0)
             seq = torch.stack([h0[-1], h1[-1]], dim=1 if g.batch_first else 0)  # the GRU's output at the 2 steps
-
-            def _replace(_m, _args, _out):
-                return seq, h1
-
-            n = len(tx)
             x2 = torch.zeros((n, 2, tx.shape[1]), dtype=torch.float32)
             x2[:, 1] = torch.from_numpy(tx)
             c2 = torch.zeros((n, 2, tc.shape[1]), dtype=torch.float32)
             c2[:, 1] = torch.from_numpy(tc)
-            hook = g.register_forward_hook(_replace)
+            parent_path, _, name = self.model.gru_path.rpartition(".")
+            parent = self.model.module.get_submodule(parent_path) if parent_path else self.model.module
+            given = _Given(seq, h1, g)  # the module reads these states instead of running its GRU again
+            setattr(parent, name, given)
             try:
                 s = self.model.module(x2, c2)
             finally:
-                hook.remove()
+                setattr(parent, name, g)
         return s[:, 1].float().numpy()
+
+
+class _Given(torch.nn.Module):
+    """Stands in for a model's GRU while scoring: returns known (output, h_n) whatever it is given."""
+
+    def __init__(self, out: torch.Tensor, hn: torch.Tensor, gru: torch.nn.GRU):
+        super().__init__()
+        self.out, self.hn = out, hn
+        self.batch_first, self.hidden_size, self.num_layers = gru.batch_first, gru.hidden_size, gru.num_layers
+
+    def forward(self, *_args, **_kw) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.out, self.hn
 
 
 def _fast_ok(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items, n: int = 32) -> bool:

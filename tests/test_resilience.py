@@ -182,3 +182,37 @@ def test_batched_rescoring_equals_scoring_each_damaged_history(layers):
         ws, wh = rs.final_scores(model, [want[i] for i in ch], values[items.row[ch]], context[items.row[ch]])
         np.testing.assert_allclose(s1, ws, atol=1e-5, err_msg=str(p))
         np.testing.assert_allclose(h1, wh, atol=1e-5, err_msg=str(p))
+
+
+class _Embedded(torch.nn.Module):
+    """A registered-style model whose GRU reads a projection of the features, not the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(len(FEATURE_NAMES), 5)
+        self.rnn = torch.nn.GRU(5, 6, batch_first=True)
+        self.out = torch.nn.Linear(6 + len(CONTEXT), 1)
+
+    def forward(self, x, ctx):
+        h, _ = self.rnn(self.proj(x))
+        h_prev = torch.nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]
+        return self.out(torch.cat([h_prev, ctx], -1)).squeeze(-1)
+
+
+def test_a_model_whose_gru_does_not_read_the_features_falls_back_to_full_scoring():
+    offsets, values, context, race, won = _setup(n_dogs=8, n_races=10)
+    torch.manual_seed(0)
+    model = LoadedModel.wrap(_Embedded(), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
+    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    assert not rs._fast_ok(model, values, context, items)
+    perts = (rs.Perturbation("drop_last", 1), rs.Perturbation("noise_price", 0.5))
+    base, pert = rs._rescore([model], values, context, items, perts, GROUPS, {k: True for k in rs.SEVERITY_UNITS},
+                             seed=0, salt=0)
+    hists = [values[a:b] for a, b in zip(items.start, items.row)]
+    s0, _ = rs.final_scores(model, hists, values[items.row], context[items.row])
+    np.testing.assert_allclose(base[0][0], s0, atol=1e-6)
+    dmg, ((s1, _),) = pert[0]
+    ws, _ = rs.final_scores(model, [h[:-1] for h in hists], values[items.row], context[items.row])
+    np.testing.assert_allclose(s1, ws, atol=1e-6)
