@@ -18,6 +18,7 @@ Race NLL (-log p(winner) per race, what the model is trained on) is a per-race n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,13 @@ class RowMetrics:
     """(obs, 8) float64 columns n, gap, ll, brier, concordance, is_top, hit, won."""
     has_market: bool
     """Whether gap_vs_market is defined (market prices on every evaluated race)."""
+
+    @cached_property
+    def summable(self) -> np.ndarray:
+        """(obs, 10) the 8 columns with NaN as 0, then 'has a pair' and 'has a market' flags (made once: every
+        group of every comparison sums rows of these)."""
+        v = self.values
+        return np.concatenate([np.nan_to_num(v), np.isfinite(v[:, [_CONC, _GAP]]).astype(np.float64)], axis=1)
 
 
 def row_metrics(p: np.ndarray, won: np.ndarray, race: np.ndarray, ref: np.ndarray | None) -> RowMetrics:
@@ -184,13 +192,11 @@ def effective_dogs(rows_per_dog: np.ndarray) -> float:
 
 def _dog_sums(rm: RowMetrics, dog: np.ndarray, keep: np.ndarray, n_dogs: int) -> np.ndarray:
     """(dog, 8) sums over the kept rows; NaN values (no market, no pair) count as 0 with their own n below."""
-    v = rm.values[keep]
+    v = rm.summable[keep]
     d = dog[keep]
     out = np.zeros((n_dogs, 10))
-    for j in range(8):
-        out[:, j] = np.bincount(d, weights=np.nan_to_num(v[:, j]), minlength=n_dogs)
-    out[:, 8] = np.bincount(d, weights=np.isfinite(v[:, _CONC]), minlength=n_dogs)  # rows with a pair
-    out[:, 9] = np.bincount(d, weights=np.isfinite(v[:, _GAP]), minlength=n_dogs)  # rows with a market
+    for j in range(10):
+        out[:, j] = np.bincount(d, weights=v[:, j], minlength=n_dogs)
     return out
 
 
