@@ -23,9 +23,12 @@ from gruviz_core import resilience as rs
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
+from gruviz_core.features import column_index
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
+from gruviz_core.sequences import Sequences
 from storage.layout import RunLayout
+from storage.registry import load_model_set
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
 
@@ -64,14 +67,49 @@ def holdout_of(meta: dict) -> Holdout:
 
 
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
-    """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline."""
-    from flows.stages.extract import inputs
+    """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    seqs, model_set, values, context = inputs(root, seq_path, set_id)
+    Memory: every row of the run is held (raw sequences, the normalised race features, the rows table,
+    scores, the dog_step statistics): about 1.3 KB per row with gruviz's 23 features and 108 context
+    columns (bench/memory.py), i.e. about 1.3 GB per million rows (~60,000 dogs), under 25 GB at 1M dogs.
+    The context is normalised only at the rows resilience scores, and the features in slices of a million
+    rows, so no (rows, columns) float64 copy is ever made.
+    """
+    seqs = Sequences.load(seq_path)
+    model_set = load_model_set(Path(root), set_id)
+    values, context = _lean_inputs(model_set, seqs)
     return evaluate_run(Path(tmp_dir), models=model_set.models, values=values, context=context,
-                        offsets=seqs.offsets, feature_names=seqs.feature_names, n_boot=n_boot,
-                        holdout=holdout_of(model_set.meta), min_races=min_races,
+                        offsets=seqs.offsets, feature_names=model_set.feature_names,
+                        n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races,
                         train_rows=_train_rows(seqs.race_date, model_set.meta.get("cutoff")))
+
+
+def _lean_inputs(model_set, seqs, *, rows_per_slice: int = 1 << 20):
+    """(values (obs, F) float32, context rows on demand): ModelSet.prepare's columns without its full copies."""
+    fi = column_index(seqs.feature_names, model_set.feature_names, what=f"model set {model_set.set_id} features")
+    ci = column_index(seqs.context_names, model_set.context_names, what=f"model set {model_set.set_id} context")
+    norm_v = model_set.normaliser.select(model_set.feature_names, ())
+    values = np.empty((seqs.n_obs, len(fi)), dtype=np.float32)
+    for a in range(0, seqs.n_obs, rows_per_slice):
+        b = min(a + rows_per_slice, seqs.n_obs)
+        values[a:b] = norm_v.apply(seqs.values[a:b][:, fi], np.zeros((b - a, 0), np.float32))[0]
+    return values, _ContextRows(seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names))
+
+
+class _ContextRows:
+    """The normalised context of any rows, computed when asked: `ctx[rows]` -> (len(rows), C) float32."""
+
+    def __init__(self, raw: np.ndarray, cols: np.ndarray, norm):
+        self.raw, self.cols, self.norm = raw, cols, norm
+        self.shape = (len(raw), len(cols))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        x = self.raw[rows][..., self.cols]
+        x2 = x.reshape(-1, len(self.cols))
+        return self.norm.apply(np.zeros((len(x2), 0), np.float32), x2)[1].reshape(x.shape)
 
 
 def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> dict:
