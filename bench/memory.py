@@ -11,8 +11,9 @@ reports its own peak resident set (getrusage ru_maxrss) and wall time:
     stats     flows.stages.stats.compute_stats (streams the states shard by shard)
     evaluate  flows.stages.evaluate.run: the normalised inputs of every row + evaluate_run
 
-Per stage: peak RSS in GB and in bytes per row (rows = the run's dog-steps). Memory that grows with
-rows is the slope between two sizes: run it at two N (e.g. 250,000 and 500,000) and extrapolate to
+Per stage: peak RSS in GB and in bytes per row (rows = the run's dog-steps), and the growth over the
+process's RSS once its libraries are imported (about 0.4 GB) per row. Memory that grows with rows is
+the slope between two sizes: run it at two N (e.g. 250,000 and 500,000) and extrapolate to
 1M, or at 1M directly where the machine has the memory. Run under `flock /tmp/gruviz-heavy.lock`.
 
     .venv/bin/python bench/memory.py --dogs 250000 [--dir /tmp/gruviz-bench-mem] [--keep]
@@ -37,8 +38,10 @@ sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads(1)
 a = json.loads(sys.argv[1])
+import numpy, pandas, zarr, xarray, scipy.sparse  # the libraries every stage loads, before the baseline
+from flows.stages import evaluate as _e, extract as _x, features as _f, stats as _s  # noqa: F401
 t = time.perf_counter()
-out = {{}}
+out = {{"base_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
 stage, root = a["stage"], a["root"]
 if stage == "setup":
     import pandas as pd
@@ -113,7 +116,9 @@ def main() -> None:
             "bench": "memory", "dogs": a.dogs, "rows": rows, "seeds": 1, "units": 64,
             "total_s": round(time.perf_counter() - t0, 1),
             "stages": {s: {"peak_rss_gb": round(r["peak_rss_bytes"] / 1e9, 3),
-                           "bytes_per_row": round(r["peak_rss_bytes"] / rows, 1), "seconds": round(r["seconds"], 1)}
+                           "bytes_per_row": round(r["peak_rss_bytes"] / rows, 1),
+                           "growth_bytes_per_row": round((r["peak_rss_bytes"] - r["base_rss_bytes"]) / rows, 1),
+                           "seconds": round(r["seconds"], 1)}
                        for s, r in found.items()},
         }))
     finally:
