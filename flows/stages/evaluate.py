@@ -370,13 +370,14 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
                       ["comparisons skipped: the held-out period is too small or empty"])
     rm = cmp.row_metrics(sources["model"], won, race, sources.get("market"))
     metric = "gap_vs_market" if rm.has_market else "runner_log_loss"
-    status = co.status_at_prediction(s_row, f_rows[rule.tau], steps_all, offsets, dogs["plateau_step"].to_numpy(), rule)
+    status = co.status_at_prediction(s_row, f_rows[rule.tau], steps_all, offsets, dogs["plateau_step"].to_numpy(), rule,
+                                     rows=sel)  # the evaluated rows only
     debut = dogs["debut_observed"].to_numpy(bool) if "debut_observed" in dogs else np.zeros(n_dogs, bool)
     scope_debut = np.unique(dog[debut[dog]]).size >= sizes.min_dogs
     in_scope = debut[dog] if scope_debut else np.ones(len(dog), bool)
     notes = [] if scope_debut else ["step-indexed comparisons include dogs whose debut is not observed "
                                     "(too few dogs with an observed debut in the period)"]
-    group = np.where(in_scope, status.status[sel], "out of scope")
+    group = np.where(in_scope, status.status, "out of scope")
     stratum = cmp.stratum_of(step)
     cohort = dogs["cohort"].to_numpy(dtype=object)
     effects = [
@@ -385,12 +386,12 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
         ("negative_control", cmp.stratified_effect(rm, dog, np.where((step == 1) & in_scope, cohort[dog], "-"),
                                                    stratum, weights, a="saturated", b="unsaturated", metric=metric,
                                                    n_dogs=n_dogs, sizes=sizes)),
-        ("within_dog", _within_dog_scoped(rm, dog, status.plateau_reached[sel], in_scope, weights, metric,
+        ("within_dog", _within_dog_scoped(rm, dog, status.plateau_reached, in_scope, weights, metric,
                                           n_dogs, sizes)),
         ("by_dog_cohort", cmp.stratified_effect(rm, dog, cohort[dog], stratum, weights, a="saturated",
                                                 b="unsaturated", metric=metric, n_dogs=n_dogs, sizes=sizes)),
     ]
-    dose, trend = cmp.dose_response(rm, dog, status.s_prev[sel], (step >= 2) & in_scope, weights,
+    dose, trend = cmp.dose_response(rm, dog, status.s_prev, (step >= 2) & in_scope, weights,
                                     metric=metric, n_dogs=n_dogs)
     effects.append(("dose_trend", _trend_effect(metric, trend, dose, sizes)))
     sens = _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offsets, rule, weights[:grid_boot],
@@ -440,8 +441,8 @@ def _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offs
         key = (r.w, r.delta, r.k)
         if key not in plateau_cache:
             plateau_cache[key] = st.plateau_steps(s_row, steps_all, offsets, w=r.w, delta=r.delta, k=r.k)
-        status = co.status_at_prediction(s_row, f_rows[r.tau], steps_all, offsets, plateau_cache[key], r)
-        group = np.where(in_scope, status.status[sel], "out of scope")
+        status = co.status_at_prediction(s_row, f_rows[r.tau], steps_all, offsets, plateau_cache[key], r, rows=sel)
+        group = np.where(in_scope, status.status, "out of scope")
         e = cmp.stratified_effect(rm, dog, group, stratum, weights, a="saturated", b="unsaturated", metric=metric,
                                   n_dogs=n_dogs, sizes=sizes)
         na, nb = int((group == "saturated").sum()), int((group == "unsaturated").sum())
