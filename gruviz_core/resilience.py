@@ -566,8 +566,8 @@ def _pack(seq_item: np.ndarray, rows: np.ndarray, n_seq: int):
 class _Fast:
     """One model's batched re-scoring: states from the GRU alone, the score through the model's module."""
 
-    def __init__(self, model: LoadedModel):
-        self.model, self.gru = model, model.gru
+    def __init__(self, model: LoadedModel, next_step: bool = True):
+        self.model, self.gru, self.next_step = model, model.gru, next_step
         self.L, self.H = model.gru.num_layers, model.gru.hidden_size
         self._layers: list[torch.nn.GRU] | None = None
 
@@ -634,7 +634,8 @@ class _Fast:
             torch.from_numpy(np.ascontiguousarray(tx))[None]
         n = len(tx)
         with torch.inference_mode():
-            _, h1 = g(x1, h0)
+            # the state after the target too, for a module that scores race t from it (the built-in one does not)
+            h1 = g(x1, h0)[1] if self.next_step else h0
             seq = torch.stack([h0[-1], h1[-1]], dim=1 if g.batch_first else 0)  # the GRU's output at the 2 steps
             x2 = torch.zeros((n, 2, tx.shape[1]), dtype=torch.float32)
             x2[:, 1] = torch.from_numpy(tx)
@@ -663,21 +664,30 @@ class _Given(torch.nn.Module):
         return self.out, self.hn
 
 
-def _fast_ok(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items, n: int = 32) -> bool:
-    """Whether the batched path gives the model's own scores and states on a sample of items."""
+def _fast_mode(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items, n: int = 32) -> _Fast | None:
+    """The batched path that gives the model's own scores and states on a sample of items (without the state
+    after the target when the module does not read it), or None: re-score with `final_scores`."""
     pick = np.flatnonzero(items.n > 0)[:n]
     if not len(pick):
-        return True
+        return _Fast(model)
+    hists = [values[a:b] for a, b in zip(items.start[pick], items.row[pick])]
     try:
-        f = _Fast(model)
-        traj, first = f.trajectories(items.start[pick], items.n[pick], values)
-        state = traj[:, first + items.n[pick] - 1]
-        s = f.score(state, values[items.row[pick]], context[items.row[pick]])
-        hists = [values[a:b] for a, b in zip(items.start[pick], items.row[pick])]
         s_ref, h_ref = final_scores(model, hists, values[items.row[pick]], context[items.row[pick]])
-    except Exception:  # a module that cannot be hooked or run this way: the plain path
-        return False
-    return bool(np.allclose(s, s_ref, atol=1e-4) and np.allclose(state[-1], h_ref, atol=1e-4))
+        for next_step in (False, True):
+            f = _Fast(model, next_step)
+            traj, first = f.trajectories(items.start[pick], items.n[pick], values)
+            state = traj[:, first + items.n[pick] - 1]
+            s = f.score(state, values[items.row[pick]], context[items.row[pick]])
+            if np.allclose(s, s_ref, atol=1e-4) and np.allclose(state[-1], h_ref, atol=1e-4):
+                return f
+    except Exception:  # a module that cannot be run this way: the plain path
+        return None
+    return None
+
+
+def _fast_ok(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items) -> bool:
+    """Whether the batched path reproduces the model on a sample of items."""
+    return _fast_mode(model, values, context, items) is not None
 
 
 def _rescore(
@@ -698,7 +708,8 @@ def _rescore(
     np.maximum.at(u_len, inv, items.n)
     base, pert = [], {j: (dm.damage, []) for j, dm in damaged.items()}
     for model in models:
-        if not _fast_ok(model, values, context, items):
+        f = _fast_mode(model, values, context, items)
+        if f is None:
             hists = [values[a:b] for a, b in zip(items.start, items.row)]
             base.append(final_scores(model, hists, tx, tc))
             for j, dm in damaged.items():
@@ -706,7 +717,6 @@ def _rescore(
                 pert[j][1].append(final_scores(model, _histories(values, items, dm, ch, hists), tx[ch], tc[ch])
                                   if len(ch) else (np.zeros(0, np.float32), np.zeros((0, model.gru.hidden_size))))
             continue
-        f = _Fast(model)
         traj, first_u = f.trajectories(u_start, u_len, values)  # once per dog, to its latest target
         first_row = first_u[inv]
         all_items = np.arange(len(items.row))

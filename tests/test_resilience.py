@@ -216,3 +216,32 @@ def test_a_model_whose_gru_does_not_read_the_features_falls_back_to_full_scoring
     dmg, ((s1, _),) = pert[0]
     ws, _ = rs.final_scores(model, [h[:-1] for h in hists], values[items.row], context[items.row])
     np.testing.assert_allclose(s1, ws, atol=1e-6)
+
+
+class _Unshifted(torch.nn.Module):
+    """A model that scores race t from the state AFTER it (reads the GRU's output at t): needs the next step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(len(FEATURE_NAMES), 6, batch_first=True)
+        self.out = torch.nn.Linear(6 + len(CONTEXT), 1)
+
+    def forward(self, x, ctx):
+        h, _ = self.rnn(x)
+        return self.out(torch.cat([h, ctx], -1)).squeeze(-1)
+
+
+def test_a_module_reading_the_state_after_the_target_is_scored_with_it():
+    offsets, values, context, race, won = _setup(n_dogs=8, n_races=10)
+    torch.manual_seed(0)
+    model = LoadedModel.wrap(_Unshifted(), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
+    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    f = rs._fast_mode(model, values, context, items)
+    assert f is not None and f.next_step
+    assert not rs._fast_mode(_model(0), values, context, items).next_step  # the built-in model scores from h_{t-1}
+    base, _ = rs._rescore([model], values, context, items, (), GROUPS, {}, seed=0, salt=0)
+    hists = [values[a:b] for a, b in zip(items.start, items.row)]
+    s0, _ = rs.final_scores(model, hists, values[items.row], context[items.row])
+    np.testing.assert_allclose(base[0][0], s0, atol=1e-5)

@@ -153,7 +153,8 @@ def evaluate_run(
     """Cohort comparisons of a run whose stats exist; writes eval/*.parquet and eval/headline.json.
 
     Resilience needs `models` (one per seed, in the store's seed order) and the normalised
-    `values` (obs, F), `context` (obs, C) with `offsets` (dog + 1,) in the store's dog order;
+    `values` (obs, F), `context` (obs, C; or anything whose [rows] gives those rows, as `run` passes)
+    with `offsets` (dog + 1,) in the store's dog order;
     `train_rows` (obs,) bool marks the model's training period (kinds it never saw are 'n/a').
     """
     t0 = time.perf_counter()
