@@ -69,11 +69,12 @@ def holdout_of(meta: dict) -> Holdout:
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
     """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    Memory: every row of the run is held (raw sequences, the normalised race features, the rows table,
-    scores, the dog_step statistics): about 1.3 KB per row with gruviz's 23 features and 108 context
-    columns (bench/memory.py), i.e. about 1.3 GB per million rows (~60,000 dogs), under 25 GB at 1M dogs.
-    The context is normalised only at the rows resilience scores, and the features in slices of a million
-    rows, so no (rows, columns) float64 copy is ever made.
+    Memory: holds every row of the run (the raw sequences with their 108 context columns, the normalised
+    race features, the rows table, scores, the dog_step statistics). Measured (bench/memory.py, 1 seed,
+    H=64, 250k simulated dogs = 4.85M rows): peak 6.9 GB, 1.35 KB per row over the imported libraries,
+    i.e. about 1.35 GB per million rows; 1M dogs (~19.4M rows) would need about 27 GB. The context is
+    normalised only at the rows resilience scores and the features in slices of a million rows, so no
+    (rows, columns) float64 copy is made (ModelSet.prepare's copies put the extract stage at 3.9 KB per row).
     """
     seqs = Sequences.load(seq_path)
     model_set = load_model_set(Path(root), set_id)
