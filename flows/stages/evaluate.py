@@ -79,10 +79,12 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     seqs = Sequences.load(seq_path)
     model_set = load_model_set(Path(root), set_id)
     values, context = _lean_inputs(model_set, seqs)
+    offsets, train_rows = seqs.offsets, _train_rows(seqs.race_date, model_set.meta.get("cutoff"))
+    del seqs  # the raw features, ids and dates: the store has what evaluate_run reads (context keeps its own array)
     return evaluate_run(Path(tmp_dir), models=model_set.models, values=values, context=context,
-                        offsets=seqs.offsets, feature_names=model_set.feature_names,
+                        offsets=offsets, feature_names=model_set.feature_names,
                         n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races,
-                        train_rows=_train_rows(seqs.race_date, model_set.meta.get("cutoff")))
+                        train_rows=train_rows)
 
 
 def _lean_inputs(model_set, seqs, *, rows_per_slice: int = 1 << 20):
@@ -176,6 +178,7 @@ def evaluate_run(
     holdout = holdout or Holdout()
     sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
+    rows = rows.drop(columns="race_id")  # its codes are race_all; the strings cost ~70 bytes a row
     won = r["won"].to_numpy(np.float64)
     race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
