@@ -276,10 +276,16 @@ def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_boot: int = 100, n_per_step
 
 def _top_rows(reader, seed: int, rows: np.ndarray) -> np.ndarray:
     """(len(rows), H) float32 top-layer states at sorted `rows`: h alone (not z, r), only the chunks holding them."""
+    out = np.zeros((len(rows), reader.n_units), dtype=np.float32)
     if not len(rows):
-        return np.zeros((0, reader.n_units), dtype=np.float32)
-    h = reader._arr(f"seed{seed}/h")  # noqa: SLF001 - the reader has no public row selection yet
-    return h.get_orthogonal_selection((rows, reader.n_layers - 1, slice(None))).astype(np.float32)
+        return out
+    arr = getattr(reader, "_arr", None)  # the reader has no public row selection yet
+    if arr is not None:
+        return arr(f"seed{seed}/h").get_orthogonal_selection((rows, reader.n_layers - 1, slice(None))).astype(np.float32)
+    for c in reader.iter_chunks(seed, (int(rows[0]), int(rows[-1]) + 1)):  # h, z and r of every chunk in the span
+        a, b = np.searchsorted(rows, [c.start, c.stop])
+        out[a:b] = c.h[rows[a:b] - c.start, -1]
+    return out
 
 
 def _resilience(rows, race_all, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
