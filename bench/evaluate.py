@@ -1,11 +1,18 @@
-"""The evaluate stage (with resilience and CKA) on a simulated run of ~3,000 dogs: this tree vs a baseline commit.
+"""The evaluate stage (with resilience and CKA) as a ratio of the stats stage on the same run: this tree vs a baseline.
 
-Builds one run (random race-structured inputs, 3 untrained seed models with 64 units, extract + stats), then
-times `flows.stages.evaluate.evaluate_run` of this tree and of the baseline tree (`git archive BASE`),
-each in a child process on the same run, alternating, one torch thread each; prints the median times and
-their ratio (this / baseline) as one JSON line. Run under `flock /tmp/gruviz-heavy.lock`.
+Two cases:
+  simulated (default)  builds one run (random race-structured inputs, 3 untrained seed models with 64 units,
+                       extract + stats) of ~3,000 dogs and times `evaluate_run` on it.
+  --store ROOT         a real store with a finished nightly (e.g. the Iggy files: `gruviz nightly` on
+                       ../shared/data/betfair-iggy): its LATEST run is copied here, and the evaluate stage is
+                       timed end to end (`flows.stages.evaluate.run`: normalised inputs + evaluate_run).
 
-    .venv/bin/python bench/evaluate.py [--dogs 3000] [--base 03bbed5] [--repeats 2]
+Each tree (this one, and the baseline `git archive BASE`) runs in a child process on the same run, alternating,
+one torch thread each: `compute_stats` first, then evaluate, so every evaluate time has a stats time from the
+same process and moment beside it (this machine's load moves both). Prints one JSON line: median seconds per
+tree, evaluate/stats ratios, and this/baseline. Run under `flock /tmp/gruviz-heavy.lock`.
+
+    .venv/bin/python bench/evaluate.py [--dogs 3000] [--store ROOT] [--base d9c60d2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -23,14 +30,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _CHILD = r"""
-import pickle, sys, time, torch
+import json, pickle, sys, time, torch
 torch.set_num_threads(1)
-from flows.stages.evaluate import evaluate_run
-d = pickle.load(open(sys.argv[1], "rb"))
+from flows.stages import evaluate, stats
+a = json.loads(sys.argv[1])
 t = time.perf_counter()
-evaluate_run(d["run"], models=d["models"], values=d["values"], context=d["context"], offsets=d["offsets"],
-             feature_names=d["features"])
-print(time.perf_counter() - t)
+stats.compute_stats(a["run"])
+ts = time.perf_counter() - t
+t = time.perf_counter()
+if a.get("inputs"):
+    d = pickle.load(open(a["inputs"], "rb"))
+    h = evaluate.evaluate_run(a["run"], models=d["models"], values=d["values"], context=d["context"],
+                              offsets=d["offsets"], feature_names=d["features"])
+else:
+    h = evaluate.run(a["run"], a["root"], a["set_id"], a["seq"])
+te = time.perf_counter() - t
+print(json.dumps({"stats_s": ts, "evaluate_s": te, "evaluate_run_s": h["seconds"]}))
 """
 
 
@@ -87,19 +102,34 @@ def build(work: Path, n_dogs: int) -> Path:
     return path
 
 
-def _time(tree: Path, inputs: Path) -> float:
+def _time(tree: Path, job: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(inputs)], cwd=tree, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(job)], cwd=tree, env=env, capture_output=True,
                          text=True, check=False)
     if out.returncode:
         raise SystemExit(f"{tree}: evaluate failed\n{out.stderr[-3000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _store_job(store: Path, work: Path) -> tuple[dict, dict]:
+    """A copy of the store's LATEST run and where its model set and sequences are."""
+    runs = store / "runs"
+    latest = runs / (runs / "LATEST").read_text().strip()
+    meta = json.loads((latest / "run.json").read_text())
+    seqs = sorted((store / "features").glob("*/sequences.npz"), key=lambda p: p.stat().st_mtime)
+    if not seqs:
+        raise SystemExit(f"{store}: no features/*/sequences.npz; run `gruviz nightly` on this store first")
+    run = work / "run"
+    shutil.copytree(latest, run, ignore=shutil.ignore_patterns("eval"))
+    job = {"run": str(run), "root": str(store), "set_id": meta["model_set_id"], "seq": str(seqs[-1])}
+    return job, {"dogs": meta["n_dogs"], "obs": meta["n_obs"], "run": latest.name}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dogs", type=int, default=3000)
-    ap.add_argument("--base", default="03bbed5")
+    ap.add_argument("--store", default=None, help="a store with a finished nightly (its LATEST run is copied)")
+    ap.add_argument("--base", default="d9c60d2")
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     import pickle
@@ -112,15 +142,29 @@ def main() -> None:
         tar = subprocess.run(["git", "-C", str(REPO), "archive", a.base, "gruviz_core", "flows", "storage",
                               "reports"], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
-        inputs = build(work, a.dogs)
-        meta = pickle.load(open(inputs, "rb"))
-        new, old = [], []
+        if a.store:
+            job, info = _store_job(Path(a.store).resolve(), work)
+        else:
+            inputs = build(work, a.dogs)
+            meta = pickle.load(open(inputs, "rb"))
+            job = {"run": meta["run"], "inputs": str(inputs)}
+            info = {"dogs": meta["n_dogs"], "obs": meta["n_obs"], "run": "simulated"}
+        runs: dict[str, list[dict]] = {"new": [], "base": []}
         for _ in range(a.repeats):
-            old.append(_time(base, inputs))
-            new.append(_time(REPO, inputs))
-        mn, mo = statistics.median(new), statistics.median(old)
-        print(json.dumps({"dogs": meta["n_dogs"], "obs": meta["n_obs"], "base": a.base, "evaluate_s": round(mn, 2),
-                          "baseline_s": round(mo, 2), "ratio": round(mn / mo, 3), "runs_new": new, "runs_base": old}))
+            runs["base"].append(_time(base, job))
+            runs["new"].append(_time(REPO, job))
+        med = {k: {q: statistics.median(r[q] for r in v) for q in ("stats_s", "evaluate_s", "evaluate_run_s")}
+               for k, v in runs.items()}
+        ratio = {k: statistics.median(r["evaluate_s"] / r["stats_s"] for r in v) for k, v in runs.items()}
+        ratio_run = {k: statistics.median(r["evaluate_run_s"] / r["stats_s"] for r in v) for k, v in runs.items()}
+        print(json.dumps({
+            **info, "base": a.base,
+            "evaluate_s": round(med["new"]["evaluate_s"], 2), "baseline_s": round(med["base"]["evaluate_s"], 2),
+            "ratio": round(med["new"]["evaluate_s"] / med["base"]["evaluate_s"], 3),
+            "evaluate_over_stats": round(ratio["new"], 2), "baseline_evaluate_over_stats": round(ratio["base"], 2),
+            "evaluate_run_over_stats": round(ratio_run["new"], 2),
+            "baseline_evaluate_run_over_stats": round(ratio_run["base"], 2),
+            "runs_new": runs["new"], "runs_base": runs["base"]}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -215,25 +215,28 @@ class PredictionStatus:
 
 
 def status_at_prediction(
-    s: np.ndarray, f: np.ndarray, step: np.ndarray, offsets: np.ndarray, plateau: np.ndarray, rule: CohortRule
+    s: np.ndarray, f: np.ndarray, step: np.ndarray, offsets: np.ndarray, plateau: np.ndarray, rule: CohortRule,
+    *, rows: np.ndarray | None = None,
 ) -> PredictionStatus:
     """Status of every row at prediction time. s, f: (obs,) s and F_tau of the state AFTER each row's
-    race; step: (obs,) 1-based; offsets: (dog + 1,); plateau: (dog,) T* (NaN if none)."""
+    race; step: (obs,) 1-based; offsets: (dog + 1,); plateau: (dog,) T* (NaN if none).
+    rows: only these rows (index array; the fields then have len(rows)), e.g. the evaluated ones."""
     s, f = np.asarray(s, dtype=np.float64), np.asarray(f, dtype=np.float64)
-    sizes = np.diff(offsets)
-    dog = np.repeat(np.arange(len(sizes)), sizes)
-    first = np.asarray(step) == 1
-    s_prev = np.where(first, 0.0, np.roll(s, 1))
-    f_prev = np.where(first, 0.0, np.roll(f, 1))
-    t_prev = np.asarray(step, dtype=np.int64) - 1  # steps known before the race
+    step = np.asarray(step)
+    r = np.arange(len(s)) if rows is None else np.asarray(rows, dtype=np.int64)
+    dog = np.searchsorted(np.asarray(offsets), r, side="right") - 1
+    first = step[r] == 1
+    prev = np.maximum(r - 1, 0)
+    s_prev = np.where(first, 0.0, s[prev] if len(s) else s)
+    f_prev = np.where(first, 0.0, f[prev] if len(f) else f)
+    t_prev = step[r].astype(np.int64) - 1  # steps known before the race
     T = np.asarray(plateau, dtype=np.float64)[dog]
     reached = np.isfinite(T) & (T + rule.k - 1 <= t_prev)
     # running mean of F over steps [a, t-1] from a per-dog cumulative sum (row r holds steps 1..step[r])
-    cs = np.cumsum(np.nan_to_num(f))
-    csum = np.concatenate([[0.0], cs])  # csum[i] = sum of rows < i
+    csum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(f))])  # csum[i] = sum of rows < i
+    start = np.asarray(offsets[:-1])[dog]
 
     def _sum_steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum of F over steps a..b of the row's dog
-        start = np.asarray(offsets[:-1])[dog]
         return csum[start + b] - csum[start + a - 1] if len(a) else np.zeros(0)
 
     a = np.where(reached, np.nan_to_num(T, nan=1.0), np.maximum(t_prev - rule.w + 1, 1)).astype(np.int64)
@@ -241,7 +244,7 @@ def status_at_prediction(
     ok = b >= a
     with np.errstate(invalid="ignore", divide="ignore"):
         f_run = np.where(ok, _sum_steps(np.where(ok, a, 1), np.where(ok, b, 1)) / np.maximum(b - a + 1, 1), np.nan)
-    out = np.full(len(s), "partial", dtype=object)
+    out = np.full(len(r), "partial", dtype=object)
     out[np.nan_to_num(f_run, nan=0.0) < rule.low] = "unsaturated"
     out[reached & (np.nan_to_num(f_run, nan=0.0) >= max(rule.theta, 1e-9))] = "saturated"
     out[(~reached) & (t_prev < min_steps(rule))] = "undecided"

@@ -18,6 +18,7 @@ Race NLL (-log p(winner) per race, what the model is trained on) is a per-race n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ __all__ = [
     "stratum_of",
     "label_ranges",
     "bootstrap_weights",
+    "poisson1",
     "group_table",
     "stratified_effect",
     "within_dog_effect",
@@ -74,6 +76,13 @@ class RowMetrics:
     """(obs, 8) float64 columns n, gap, ll, brier, concordance, is_top, hit, won."""
     has_market: bool
     """Whether gap_vs_market is defined (market prices on every evaluated race)."""
+
+    @cached_property
+    def summable(self) -> np.ndarray:
+        """(obs, 10) the 8 columns with NaN as 0, then 'has a pair' and 'has a market' flags (made once: every
+        group of every comparison sums rows of these)."""
+        v = self.values
+        return np.concatenate([np.nan_to_num(v), np.isfinite(v[:, [_CONC, _GAP]]).astype(np.float64)], axis=1)
 
 
 def row_metrics(p: np.ndarray, won: np.ndarray, race: np.ndarray, ref: np.ndarray | None) -> RowMetrics:
@@ -158,7 +167,20 @@ def bootstrap_weights(n_dogs: int, n_boot: int, seed: int) -> np.ndarray:
     """(B, dog) float32 Poisson(1) weights; the same seed gives the same weights."""
     if n_boot < 1:
         raise ConfigError(f"bootstrap: n_boot must be >= 1 (GRUVIZ_BOOTSTRAP), got {n_boot}")
-    return np.random.default_rng(seed).poisson(1.0, size=(n_boot, n_dogs)).astype(np.float32)
+    return poisson1(np.random.default_rng(seed), (n_boot, n_dogs)).astype(np.float32)
+
+
+_POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.float64)) for k in range(16)])
+"""P(X <= k) of Poisson(1), k = 0..15 (P(X > 15) < 1e-13)."""
+
+
+_POISSON1_LUT = np.searchsorted(_POISSON1_CDF[:-1] * 65536, np.arange(65536) + 0.5, side="right").astype(np.uint8)
+"""Poisson(1) value of each 16-bit uniform (the middle of its 1/65536 slice): every P(X = k) within 1/65536."""
+
+
+def poisson1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 Poisson(1) draws by a 16-bit inverse-CDF table: about 7x faster than rng.poisson."""
+    return _POISSON1_LUT[rng.integers(0, 65536, size=shape, dtype=np.uint16)]
 
 
 def effective_dogs(rows_per_dog: np.ndarray) -> float:
@@ -170,13 +192,11 @@ def effective_dogs(rows_per_dog: np.ndarray) -> float:
 
 def _dog_sums(rm: RowMetrics, dog: np.ndarray, keep: np.ndarray, n_dogs: int) -> np.ndarray:
     """(dog, 8) sums over the kept rows; NaN values (no market, no pair) count as 0 with their own n below."""
-    v = rm.values[keep]
+    v = rm.summable[keep]
     d = dog[keep]
     out = np.zeros((n_dogs, 10))
-    for j in range(8):
-        out[:, j] = np.bincount(d, weights=np.nan_to_num(v[:, j]), minlength=n_dogs)
-    out[:, 8] = np.bincount(d, weights=np.isfinite(v[:, _CONC]), minlength=n_dogs)  # rows with a pair
-    out[:, 9] = np.bincount(d, weights=np.isfinite(v[:, _GAP]), minlength=n_dogs)  # rows with a market
+    for j in range(10):
+        out[:, j] = np.bincount(d, weights=v[:, j], minlength=n_dogs)
     return out
 
 

@@ -26,6 +26,7 @@ from scipy import sparse
 from gruviz_core import repro as rp
 from gruviz_core.cohorts import COHORTS
 from gruviz_core.comparisons import percentile_interval as _interval
+from gruviz_core.comparisons import poisson1
 from gruviz_core.errors import ConfigError
 from gruviz_core.racing import race_codes
 
@@ -65,7 +66,7 @@ def poisson_weights(n_dogs: int, n_boot: int, seed: int) -> np.ndarray:
     """(B, dog) float64 Poisson(1) bootstrap weights; the same seed gives the same weights."""
     if n_boot < 1:
         raise ConfigError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
-    return np.random.default_rng(seed).poisson(1.0, size=(n_boot, n_dogs)).astype(np.float64)
+    return poisson1(np.random.default_rng(seed), (n_boot, n_dogs)).astype(np.float64)
 
 
 def top_pick_mask(p: np.ndarray, race: np.ndarray) -> np.ndarray:
@@ -262,15 +263,16 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 # ------------------------------------------------------------------ the evaluate stage's tables
 
 
-def eval_rows(rows: pd.DataFrame, scores: np.ndarray) -> tuple[np.ndarray, bool]:
+def eval_rows(rows: pd.DataFrame, scores: np.ndarray, race: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Rows to score: known result, every seed scored, races with >= 2 such runners and a winner.
 
     If at least half of those races have a price for every runner, keep only those races so the
-    market baseline sits on exactly the same rows; else report no market baseline.
+    market baseline sits on exactly the same rows; else report no market baseline. race: (obs,)
+    codes of rows["race_id"] when the caller has them (else computed here).
     """
     won = rows["won"].to_numpy()
     ok = np.isfinite(won) & np.isfinite(scores).all(axis=1)
-    race = race_codes(rows["race_id"].to_numpy())
+    race = race_codes(rows["race_id"].to_numpy()) if race is None else np.asarray(race, dtype=np.int64)
     n_r = race.max() + 1 if len(race) else 0
     runners = np.bincount(race[ok], minlength=n_r)
     winners = np.bincount(race[ok], weights=won[ok], minlength=n_r)

@@ -149,14 +149,18 @@ def cka_curve(
         n = len(by_seed[seeds[0]])
         w = np.asarray(weights_of(n), dtype=np.float32)
         grams = {a: _Gram(by_seed[a], w) for a in seeds}
+        cent = {a: _centre(by_seed[a]) for a in seeds}
+        self_h = {a: hsic_unbiased(cent[a], cent[a]) for a in seeds}  # the same under any permutation of the dogs
         for i, a in enumerate(seeds):
             for b in seeds[i + 1:]:
-                x, y = by_seed[a], by_seed[b]
+                x, y = cent[a], cent[b]
+                norm = np.sqrt(self_h[a] * self_h[b]) if self_h[a] > 0 and self_h[b] > 0 else np.nan
                 reps = _cka_weighted(grams[a], grams[b])
                 reps = reps[np.isfinite(reps)]
                 lo, hi = np.percentile(reps, [2.5, 97.5]) if len(reps) >= 2 else (np.nan, np.nan)
-                perm = float(np.mean([debiased_cka(x, y[rng.permutation(n)]) for _ in range(n_perm)]))
-                out.append((t, a, b, n, debiased_cka(x, y), float(lo), float(hi), perm, biased_cka(x, y)))
+                perm = float(np.mean([hsic_unbiased(x, y[rng.permutation(n)]) for _ in range(n_perm)]) / norm)
+                out.append((t, a, b, n, float(hsic_unbiased(x, y) / norm), float(lo), float(hi), perm,
+                            biased_cka(x, y)))
     return pd.DataFrame(out, columns=list(CKA_COLUMNS))
 
 

@@ -23,6 +23,7 @@ bigger severity damages a superset of what a smaller one does.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -330,18 +331,6 @@ def subsample_cases(cases: Cases, per_step: int, seed: int) -> Cases:
     return Cases(cases.dog[keep], cases.step[keep], cases.row[keep], cases.plateau_reached[keep])
 
 
-def _damage_all(hists: list[np.ndarray], perturbations, groups, seen, seed: int, salt: int):
-    """Every perturbation of every history: {j: (damaged histories, damage (n,))}; n/a kinds skipped."""
-    F = hists[0].shape[1] if hists else 0
-    draws = [draws_for(len(h), F, np.random.default_rng([seed, salt, i])) for i, h in enumerate(hists)]
-    out = {}
-    for j, p in enumerate(perturbations):
-        if seen.get(p.kind, True):
-            done = [perturb_history(h, p, groups, dr) for h, dr in zip(hists, draws)]
-            out[j] = ([x for x, _ in done], np.array([dmg for _, dmg in done], dtype=np.float64))
-    return out
-
-
 def case_effects(
     models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray, cases: Cases,
     others: Sequence[tuple[np.ndarray, np.ndarray]], won: np.ndarray, perturbations: Sequence[Perturbation],
@@ -352,28 +341,17 @@ def case_effects(
     others: per model, (log-sum-exp, max) of the other runners' stored scores in each case's race (n,);
     won: (n,) whether the case's dog won. Perturbations of kinds not seen are absent.
     """
-    hists = [values[offsets[d]:r] for d, r in zip(cases.dog, cases.row)]
-    damaged = _damage_all(hists, perturbations, groups, seen, seed, 0)
-    tx, tc = values[cases.row], context[cases.row]
-    out = {j: (dmg > 0, np.zeros(len(dmg)), np.zeros(len(dmg)), np.zeros(len(dmg))) for j, (_, dmg) in damaged.items()}
-    # one scoring pass per model over every changed (case, perturbation): lengths sort across perturbations
-    flat = [(j, i) for j, (_, dmg) in damaged.items() for i in np.flatnonzero(dmg > 0)]
-    all_h = [damaged[j][0][i] for j, i in flat]
-    idx = np.array([i for _, i in flat], dtype=np.int64)
-    for m, (lse, mx) in zip(models, others):
-        s0, h0 = final_scores(m, hists, tx, tc)
-        s1, h1 = final_scores(m, all_h, tx[idx], tc[idx]) if flat else (np.zeros(0), np.zeros((0, 1)))
-        dl = race_nll_change(s0[idx].astype(np.float64), s1.astype(np.float64), lse[idx], won[idx])
-        flip = ((s0[idx] > mx[idx]) != (s1 > mx[idx])).astype(np.float64)
-        div = np.linalg.norm(h1 - h0[idx], axis=1)
-        pos = 0
-        for j, (_, dmg) in damaged.items():
-            ch = np.flatnonzero(dmg > 0)
-            sl = slice(pos, pos + len(ch))
-            out[j][1][ch] += dl[sl] / len(models)
-            out[j][2][ch] += flip[sl] / len(models)
-            out[j][3][ch] += div[sl] / len(models)
-            pos += len(ch)
+    items = _Items(np.asarray(offsets)[cases.dog].astype(np.int64), np.asarray(cases.row, np.int64))
+    base, pert = _rescore(models, values, context, items, perturbations, groups, seen, seed=seed, salt=0)
+    out = {}
+    for j, (dmg, per_model) in pert.items():
+        ch = np.flatnonzero(dmg > 0)
+        acc = np.zeros((3, len(dmg)))
+        for (lse, mx), (s0, h0), (s1, h1) in zip(others, base, per_model):
+            acc[0, ch] += race_nll_change(s0[ch].astype(np.float64), s1.astype(np.float64), lse[ch], won[ch])
+            acc[1, ch] += ((s0[ch] > mx[ch]) != (s1 > mx[ch])).astype(np.float64)
+            acc[2, ch] += np.linalg.norm(h1 - h0[ch], axis=1)
+        out[j] = (dmg > 0, *(acc / len(models)))
     return out
 
 
@@ -389,21 +367,21 @@ def feed_effects(
     """
     by_race = _rows_by_race(row_race, ok)
     runners = [by_race[row_race[r]] for r in cases.row]  # each case's race rows, its own row included
-    flat_rows = np.concatenate(runners) if runners else np.zeros(0, np.int64)
+    flat_rows = np.concatenate(runners).astype(np.int64) if runners else np.zeros(0, np.int64)
     case_of = np.repeat(np.arange(len(runners)), [len(x) for x in runners])
-    hists = [values[offsets[row_dog[r]]:r] for r in flat_rows]
-    damaged = _damage_all(hists, perturbations, groups, seen, seed, 1)
-    tx, tc = values[flat_rows], context[flat_rows]
+    items = _Items(np.asarray(offsets)[row_dog[flat_rows]].astype(np.int64), flat_rows)
+    base, pert = _rescore(models, values, context, items, perturbations, groups, seen, seed=seed, salt=1)
     own = flat_rows == cases.row[case_of]
     w = won[flat_rows]
     n = len(runners)
     out = {}
-    base = [final_scores(m, hists, tx, tc) for m in models]
-    for j, (dh, dmg) in damaged.items():
+    for j, (dmg, per_model) in pert.items():
         changed = np.bincount(case_of, weights=dmg, minlength=n) > 0
+        ch = np.flatnonzero(dmg > 0)
         acc = np.zeros((3, n))
-        for m, (s0, h0) in zip(models, base):
-            s1, h1 = final_scores(m, dh, tx, tc)
+        for (s0, h0), (s1c, h1c) in zip(base, per_model):
+            s1, h1 = s0.copy(), h0.copy()
+            s1[ch], h1[ch] = s1c, h1c
             nll0, top0 = _race_nll_top(s0, case_of, w, n)
             nll1, top1 = _race_nll_top(s1, case_of, w, n)
             acc[0] += (nll1 - nll0) / len(models)
@@ -432,6 +410,345 @@ def _race_nll_top(s: np.ndarray, grp: np.ndarray, won: np.ndarray, n: int) -> tu
     return nll, first
 
 
+# ------------------------------------------------------------------ batched re-scoring
+#
+# Every damaged history shares its first rows with the original: the GRU state up to the first
+# changed row is the original one. So each dog's original trajectory is computed once (all layers,
+# every step), and each (case, perturbation) re-runs only its suffix from the first changed row,
+# starting from the original state there: one packed GRU pass per perturbation over every affected
+# case, no per-dog Python loop. drop_last costs no GRU step at all, shuffle_recent only its last
+# rows. The target race is then scored from the final state through the model's own module
+# (its GRU output replaced by the known states), so any head is scored as in extraction; a model
+# whose GRU does not read the features directly (or whose module cannot be hooked) is detected on
+# a sample and re-scored with `final_scores` instead.
+
+
+@dataclass(frozen=True)
+class _Items:
+    """Histories to re-score: item i is the history values[start_i : row_i] before target row row_i."""
+
+    start: np.ndarray
+    """(n,) first history row (the dog's first row)."""
+    row: np.ndarray
+    """(n,) the target row."""
+
+    @property
+    def n(self) -> np.ndarray:
+        return self.row - self.start
+
+
+@dataclass(frozen=True)
+class _Damaged:
+    """Every item's history under one perturbation, as what must be re-run after the shared prefix."""
+
+    damage: np.ndarray
+    """(n,) damage done (0: a no-op)."""
+    first: np.ndarray
+    """(n,) first position of the damaged history that may differ (its rows before equal the original's)."""
+    length: np.ndarray
+    """(n,) length of the damaged history."""
+    seq_item: np.ndarray
+    """(m,) item of each suffix row (positions >= first of changed items), item-major, in order."""
+    rows: np.ndarray
+    """(m, F) float32 the suffix rows' values."""
+
+
+class _FlatDraws:
+    """Draws of every item's history at once (flat over items' rows), shared by every severity of a kind."""
+
+    def __init__(self, items: _Items, values: np.ndarray, groups: FeatureGroups, seed: int, salt: int):
+        n = items.n
+        self.item = np.repeat(np.arange(len(n)), n)
+        self.cum = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+        self.j = np.arange(len(self.item)) - self.cum[self.item]  # local position
+        self.src = items.start[self.item] + self.j  # global row
+        rng = np.random.default_rng([seed, salt])
+        self.u = rng.random(len(self.item))
+        key = rng.random(len(self.item))
+        order = np.lexsort((key, self.item))
+        self.rank = np.empty(len(order), np.int64)
+        self.rank[order] = np.arange(len(order)) - self.cum[self.item[order]]  # a random order within each item
+        self.noise_cols = np.union1d(groups.time, groups.price).astype(np.int64)
+        self.z = rng.standard_normal((len(self.item), len(self.noise_cols)), dtype=np.float32)
+
+
+def _damage_flat(values: np.ndarray, items: _Items, p: Perturbation, groups: FeatureGroups, d: _FlatDraws) -> _Damaged:
+    """`perturb_history` of every item at once (same kinds, severities and damage units)."""
+    n = items.n
+    n_items = len(n)
+    k = int(p.severity)
+    m = np.minimum(k, n)  # per item
+    j, it = d.j, d.item
+    big = np.iinfo(np.int64).max
+
+    def _first(mask: np.ndarray, shift: int = 0) -> np.ndarray:
+        out = np.full(n_items, big)
+        np.minimum.at(out, it[mask], j[mask] + shift)
+        return np.minimum(out, n + (shift if shift else 0))
+
+    src, vals = d.src, None  # damaged history as global rows (index kinds) or values (value kinds)
+    if p.kind == "drop_last":
+        keep = j < (n - m)[it]
+        src, item_of, damage, first = src[keep], it[keep], m.astype(np.float64), n - m
+    elif p.kind == "truncate":
+        keep = j >= m[it]
+        src, item_of, damage, first = src[keep], it[keep], m.astype(np.float64), np.where(m > 0, 0, n)
+    elif p.kind == "drop_random":
+        hit = d.rank < m[it]
+        src, item_of, damage, first = src[~hit], it[~hit], m.astype(np.float64), _first(hit)
+    elif p.kind == "duplicate":
+        hit = d.rank < m[it]
+        reps = 1 + hit.astype(np.int64)
+        src, item_of, damage, first = np.repeat(src, reps), np.repeat(it, reps), m.astype(np.float64), _first(hit, 1)
+    elif p.kind == "shuffle_recent":  # the latest m races rotated: the newest moved back m-1 places
+        mm = m[it]
+        nn = n[it]
+        tail = (mm > 1) & (j >= nn - mm)
+        loc = np.where(tail & (j == nn - mm), nn - 1, np.where(tail, j - 1, j))
+        src_new = items.start[it] + loc
+        diff = np.any(values[src_new] != values[d.src], axis=1)
+        src, item_of = src_new, it
+        damage = np.bincount(it, weights=diff, minlength=n_items).astype(np.float64)
+        first = np.where(m > 1, n - m, n)
+    elif p.kind in ("noise_time", "noise_price"):
+        cols = groups.time if p.kind == "noise_time" else groups.price
+        vals = values[d.src]
+        seen = _observed(vals, cols, groups)
+        zc = d.z[:, np.searchsorted(d.noise_cols, cols)]
+        add = np.where(seen, np.float32(p.severity) * zc, np.float32(0.0))
+        vals[:, cols] += add.astype(values.dtype)
+        item_of = it
+        damage = np.bincount(it, weights=np.abs(np.where(seen, p.severity * zc, 0.0)).sum(axis=1), minlength=n_items)
+        first = _first(seen.any(axis=1))
+    elif p.kind == "missing":
+        vals = values[d.src]
+        rows = d.u < p.severity
+        cells = np.zeros(len(vals))
+        anyhit = np.zeros(len(vals), bool)
+        for v, f in groups.value_flag:
+            hit = rows & (vals[:, f] == 0)
+            vals[hit, v] = 0.0
+            vals[hit, f] = 1.0
+            cells += hit
+            anyhit |= hit
+        item_of = it
+        damage = np.bincount(it, weights=cells, minlength=n_items).astype(np.float64)
+        first = _first(anyhit)
+    else:
+        raise ConfigError(f"unknown perturbation kind {p.kind!r}; expected one of {', '.join(SEVERITY_UNITS)}")
+    length = np.bincount(item_of, minlength=n_items)
+    start_pos = np.concatenate([[0], np.cumsum(length)])[:-1]
+    pos = np.arange(len(item_of)) - start_pos[item_of]
+    first = np.minimum(first, length)
+    take = (pos >= first[item_of]) & (damage[item_of] > 0)
+    rows = vals[take] if vals is not None else values[src[take]]
+    return _Damaged(damage, first, length, item_of[take], rows)
+
+
+def _pack(seq_item: np.ndarray, rows: np.ndarray, n_seq: int):
+    """Item-major rows of n_seq sequences (each non-empty) -> (PackedSequence, order longest first)."""
+    lens = np.bincount(seq_item, minlength=n_seq)
+    order = np.argsort(-lens, kind="stable")
+    rank = np.empty(n_seq, np.int64)
+    rank[order] = np.arange(n_seq)
+    t_max = int(lens.max()) if n_seq else 0
+    batch = (lens[order][None, :] > np.arange(t_max)[:, None]).sum(axis=1)  # (T,) sequences alive at t
+    off = np.concatenate([[0], np.cumsum(batch)])
+    start = np.concatenate([[0], np.cumsum(lens)])[:-1]
+    t = np.arange(len(seq_item)) - start[seq_item]
+    dest = off[t] + rank[seq_item]
+    data = np.empty_like(rows)
+    data[dest] = rows
+    packed = torch.nn.utils.rnn.PackedSequence(torch.from_numpy(data), torch.from_numpy(batch.astype(np.int64)))
+    return packed, order, off, rank
+
+
+class _Fast:
+    """One model's batched re-scoring: states from the GRU alone, the score through the model's module."""
+
+    def __init__(self, model: LoadedModel, next_step: bool = True):
+        self.model, self.gru, self.next_step = model, model.gru, next_step
+        self.L, self.H = model.gru.num_layers, model.gru.hidden_size
+        self._layers: list[torch.nn.GRU] | None = None
+
+    def layers(self) -> list[torch.nn.GRU]:
+        """Single-layer GRUs with the model's weights (every layer's state at every step)."""
+        if self._layers is None:
+            g, out = self.gru, []
+            for k in range(self.L):
+                one = torch.nn.GRU(g.input_size if k == 0 else self.H, self.H, 1, bias=g.bias, batch_first=False)
+                with torch.no_grad():
+                    for name in ("weight_ih", "weight_hh", *(("bias_ih", "bias_hh") if g.bias else ())):
+                        getattr(one, f"{name}_l0").copy_(getattr(g, f"{name}_l{k}"))
+                out.append(one.eval())
+            self._layers = out
+        return self._layers
+
+    def trajectories(self, starts: np.ndarray, lens: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every layer's state after every row of histories values[s : s + n]: (L, rows, H) item-major, and the
+        index of each history's first row in it (histories of length 0 have none)."""
+        item = np.repeat(np.arange(len(lens)), lens)
+        cum = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        j = np.arange(len(item)) - cum[item]
+        keep = lens > 0
+        out = np.zeros((self.L, len(item), self.H), np.float32)
+        if not keep.any():
+            return out, cum[:-1]
+        sub = np.cumsum(keep) - 1
+        packed, order, off, rank = _pack(sub[item], values[starts[item] + j], int(keep.sum()))
+        dest = off[j] + rank[sub[item]]
+        x = packed
+        with torch.inference_mode():
+            for k, layer in enumerate(self.layers()):
+                y, _ = layer(x)
+                out[k] = y.data.numpy()[dest]
+                x = y
+        return out, cum[:-1]
+
+    def rerun(self, seq_item: np.ndarray, rows: np.ndarray, h0: np.ndarray, *, batch: int = 4096) -> np.ndarray:
+        """Final states (L, n, H) of n sequences (item-major rows, each non-empty) run from h0 (L, n, H)."""
+        n = h0.shape[1]
+        out = np.zeros_like(h0)
+        start = np.concatenate([[0], np.cumsum(np.bincount(seq_item, minlength=n))])
+        for a in range(0, n, batch):
+            b = min(a + batch, n)
+            sl = slice(start[a], start[b])
+            packed, order, _, _ = _pack(seq_item[sl] - a, rows[sl], b - a)
+            with torch.inference_mode():
+                _, hn = self.gru(packed, torch.from_numpy(np.ascontiguousarray(h0[:, a:b][:, order])))
+            out[:, a + order] = hn.numpy()
+        return out
+
+    def score(self, state: np.ndarray, tx: np.ndarray, tc: np.ndarray, *, batch: int = 8192) -> np.ndarray:
+        """Scores (n,) of target races (tx (n, F), tc (n, C)) from every layer's state before them (L, n, H)."""
+        out = np.zeros(len(tx), np.float32)
+        for a in range(0, len(tx), batch):
+            b = min(a + batch, len(tx))
+            out[a:b] = self._score(state[:, a:b], tx[a:b], tc[a:b])
+        return out
+
+    def _score(self, state: np.ndarray, tx: np.ndarray, tc: np.ndarray) -> np.ndarray:
+        g = self.gru
+        h0 = torch.from_numpy(np.ascontiguousarray(state))
+        x1 = torch.from_numpy(np.ascontiguousarray(tx))[:, None] if g.batch_first else \
+            torch.from_numpy(np.ascontiguousarray(tx))[None]
+        n = len(tx)
+        with torch.inference_mode():
+            # the state after the target too, for a module that scores race t from it (the built-in one does not)
+            h1 = g(x1, h0)[1] if self.next_step else h0
+            seq = torch.stack([h0[-1], h1[-1]], dim=1 if g.batch_first else 0)  # the GRU's output at the 2 steps
+            x2 = torch.zeros((n, 2, tx.shape[1]), dtype=torch.float32)
+            x2[:, 1] = torch.from_numpy(tx)
+            c2 = torch.zeros((n, 2, tc.shape[1]), dtype=torch.float32)
+            c2[:, 1] = torch.from_numpy(tc)
+            parent_path, _, name = self.model.gru_path.rpartition(".")
+            parent = self.model.module.get_submodule(parent_path) if parent_path else self.model.module
+            given = _Given(seq, h1, g)  # the module reads these states instead of running its GRU again
+            setattr(parent, name, given)
+            try:
+                s = self.model.module(x2, c2)
+            finally:
+                setattr(parent, name, g)
+        return s[:, 1].float().numpy()
+
+
+class _Given(torch.nn.Module):
+    """Stands in for a model's GRU while scoring: returns known (output, h_n) whatever it is given."""
+
+    def __init__(self, out: torch.Tensor, hn: torch.Tensor, gru: torch.nn.GRU):
+        super().__init__()
+        self.out, self.hn = out, hn
+        self.batch_first, self.hidden_size, self.num_layers = gru.batch_first, gru.hidden_size, gru.num_layers
+
+    def forward(self, *_args, **_kw) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.out, self.hn
+
+
+def _fast_mode(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items, n: int = 32) -> _Fast | None:
+    """The batched path that gives the model's own scores and states on a sample of items (without the state
+    after the target when the module does not read it), or None: re-score with `final_scores`."""
+    pick = np.flatnonzero(items.n > 0)[:n]
+    if not len(pick):
+        return _Fast(model)
+    hists = [values[a:b] for a, b in zip(items.start[pick], items.row[pick])]
+    try:
+        s_ref, h_ref = final_scores(model, hists, values[items.row[pick]], context[items.row[pick]])
+        for next_step in (False, True):
+            f = _Fast(model, next_step)
+            traj, first = f.trajectories(items.start[pick], items.n[pick], values)
+            state = traj[:, first + items.n[pick] - 1]
+            s = f.score(state, values[items.row[pick]], context[items.row[pick]])
+            if np.allclose(s, s_ref, atol=1e-4) and np.allclose(state[-1], h_ref, atol=1e-4):
+                return f
+    except Exception:  # a module that cannot be run this way: the plain path
+        return None
+    return None
+
+
+def _fast_ok(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items) -> bool:
+    """Whether the batched path reproduces the model on a sample of items."""
+    return _fast_mode(model, values, context, items) is not None
+
+
+def _rescore(
+    models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, items: _Items,
+    perturbations: Sequence[Perturbation], groups: FeatureGroups, seen: dict[str, bool], *, seed: int, salt: int,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[int, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]]]:
+    """Original and damaged scores of every item under every model.
+
+    -> (per model (s0 (n,), top-layer state before the target (n, H))), {perturbation index: (damage (n,),
+    per model (s1, state) of the changed items only, in item order)}; kinds not seen are absent.
+    """
+    draws = _FlatDraws(items, values, groups, seed, salt)
+    damaged = {j: _damage_flat(values, items, p, groups, draws) for j, p in enumerate(perturbations)
+               if seen.get(p.kind, True)}
+    tx, tc = values[items.row], context[items.row]
+    u_start, inv = np.unique(items.start, return_inverse=True)
+    u_len = np.zeros(len(u_start), np.int64)
+    np.maximum.at(u_len, inv, items.n)
+    base, pert = [], {j: (dm.damage, []) for j, dm in damaged.items()}
+    for model in models:
+        f = _fast_mode(model, values, context, items)
+        if f is None:
+            hists = [values[a:b] for a, b in zip(items.start, items.row)]
+            base.append(final_scores(model, hists, tx, tc))
+            for j, dm in damaged.items():
+                ch = np.flatnonzero(dm.damage > 0)
+                pert[j][1].append(final_scores(model, _histories(values, items, dm, ch, hists), tx[ch], tc[ch])
+                                  if len(ch) else (np.zeros(0, np.float32), np.zeros((0, model.gru.hidden_size))))
+            continue
+        traj, first_u = f.trajectories(u_start, u_len, values)  # once per dog, to its latest target
+        first_row = first_u[inv]
+        all_items = np.arange(len(items.row))
+        st0 = _state_after(traj, first_row, items.n - 1, all_items)
+        base.append((f.score(st0, tx, tc), st0[-1]))
+        for j, dm in damaged.items():
+            ch = np.flatnonzero(dm.damage > 0)
+            state = _state_after(traj, first_row, np.minimum(dm.first[ch], dm.length[ch]) - 1, ch)
+            suffix = dm.length[ch] > dm.first[ch]
+            if suffix.any():
+                sub = np.flatnonzero(suffix)
+                pos_in_ch = np.full(len(items.row), -1)
+                pos_in_ch[ch[sub]] = np.arange(len(sub))
+                state[:, sub] = f.rerun(pos_in_ch[dm.seq_item], dm.rows, state[:, sub])
+            pert[j][1].append((f.score(state, tx[ch], tc[ch]), state[-1]))
+    return base, pert
+
+
+def _state_after(traj: np.ndarray, first_row: np.ndarray, pos: np.ndarray, it: np.ndarray) -> np.ndarray:
+    """(L, len(it), H) original state after local position pos of each item `it` (zeros before its first row)."""
+    out = np.zeros((traj.shape[0], len(it), traj.shape[2]), np.float32)
+    has = pos >= 0
+    out[:, has] = traj[:, first_row[it[has]] + pos[has]]
+    return out
+
+
+def _histories(values: np.ndarray, items: _Items, dm: _Damaged, ch: np.ndarray, hists: list[np.ndarray]) -> list:
+    """The damaged histories of items `ch` as arrays (the plain path): original prefix + re-run suffix."""
+    start = np.concatenate([[0], np.cumsum(np.bincount(dm.seq_item, minlength=len(items.row)))])
+    return [np.concatenate([hists[i][: dm.first[i]], dm.rows[start[i]:start[i + 1]]]) for i in ch]
+
+
 # ------------------------------------------------------------------ tables
 
 MEASURES = ("d_nll", "flip_rate", "state_divergence")
@@ -456,16 +773,8 @@ def _groups(cases: Cases) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
-def _boot(x: np.ndarray, dog: np.ndarray, weights: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-    """Mean of x over cases and its replicates with dog weights (B, dog): (mean, lo, hi, reps (B,))."""
-    if len(x) == 0:
-        return np.nan, np.nan, np.nan, np.full(len(weights), np.nan)
-    w = weights[:, dog]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps = (w @ x) / w.sum(axis=1)
-    ok = reps[np.isfinite(reps)]
-    lo, hi = (np.percentile(ok, [2.5, 97.5]) if len(ok) >= 2 else (np.nan, np.nan))
-    return float(x.mean()), float(lo), float(hi), reps
+def _per_dog(x: np.ndarray, dog: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(dog, weights=x, minlength=n)
 
 
 def summarise(
@@ -475,6 +784,8 @@ def summarise(
     """The resilience table (RESILIENCE_COLUMNS) and the early-vs-late / plateau contrasts (CONTRAST_COLUMNS).
 
     effects: scope -> `case_effects`/`feed_effects` output; cases: scope -> its Cases; weights: (B, dog).
+    Each mean's bootstrap replicates are ratios of weighted per-dog sums: every group and measure of a
+    scope is one (B, dog) @ (dog, columns) product over the scope's dogs.
     """
     import pandas as pd
 
@@ -482,9 +793,31 @@ def summarise(
     rows, con = [], []
     for scope, eff in effects.items():
         cs = cases[scope]
+        groups = _groups(cs)
+        dogs_u, dinv = np.unique(cs.dog, return_inverse=True)
+        nd = len(dogs_u)
+        sums, counts, keys = [], [], []
+        for j in sorted(eff):
+            for g, (_, _, m) in enumerate(groups):
+                changed = eff[j][0] & m
+                counts.append(_per_dog(changed.astype(np.float64), dinv, nd))
+                for q in range(len(MEASURES)):
+                    sums.append(_per_dog(np.where(changed, eff[j][q + 1], 0.0), dinv, nd))
+                    keys.append((j, g, q))
+        col = {k: i for i, k in enumerate(keys)}
+        if keys:
+            w = np.asarray(weights[:, dogs_u], dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps_all = (w @ np.stack(sums, axis=1)) / np.repeat(w @ np.stack(counts, axis=1), len(MEASURES), axis=1)
+            reps_all[~np.isfinite(reps_all)] = np.nan
+            n_ok = np.isfinite(reps_all).sum(axis=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lo_all, hi_all = np.nanpercentile(reps_all, [2.5, 97.5], axis=0)
+            lo_all[n_ok < 2], hi_all[n_ok < 2] = np.nan, np.nan
         for j, p in enumerate(perturbations):
             reps_of = {}
-            for bucket, plat, m in _groups(cs):
+            for g, (bucket, plat, m) in enumerate(groups):
                 head = (scope, p.kind, float(p.severity), p.unit, levels[j], bucket, plat)
                 if j not in eff:
                     rows.append((*head, "n/a", int(m.sum()), 0, np.nan, 0, *[np.nan] * 9))
@@ -492,8 +825,12 @@ def summarise(
                 changed = eff[j][0] & m
                 vals, reps = [], {}
                 for q, name in enumerate(MEASURES):
-                    mean, lo, hi, r = _boot(eff[j][q + 1][changed], cs.dog[changed], weights)
-                    vals += [mean, lo, hi]
+                    c = col[(j, g, q)]
+                    if changed.any():
+                        mean, lo, hi, r = float(eff[j][q + 1][changed].mean()), lo_all[c], hi_all[c], reps_all[:, c]
+                    else:
+                        mean, lo, hi, r = np.nan, np.nan, np.nan, np.full(len(weights), np.nan)
+                    vals += [mean, float(lo), float(hi)]
                     reps[name] = (mean, r)
                 reps_of[(bucket, plat)] = (reps, int(changed.sum()))
                 share = float(changed.sum() / m.sum()) if m.any() else np.nan

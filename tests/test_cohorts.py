@@ -80,3 +80,19 @@ def test_quantile_scale_with_no_unit_near_the_boundary_is_all_unsaturated():
     rule = CohortRule(w=3, k=2)
     got = cohorts.assign_cohorts(np.full(5, 4.0), np.full(5, 20), np.zeros(5), rule)
     assert (got == "unsaturated").all()
+
+
+def test_status_at_chosen_rows_equals_the_full_status_there():
+    rng = np.random.default_rng(0)
+    sizes = np.array([1, 12, 0, 7, 20])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
+    step = np.concatenate([np.arange(1, k + 1) for k in sizes])
+    s, f = rng.random(n), rng.random(n)
+    plateau = np.array([np.nan, 4.0, np.nan, np.nan, 9.0])
+    rule = CohortRule(theta=0.4, low=0.3)
+    full = cohorts.status_at_prediction(s, f, step, offsets, plateau, rule)
+    rows = np.array([0, 1, 5, 12, 13, 20, 39])
+    part = cohorts.status_at_prediction(s, f, step, offsets, plateau, rule, rows=rows)
+    for name in ("status", "plateau_reached", "f_run", "s_prev", "f_prev"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[rows], err_msg=name)

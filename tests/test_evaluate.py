@@ -131,3 +131,28 @@ def test_gap_vs_market_is_zero_against_itself_and_sign_is_right():
     g2 = t2[(t2.metric == ev.GAP_METRIC) & (t2.cohort == "all")].iloc[0]
     assert g2.value > 0 and g2.lo > 0  # uniform is worse than a skilled forecast
     assert g2.lo > 0 and g2.n_rows == len(p)
+
+
+def test_the_stage_normalises_inputs_like_the_model_set_in_slices_and_on_demand():
+    from flows.stages.evaluate import _lean_inputs
+    from gruviz_core.features import fit_normaliser
+    from gruviz_core.sequences import Sequences
+    from storage.registry import ModelSet
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    vals = rng.normal(size=(n, 4)).astype(np.float32)
+    vals[rng.random((n, 4)) < 0.1] = np.nan
+    ctx = rng.normal(2.0, 3.0, size=(n, 3)).astype(np.float32)
+    seqs = Sequences(vals, ctx, np.array([0, 400, n]), np.array(["a", "b"], dtype=object),
+                     np.array(["A", "B"], dtype=object), np.array([f"r{i}" for i in range(n)], dtype=object),
+                     np.full(n, np.datetime64("2025-01-01")), np.zeros(n, np.float32), np.full(n, 0.5, np.float32),
+                     ("f0", "f1", "f2", "f3"), ("c0", "c1", "c2"))
+    norm = fit_normaliser(seqs).select(("f2", "f0", "f3"), ("c2", "c0"))  # a subset, reordered
+    ms = ModelSet("s", [0], [], norm)
+    want_v, want_c = ms.prepare(seqs)
+    values, context = _lean_inputs(ms, seqs, rows_per_slice=300)
+    np.testing.assert_array_equal(values, want_v)
+    rows = np.array([5, 999, 0, 400])
+    np.testing.assert_array_equal(context[rows], want_c[rows])
+    assert context.shape == want_c.shape

@@ -143,3 +143,105 @@ def test_plateau_status_uses_only_steps_before_the_target():
     cases = rs.target_cases(offsets, ok, np.array([5.0]), 3, sample_dogs=1, seed=0, steps=(3, 5, 8, 12))
     # plateau at 5 is confirmed after step 5 + 3 - 1 = 7: known at t = 8 (steps 1..7), not at t = 5
     assert dict(zip(cases.step.tolist(), cases.plateau_reached.tolist())) == {3: False, 5: False, 8: True, 12: True}
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_batched_rescoring_equals_scoring_each_damaged_history(layers):
+    """The shared-prefix, packed re-scoring gives what `final_scores` gives on each damaged history, for every kind."""
+    offsets, values, context, race, won = _setup(n_dogs=12, n_races=15)
+    values[::3, GROUPS.value_flag[0][1]] = 1.0  # some missing values
+    torch.manual_seed(3)
+    model = LoadedModel.wrap(RaceGRU(ModelConfig(len(FEATURE_NAMES), len(CONTEXT), hidden_size=8, num_layers=layers,
+                                                 context_skip=True)), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, np.full(12, np.nan), 3, sample_dogs=12, seed=0, steps=(1, 2, 5, 9, 15))
+    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    perts = rs.DEFAULT_PERTURBATIONS
+    seen = {k: True for k in rs.SEVERITY_UNITS}
+    assert rs._fast_ok(model, values, context, items)
+    base, pert = rs._rescore([model], values, context, items, perts, GROUPS, seen, seed=4, salt=0)
+    hists = [values[a:b] for a, b in zip(items.start, items.row)]
+    s0, h0 = rs.final_scores(model, hists, values[items.row], context[items.row])
+    np.testing.assert_allclose(base[0][0], s0, atol=1e-5)
+    np.testing.assert_allclose(base[0][1], h0, atol=1e-5)
+    d = rs._FlatDraws(items, values, GROUPS, 4, 0)
+    for j, p in enumerate(perts):
+        dmg, ((s1, h1),) = pert[j]
+        want_dmg, want = [], []
+        for i in range(len(items.row)):
+            sl = slice(d.cum[i], d.cum[i + 1])
+            z = np.zeros((len(hists[i]), values.shape[1]), np.float32)
+            z[:, d.noise_cols] = d.z[sl]
+            dr = rs.Draws(d.u[sl], np.argsort(d.rank[sl], kind="stable"), z)
+            h, dm = rs.perturb_history(hists[i], p, GROUPS, dr)
+            want_dmg.append(dm)
+            want.append(h)
+        np.testing.assert_allclose(dmg, want_dmg, rtol=1e-5, err_msg=str(p))
+        ch = np.flatnonzero(np.asarray(want_dmg) > 0)
+        assert len(ch) > 0, p
+        ws, wh = rs.final_scores(model, [want[i] for i in ch], values[items.row[ch]], context[items.row[ch]])
+        np.testing.assert_allclose(s1, ws, atol=1e-5, err_msg=str(p))
+        np.testing.assert_allclose(h1, wh, atol=1e-5, err_msg=str(p))
+
+
+class _Embedded(torch.nn.Module):
+    """A registered-style model whose GRU reads a projection of the features, not the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(len(FEATURE_NAMES), 5)
+        self.rnn = torch.nn.GRU(5, 6, batch_first=True)
+        self.out = torch.nn.Linear(6 + len(CONTEXT), 1)
+
+    def forward(self, x, ctx):
+        h, _ = self.rnn(self.proj(x))
+        h_prev = torch.nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]
+        return self.out(torch.cat([h_prev, ctx], -1)).squeeze(-1)
+
+
+def test_a_model_whose_gru_does_not_read_the_features_falls_back_to_full_scoring():
+    offsets, values, context, race, won = _setup(n_dogs=8, n_races=10)
+    torch.manual_seed(0)
+    model = LoadedModel.wrap(_Embedded(), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
+    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    assert not rs._fast_ok(model, values, context, items)
+    perts = (rs.Perturbation("drop_last", 1), rs.Perturbation("noise_price", 0.5))
+    base, pert = rs._rescore([model], values, context, items, perts, GROUPS, {k: True for k in rs.SEVERITY_UNITS},
+                             seed=0, salt=0)
+    hists = [values[a:b] for a, b in zip(items.start, items.row)]
+    s0, _ = rs.final_scores(model, hists, values[items.row], context[items.row])
+    np.testing.assert_allclose(base[0][0], s0, atol=1e-6)
+    dmg, ((s1, _),) = pert[0]
+    ws, _ = rs.final_scores(model, [h[:-1] for h in hists], values[items.row], context[items.row])
+    np.testing.assert_allclose(s1, ws, atol=1e-6)
+
+
+class _Unshifted(torch.nn.Module):
+    """A model that scores race t from the state AFTER it (reads the GRU's output at t): needs the next step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(len(FEATURE_NAMES), 6, batch_first=True)
+        self.out = torch.nn.Linear(6 + len(CONTEXT), 1)
+
+    def forward(self, x, ctx):
+        h, _ = self.rnn(x)
+        return self.out(torch.cat([h, ctx], -1)).squeeze(-1)
+
+
+def test_a_module_reading_the_state_after_the_target_is_scored_with_it():
+    offsets, values, context, race, won = _setup(n_dogs=8, n_races=10)
+    torch.manual_seed(0)
+    model = LoadedModel.wrap(_Unshifted(), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
+    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    f = rs._fast_mode(model, values, context, items)
+    assert f is not None and f.next_step
+    assert not rs._fast_mode(_model(0), values, context, items).next_step  # the built-in model scores from h_{t-1}
+    base, _ = rs._rescore([model], values, context, items, (), GROUPS, {}, seed=0, salt=0)
+    hists = [values[a:b] for a, b in zip(items.start, items.row)]
+    s0, _ = rs.final_scores(model, hists, values[items.row], context[items.row])
+    np.testing.assert_allclose(base[0][0], s0, atol=1e-5)

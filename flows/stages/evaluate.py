@@ -23,10 +23,12 @@ from gruviz_core import resilience as rs
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
+from gruviz_core.features import column_index
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from storage.fs import store_path
 from storage.layout import RunLayout
+from storage.registry import load_model_set, load_sequences
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
 
@@ -65,14 +67,52 @@ def holdout_of(meta: dict) -> Holdout:
 
 
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
-    """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline."""
-    from flows.stages.extract import inputs
+    """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    seqs, model_set, values, context = inputs(root, seq_path, set_id)
+    Memory: holds every row of the run (the raw sequences with their 108 context columns, the normalised
+    race features, the rows table, scores, the dog_step statistics). Measured (bench/memory.py, 1 seed,
+    H=64, 250k simulated dogs = 4.85M rows): peak 6.9 GB, 1.35 KB per row over the imported libraries,
+    i.e. about 1.35 GB per million rows; 1M dogs (~19.4M rows) would need about 27 GB. The context is
+    normalised only at the rows resilience scores and the features in slices of a million rows, so no
+    (rows, columns) float64 copy is made (ModelSet.prepare's copies put the extract stage at 3.9 KB per row).
+    """
+    seqs = load_sequences(seq_path)
+    model_set = load_model_set(root, set_id)
+    values, context = _lean_inputs(model_set, seqs)
+    offsets, train_rows = seqs.offsets, _train_rows(seqs.race_date, model_set.meta.get("cutoff"))
+    del seqs  # the raw features, ids and dates: the store has what evaluate_run reads (context keeps its own array)
     return evaluate_run(tmp_dir, models=model_set.models, values=values, context=context,
-                        offsets=seqs.offsets, feature_names=seqs.feature_names, n_boot=n_boot,
-                        holdout=holdout_of(model_set.meta), min_races=min_races,
-                        train_rows=_train_rows(seqs.race_date, model_set.meta.get("cutoff")))
+                        offsets=offsets, feature_names=model_set.feature_names,
+                        n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races,
+                        train_rows=train_rows)
+
+
+def _lean_inputs(model_set, seqs, *, rows_per_slice: int = 1 << 20):
+    """(values (obs, F) float32, context rows on demand): ModelSet.prepare's columns without its full copies."""
+    fi = column_index(seqs.feature_names, model_set.feature_names, what=f"model set {model_set.set_id} features")
+    ci = column_index(seqs.context_names, model_set.context_names, what=f"model set {model_set.set_id} context")
+    norm_v = model_set.normaliser.select(model_set.feature_names, ())
+    values = np.empty((seqs.n_obs, len(fi)), dtype=np.float32)
+    for a in range(0, seqs.n_obs, rows_per_slice):
+        b = min(a + rows_per_slice, seqs.n_obs)
+        values[a:b] = norm_v.apply(seqs.values[a:b][:, fi], np.zeros((b - a, 0), np.float32))[0]
+    return values, _ContextRows(seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names))
+
+
+class _ContextRows:
+    """The normalised context of any rows, computed when asked: `ctx[rows]` -> (len(rows), C) float32."""
+
+    def __init__(self, raw: np.ndarray, cols: np.ndarray, norm):
+        self.raw, self.cols, self.norm = raw, cols, norm
+        self.shape = (len(raw), len(cols))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        x = self.raw[rows][..., self.cols]
+        x2 = x.reshape(-1, len(self.cols))
+        return self.norm.apply(np.zeros((len(x2), 0), np.float32), x2)[1].reshape(x.shape)
 
 
 def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> dict:
@@ -116,7 +156,8 @@ def evaluate_run(
     """Cohort comparisons of a run whose stats exist; writes eval/*.parquet and eval/headline.json.
 
     Resilience needs `models` (one per seed, in the store's seed order) and the normalised
-    `values` (obs, F), `context` (obs, C) with `offsets` (dog + 1,) in the store's dog order;
+    `values` (obs, F), `context` (obs, C; or anything whose [rows] gives those rows, as `run` passes)
+    with `offsets` (dog + 1,) in the store's dog order;
     `train_rows` (obs,) bool marks the model's training period (kinds it never saw are 'n/a').
     """
     t0 = time.perf_counter()
@@ -132,12 +173,14 @@ def evaluate_run(
     cohort = dogs["cohort"].to_numpy(dtype=object)
     rows = reader.rows()
     scores = reader.scores().astype(np.float64)  # (obs, seed)
-    sel, has_market = ev.eval_rows(rows, scores)
+    race_all = race_codes(rows["race_id"].to_numpy())  # once: factorising 500k strings is not free
+    sel, has_market = ev.eval_rows(rows, scores, race_all)
     holdout = holdout or Holdout()
     sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
+    rows = rows.drop(columns="race_id")  # its codes are race_all; the strings cost ~70 bytes a row
     won = r["won"].to_numpy(np.float64)
-    race = race_codes(r["race_id"].to_numpy())
+    race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
     step = r["step"].to_numpy()
     probs = np.stack([race_softmax(scores[sel, k], race) for k in range(scores.shape[1])], axis=1)  # (n, seed)
@@ -163,7 +206,7 @@ def evaluate_run(
     tables["divergence"] = _divergence(reader, ex_pairs)
     notes = list(found.notes)
     if models and values is not None and context is not None and offsets is not None:
-        tables.update(_resilience(rows, scores, sel, dogs, rule, models, values, context,
+        tables.update(_resilience(rows, race_all, scores, sel, dogs, rule, models, values, context,
                                   _checked_offsets(reader, offsets), feature_names, train_rows, sample_dogs=sample_dogs,
                                   seed=seed, n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
     else:
@@ -232,17 +275,20 @@ def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_boot: int = 100, n_per_step
 
 
 def _top_rows(reader, seed: int, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), H) float32 top-layer states at sorted `rows`, read chunk by chunk over their span."""
+    """(len(rows), H) float32 top-layer states at sorted `rows`: h alone (not z, r), only the chunks holding them."""
     out = np.zeros((len(rows), reader.n_units), dtype=np.float32)
     if not len(rows):
         return out
-    for c in reader.iter_chunks(seed, (int(rows[0]), int(rows[-1]) + 1)):
+    arr = getattr(reader, "_arr", None)  # the reader has no public row selection yet
+    if arr is not None:
+        return arr(f"seed{seed}/h").get_orthogonal_selection((rows, reader.n_layers - 1, slice(None))).astype(np.float32)
+    for c in reader.iter_chunks(seed, (int(rows[0]), int(rows[-1]) + 1)):  # h, z and r of every chunk in the span
         a, b = np.searchsorted(rows, [c.start, c.stop])
         out[a:b] = c.h[rows[a:b] - c.start, -1]
     return out
 
 
-def _resilience(rows, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
+def _resilience(rows, race_all, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
                 sample_dogs, seed, n_boot, perturbations, steps, feed_per_step: int = 12) -> dict[str, pd.DataFrame]:
     """The resilience and resilience_contrast tables: targets at several steps, scopes 'dog' and 'feed'.
 
@@ -256,7 +302,6 @@ def _resilience(rows, scores, sel, dogs, rule, models, values, context, offsets,
     plateau = np.full(len(offsets) - 1, np.nan)
     plateau[dogs["dog_index"].to_numpy()] = dogs["plateau_step"].to_numpy(np.float64)
     cases = rs.target_cases(offsets, ok, plateau, rule.k, sample_dogs=sample_dogs, seed=seed, steps=steps)
-    race_all = race_codes(rows["race_id"].to_numpy())
     won_all = rows["won"].to_numpy(np.float64)
     others = [rs.others_in_race(scores[:, k], race_all, ok, cases.row) for k in range(len(models))]
     feed = rs.subsample_cases(cases, feed_per_step, seed)
@@ -336,13 +381,14 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
                       ["comparisons skipped: the held-out period is too small or empty"])
     rm = cmp.row_metrics(sources["model"], won, race, sources.get("market"))
     metric = "gap_vs_market" if rm.has_market else "runner_log_loss"
-    status = co.status_at_prediction(s_row, f_rows[rule.tau], steps_all, offsets, dogs["plateau_step"].to_numpy(), rule)
+    status = co.status_at_prediction(s_row, f_rows[rule.tau], steps_all, offsets, dogs["plateau_step"].to_numpy(), rule,
+                                     rows=sel)  # the evaluated rows only
     debut = dogs["debut_observed"].to_numpy(bool) if "debut_observed" in dogs else np.zeros(n_dogs, bool)
     scope_debut = np.unique(dog[debut[dog]]).size >= sizes.min_dogs
     in_scope = debut[dog] if scope_debut else np.ones(len(dog), bool)
     notes = [] if scope_debut else ["step-indexed comparisons include dogs whose debut is not observed "
                                     "(too few dogs with an observed debut in the period)"]
-    group = np.where(in_scope, status.status[sel], "out of scope")
+    group = np.where(in_scope, status.status, "out of scope")
     stratum = cmp.stratum_of(step)
     cohort = dogs["cohort"].to_numpy(dtype=object)
     effects = [
@@ -351,12 +397,12 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
         ("negative_control", cmp.stratified_effect(rm, dog, np.where((step == 1) & in_scope, cohort[dog], "-"),
                                                    stratum, weights, a="saturated", b="unsaturated", metric=metric,
                                                    n_dogs=n_dogs, sizes=sizes)),
-        ("within_dog", _within_dog_scoped(rm, dog, status.plateau_reached[sel], in_scope, weights, metric,
+        ("within_dog", _within_dog_scoped(rm, dog, status.plateau_reached, in_scope, weights, metric,
                                           n_dogs, sizes)),
         ("by_dog_cohort", cmp.stratified_effect(rm, dog, cohort[dog], stratum, weights, a="saturated",
                                                 b="unsaturated", metric=metric, n_dogs=n_dogs, sizes=sizes)),
     ]
-    dose, trend = cmp.dose_response(rm, dog, status.s_prev[sel], (step >= 2) & in_scope, weights,
+    dose, trend = cmp.dose_response(rm, dog, status.s_prev, (step >= 2) & in_scope, weights,
                                     metric=metric, n_dogs=n_dogs)
     effects.append(("dose_trend", _trend_effect(metric, trend, dose, sizes)))
     sens = _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offsets, rule, weights[:grid_boot],
@@ -406,8 +452,8 @@ def _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offs
         key = (r.w, r.delta, r.k)
         if key not in plateau_cache:
             plateau_cache[key] = st.plateau_steps(s_row, steps_all, offsets, w=r.w, delta=r.delta, k=r.k)
-        status = co.status_at_prediction(s_row, f_rows[r.tau], steps_all, offsets, plateau_cache[key], r)
-        group = np.where(in_scope, status.status[sel], "out of scope")
+        status = co.status_at_prediction(s_row, f_rows[r.tau], steps_all, offsets, plateau_cache[key], r, rows=sel)
+        group = np.where(in_scope, status.status, "out of scope")
         e = cmp.stratified_effect(rm, dog, group, stratum, weights, a="saturated", b="unsaturated", metric=metric,
                                   n_dogs=n_dogs, sizes=sizes)
         na, nb = int((group == "saturated").sum()), int((group == "unsaturated").sum())

@@ -1,0 +1,130 @@
+"""Peak memory (RSS) of the nightly stages on a simulated set of N dogs (1 seed, H=64); prints one JSON line.
+
+Each stage runs in its own child process, as the nightly's tasks would on a worker of their own, and
+reports its own peak resident set (getrusage ru_maxrss) and wall time:
+
+    setup     simulate N dogs (gruviz_core.synth) and ingest them; a small simulated set (2,000 dogs)
+              trained for 1 epoch, 1 seed, H=64, registered as the model set (its weights do not
+              change what the stages hold in memory; not measured as a nightly stage)
+    features  flows.stages.features.run: the snapshot -> its ragged sequences (holds every row)
+    extract   begin_run + every block + finish_run, as the nightly's extract tasks (block_dogs 16,384)
+    stats     flows.stages.stats.compute_stats (streams the states shard by shard)
+    evaluate  flows.stages.evaluate.run: the normalised inputs of every row + evaluate_run
+
+Per stage: peak RSS in GB and in bytes per row (rows = the run's dog-steps), and the growth over the
+process's RSS once its libraries are imported (about 0.4 GB) per row. Memory that grows with rows is
+the slope between two sizes: run it at two N (e.g. 250,000 and 500,000) and extrapolate to
+1M, or at 1M directly where the machine has the memory. Run under `flock /tmp/gruviz-heavy.lock`.
+
+    .venv/bin/python bench/memory.py --dogs 250000 [--dir /tmp/gruviz-bench-mem] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads(1)
+a = json.loads(sys.argv[1])
+import numpy, pandas, zarr, xarray, scipy.sparse  # the libraries every stage loads, before the baseline
+from flows.stages import evaluate as _e, extract as _x, features as _f, stats as _s  # noqa: F401
+t = time.perf_counter()
+out = {{"base_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}
+stage, root = a["stage"], a["root"]
+if stage == "setup":
+    import pandas as pd
+    from gruviz_core import synth
+    from storage.forms import ingest
+    from flows.stages.train import train_and_register
+    small = synth.simulate(2000, 1)
+    p = f"{{root}}/small.parquet"
+    small.to_parquet(p, index=False)
+    snap = ingest(p, root).snapshot_id
+    rep = train_and_register(root, snap, seeds=1, hidden=64, epochs=1, promote=True)
+    big = synth.simulate(a["dogs"], 0)
+    out["sim_rows"] = int(len(big))
+    p = f"{{root}}/big.parquet"
+    big.to_parquet(p, index=False)
+    del big
+    s = ingest(p, root)
+    out.update(snapshot_id=s.snapshot_id, set_id=rep.set_id)
+elif stage == "features":
+    from flows.stages import features
+    out["seq_path"] = str(features.run(root, a["snapshot_id"], a["set_id"]))
+elif stage == "extract":
+    from flows.stages import extract
+    plan = extract.begin(root, "mem", {{"run_id": "mem", "snapshot_id": a["snapshot_id"],
+                                        "model_set_id": a["set_id"]}}, a["seq_path"], a["set_id"], 16384)
+    for b in range(plan["n_blocks"]):
+        extract.block(plan, b, device="cpu", batch_size=4096)
+    out["tmp_dir"] = extract.finish(plan)
+    out["rows"] = int(extract.inputs(root, a["seq_path"], a["set_id"])[0].offsets[-1])
+elif stage == "stats":
+    from flows.stages.stats import compute_stats
+    compute_stats(a["tmp_dir"])
+elif stage == "evaluate":
+    from flows.stages import evaluate
+    out["eval_seconds"] = evaluate.run(a["tmp_dir"], root, a["set_id"], a["seq_path"])["seconds"]
+out["seconds"] = time.perf_counter() - t
+out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(out))
+"""
+
+
+def _stage(job: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    code = _CHILD.format(repo=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(job)], cwd=REPO, env=env, capture_output=True,
+                         text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"stage {job['stage']} failed (exit {out.returncode})\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dogs", type=int, default=1_000_000)
+    ap.add_argument("--dir", default="/tmp/gruviz-bench-mem")
+    ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
+    a = ap.parse_args()
+    root = Path(a.dir)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    t0 = time.perf_counter()
+    job: dict = {"root": str(root), "dogs": a.dogs}
+    found: dict[str, dict] = {}
+    try:
+        for stage in ("setup", "features", "extract", "stats", "evaluate"):
+            r = _stage({**job, "stage": stage})
+            found[stage] = r
+            job.update({k: r[k] for k in ("snapshot_id", "set_id", "seq_path", "tmp_dir") if k in r})
+            print(f"{stage}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / 1e9:.2f} GB", file=sys.stderr, flush=True)
+        rows = found["extract"]["rows"]
+        print(json.dumps({
+            "bench": "memory", "dogs": a.dogs, "rows": rows, "seeds": 1, "units": 64,
+            "total_s": round(time.perf_counter() - t0, 1),
+            "stages": {s: {"peak_rss_gb": round(r["peak_rss_bytes"] / 1e9, 3),
+                           "bytes_per_row": round(r["peak_rss_bytes"] / rows, 1),
+                           "growth_bytes_per_row": round((r["peak_rss_bytes"] - r["base_rss_bytes"]) / rows, 1),
+                           "seconds": round(r["seconds"], 1)}
+                       for s, r in found.items()},
+        }))
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
