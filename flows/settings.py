@@ -17,6 +17,8 @@ from gruviz_core.errors import ConfigError
 from gruviz_core.stats import TAUS
 
 __all__ = ["Settings", "load_settings"]
+BLOCK_BYTES_PER_DOG = 24 * 1024
+"""Memory one extraction block holds per dog (order of magnitude; see max_blocks_in_flight)."""
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 
@@ -65,6 +67,27 @@ class Settings(BaseSettings):
     recipients: list[str] = Field(default_factory=list, description="Who gets the nightly email.")
     keep_nights: int = Field(
         30, ge=0, description="Published runs and report pages kept, in nights (newest first); 0 keeps every night.")
+    task_runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="Where extraction blocks run: threads (of the flow's process), processes (a local "
+        "pool of worker processes, Prefect's ProcessPoolTaskRunner) or dask (prefect-dask's DaskTaskRunner on "
+        "dask_address, else a local cluster of dask_workers worker processes; needs gruviz[dask]).")
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786 (task_runner=dask); "
+        "unset: a local cluster of worker processes for the night.")
+    dask_workers: int | None = Field(
+        None, gt=0, description="Worker processes of the local Dask cluster (one thread each); default the cores.")
+    max_blocks_in_flight: int | None = Field(
+        None, gt=0, description="Extraction blocks submitted at once, on any runner: peak memory is about this "
+        "times one block's. Default min(cores, 0.5 x available memory / (block_dogs x 24 KiB)), at least 1: "
+        "a block holds about 24 KiB per dog (two shard sets of states, gates and scores in flight plus the "
+        "extraction batch), and half the memory is left for the inputs, the writer and everything else.")
+    block_timeout_s: float = Field(
+        3 * 3600.0, gt=0, description="Seconds one extraction block may run before it fails (and is retried once).")
+    evaluate_timeout_s: float = Field(2 * 3600.0, gt=0, description="Seconds the evaluate task may run.")
+    email_timeout_s: float = Field(300.0, gt=0, description="Seconds one attempt at sending the nightly email may take.")
+    nightly_timeout_s: float = Field(
+        10 * 3600.0, gt=0, description="Seconds the whole nightly may run: past it the night ends Failed, the "
+        "failure notice goes out and the nightly lock is released, so the next night runs.")
 
     @field_validator("device")
     @classmethod
@@ -79,6 +102,17 @@ class Settings(BaseSettings):
         if v is not None and not any(abs(v - t) < 1e-9 for t in TAUS):
             raise ValueError(f"expected one of the stored thresholds {TAUS}")
         return v
+
+    @property
+    def blocks_in_flight(self) -> int:
+        """max_blocks_in_flight, or its default from the cores, the available memory and block_dogs."""
+        if self.max_blocks_in_flight is not None:
+            return self.max_blocks_in_flight
+        import psutil
+
+        per_block = self.block_dogs * BLOCK_BYTES_PER_DOG
+        by_memory = int(0.5 * psutil.virtual_memory().available // per_block)
+        return max(1, min(os.cpu_count() or 1, by_memory))
 
     @property
     def reports_path(self) -> Path:
