@@ -243,9 +243,9 @@ def _extract_blocks(plan: dict, s: Settings) -> None:
 def block_runner(s: Settings, limit: int) -> TaskRunner:
     """The task runner extraction blocks run on (`s.task_runner`); enter it for the blocks' lifetime."""
     if s.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=limit)
+        return _Threads(max_workers=limit)
     if s.task_runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=limit)
+        return _Processes(max_workers=limit)
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
@@ -256,6 +256,29 @@ def block_runner(s: Settings, limit: int) -> TaskRunner:
     workers = s.dask_workers or max(1, min(os.cpu_count() or 1, limit))
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": 1})
+
+
+class _Threads(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that leaving it on an error (a failed block, the night's timeout)
+    does not wait for the blocks still running: a hung thread cannot be stopped from outside, so it
+    ends at its own block timeout or with the process, and the night ends now."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class _Processes(ProcessPoolTaskRunner):
+    """Prefect's process pool (spawned processes), except that leaving it on an error terminates the
+    pool's processes instead of waiting for blocks still running (a hung block ends with its process)."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and self._executor is not None:
+            for proc in list(getattr(self._executor, "_processes", {}).values()):  # no public way to stop them
+                proc.terminate()
+        super().__exit__(exc_type, exc_value, traceback)
 
 
 class _BlockProgress:
