@@ -26,10 +26,10 @@ __version__ = "1.0"
 class FaultyModel(nn.Module):
     """GRU over a dog's races; the state before race t and race t's context score the dog."""
 
-    def __init__(self, fault_dir: str = "", hidden: int = 8):
+    def __init__(self, fault_dir: str = "", hidden: int = 8, layers: int = 1):
         super().__init__()
         self.fault_dir = fault_dir
-        self.rnn = nn.GRU(len(FEATURE_NAMES), hidden, batch_first=True)
+        self.rnn = nn.GRU(len(FEATURE_NAMES), hidden, layers, batch_first=True)
         self.head = nn.Linear(hidden + len(CONTEXT_NAMES), 1)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,8 @@ class FaultyModel(nn.Module):
         return self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
 
 
-def build(fault_dir: str = "", hidden: int = 8) -> FaultyModel:
-    return FaultyModel(fault_dir=fault_dir, hidden=hidden)
+def build(fault_dir: str = "", hidden: int = 8, layers: int = 1) -> FaultyModel:
+    return FaultyModel(fault_dir=fault_dir, hidden=hidden, layers=layers)
 
 
 def _obey_faults(d: Path) -> None:

@@ -17,8 +17,10 @@ import torch
 
 from tests.smtp_server import SmtpServer
 
-N_DOGS = 240
-BLOCK_DOGS = 60  # several blocks (each rounds up to whole shards)
+N_DOGS = 300
+SHAPE = {"hidden": 16, "layers": 8}  # 128 states a row, chunks of 2048 rows: the run's ~5k rows make 3 shards
+# (a deep, narrow GRU: the evaluate stage's many forward passes cost ~8x less than one 128-unit layer)
+BLOCK_DOGS = 30  # a shard per block: 3 blocks
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +41,9 @@ def store(prefect_harness, tmp_path_factory):
     for k in (0, 1):
         torch.manual_seed(k)
         weights.append(str(home / f"seed{k}.pt"))
-        torch.save(build().state_dict(), weights[-1])
-    register(factory="tests.runner_model:build", weights=weights, factory_kwargs={"fault_dir": str(faults)},
+        torch.save(build(**SHAPE).state_dict(), weights[-1])
+    register(factory="tests.runner_model:build", weights=weights,
+             factory_kwargs={"fault_dir": str(faults), **SHAPE},
              trained_until="2023-03-01", name="runner-test", current=True, home=str(home))
     return home, faults
 
