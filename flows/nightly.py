@@ -8,6 +8,7 @@ import html
 import json
 import logging
 import os
+import queue
 import time
 import uuid
 from contextlib import ExitStack
@@ -22,7 +23,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -149,14 +149,16 @@ def nightly(
     sources = list(source or s.sources)
     night = night or _scheduled_night(s.timezone)
     checked = preflight_nightly(s, night=night, model_set=model_set, sources=sources)  # before any work
+    deadline = time.monotonic() + s.nightly_timeout_s
     try:
-        # the flow's own timeout, from settings (a decorator's timeout_seconds is fixed at import)
+        # the flow's own timeout, from settings (a decorator's timeout_seconds is fixed at import): an
+        # alarm in the main thread, and the deadline checked while waiting on blocks (where nights hang)
         with timeout(s.nightly_timeout_s, timeout_exc_type=_TimedOut), ExitStack() as held:
             held.enter_context(nightly_lock(checked.root))  # one night per store at a time; released on timeout
             swept = sweep_tmp_runs(checked.root)
             if swept:
                 get_run_logger().warning("removed %d stale temporary run(s): %s", len(swept), ", ".join(swept))
-            return _night(s, checked, sources, held)
+            return _night(s, checked, sources, held, deadline)
     except _TimedOut:
         raise NightlyTimeoutError(
             f"nightly {night} on {checked.root} ran past GRUVIZ_NIGHTLY_TIMEOUT_S={s.nightly_timeout_s:g} s and was "
@@ -168,7 +170,7 @@ class _TimedOut(TimeoutError):
     """Raised inside the night by its timeout scope; turned into NightlyTimeoutError outside it."""
 
 
-def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack) -> dict:
+def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack, deadline: float) -> dict:
     logger = get_run_logger()
     set_torch_threads(s.torch_threads)
     root, night = str(checked.root), checked.night
@@ -192,7 +194,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack)
     plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs)
     held.enter_context(hold_tmp_run(plan["tmp_dir"]))  # no sweep takes it while this night runs
     held.callback(remove_tmp_run, root, plan["tmp_dir"])  # a failed night leaves nothing; after publish, a no-op
-    _extract_blocks(plan, s)
+    _extract_blocks(plan, s, deadline)
     tmp_dir = finish_run_task(plan)
     stats_task(tmp_dir, _rule(s))
     headline = evaluate_task.with_options(timeout_seconds=s.evaluate_timeout_s)(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
@@ -218,26 +220,39 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack)
     return result
 
 
-def _extract_blocks(plan: dict, s: Settings) -> None:
+def _extract_blocks(plan: dict, s: Settings, deadline: float) -> None:
     """Every block on the runner chosen by settings, at most `s.blocks_in_flight` submitted at once:
-    a window of futures topped up as they complete. The progress artifact counts finished blocks' dogs."""
+    a window of futures topped up as they complete. The progress artifact counts finished blocks' dogs.
+    Past `deadline` (time.monotonic()) the night stops waiting."""
     n, total = int(plan["n_blocks"]), max(int(plan.get("n_dogs", 0)), 1)
     limit = s.blocks_in_flight
     progress = create_progress_artifact(0.0, key="extraction-progress", description="Dogs extracted (%)")
     block_task = extract_block_task.with_options(timeout_seconds=s.block_timeout_s)
     get_run_logger().info("extracting %d block(s) on %s, at most %d in flight", n, s.task_runner, limit)
-    done_dogs, next_block, pending = 0, 0, set()
+    finished: queue.Queue = queue.Queue()
+    done_dogs, next_block, in_flight = 0, 0, 0
     with block_runner(s, limit) as runner:
-        while next_block < n or pending:
-            while next_block < n and len(pending) < limit:
-                pending.add(runner.submit(block_task, {"plan": plan, "block": next_block, "device": s.device,
-                                                        "batch_size": s.batch_size, "torch_threads": s.torch_threads}))
-                next_block += 1
-            finished = next(as_completed(list(pending)))
-            pending.discard(finished)
-            done_dogs += finished.result()  # raises if a block failed: the run stays unpublished
+        while next_block < n or in_flight:
+            while next_block < n and in_flight < limit:
+                fut = runner.submit(block_task, {"plan": plan, "block": next_block, "device": s.device,
+                                                 "batch_size": s.batch_size, "torch_threads": s.torch_threads})
+                fut.add_done_callback(finished.put)
+                next_block, in_flight = next_block + 1, in_flight + 1
+            fut = _next_finished(finished, deadline)
+            in_flight -= 1
+            done_dogs += fut.result()  # raises if a block failed: the run stays unpublished
             update_progress_artifact(progress, min(100.0, 100.0 * done_dogs / total))  # a straddling dog counts twice
     update_progress_artifact(progress, 100.0)
+
+
+def _next_finished(finished: queue.Queue, deadline: float, poll_s: float = 5.0):
+    """The next block future to finish; _TimedOut past the deadline (short waits, so nothing blocks for long)."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            return finished.get(timeout=min(poll_s, left))
+        except queue.Empty:
+            continue
+    raise _TimedOut("the night's deadline passed while blocks were running")
 
 
 def block_runner(s: Settings, limit: int) -> TaskRunner:

@@ -188,7 +188,7 @@ def test_a_hung_block_times_out_the_night_and_the_next_night_runs(env, store):
         assert state.is_failed(), state.message
         assert (faults / "hung").exists()
         (rcpts, msg), = smtp.messages  # the failure notice
-        assert rcpts == ["team@example.com"] and "fail" in msg["Subject"].lower()
+        assert rcpts == ["team@example.com"] and state.name in msg["Subject"]  # TimedOut, a Failed state
     assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-05*") if p.is_dir()]  # the night left nothing
     env(smtp_host="", recipients="[]")
     nxt = _night("2026-10-06")  # the lock was released
