@@ -125,9 +125,10 @@ def _snapshot_rows(home: Path) -> tuple[int, int]:
     return len(runs), runs["dog_id"].nunique()
 
 
-def test_one_block_in_flight_runs_blocks_one_at_a_time(env):
-    env(max_blocks_in_flight=1)
-    state = _night("2026-10-01")
+@pytest.mark.parametrize("runner, night", [("threads", "2026-10-01"), ("processes", "2026-10-08")])
+def test_one_block_in_flight_runs_blocks_one_at_a_time(env, runner, night):
+    env(max_blocks_in_flight=1, task_runner=runner)
+    state = _night(night)
     assert state.is_completed(), state.message
     markers = _markers(Path(state.result()["run_dir"]))
     assert len(markers) >= 3
