@@ -10,8 +10,9 @@ dogs, register a small random model set (tests/runner_model.py, built-in feature
 then GRUVIZ_TASK_RUNNER=dask against a LocalCluster of --workers processes (one thread each) that
 is started before the clock starts, as a standing cluster would be. Reported per runner: the
 night's wall time, the extraction phase (first block start to last block end, from the blocks'
-done markers), and peak RSS: the flow's process (sampled every 50 ms during that night) and each
-Dask worker (its ru_maxrss, read with client.run). dask_over_threads is the wall-time ratio.
+done markers), and peak RSS sampled every 50 ms during that night: the flow's process and each Dask
+worker process (pids from client.run). dask_over_threads is the wall-time ratio. Dask workers load the
+snapshot's sequences and the model set themselves; with threads the blocks reuse the flow's copy.
 
 --store s3 is not available yet (the store on object storage is separate work); it exits with a message.
 """
@@ -22,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -37,16 +37,21 @@ os.chdir(REPO)  # Dask worker processes import tests.runner_model from here
 
 
 class PeakRSS:
-    """Samples this process's RSS every 50 ms in a thread; `.peak_mb` once stopped."""
+    """Samples the RSS of this process and of `pids` every 50 ms in a thread; `.peaks_mb()` once stopped."""
 
-    def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+    def __init__(self, pids: list[int] = ()):
+        self.procs = [psutil.Process()] + [psutil.Process(p) for p in pids]
+        self.peak = {p.pid: 0 for p in self.procs}
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        proc = psutil.Process()
         while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
+            for p in self.procs:
+                try:
+                    self.peak[p.pid] = max(self.peak[p.pid], p.memory_info().rss)
+                except psutil.Error:
+                    pass  # a worker restarting
             self._stop.wait(0.05)
 
     def __enter__(self):
@@ -57,14 +62,9 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
 
-    @property
-    def peak_mb(self) -> float:
-        return round(self.peak / 2**20, 1)
-
-
-def _maxrss_mb() -> float:
-    """This process's peak RSS so far (Linux ru_maxrss is in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    def peaks_mb(self) -> list[float]:
+        """[this process, then each of pids] peak RSS in MiB."""
+        return [round(self.peak[p.pid] / 2**20, 1) for p in self.procs]
 
 
 def _prepare(home: Path, n_dogs: int, seeds: int, hidden: int) -> dict:
@@ -90,11 +90,11 @@ def _prepare(home: Path, n_dogs: int, seeds: int, hidden: int) -> dict:
     return {"rows": len(runs), "prepare_s": round(time.perf_counter() - t0, 1)}
 
 
-def _night(night: str) -> dict:
+def _night(night: str, worker_pids: list[int] = ()) -> dict:
     from flows.nightly import nightly
     from storage.layout import RunLayout
 
-    with PeakRSS() as rss:
+    with PeakRSS(worker_pids) as rss:
         t0 = time.perf_counter()
         state = nightly(night=night, return_state=True)
         wall = time.perf_counter() - t0
@@ -102,9 +102,11 @@ def _night(night: str) -> dict:
         raise SystemExit(f"nightly {night} ended {state.name}: {state.message}")
     run_dir = Path(state.result()["run_dir"])
     markers = [json.loads(p.read_text()) for p in RunLayout.at(run_dir).blocks.glob("*.json")]
-    return {"wall_s": round(wall, 1), "blocks": len(markers),
-            "extract_s": round(max(m["finished_at"] for m in markers) - min(m["started_at"] for m in markers), 1),
-            "flow_process_peak_rss_mb": rss.peak_mb, "run_dir": run_dir.name}
+    flow_mb, *workers_mb = rss.peaks_mb()
+    out = {"wall_s": round(wall, 1), "blocks": len(markers),
+           "extract_s": round(max(m["finished_at"] for m in markers) - min(m["started_at"] for m in markers), 1),
+           "flow_process_peak_rss_mb": flow_mb, "run_dir": run_dir.name}
+    return {**out, "worker_peak_rss_mb": workers_mb} if workers_mb else out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             out["cluster_start_s"] = round(time.perf_counter() - t0, 1)
             os.environ.update({"GRUVIZ_TASK_RUNNER": "dask", "GRUVIZ_DASK_ADDRESS": cluster.scheduler_address,
                                "GRUVIZ_MAX_BLOCKS_IN_FLIGHT": str(args.workers)})
-            out["dask"] = _night((night + dt.timedelta(days=1)).isoformat())
-            out["dask"]["worker_peak_rss_mb"] = sorted(client.run(_maxrss_mb).values())
+            pids = sorted(client.run(os.getpid).values())
+            out["dask"] = _night((night + dt.timedelta(days=1)).isoformat(), pids)
         out["dask_over_threads"] = round(out["dask"]["wall_s"] / out["threads"]["wall_s"], 3)
         out["dask_over_threads_extract"] = round(out["dask"]["extract_s"] / max(out["threads"]["extract_s"], 1e-9), 3)
     print(json.dumps(out))
