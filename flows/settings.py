@@ -17,8 +17,9 @@ from gruviz_core.errors import ConfigError
 from gruviz_core.stats import TAUS
 
 __all__ = ["Settings", "load_settings"]
-BLOCK_BYTES_PER_DOG = 24 * 1024
-"""Memory one extraction block holds per dog (order of magnitude; see max_blocks_in_flight)."""
+BLOCK_BYTES_FIXED, BLOCK_BYTES_PER_DOG = 2**30, 64 * 1024
+"""Memory of one extraction block in flight: a fixed part (batch tensors, two shard sets, the loaded inputs)
+and a part per dog; measured order of magnitude (bench/cluster.py: ~1.4 GB for a 5,000-dog block)."""
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 
@@ -78,9 +79,10 @@ class Settings(BaseSettings):
         None, gt=0, description="Worker processes of the local Dask cluster (one thread each); default the cores.")
     max_blocks_in_flight: int | None = Field(
         None, gt=0, description="Extraction blocks submitted at once, on any runner: peak memory is about this "
-        "times one block's. Default min(cores, 0.5 x available memory / (block_dogs x 24 KiB)), at least 1: "
-        "a block holds about 24 KiB per dog (two shard sets of states, gates and scores in flight plus the "
-        "extraction batch), and half the memory is left for the inputs, the writer and everything else.")
+        "times one block's. Default min(cores, 0.5 x available memory / (1 GiB + block_dogs x 64 KiB)), at "
+        "least 1: a block holds about 1 GiB whatever its size (batch tensors, two shard sets in flight, the "
+        "loaded inputs in its process) plus about 64 KiB per dog, and half the memory is left to the flow's "
+        "own stages (measured: bench/cluster.py, docs/cluster.md).")
     block_timeout_s: float = Field(
         3 * 3600.0, gt=0, description="Seconds one extraction block may run before it fails (and is retried once).")
     evaluate_timeout_s: float = Field(2 * 3600.0, gt=0, description="Seconds the evaluate task may run.")
@@ -110,7 +112,7 @@ class Settings(BaseSettings):
             return self.max_blocks_in_flight
         import psutil
 
-        per_block = self.block_dogs * BLOCK_BYTES_PER_DOG
+        per_block = BLOCK_BYTES_FIXED + self.block_dogs * BLOCK_BYTES_PER_DOG
         by_memory = int(0.5 * psutil.virtual_memory().available // per_block)
         return max(1, min(os.cpu_count() or 1, by_memory))
 
