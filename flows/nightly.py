@@ -7,12 +7,12 @@ import datetime as dt
 import html
 import json
 import logging
-import threading
+import os
+import queue
 import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -26,6 +26,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.timeout import timeout
 
 from flows.logs import route_library_logs
 from flows.notify import notify_failure, send_report_email
@@ -35,13 +37,18 @@ from flows.settings import Settings, load_settings
 from flows.stages import evaluate, extract, features, ingest, report, stats
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
+from gruviz_core.errors import ConfigError, GruvizError
 from storage.states import hold_tmp_run, nightly_lock, remove_tmp_run, sweep_tmp_runs
 
-__all__ = ["nightly", "NO_NEW_DATA"]
+__all__ = ["nightly", "block_runner", "NightlyTimeoutError", "NO_NEW_DATA"]
 
 log = logging.getLogger(__name__)
 
 NO_NEW_DATA = "no new form data (the sources are unchanged since the last snapshot)"
+
+
+class NightlyTimeoutError(GruvizError, TimeoutError):
+    """The night ran past GRUVIZ_NIGHTLY_TIMEOUT_S."""
 
 
 # ---------------------------------------------------------------- tasks (thin calls)
@@ -79,12 +86,11 @@ def begin_run_task(root: str, run_id: str, meta: dict, seq_path: str, set_id: st
 
 
 @task(name="extract-block", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def extract_block_task(plan: dict, block: int, device: str, batch_size: int, progress_id: str | None = None) -> int:
-    progress = _ProgressReporter.for_run(progress_id, int(plan.get("n_dogs", 0)), block) if progress_id else None
-    dogs = extract.block(plan, block, device=device, batch_size=batch_size, progress=progress)
-    if progress:
-        progress(dogs, dogs, force=True)
-    return dogs
+def extract_block_task(plan: dict, block: int, device: str, batch_size: int, torch_threads: int = 1) -> int:
+    """One block's shards; set up for whichever process runs it (a thread, a pool process, a Dask worker)."""
+    route_library_logs()
+    set_torch_threads(torch_threads)
+    return extract.block(plan, block, device=device, batch_size=batch_size, progress=_BlockProgress(block))
 
 
 @task(name="finish-run", cache_policy=NO_CACHE)
@@ -145,15 +151,28 @@ def nightly(
     sources = list(source or s.sources)
     night = night or _scheduled_night(s.timezone)
     checked = preflight_nightly(s, night=night, model_set=model_set, sources=sources)  # before any work
-    with ExitStack() as held:
-        held.enter_context(nightly_lock(checked.root))  # one night per store at a time
-        swept = sweep_tmp_runs(checked.root)
-        if swept:
-            get_run_logger().warning("removed %d stale temporary run(s): %s", len(swept), ", ".join(swept))
-        return _night(s, checked, sources, held)
+    deadline = time.monotonic() + s.nightly_timeout_s
+    try:
+        # the flow's own timeout, from settings (a decorator's timeout_seconds is fixed at import): an
+        # alarm in the main thread, and the deadline checked while waiting on blocks (where nights hang)
+        with timeout(s.nightly_timeout_s, timeout_exc_type=_TimedOut), ExitStack() as held:
+            held.enter_context(nightly_lock(checked.root))  # one night per store at a time; released on timeout
+            swept = sweep_tmp_runs(checked.root)
+            if swept:
+                get_run_logger().warning("removed %d stale temporary run(s): %s", len(swept), ", ".join(swept))
+            return _night(s, checked, sources, held, deadline)
+    except _TimedOut:
+        raise NightlyTimeoutError(
+            f"nightly {night} on {checked.root} ran past GRUVIZ_NIGHTLY_TIMEOUT_S={s.nightly_timeout_s:g} s and was "
+            "stopped: nothing was published and the lock is released; look for a hung block in the task runs, "
+            "or raise the timeout") from None
 
 
-def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack) -> dict:
+class _TimedOut(TimeoutError):
+    """Raised inside the night by its timeout scope; turned into NightlyTimeoutError outside it."""
+
+
+def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack, deadline: float) -> dict:
     logger = get_run_logger()
     set_torch_threads(s.torch_threads)
     root, night = str(checked.root), checked.night
@@ -177,10 +196,11 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack)
     plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs)
     held.enter_context(hold_tmp_run(plan["tmp_dir"]))  # no sweep takes it while this night runs
     held.callback(remove_tmp_run, root, plan["tmp_dir"])  # a failed night leaves nothing; after publish, a no-op
-    _extract_blocks(plan, s)
+    _extract_blocks(plan, s, deadline)
     tmp_dir = finish_run_task(plan)
     stats_task(tmp_dir, _rule(s))
-    headline = evaluate_task(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
+    evaluate_timed = evaluate_task.with_options(timeout_seconds=s.evaluate_timeout_s)
+    headline = evaluate_timed(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
     run_dir = publish_run_task(root, tmp_dir)
     rel = report_task(run_dir, root, str(checked.reports_dir), night, snapshot_id, list(s.watchlist))
     retention_task(root, str(checked.reports_dir), s.keep_nights)
@@ -194,7 +214,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack)
               "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline,
               "new_data": new_data}
     if s.recipients:
-        sent = send_report_email(night, url, lines, return_state=True)
+        sent = send_report_email.with_options(timeout_seconds=s.email_timeout_s)(night, url, lines, return_state=True)
         if sent.is_failed():
             logger.error("report published at %s but the email failed: %s", result["report"], sent.message)
             return Failed(message=f"report published at {result['report']}, but the email failed: {sent.message}",
@@ -203,43 +223,95 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack)
     return result
 
 
-def _extract_blocks(plan: dict, s: Settings) -> None:
-    n = int(plan["n_blocks"])
+def _extract_blocks(plan: dict, s: Settings, deadline: float) -> None:
+    """Every block on the runner chosen by settings, at most `s.blocks_in_flight` submitted at once:
+    a window of futures topped up as they complete. The progress artifact counts finished blocks' dogs.
+    Past `deadline` (time.monotonic()) the night stops waiting."""
+    n, total = int(plan["n_blocks"]), max(int(plan.get("n_dogs", 0)), 1)
+    limit = s.blocks_in_flight
     progress = create_progress_artifact(0.0, key="extraction-progress", description="Dogs extracted (%)")
-    futures = [extract_block_task.submit(plan, b, s.device, s.batch_size, str(progress)) for b in range(n)]
-    for fut in futures:
-        fut.result()  # raises if a block failed: the run stays unpublished
+    block_task = extract_block_task.with_options(timeout_seconds=s.block_timeout_s)
+    get_run_logger().info("extracting %d block(s) on %s, at most %d in flight", n, s.task_runner, limit)
+    finished: queue.Queue = queue.Queue()
+    done_dogs, next_block, in_flight = 0, 0, 0
+    with block_runner(s, limit) as runner:
+        while next_block < n or in_flight:
+            while next_block < n and in_flight < limit:
+                fut = runner.submit(block_task, {"plan": plan, "block": next_block, "device": s.device,
+                                                 "batch_size": s.batch_size, "torch_threads": s.torch_threads})
+                fut.add_done_callback(finished.put)
+                next_block, in_flight = next_block + 1, in_flight + 1
+            fut = _next_finished(finished, deadline)
+            in_flight -= 1
+            done_dogs += fut.result()  # raises if a block failed: the run stays unpublished
+            update_progress_artifact(progress, min(100.0, 100.0 * done_dogs / total))  # a straddling dog counts twice
+            progress_report("extract", min(done_dogs, total), total, unit="dogs")  # the CLI's bar (flows.progress)
     update_progress_artifact(progress, 100.0)
 
 
-class _ProgressReporter:
-    """Updates the extraction progress artifact from block tasks (threads of one process) as shards
-    finish: the dogs done in every block of the run, summed, at most every `every_s` seconds."""
+def _next_finished(finished: queue.Queue, deadline: float, poll_s: float = 5.0):
+    """The next block future to finish; _TimedOut past the deadline (short waits, so nothing blocks for long)."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            return finished.get(timeout=min(poll_s, left))
+        except queue.Empty:
+            continue
+    raise _TimedOut("the night's deadline passed while blocks were running")
 
-    _runs: dict[str, dict[int, int]] = {}
-    _lock = threading.Lock()
 
-    def __init__(self, artifact_id: str, total: int, block: int, every_s: float = 1.0):
-        self.artifact_id, self.total, self.block, self.every_s = artifact_id, max(total, 1), block, every_s
-        self._last = 0.0
+def block_runner(s: Settings, limit: int) -> TaskRunner:
+    """The task runner extraction blocks run on (`s.task_runner`); enter it for the blocks' lifetime."""
+    if s.task_runner == "threads":
+        return _Threads(max_workers=limit)
+    if s.task_runner == "processes":
+        return _Processes(max_workers=limit)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("GRUVIZ_TASK_RUNNER=dask needs prefect-dask and dask.distributed: "
+                          "pip install 'gruviz[dask]', or use threads or processes") from None
+    if s.dask_address:
+        return DaskTaskRunner(address=s.dask_address)
+    workers = s.dask_workers or max(1, min(os.cpu_count() or 1, limit))
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": 1})
 
-    @classmethod
-    def for_run(cls, artifact_id: str, total: int, block: int) -> _ProgressReporter:
-        with cls._lock:
-            cls._runs.setdefault(artifact_id, {})
-        return cls(artifact_id, total, block)
 
-    def __call__(self, done: int, _in_block: int, *, force: bool = False) -> None:
-        with self._lock:
-            blocks = self._runs[self.artifact_id]
-            blocks[self.block] = done
-            share = min(100.0, 100.0 * sum(blocks.values()) / self.total)  # a dog split by blocks counts twice
-            dogs = min(sum(blocks.values()), self.total)
-        progress_report("extract", dogs, self.total, unit="dogs")  # the CLI's bar (flows.progress)
+class _Threads(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that leaving it on an error (a failed block, the night's timeout)
+    does not wait for the blocks still running: a hung thread cannot be stopped from outside, so it
+    ends at its own block timeout or with the process, and the night ends now."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class _Processes(ProcessPoolTaskRunner):
+    """Prefect's process pool (spawned processes), except that leaving it on an error terminates the
+    pool's processes instead of waiting for blocks still running (a hung block ends with its process)."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and self._executor is not None:
+            for proc in list(getattr(self._executor, "_processes", {}).values()):  # no public way to stop them
+                proc.terminate()
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class _BlockProgress:
+    """Logs a block's own progress (dogs done of its dogs) at most every `every_s` seconds, from
+    whichever process runs it; the run's progress artifact is the flow's (finished blocks)."""
+
+    def __init__(self, block: int, every_s: float = 30.0):
+        self.block, self.every_s, self._last = block, every_s, time.monotonic()
+
+    def __call__(self, done: int, in_block: int) -> None:
         now = time.monotonic()
-        if force or now - self._last >= self.every_s:
+        if now - self._last >= self.every_s:
             self._last = now
-            update_progress_artifact(UUID(self.artifact_id), share)
+            get_run_logger().info("block %d: %d of %d dogs", self.block, done, in_block)
 
 
 def _artifacts(url: str, night: str, lines: dict[str, str], run_dir: str) -> None:

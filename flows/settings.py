@@ -18,6 +18,9 @@ from gruviz_core.stats import TAUS
 
 __all__ = ["Settings", "load_settings"]
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+BLOCK_BYTES_FIXED, BLOCK_BYTES_PER_DOG = 2**30, 64 * 1024
+"""Memory of one extraction block in flight: a fixed part (batch tensors, two shard sets, the loaded inputs)
+and a part per dog; measured order of magnitude (bench/cluster.py: ~1.4 GB for a 5,000-dog block)."""
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 
@@ -68,6 +71,28 @@ class Settings(BaseSettings):
     recipients: list[str] = Field(default_factory=list, description="Who gets the nightly email.")
     keep_nights: int = Field(
         30, ge=0, description="Published runs and report pages kept, in nights (newest first); 0 keeps every night.")
+    task_runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="Where extraction blocks run: threads (of the flow's process), processes (a local "
+        "pool of worker processes, Prefect's ProcessPoolTaskRunner) or dask (prefect-dask's DaskTaskRunner on "
+        "dask_address, else a local cluster of dask_workers worker processes; needs gruviz[dask]).")
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786 (task_runner=dask); "
+        "unset: a local cluster of worker processes for the night.")
+    dask_workers: int | None = Field(
+        None, gt=0, description="Worker processes of the local Dask cluster (one thread each); default the cores.")
+    max_blocks_in_flight: int | None = Field(
+        None, gt=0, description="Extraction blocks submitted at once, on any runner: peak memory is about this "
+        "times one block's. Default min(cores, 0.5 x available memory / (1 GiB + block_dogs x 64 KiB)), at "
+        "least 1: a block holds about 1 GiB whatever its size (batch tensors, two shard sets in flight, the "
+        "loaded inputs in its process) plus about 64 KiB per dog, and half the memory is left to the flow's "
+        "own stages (measured: bench/cluster.py, docs/cluster.md).")
+    block_timeout_s: float = Field(
+        3 * 3600.0, gt=0, description="Seconds one extraction block may run before it fails (and is retried once).")
+    evaluate_timeout_s: float = Field(2 * 3600.0, gt=0, description="Seconds the evaluate task may run.")
+    email_timeout_s: float = Field(300.0, gt=0, description="Seconds one attempt at sending the nightly email may take.")
+    nightly_timeout_s: float = Field(
+        10 * 3600.0, gt=0, description="Seconds the whole nightly may run: past it the night ends Failed, the "
+        "failure notice goes out and the nightly lock is released, so the next night runs.")
 
     @field_validator("home", mode="before")
     @classmethod
@@ -97,6 +122,17 @@ class Settings(BaseSettings):
     def home_is_url(self) -> bool:
         """True when the store is on an fsspec URL (object storage), not a local directory."""
         return _is_url(self.home)
+
+    @property
+    def blocks_in_flight(self) -> int:
+        """max_blocks_in_flight, or its default from the cores, the available memory and block_dogs."""
+        if self.max_blocks_in_flight is not None:
+            return self.max_blocks_in_flight
+        import psutil
+
+        per_block = BLOCK_BYTES_FIXED + self.block_dogs * BLOCK_BYTES_PER_DOG
+        by_memory = int(0.5 * psutil.virtual_memory().available // per_block)
+        return max(1, min(os.cpu_count() or 1, by_memory))
 
     @property
     def reports_path(self) -> Path:

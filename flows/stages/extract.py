@@ -63,7 +63,7 @@ def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_
 def block(plan: dict, index: int, *, device: str, batch_size: int, progress=None) -> int:
     """Write one block; `progress(dogs_done, dogs_in_block)` is called after each shard. Returns its dogs."""
     _, model_set, values, context = inputs(plan["root"], plan["seq_path"], plan["set_id"])
-    models = copy.deepcopy(model_set.models)  # blocks run as threads: each runs (and moves) its own modules
+    models = copy.deepcopy(model_set.models)  # blocks may be threads of one process: each runs (and moves) its own
     marker = write_block(plan["tmp_dir"], index, models, values, context,
                          device=None if device == "auto" else device, batch_size=batch_size, progress=progress)
     log.info("block %d: %d dogs in %.1f s on %s (max recurrence error %.2e)",
@@ -86,7 +86,7 @@ def write_block(
     values: (obs, F), context: (obs, C) normalised model inputs of ALL rows (the block picks its
     own). `progress(dogs_done, dogs_in_block)` is called after each shard.
     """
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     dev = choose_device(device)
     with BlockWriter(plan_or_tmpdir, block_index) as out:
         _check_models(out.plan, models, values, context)
@@ -104,6 +104,7 @@ def write_block(
     return out.done({
         "block": block_index, "rows": list(out.rows), "dogs": out.dogs_total, "device": str(dev),
         "check_max_err": max_err, "seconds": round(time.perf_counter() - t0, 3),
+        "started_at": started_at, "finished_at": time.time(),  # epoch s: when it ran, next to its siblings
     })
 
 
