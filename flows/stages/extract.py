@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -105,6 +107,7 @@ def write_block(
         "block": block_index, "rows": list(out.rows), "dogs": out.dogs_total, "device": str(dev),
         "check_max_err": max_err, "seconds": round(time.perf_counter() - t0, 3),
         "started_at": started_at, "finished_at": time.time(),  # epoch s: when it ran, next to its siblings
+        "host": socket.gethostname(), "pid": os.getpid(),  # where it ran (a worker process on the cluster path)
     })
 
 
