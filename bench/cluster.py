@@ -14,7 +14,10 @@ done markers), and peak RSS sampled every 50 ms during that night: the flow's pr
 worker process (pids from client.run). dask_over_threads is the wall-time ratio. Dask workers load the
 snapshot's sequences and the model set themselves; with threads the blocks reuse the flow's copy.
 
---store s3 is not available yet (the store on object storage is separate work); it exits with a message.
+--store s3 runs the Dask night against a bucket on moto's S3 server (a separate process on 127.0.0.1,
+started here; every process reaches it through AWS_ENDPOINT_URL_S3), with the snapshot and the model
+set ingested and registered there too; the threads night stays on the local store, so dask_over_threads
+then compares the cluster path (Dask + object storage) with today's default (threads + local disk).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -67,7 +72,8 @@ class PeakRSS:
         return [round(self.peak[p.pid] / 2**20, 1) for p in self.procs]
 
 
-def _prepare(home: Path, n_dogs: int, seeds: int, hidden: int) -> dict:
+def _prepare(work: Path, homes: list[str], n_dogs: int, seeds: int, hidden: int) -> dict:
+    """Simulate the dogs once (files under `work`), then ingest them and register the model set in every home."""
     import torch
 
     from flows.commands.model import register
@@ -76,22 +82,47 @@ def _prepare(home: Path, n_dogs: int, seeds: int, hidden: int) -> dict:
     from tests.runner_model import build
 
     t0 = time.perf_counter()
-    src = home / "forms.parquet"
+    src = work / "forms.parquet"
     runs = simulate(n_dogs, seed=1)
     runs.to_parquet(src, index=False)
-    ingest([str(src)], home)
     weights = []
     for k in range(seeds):
         torch.manual_seed(k)
-        weights.append(str(home / f"seed{k}.pt"))
+        weights.append(str(work / f"seed{k}.pt"))
         torch.save(build(hidden=hidden).state_dict(), weights[-1])
-    register(factory="tests.runner_model:build", weights=weights, factory_kwargs={"hidden": hidden},
-             trained_until=str(runs["race_date"].min())[:10], name="bench", current=True, home=str(home))
+    for home in homes:
+        ingest([str(src)], home)
+        register(factory="tests.runner_model:build", weights=weights, factory_kwargs={"hidden": hidden},
+                 trained_until=str(runs["race_date"].min())[:10], name="bench", current=True, home=home)
     return {"rows": len(runs), "prepare_s": round(time.perf_counter() - t0, 1)}
+
+
+def _moto_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process on a free loopback port, the AWS variables pointing at it; a bucket."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"})
+    import s3fs
+
+    for _ in range(200):
+        try:
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("gruviz-bench")
+            break
+        except Exception:  # noqa: BLE001 - the server is still starting
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise SystemExit("moto server did not start")
+    return proc, "s3://gruviz-bench/home"
 
 
 def _night(night: str, worker_pids: list[int] = ()) -> dict:
     from flows.nightly import nightly
+    from storage.fs import store_path
     from storage.layout import RunLayout
 
     with PeakRSS(worker_pids) as rss:
@@ -100,8 +131,8 @@ def _night(night: str, worker_pids: list[int] = ()) -> dict:
         wall = time.perf_counter() - t0
     if not state.is_completed():
         raise SystemExit(f"nightly {night} ended {state.name}: {state.message}")
-    run_dir = Path(state.result()["run_dir"])
-    markers = [json.loads(p.read_text()) for p in RunLayout.at(run_dir).blocks.glob("*.json")]
+    run_dir = store_path(state.result()["run_dir"])
+    markers = [json.loads(p.read_text()) for p in RunLayout.at(run_dir).blocks.iterdir() if p.name.endswith(".json")]
     flow_mb, *workers_mb = rss.peaks_mb()
     out = {"wall_s": round(wall, 1), "blocks": len(markers),
            "extract_s": round(max(m["finished_at"] for m in markers) - min(m["started_at"] for m in markers), 1),
@@ -118,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-dogs", type=int, default=None, help="GRUVIZ_BLOCK_DOGS (default the setting's)")
     ap.add_argument("--store", choices=["local", "s3"], default="local")
     args = ap.parse_args(argv)
-    if args.store == "s3":
-        raise SystemExit("bench/cluster.py --store s3: not available yet (the store on s3:// is separate work); "
-                         "use --store local")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -134,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             server_startup_timeout=240):
         home = Path(tmp) / "home"
         home.mkdir()
-        os.environ.update({"GRUVIZ_HOME": str(home), "GRUVIZ_BOOTSTRAP": "100"})
+        moto, dask_home = _moto_server() if args.store == "s3" else (None, str(home))
+        os.environ.update({"GRUVIZ_HOME": str(home), "GRUVIZ_BOOTSTRAP": "100",
+                           "GRUVIZ_REPORTS_DIR": str(Path(tmp) / "reports")})
         if args.block_dogs:
             os.environ["GRUVIZ_BLOCK_DOGS"] = str(args.block_dogs)
         for name in ("GRUVIZ_SMTP_HOST", "GRUVIZ_RECIPIENTS", "GRUVIZ_SOURCES", "GRUVIZ_DASK_ADDRESS"):
             os.environ.pop(name, None)
-        out.update(_prepare(home, args.dogs, args.seeds, args.hidden))
+        out.update(_prepare(Path(tmp), sorted({str(home), dask_home}), args.dogs, args.seeds, args.hidden))
         night = dt.date(2026, 11, 1)
 
         os.environ["GRUVIZ_TASK_RUNNER"] = "threads"
@@ -150,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
                           dashboard_address=None) as cluster, Client(cluster) as client:
             out["cluster_start_s"] = round(time.perf_counter() - t0, 1)
             os.environ.update({"GRUVIZ_TASK_RUNNER": "dask", "GRUVIZ_DASK_ADDRESS": cluster.scheduler_address,
+                               "GRUVIZ_HOME": dask_home,
                                "GRUVIZ_MAX_BLOCKS_IN_FLIGHT": str(args.workers)})
             pids = sorted(client.run(os.getpid).values())
             out["dask"] = _night((night + dt.timedelta(days=1)).isoformat(), pids)
         out["dask_over_threads"] = round(out["dask"]["wall_s"] / out["threads"]["wall_s"], 3)
         out["dask_over_threads_extract"] = round(out["dask"]["extract_s"] / max(out["threads"]["extract_s"], 1e-9), 3)
+        if moto is not None:
+            moto.kill()
     print(json.dumps(out))
     return 0
 
