@@ -308,7 +308,7 @@ def _race_loss(scores: np.ndarray, data: TrainData, rows: np.ndarray) -> float:
     return float(loss) / max(n, 1)
 
 
-def _fit_context_skip(skip: nn.Linear, context: torch.Tensor, won: torch.Tensor, data: TrainData) -> None:
+def _fit_context_skip(model: RaceGRU, context: torch.Tensor, won: torch.Tensor, data: TrainData) -> None:
     """Warm start: the conditional logit on the context alone (convex; full batch L-BFGS on the training races).
 
     The GRU and head then learn the correction to it, instead of spending epochs rediscovering
@@ -316,7 +316,8 @@ def _fit_context_skip(skip: nn.Linear, context: torch.Tensor, won: torch.Tensor,
     """
     rows = torch.from_numpy(np.flatnonzero(data.train_rows))
     race = torch.from_numpy(race_codes(data.race[data.train_rows]))
-    c, w = context[rows], won[rows]
+    skip = model.skip
+    c, w = model.dense_context(context[rows]), won[rows]
     opt = torch.optim.LBFGS(skip.parameters(), lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
 
     def closure():
@@ -368,7 +369,7 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) 
     if train_len.sum() == 0:
         raise ConfigError("train: no rows in the training period; give more dates or a smaller val_frac")
     if model.skip is not None:
-        _fit_context_skip(model.skip, context, won, data)
+        _fit_context_skip(model, context, won, data)
     best, best_loss, best_epoch, stale, curve = None, np.inf, 0, 0, []
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()

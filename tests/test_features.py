@@ -8,8 +8,10 @@ import pytest
 
 from gruviz_core.errors import FeatureMismatchError
 from gruviz_core.features import (
+    CATEGORICAL,
     CONTEXT_NAMES,
     FEATURE_NAMES,
+    TRACK_INDEX,
     TRACKS,
     Normaliser,
     build_sequences,
@@ -18,6 +20,8 @@ from gruviz_core.features import (
     home_group,
     interaction_columns,
     track_column,
+    track_embedding_columns,
+    track_index,
 )
 from gruviz_core.grades import GRADE_KINDS
 from gruviz_core.schema import conform
@@ -116,7 +120,7 @@ def test_grade_numbers():
 NEW_INPUTS = (
     ["v:placed", "v:placed_missing", "v:grade_level", "v:grade_missing", "v:log_days_since", "v:days_missing",
      "c:grade_level", "c:grade_change", "c:grade_change_missing", "c:log_days_since", "c:days_missing"]
-    + [f"c:kind_{k}" for k in GRADE_KINDS] + ["c:track_other", "c:track_ballarat"]
+    + [f"c:kind_{k}" for k in GRADE_KINDS] + ["c:track_index"]
 )
 
 
@@ -165,14 +169,32 @@ def test_grade_change_and_kind_of_the_upcoming_race():
 
 
 def test_track_vocabulary_and_unknown_bucket():
+    runs = _varied(toy_runs(n_races=60))
+    seqs = _by_key(build_sequences(runs))
+    assert not [n for n in CONTEXT_NAMES if n.startswith("track_") and n != TRACK_INDEX]  # no one-hot columns
+    assert track_column("The Meadows") == "track_the_meadows"
+    np.testing.assert_array_equal(track_index(["Ballarat", "the meadows", "SANDOWN PARK", "Mars", ""]),
+                                  [TRACKS.index("Ballarat") + 1, TRACKS.index("The Meadows") + 1,
+                                   TRACKS.index("Sandown Park") + 1, 0, 0])
+    r = runs.set_index(["dog_id", "race_id"]).loc[seqs.index]
+    expected = r["track"].map({"Ballarat": TRACKS.index("Ballarat") + 1, "Sandown Park": TRACKS.index("Sandown Park") + 1,
+                               "Mars": 0}).to_numpy(dtype=float)
+    np.testing.assert_array_equal(seqs["c:track_index"].to_numpy(), expected)
+    assert (expected == 0).any() and (expected > 0).any()
+    col, box = track_embedding_columns(CONTEXT_NAMES)
+    assert CONTEXT_NAMES[col] == TRACK_INDEX and len(box) == 8 and CATEGORICAL[TRACK_INDEX] == len(TRACKS) + 1
+    assert interaction_columns(CONTEXT_NAMES) == ((), ())  # the one-hot table only for sets from before
+
+
+def test_normaliser_leaves_the_track_index_raw():
     seqs = build_sequences(_varied(toy_runs(n_races=60)))
-    ctx = {n: seqs.context[:, i] for i, n in enumerate(seqs.context_names)}
-    tracks = [n for n in seqs.context_names if n.startswith("track_")]
-    assert len(tracks) == len(TRACKS) + 1 and track_column("The Meadows") == "track_the_meadows"
-    np.testing.assert_array_equal(np.stack([ctx[t] for t in tracks], 1).sum(1), 1.0)
-    assert ctx["track_ballarat"].sum() > 0 and ctx["track_sandown_park"].sum() > 0 and ctx["track_other"].sum() > 0
-    box, track = interaction_columns(seqs.context_names)
-    assert len(box) == 8 and len(track) == len(TRACKS) + 1
+    norm = fit_normaliser(seqs)
+    assert norm.categorical == (TRACK_INDEX,) and Normaliser.from_dict(norm.to_dict()) == norm
+    i = seqs.context_names.index(TRACK_INDEX)
+    _, c = norm.apply(seqs.values, seqs.context)
+    np.testing.assert_array_equal(c[:, i], seqs.context[:, i])  # not standardised, not clipped at 8
+    sub = norm.select(["won"], ["box", TRACK_INDEX])
+    assert sub.categorical == (TRACK_INDEX,) and norm.select(["won"], ["box"]).categorical == ()
 
 
 def test_placed_flag_from_the_place_and_field():

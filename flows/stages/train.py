@@ -14,7 +14,15 @@ import numpy as np
 
 from flows.stages import features
 from gruviz_core.errors import ConfigError
-from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_group, interaction_columns
+from gruviz_core.features import (
+    CATEGORICAL,
+    TRACK_INDEX,
+    Normaliser,
+    column_index,
+    fit_normaliser,
+    home_group,
+    track_embedding_columns,
+)
 from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
@@ -94,7 +102,8 @@ def train_and_register(
     `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
     `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
     `feature_names` (default: all) picks the race features the GRU reads (ablations). `box_track` adds the
-    model's learned box x track table where the context has box and track one-hots.
+    model's learned box x track table where the context has box one-hots and the track index (which the model
+    reads through a learned embedding).
     `workers` > 1 trains seeds in parallel processes (spawned, one torch thread each): the way
     to use several cores, since one GRU's small matrices gain little from intra-op threads.
     `yardsticks` (seqs -> name -> (obs,) win probability, NaN where unknown) adds other forecasters, e.g. a
@@ -109,13 +118,15 @@ def train_and_register(
         cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
     seq_path = features.run(root, snapshot_id)
     data, norm, cutoff, es_end = _training_data(seq_path, cfg.val_frac, cfg.test_frac, context_names, feature_names)
-    box_cols, track_cols = interaction_columns(norm.context_names) if box_track else ((), ())
+    track_col, box_cols = track_embedding_columns(norm.context_names)
+    box_cols = box_cols if box_track else ()
     train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
     test_rows = data.test_rows if data.test_rows is not None else np.zeros(len(data.won), dtype=bool)
     t_features = time.perf_counter() - t0
     configs = [
         ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
-                    seed=seed, context_skip=context_skip, box_columns=box_cols, track_columns=track_cols)
+                    seed=seed, context_skip=context_skip, box_columns=box_cols, track_column=track_col,
+                    n_tracks=CATEGORICAL[TRACK_INDEX] if track_col >= 0 else 0)
         for seed in seed_list
     ]
     if workers > 1 and len(seed_list) > 1:
