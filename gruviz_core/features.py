@@ -32,7 +32,7 @@ import pandas as pd
 from gruviz_core.errors import FeatureMismatchError, InputError
 from gruviz_core.grades import GRADE_KINDS, grade_table, parse_grade
 from gruviz_core.racing import race_codes, renormalise
-from gruviz_core.schema import conform
+from gruviz_core.schema import YARDSTICKS, conform
 from gruviz_core.sequences import Sequences
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "track_embedding_columns",
     "build_sequences",
     "clean_runs",
+    "yardstick_probs",
     "grade_number",
     "home_group",
     "Normaliser",
@@ -168,6 +169,21 @@ def clean_runs(runs: pd.DataFrame) -> pd.DataFrame:
     A team's own feature callable is given this table, so its rows line up with the sequences.
     """
     return _clean(conform(runs, where="clean_runs"))
+
+
+def yardstick_probs(runs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Other forecasters' win probabilities per row of `build_sequences(runs)`: name -> (obs,) 1 / price of each
+    `schema.YARDSTICKS` column the table has (NaN where unknown); columns with no price at all are left out.
+
+    For comparison only: `build_sequences` never reads these columns."""
+    df = clean_runs(runs)
+    out = {}
+    for name in YARDSTICKS:
+        price = _num(df[name])
+        p = np.where(np.isfinite(price) & (price > 1.0), 1.0 / price, np.nan)
+        if np.isfinite(p).any():
+            out[name] = p
+    return out
 
 
 def _clean(df: pd.DataFrame) -> pd.DataFrame:

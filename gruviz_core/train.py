@@ -75,6 +75,10 @@ class TrainConfig:
     to fit or to choose the epoch, so the nightly report can compare cohorts on them out of sample."""
     grad_clip: float = 1.0
     """Max gradient norm per step."""
+    place_weight: float = 0.0
+    """Weight of a top-2 Plackett-Luce term in the loss: -log P(second | the winner is out) among the other
+    runners present, for races whose second is known (`TrainData.second`). 0: the win term only. Early stopping
+    always watches the win term alone."""
     threads: int | None = 1
     """Torch intra-op threads while training (None: leave as is). The GRU's matrices are small, and on a
     shared machine two threads wait on each other (measured 30x slower under load); train seeds in
@@ -105,6 +109,8 @@ class TrainData:
     """(dog,) int64 batch group (home track bucket)."""
     test_rows: np.ndarray | None = None
     """(obs,) bool: in the test window (after the early-stopping window; never fitted on or used to stop)."""
+    second: np.ndarray | None = None
+    """(obs,) float32 1 came second, 0 did not or unknown (for the place term of the loss); None: unknown."""
 
 
 @dataclass(frozen=True)
@@ -363,6 +369,9 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) 
     values = torch.from_numpy(np.ascontiguousarray(data.values))
     context = torch.from_numpy(np.ascontiguousarray(data.context))
     won = torch.from_numpy(data.won.astype(np.float32))
+    won_np = data.won.astype(np.float32)
+    second = (torch.from_numpy(np.asarray(data.second, dtype=np.float32))
+              if cfg.place_weight > 0 and data.second is not None else None)
     starts = data.offsets[:-1]
     dog_of_row = np.repeat(np.arange(len(starts)), np.diff(data.offsets))
     train_len = np.bincount(dog_of_row[data.train_rows], minlength=len(starts)).astype(np.int64)
@@ -382,6 +391,11 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) 
             if n == 0:
                 continue
             loss = loss_sum / n
+            if second is not None:  # top-2 Plackett-Luce: the second among the runners left after the winner
+                rest = torch.from_numpy(won_np[rows] == 0)
+                p_sum, n_p = conditional_logit_nll(s[rest], race[rest], second[rows][rest]) if rest.any() else (0, 0)
+                if n_p:
+                    loss = loss + cfg.place_weight * p_sum / n_p
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -23,8 +23,9 @@ from gruviz_core.features import (
     track_embedding_columns,
     track_index,
 )
+from gruviz_core.formats import adapt
 from gruviz_core.grades import GRADE_KINDS
-from gruviz_core.schema import conform
+from gruviz_core.schema import CANONICAL_COLUMNS, YARDSTICKS, conform
 
 
 def toy_runs(n_dogs: int = 60, n_races: int = 200, seed: int = 0, *, tracks: int = 3) -> pd.DataFrame:
@@ -262,3 +263,25 @@ def test_the_sources_placed_flag_wins_where_the_place_is_unknown():
     seqs = _by_key(build_sequences(runs))
     key = (runs.loc[7, "dog_id"], runs.loc[7, "race_id"])
     assert seqs.loc[key, "v:placed"] == 1.0
+
+
+def test_iggy_rated_price_is_a_canonical_yardstick_column():
+    raw = pd.DataFrame({
+        "Date": ["2024-01-01"] * 3, "Track": ["Albion Park"] * 3, "Race Name": ["R1 520m Mdn"] * 3,
+        "MarketId": ["223079794"] * 3, "Rug": ["1", "2", "3"], "Dog": ["Rather Flash", "Hudson Pink", "Absolution"],
+        "Rated Price": ["2.93", "", "6.15"], "WIN_RESULT": ["1", "0", "0"], "WIN_BSP": ["3.1", "12", "5"],
+    })
+    runs = conform(adapt(raw, "iggy").runs)
+    assert "rated_price" in CANONICAL_COLUMNS and "rated_price" in YARDSTICKS
+    np.testing.assert_allclose(runs["rated_price"].to_numpy(dtype=float, na_value=np.nan), [2.93, np.nan, 6.15])
+    assert conform(toy_runs(n_races=5))["rated_price"].isna().all()  # NaN where the source has none
+
+
+def test_rated_price_never_reaches_the_feature_matrix():
+    runs = toy_runs(n_races=80)
+    rng = np.random.default_rng(1)
+    a = build_sequences(runs.assign(rated_price=rng.uniform(1.5, 30.0, len(runs))))
+    b = build_sequences(runs.assign(rated_price=np.where(runs["won"].astype(bool), 1.01, 99.0)))  # a perfect tip
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.context, b.context)
+    assert not [n for n in (*a.feature_names, *a.context_names) if "rated" in n]

@@ -194,3 +194,24 @@ def test_window_report_scores_the_mean_of_seeds_beside_baselines_on_the_same_rac
     r = out["vs"]["rated"]
     assert r["baseline"]["n_races"] == 3 and r["baseline"]["race_log_loss"] == pytest.approx(-np.log(0.5))
     assert out["vs"]["uniform"]["diff"]["race_log_loss"] == pytest.approx(-np.log(ens) - np.log(3.0))
+
+
+def test_place_term_only_acts_where_a_second_is_known(synth_data):
+    from dataclasses import replace
+
+    cfg = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128)
+    placed = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128, place_weight=1.0)
+    base = train_seed(synth_data, _cfg(synth_data), cfg)
+    none_known = train_seed(replace(synth_data, second=np.zeros_like(synth_data.won)), _cfg(synth_data), placed)
+    for k in base.state_dict:  # no race with a known second: no place term, the same weights
+        torch.testing.assert_close(base.state_dict[k], none_known.state_dict[k], rtol=0, atol=0)
+    race = synth_data.race
+    rng = np.random.default_rng(0)
+    second = np.zeros_like(synth_data.won)
+    for r in np.unique(race[:3000]):  # one loser of each race comes second
+        losers = np.flatnonzero((race == r) & (synth_data.won == 0))
+        if len(losers):
+            second[rng.choice(losers)] = 1.0
+    with_term = train_seed(replace(synth_data, second=second), _cfg(synth_data), placed)
+    assert any(not torch.equal(base.state_dict[k], with_term.state_dict[k]) for k in base.state_dict)
+    assert np.isfinite(with_term.curve["val_loss"]).all()
