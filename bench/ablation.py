@@ -69,7 +69,11 @@ VARIANTS: dict[str, Variant] = {
     "no_track": Variant("without the track embedding and the box x track table", drop_context=(TRACK_INDEX,)),
     "no_box_track": Variant("track embedding, no box x track table", box_track=False),
     "raw_days": Variant("days since the last run not coverage-aware", raw_days=True),
+    "no_form_rates": Variant("without the earlier starts and win rate at the track and distance", drop_context=("form_",)),
     # candidates to close the gap (judged on the early-stopping window only)
+    "plateau_0.5": Variant("learning rate halved after each epoch without improvement, patience 4",
+                           train={"plateau_factor": 0.5, "patience": 4}),
+    "two_layers": Variant("two GRU layers, dropout 0.1 between them", model={"num_layers": 2, "dropout": 0.1}),
     "place_0.5": Variant("top-2 Plackett-Luce term, weight 0.5", train={"place_weight": 0.5}),
     "place_1": Variant("top-2 Plackett-Luce term, weight 1", train={"place_weight": 1.0}),
     "hidden_32": Variant("32 GRU units", model={"hidden_size": 32}),

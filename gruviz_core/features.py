@@ -8,7 +8,8 @@ Each row of a dog's sequence is one race, in date order, with two vectors:
   and a missing flag for each nullable input. Raw: missing inputs are NaN (their flag says so).
 - `context` (known before the race): box, distance, track (an integer index into a stored vocabulary,
   unknown tracks in bucket 0, which the model embeds), days since the last run, field size, the race's grade (level, kind) and the
-  class change from the dog's last race, and the market's implied probability (renormalised within the
+  class change from the dog's last race, the dog's earlier starts and (shrunk) win rate at this track and
+  at this distance, and the market's implied probability (renormalised within the
   race) and its log, so the conditional logit can start from the market's own odds.
 
 Days since the last run are unknown (flagged) when a calendar month between the two runs has no
@@ -110,6 +111,7 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "log_field_size",
     "grade_level", "grade_missing", "grade_change", "grade_change_missing",
     *(f"kind_{k}" for k in GRADE_KINDS),
+    "form_track_starts", "form_track_win_rate", "form_dist_starts", "form_dist_win_rate",
     "market_prob", "market_logit", "market_missing",
     TRACK_INDEX,
 )
@@ -287,7 +289,26 @@ def _context(
     for k in GRADE_KINDS:
         cols[f"kind_{k}"] = (kind == k).astype(np.float64)
     cols[TRACK_INDEX] = track_index(df["track"]).astype(np.float64)
+    for name, key in (("track", df["track"].astype(str)), ("dist", df["distance_m"].astype("string").fillna("?"))):
+        starts, wins = _earlier_runs(df["dog_id"], key, df["won"])
+        cols[f"form_{name}_starts"] = np.log1p(starts)
+        cols[f"form_{name}_win_rate"] = (wins + FORM_PRIOR_RUNS / 8.0) / (starts + FORM_PRIOR_RUNS)
     return np.stack([cols[n] for n in CONTEXT_NAMES], axis=1).astype(np.float32)
+
+
+FORM_PRIOR_RUNS = 4.0
+"""A dog's win rate at a track or distance is shrunk towards 1 in 8 as if it had this many runs there at that rate."""
+
+
+def _earlier_runs(dog: pd.Series, key: pd.Series, won: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(obs,) runs and wins of the dog with the same key (track, distance) on its earlier rows only.
+
+    Rows are by dog and date (a dog runs once a day), so the rows before a row are its earlier races."""
+    w = won.astype("Float64").to_numpy(dtype=np.float64, na_value=0.0)
+    g = pd.DataFrame({"dog": dog.to_numpy(), "key": key.to_numpy(), "w": w}).groupby(["dog", "key"], sort=False)
+    starts = g.cumcount().to_numpy(dtype=np.float64)
+    wins = g["w"].cumsum().to_numpy(dtype=np.float64) - w
+    return starts, wins
 
 
 def _price(df: pd.DataFrame) -> np.ndarray:

@@ -75,6 +75,8 @@ class TrainConfig:
     to fit or to choose the epoch, so the nightly report can compare cohorts on them out of sample."""
     grad_clip: float = 1.0
     """Max gradient norm per step."""
+    plateau_factor: float = 1.0
+    """Learning rate multiplied by this after each epoch that does not improve the early-stopping loss (1: constant)."""
     place_weight: float = 0.0
     """Weight of a top-2 Plackett-Luce term in the loss: -log P(second | the winner is out) among the other
     runners present, for races whose second is known (`TrainData.second`). 0: the win term only. Early stopping
@@ -414,6 +416,8 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log) 
             stale += 1
             if stale >= cfg.patience:
                 break
+            for g in opt.param_groups:
+                g["lr"] *= cfg.plateau_factor
     model.load_state_dict(best if best is not None else model.state_dict())
     scores = score_rows(model, data.values, data.context, data.offsets)
     return SeedResult(

@@ -15,6 +15,7 @@ from gruviz_core.features import (
     TRACKS,
     Normaliser,
     build_sequences,
+    clean_runs,
     fit_normaliser,
     grade_number,
     home_group,
@@ -122,6 +123,7 @@ NEW_INPUTS = (
     ["v:placed", "v:placed_missing", "v:grade_level", "v:grade_missing", "v:log_days_since", "v:days_missing",
      "c:grade_level", "c:grade_change", "c:grade_change_missing", "c:log_days_since", "c:days_missing"]
     + [f"c:kind_{k}" for k in GRADE_KINDS] + ["c:track_index"]
+    + ["c:form_track_starts", "c:form_track_win_rate", "c:form_dist_starts", "c:form_dist_win_rate"]
 )
 
 
@@ -285,3 +287,19 @@ def test_rated_price_never_reaches_the_feature_matrix():
     np.testing.assert_array_equal(a.values, b.values)
     np.testing.assert_array_equal(a.context, b.context)
     assert not [n for n in (*a.feature_names, *a.context_names) if "rated" in n]
+
+
+def test_form_at_the_track_and_distance_counts_earlier_runs_only():
+    runs = _varied(toy_runs(n_races=120))
+    seqs = build_sequences(runs)
+    r = clean_runs(runs)  # the rows of the sequences, in their order (by dog, date)
+    ctx = {n: seqs.context[:, i] for i, n in enumerate(seqs.context_names)}
+    won = r["won"].astype(float)
+    for key, name in (("track", "track"), ("distance_m", "dist")):
+        starts, wins = np.zeros(len(r)), np.zeros(len(r))
+        for i in range(len(r)):  # the slow way: every earlier row of the same dog with the same key
+            same = (r["dog_id"][:i] == r["dog_id"][i]) & (r[key][:i] == r[key][i]) & (r["race_date"][:i] < r["race_date"][i])
+            starts[i], wins[i] = same.sum(), won[:i][same].sum()
+        np.testing.assert_allclose(ctx[f"form_{name}_starts"], np.log1p(starts), rtol=1e-6)
+        np.testing.assert_allclose(ctx[f"form_{name}_win_rate"], (wins + 0.5) / (starts + 4.0), rtol=1e-6)
+        assert (starts == 0).any() and (wins > 0).any()
