@@ -119,6 +119,7 @@ def run_variant(name: str, seqs: Sequences, sticks: dict, *, market: bool, epoch
         "seconds": round(time.perf_counter() - t0, 1), "cutoff": str(cutoff), "early_stop_end": str(es_end),
         "n_context": len(ctx), "n_features": len(feats),
         "es_race_nll": round(float(r.curve["val_loss"].min()), 5),
+        "es_win_race_nll": round(r.metrics["model"]["race_log_loss"], 5),  # -log p(winner), as bench/train.py prints
         "test_race_nll": round(test["ensemble"]["race_log_loss"], 5), "test_races": test["ensemble"]["n_races"],
         "vs": {k: {"baseline": pick(b["baseline"]), "model": pick(b["model"]),
                    "diff": round(b["diff"]["race_log_loss"], 4)} for k, b in test["vs"].items()},
