@@ -10,7 +10,8 @@ the mean of the seeds (the production score), and its differences from the marke
 seconds per epoch of the built-in model against the old feature set (one-hot tracks) timed alternately in this
 run, as a ratio. Run under `flock /tmp/gruviz-heavy.lock`.
 
-    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 1] [--workers 2] [--no-market] [--dir /tmp/gruviz-bench-train]
+    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 1] [--workers 2] [--no-market]
+        [--ratio-epochs 2] [--dir /tmp/gruviz-bench-train]
 """
 
 from __future__ import annotations
