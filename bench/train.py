@@ -6,9 +6,12 @@ JSON line: rows, timings, and per seed the validation win log-loss, race log-los
 winner), Brier and hit rate of the model beside the market (renormalised BSP on the same priced
 rows) and a uniform 1/field forecast; then the test window (after the early-stopping window): each seed,
 the mean of the seeds (the production score), and its differences from the market, Iggy's own Rated Price
-(a yardstick read from the raw files, never an input) and the uniform on the same races. Run under `flock /tmp/gruviz-heavy.lock`.
+(the canonical `rated_price` column: a yardstick, never an input) and the uniform on the same races; and the
+seconds per epoch of the built-in model against the old feature set (one-hot tracks) timed alternately in this
+run, as a ratio. Run under `flock /tmp/gruviz-heavy.lock`.
 
-    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 1] [--workers 2] [--no-market] [--dir /tmp/gruviz-bench-train]
+    .venv/bin/python bench/train.py [--seeds 3] [--hidden 64] [--epochs 30] [--threads 1] [--workers 2] [--no-market]
+        [--ratio-epochs 2] [--dir /tmp/gruviz-bench-train]
 """
 
 from __future__ import annotations
@@ -18,42 +21,63 @@ import json
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from flows.stages.train import train_and_register  # noqa: E402
-from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, MARKET_CONTEXT  # noqa: E402
-from gruviz_core.formats import normalise_name  # noqa: E402
-from gruviz_core.train import TrainConfig  # noqa: E402
+from flows.stages import features  # noqa: E402
+from flows.stages.train import _training_data, train_and_register  # noqa: E402
+from gruviz_core.features import (  # noqa: E402
+    CATEGORICAL,
+    CONTEXT_NAMES,
+    FEATURE_NAMES,
+    MARKET_CONTEXT,
+    TRACK_INDEX,
+    track_embedding_columns,
+)
+from gruviz_core.model import ModelConfig  # noqa: E402
+from gruviz_core.train import TrainConfig, TrainData, train_seed  # noqa: E402
 from storage.forms import ingest  # noqa: E402
 
 IGGY = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair-iggy"
 KEYS = ("log_loss", "race_log_loss", "brier", "hit_rate")
 
 
-def rated_price(source: str):
-    """Iggy's own `Rated Price` as a yardstick (1 / price per row of the sequences; NaN where absent).
+def old_features(data: TrainData, norm) -> tuple[TrainData, ModelConfig]:
+    """The feature set before the track embedding, as a baseline for the epoch time: the track index expanded back
+    into one-hot context columns (vocabulary + unknown) and the box x track table over them."""
+    col, box = track_embedding_columns(norm.context_names)
+    n = CATEGORICAL[TRACK_INDEX]
+    onehot = np.eye(n, dtype=np.float32)[data.context[:, col].astype(np.int64)]
+    ctx = np.concatenate([np.delete(data.context, col, axis=1), onehot], axis=1)
+    n_dense = data.context.shape[1] - 1
+    track = tuple(range(n_dense, n_dense + n))
+    box = tuple(b if b < col else b - 1 for b in box)
+    cfg = ModelConfig(data.values.shape[1], ctx.shape[1], context_skip=True, box_columns=box, track_columns=track)
+    return replace(data, context=ctx), cfg
 
-    The canonical schema does not keep it, so it is read from the raw files here and joined on
-    (race_id = 'bf:' + MarketId, dog_id = the normalised dog name), as gruviz_core.formats does.
-    """
-    raw = pd.concat([pd.read_csv(f, usecols=["MarketId", "Dog", "Rated Price"])
-                     for f in sorted(Path(source).glob("*.csv.gz"))], ignore_index=True)
-    key = pd.DataFrame({"race": "bf:" + raw["MarketId"].astype("Int64").astype(str),
-                        "dog": normalise_name(raw["Dog"].astype("string")).astype(str),
-                        "p": 1.0 / pd.to_numeric(raw["Rated Price"], errors="coerce")})
-    key = key[np.isfinite(key["p"]) & (key["p"] > 0)].drop_duplicates(["race", "dog"]).set_index(["race", "dog"])["p"]
 
-    def sticks(seqs) -> dict:
-        dog = np.repeat(np.asarray(seqs.dog_id, dtype=str), seqs.row_size)
-        idx = pd.MultiIndex.from_arrays([np.asarray(seqs.race_id, dtype=str), dog])
-        return {"rated_price": key.reindex(idx).to_numpy(dtype=np.float64)}
-
-    return sticks
+def epoch_ratio(seq_path, cfg: TrainConfig, epochs: int, hidden: int) -> dict:
+    """Seconds per epoch of the built-in model (track embedding) and of the old feature set (one-hot tracks), one
+    seed each, alternating in this process so the machine's load hits both alike; ratio new / old."""
+    data, norm, _, _ = _training_data(Path(seq_path), cfg.val_frac, cfg.test_frac, None)
+    col, box = track_embedding_columns(norm.context_names)
+    new_cfg = ModelConfig(data.values.shape[1], data.context.shape[1], hidden_size=hidden, context_skip=True,
+                          box_columns=box, track_column=col, n_tracks=CATEGORICAL[TRACK_INDEX])
+    old_data, old_cfg = old_features(data, norm)
+    old_cfg = replace(old_cfg, hidden_size=hidden)
+    tc = replace(cfg, epochs=1, patience=10)
+    new_s, old_s = [], []
+    for _ in range(epochs):
+        new_s.append(float(train_seed(data, new_cfg, tc).curve["seconds"].iloc[0]))
+        old_s.append(float(train_seed(old_data, old_cfg, tc).curve["seconds"].iloc[0]))
+    return {"epochs_each": epochs, "new_context_cols": int(data.context.shape[1]),
+            "old_context_cols": int(old_data.context.shape[1]), "new_epoch_s": round(float(np.median(new_s)), 2),
+            "old_epoch_s": round(float(np.median(old_s)), 2),
+            "ratio_new_over_old": round(float(np.median(new_s) / np.median(old_s)), 3)}
 
 
 def _test_summary(test: dict) -> dict:
@@ -83,7 +107,9 @@ def main() -> int:
     ap.add_argument("--drop", nargs="*", default=[], help="leave out features/context columns starting with these "
                     "prefixes (ablations), e.g. grade_change kind_ track_ placed")
     ap.add_argument("--no-box-track", action="store_true", help="no box x track term in the model")
-    ap.add_argument("--no-rated", action="store_true", help="skip the Iggy rated-price yardstick")
+    ap.add_argument("--no-rated", action="store_true", help="skip the rated-price yardstick")
+    ap.add_argument("--ratio-epochs", type=int, default=2, help="epochs each of the new and the old feature set timed "
+                    "alternately for the epoch-time ratio (0: skip)")
     ap.add_argument("--verbose", action="store_true", help="print each epoch's losses to stderr")
     a = ap.parse_args()
     if not any(Path(a.source).glob("*.csv.gz")):
@@ -99,7 +125,7 @@ def main() -> int:
     r = train_and_register(a.dir, snap.snapshot_id, seeds=a.seeds, hidden=a.hidden, layers=a.layers,
                            train_config=TrainConfig(threads=a.threads), epochs=a.epochs, context_names=context,
                            feature_names=feats, box_track=not a.no_box_track,
-                           workers=a.workers, log_fn=log, yardsticks=None if a.no_rated else rated_price(a.source))
+                           workers=a.workers, log_fn=log, yardsticks=(lambda _s: {}) if a.no_rated else None)
     pick = lambda m: {k: round(m[k], 4) for k in KEYS} | {"n_rows": m["n_rows"], "n_races": m["n_races"]}  # noqa: E731
     out = {
         "bench": "train", "source": "betfair-iggy", "snapshot_id": snap.snapshot_id, "rows": snap.accepted,
@@ -118,6 +144,8 @@ def main() -> int:
         "uniform": pick(r.uniform),
         "early_stop_end": r.early_stop_end, "n_test_rows": r.n_test_rows,
         "test": _test_summary(r.test),
+        "epoch_time_vs_old_features": epoch_ratio(features.run(a.dir, snap.snapshot_id), TrainConfig(threads=a.threads),
+                                                  a.ratio_epochs, a.hidden) if a.ratio_epochs > 0 else None,
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(out))

@@ -6,9 +6,10 @@ Each row of a dog's sequence is one race, in date order, with two vectors:
   sectional against a leak-free track/distance reference, margin, log place, placed, won, box,
   distance, grade level, weight change, days since the last run, the market's implied probability,
   and a missing flag for each nullable input. Raw: missing inputs are NaN (their flag says so).
-- `context` (known before the race): box, distance, track (one-hot over a stored vocabulary, unknown
-  tracks in one bucket), days since the last run, field size, the race's grade (level, kind) and the
-  class change from the dog's last race, and the market's implied probability (renormalised within the
+- `context` (known before the race): box, distance, track (an integer index into a stored vocabulary,
+  unknown tracks in bucket 0, which the model embeds), days since the last run, field size, the race's grade (level, kind) and the
+  class change from the dog's last race, the dog's earlier starts and (shrunk) win rate at this track and
+  at this distance, and the market's implied probability (renormalised within the
   race) and its log, so the conditional logit can start from the market's own odds.
 
 Days since the last run are unknown (flagged) when a calendar month between the two runs has no
@@ -32,7 +33,7 @@ import pandas as pd
 from gruviz_core.errors import FeatureMismatchError, InputError
 from gruviz_core.grades import GRADE_KINDS, grade_table, parse_grade
 from gruviz_core.racing import race_codes, renormalise
-from gruviz_core.schema import conform
+from gruviz_core.schema import YARDSTICKS, conform
 from gruviz_core.sequences import Sequences
 
 __all__ = [
@@ -40,10 +41,15 @@ __all__ = [
     "CONTEXT_NAMES",
     "MARKET_CONTEXT",
     "TRACKS",
+    "TRACK_INDEX",
+    "CATEGORICAL",
     "track_column",
+    "track_index",
     "interaction_columns",
+    "track_embedding_columns",
     "build_sequences",
     "clean_runs",
+    "yardstick_probs",
     "grade_number",
     "home_group",
     "Normaliser",
@@ -65,8 +71,14 @@ TRACKS: tuple[str, ...] = (
     "Nottingham", "Oxford", "Pelaw Grange", "Perry Barr", "Romford", "Sheffield", "Star Pelaw", "Suffolk Downs",
     "Sunderland", "Swindon", "Towcester", "Valley", "Yarmouth",
 )
-"""The stored track vocabulary: one context column each (a learned embedding through the head); a track not
-in it goes to `track_other`. Fixed in code so sequences of any snapshot have the same columns."""
+"""The stored track vocabulary: the context column `track_index` holds 1 + a track's position here (a learned
+embedding in the model); a track not in it is 0. Fixed in code so sequences of any snapshot agree."""
+
+TRACK_INDEX = "track_index"
+"""Context column of the track's vocabulary index (0 unknown, 1..len(TRACKS))."""
+
+CATEGORICAL: dict[str, int] = {TRACK_INDEX: len(TRACKS) + 1}
+"""Integer-coded context columns and their number of levels: the normaliser leaves them raw (missing -> 0)."""
 
 MIN_REFERENCE_RUNS = 5
 """Earlier runs at a track+distance needed before its reference time is trusted."""
@@ -99,13 +111,23 @@ CONTEXT_NAMES: tuple[str, ...] = (
     "log_field_size",
     "grade_level", "grade_missing", "grade_change", "grade_change_missing",
     *(f"kind_{k}" for k in GRADE_KINDS),
+    "form_track_starts", "form_track_win_rate", "form_dist_starts", "form_dist_win_rate",
     "market_prob", "market_logit", "market_missing",
-    *(track_column(t) for t in TRACKS), "track_other",
+    TRACK_INDEX,
 )
 
 MARKET_CONTEXT: tuple[str, ...] = ("market_prob", "market_logit", "market_missing")
 """Context columns from the price; leave them out to make the GRU learn from form alone."""
 
+
+
+def track_index(tracks: Sequence[str] | pd.Series) -> np.ndarray:
+    """(n,) int64 vocabulary index of each track name: 1 + its position in TRACKS, 0 when not in it.
+
+    Names are compared as `track_column` spells them (case and punctuation do not matter)."""
+    lookup = {track_column(t): i + 1 for i, t in enumerate(TRACKS)}
+    names = pd.Series(np.asarray(tracks, dtype=object)).astype(str)
+    return names.map(lambda t: lookup.get(track_column(t), 0)).to_numpy(dtype=np.int64)
 
 
 def build_sequences(runs: pd.DataFrame) -> Sequences:
@@ -149,6 +171,21 @@ def clean_runs(runs: pd.DataFrame) -> pd.DataFrame:
     A team's own feature callable is given this table, so its rows line up with the sequences.
     """
     return _clean(conform(runs, where="clean_runs"))
+
+
+def yardstick_probs(runs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Other forecasters' win probabilities per row of `build_sequences(runs)`: name -> (obs,) 1 / price of each
+    `schema.YARDSTICKS` column the table has (NaN where unknown); columns with no price at all are left out.
+
+    For comparison only: `build_sequences` never reads these columns."""
+    df = clean_runs(runs)
+    out = {}
+    for name in YARDSTICKS:
+        price = _num(df[name])
+        p = np.where(np.isfinite(price) & (price > 1.0), 1.0 / price, np.nan)
+        if np.isfinite(p).any():
+            out[name] = p
+    return out
 
 
 def _clean(df: pd.DataFrame) -> pd.DataFrame:
@@ -251,12 +288,27 @@ def _context(
     kind = grades["kind"].to_numpy(dtype=str)
     for k in GRADE_KINDS:
         cols[f"kind_{k}"] = (kind == k).astype(np.float64)
-    known = {track_column(t) for t in TRACKS}
-    col = df["track"].astype(str).map(track_column).to_numpy(dtype=object)
-    col = np.where(np.isin(col, list(known)), col, "track_other")
-    for name in (*(track_column(t) for t in TRACKS), "track_other"):
-        cols[name] = (col == name).astype(np.float64)
+    cols[TRACK_INDEX] = track_index(df["track"]).astype(np.float64)
+    for name, key in (("track", df["track"].astype(str)), ("dist", df["distance_m"].astype("string").fillna("?"))):
+        starts, wins = _earlier_runs(df["dog_id"], key, df["won"])
+        cols[f"form_{name}_starts"] = np.log1p(starts)
+        cols[f"form_{name}_win_rate"] = (wins + FORM_PRIOR_RUNS / 8.0) / (starts + FORM_PRIOR_RUNS)
     return np.stack([cols[n] for n in CONTEXT_NAMES], axis=1).astype(np.float32)
+
+
+FORM_PRIOR_RUNS = 4.0
+"""A dog's win rate at a track or distance is shrunk towards 1 in 8 as if it had this many runs there at that rate."""
+
+
+def _earlier_runs(dog: pd.Series, key: pd.Series, won: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(obs,) runs and wins of the dog with the same key (track, distance) on its earlier rows only.
+
+    Rows are by dog and date (a dog runs once a day), so the rows before a row are its earlier races."""
+    w = won.astype("Float64").to_numpy(dtype=np.float64, na_value=0.0)
+    g = pd.DataFrame({"dog": dog.to_numpy(), "key": key.to_numpy(), "w": w}).groupby(["dog", "key"], sort=False)
+    starts = g.cumcount().to_numpy(dtype=np.float64)
+    wins = g["w"].cumsum().to_numpy(dtype=np.float64) - w
+    return starts, wins
 
 
 def _price(df: pd.DataFrame) -> np.ndarray:
@@ -314,21 +366,37 @@ def grade_number(grade: str) -> float:
 
 
 def interaction_columns(context_names: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Positions of the box one-hots (box_1..box_8) and of the track one-hots in `context_names`, for the
-    model's box x track term; empty when either is absent (e.g. a model set that names other columns)."""
+    """Positions of the box one-hots (box_1..box_8) and of track one-hot columns (`track_*` other than
+    `track_index`; sets built before the track embedding) in `context_names`, for a box x track table over
+    one-hots; empty when either is absent."""
     box = tuple(i for i, n in enumerate(context_names) if re.fullmatch(r"box_\d+", n))
-    track = tuple(i for i, n in enumerate(context_names) if n.startswith("track_"))
+    track = tuple(i for i, n in enumerate(context_names) if n.startswith("track_") and n != TRACK_INDEX)
     return (box, track) if box and track else ((), ())
 
 
+def track_embedding_columns(context_names: Sequence[str]) -> tuple[int, tuple[int, ...]]:
+    """Position of `track_index` in `context_names` (-1 if absent) and of the box one-hots (for the model's box x
+    track table, looked up by track); box positions empty when the track index is absent."""
+    names = list(context_names)
+    if TRACK_INDEX not in names:
+        return -1, ()
+    return names.index(TRACK_INDEX), tuple(i for i, n in enumerate(names) if re.fullmatch(r"box_\d+", n))
+
+
 def home_group(seqs: Sequences) -> np.ndarray:
-    """(dog,) int64: each dog's most frequent track column, so training batches keep co-runners together."""
-    idx = [i for i, n in enumerate(seqs.context_names) if n.startswith("track_")]
-    if not idx:
-        return np.zeros(seqs.n_dogs, dtype=np.int64)
-    bucket = np.argmax(seqs.context[:, idx], axis=1)  # (obs,)
+    """(dog,) int64: each dog's most frequent track, so training batches keep co-runners together."""
+    names = list(seqs.context_names)
+    if TRACK_INDEX in names:
+        bucket = np.nan_to_num(seqs.context[:, names.index(TRACK_INDEX)], nan=0.0).astype(np.int64)
+        n_levels = int(bucket.max()) + 1 if len(bucket) else 1
+    else:
+        idx = [i for i, n in enumerate(names) if n.startswith("track_")]
+        if not idx:
+            return np.zeros(seqs.n_dogs, dtype=np.int64)
+        bucket = np.argmax(seqs.context[:, idx], axis=1)  # (obs,)
+        n_levels = len(idx)
     dog = np.repeat(np.arange(seqs.n_dogs), seqs.row_size)
-    counts = np.zeros((seqs.n_dogs, len(idx)), dtype=np.int64)
+    counts = np.zeros((seqs.n_dogs, n_levels), dtype=np.int64)
     np.add.at(counts, (dog, bucket), 1)
     return np.argmax(counts, axis=1).astype(np.int64)
 
@@ -362,13 +430,16 @@ class Normaliser:
     """Std of each context column."""
     clip: float = 8.0
     """Standardised values are clipped to [-clip, clip], so one wild input cannot saturate the GRU alone."""
+    categorical: tuple[str, ...] = ()
+    """Integer-coded context columns (e.g. `track_index`) passed through raw, missing -> 0, never clipped."""
 
     def apply(self, values: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (obs, F), (obs, C) -> standardised float32, missing (NaN) -> 0 (its flag says so)."""
-        return (
-            _standardise(values, self.values_mean, self.values_std, self.clip, "values"),
-            _standardise(context, self.context_mean, self.context_std, self.clip, "context"),
-        )
+        ctx = _standardise(context, self.context_mean, self.context_std, self.clip, "context")
+        for name in self.categorical:
+            i = self.context_names.index(name)
+            ctx[:, i] = np.nan_to_num(np.asarray(context[:, i], dtype=np.float32), nan=0.0)
+        return _standardise(values, self.values_mean, self.values_std, self.clip, "values"), ctx
 
     def select(self, feature_names: Sequence[str], context_names: Sequence[str]) -> Normaliser:
         """The same normaliser restricted/reordered to the named columns."""
@@ -378,7 +449,7 @@ class Normaliser:
             tuple(feature_names), tuple(context_names),
             tuple(np.asarray(self.values_mean)[fi].tolist()), tuple(np.asarray(self.values_std)[fi].tolist()),
             tuple(np.asarray(self.context_mean)[ci].tolist()), tuple(np.asarray(self.context_std)[ci].tolist()),
-            self.clip,
+            self.clip, tuple(n for n in self.categorical if n in context_names),
         )
 
     @classmethod
@@ -392,7 +463,7 @@ class Normaliser:
             "feature_names": list(self.feature_names), "context_names": list(self.context_names),
             "values_mean": list(self.values_mean), "values_std": list(self.values_std),
             "context_mean": list(self.context_mean), "context_std": list(self.context_std),
-            "clip": self.clip,
+            "clip": self.clip, "categorical": list(self.categorical),
         }
 
     @classmethod
@@ -401,7 +472,7 @@ class Normaliser:
             tuple(d["feature_names"]), tuple(d["context_names"]),
             tuple(float(v) for v in d["values_mean"]), tuple(float(v) for v in d["values_std"]),
             tuple(float(v) for v in d["context_mean"]), tuple(float(v) for v in d["context_std"]),
-            float(d.get("clip", 8.0)),
+            float(d.get("clip", 8.0)), tuple(d.get("categorical", ())),
         )
 
 
@@ -413,11 +484,16 @@ def _standardise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], cli
 
 
 def fit_normaliser(seqs: Sequences, rows: np.ndarray | None = None) -> Normaliser:
-    """Mean/std of every column over `rows` (bool (obs,), e.g. the training period); binary columns untouched."""
+    """Mean/std of every column over `rows` (bool (obs,), e.g. the training period); binary and categorical
+    (`CATEGORICAL`) columns untouched."""
     sel = slice(None) if rows is None else np.asarray(rows, dtype=bool)
     vm, vs = _moments(seqs.values[sel])
     cm, cs = _moments(seqs.context[sel])
-    return Normaliser(seqs.feature_names, seqs.context_names, vm, vs, cm, cs)
+    cat = tuple(n for n in seqs.context_names if n in CATEGORICAL)
+    raw = {seqs.context_names.index(n) for n in cat}
+    cm = tuple(0.0 if i in raw else m for i, m in enumerate(cm))
+    cs = tuple(1.0 if i in raw else m for i, m in enumerate(cs))
+    return Normaliser(seqs.feature_names, seqs.context_names, vm, vs, cm, cs, categorical=cat)
 
 
 def _moments(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -454,6 +454,10 @@ def _int(bad, name: str, raw: pd.DataFrame, col: str, lo: int, hi: int, dtype: s
     return _checked(bad, name, raw, col, _int_in(_opt(raw, col), lo, hi, dtype))
 
 
+RATED_PRICE_MAX = 1e6
+"""A rated price is a model's fair price, not a market's: Iggy rates long shots above 10,000 (two rows in 510k)."""
+
+
 def _price(bad, name: str, raw: pd.DataFrame, col: str) -> pd.Series:
     return _checked(bad, name, raw, col, parse_price(_opt(raw, col)))
 
@@ -545,6 +549,7 @@ def _canonical(raw: pd.DataFrame, file: np.ndarray, bad: dict) -> pd.DataFrame:
     df["weight_kg"] = _num(bad, "weight_kg", raw, "weight_kg", lo=10, hi=60)
     df["sp_decimal"] = _price(bad, "sp_decimal", raw, "sp_decimal")
     df["bsp_decimal"] = _price(bad, "bsp_decimal", raw, "bsp_decimal")
+    df["rated_price"] = _num(bad, "rated_price", raw, "rated_price", lo=1.01, hi=RATED_PRICE_MAX)
     src = _text(_opt(raw, "source"))
     df["source"] = src.where(src != "", "canonical")
     df["_reject"] = _basic_rejects(df, implausible)
@@ -571,6 +576,7 @@ def _iggy(raw: pd.DataFrame, file: np.ndarray, bad: dict) -> pd.DataFrame:
     for col in ("run_time_s", "win_time_s", "sectional_s", "margin_lengths", "weight_kg", "sp_decimal"):
         df[col] = pd.Series(pd.NA, index=raw.index, dtype="Float64")
     df["bsp_decimal"] = _price(bad, "bsp_decimal", raw, "WIN_BSP")
+    df["rated_price"] = _num(bad, "rated_price", raw, "Rated Price", lo=1.01, hi=RATED_PRICE_MAX)  # a yardstick only
     df["source"] = "iggy"
     reject = _basic_rejects(df, implausible)
     reject = reject.mask((reject == "") & (result == ""), "not_run")

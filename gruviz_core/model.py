@@ -44,7 +44,15 @@ class ModelConfig:
     """Context positions of the box one-hots; with `track_columns`, a learned box x track table (starting at 0)
     is added to the score: box bias is track-specific. Empty: no such term."""
     track_columns: tuple[int, ...] = ()
-    """Context positions of the track one-hots (the stored vocabulary and its unknown bucket)."""
+    """Context positions of track one-hots (model sets from before the track embedding); empty otherwise."""
+    track_column: int = -1
+    """Context position of an integer track index (0 unknown, 1..n_tracks-1 the stored vocabulary): the head
+    reads a learned `track_dim` embedding of it instead of the raw number, and with `box_columns` a learned
+    box x track table (one row of box effects per track, starting at 0) is added to the score. -1: none."""
+    n_tracks: int = 0
+    """Levels of the track index (vocabulary + the unknown bucket)."""
+    track_dim: int = 8
+    """Width of the learned track embedding."""
 
 
 class RaceGRU(nn.Module):
@@ -57,24 +65,52 @@ class RaceGRU(nn.Module):
             cfg.n_features, cfg.hidden_size, cfg.num_layers,
             batch_first=True, dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
         )
+        embed = cfg.track_column >= 0
+        if embed and not (0 <= cfg.track_column < cfg.n_context and cfg.n_tracks > 0):
+            raise FeatureMismatchError(f"model: track_column={cfg.track_column} and n_tracks={cfg.n_tracks} do not fit "
+                                       f"a context of {cfg.n_context} columns; name a context column and n_tracks >= 1")
+        n_dense = cfg.n_context - 1 if embed else cfg.n_context
         self.head = nn.Sequential(
-            nn.Linear(cfg.hidden_size + cfg.n_context, cfg.head_hidden),
+            nn.Linear(cfg.hidden_size + n_dense + (cfg.track_dim if embed else 0), cfg.head_hidden),
             nn.ReLU(),
             nn.Linear(cfg.head_hidden, 1),
         )
-        self.skip = nn.Linear(cfg.n_context, 1, bias=False) if cfg.context_skip else None
+        self.skip = nn.Linear(n_dense, 1, bias=False) if cfg.context_skip else None
         if self.skip is not None:
             nn.init.zeros_(self.skip.weight)
+        self.track_emb = self.box_track_emb = None
+        if embed:
+            self.track_emb = nn.Embedding(cfg.n_tracks, cfg.track_dim)
+            dense = [i for i in range(cfg.n_context) if i != cfg.track_column]
+            self.register_buffer("_dense_idx", torch.tensor(dense, dtype=torch.long), persistent=False)
+            if cfg.box_columns:
+                self.box_track_emb = nn.Embedding(cfg.n_tracks, len(cfg.box_columns))
+                nn.init.zeros_(self.box_track_emb.weight)
+                self.register_buffer("_box_idx", torch.tensor(list(cfg.box_columns), dtype=torch.long),
+                                     persistent=False)
         self.box_track = None
-        if cfg.box_columns and cfg.track_columns:
+        if cfg.box_columns and cfg.track_columns and not embed:
             self.box_track = nn.Parameter(torch.zeros(len(cfg.box_columns), len(cfg.track_columns)))
             self.register_buffer("_box_idx", torch.tensor(list(cfg.box_columns), dtype=torch.long), persistent=False)
             self.register_buffer("_track_idx", torch.tensor(list(cfg.track_columns), dtype=torch.long), persistent=False)
+
+    def dense_context(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(..., C) context -> the columns the head and skip read as numbers (all but the track index)."""
+        return ctx.index_select(-1, self._dense_idx) if self.track_emb is not None else ctx
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F) race features, ctx: (B, T, C) pre-race context -> (B, T) scores."""
         h, _ = self.gru(x)  # (B, T, H): state after race t
         h_prev = nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]  # (B, T, H): state before race t, h_0 = 0
+        if self.track_emb is not None:
+            track = ctx[..., self.cfg.track_column].round().long().clamp(0, self.cfg.n_tracks - 1)  # (B, T)
+            dense = ctx.index_select(-1, self._dense_idx)
+            score = self.head(torch.cat([h_prev, dense, self.track_emb(track)], dim=-1)).squeeze(-1)
+            if self.skip is not None:
+                score = score + self.skip(dense).squeeze(-1)
+            if self.box_track_emb is not None:  # box one-hots . the track's row of box effects
+                score = score + (ctx.index_select(-1, self._box_idx) * self.box_track_emb(track)).sum(-1)
+            return score
         score = self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
         if self.skip is not None:
             score = score + self.skip(ctx).squeeze(-1)

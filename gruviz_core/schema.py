@@ -8,7 +8,9 @@ import pandas as pd
 
 from gruviz_core.errors import MissingColumnError
 
-__all__ = ["CANONICAL", "CANONICAL_COLUMNS", "REQUIRED", "Column", "conform", "empty_runs", "placed_from_place"]
+__all__ = [
+    "CANONICAL", "CANONICAL_COLUMNS", "REQUIRED", "YARDSTICKS", "Column", "conform", "empty_runs", "placed_from_place",
+]
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,15 @@ CANONICAL: tuple[Column, ...] = (
     Column("weight_kg", "Float64", False, "the dog's weight in kilograms"),
     Column("sp_decimal", "Float64", False, "starting price, decimal odds"),
     Column("bsp_decimal", "Float64", False, "Betfair starting price, decimal odds"),
+    Column("rated_price", "Float64", False,
+           "the source's own rated (fair) price before the race, decimal odds (Iggy `Rated Price`): a yardstick "
+           "to compare models with, never a model input; missing where the source has none"),
     Column("source", "string", True, "adapter that produced the row (canonical, iggy, thedogs, gbgb, synth)"),
 )
 
 CANONICAL_COLUMNS: tuple[str, ...] = tuple(c.name for c in CANONICAL)
+YARDSTICKS: tuple[str, ...] = ("rated_price",)
+"""Columns kept only to compare models with (another forecaster's prices): never read into features."""
 REQUIRED: tuple[str, ...] = tuple(c.name for c in CANONICAL if c.required)
 _DTYPES = {c.name: c.dtype for c in CANONICAL}
 

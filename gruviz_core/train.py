@@ -75,6 +75,12 @@ class TrainConfig:
     to fit or to choose the epoch, so the nightly report can compare cohorts on them out of sample."""
     grad_clip: float = 1.0
     """Max gradient norm per step."""
+    plateau_factor: float = 1.0
+    """Learning rate multiplied by this after each epoch that does not improve the early-stopping loss (1: constant)."""
+    place_weight: float = 0.0
+    """Weight of a top-2 Plackett-Luce term in the loss: -log P(second | the winner is out) among the other
+    runners present, for races whose second is known (`TrainData.second`). 0: the win term only. Early stopping
+    always watches the win term alone."""
     threads: int | None = 1
     """Torch intra-op threads while training (None: leave as is). The GRU's matrices are small, and on a
     shared machine two threads wait on each other (measured 30x slower under load); train seeds in
@@ -105,6 +111,8 @@ class TrainData:
     """(dog,) int64 batch group (home track bucket)."""
     test_rows: np.ndarray | None = None
     """(obs,) bool: in the test window (after the early-stopping window; never fitted on or used to stop)."""
+    second: np.ndarray | None = None
+    """(obs,) float32 1 came second, 0 did not or unknown (for the place term of the loss); None: unknown."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +316,7 @@ def _race_loss(scores: np.ndarray, data: TrainData, rows: np.ndarray) -> float:
     return float(loss) / max(n, 1)
 
 
-def _fit_context_skip(skip: nn.Linear, context: torch.Tensor, won: torch.Tensor, data: TrainData) -> None:
+def _fit_context_skip(model: RaceGRU, context: torch.Tensor, won: torch.Tensor, data: TrainData) -> None:
     """Warm start: the conditional logit on the context alone (convex; full batch L-BFGS on the training races).
 
     The GRU and head then learn the correction to it, instead of spending epochs rediscovering
@@ -316,7 +324,8 @@ def _fit_context_skip(skip: nn.Linear, context: torch.Tensor, won: torch.Tensor,
     """
     rows = torch.from_numpy(np.flatnonzero(data.train_rows))
     race = torch.from_numpy(race_codes(data.race[data.train_rows]))
-    c, w = context[rows], won[rows]
+    skip = model.skip
+    c, w = model.dense_context(context[rows]), won[rows]
     opt = torch.optim.LBFGS(skip.parameters(), lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
 
     def closure():
@@ -363,13 +372,16 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log, 
     values = torch.from_numpy(np.ascontiguousarray(data.values))
     context = torch.from_numpy(np.ascontiguousarray(data.context))
     won = torch.from_numpy(data.won.astype(np.float32))
+    won_np = data.won.astype(np.float32)
+    second = (torch.from_numpy(np.asarray(data.second, dtype=np.float32))
+              if cfg.place_weight > 0 and data.second is not None else None)
     starts = data.offsets[:-1]
     dog_of_row = np.repeat(np.arange(len(starts)), np.diff(data.offsets))
     train_len = np.bincount(dog_of_row[data.train_rows], minlength=len(starts)).astype(np.int64)
     if train_len.sum() == 0:
         raise ConfigError("train: no rows in the training period; give more dates or a smaller val_frac")
     if model.skip is not None:
-        _fit_context_skip(model.skip, context, won, data)
+        _fit_context_skip(model, context, won, data)
     best, best_loss, best_epoch, stale, curve = None, np.inf, 0, 0, []
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
@@ -382,6 +394,11 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log, 
             if n == 0:
                 continue
             loss = loss_sum / n
+            if second is not None:  # top-2 Plackett-Luce: the second among the runners left after the winner
+                rest = torch.from_numpy(won_np[rows] == 0)
+                p_sum, n_p = conditional_logit_nll(s[rest], race[rest], second[rows][rest]) if rest.any() else (0, 0)
+                if n_p:
+                    loss = loss + cfg.place_weight * p_sum / n_p
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -402,6 +419,8 @@ def _train_seed(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, log, 
             stale += 1
             if stale >= cfg.patience:
                 break
+            for g in opt.param_groups:
+                g["lr"] *= cfg.plateau_factor
     model.load_state_dict(best if best is not None else model.state_dict())
     scores = score_rows(model, data.values, data.context, data.offsets)
     return SeedResult(

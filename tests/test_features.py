@@ -8,19 +8,25 @@ import pytest
 
 from gruviz_core.errors import FeatureMismatchError
 from gruviz_core.features import (
+    CATEGORICAL,
     CONTEXT_NAMES,
     FEATURE_NAMES,
+    TRACK_INDEX,
     TRACKS,
     Normaliser,
     build_sequences,
+    clean_runs,
     fit_normaliser,
     grade_number,
     home_group,
     interaction_columns,
     track_column,
+    track_embedding_columns,
+    track_index,
 )
+from gruviz_core.formats import adapt
 from gruviz_core.grades import GRADE_KINDS
-from gruviz_core.schema import conform
+from gruviz_core.schema import CANONICAL_COLUMNS, YARDSTICKS, conform
 
 
 def toy_runs(n_dogs: int = 60, n_races: int = 200, seed: int = 0, *, tracks: int = 3) -> pd.DataFrame:
@@ -116,7 +122,8 @@ def test_grade_numbers():
 NEW_INPUTS = (
     ["v:placed", "v:placed_missing", "v:grade_level", "v:grade_missing", "v:log_days_since", "v:days_missing",
      "c:grade_level", "c:grade_change", "c:grade_change_missing", "c:log_days_since", "c:days_missing"]
-    + [f"c:kind_{k}" for k in GRADE_KINDS] + ["c:track_other", "c:track_ballarat"]
+    + [f"c:kind_{k}" for k in GRADE_KINDS] + ["c:track_index"]
+    + ["c:form_track_starts", "c:form_track_win_rate", "c:form_dist_starts", "c:form_dist_win_rate"]
 )
 
 
@@ -165,14 +172,32 @@ def test_grade_change_and_kind_of_the_upcoming_race():
 
 
 def test_track_vocabulary_and_unknown_bucket():
+    runs = _varied(toy_runs(n_races=60))
+    seqs = _by_key(build_sequences(runs))
+    assert not [n for n in CONTEXT_NAMES if n.startswith("track_") and n != TRACK_INDEX]  # no one-hot columns
+    assert track_column("The Meadows") == "track_the_meadows"
+    np.testing.assert_array_equal(track_index(["Ballarat", "the meadows", "SANDOWN PARK", "Mars", ""]),
+                                  [TRACKS.index("Ballarat") + 1, TRACKS.index("The Meadows") + 1,
+                                   TRACKS.index("Sandown Park") + 1, 0, 0])
+    r = runs.set_index(["dog_id", "race_id"]).loc[seqs.index]
+    expected = r["track"].map({"Ballarat": TRACKS.index("Ballarat") + 1, "Sandown Park": TRACKS.index("Sandown Park") + 1,
+                               "Mars": 0}).to_numpy(dtype=float)
+    np.testing.assert_array_equal(seqs["c:track_index"].to_numpy(), expected)
+    assert (expected == 0).any() and (expected > 0).any()
+    col, box = track_embedding_columns(CONTEXT_NAMES)
+    assert CONTEXT_NAMES[col] == TRACK_INDEX and len(box) == 8 and CATEGORICAL[TRACK_INDEX] == len(TRACKS) + 1
+    assert interaction_columns(CONTEXT_NAMES) == ((), ())  # the one-hot table only for sets from before
+
+
+def test_normaliser_leaves_the_track_index_raw():
     seqs = build_sequences(_varied(toy_runs(n_races=60)))
-    ctx = {n: seqs.context[:, i] for i, n in enumerate(seqs.context_names)}
-    tracks = [n for n in seqs.context_names if n.startswith("track_")]
-    assert len(tracks) == len(TRACKS) + 1 and track_column("The Meadows") == "track_the_meadows"
-    np.testing.assert_array_equal(np.stack([ctx[t] for t in tracks], 1).sum(1), 1.0)
-    assert ctx["track_ballarat"].sum() > 0 and ctx["track_sandown_park"].sum() > 0 and ctx["track_other"].sum() > 0
-    box, track = interaction_columns(seqs.context_names)
-    assert len(box) == 8 and len(track) == len(TRACKS) + 1
+    norm = fit_normaliser(seqs)
+    assert norm.categorical == (TRACK_INDEX,) and Normaliser.from_dict(norm.to_dict()) == norm
+    i = seqs.context_names.index(TRACK_INDEX)
+    _, c = norm.apply(seqs.values, seqs.context)
+    np.testing.assert_array_equal(c[:, i], seqs.context[:, i])  # not standardised, not clipped at 8
+    sub = norm.select(["won"], ["box", TRACK_INDEX])
+    assert sub.categorical == (TRACK_INDEX,) and norm.select(["won"], ["box"]).categorical == ()
 
 
 def test_placed_flag_from_the_place_and_field():
@@ -240,3 +265,41 @@ def test_the_sources_placed_flag_wins_where_the_place_is_unknown():
     seqs = _by_key(build_sequences(runs))
     key = (runs.loc[7, "dog_id"], runs.loc[7, "race_id"])
     assert seqs.loc[key, "v:placed"] == 1.0
+
+
+def test_iggy_rated_price_is_a_canonical_yardstick_column():
+    raw = pd.DataFrame({
+        "Date": ["2024-01-01"] * 3, "Track": ["Albion Park"] * 3, "Race Name": ["R1 520m Mdn"] * 3,
+        "MarketId": ["223079794"] * 3, "Rug": ["1", "2", "3"], "Dog": ["Rather Flash", "Hudson Pink", "Absolution"],
+        "Rated Price": ["2.93", "", "6.15"], "WIN_RESULT": ["1", "0", "0"], "WIN_BSP": ["3.1", "12", "5"],
+    })
+    runs = conform(adapt(raw, "iggy").runs)
+    assert "rated_price" in CANONICAL_COLUMNS and "rated_price" in YARDSTICKS
+    np.testing.assert_allclose(runs["rated_price"].to_numpy(dtype=float, na_value=np.nan), [2.93, np.nan, 6.15])
+    assert conform(toy_runs(n_races=5))["rated_price"].isna().all()  # NaN where the source has none
+
+
+def test_rated_price_never_reaches_the_feature_matrix():
+    runs = toy_runs(n_races=80)
+    rng = np.random.default_rng(1)
+    a = build_sequences(runs.assign(rated_price=rng.uniform(1.5, 30.0, len(runs))))
+    b = build_sequences(runs.assign(rated_price=np.where(runs["won"].astype(bool), 1.01, 99.0)))  # a perfect tip
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.context, b.context)
+    assert not [n for n in (*a.feature_names, *a.context_names) if "rated" in n]
+
+
+def test_form_at_the_track_and_distance_counts_earlier_runs_only():
+    runs = _varied(toy_runs(n_races=120))
+    seqs = build_sequences(runs)
+    r = clean_runs(runs)  # the rows of the sequences, in their order (by dog, date)
+    ctx = {n: seqs.context[:, i] for i, n in enumerate(seqs.context_names)}
+    won = r["won"].astype(float)
+    for key, name in (("track", "track"), ("distance_m", "dist")):
+        starts, wins = np.zeros(len(r)), np.zeros(len(r))
+        for i in range(len(r)):  # the slow way: every earlier row of the same dog with the same key
+            same = (r["dog_id"][:i] == r["dog_id"][i]) & (r[key][:i] == r[key][i]) & (r["race_date"][:i] < r["race_date"][i])
+            starts[i], wins[i] = same.sum(), won[:i][same].sum()
+        np.testing.assert_allclose(ctx[f"form_{name}_starts"], np.log1p(starts), rtol=1e-6)
+        np.testing.assert_allclose(ctx[f"form_{name}_win_rate"], (wins + 0.5) / (starts + 4.0), rtol=1e-6)
+        assert (starts == 0).any() and (wins > 0).any()

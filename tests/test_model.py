@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from gruviz_core.errors import ConfigError
-from gruviz_core.features import build_sequences, fit_normaliser, home_group
+from gruviz_core.features import (
+    CATEGORICAL,
+    CONTEXT_NAMES,
+    TRACK_INDEX,
+    build_sequences,
+    fit_normaliser,
+    home_group,
+    track_embedding_columns,
+)
 from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes, race_softmax
 from gruviz_core.sequences import pad_batch
@@ -50,7 +58,11 @@ def synth_data() -> TrainData:
 
 
 def _cfg(data: TrainData, seed: int = 0, **kw) -> ModelConfig:
+    """The built-in model as the train stage configures it: track embedding and box x track table."""
     kw.setdefault("context_skip", True)
+    if data.context.shape[1] == len(CONTEXT_NAMES):
+        col, box = track_embedding_columns(CONTEXT_NAMES)
+        kw = {"track_column": col, "n_tracks": CATEGORICAL[TRACK_INDEX], "box_columns": box, **kw}
     return ModelConfig(data.values.shape[1], data.context.shape[1], hidden_size=12, head_hidden=12, seed=seed, **kw)
 
 
@@ -129,6 +141,25 @@ def test_training_is_deterministic_per_seed(synth_data):
     assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
 
 
+def test_track_embedding_and_box_by_track_learn_only_seen_tracks(synth_data):
+    cfg = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128)
+    r = train_seed(synth_data, _cfg(synth_data), cfg)
+    seen = np.unique(synth_data.context[synth_data.train_rows, CONTEXT_NAMES.index(TRACK_INDEX)]).astype(int)
+    table = r.state_dict["box_track_emb.weight"].numpy()  # (tracks, boxes), starts at 0
+    assert table.shape == (CATEGORICAL[TRACK_INDEX], 8) and len(seen) >= 2
+    assert np.abs(table[seen]).sum() > 0
+    unseen = np.setdiff1d(np.arange(len(table)), seen)
+    np.testing.assert_array_equal(table[unseen], 0.0)  # no gradient reaches a track never raced on
+    model = RaceGRU(r.config)
+    model.load_state_dict(r.state_dict)
+    ctx = torch.from_numpy(synth_data.context[:50][None].copy())
+    x = torch.from_numpy(synth_data.values[:50][None].copy())
+    other = ctx.clone()
+    other[..., CONTEXT_NAMES.index(TRACK_INDEX)] = float(unseen[0])
+    with torch.no_grad():
+        assert not torch.allclose(model(x, ctx), model(x, other))  # the track reaches the score via its embedding
+
+
 def test_two_layer_model_trains(synth_data):
     cfg = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128)
     r = train_seed(synth_data, _cfg(synth_data, num_layers=2), cfg)
@@ -163,3 +194,24 @@ def test_window_report_scores_the_mean_of_seeds_beside_baselines_on_the_same_rac
     r = out["vs"]["rated"]
     assert r["baseline"]["n_races"] == 3 and r["baseline"]["race_log_loss"] == pytest.approx(-np.log(0.5))
     assert out["vs"]["uniform"]["diff"]["race_log_loss"] == pytest.approx(-np.log(ens) - np.log(3.0))
+
+
+def test_place_term_only_acts_where_a_second_is_known(synth_data):
+    from dataclasses import replace
+
+    cfg = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128)
+    placed = TrainConfig(epochs=1, batch_rows=5000, chunk_dogs=128, place_weight=1.0)
+    base = train_seed(synth_data, _cfg(synth_data), cfg)
+    none_known = train_seed(replace(synth_data, second=np.zeros_like(synth_data.won)), _cfg(synth_data), placed)
+    for k in base.state_dict:  # no race with a known second: no place term, the same weights
+        torch.testing.assert_close(base.state_dict[k], none_known.state_dict[k], rtol=0, atol=0)
+    race = synth_data.race
+    rng = np.random.default_rng(0)
+    second = np.zeros_like(synth_data.won)
+    for r in np.unique(race[:3000]):  # one loser of each race comes second
+        losers = np.flatnonzero((race == r) & (synth_data.won == 0))
+        if len(losers):
+            second[rng.choice(losers)] = 1.0
+    with_term = train_seed(replace(synth_data, second=second), _cfg(synth_data), placed)
+    assert any(not torch.equal(base.state_dict[k], with_term.state_dict[k]) for k in base.state_dict)
+    assert np.isfinite(with_term.curve["val_loss"]).all()

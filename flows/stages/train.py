@@ -15,14 +15,24 @@ import numpy as np
 from flows.progress import report
 from flows.stages import features
 from gruviz_core.errors import ConfigError
-from gruviz_core.features import Normaliser, column_index, fit_normaliser, home_group, interaction_columns
+from gruviz_core.features import (
+    CATEGORICAL,
+    TRACK_INDEX,
+    Normaliser,
+    column_index,
+    fit_normaliser,
+    home_group,
+    track_embedding_columns,
+    yardstick_probs,
+)
 from gruviz_core.model import ModelConfig
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
 from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
+from storage.forms import load_snapshot
 from storage.registry import ModelSet, load_sequences, write_model_set
 
-__all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores"]
+__all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores", "snapshot_yardsticks"]
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +105,13 @@ def train_and_register(
     `context_names` (default: all) picks the pre-race context the model reads, e.g. all but
     `features.MARKET_CONTEXT` to make the GRU learn from form alone; the market stays a baseline.
     `feature_names` (default: all) picks the race features the GRU reads (ablations). `box_track` adds the
-    model's learned box x track table where the context has box and track one-hots.
+    model's learned box x track table where the context has box one-hots and the track index (which the model
+    reads through a learned embedding).
     `workers` > 1 trains seeds in parallel processes (spawned, one torch thread each): the way
     to use several cores, since one GRU's small matrices gain little from intra-op threads.
-    `yardsticks` (seqs -> name -> (obs,) win probability, NaN where unknown) adds other forecasters, e.g. a
-    source's own rated price, to the test-window comparison; they are never an input.
+    `yardsticks` (seqs -> name -> (obs,) win probability, NaN where unknown) adds other forecasters to the
+    test-window comparison; by default those the snapshot carries (`schema.YARDSTICKS`, e.g. Iggy's rated price).
+    They are never an input.
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -110,13 +122,15 @@ def train_and_register(
         cfg = TrainConfig(**{**asdict(cfg), "epochs": int(epochs)})
     seq_path = features.run(root, snapshot_id)
     data, norm, cutoff, es_end = _training_data(seq_path, cfg.val_frac, cfg.test_frac, context_names, feature_names)
-    box_cols, track_cols = interaction_columns(norm.context_names) if box_track else ((), ())
+    track_col, box_cols = track_embedding_columns(norm.context_names)
+    box_cols = box_cols if box_track else ()
     train_rows, val_rows = int(data.train_rows.sum()), int(data.val_rows.sum())
     test_rows = data.test_rows if data.test_rows is not None else np.zeros(len(data.won), dtype=bool)
     t_features = time.perf_counter() - t0
     configs = [
         ModelConfig(len(norm.feature_names), len(norm.context_names), hidden_size=hidden, num_layers=layers,
-                    seed=seed, context_skip=context_skip, box_columns=box_cols, track_columns=track_cols)
+                    seed=seed, context_skip=context_skip, box_columns=box_cols, track_column=track_col,
+                    n_tracks=CATEGORICAL[TRACK_INDEX] if track_col >= 0 else 0)
         for seed in seed_list
     ]
     if workers > 1 and len(seed_list) > 1:
@@ -141,7 +155,7 @@ def train_and_register(
         "total_s": time.perf_counter() - t0,
     }
     first = results[0].metrics
-    sticks = yardsticks(load_sequences(seq_path)) if yardsticks else None
+    sticks = yardsticks(load_sequences(seq_path)) if yardsticks else snapshot_yardsticks(root, snapshot_id, len(data.won))
     test = window_report({str(r.seed): r.scores for r in results}, data, test_rows, sticks)
     report_core = {
         "snapshot_id": snapshot_id, "seeds": seed_list, "cutoff": str(cutoff), "early_stop_end": str(es_end),
@@ -167,6 +181,15 @@ def _epoch_report(seed: int, epochs: int) -> Callable[[dict], None]:
     return lambda row: report(f"train seed {seed}", row["epoch"], epochs, unit="epochs", val_loss=row["val_loss"])
 
 
+def snapshot_yardsticks(root: str | Path, snapshot_id: str, n_obs: int) -> dict[str, np.ndarray]:
+    """The snapshot's yardstick columns as win probabilities per sequence row ({} when it has none)."""
+    sticks = yardstick_probs(load_snapshot(root, snapshot_id))
+    if any(len(v) != n_obs for v in sticks.values()):  # sequences not built by gruviz's own features
+        log.warning("snapshot %s: yardsticks do not line up with the sequences (%d rows); left out", snapshot_id, n_obs)
+        return {}
+    return sticks
+
+
 def beats_uniform(per_seed: dict[str, dict], uniform: dict) -> bool:
     """Mean race log-loss of the seeds (validation window) strictly below uniform's; NaN never beats."""
     losses = [float(v["model"]["race_log_loss"]) for v in per_seed.values()]
@@ -179,7 +202,14 @@ def _training_data(
     feature_names: Sequence[str] | None = None,
 ) -> tuple[TrainData, Normaliser, np.datetime64, np.datetime64]:
     """Sequences -> normalised training arrays, the normaliser (fitted on the training period) and the cutoff."""
-    seqs = load_sequences(seq_path)
+    return training_arrays(load_sequences(seq_path), val_frac, test_frac, context_names, feature_names)
+
+
+def training_arrays(
+    seqs: Sequences, val_frac: float, test_frac: float, context_names: Sequence[str] | None = None,
+    feature_names: Sequence[str] | None = None,
+) -> tuple[TrainData, Normaliser, np.datetime64, np.datetime64]:
+    """In-memory sequences -> normalised training arrays, normaliser, last training and early-stopping dates."""
     cutoff, es_end, train_rows, val_rows = time_windows(seqs.race_date, val_frac, test_frac)
     ctx_names = tuple(context_names) if context_names else seqs.context_names
     feat_names = tuple(feature_names) if feature_names else seqs.feature_names
@@ -187,11 +217,14 @@ def _training_data(
     ci = column_index(seqs.context_names, ctx_names, what="train context_names")
     fi = column_index(seqs.feature_names, feat_names, what="train feature_names")
     values, context = norm.apply(seqs.values[:, fi], seqs.context[:, ci])
+    second = None
+    if "log_place" in seqs.feature_names:  # the race's own place (known after it): a target, not an input
+        second = np.isclose(seqs.values[:, seqs.feature_names.index("log_place")], np.log(2.0)).astype(np.float32)
     data = TrainData(
         values=values, context=context, offsets=seqs.offsets, race=race_codes(seqs.race_id),
         won=np.nan_to_num(seqs.won, nan=0.0).astype(np.float32), market_prob=seqs.market_prob,
         train_rows=train_rows, val_rows=val_rows, group=home_group(seqs),
-        test_rows=seqs.race_date.astype("datetime64[D]") > es_end,
+        test_rows=seqs.race_date.astype("datetime64[D]") > es_end, second=second,
     )
     return data, norm, cutoff, es_end
 
