@@ -185,36 +185,6 @@ def test_nightly_on_s3_publishes_a_run_xarray_opens_and_a_report(s3_store, monke
     assert not (states.StoreLayout.at(home).runs / ".nightly.lock").exists()
 
 
-def test_nightly_on_s3_with_dask_worker_processes(s3_store, monkeypatch, tmp_path):
-    """The cluster path end to end: blocks on a local Dask cluster of separate worker processes, every
-    part of the run on the bucket; every row published, the run opens from s3:// and the report is built."""
-    pytest.importorskip("prefect_dask", reason="the Dask runner needs the optional dependency prefect-dask")
-    import xarray as xr
-
-    from flows.nightly import nightly
-    from storage.layout import RunLayout
-
-    home, source = s3_store
-    _night_env(monkeypatch, home, tmp_path / "reports")
-    monkeypatch.setenv("GRUVIZ_TASK_RUNNER", "dask")
-    monkeypatch.setenv("GRUVIZ_DASK_WORKERS", "2")
-    monkeypatch.delenv("GRUVIZ_DASK_ADDRESS", raising=False)
-    state = nightly(source=[str(source)], night="2026-11-27", return_state=True)
-    assert state.is_completed(), state.message
-    run_dir = state.result()["run_dir"]
-    assert str(states.latest_run(home)) == run_dir
-    layout = RunLayout.at(fs.store_path(run_dir))
-    plan = states.RunPlan.load(run_dir)
-    markers = [json.loads(layout.block(b).read_text()) for b in range(plan.n_blocks)]
-    assert markers and sum(m["dogs"] for m in markers) >= plan.n_dogs
-    assert os.getpid() not in {m["pid"] for m in markers}  # blocks ran in the cluster's worker processes
-    tree = xr.open_datatree(run_dir + "/states.zarr", engine="zarr")
-    assert tree.sizes["dog"] == plan.n_dogs and tree["seed0"].sizes["obs"] == plan.n_obs
-    h = tree["seed0"]["h"].values
-    assert not np.isnan(h).all(axis=(1, 2)).any()  # no row of a real step left unwritten
-    assert (tmp_path / "reports" / "2026-11-27" / "index.html").is_file()
-
-
 def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_store, monkeypatch, tmp_path):
     from flows.nightly import nightly
     from flows.stages import evaluate
@@ -265,3 +235,33 @@ def test_settings_and_preflight_take_a_url_home(s3_home, tmp_path):
     assert states.sweep_tmp_runs(s3_home) == [] and states.prune_runs(s3_home, 1) == []
     with pytest.raises(ConfigError, match="s3://no-such-bucket-gruviz/p.*not reachable or not writable"):
         check_store("s3://no-such-bucket-gruviz/p")
+
+
+def test_nightly_on_s3_with_dask_worker_processes(s3_store, monkeypatch, tmp_path):
+    """The cluster path end to end: blocks on a local Dask cluster of separate worker processes, every
+    part of the run on the bucket; every row published, the run opens from s3:// and the report is built."""
+    pytest.importorskip("prefect_dask", reason="the Dask runner needs the optional dependency prefect-dask")
+    import xarray as xr
+
+    from flows.nightly import nightly
+    from storage.layout import RunLayout
+
+    home, source = s3_store
+    _night_env(monkeypatch, home, tmp_path / "reports")
+    monkeypatch.setenv("GRUVIZ_TASK_RUNNER", "dask")
+    monkeypatch.setenv("GRUVIZ_DASK_WORKERS", "2")
+    monkeypatch.delenv("GRUVIZ_DASK_ADDRESS", raising=False)
+    state = nightly(source=[str(source)], night="2026-11-30", return_state=True)
+    assert state.is_completed(), state.message
+    run_dir = state.result()["run_dir"]
+    assert str(states.latest_run(home)) == run_dir
+    layout = RunLayout.at(fs.store_path(run_dir))
+    plan = states.RunPlan.load(run_dir)
+    markers = [json.loads(layout.block(b).read_text()) for b in range(plan.n_blocks)]
+    assert markers and sum(m["dogs"] for m in markers) >= plan.n_dogs
+    assert os.getpid() not in {m["pid"] for m in markers}  # blocks ran in the cluster's worker processes
+    tree = xr.open_datatree(run_dir + "/states.zarr", engine="zarr")
+    assert tree.sizes["dog"] == plan.n_dogs and tree["seed0"].sizes["obs"] == plan.n_obs
+    h = tree["seed0"]["h"].values
+    assert not np.isnan(h).all(axis=(1, 2)).any()  # no row of a real step left unwritten
+    assert (tmp_path / "reports" / "2026-11-30" / "index.html").is_file()
