@@ -98,11 +98,19 @@ class ModelSet:
         """Where the models' columns come from: gruviz's features, or the team's callable (manifest's feature_spec)."""
         return _spec_of(self.meta)
 
-    def prepare(self, seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
-        """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised."""
+    def prepare(self, seqs: Sequences, *, rows_per_slice: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised.
+
+        Slice by slice into the float32 outputs, so the column selection and the standardisation make no
+        full-size temporaries: the outputs, (F + C) x 4 bytes a row, plus one slice's working set."""
         fi = column_index(seqs.feature_names, self.feature_names, what=f"model set {self.set_id} features")
         ci = column_index(seqs.context_names, self.context_names, what=f"model set {self.set_id} context")
-        return self.normaliser.apply(seqs.values[:, fi], seqs.context[:, ci])
+        n = len(seqs.values)
+        values, context = np.empty((n, len(fi)), np.float32), np.empty((n, len(ci)), np.float32)
+        for a in range(0, n, rows_per_slice):
+            b = min(a + rows_per_slice, n)
+            values[a:b], context[a:b] = self.normaliser.apply(seqs.values[a:b][:, fi], seqs.context[a:b][:, ci])
+        return values, context
 
 
 
