@@ -685,11 +685,6 @@ def _fast_mode(model: LoadedModel, values: np.ndarray, context: np.ndarray, item
     return None
 
 
-def _fast_ok(model: LoadedModel, values: np.ndarray, context: np.ndarray, items: _Items) -> bool:
-    """Whether the batched path reproduces the model on a sample of items."""
-    return _fast_mode(model, values, context, items) is not None
-
-
 def _rescore(
     models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, items: _Items,
     perturbations: Sequence[Perturbation], groups: FeatureGroups, seen: dict[str, bool], *, seed: int, salt: int,

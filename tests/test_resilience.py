@@ -158,7 +158,7 @@ def test_batched_rescoring_equals_scoring_each_damaged_history(layers):
     items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
     perts = rs.DEFAULT_PERTURBATIONS
     seen = {k: True for k in rs.SEVERITY_UNITS}
-    assert rs._fast_ok(model, values, context, items)
+    assert rs._fast_mode(model, values, context, items) is not None
     base, pert = rs._rescore([model], values, context, items, perts, GROUPS, seen, seed=4, salt=0)
     hists = [values[a:b] for a, b in zip(items.start, items.row)]
     s0, h0 = rs.final_scores(model, hists, values[items.row], context[items.row])
@@ -199,14 +199,19 @@ class _Embedded(torch.nn.Module):
         return self.out(torch.cat([h_prev, ctx], -1)).squeeze(-1)
 
 
-def test_a_model_whose_gru_does_not_read_the_features_falls_back_to_full_scoring():
+def _module_cases(module_class):
+    """8 dogs of 10 races, a team-style module (seeded) wrapped as a model, the items of target steps 4 and 9."""
     offsets, values, context, race, won = _setup(n_dogs=8, n_races=10)
     torch.manual_seed(0)
-    model = LoadedModel.wrap(_Embedded(), FEATURE_NAMES, CONTEXT)
+    model = LoadedModel.wrap(module_class(), FEATURE_NAMES, CONTEXT)
     ok = np.ones(len(values), bool)
     cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
-    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
-    assert not rs._fast_ok(model, values, context, items)
+    return model, values, context, rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+
+
+def test_a_model_whose_gru_does_not_read_the_features_falls_back_to_full_scoring():
+    model, values, context, items = _module_cases(_Embedded)
+    assert rs._fast_mode(model, values, context, items) is None
     perts = (rs.Perturbation("drop_last", 1), rs.Perturbation("noise_price", 0.5))
     base, pert = rs._rescore([model], values, context, items, perts, GROUPS, {k: True for k in rs.SEVERITY_UNITS},
                              seed=0, salt=0)
@@ -232,12 +237,7 @@ class _Unshifted(torch.nn.Module):
 
 
 def test_a_module_reading_the_state_after_the_target_is_scored_with_it():
-    offsets, values, context, race, won = _setup(n_dogs=8, n_races=10)
-    torch.manual_seed(0)
-    model = LoadedModel.wrap(_Unshifted(), FEATURE_NAMES, CONTEXT)
-    ok = np.ones(len(values), bool)
-    cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
-    items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
+    model, values, context, items = _module_cases(_Unshifted)
     f = rs._fast_mode(model, values, context, items)
     assert f is not None and f.next_step
     assert not rs._fast_mode(_model(0), values, context, items).next_step  # the built-in model scores from h_{t-1}
