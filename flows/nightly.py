@@ -413,7 +413,3 @@ def _zone(name: str):
     from zoneinfo import ZoneInfo
 
     return ZoneInfo(name)
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
