@@ -98,20 +98,27 @@ class ModelSet:
         """Where the models' columns come from: gruviz's features, or the team's callable (manifest's feature_spec)."""
         return _spec_of(self.meta)
 
-    def prepare(self, seqs: Sequences, *, rows_per_slice: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-        """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised.
-
-        Slice by slice into the float32 outputs, so the column selection and the standardisation make no
-        full-size temporaries: the outputs, (F + C) x 4 bytes a row, plus one slice's working set."""
-        fi = column_index(seqs.feature_names, self.feature_names, what=f"model set {self.set_id} features")
+    def prepare(self, seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+        """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised."""
         ci = column_index(seqs.context_names, self.context_names, what=f"model set {self.set_id} context")
-        n = len(seqs.values)
-        values, context = np.empty((n, len(fi)), np.float32), np.empty((n, len(ci)), np.float32)
-        for a in range(0, n, rows_per_slice):
-            b = min(a + rows_per_slice, n)
-            values[a:b], context[a:b] = self.normaliser.apply(seqs.values[a:b][:, fi], seqs.context[a:b][:, ci])
-        return values, context
+        norm = self.normaliser.select((), self.context_names)
+        return self.prepare_values(seqs), _normalised(seqs.context, ci, lambda x, e: norm.apply(e, x)[1])
 
+    def prepare_values(self, seqs: Sequences, *, rows_per_slice: int = 1 << 20) -> np.ndarray:
+        """Raw sequences -> values (obs, F) float32, the models' feature columns, normalised."""
+        fi = column_index(seqs.feature_names, self.feature_names, what=f"model set {self.set_id} features")
+        norm = self.normaliser.select(self.feature_names, ())
+        return _normalised(seqs.values, fi, lambda x, e: norm.apply(x, e)[0], rows_per_slice)
+
+
+def _normalised(raw: np.ndarray, cols, apply, rows_per_slice: int = 1 << 20) -> np.ndarray:
+    """raw[:, cols] through `apply(x, empty)` slice by slice into a float32 output, so the column selection
+    and the standardisation make no full-size temporaries: the output plus one slice's working set."""
+    out = np.empty((len(raw), len(cols)), np.float32)
+    for a in range(0, len(raw), rows_per_slice):
+        b = min(a + rows_per_slice, len(raw))
+        out[a:b] = apply(raw[a:b][:, cols], np.zeros((b - a, 0), np.float32))
+    return out
 
 
 # ------------------------------------------------------------------ sequences

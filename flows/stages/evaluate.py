@@ -88,15 +88,10 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
 
 
 def _lean_inputs(model_set, seqs, *, rows_per_slice: int = 1 << 20):
-    """(values (obs, F) float32, context rows on demand): ModelSet.prepare's columns without its full copies."""
-    fi = column_index(seqs.feature_names, model_set.feature_names, what=f"model set {model_set.set_id} features")
+    """(values (obs, F) float32, context rows on demand): ModelSet.prepare's columns without a full context copy."""
     ci = column_index(seqs.context_names, model_set.context_names, what=f"model set {model_set.set_id} context")
-    norm_v = model_set.normaliser.select(model_set.feature_names, ())
-    values = np.empty((seqs.n_obs, len(fi)), dtype=np.float32)
-    for a in range(0, seqs.n_obs, rows_per_slice):
-        b = min(a + rows_per_slice, seqs.n_obs)
-        values[a:b] = norm_v.apply(seqs.values[a:b][:, fi], np.zeros((b - a, 0), np.float32))[0]
-    return values, _ContextRows(seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names))
+    return model_set.prepare_values(seqs, rows_per_slice=rows_per_slice), _ContextRows(
+        seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names))
 
 
 class _ContextRows:
