@@ -7,7 +7,10 @@ reports its own peak resident set (getrusage ru_maxrss) and wall time:
               trained for 1 epoch, 1 seed, H=64, registered as the model set (its weights do not
               change what the stages hold in memory; not measured as a nightly stage)
     features  flows.stages.features.run: the snapshot -> its ragged sequences (holds every row)
-    extract   begin_run + every block + finish_run, as the nightly's extract tasks (block_dogs 16,384)
+    extract   the nightly's extract tasks, each in its own process: begin (lays out the run from the
+              rows' metadata), every block (block_dogs 16,384; `extract_block` is the largest block
+              process: it reads and prepares only its own rows) and finish; `extract_flow` is the
+              larger of begin and finish (what the flow's process holds)
     stats     flows.stages.stats.compute_stats (streams the states shard by shard)
     evaluate  flows.stages.evaluate.run: the normalised inputs of every row + evaluate_run
 
@@ -63,14 +66,19 @@ if stage == "setup":
 elif stage == "features":
     from flows.stages import features
     out["seq_path"] = str(features.run(root, a["snapshot_id"], a["set_id"]))
-elif stage == "extract":
+elif stage == "begin":
     from flows.stages import extract
-    plan = extract.begin(root, "mem", {{"run_id": "mem", "snapshot_id": a["snapshot_id"],
-                                        "model_set_id": a["set_id"]}}, a["seq_path"], a["set_id"], 16384)
-    for b in range(plan["n_blocks"]):
-        extract.block(plan, b, device="cpu", batch_size=4096)
-    out["tmp_dir"] = extract.finish(plan)
-    out["rows"] = int(extract.inputs(root, a["seq_path"], a["set_id"])[0].offsets[-1])
+    out["plan"] = extract.begin(root, "mem", {{"run_id": "mem", "snapshot_id": a["snapshot_id"],
+                                               "model_set_id": a["set_id"]}}, a["seq_path"], a["set_id"], 16384)
+elif stage == "block":
+    from flows.stages import extract
+    out["dogs"] = extract.block(a["plan"], a["index"], device="cpu", batch_size=4096)
+elif stage == "finish":
+    import json as j
+    from pathlib import Path
+    from flows.stages import extract
+    out["tmp_dir"] = extract.finish(a["plan"])
+    out["rows"] = j.loads((Path(out["tmp_dir"]) / "run.json").read_text())["n_obs"]
 elif stage == "stats":
     from flows.stages.stats import compute_stats
     compute_stats(a["tmp_dir"])
@@ -106,12 +114,19 @@ def main() -> None:
     job: dict = {"root": str(root), "dogs": a.dogs}
     found: dict[str, dict] = {}
     try:
-        for stage in ("setup", "features", "extract", "stats", "evaluate"):
-            r = _stage({**job, "stage": stage})
+        for stage in ("setup", "features", "begin", "block", "finish", "stats", "evaluate"):
+            if stage == "block":
+                blocks = [_stage({**job, "stage": stage, "index": i}) for i in range(job["plan"]["n_blocks"])]
+                r = max(blocks, key=lambda b: b["peak_rss_bytes"])
+                r = {**r, "seconds": sum(b["seconds"] for b in blocks), "blocks": len(blocks)}
+            else:
+                r = _stage({**job, "stage": stage})
             found[stage] = r
-            job.update({k: r[k] for k in ("snapshot_id", "set_id", "seq_path", "tmp_dir") if k in r})
+            job.update({k: r[k] for k in ("snapshot_id", "set_id", "seq_path", "tmp_dir", "plan") if k in r})
             print(f"{stage}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / 1e9:.2f} GB", file=sys.stderr, flush=True)
-        rows = found["extract"]["rows"]
+        rows = found["finish"]["rows"]
+        flow = max((found.pop("begin"), found.pop("finish")), key=lambda b: b["peak_rss_bytes"])
+        found["extract_flow"], found["extract_block"] = flow, found.pop("block")
         print(json.dumps({
             "bench": "memory", "dogs": a.dogs, "rows": rows, "seeds": 1, "units": 64,
             "total_s": round(time.perf_counter() - t0, 1),

@@ -88,6 +88,25 @@ class Sequences:
             )
 
 
+@dataclass(frozen=True)
+class SequenceRows:
+    """Rows [start, start + len(values)) of a snapshot's sequences: the model inputs one block of
+    extraction reads, without the rest of the snapshot."""
+
+    start: int
+    """First row (in the snapshot's row numbering)."""
+    values: np.ndarray
+    """(rows, feature) float32, as Sequences.values."""
+    context: np.ndarray
+    """(rows, context) float32, as Sequences.context."""
+    feature_names: tuple[str, ...]
+    context_names: tuple[str, ...]
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.values)
+
+
 def pad_batch(
     rows: np.ndarray, offsets: np.ndarray, dogs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

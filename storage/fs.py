@@ -18,8 +18,12 @@ Directory listings are never cached for remote stores (another process may have 
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
+import struct
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlparse
@@ -42,6 +46,7 @@ __all__ = [
     "parquet_schema",
     "modified_s",
     "load_npz",
+    "npz_rows",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -158,3 +163,62 @@ def load_npz(path: StorePath) -> Any:
     if isinstance(path, Path):
         return np.load(path, allow_pickle=False)
     return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+
+
+def npz_rows(path: StorePath, names: Sequence[str], start: int, stop: int) -> dict[str, Any]:
+    """Rows [start, stop) of members of an uncompressed .npz (np.savez), read at their offsets.
+
+    Only those rows' bytes are read, from a local file or (by ranged GETs) an object, so a reader of
+    one block of rows holds that block, not the file. Members stored compressed, Fortran-ordered or
+    of object dtype are loaded whole and sliced. Returns {name: array}.
+    """
+    import numpy as np
+
+    opener = path.open if isinstance(path, Path) else (lambda mode: path.open(mode, block_size=1 << 22))
+    out: dict[str, Any] = {}
+    with opener("rb") as f, zipfile.ZipFile(f) as zf:
+        for name in names:
+            info = zf.getinfo(f"{name}.npy")
+            arr = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                arr = _stored_npy_rows(f, info, start, stop)
+            if arr is None:  # not laid out for offsets: the member whole, then its rows
+                with zf.open(info) as member:
+                    arr = np.lib.format.read_array(member, allow_pickle=False)[start:stop].copy()
+            out[name] = arr
+    return out
+
+
+def _stored_npy_rows(f, info: zipfile.ZipInfo, start: int, stop: int):
+    """Rows of a stored (uncompressed) .npy member read by offset, or None when its layout does not allow it."""
+    import numpy as np
+
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"{info.filename}: not a zip local file header at {info.header_offset}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return None
+    if fortran or dtype.hasobject or not shape:
+        return None
+    start, stop = max(0, min(start, shape[0])), max(0, min(stop, shape[0]))
+    stop = max(stop, start)
+    row_bytes = dtype.itemsize * math.prod(shape[1:])
+    out = np.empty((stop - start, *shape[1:]), dtype=dtype)
+    view = memoryview(out).cast("B") if out.nbytes else memoryview(b"")
+    f.seek(f.tell() + start * row_bytes)
+    got = 0
+    while got < out.nbytes:
+        chunk = f.read(min(out.nbytes - got, 1 << 26))
+        if not chunk:
+            raise ValueError(f"{info.filename}: ends after {got} of {out.nbytes} bytes of rows {start}..{stop}")
+        view[got : got + len(chunk)] = chunk
+        got += len(chunk)
+    return out

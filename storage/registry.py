@@ -43,7 +43,7 @@ from gruviz_core.byo import FeatureSpec, resolve_factory, wrap_module, wrap_scri
 from gruviz_core.errors import ConfigError, ModelError, NotFoundError, StoreError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from gruviz_core.sequences import Sequences
+from gruviz_core.sequences import SequenceRows, Sequences
 from storage import fs
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
@@ -55,6 +55,8 @@ __all__ = [
     "stored_sequence_spec",
     "save_sequences",
     "load_sequences",
+    "load_sequence_rows",
+    "load_sequence_meta",
     "write_model_set",
     "load_model_set",
     "current_model_set",
@@ -98,13 +100,13 @@ class ModelSet:
         """Where the models' columns come from: gruviz's features, or the team's callable (manifest's feature_spec)."""
         return _spec_of(self.meta)
 
-    def prepare(self, seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    def prepare(self, seqs: Sequences | SequenceRows) -> tuple[np.ndarray, np.ndarray]:
         """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised."""
         ci = column_index(seqs.context_names, self.context_names, what=f"model set {self.set_id} context")
         norm = self.normaliser.select((), self.context_names)
         return self.prepare_values(seqs), _normalised(seqs.context, ci, lambda x, e: norm.apply(e, x)[1])
 
-    def prepare_values(self, seqs: Sequences, *, rows_per_slice: int = 1 << 20) -> np.ndarray:
+    def prepare_values(self, seqs: Sequences | SequenceRows, *, rows_per_slice: int = 1 << 20) -> np.ndarray:
         """Raw sequences -> values (obs, F) float32, the models' feature columns, normalised."""
         fi = column_index(seqs.feature_names, self.feature_names, what=f"model set {self.set_id} features")
         norm = self.normaliser.select(self.feature_names, ())
@@ -169,6 +171,32 @@ def load_sequences(path: str | StorePath) -> Sequences:
     if isinstance(path, Path):
         return Sequences.load(path)
     return Sequences.load(io.BytesIO(path.read_bytes()))
+
+
+SEQUENCE_META = ("offsets", "dog_id", "dog_name", "race_id", "race_date", "won", "market_prob")
+"""The members of a sequences file that describe rows and dogs (no model inputs): what begin_run takes."""
+
+
+def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
+    """A snapshot's row and dog metadata ({name: array} for SEQUENCE_META), without its model inputs."""
+    with fs.load_npz(fs.store_path(path)) as z:
+        out = {k: z[k] for k in SEQUENCE_META}
+    for k in ("dog_id", "dog_name", "race_id"):
+        out[k] = out[k].astype(object)
+    return out
+
+
+def load_sequence_rows(path: str | StorePath, start: int, stop: int) -> SequenceRows:
+    """Rows [start, stop) of a snapshot's model inputs, read at their offsets in the file (or object):
+    memory follows the rows asked for, not the snapshot."""
+    path = fs.store_path(path)
+    got = fs.npz_rows(path, ("values", "context"), start, stop)
+    names = fs.npz_rows(path, ("feature_names", "context_names"), 0, 1 << 20)
+    if len(got["values"]) != stop - start or len(got["context"]) != stop - start:
+        raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the file has "
+                         f"{len(got['values'])} of them; rebuild the features (gruviz ingest)")
+    return SequenceRows(start, got["values"], got["context"], tuple(names["feature_names"].tolist()),
+                        tuple(names["context_names"].tolist()))
 
 
 # ------------------------------------------------------------------ training

@@ -70,6 +70,7 @@ __all__ = [
     "RunPlan",
     "begin_run",
     "BlockWriter",
+    "block_span",
     "prefetch",
     "finish_run",
     "publish_run",
@@ -315,6 +316,19 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
                            attributes={"long_name": what, "units": "1", "coordinates": "dog_index"})
 
 
+def block_span(plan_or_tmpdir: RunPlan | str | StorePath, block_index: int) -> tuple[int, int]:
+    """[start, stop) input rows a block needs: every row of every dog with a row in the block (a dog
+    straddling two blocks is computed by both). Reads only the run's per-dog row starts."""
+    plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
+    a, b = plan.block_rows(block_index)
+    if b <= a:
+        return a, a
+    root = zarr.open_group(fs.zarr_store(RunLayout.at(plan.path).states), mode="r")
+    offsets = np.append(root["row_start"][:], plan.n_obs).astype(np.int64)
+    first, last = int(np.searchsorted(offsets, a, "right")) - 1, int(np.searchsorted(offsets, b, "left"))
+    return int(offsets[first]), int(offsets[last])
+
+
 class BlockWriter:
     """Writes the shards of one block of a run: the stage computes, this persists.
 
@@ -336,6 +350,9 @@ class BlockWriter:
         a, b = self.rows
         self.first_dog = int(np.searchsorted(self.offsets, a, "right")) - 1 if b > a else 0
         self.dogs_total = int(np.searchsorted(self.offsets, b, "left")) - self.first_dog if b > a else 0
+        self.span = ((int(self.offsets[self.first_dog]), int(self.offsets[self.first_dog + self.dogs_total]))
+                     if b > a else (a, a))
+        """[start, stop) input rows the block reads: every row of its dogs (see `block_span`)."""
         self._writer = _ShardWriter()
 
     def __enter__(self) -> BlockWriter:

@@ -12,7 +12,14 @@ from torch import nn
 from flows.cli import main as cli
 from flows.stages.features import run as ensure_sequences
 from flows.stages.train import model_set_scores, train_and_register
-from gruviz_core.errors import AmbiguousGRUError, ConfigError, FeatureMismatchError, NoGRUError, NotFoundError
+from gruviz_core.errors import (
+    AmbiguousGRUError,
+    ConfigError,
+    FeatureMismatchError,
+    NoGRUError,
+    NotFoundError,
+    StoreError,
+)
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, MARKET_CONTEXT
 from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes
@@ -101,6 +108,34 @@ def test_sequences_are_cached(store):
     path = ensure_sequences(root, snap)
     before = path.stat().st_mtime_ns
     assert ensure_sequences(root, snap) == path and path.stat().st_mtime_ns == before
+
+
+def test_a_block_reads_and_prepares_only_its_rows(store, tmp_path):
+    """extract.inputs reads rows [a, b) at their offsets in the sequences file: the same normalised
+    inputs as preparing every row and slicing; a compressed file falls back to a whole read."""
+    from flows.stages import extract
+    from storage import fs
+    from storage.registry import load_sequence_meta, load_sequence_rows, load_sequences
+
+    root, snap, report = store
+    ms = load_model_set(root, report.set_id)
+    path = ensure_sequences(root, snap, report.set_id)
+    seqs = load_sequences(path)
+    values, context = ms.prepare(seqs)
+    n = seqs.n_obs
+    for a, b in ((0, 1), (17, 230), (n - 5, n), (40, 40)):
+        v, c = extract.inputs(str(path), ms, a, b)
+        assert v.dtype == np.float32 and v.shape == (b - a, values.shape[1])
+        np.testing.assert_array_equal(v, values[a:b])
+        np.testing.assert_array_equal(c, context[a:b])
+    meta = load_sequence_meta(path)
+    assert np.array_equal(meta["offsets"], seqs.offsets) and list(meta["race_id"]) == list(seqs.race_id)
+    with pytest.raises(StoreError, match=rf"rows {n - 2}\.\.{n + 3}"):
+        load_sequence_rows(path, n - 2, n + 3)
+    packed = tmp_path / "packed.npz"
+    with fs.load_npz(path) as z:
+        np.savez_compressed(packed, **{k: z[k] for k in z.files})
+    np.testing.assert_array_equal(load_sequence_rows(packed, 5, 60).values, seqs.values[5:60])
 
 
 def test_unknown_set_and_empty_registry_are_clear_errors(store, tmp_path):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.stages.extract import extract_run, write_block
-from gruviz_core.errors import NotFoundError, StoreError
+from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.extract import extract_batch
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from storage import states
@@ -196,6 +196,37 @@ def test_lifecycle_guards(tmp_path):
     run_dir = states.publish_run(tmp_path, plan.path)
     assert states.latest_run(tmp_path) == run_dir and (run_dir / states.COMPLETE).exists()
     assert not plan.path.exists()
+
+
+def test_a_block_computes_from_its_own_rows_only(tmp_path):
+    """A block given only its span of input rows (block_span, from row_base) writes the same states as
+    one given every row; a window missing a row of one of its dogs is refused, naming the rows needed."""
+    models = make_models(n_seeds=1)
+    inp = make_inputs([5, 1, 7, 2, 9, 3, 4, 6, 8, 2])
+    values, context = inp.pop("seqs_values"), inp.pop("context")
+    got = []
+    for name in ("all", "window"):
+        plan = states.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
+                                shard_chunks=1, block_shards=2, **inp)
+        for b in range(plan.n_blocks):
+            if name == "all":
+                write_block(plan, b, models, values, context, device="cpu")
+                continue
+            a, z = states.block_span(plan, b)
+            assert a <= plan.block_rows(b)[0] and z >= plan.block_rows(b)[1]
+            write_block(plan, b, models, values[a:z], context[a:z], row_base=a, device="cpu")
+        got.append(states.open_states(states.finish_run(plan.path), allow_incomplete=True))
+    spans = [states.block_span(plan, b) for b in range(plan.n_blocks)]
+    assert any(s[0] < plan.block_rows(b)[0] for b, s in enumerate(spans))  # a dog straddles two blocks
+    for d in inp["dog_id"]:
+        a, w = got[0].dog(d), got[1].dog(d)
+        np.testing.assert_allclose(w.h, a.h, atol=1e-3)
+        np.testing.assert_allclose(w.score, a.score, rtol=1e-5, atol=1e-6)
+    plan = states.begin_run(tmp_path / "short", "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
+                            shard_chunks=1, block_shards=2, **inp)
+    a, z = states.block_span(plan, 1)
+    with pytest.raises(ConfigError, match=rf"needs rows {a}\.\.{z}"):
+        write_block(plan, 1, models, values[a + 1 : z], context[a + 1 : z], row_base=a + 1, device="cpu")
 
 
 def test_progress_reaches_total(tmp_path):

@@ -21,9 +21,8 @@ import numpy as np
 from gruviz_core.errors import ConfigError
 from gruviz_core.extract import choose_device, iter_extract
 from gruviz_core.model import LoadedModel
-from gruviz_core.sequences import Sequences
-from storage.registry import ModelSet, load_model_set, load_sequences
-from storage.states import BlockWriter, RunPlan, begin_run, finish_run
+from storage.registry import ModelSet, load_model_set, load_sequence_meta, load_sequence_rows
+from storage.states import BlockWriter, RunPlan, begin_run, block_span, finish_run
 
 __all__ = ["inputs", "begin", "block", "finish", "write_block", "extract_run", "set_torch_threads"]
 
@@ -39,23 +38,27 @@ def set_torch_threads(n: int) -> None:
 
 
 @lru_cache(maxsize=2)
-def inputs(root: str, seq_path: str, set_id: str) -> tuple[Sequences, ModelSet, np.ndarray, np.ndarray]:
-    """(Sequences, ModelSet, values (obs, F), context (obs, C)) for a snapshot and model set; cached per
-    process so the block tasks of one run (threads of one worker) load them once."""
-    seqs = load_sequences(seq_path)
-    model_set = load_model_set(root, set_id)
-    values, context = model_set.prepare(seqs)
-    return seqs, model_set, values, context
+def _model_set(root: str, set_id: str) -> ModelSet:
+    """The run's model set, loaded once per process (blocks that are threads of one worker share it)."""
+    return load_model_set(root, set_id)
+
+
+def inputs(seq_path: str, model_set: ModelSet, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, context) float32 of rows [start, stop) of a snapshot, normalised for the model set.
+
+    Only those rows are read (at their offsets in the sequences file or object) and prepared, so a
+    block's memory follows its own rows, not the night's."""
+    return model_set.prepare(load_sequence_rows(seq_path, start, stop))
 
 
 def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int) -> dict:
-    """Lay out the run's temporary directory; returns the plan every block task needs (keys only)."""
-    seqs, model_set, _, _ = inputs(root, seq_path, set_id)
+    """Lay out the run's temporary directory; returns the plan every block task needs (keys only).
+
+    Reads the snapshot's row and dog metadata only, none of its model inputs."""
+    model_set = _model_set(root, set_id)
     gru = model_set.models[0].gru
     plan = begin_run(
-        root, run_id, {**meta, "seeds": list(model_set.seeds)},
-        offsets=seqs.offsets, dog_id=seqs.dog_id, dog_name=seqs.dog_name, race_id=seqs.race_id,
-        race_date=seqs.race_date, won=seqs.won, market_prob=seqs.market_prob,
+        root, run_id, {**meta, "seeds": list(model_set.seeds)}, **load_sequence_meta(seq_path),
         n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=model_set.seeds, block_dogs=block_dogs,
     )
     return {"root": root, "tmp_dir": plan.tmp_dir, "n_blocks": plan.n_blocks, "n_dogs": plan.n_dogs,
@@ -63,13 +66,17 @@ def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_
 
 
 def block(plan: dict, index: int, *, device: str, batch_size: int, progress=None) -> int:
-    """Write one block; `progress(dogs_done, dogs_in_block)` is called after each shard. Returns its dogs."""
-    _, model_set, values, context = inputs(plan["root"], plan["seq_path"], plan["set_id"])
+    """Write one block; `progress(dogs_done, dogs_in_block)` is called after each shard. Returns its dogs.
+
+    Reads and prepares only the rows of the block's dogs (`storage.states.block_span`)."""
+    model_set = _model_set(plan["root"], plan["set_id"])
+    start, stop = block_span(plan["tmp_dir"], index)
+    values, context = inputs(plan["seq_path"], model_set, start, stop)
     models = copy.deepcopy(model_set.models)  # blocks may be threads of one process: each runs (and moves) its own
-    marker = write_block(plan["tmp_dir"], index, models, values, context,
+    marker = write_block(plan["tmp_dir"], index, models, values, context, row_base=start,
                          device=None if device == "auto" else device, batch_size=batch_size, progress=progress)
-    log.info("block %d: %d dogs in %.1f s on %s (max recurrence error %.2e)",
-             index, marker["dogs"], marker["seconds"], marker["device"], max(marker["check_max_err"], default=0.0))
+    log.info("block %d: %d dogs (rows %d..%d) in %.1f s on %s (max recurrence error %.2e)", index, marker["dogs"],
+             start, stop, marker["seconds"], marker["device"], max(marker["check_max_err"], default=0.0))
     return int(marker["dogs"])
 
 
@@ -80,24 +87,25 @@ def finish(plan: dict) -> str:
 
 def write_block(
     plan_or_tmpdir: RunPlan | str | Path, block_index: int, models: Sequence[LoadedModel],
-    values: np.ndarray, context: np.ndarray, *, device: str | None = None, batch_size: int = 1024,
-    max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
+    values: np.ndarray, context: np.ndarray, *, row_base: int = 0, device: str | None = None,
+    batch_size: int = 1024, max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compute and write one block's shards; writes its done marker last. Returns the marker.
 
-    values: (obs, F), context: (obs, C) normalised model inputs of ALL rows (the block picks its
-    own). `progress(dogs_done, dogs_in_block)` is called after each shard.
+    values: (n, F), context: (n, C) normalised model inputs of rows [row_base, row_base + n): at
+    least the block's span (`BlockWriter.span`), or every row with row_base 0.
+    `progress(dogs_done, dogs_in_block)` is called after each shard.
     """
     t0, started_at = time.perf_counter(), time.time()
     dev = choose_device(device)
     with BlockWriter(plan_or_tmpdir, block_index) as out:
-        _check_models(out.plan, models, values, context)
+        _check_models(out, models, values, context, row_base)
         max_err = [0.0] * len(models)
         for s0, s1, dogs in out.shards():
             for k, model in enumerate(models):
                 out.reserve()
                 h, z, r, sc, err = _fill_shard(model, values, context, out.offsets, dogs, s0, s1, out.plan,
-                                               device=dev, batch_size=batch_size, max_tokens=max_tokens,
+                                               row_base=row_base, device=dev, batch_size=batch_size, max_tokens=max_tokens,
                                                dog_ids=out.dog_ids)
                 max_err[k] = max(max_err[k], err)
                 out.write(k, s0, s1, h, z, r, sc)
@@ -111,26 +119,32 @@ def write_block(
     })
 
 
-def _check_models(plan: RunPlan, models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray) -> None:
+def _check_models(out: BlockWriter, models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray,
+                  row_base: int) -> None:
+    plan = out.plan
     if len(models) != len(plan.seeds):
         raise ConfigError(f"run {plan.run_id}: {len(models)} models given, the plan has {len(plan.seeds)} seeds")
     for m in models:
         if (m.gru.num_layers, m.gru.hidden_size) != (plan.n_layers, plan.n_units):
             raise ConfigError(f"run {plan.run_id}: model {m.model_id} has {m.gru.num_layers} layers x "
                               f"{m.gru.hidden_size} units, the plan {plan.n_layers} x {plan.n_units}")
-    if len(values) != plan.n_obs or len(context) != plan.n_obs:
-        raise ConfigError(f"run {plan.run_id}: values has {len(values)} rows and context {len(context)}, "
-                          f"the plan {plan.n_obs}; pass the inputs of every row, not just the block's")
+    start, stop = out.span
+    if len(values) != len(context) or row_base > start or row_base + len(values) < stop:
+        raise ConfigError(f"run {plan.run_id} block {out.block_index}: values has {len(values)} rows and context "
+                          f"{len(context)} from row {row_base}; the block needs rows {start}..{stop} "
+                          "(storage.states.block_span), or every row from 0")
 
 
-def _fill_shard(model, values, context, offsets, dogs, s0, s1, plan, **kw):
-    """One seed's h, z, r (n, L, H) float16 and scores (n, 1) for rows [s0, s1), and the check's max error."""
+def _fill_shard(model, values, context, offsets, dogs, s0, s1, plan, row_base=0, **kw):
+    """One seed's h, z, r (n, L, H) float16 and scores (n, 1) for rows [s0, s1), and the check's max error.
+
+    values/context hold rows from `row_base` on; offsets are the run's (global rows)."""
     n, shape = s1 - s0, (s1 - s0, plan.n_layers, plan.n_units)
     h, z, r = (np.full(shape, np.nan, dtype=np.float16) for _ in range(3))
     sc = np.full((n, 1), np.nan, dtype=np.float32)
     err = 0.0
     if len(dogs):
-        for _, bs in iter_extract([model], values, context, offsets, dogs, **kw):
+        for _, bs in iter_extract([model], values, context, offsets - row_base, dogs, **kw):
             err = max(err, bs.max_err)
             first = np.repeat(offsets[bs.dogs] - np.concatenate([[0], np.cumsum(bs.lengths)[:-1]]), bs.lengths)
             rows = first + np.arange(len(first))  # (rows,) global row of each batch row
