@@ -210,8 +210,10 @@ def compute_only(models, inp: dict, batch_size: int, device) -> tuple[float, flo
 
 
 def writes_only(root: Path, models, inp: dict, batch_size: int) -> float:
-    """d: dog-steps/s of writing h, z, r, score (real states of the first shard, repeated) into the store."""
-    meta = {k: v for k, v in inp.items() if k not in ("seqs_values", "context")}
+    """d: dog-steps/s of writing h, z, r, score (real states of the first shard, repeated) and the rows'
+    metadata into the store."""
+    meta = {k: inp[k] for k in ("offsets", "dog_id", "dog_name")}
+    rows = {k: inp[k] for k in states.ROW_META}
     gru = models[0].gru
     plan = states.begin_run(root, "writes", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
                             seeds=list(range(len(models))), **meta)
@@ -225,6 +227,9 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> float:
 
     g = zarr.open_group(zarr.storage.LocalStore(plan.path / states.STATES), mode="r+")
     t = time.perf_counter()
+    for b in range(plan.n_blocks):
+        with states.BlockWriter(plan, b) as bw:
+            bw.write_rows(rows, 0)
     with states._ShardWriter() as w:
         for s0 in range(0, plan.n_obs, plan.shard_rows):
             e = min(s0 + plan.shard_rows, plan.n_obs)

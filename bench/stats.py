@@ -63,11 +63,14 @@ def build(root: Path, n_steps: int, units: int, seed: int = 0) -> Path:
     plan = states.begin_run(
         root, "bench", {"snapshot_id": "bench"}, offsets=offsets,
         dog_id=np.array([f"D{i}" for i in range(d)], dtype=object),
-        dog_name=np.array([f"Dog {i}" for i in range(d)], dtype=object),
-        race_id=np.array([f"R{i // 8}" for i in range(n)], dtype=object),
-        race_date=np.full(n, np.datetime64("2025-01-01")), won=np.zeros(n, np.float32),
-        market_prob=np.full(n, 0.125, np.float32), n_layers=1, n_units=units, seeds=[0],
+        dog_name=np.array([f"Dog {i}" for i in range(d)], dtype=object), n_layers=1, n_units=units, seeds=[0],
     )
+    rows = {"race_id": np.array([f"R{i // 8}" for i in range(n)], dtype=object),
+            "race_date": np.full(n, np.datetime64("2025-01-01")), "won": np.zeros(n, np.float32),
+            "market_prob": np.full(n, 0.125, np.float32)}
+    for b in range(plan.n_blocks):  # the rows' metadata, as the blocks of a real run write it
+        with states.BlockWriter(plan, b) as w:
+            w.write_rows(rows, 0)
     g = zarr.open_group(zarr.storage.LocalStore(plan.path / states.STATES), mode="r+")
     step = (np.arange(n) - np.repeat(offsets[:-1], lens)).astype(np.int64)
     drive = rng.normal(scale=0.4, size=units)

@@ -101,6 +101,8 @@ class SequenceRows:
     """(rows, context) float32, as Sequences.context."""
     feature_names: tuple[str, ...]
     context_names: tuple[str, ...]
+    meta: dict[str, np.ndarray]
+    """{name: (rows,)} the same rows' race_id, race_date, won and market_prob."""
 
     @property
     def stop(self) -> int:

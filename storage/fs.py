@@ -212,7 +212,7 @@ def _stored_npy_rows(f, info: zipfile.ZipInfo, start: int, stop: int):
     stop = max(stop, start)
     row_bytes = dtype.itemsize * math.prod(shape[1:])
     out = np.empty((stop - start, *shape[1:]), dtype=dtype)
-    view = memoryview(out).cast("B") if out.nbytes else memoryview(b"")
+    view = memoryview(out.reshape(-1).view(np.uint8)) if out.nbytes else memoryview(b"")  # any dtype (datetime, str)
     f.seek(f.tell() + start * row_bytes)
     got = 0
     while got < out.nbytes:

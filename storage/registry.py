@@ -173,30 +173,31 @@ def load_sequences(path: str | StorePath) -> Sequences:
     return Sequences.load(io.BytesIO(path.read_bytes()))
 
 
-SEQUENCE_META = ("offsets", "dog_id", "dog_name", "race_id", "race_date", "won", "market_prob")
-"""The members of a sequences file that describe rows and dogs (no model inputs): what begin_run takes."""
+SEQUENCE_META = ("offsets", "dog_id", "dog_name")
+"""The members of a sequences file that describe its dogs: what begin_run takes."""
+ROW_META = ("race_id", "race_date", "won", "market_prob")
+"""The members of a sequences file that describe its rows (beside the model inputs)."""
 
 
 def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
-    """A snapshot's row and dog metadata ({name: array} for SEQUENCE_META), without its model inputs."""
-    with fs.load_npz(fs.store_path(path)) as z:
-        out = {k: z[k] for k in SEQUENCE_META}
-    for k in ("dog_id", "dog_name", "race_id"):
-        out[k] = out[k].astype(object)
-    return out
+    """A snapshot's dog metadata ({name: array} for SEQUENCE_META), without any per-row member.
+
+    A remote object is read by offset (ranged GETs of those members only)."""
+    got = fs.npz_rows(fs.store_path(path), SEQUENCE_META, 0, np.iinfo(np.int64).max)
+    return {k: v.astype(object) if k != "offsets" else v for k, v in got.items()}
 
 
 def load_sequence_rows(path: str | StorePath, start: int, stop: int) -> SequenceRows:
     """Rows [start, stop) of a snapshot's model inputs, read at their offsets in the file (or object):
     memory follows the rows asked for, not the snapshot."""
     path = fs.store_path(path)
-    got = fs.npz_rows(path, ("values", "context"), start, stop)
+    got = fs.npz_rows(path, ("values", "context", *ROW_META), start, stop)
     names = fs.npz_rows(path, ("feature_names", "context_names"), 0, 1 << 20)
-    if len(got["values"]) != stop - start or len(got["context"]) != stop - start:
+    if any(len(v) != stop - start for v in got.values()):
         raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the file has "
                          f"{len(got['values'])} of them; rebuild the features (gruviz ingest)")
     return SequenceRows(start, got["values"], got["context"], tuple(names["feature_names"].tolist()),
-                        tuple(names["context_names"].tolist()))
+                        tuple(names["context_names"].tolist()), {k: got[k] for k in ROW_META})
 
 
 # ------------------------------------------------------------------ training

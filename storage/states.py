@@ -46,7 +46,7 @@ import subprocess
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -71,6 +71,7 @@ __all__ = [
     "begin_run",
     "BlockWriter",
     "block_span",
+    "ROW_META",
     "prefetch",
     "finish_run",
     "publish_run",
@@ -167,23 +168,27 @@ class RunPlan:
 # ----------------------------------------------------------------------------------------- writing
 
 
+ROW_META = ("race_id", "race_date", "won", "market_prob")
+"""Per-row metadata a block writes for its own rows (beside dog_index and step, which come from the offsets)."""
+
+
 def begin_run(
     root: str | Path, run_id: str, meta: dict, *, offsets: np.ndarray, dog_id: np.ndarray, dog_name: np.ndarray,
-    race_id: np.ndarray, race_date: np.ndarray, won: np.ndarray, market_prob: np.ndarray,
     n_layers: int, n_units: int, seeds: Sequence[int], block_dogs: int | None = None,
     block_shards: int | None = None, chunk_rows: int | None = None, shard_chunks: int | None = None,
 ) -> RunPlan:
-    """Create runs/.tmp/<run_id>.<nonce>/ with every array and all per-dog/per-row metadata written.
+    """Create runs/.tmp/<run_id>.<nonce>/ with every array and the per-dog metadata written.
 
-    offsets: (dog + 1,); dog_id, dog_name: (dog,); race_id, race_date, won, market_prob: (obs,).
+    offsets: (dog + 1,); dog_id, dog_name: (dog,). Per-row arrays (dog_index, step, ROW_META) are
+    created empty: each block writes its own rows' shards (BlockWriter.write_rows), so the work
+    scales out with the blocks and this process never holds a row's metadata.
     Blocks span `block_shards` shards, or about `block_dogs` dogs rounded up to whole shards,
     or the whole run. `chunk_rows` overrides the ~512 KiB inner chunk (tests use tiny ones);
     shards hold `shard_chunks` chunks, by default 128 or fewer so the run has >= 8 shards.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     n_dogs, n_obs = len(offsets) - 1, int(offsets[-1]) if len(offsets) else 0
-    _check_inputs(run_id, offsets, n_obs, n_dogs, dog_id=dog_id, dog_name=dog_name, race_id=race_id,
-                  race_date=race_date, won=won, market_prob=market_prob)
+    _check_inputs(run_id, offsets, n_obs, n_dogs, dog_id=dog_id, dog_name=dog_name)
     chunk_rows = int(chunk_rows or max(1, CHUNK_BYTES // (2 * n_layers * n_units)))
     if shard_chunks is None:  # up to 128 chunks, fewer so a run has >= MIN_SHARDS units to pipeline and share
         shard_chunks = int(np.clip(-(-n_obs // (chunk_rows * MIN_SHARDS)), 1, SHARD_CHUNKS))
@@ -201,7 +206,7 @@ def begin_run(
     tmp = _new_run_dir(StoreLayout.at(root), run_id)
     plan = RunPlan(str(tmp), run_id, n_dogs, n_obs, n_layers, n_units, tuple(int(s) for s in seeds),
                    chunk_rows, shard_rows, int(block_shards))
-    _create_arrays(plan, meta, offsets, dog_id, dog_name, race_id, race_date, won, market_prob)
+    _create_arrays(plan, meta, offsets, dog_id, dog_name)
     d = asdict(plan)
     d.pop("tmp_dir")
     write_json_atomic(RunLayout.at(tmp).plan, d)
@@ -240,7 +245,7 @@ def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **a
                               f"({'dogs' if want == n_dogs else 'rows'} from offsets)")
 
 
-def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id, race_date, won, market_prob):
+def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name):
     store = fs.zarr_store(RunLayout.at(plan.path).states)
     root = zarr.create_group(store, attributes={
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
@@ -261,11 +266,9 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
         if n_dogs:
             a[:] = data
 
-    def per_row(name, data, dtype, attributes, **kw):
-        a = root.create_array(name, shape=(n_obs,), dtype=dtype, chunks=row_chunk, shards=row_shard,
-                              dimension_names=("obs",), attributes=attributes, **kw)
-        if n_obs:
-            a[:] = data
+    def per_row(name, dtype, attributes, group=root, **kw):  # written block by block (BlockWriter.write_rows)
+        group.create_array(name, shape=(n_obs,), dtype=dtype, chunks=row_chunk, shards=row_shard,
+                           dimension_names=("obs",), attributes=attributes, **kw)
 
     sizes = np.diff(offsets)
     per_dog("row_start", offsets[:-1], "int64", {"long_name": "first row (obs) of the dog", "units": "1",
@@ -276,24 +279,17 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
             {"long_name": "dog id", "cf_role": "trajectory_id"})
     per_dog("dog_name", np.asarray(dog_name, dtype=object).astype(str).astype(object), str,
             {"long_name": "dog name (display)"})
-    dog_index = np.repeat(np.arange(n_dogs, dtype=np.int32), sizes)  # (obs,)
     index_attrs = {"long_name": "index of the row's dog on the dog dimension", "instance_dimension": "dog"}
-    per_row("dog_index", dog_index, "int32", index_attrs)
-    step = (np.arange(n_obs) - np.repeat(offsets[:-1], sizes) + 1).astype(np.int32)
-    per_row("step", step, "int32", {"long_name": "race number in the dog's observed history (1 = first)",
-                                    "units": "1"})
-    days = np.asarray(race_date, dtype="datetime64[D]")
-    days_i = np.where(np.isnat(days), _DATE_FILL, days.astype(np.int64)).astype(np.int32)
-    per_row("race_date", days_i, "int32", {"long_name": "date of the race", "units": _EPOCH_UNITS,
-                                           "calendar": "proleptic_gregorian", "_FillValue": int(_DATE_FILL)},
+    per_row("dog_index", "int32", index_attrs)
+    per_row("step", "int32", {"long_name": "race number in the dog's observed history (1 = first)", "units": "1"})
+    per_row("race_date", "int32", {"long_name": "date of the race", "units": _EPOCH_UNITS,
+                                   "calendar": "proleptic_gregorian", "_FillValue": int(_DATE_FILL)},
             fill_value=_DATE_FILL)
-    per_row("race_id", np.asarray(race_id, dtype=object).astype(str).astype(object), str, {"long_name": "race id"})
-    per_row("won", np.asarray(won, dtype=np.float32), "float32",
-            {"long_name": "won the race (1), lost (0), unknown (NaN)", "units": "1", "coordinates": row_coords},
-            fill_value=np.nan)
-    per_row("market_prob", np.asarray(market_prob, dtype=np.float32), "float32",
-            {"long_name": "market implied win probability, renormalised within the race", "units": "1",
-             "coordinates": row_coords}, fill_value=np.nan)
+    per_row("race_id", str, {"long_name": "race id"})
+    per_row("won", "float32", {"long_name": "won the race (1), lost (0), unknown (NaN)", "units": "1",
+                               "coordinates": row_coords}, fill_value=np.nan)
+    per_row("market_prob", "float32", {"long_name": "market implied win probability, renormalised within the race",
+                                       "units": "1", "coordinates": row_coords}, fill_value=np.nan)
     root.create_array("score", shape=(n_obs, len(plan.seeds)), dtype="float32", chunks=(row_chunk[0], 1),
                       shards=(row_shard[0], 1), fill_value=np.nan, dimension_names=("obs", "seed"),
                       attributes={"long_name": "model score of the race (softmax within the race gives win "
@@ -304,16 +300,28 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name, race_id
         g = root.create_group(f"seed{k}", attributes={"seed": plan.seeds[k]})
         # a copy of dog_index per seed group: xarray's DataTree inherits only indexed coordinates, and
         # CF `coordinates` name variables of the same group (runs of one value: it compresses to ~nothing)
-        a = g.create_array("dog_index", shape=(n_obs,), dtype="int32", chunks=row_chunk, shards=row_shard,
-                           compressors=_compressor(), dimension_names=("obs",), attributes=index_attrs)
-        if n_obs:
-            a[:] = dog_index
+        per_row("dog_index", "int32", index_attrs, group=g, compressors=_compressor())
         for name, what in (("h", "GRU hidden state after the step"), ("z", "GRU update gate (1 keeps the old state)"),
                            ("r", "GRU reset gate")):
             g.create_array(name, shape=(n_obs, plan.n_layers, plan.n_units), dtype="float16", chunks=state_chunk,
                            shards=state_shard, compressors=_compressor(), fill_value=np.nan,
                            dimension_names=("obs", "layer", "unit"),
                            attributes={"long_name": what, "units": "1", "coordinates": "dog_index"})
+
+
+def _row_arrays(offsets: np.ndarray, a: int, b: int, rows: Mapping[str, np.ndarray], row_base: int) -> dict:
+    """{name: (b - a,) data} of every per-row metadata array for rows [a, b); rows[...] start at row_base."""
+    dog = (np.searchsorted(offsets, np.arange(a, b), "right") - 1).astype(np.int32)  # (n,) dog of each row
+    sl = slice(a - row_base, b - row_base)
+    days = np.asarray(rows["race_date"][sl], dtype="datetime64[D]")
+    return {
+        "dog_index": dog,
+        "step": (np.arange(a, b) - offsets[dog] + 1).astype(np.int32),
+        "race_date": np.where(np.isnat(days), _DATE_FILL, days.astype(np.int64)).astype(np.int32),
+        "race_id": np.asarray(rows["race_id"][sl], dtype=object).astype(str).astype(object),
+        "won": np.asarray(rows["won"][sl], dtype=np.float32),
+        "market_prob": np.asarray(rows["market_prob"][sl], dtype=np.float32),
+    }
 
 
 def block_span(plan_or_tmpdir: RunPlan | str | StorePath, block_index: int) -> tuple[int, int]:
@@ -347,6 +355,7 @@ class BlockWriter:
         self.rows = self.plan.block_rows(block_index)
         self._arrays = [(root[f"seed{k}/h"], root[f"seed{k}/z"], root[f"seed{k}/r"]) for k in range(len(self.plan.seeds))]
         self._score = root["score"]
+        self._root = root
         a, b = self.rows
         self.first_dog = int(np.searchsorted(self.offsets, a, "right")) - 1 if b > a else 0
         self.dogs_total = int(np.searchsorted(self.offsets, b, "left")) - self.first_dog if b > a else 0
@@ -380,6 +389,22 @@ class BlockWriter:
     def reserve(self) -> None:
         """Wait for room for one more shard set in memory (at most two exist)."""
         self._writer.reserve()
+
+    def write_rows(self, rows: Mapping[str, np.ndarray], row_base: int) -> None:
+        """Hand the block's own rows of per-row metadata to the writer thread: dog_index and step from
+        the offsets, ROW_META from `rows` ({name: array} of rows from `row_base`, covering the block)."""
+        a, b = self.rows
+        if b <= a:
+            return
+        for name in ROW_META:
+            if row_base > a or row_base + len(rows[name]) < b:
+                raise ConfigError(f"run {self.plan.run_id} block {self.block_index}: {name} has {len(rows[name])} "
+                                  f"rows from row {row_base}; the block writes rows {a}..{b}")
+        data = _row_arrays(self.offsets, a, b, rows, row_base)
+        arrays = [(self._root[name], data[name]) for name in data]
+        arrays += [(self._root[f"seed{k}/dog_index"], data["dog_index"]) for k in range(len(self.plan.seeds))]
+        self._writer.reserve()
+        self._writer.put(arrays, a, b, None, 0, None)
 
     def write(self, k: int, s0: int, s1: int, h: np.ndarray, z: np.ndarray, r: np.ndarray, score: np.ndarray) -> None:
         """Hand seed k's shard (rows [s0, s1): h, z, r (n, L, H) float16, score (n, 1)) to the writer thread."""
@@ -433,7 +458,8 @@ class _ShardWriter:
                 if self._error is None:
                     for arr, buf in arrays:
                         arr[s0:s1] = buf
-                    score[s0:s1, k : k + 1] = sc
+                    if score is not None:
+                        score[s0:s1, k : k + 1] = sc
             except BaseException as e:  # re-raised in the computing thread
                 self._error = e
             finally:

@@ -115,7 +115,6 @@ def test_two_processes_write_blocks_concurrently(tmp_path):
     inp = inputs(3, n_dogs=60)
     plan = states.begin_run(
         tmp_path, "r1", {}, offsets=inp["offsets"], dog_id=inp["dog_id"], dog_name=inp["dog_name"],
-        race_id=inp["race_id"], race_date=inp["race_date"], won=inp["won"], market_prob=inp["market_prob"],
         n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12], block_shards=1, **LAYOUT,
     )
     assert plan.n_blocks >= 6
@@ -256,6 +255,7 @@ def _worker(argv: list[str]) -> None:
         root, run_id = argv[1], argv[2]
         inp = inputs(2)
         vals, ctx = inp.pop("seqs_values"), inp.pop("context")
+        rows = {k: inp.pop(k) for k in states.ROW_META}
         plan = states.begin_run(root, run_id, {}, n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12],
                                 block_shards=1, **inp, **LAYOUT)
         print("tmp", plan.tmp_dir, flush=True)
@@ -265,14 +265,15 @@ def _worker(argv: list[str]) -> None:
             time.sleep(0.5)
 
         for b in range(plan.n_blocks):
-            write_block(plan, b, models(), vals, ctx, device="cpu", progress=slow)
+            write_block(plan, b, models(), vals, ctx, rows=rows, device="cpu", progress=slow)
         time.sleep(60)  # never finishes on its own within the test
     elif mode == "blocks":  # every `step`-th block from `first`
         tmp, seed, first, step = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
         inp = inputs(seed, n_dogs=60)
         plan = states.RunPlan.load(tmp)
         for b in range(first, plan.n_blocks, step):
-            write_block(plan, b, models(), inp["seqs_values"], inp["context"], device="cpu")
+            write_block(plan, b, models(), inp["seqs_values"], inp["context"], device="cpu",
+                        rows={k: inp[k] for k in states.ROW_META})
 
 
 if __name__ == "__main__":

@@ -124,12 +124,13 @@ def test_a_block_reads_and_prepares_only_its_rows(store, tmp_path):
     values, context = ms.prepare(seqs)
     n = seqs.n_obs
     for a, b in ((0, 1), (17, 230), (n - 5, n), (40, 40)):
-        v, c = extract.inputs(str(path), ms, a, b)
+        v, c, rows = extract.inputs(str(path), ms, a, b)
+        assert list(rows["race_id"]) == list(seqs.race_id[a:b]) and np.array_equal(rows["won"], seqs.won[a:b], True)
         assert v.dtype == np.float32 and v.shape == (b - a, values.shape[1])
         np.testing.assert_array_equal(v, values[a:b])
         np.testing.assert_array_equal(c, context[a:b])
     meta = load_sequence_meta(path)
-    assert np.array_equal(meta["offsets"], seqs.offsets) and list(meta["race_id"]) == list(seqs.race_id)
+    assert np.array_equal(meta["offsets"], seqs.offsets) and list(meta["dog_name"]) == list(seqs.dog_name)
     with pytest.raises(StoreError, match=rf"rows {n - 2}\.\.{n + 3}"):
         load_sequence_rows(path, n - 2, n + 3)
     packed = tmp_path / "packed.npz"

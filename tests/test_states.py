@@ -45,6 +45,14 @@ def make_inputs(lengths, seed=0):
     )
 
 
+ROWS = ("race_id", "race_date", "won", "market_prob")
+
+
+def split_inputs(inp):
+    """(values, context, the rows' metadata for write_block) popped from make_inputs' dict; it keeps the dogs'."""
+    return inp.pop("seqs_values"), inp.pop("context"), {k: inp.pop(k) for k in ROWS}
+
+
 def write_run(root, run_id, models, inputs, **kw):
     tmp = extract_run(root, run_id, {"snapshot_id": "snap", "model_set_id": "set"}, models, device="cpu",
                              **inputs, **kw)
@@ -176,7 +184,7 @@ def test_lifecycle_guards(tmp_path):
     models = make_models(n_seeds=1)
     inp = make_inputs([3] * 10)
     assert states.latest_run(tmp_path) is None
-    values, context = inp.pop("seqs_values"), inp.pop("context")
+    values, context, rows = split_inputs(inp)
     plan = states.begin_run(tmp_path, "r1", {"night": "2026-01-01"}, n_layers=2, n_units=6, seeds=[100],
                             chunk_rows=2, shard_chunks=2, block_shards=2, **inp)
     assert plan.n_blocks == 4 and plan.block_rows(3) == (24, 30)
@@ -184,13 +192,13 @@ def test_lifecycle_guards(tmp_path):
         states.open_states(plan.path)
     states.open_states(plan.path, allow_incomplete=True)
     for b in (0, 1, 3):
-        write_block(plan.tmp_dir, b, models, values, context, device="cpu")
+        write_block(plan.tmp_dir, b, models, values, context, rows=rows, device="cpu")
     with pytest.raises(StoreError, match=r"blocks \[2\] of 4"):
         states.finish_run(plan.path)
     with pytest.raises(StoreError, match="call finish_run"):
         states.publish_run(tmp_path, plan.path)
     seen = []
-    write_block(plan, 2, models, values, context, device="cpu", progress=lambda d, t: seen.append((d, t)))
+    write_block(plan, 2, models, values, context, rows=rows, device="cpu", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (2, 2) or seen[-1][0] == seen[-1][1]
     states.finish_run(plan.path)
     run_dir = states.publish_run(tmp_path, plan.path)
@@ -203,18 +211,19 @@ def test_a_block_computes_from_its_own_rows_only(tmp_path):
     one given every row; a window missing a row of one of its dogs is refused, naming the rows needed."""
     models = make_models(n_seeds=1)
     inp = make_inputs([5, 1, 7, 2, 9, 3, 4, 6, 8, 2])
-    values, context = inp.pop("seqs_values"), inp.pop("context")
+    values, context, rows = split_inputs(inp)
     got = []
     for name in ("all", "window"):
         plan = states.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
                                 shard_chunks=1, block_shards=2, **inp)
         for b in range(plan.n_blocks):
             if name == "all":
-                write_block(plan, b, models, values, context, device="cpu")
+                write_block(plan, b, models, values, context, rows=rows, device="cpu")
                 continue
             a, z = states.block_span(plan, b)
             assert a <= plan.block_rows(b)[0] and z >= plan.block_rows(b)[1]
-            write_block(plan, b, models, values[a:z], context[a:z], row_base=a, device="cpu")
+            window = {k: v[a:z] for k, v in rows.items()}
+            write_block(plan, b, models, values[a:z], context[a:z], rows=window, row_base=a, device="cpu")
         got.append(states.open_states(states.finish_run(plan.path), allow_incomplete=True))
     spans = [states.block_span(plan, b) for b in range(plan.n_blocks)]
     assert any(s[0] < plan.block_rows(b)[0] for b, s in enumerate(spans))  # a dog straddles two blocks
@@ -222,11 +231,12 @@ def test_a_block_computes_from_its_own_rows_only(tmp_path):
         a, w = got[0].dog(d), got[1].dog(d)
         np.testing.assert_allclose(w.h, a.h, atol=1e-3)
         np.testing.assert_allclose(w.score, a.score, rtol=1e-5, atol=1e-6)
+        assert list(w.race_id) == list(a.race_id) and np.array_equal(w.race_date, a.race_date)
     plan = states.begin_run(tmp_path / "short", "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
                             shard_chunks=1, block_shards=2, **inp)
     a, z = states.block_span(plan, 1)
     with pytest.raises(ConfigError, match=rf"needs rows {a}\.\.{z}"):
-        write_block(plan, 1, models, values[a + 1 : z], context[a + 1 : z], row_base=a + 1, device="cpu")
+        write_block(plan, 1, models, values[a + 1 : z], context[a + 1 : z], rows=rows, row_base=a + 1, device="cpu")
 
 
 def test_progress_reaches_total(tmp_path):

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,18 +43,20 @@ def _model_set(root: str, set_id: str) -> ModelSet:
     return load_model_set(root, set_id)
 
 
-def inputs(seq_path: str, model_set: ModelSet, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values, context) float32 of rows [start, stop) of a snapshot, normalised for the model set.
+def inputs(seq_path: str, model_set: ModelSet, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(values, context) float32 of rows [start, stop) of a snapshot, normalised for the model set, and
+    those rows' metadata ({name: array} for storage.states.ROW_META).
 
     Only those rows are read (at their offsets in the sequences file or object) and prepared, so a
     block's memory follows its own rows, not the night's."""
-    return model_set.prepare(load_sequence_rows(seq_path, start, stop))
+    rows = load_sequence_rows(seq_path, start, stop)
+    return (*model_set.prepare(rows), rows.meta)
 
 
 def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int) -> dict:
     """Lay out the run's temporary directory; returns the plan every block task needs (keys only).
 
-    Reads the snapshot's row and dog metadata only, none of its model inputs."""
+    Reads the snapshot's dog metadata only: the blocks write their own rows' metadata."""
     model_set = _model_set(root, set_id)
     gru = model_set.models[0].gru
     plan = begin_run(
@@ -71,9 +73,9 @@ def block(plan: dict, index: int, *, device: str, batch_size: int, progress=None
     Reads and prepares only the rows of the block's dogs (`storage.states.block_span`)."""
     model_set = _model_set(plan["root"], plan["set_id"])
     start, stop = block_span(plan["tmp_dir"], index)
-    values, context = inputs(plan["seq_path"], model_set, start, stop)
+    values, context, rows = inputs(plan["seq_path"], model_set, start, stop)
     models = copy.deepcopy(model_set.models)  # blocks may be threads of one process: each runs (and moves) its own
-    marker = write_block(plan["tmp_dir"], index, models, values, context, row_base=start,
+    marker = write_block(plan["tmp_dir"], index, models, values, context, rows=rows, row_base=start,
                          device=None if device == "auto" else device, batch_size=batch_size, progress=progress)
     log.info("block %d: %d dogs (rows %d..%d) in %.1f s on %s (max recurrence error %.2e)", index, marker["dogs"],
              start, stop, marker["seconds"], marker["device"], max(marker["check_max_err"], default=0.0))
@@ -87,19 +89,22 @@ def finish(plan: dict) -> str:
 
 def write_block(
     plan_or_tmpdir: RunPlan | str | Path, block_index: int, models: Sequence[LoadedModel],
-    values: np.ndarray, context: np.ndarray, *, row_base: int = 0, device: str | None = None,
+    values: np.ndarray, context: np.ndarray, *, rows: Mapping[str, np.ndarray], row_base: int = 0,
+    device: str | None = None,
     batch_size: int = 1024, max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compute and write one block's shards; writes its done marker last. Returns the marker.
 
     values: (n, F), context: (n, C) normalised model inputs of rows [row_base, row_base + n): at
-    least the block's span (`BlockWriter.span`), or every row with row_base 0.
+    least the block's span (`BlockWriter.span`), or every row with row_base 0; rows: {name: (n,)}
+    the same rows' metadata (storage.states.ROW_META), written for the block's own rows.
     `progress(dogs_done, dogs_in_block)` is called after each shard.
     """
     t0, started_at = time.perf_counter(), time.time()
     dev = choose_device(device)
     with BlockWriter(plan_or_tmpdir, block_index) as out:
         _check_models(out, models, values, context, row_base)
+        out.write_rows(rows, row_base)
         max_err = [0.0] * len(models)
         for s0, s1, dogs in out.shards():
             for k, model in enumerate(models):
@@ -169,13 +174,13 @@ def extract_run(
     gru = models[0].gru
     seeds = [int(getattr(getattr(m.module, "cfg", None), "seed", k)) for k, m in enumerate(models)]
     plan = begin_run(root, run_id, {"device_requested": device or "auto", **meta}, offsets=offsets, dog_id=dog_id,
-                     dog_name=dog_name, race_id=race_id, race_date=race_date, won=won, market_prob=market_prob,
-                     n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=meta.get("seeds", seeds),
+                     dog_name=dog_name, n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=meta.get("seeds", seeds),
                      block_dogs=block_dogs, **layout)
+    rows = {"race_id": race_id, "race_date": race_date, "won": won, "market_prob": market_prob}
     done, total = 0, plan.n_dogs
     for b in range(plan.n_blocks):
         cb = None if progress is None else (lambda d, _t, base=done: progress(min(base + d, total), total))
-        marker = write_block(plan, b, models, seqs_values, context, device=device, batch_size=batch_size,
+        marker = write_block(plan, b, models, seqs_values, context, rows=rows, device=device, batch_size=batch_size,
                              progress=cb)
         done = min(done + marker["dogs"], total)  # a straddling dog counts once per block: clamp
     return finish_run(plan.path)
