@@ -174,7 +174,7 @@ def npz_rows(path: StorePath, names: Sequence[str], start: int, stop: int) -> di
     """
     import numpy as np
 
-    opener = path.open if isinstance(path, Path) else (lambda mode: path.open(mode, block_size=1 << 22))
+    opener = path.open if isinstance(path, Path) else (lambda mode: path.open(mode, block_size=1 << 16))  # small reads: small GETs
     out: dict[str, Any] = {}
     with opener("rb") as f, zipfile.ZipFile(f) as zf:
         for name in names:

@@ -79,6 +79,30 @@ def test_store_paths_on_a_url_are_remote_and_local_paths_stay_pathlib(tmp_path):
     assert str(states.StoreLayout.at("s3://b/p").run("r1")) == "s3://b/p/runs/r1"
 
 
+def test_rows_of_a_sequences_object_are_read_by_range(s3_home, tmp_path, monkeypatch):
+    """A block's rows of an .npz on the bucket come from ranged GETs of those rows: equal to slicing the whole
+    file, and far fewer bytes than the object."""
+    from storage import fs
+
+    local = tmp_path / "s.npz"
+    values = np.random.default_rng(0).normal(size=(200_000, 8)).astype(np.float32)
+    days = np.datetime64("2025-01-01") + (np.arange(200_000) % 900).astype("timedelta64[D]")
+    np.savez(local, values=values, race_date=days, names=np.array(["a", "bc"]))
+    obj = fs.store_path(f"{s3_home}/features/s.npz")
+    fs.write_bytes(obj, local.read_bytes())
+    import s3fs
+
+    fetched = []
+    real = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", lambda f, a, b: fetched.append(b - a) or real(f, a, b))
+    got = fs.npz_rows(obj, ("values", "race_date", "names"), 150_000, 150_300)
+    np.testing.assert_array_equal(got["values"], values[150_000:150_300])
+    np.testing.assert_array_equal(got["race_date"], days[150_000:150_300])
+    assert list(got["names"]) == []  # rows past its end: none
+    size = len(local.read_bytes())
+    assert fetched and sum(fetched) < size / 4, (sum(fetched), size)  # ranges, not the 8 MB object
+
+
 def test_pointer_last_publish_and_a_killed_run(s3_home):
     first = _write_run(s3_home, "2026-01-01-a", "2026-01-01")
     assert str(first) == f"{s3_home}/runs/2026-01-01-a"
