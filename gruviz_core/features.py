@@ -247,8 +247,17 @@ def _values(
         "price_missing": cols["implied_prob"],
     }
     for name, src in flags.items():
-        cols[name] = (~np.isfinite(src)).astype(np.float64)
-    return np.stack([cols[n] for n in FEATURE_NAMES], axis=1).astype(np.float32)
+        cols[name] = ~np.isfinite(src)
+    return _float32_columns(FEATURE_NAMES, cols)
+
+
+def _float32_columns(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
+    """(obs, len(names)) float32 of cols[name], filled column by column (each popped from `cols`): no
+    float64 (obs, columns) stack, which made the features stage's peak (about 450 B per row at 37 columns)."""
+    out = np.empty((len(cols[names[0]]), len(names)), np.float32)
+    for i, name in enumerate(names):
+        out[:, i] = cols.pop(name)
+    return out
 
 
 def _placed(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
@@ -273,27 +282,27 @@ def _context(
     dist_km = _num(df["distance_m"]) / 1000.0
     field = np.bincount(race)[race].astype(np.float64)
     cols: dict[str, np.ndarray] = {
-        "box": box, "box_missing": (~np.isfinite(box)).astype(np.float64),
-        "distance_km": dist_km, "distance_missing": (~np.isfinite(dist_km)).astype(np.float64),
-        "log_days_since": log_days, "days_missing": (~np.isfinite(log_days)).astype(np.float64),
+        "box": box, "box_missing": ~np.isfinite(box),
+        "distance_km": dist_km, "distance_missing": ~np.isfinite(dist_km),
+        "log_days_since": log_days, "days_missing": ~np.isfinite(log_days),
         "log_field_size": np.log(field),
-        "market_prob": market, "market_logit": np.log(np.clip(market, 1e-4, 1.0)), "market_missing": (~np.isfinite(market)).astype(np.float64),
+        "market_prob": market, "market_logit": np.log(np.clip(market, 1e-4, 1.0)), "market_missing": ~np.isfinite(market),
     }
     for b in range(1, 9):
-        cols[f"box_{b}"] = (box == b).astype(np.float64)
+        cols[f"box_{b}"] = box == b
     level = grades["level"].to_numpy(np.float64)
     change = np.where(dog_first, np.nan, level - np.r_[np.nan, level[:-1]])
-    cols |= {"grade_level": level, "grade_missing": (~np.isfinite(level)).astype(np.float64),
-             "grade_change": change, "grade_change_missing": (~np.isfinite(change)).astype(np.float64)}
+    cols |= {"grade_level": level, "grade_missing": ~np.isfinite(level),
+             "grade_change": change, "grade_change_missing": ~np.isfinite(change)}
     kind = grades["kind"].to_numpy(dtype=str)
     for k in GRADE_KINDS:
-        cols[f"kind_{k}"] = (kind == k).astype(np.float64)
-    cols[TRACK_INDEX] = track_index(df["track"]).astype(np.float64)
+        cols[f"kind_{k}"] = kind == k
+    cols[TRACK_INDEX] = track_index(df["track"])
     for name, key in (("track", df["track"].astype(str)), ("dist", df["distance_m"].astype("string").fillna("?"))):
         starts, wins = _earlier_runs(df["dog_id"], key, df["won"])
         cols[f"form_{name}_starts"] = np.log1p(starts)
         cols[f"form_{name}_win_rate"] = (wins + FORM_PRIOR_RUNS / 8.0) / (starts + FORM_PRIOR_RUNS)
-    return np.stack([cols[n] for n in CONTEXT_NAMES], axis=1).astype(np.float32)
+    return _float32_columns(CONTEXT_NAMES, cols)
 
 
 FORM_PRIOR_RUNS = 4.0
