@@ -187,17 +187,17 @@ def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
     return {k: v.astype(object) if k != "offsets" else v for k, v in got.items()}
 
 
-def load_sequence_rows(path: str | StorePath, start: int, stop: int) -> SequenceRows:
-    """Rows [start, stop) of a snapshot's model inputs, read at their offsets in the file (or object):
-    memory follows the rows asked for, not the snapshot."""
+def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Sequence[str] = ROW_META) -> SequenceRows:
+    """Rows [start, stop) of a snapshot's model inputs and the `meta` members of ROW_META, read at their
+    offsets in the file (or object): memory follows the rows and members asked for, not the snapshot."""
     path = fs.store_path(path)
-    got = fs.npz_rows(path, ("values", "context", *ROW_META), start, stop)
+    got = fs.npz_rows(path, ("values", "context", *meta), start, stop)
     names = fs.npz_rows(path, ("feature_names", "context_names"), 0, 1 << 20)
     if any(len(v) != stop - start for v in got.values()):
         raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the file has "
                          f"{len(got['values'])} of them; rebuild the features (gruviz ingest)")
     return SequenceRows(start, got["values"], got["context"], tuple(names["feature_names"].tolist()),
-                        tuple(names["context_names"].tolist()), {k: got[k] for k in ROW_META})
+                        tuple(names["context_names"].tolist()), {k: got[k] for k in meta})
 
 
 # ------------------------------------------------------------------ training

@@ -28,7 +28,7 @@ from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from storage.fs import store_path
 from storage.layout import RunLayout
-from storage.registry import load_model_set, load_sequences
+from storage.registry import load_model_set, load_sequence_meta, load_sequence_rows
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
 
@@ -76,11 +76,12 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     normalised only at the rows resilience scores and the features in slices of a million rows, so no
     (rows, columns) float64 copy is made (ModelSet.prepare's copies put the extract stage at 3.9 KB per row).
     """
-    seqs = load_sequences(seq_path)
+    offsets = load_sequence_meta(seq_path)["offsets"]
+    seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
     model_set = load_model_set(root, set_id)
     values, context = _lean_inputs(model_set, seqs)
-    offsets, train_rows = seqs.offsets, _train_rows(seqs.race_date, model_set.meta.get("cutoff"))
-    del seqs  # the raw features, ids and dates: the store has what evaluate_run reads (context keeps its own array)
+    train_rows = _train_rows(seqs.meta["race_date"], model_set.meta.get("cutoff"))
+    del seqs  # the raw features and dates (context keeps its own array)
     return evaluate_run(tmp_dir, models=model_set.models, values=values, context=context,
                         offsets=offsets, feature_names=model_set.feature_names,
                         n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races,
