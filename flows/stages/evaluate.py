@@ -69,12 +69,11 @@ def holdout_of(meta: dict) -> Holdout:
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
     """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    Memory: holds every row of the run (the raw sequences with their 108 context columns, the normalised
-    race features, the rows table, scores, the dog_step statistics). Measured (bench/memory.py, 1 seed,
-    H=64, 250k simulated dogs = 4.85M rows): peak 6.9 GB, 1.35 KB per row over the imported libraries,
-    i.e. about 1.35 GB per million rows; 1M dogs (~19.4M rows) would need about 27 GB. The context is
-    normalised only at the rows resilience scores and the features in slices of a million rows, so no
-    (rows, columns) float64 copy is made (ModelSet.prepare's copies put the extract stage at 3.9 KB per row).
+    Memory: holds every row of the run (the raw model inputs, the normalised race features, the rows
+    table, scores, the dog_step statistics), not the ids and names. Measured (bench/memory.py, 1 seed,
+    H=64, 250k simulated dogs = 4.85M rows): peak 4.45 GB, 0.85 KB per row over the imported libraries,
+    i.e. about 0.85 GB per million rows. The context is normalised only at the rows resilience scores
+    and the features in slices of a million rows, so no (rows, columns) float64 copy is made.
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
     seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
