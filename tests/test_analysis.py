@@ -205,3 +205,28 @@ def test_prefetch_keeps_order_and_passes_errors():
 
     with pytest.raises(ValueError, match="reader failed"):
         list(states.prefetch(broken()))
+
+
+def test_resilience_on_a_second_core_equals_inline_and_raises_its_errors(run, monkeypatch):
+    """evaluate_run runs resilience in a background thread when it has two cores: the same tables as
+    running it inline (one core), and an error inside it fails the stage with that error."""
+    from flows.stages import evaluate as stage
+
+    tmp, inputs, _, _ = run
+    kw = dict(models=_models(), values=inputs["seqs_values"], context=inputs["context"], offsets=inputs["offsets"],
+              feature_names=FEATURES, sample_dogs=40, n_boot=40, min_races=1)
+    got = {}
+    for cores in (2, 1):
+        monkeypatch.setattr(stage, "_usable_cores", lambda cores=cores: cores)
+        evaluate_run(tmp, **kw)
+        got[cores] = pd.read_parquet(tmp / "eval" / "resilience.parquet")
+    assert len(got[2]) > 0
+    pd.testing.assert_frame_equal(got[2], got[1], check_exact=False, rtol=1e-6, atol=1e-9)
+    monkeypatch.setattr(stage, "_usable_cores", lambda: 2)
+
+    def broken(*a, **k):
+        raise RuntimeError("resilience broke")
+
+    monkeypatch.setattr(stage, "_resilience", broken)
+    with pytest.raises(RuntimeError, match="resilience broke"):
+        evaluate_run(tmp, **kw)

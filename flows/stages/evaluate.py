@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -174,6 +178,12 @@ def evaluate_run(
     sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
     rows = rows.drop(columns="race_id")  # its codes are race_all; the strings cost ~70 bytes a row
+    resilience = None  # the resilience re-runs (torch, most of the stage) on a second core while the rest runs here
+    if models and values is not None and context is not None and offsets is not None:
+        resilience = _Background(partial(
+            _resilience, rows, race_all, scores, sel, dogs, rule, models, values, context,
+            _checked_offsets(reader, offsets), feature_names, train_rows, sample_dogs=sample_dogs, seed=seed,
+            n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
     won = r["won"].to_numpy(np.float64)
     race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
@@ -200,10 +210,8 @@ def evaluate_run(
     ex_pairs = list(pairs) if pairs else co.exemplar_pair(dogs)
     tables["divergence"] = _divergence(reader, ex_pairs)
     notes = list(found.notes)
-    if models and values is not None and context is not None and offsets is not None:
-        tables.update(_resilience(rows, race_all, scores, sel, dogs, rule, models, values, context,
-                                  _checked_offsets(reader, offsets), feature_names, train_rows, sample_dogs=sample_dogs,
-                                  seed=seed, n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
+    if resilience is not None:
+        tables.update(resilience.result())
     else:
         notes.append("resilience skipped: evaluate_run was given no models and normalised inputs")
     for name, df in tables.items():
@@ -234,6 +242,40 @@ def evaluate_run(
     }
     write_json(layout.headline, headline)
     return headline
+
+
+class _Background:
+    """`fn()` in a daemon thread when this process may use more than one core, else when asked for;
+    `.result()` returns its value or raises its exception. Torch and NumPy release the GIL, so with one
+    torch thread per Python thread the two run on two cores (inputs are only read, never written)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._fn, self._out, self._err = fn, None, None
+        self._thread = None
+        if _usable_cores() > 1:
+            self._thread = threading.Thread(target=self._run, name="gruviz-evaluate-resilience", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._out = self._fn()
+        except BaseException as e:  # re-raised by result(), in the stage's thread
+            self._err = e
+
+    def result(self) -> Any:
+        if self._thread is None:
+            return self._fn()
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _kappas(run_dir: Path, dogs: pd.DataFrame, rule: CohortRule) -> tuple[np.ndarray | None, np.ndarray]:
