@@ -80,15 +80,17 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     and the features in slices of a million rows, so no (rows, columns) float64 copy is made.
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
-    seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
     model_set = load_model_set(root, set_id)
-    values, context = _lean_inputs(model_set, seqs)
-    train_rows = _train_rows(seqs.meta["race_date"], model_set.meta.get("cutoff"))
-    del seqs  # the raw features and dates (context keeps its own array)
-    return evaluate_run(tmp_dir, models=model_set.models, values=values, context=context,
+    return evaluate_run(tmp_dir, models=model_set.models, inputs=partial(_run_inputs, seq_path, model_set, offsets),
                         offsets=offsets, feature_names=model_set.feature_names,
-                        n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races,
-                        train_rows=train_rows)
+                        n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races)
+
+
+def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[np.ndarray, _ContextRows, np.ndarray | None]:
+    """(values, context, train_rows) for resilience, read and normalised where it runs (in the background)."""
+    seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
+    values, context = _lean_inputs(model_set, seqs)
+    return values, context, _train_rows(seqs.meta["race_date"], model_set.meta.get("cutoff"))
 
 
 def _lean_inputs(model_set, seqs, *, rows_per_slice: int = 1 << 20):
@@ -151,6 +153,7 @@ def evaluate_run(
     perturbations: Sequence[rs.Perturbation] = rs.DEFAULT_PERTURBATIONS,
     holdout: Holdout | None = None, sizes: cmp.Sizes = cmp.Sizes(), min_races: int = 2000, grid_boot: int = 200,
     target_steps: Sequence[int] = rs.TARGET_STEPS, train_rows: np.ndarray | None = None,
+    inputs: Callable[[], tuple[np.ndarray, Any, np.ndarray | None]] | None = None,
 ) -> dict:
     """Cohort comparisons of a run whose stats exist; writes eval/*.parquet and eval/headline.json.
 
@@ -158,6 +161,9 @@ def evaluate_run(
     `values` (obs, F), `context` (obs, C; or anything whose [rows] gives those rows, as `run` passes)
     with `offsets` (dog + 1,) in the store's dog order;
     `train_rows` (obs,) bool marks the model's training period (kinds it never saw are 'n/a').
+    `inputs`, instead of values, context and train_rows: a callable returning the three, called where
+    resilience runs (a second core when there is one), so reading and normalising them is off the
+    stage's critical path.
     """
     t0 = time.perf_counter()
     run_dir = store_path(run_dir)
@@ -179,11 +185,13 @@ def evaluate_run(
     r = rows.iloc[sel]
     rows = rows.drop(columns="race_id")  # its codes are race_all; the strings cost ~70 bytes a row
     resilience = None  # the resilience re-runs (torch, most of the stage) on a second core while the rest runs here
-    if models and values is not None and context is not None and offsets is not None:
+    if inputs is None and values is not None and context is not None:
+        inputs = lambda: (values, context, train_rows)  # noqa: E731
+    if models and inputs is not None and offsets is not None:
+        checked = _checked_offsets(reader, offsets)  # here: a mismatch fails the stage before any work
         resilience = _Background(partial(
-            _resilience, rows, race_all, scores, sel, dogs, rule, models, values, context,
-            _checked_offsets(reader, offsets), feature_names, train_rows, sample_dogs=sample_dogs, seed=seed,
-            n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
+            _resilience, rows, race_all, scores, sel, dogs, rule, models, inputs, checked, feature_names,
+            sample_dogs=sample_dogs, seed=seed, n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
     won = r["won"].to_numpy(np.float64)
     race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
@@ -325,12 +333,14 @@ def _top_rows(reader, seed: int, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _resilience(rows, race_all, scores, sel, dogs, rule, models, values, context, offsets, feature_names, train_rows, *,
+def _resilience(rows, race_all, scores, sel, dogs, rule, models, inputs, offsets, feature_names, *,
                 sample_dogs, seed, n_boot, perturbations, steps, feed_per_step: int = 12) -> dict[str, pd.DataFrame]:
     """The resilience and resilience_contrast tables: targets at several steps, scopes 'dog' and 'feed'.
 
     The feed scope re-scores whole races (every runner's history damaged): it dominated the evaluate
-    stage on the Iggy files at 40 races per step (51 of 84 s), so it samples 12 per step by default."""
+    stage on the Iggy files at 40 races per step (51 of 84 s), so it samples 12 per step by default.
+    `inputs()` gives the normalised (values, context, train_rows)."""
+    values, context, train_rows = inputs()
     names = tuple(feature_names) or tuple(models[0].feature_names)
     groups = rs.feature_groups(names)
     seen = rs.kinds_seen(values if train_rows is None else values[np.asarray(train_rows, bool)], groups)
