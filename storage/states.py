@@ -65,7 +65,6 @@ from storage import fs
 from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
-from storage.shards import write_shard
 
 __all__ = [
     "RunPlan",
@@ -433,7 +432,6 @@ class _ShardWriter:
         self._slots = threading.Semaphore(in_flight)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gruviz-shard-writer", daemon=True)
-        self._encoders: dict = {}  # storage.shards encoders, per array
 
     def __enter__(self) -> _ShardWriter:
         self._thread.start()
@@ -459,7 +457,7 @@ class _ShardWriter:
             try:
                 if self._error is None:
                     for arr, buf in arrays:
-                        write_shard(arr, s0, s1, buf, self._encoders)
+                        arr[s0:s1] = buf
                     if score is not None:
                         score[s0:s1, k : k + 1] = sc
             except BaseException as e:  # re-raised in the computing thread
