@@ -75,8 +75,8 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
 
     Memory: holds every row of the run (the raw model inputs, the normalised race features, the rows
     table, scores, the dog_step statistics), not the ids and names. Measured (bench/memory.py, 1 seed,
-    H=64, 250k simulated dogs = 4.85M rows): peak 4.45 GB, 0.85 KB per row over the imported libraries,
-    i.e. about 0.85 GB per million rows. The context is normalised only at the rows resilience scores
+    H=64): 4.45 GB at 250k simulated dogs (4.85M rows), 18.2 GB at 1M dogs (19.4M rows), i.e. about
+    0.92 GB per million rows. The context is normalised only at the rows resilience scores
     and the features in slices of a million rows, so no (rows, columns) float64 copy is made.
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
