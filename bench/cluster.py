@@ -11,8 +11,8 @@ then GRUVIZ_TASK_RUNNER=dask against a LocalCluster of --workers processes (one 
 is started before the clock starts, as a standing cluster would be. Reported per runner: the
 night's wall time, the extraction phase (first block start to last block end, from the blocks'
 done markers), and peak RSS sampled every 50 ms during that night: the flow's process and each Dask
-worker process (pids from client.run). dask_over_threads is the wall-time ratio. Dask workers load the
-snapshot's sequences and the model set themselves; with threads the blocks reuse the flow's copy.
+worker process (pids from client.run). dask_over_threads is the wall-time ratio. Every block (a thread
+or a Dask worker's task) reads and normalises only its own dogs' rows of the snapshot's sequences.
 
 --store s3 runs the Dask night against a bucket on moto's S3 server (a separate process on 127.0.0.1,
 started here; every process reaches it through AWS_ENDPOINT_URL_S3), with the snapshot and the model
