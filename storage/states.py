@@ -333,8 +333,13 @@ def block_span(plan_or_tmpdir: RunPlan | str | StorePath, block_index: int) -> t
         return a, a
     root = zarr.open_group(fs.zarr_store(RunLayout.at(plan.path).states), mode="r")
     offsets = np.append(root["row_start"][:], plan.n_obs).astype(np.int64)
-    first, last = int(np.searchsorted(offsets, a, "right")) - 1, int(np.searchsorted(offsets, b, "left"))
-    return int(offsets[first]), int(offsets[last])
+    first, end = _dogs_with_rows(offsets, a, b)
+    return int(offsets[first]), int(offsets[end])
+
+
+def _dogs_with_rows(offsets: np.ndarray, a: int, b: int) -> tuple[int, int]:
+    """[first, end) dog indices whose rows overlap rows [a, b) (a < b), offsets: (dog + 1,)."""
+    return int(np.searchsorted(offsets, a, "right")) - 1, int(np.searchsorted(offsets, b, "left"))
 
 
 class BlockWriter:
@@ -357,8 +362,8 @@ class BlockWriter:
         self._score = root["score"]
         self._root = root
         a, b = self.rows
-        self.first_dog = int(np.searchsorted(self.offsets, a, "right")) - 1 if b > a else 0
-        self.dogs_total = int(np.searchsorted(self.offsets, b, "left")) - self.first_dog if b > a else 0
+        first, end = _dogs_with_rows(self.offsets, a, b) if b > a else (0, 0)
+        self.first_dog, self.dogs_total = first, end - first
         self.span = ((int(self.offsets[self.first_dog]), int(self.offsets[self.first_dog + self.dogs_total]))
                      if b > a else (a, a))
         """[start, stop) input rows the block reads: every row of its dogs (see `block_span`)."""
@@ -377,8 +382,7 @@ class BlockWriter:
         offsets = self.offsets
         for s0 in range(a, b, self.plan.shard_rows):
             s1 = min(s0 + self.plan.shard_rows, b)
-            lo, hi = int(np.searchsorted(offsets, s0, "right")) - 1, int(np.searchsorted(offsets, s1, "left"))
-            dogs = np.arange(lo, hi, dtype=np.int64)
+            dogs = np.arange(*_dogs_with_rows(offsets, s0, s1), dtype=np.int64)
             yield s0, s1, dogs[offsets[dogs + 1] > offsets[dogs]]
 
     def dogs_finished(self, s1: int) -> int:
