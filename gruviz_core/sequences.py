@@ -88,6 +88,11 @@ class Sequences:
             )
 
 
+ROW_META = ("race_id", "race_date", "won", "market_prob")
+"""The per-row members of Sequences beside the model inputs: what a block of extraction writes for its rows
+(dog_index and step come from the offsets)."""
+
+
 @dataclass(frozen=True)
 class SequenceRows:
     """Rows [start, start + len(values)) of a snapshot's sequences: the model inputs one block of
@@ -102,11 +107,7 @@ class SequenceRows:
     feature_names: tuple[str, ...]
     context_names: tuple[str, ...]
     meta: dict[str, np.ndarray]
-    """{name: (rows,)} the same rows' race_id, race_date, won and market_prob."""
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self.values)
+    """{name: (rows,)} the same rows' ROW_META members (those asked for)."""
 
 
 def pad_batch(

@@ -43,7 +43,7 @@ from gruviz_core.byo import FeatureSpec, resolve_factory, wrap_module, wrap_scri
 from gruviz_core.errors import ConfigError, ModelError, NotFoundError, StoreError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from gruviz_core.sequences import SequenceRows, Sequences
+from gruviz_core.sequences import ROW_META, SequenceRows, Sequences
 from storage import fs
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
@@ -175,8 +175,6 @@ def load_sequences(path: str | StorePath) -> Sequences:
 
 SEQUENCE_META = ("offsets", "dog_id", "dog_name")
 """The members of a sequences file that describe its dogs: what begin_run takes."""
-ROW_META = ("race_id", "race_date", "won", "market_prob")
-"""The members of a sequences file that describe its rows (beside the model inputs)."""
 
 
 def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:

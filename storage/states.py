@@ -61,6 +61,7 @@ from zarr.core.sync import sync as zarr_sync
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
+from gruviz_core.sequences import ROW_META  # re-exported: the per-row members a block writes
 from storage import fs
 from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
@@ -166,10 +167,6 @@ class RunPlan:
 
 
 # ----------------------------------------------------------------------------------------- writing
-
-
-ROW_META = ("race_id", "race_date", "won", "market_prob")
-"""Per-row metadata a block writes for its own rows (beside dog_index and step, which come from the offsets)."""
 
 
 def begin_run(
