@@ -165,8 +165,10 @@ def load_npz(path: StorePath) -> Any:
     return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
 
 
-def npz_rows(path: StorePath, names: Sequence[str], start: int, stop: int) -> dict[str, Any]:
-    """Rows [start, stop) of members of an uncompressed .npz (np.savez), read at their offsets.
+def npz_rows(path: StorePath, names: Sequence[str], start: int = 0, stop: int | None = None,
+             whole: Sequence[str] = ()) -> dict[str, Any]:
+    """Rows [start, stop) (stop None: to the end) of members `names` of an uncompressed .npz (np.savez),
+    read at their offsets, and the members `whole` whole, in one open of the file.
 
     Only those rows' bytes are read, from a local file or (by ranged GETs) an object, so a reader of
     one block of rows holds that block, not the file. Members stored compressed, Fortran-ordered or
@@ -177,19 +179,19 @@ def npz_rows(path: StorePath, names: Sequence[str], start: int, stop: int) -> di
     opener = path.open if isinstance(path, Path) else (lambda mode: path.open(mode, block_size=1 << 16))  # small reads: small GETs
     out: dict[str, Any] = {}
     with opener("rb") as f, zipfile.ZipFile(f) as zf:
-        for name in names:
+        for name, (a, b) in [*((n, (start, stop)) for n in names), *((n, (0, None)) for n in whole)]:
             info = zf.getinfo(f"{name}.npy")
             arr = None
             if info.compress_type == zipfile.ZIP_STORED:
-                arr = _stored_npy_rows(f, info, start, stop)
+                arr = _stored_npy_rows(f, info, a, b)
             if arr is None:  # not laid out for offsets: the member whole, then its rows
                 with zf.open(info) as member:
-                    arr = np.lib.format.read_array(member, allow_pickle=False)[start:stop].copy()
+                    arr = np.lib.format.read_array(member, allow_pickle=False)[a:b].copy()
             out[name] = arr
     return out
 
 
-def _stored_npy_rows(f, info: zipfile.ZipInfo, start: int, stop: int):
+def _stored_npy_rows(f, info: zipfile.ZipInfo, start: int, stop: int | None):
     """Rows of a stored (uncompressed) .npy member read by offset, or None when its layout does not allow it."""
     import numpy as np
 
@@ -208,6 +210,7 @@ def _stored_npy_rows(f, info: zipfile.ZipInfo, start: int, stop: int):
         return None
     if fortran or dtype.hasobject or not shape:
         return None
+    stop = shape[0] if stop is None else stop
     start, stop = max(0, min(start, shape[0])), max(0, min(stop, shape[0]))
     stop = max(stop, start)
     row_bytes = dtype.itemsize * math.prod(shape[1:])

@@ -181,7 +181,7 @@ def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
     """A snapshot's dog metadata ({name: array} for SEQUENCE_META), without any per-row member.
 
     A remote object is read by offset (ranged GETs of those members only)."""
-    got = fs.npz_rows(fs.store_path(path), SEQUENCE_META, 0, np.iinfo(np.int64).max)
+    got = fs.npz_rows(fs.store_path(path), (), whole=SEQUENCE_META)
     return {k: v.astype(object) if k != "offsets" else v for k, v in got.items()}
 
 
@@ -189,13 +189,13 @@ def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Seque
     """Rows [start, stop) of a snapshot's model inputs and the `meta` members of ROW_META, read at their
     offsets in the file (or object): memory follows the rows and members asked for, not the snapshot."""
     path = fs.store_path(path)
-    got = fs.npz_rows(path, ("values", "context", *meta), start, stop)
-    names = fs.npz_rows(path, ("feature_names", "context_names"), 0, 1 << 20)
-    if any(len(v) != stop - start for v in got.values()):
+    rows = ("values", "context", *meta)
+    got = fs.npz_rows(path, rows, start, stop, whole=("feature_names", "context_names"))
+    if any(len(got[k]) != stop - start for k in rows):
         raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the file has "
                          f"{len(got['values'])} of them; rebuild the features (gruviz ingest)")
-    return SequenceRows(start, got["values"], got["context"], tuple(names["feature_names"].tolist()),
-                        tuple(names["context_names"].tolist()), {k: got[k] for k in meta})
+    return SequenceRows(start, got["values"], got["context"], tuple(got["feature_names"].tolist()),
+                        tuple(got["context_names"].tolist()), {k: got[k] for k in meta})
 
 
 # ------------------------------------------------------------------ training
