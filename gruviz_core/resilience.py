@@ -24,7 +24,7 @@ bigger severity damages a superset of what a smaller one does.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -223,14 +223,22 @@ def _observed(hist: np.ndarray, cols: np.ndarray, groups: FeatureGroups) -> np.n
     return out
 
 
-def kinds_seen(values: np.ndarray, groups: FeatureGroups) -> dict[str, bool]:
-    """Whether the model ever saw the inputs each kind damages, from the normalised training rows (obs, F).
+def kinds_seen(values: np.ndarray | Callable[[int], np.ndarray], groups: FeatureGroups) -> dict[str, bool]:
+    """Whether the model ever saw the inputs each kind damages, from the normalised training rows (obs, F),
+    or a function giving column c of them (computed on demand).
 
     A kind whose columns are missing on every training row (e.g. times on the Iggy files) damaged
     weights that never saw data: it is reported 'n/a', not as a number.
     """
+    column = values if callable(values) else (lambda c: values[:, c])
+
+    def _seen(c: int) -> bool:  # observed on some row: its missing flag is 0 there, or it has no flag
+        f = groups.flag_of(c)
+        x = column(f if f >= 0 else c)
+        return bool(len(x) and (f < 0 or (x == 0).any()))
+
     def _any_seen(cols: np.ndarray) -> bool:
-        return bool(len(cols) and len(values) and _observed(values, cols, groups).any())
+        return any(_seen(int(c)) for c in cols)
 
     out = {k: True for k in SEVERITY_UNITS}
     out["noise_time"] = _any_seen(groups.time)
@@ -883,6 +891,13 @@ def pair_divergence(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
 def others_in_race(score: np.ndarray, race: np.ndarray, ok: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Log-sum-exp and max of the OTHER valid runners' scores in each target row's race. -> (B,), (B,)."""
     n_r = int(race.max()) + 1
+    need = np.zeros(n_r, bool)
+    need[race[tgt]] = True
+    keep = np.flatnonzero(need[race])  # only the target races' rows (a few % of all)
+    return _others(score[keep], race[keep], ok[keep], np.searchsorted(keep, tgt), n_r)
+
+
+def _others(score: np.ndarray, race: np.ndarray, ok: np.ndarray, tgt: np.ndarray, n_r: int) -> tuple[np.ndarray, np.ndarray]:
     s = np.where(ok, score, -np.inf)
     top = np.full(n_r, -np.inf)
     np.maximum.at(top, race, s)

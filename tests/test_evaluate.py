@@ -151,8 +151,18 @@ def test_the_stage_normalises_inputs_like_the_model_set_in_slices_and_on_demand(
     norm = fit_normaliser(seqs).select(("f2", "f0", "f3"), ("c2", "c0"))  # a subset, reordered
     ms = ModelSet("s", [0], [], norm)
     want_v, want_c = ms.prepare(seqs)
-    values, context = _lean_inputs(ms, seqs, rows_per_slice=300)
-    np.testing.assert_array_equal(values, want_v)
-    rows = np.array([5, 999, 0, 400])
+    values, context = _lean_inputs(ms, seqs)
+    rows = np.array([5, 999, 0, 400, 5])
     np.testing.assert_array_equal(context[rows], want_c[rows])
-    assert context.shape == want_c.shape
+    assert context.shape == want_c.shape == (n, 2) and values.shape == want_v.shape == (n, 3)
+    # values: rows on demand, by every kind of index resilience uses, each row computed once and kept
+    np.testing.assert_array_equal(values[rows], want_v[rows])
+    assert values._done.sum() == 4
+    np.testing.assert_array_equal(values[3:9], want_v[3:9])
+    np.testing.assert_array_equal(values[7], want_v[7])
+    mask = rng.random(n) < 0.3
+    np.testing.assert_array_equal(values[mask], want_v[mask])
+    np.testing.assert_array_equal(values[rows], want_v[rows])  # from the kept rows
+    np.testing.assert_array_equal(values.columns(mask, [2, 0]), want_v[mask][:, [2, 0]])
+    assert values._done.sum() == len(set(rows) | set(range(3, 9)) | set(np.flatnonzero(mask)))
+    np.testing.assert_array_equal(values[:], want_v)

@@ -63,8 +63,15 @@ def test_noise_only_on_observed_values_and_no_op_when_none_observed():
 
 
 def test_kinds_never_seen_in_training_are_not_applicable():
-    seen = rs.kinds_seen(_hist(times_missing=True), GROUPS)
+    h = _hist(times_missing=True)
+    seen = rs.kinds_seen(h, GROUPS)
     assert seen["noise_time"] is False and seen["noise_price"] and seen["drop_last"]
+    asked = []
+    by_column = rs.kinds_seen(lambda c: asked.append(c) or h[:, c], GROUPS)  # columns computed on demand
+    assert by_column == seen and set(asked) <= {GROUPS.flag_of(int(c)) for c in GROUPS.time} | set(range(h.shape[1]))
+    h[:, GROUPS.flag_of(int(GROUPS.time[0]))] = 0.0  # one time column observed on every row
+    assert rs.kinds_seen(h, GROUPS)["noise_time"] and rs.kinds_seen(lambda c: h[:, c], GROUPS)["noise_time"]
+    assert not rs.kinds_seen(h[:0], GROUPS)["noise_price"]
 
 
 def test_race_nll_change_matches_a_full_softmax():

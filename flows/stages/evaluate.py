@@ -86,18 +86,61 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
                         n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races)
 
 
-def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[np.ndarray, _ContextRows, np.ndarray | None]:
-    """(values, context, train_rows) for resilience, read and normalised where it runs (in the background)."""
+def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[_ValueRows, _ContextRows, np.ndarray | None]:
+    """(values, context, train_rows) for resilience, read where it runs (in the background); rows are
+    normalised when resilience first asks for them."""
     seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
     values, context = _lean_inputs(model_set, seqs)
     return values, context, _train_rows(seqs.meta["race_date"], model_set.meta.get("cutoff"))
 
 
-def _lean_inputs(model_set, seqs, *, rows_per_slice: int = 1 << 20):
-    """(values (obs, F) float32, context rows on demand): ModelSet.prepare's columns without a full context copy."""
+def _lean_inputs(model_set, seqs) -> tuple[_ValueRows, _ContextRows]:
+    """(values, context): ModelSet.prepare's columns, normalised on demand (no full-size copy made up front).
+
+    Resilience reads the histories of a few thousand sampled dogs and races (a few % of the rows on the
+    Iggy files), so normalising every row first (1 s of its 9 s there) was mostly wasted."""
+    fi = column_index(seqs.feature_names, model_set.feature_names, what=f"model set {model_set.set_id} features")
     ci = column_index(seqs.context_names, model_set.context_names, what=f"model set {model_set.set_id} context")
-    return model_set.prepare_values(seqs, rows_per_slice=rows_per_slice), _ContextRows(
-        seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names))
+    return (_ValueRows(seqs.values, np.asarray(fi), model_set.normaliser.select(model_set.feature_names, ())),
+            _ContextRows(seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names)))
+
+
+class _ValueRows:
+    """The normalised race features, each row computed the first time it is asked for and kept:
+    `values[rows]` -> (len(rows), F) float32 for any NumPy row index. Memory: one (obs, F) float32 buffer,
+    whose pages are touched only for rows asked for. `values.flags(rows, cols)` -> normalised columns of
+    some rows without filling the buffer (kinds_seen's scan of the training rows)."""
+
+    def __init__(self, raw: np.ndarray, cols: np.ndarray, norm):
+        self.raw, self.cols, self.norm = raw, cols, norm
+        self.shape = (len(raw), len(cols))
+        self.dtype = np.dtype(np.float32)
+        self._buf = np.empty(self.shape, np.float32)
+        self._done = np.zeros(len(raw), bool)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, tuple):
+            raise TypeError("_ValueRows: index rows only (values[rows]), then columns of the result")
+        idx = np.arange(len(self))[rows]
+        need = np.unique(idx[~self._done[idx]]) if np.ndim(idx) else idx[None][~self._done[idx]]
+        if len(need):
+            self._buf[need] = self._apply(self.raw[need][:, self.cols], self.norm)
+            self._done[need] = True
+        return self._buf[rows]
+
+    def columns(self, rows, cols: Sequence[int]) -> np.ndarray:
+        """(n, len(cols)) normalised columns `cols` (positions among F) of `rows`, without filling the buffer."""
+        cols = np.asarray(cols, np.int64)
+        norm = self.norm.select(tuple(self.norm.feature_names[c] for c in cols), ())
+        rows = np.arange(len(self))[rows]
+        return self._apply(self.raw[np.ix_(rows, self.cols[cols])], norm)
+
+    @staticmethod
+    def _apply(x: np.ndarray, norm) -> np.ndarray:
+        return norm.apply(x, np.zeros((len(x), 0), np.float32))[0]
 
 
 class _ContextRows:
@@ -343,7 +386,7 @@ def _resilience(rows, race_all, scores, sel, dogs, rule, models, inputs, offsets
     values, context, train_rows = inputs()
     names = tuple(feature_names) or tuple(models[0].feature_names)
     groups = rs.feature_groups(names)
-    seen = rs.kinds_seen(values if train_rows is None else values[np.asarray(train_rows, bool)], groups)
+    seen = rs.kinds_seen(_training_rows(values, train_rows), groups)
     ok = np.zeros(len(rows), bool)
     ok[sel] = True
     plateau = np.full(len(offsets) - 1, np.nan)
@@ -361,6 +404,15 @@ def _resilience(rows, race_all, scores, sel, dogs, rule, models, inputs, offsets
     weights = ev.poisson_weights(len(offsets) - 1, n_boot, seed + 5)
     res, con = rs.summarise(effects, {"dog": cases, "feed": feed}, perturbations, weights)
     return {"resilience": res, "resilience_contrast": con}
+
+
+def _training_rows(values, train_rows: np.ndarray | None):
+    """The training rows of `values` as kinds_seen reads them: for _ValueRows, column c of those rows
+    normalised on demand (kinds_seen reads only a few flag columns), not every training row."""
+    rows = slice(None) if train_rows is None else np.flatnonzero(np.asarray(train_rows, bool))
+    if isinstance(values, _ValueRows):
+        return lambda c: values.columns(rows, [c])[:, 0]
+    return values[rows]
 
 
 def _train_rows(race_date: np.ndarray, cutoff: str | None) -> np.ndarray | None:
