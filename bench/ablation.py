@@ -81,6 +81,8 @@ VARIANTS: dict[str, Variant] = {
     "head_64": Variant("head of 64 units", model={"head_hidden": 64}),
     "lr_1e-3": Variant("learning rate 1e-3", train={"lr": 1e-3}),
     "wd_1e-4": Variant("weight decay 1e-4", train={"weight_decay": 1e-4}),
+    "place_plateau": Variant("top-2 Plackett-Luce term (weight 0.5) and the halving learning rate, patience 4",
+                             train={"place_weight": 0.5, "plateau_factor": 0.5, "patience": 4}),
 }
 
 
