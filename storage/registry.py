@@ -57,6 +57,7 @@ __all__ = [
     "load_sequences",
     "load_sequence_rows",
     "load_sequence_meta",
+    "sequence_layout",
     "write_model_set",
     "load_model_set",
     "current_model_set",
@@ -185,12 +186,24 @@ def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
     return {k: v.astype(object) if k != "offsets" else v for k, v in got.items()}
 
 
-def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Sequence[str] = ROW_META) -> SequenceRows:
+_SEQUENCE_ROWS = ("values", "context", *ROW_META)
+_SEQUENCE_NAMES = ("feature_names", "context_names")
+
+
+def sequence_layout(path: str | StorePath) -> dict:
+    """Where each member of a snapshot's sequences file starts (storage.fs.npz_layout), read once and handed
+    to every block, so that a block's reads skip the file's zip directory and member headers."""
+    return fs.npz_layout(fs.store_path(path), (*_SEQUENCE_ROWS, *_SEQUENCE_NAMES))
+
+
+def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Sequence[str] = ROW_META,
+                       layout: dict | None = None) -> SequenceRows:
     """Rows [start, stop) of a snapshot's model inputs and the `meta` members of ROW_META, read at their
-    offsets in the file (or object): memory follows the rows and members asked for, not the snapshot."""
+    offsets in the file (or object): memory follows the rows and members asked for, not the snapshot.
+    `layout`: sequence_layout of the same file (one read per member on object storage)."""
     path = fs.store_path(path)
     rows = ("values", "context", *meta)
-    got = fs.npz_rows(path, rows, start, stop, whole=("feature_names", "context_names"))
+    got = fs.npz_rows(path, rows, start, stop, whole=_SEQUENCE_NAMES, layout=layout)
     if any(len(got[k]) != stop - start for k in rows):
         raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the file has "
                          f"{len(got['values'])} of them; rebuild the features (gruviz ingest)")

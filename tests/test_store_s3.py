@@ -101,6 +101,18 @@ def test_rows_of_a_sequences_object_are_read_by_range(s3_home, tmp_path, monkeyp
     assert list(got["names"]) == []  # rows past its end: none
     size = len(local.read_bytes())
     assert fetched and sum(fetched) < size / 4, (sum(fetched), size)  # ranges, not the 8 MB object
+    # with the layout read once (by the flow), a reader makes one ranged GET per member: no zip directory
+    # and no member headers; a layout of another file (its size differs) is not trusted
+    layout = fs.npz_layout(obj, ("values", "race_date", "names"))
+    without = len(fetched)
+    fetched.clear()
+    again = fs.npz_rows(obj, ("values", "race_date"), 150_000, 150_300, whole=("names",), layout=layout)
+    np.testing.assert_array_equal(again["values"], values[150_000:150_300])
+    np.testing.assert_array_equal(again["race_date"], days[150_000:150_300])
+    assert list(again["names"]) == ["a", "bc"]
+    assert len(fetched) == 3 < without, (len(fetched), without)
+    stale = {**layout, "size": layout["size"] + 1, "members": {"values": [0, [200_000, 8], "<f4"]}}
+    np.testing.assert_array_equal(fs.npz_rows(obj, ("values",), 5, 9, layout=stale)["values"], values[5:9])
 
 
 def test_pointer_last_publish_and_a_killed_run(s3_home):
