@@ -56,6 +56,9 @@ class Variant:
     """Days since the last run as plain date differences (a gap in the files reads as a long spell)."""
     box_track: bool = True
     """The learned box x track table."""
+    source_speed: bool = False
+    """Iggy's own pre-race 'Early Speed' rating of each run in the context (bench only: a yardstick of what speed
+    data would buy; it cannot be computed from earlier rows, so it is never a candidate input)."""
     model: dict = field(default_factory=dict)
     """ModelConfig overrides."""
     train: dict = field(default_factory=dict)
@@ -81,6 +84,8 @@ VARIANTS: dict[str, Variant] = {
     "head_64": Variant("head of 64 units", model={"head_hidden": 64}),
     "lr_1e-3": Variant("learning rate 1e-3", train={"lr": 1e-3}),
     "wd_1e-4": Variant("weight decay 1e-4", train={"weight_decay": 1e-4}),
+    "source_speed": Variant("plus Iggy's pre-race Early Speed rating (NOT an input: computed by the source's model "
+                            "from sectionals the files do not carry)", source_speed=True),
     "place_plateau": Variant("top-2 Plackett-Luce term (weight 0.5) and the halving learning rate, patience 4",
                              train={"place_weight": 0.5, "plateau_factor": 0.5, "patience": 4}),
 }
@@ -99,10 +104,31 @@ def raw_days(seqs: Sequences) -> Sequences:
     return replace(seqs, values=values, context=context)
 
 
+def with_source_speed(seqs: Sequences, source: Path) -> Sequences:
+    """The sequences with Iggy's 'Early Speed' of each run (and a missing flag) added to the context, joined on
+    the race (bf:MarketId) and the dog's key, as the Iggy adapter forms them."""
+    import pandas as pd
+
+    from gruviz_core.formats import normalise_name
+
+    cols = ["MarketId", "Dog", "Early Speed"]
+    raw = pd.concat([pd.read_csv(f, usecols=lambda c: c in cols, dtype={"MarketId": str}).reindex(columns=cols)
+                     for f in sorted(source.glob("*.csv.gz"))], ignore_index=True)  # the first (V1) file has none
+    key = "bf:" + raw["MarketId"].str.strip() + "|" + normalise_name(raw["Dog"])
+    speed = pd.to_numeric(raw["Early Speed"], errors="coerce").groupby(key).first()
+    dog = np.repeat(seqs.dog_id, np.diff(seqs.offsets))
+    got = speed.reindex(pd.Index(seqs.race_id.astype(str)) + "|" + pd.Index(dog.astype(str))).to_numpy(np.float32)
+    extra = np.stack([np.nan_to_num(got, nan=0.0), np.isnan(got).astype(np.float32)], axis=1)
+    print(json.dumps({"source_speed_rows": int(np.isfinite(got).sum()), "rows": len(got)}), file=sys.stderr)
+    return replace(seqs, context=np.concatenate([seqs.context, extra], axis=1),
+                   context_names=(*seqs.context_names, "src_early_speed", "src_early_speed_missing"))
+
+
 def run_variant(name: str, seqs: Sequences, sticks: dict, *, market: bool, epochs: int, hidden: int, seed: int) -> dict:
     v = VARIANTS[name]
     cfg = replace(TrainConfig(threads=1, epochs=epochs), **v.train)
     src = raw_days(seqs) if v.raw_days else seqs
+    src = with_source_speed(src, IGGY) if v.source_speed else src
     ctx = [n for n in src.context_names if (market or n not in MARKET_CONTEXT) and not n.startswith(v.drop_context or ("\0",))]
     feats = [n for n in src.feature_names if not n.startswith(v.drop_values or ("\0",))]
     data, norm, cutoff, es_end = training_arrays(src, cfg.val_frac, cfg.test_frac, ctx, feats)
