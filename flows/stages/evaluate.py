@@ -73,11 +73,11 @@ def holdout_of(meta: dict) -> Holdout:
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
     """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    Memory: holds every row of the run (the raw model inputs, the normalised race features, the rows
-    table, scores, the dog_step statistics), not the ids and names. Measured (bench/memory.py, 1 seed,
-    H=64): 4.45 GB at 250k simulated dogs (4.85M rows), 18.2 GB at 1M dogs (19.4M rows), i.e. about
-    0.92 GB per million rows. The context is normalised only at the rows resilience scores
-    and the features in slices of a million rows, so no (rows, columns) float64 copy is made.
+    Memory: holds every row of the run (the raw model inputs, the rows table, scores, the dog_step
+    statistics), not the ids and names. Measured (bench/memory.py, 1 seed, H=64): 4.45 GB at 250k
+    simulated dogs (4.85M rows), 18.2 GB at 1M dogs (19.4M rows), i.e. about 0.92 GB per million rows,
+    when every row's features were normalised up front; now the features and the context are normalised
+    only at the rows resilience reads (the sampled dogs' histories), so those figures are upper bounds.
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
     model_set = load_model_set(root, set_id)
