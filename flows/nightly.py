@@ -13,6 +13,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -40,7 +41,7 @@ from flows.stages.notify import email_lines
 from gruviz_core.errors import ConfigError, GruvizError
 from storage.states import hold_tmp_run, nightly_lock, remove_tmp_run, sweep_tmp_runs
 
-__all__ = ["nightly", "block_runner", "NightlyTimeoutError", "NO_NEW_DATA"]
+__all__ = ["nightly", "block_runner", "NightlyTimeoutError", "BlockTimeoutError", "block_backstop_s", "NO_NEW_DATA"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ NO_NEW_DATA = "no new form data (the sources are unchanged since the last snapsh
 
 class NightlyTimeoutError(GruvizError, TimeoutError):
     """The night ran past GRUVIZ_NIGHTLY_TIMEOUT_S."""
+
+
+class BlockTimeoutError(GruvizError, TimeoutError):
+    """A block ran well past GRUVIZ_BLOCK_TIMEOUT_S without its task ending (stuck where Prefect's own task
+    timeout cannot reach it: a blocking call in a worker thread)."""
+
+
+def block_backstop_s(block_timeout_s: float, retries: int = 1, retry_delay_s: float = 2.0) -> float:
+    """How long the flow waits on one block (every attempt of its task) before failing the night itself:
+    each attempt's timeout and the delays between them, plus a grace (10% of the timeout, at least 5 s)
+    in which Prefect's own task timeout ends it the usual way when it can."""
+    return (retries + 1) * block_timeout_s + retries * retry_delay_s + max(5.0, 0.1 * block_timeout_s)
 
 
 # ---------------------------------------------------------------- tasks (thin calls)
@@ -226,37 +239,55 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
 def _extract_blocks(plan: dict, s: Settings, deadline: float) -> None:
     """Every block on the runner chosen by settings, at most `s.blocks_in_flight` submitted at once:
     a window of futures topped up as they complete. The progress artifact counts finished blocks' dogs.
-    Past `deadline` (time.monotonic()) the night stops waiting."""
+    Past `deadline` (time.monotonic()) the night stops waiting; so it does on a block still running
+    `block_backstop_s` after it was submitted: Prefect's task timeout cannot interrupt a blocking call in a
+    worker thread (threads and Dask), and such a block would otherwise hold the night to its own timeout."""
     n, total = int(plan["n_blocks"]), max(int(plan.get("n_dogs", 0)), 1)
     limit = s.blocks_in_flight
     progress = create_progress_artifact(0.0, key="extraction-progress", description="Dogs extracted (%)")
     block_task = extract_block_task.with_options(timeout_seconds=s.block_timeout_s)
     get_run_logger().info("extracting %d block(s) on %s, at most %d in flight", n, s.task_runner, limit)
     finished: queue.Queue = queue.Queue()
-    done_dogs, next_block, in_flight = 0, 0, 0
+    done_dogs, next_block = 0, 0
+    due: dict[Any, tuple[float, int]] = {}  # in-flight future -> (backstop time, block)
     with block_runner(s, limit) as runner:
-        while next_block < n or in_flight:
-            while next_block < n and in_flight < limit:
+        while next_block < n or due:
+            while next_block < n and len(due) < limit:
                 fut = runner.submit(block_task, {"plan": plan, "block": next_block, "device": s.device,
                                                  "batch_size": s.batch_size, "torch_threads": s.torch_threads})
+                due[fut] = (time.monotonic() + _backstop_s(s.block_timeout_s), next_block)
                 fut.add_done_callback(finished.put)
-                next_block, in_flight = next_block + 1, in_flight + 1
-            fut = _next_finished(finished, deadline)
-            in_flight -= 1
+                next_block += 1
+            fut = _next_finished(finished, deadline, due, s.block_timeout_s)
+            del due[fut]
             done_dogs += fut.result()  # raises if a block failed: the run stays unpublished
             update_progress_artifact(progress, min(100.0, 100.0 * done_dogs / total))  # a straddling dog counts twice
             progress_report("extract", min(done_dogs, total), total, unit="dogs")  # the CLI's bar (flows.progress)
     update_progress_artifact(progress, 100.0)
 
 
-def _next_finished(finished: queue.Queue, deadline: float, poll_s: float = 5.0):
-    """The next block future to finish; _TimedOut past the deadline (short waits, so nothing blocks for long)."""
-    while (left := deadline - time.monotonic()) > 0:
+def _backstop_s(block_timeout_s: float) -> float:
+    return block_backstop_s(block_timeout_s, extract_block_task.retries, float(extract_block_task.retry_delay_seconds or 0))
+
+
+def _next_finished(finished: queue.Queue, deadline: float, due: dict | None = None, block_timeout_s: float = 0.0):
+    """The next block future to finish; _TimedOut past the night's deadline, BlockTimeoutError past a block's
+    backstop in `due` ({future: (time, block)}). Short waits, so nothing blocks for long."""
+    poll_s = 5.0
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise _TimedOut("the night's deadline passed while blocks were running")
+        late = min(due.values()) if due else None
+        if late is not None and now >= late[0]:
+            raise BlockTimeoutError(
+                f"block {late[1]} was still running {_backstop_s(block_timeout_s):g} s after it started (every attempt "
+                f"at GRUVIZ_BLOCK_TIMEOUT_S={block_timeout_s:g} s, and a grace), and its task did not end (stuck in a blocking call "
+                "where the task timeout cannot reach it); the night stops here, nothing is published")
         try:
-            return finished.get(timeout=min(poll_s, left))
+            return finished.get(timeout=max(0.01, min(poll_s, deadline - now, (late[0] - now) if late else poll_s)))
         except queue.Empty:
             continue
-    raise _TimedOut("the night's deadline passed while blocks were running")
 
 
 def block_runner(s: Settings, limit: int) -> TaskRunner:

@@ -7,6 +7,8 @@ so the faults live in test code, not in gruviz, and reach any process that runs 
   file is removed; each waiting process appends its pid to `hung`.
 - `kill`: the first process to claim the file (an atomic rename to `killed.<pid>`) ends itself
   with `os._exit(1)`, as a worker killed mid-block would; the others run normally.
+- `block`: the first forward pass to claim the file (renamed to `blocked.<pid>`) sleeps as many seconds
+  as it says in ONE call, as a block stuck in a blocking call would (a task timeout cannot interrupt it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def _obey_faults(d: Path) -> None:
             pass  # another process claimed it
         else:
             os._exit(1)
+    if (d / "block").exists():
+        claimed = d / f"blocked.{os.getpid()}"
+        try:
+            os.rename(d / "block", claimed)
+        except FileNotFoundError:
+            pass  # another forward pass claimed it
+        else:
+            time.sleep(float(claimed.read_text()))
     if (d / "hang").exists():
         with open(d / "hung", "a") as f:
             f.write(f"{os.getpid()}\n")

@@ -9,6 +9,7 @@ registered through the model registry like a team's own model.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,26 @@ def test_a_hung_block_times_out_the_night_and_the_next_night_runs(env, store):
     env(smtp_host="", recipients="[]")
     nxt = _night("2026-10-06")  # the lock was released
     assert nxt.is_completed(), nxt.message
+
+
+def test_a_block_stuck_in_a_blocking_call_fails_the_night_at_its_backstop(env, store):
+    """Prefect's task timeout cannot interrupt a blocking call in a worker thread: the flow's own backstop
+    (the block timeout plus its grace) fails the night instead of waiting for the call to return."""
+    from flows.nightly import block_backstop_s
+
+    home, faults = store
+    env(block_timeout_s=1)
+    (faults / "block").write_text("14")  # one block sleeps 14 s in a single call
+    t0 = time.monotonic()
+    state = _night("2026-10-09")
+    took = time.monotonic() - t0
+    assert list(faults.glob("blocked.*")), "no block took the fault"
+    assert state.is_failed(), state.message
+    assert "GRUVIZ_BLOCK_TIMEOUT_S=1 s" in state.message and "blocking call" in state.message, state.message
+    assert block_backstop_s(1, 1, 2.0) == 9.0 and took < 14, took  # failed at the backstop, before the call returned
+    assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-09*") if p.is_dir()]
+    time.sleep(max(0.0, 14.5 - took))  # the stuck thread wakes and ends (Prefect's timeout fires then)
+    assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-09*") if p.is_dir()]  # it wrote nothing
 
 
 def test_a_night_past_its_timeout_ends_failed_and_releases_the_lock(env, store):
