@@ -94,8 +94,9 @@ def features_task(root: str, snapshot_id: str, set_id: str | None = None) -> str
 
 
 @task(name="begin-run", cache_policy=NO_CACHE)
-def begin_run_task(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int) -> dict:
-    return extract.begin(root, run_id, meta, seq_path, set_id, block_dogs)
+def begin_run_task(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int,
+                   parallel: int = 1) -> dict:
+    return extract.begin(root, run_id, meta, seq_path, set_id, block_dogs, parallel)
 
 
 @task(name="extract-block", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -206,7 +207,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     }
     if new_data is False:
         meta["form_data"] = NO_NEW_DATA
-    plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs)
+    plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs, s.blocks_in_flight)
     held.enter_context(hold_tmp_run(plan["tmp_dir"]))  # no sweep takes it while this night runs
     held.callback(remove_tmp_run, root, plan["tmp_dir"])  # a failed night leaves nothing; after publish, a no-op
     _extract_blocks(plan, s, deadline)

@@ -173,14 +173,18 @@ def begin_run(
     root: str | Path, run_id: str, meta: dict, *, offsets: np.ndarray, dog_id: np.ndarray, dog_name: np.ndarray,
     n_layers: int, n_units: int, seeds: Sequence[int], block_dogs: int | None = None,
     block_shards: int | None = None, chunk_rows: int | None = None, shard_chunks: int | None = None,
+    parallel: int = 1,
 ) -> RunPlan:
     """Create runs/.tmp/<run_id>.<nonce>/ with every array and the per-dog metadata written.
 
     offsets: (dog + 1,); dog_id, dog_name: (dog,). Per-row arrays (dog_index, step, ROW_META) are
     created empty: each block writes its own rows' shards (BlockWriter.write_rows), so the work
     scales out with the blocks and this process never holds a row's metadata.
-    Blocks span `block_shards` shards, or about `block_dogs` dogs rounded up to whole shards,
-    or the whole run. `chunk_rows` overrides the ~512 KiB inner chunk (tests use tiny ones);
+    Blocks span `block_shards` shards, or at most about `block_dogs` dogs in whole shards, or the whole
+    run. From `block_dogs`, the shards are shared out evenly among the blocks, and with `parallel` > 1
+    (blocks that run at once) the number of blocks is rounded up to a multiple of it (one shard per
+    block at least), so no block is left running alone at the end: on the Iggy night, 2 blocks of 5
+    and 3 shards became 2 of 4. `chunk_rows` overrides the ~512 KiB inner chunk (tests use tiny ones);
     shards hold `shard_chunks` chunks, by default 128 or fewer so the run has >= 8 shards.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -197,7 +201,11 @@ def begin_run(
     if block_shards is None:
         if block_dogs:
             mean_len = n_obs / max(n_dogs, 1)
-            block_shards = max(1, int(np.ceil(block_dogs * mean_len / shard_rows)))
+            most = max(1, int(np.ceil(block_dogs * mean_len / shard_rows)))
+            n_blocks = -(-n_shards // most)
+            if parallel > 1:
+                n_blocks = min(n_shards, -(-n_blocks // parallel) * parallel)
+            block_shards = -(-n_shards // n_blocks)
         else:
             block_shards = n_shards
     tmp = _new_run_dir(StoreLayout.at(root), run_id)

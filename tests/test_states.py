@@ -59,6 +59,25 @@ def write_run(root, run_id, models, inputs, **kw):
     return states.publish_run(root, tmp)
 
 
+def test_blocks_from_block_dogs_are_even_and_come_in_multiples_of_those_run_at_once(tmp_path):
+    inp = make_inputs([4] * 8)  # 32 rows in 8 shards of 4 rows
+    meta = {k: inp[k] for k in ("offsets", "dog_id", "dog_name")}
+
+    def shards(name: str, **kw) -> list[int]:
+        plan = states.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
+                                shard_chunks=1, **meta, **kw)
+        rows = [plan.block_rows(b) for b in range(plan.n_blocks)]
+        assert rows[0][0] == 0 and rows[-1][1] == 32 and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+        return [(b - a) // 4 for a, b in rows]
+
+    assert shards("one", block_dogs=5) == [4, 4]  # at most 5 shards a block: 2 blocks, 4 + 4 (not 5 + 3)
+    assert shards("two", block_dogs=5, parallel=2) == [4, 4]
+    assert shards("three", block_dogs=5, parallel=3) == [3, 3, 2]
+    assert shards("wide", block_dogs=5, parallel=16) == [1] * 8  # never more blocks than shards
+    assert shards("whole", parallel=2) == [8]  # no block_dogs: the whole run, as before
+    assert shards("given", block_shards=5, parallel=2) == [5, 3]  # block_shards is taken as given
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(0, 40), min_size=1, max_size=25),

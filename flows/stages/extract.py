@@ -54,15 +54,17 @@ def inputs(seq_path: str, model_set: ModelSet, start: int, stop: int,
     return (*model_set.prepare(rows), rows.meta)
 
 
-def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int) -> dict:
+def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_dogs: int, parallel: int = 1) -> dict:
     """Lay out the run's temporary directory; returns the plan every block task needs (keys only).
 
-    Reads the snapshot's dog metadata only: the blocks write their own rows' metadata."""
+    Reads the snapshot's dog metadata only: the blocks write their own rows' metadata. `parallel`: blocks
+    that run at once (the runner's in-flight limit); the blocks come evenly sized, in a multiple of it."""
     model_set = _model_set(root, set_id)
     gru = model_set.models[0].gru
     plan = begin_run(
         root, run_id, {**meta, "seeds": list(model_set.seeds)}, **load_sequence_meta(seq_path),
         n_layers=gru.num_layers, n_units=gru.hidden_size, seeds=model_set.seeds, block_dogs=block_dogs,
+        parallel=parallel,
     )
     return {"root": root, "tmp_dir": plan.tmp_dir, "n_blocks": plan.n_blocks, "n_dogs": plan.n_dogs,
             "seq_path": seq_path, "seq_layout": sequence_layout(seq_path), "set_id": set_id}
