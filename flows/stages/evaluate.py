@@ -86,7 +86,7 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
                         n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races)
 
 
-def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[_ValueRows, _ContextRows, np.ndarray | None]:
+def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[_NormalisedRows, _NormalisedRows, np.ndarray | None]:
     """(values, context, train_rows) for resilience, read where it runs (in the background); rows are
     normalised when resilience first asks for them."""
     seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
@@ -94,26 +94,27 @@ def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[_ValueRo
     return values, context, _train_rows(seqs.meta["race_date"], model_set.meta.get("cutoff"))
 
 
-def _lean_inputs(model_set, seqs) -> tuple[_ValueRows, _ContextRows]:
+def _lean_inputs(model_set, seqs) -> tuple[_NormalisedRows, _NormalisedRows]:
     """(values, context): ModelSet.prepare's columns, normalised on demand (no full-size copy made up front).
 
     Resilience reads the histories of a few thousand sampled dogs and races (a few % of the rows on the
     Iggy files), so normalising every row first (1 s of its 9 s there) was mostly wasted."""
     fi = column_index(seqs.feature_names, model_set.feature_names, what=f"model set {model_set.set_id} features")
     ci = column_index(seqs.context_names, model_set.context_names, what=f"model set {model_set.set_id} context")
-    return (_ValueRows(seqs.values, np.asarray(fi), model_set.normaliser.select(model_set.feature_names, ())),
-            _ContextRows(seqs.context, np.asarray(ci), model_set.normaliser.select((), model_set.context_names)))
+    return (_NormalisedRows(seqs.values, fi, model_set.normaliser.select(model_set.feature_names, ())),
+            _NormalisedRows(seqs.context, ci, model_set.normaliser.select((), model_set.context_names), context=True))
 
 
-class _ValueRows:
-    """The normalised race features, each row computed the first time it is asked for and kept:
-    `values[rows]` -> (len(rows), F) float32 for any NumPy row index. Memory: one (obs, F) float32 buffer,
-    whose pages are touched only for rows asked for. `values.flags(rows, cols)` -> normalised columns of
-    some rows without filling the buffer (kinds_seen's scan of the training rows)."""
+class _NormalisedRows:
+    """raw[:, cols] normalised by `norm` (its race features, or its context with context=True), each row
+    computed the first time it is asked for and kept: `x[rows]` -> (..., len(cols)) float32 for any NumPy
+    row index. Memory: one (obs, len(cols)) float32 buffer, whose pages are touched only for rows asked
+    for. `x.columns(rows, cols)` -> some normalised columns of some rows without filling the buffer
+    (kinds_seen's scan of the training rows)."""
 
-    def __init__(self, raw: np.ndarray, cols: np.ndarray, norm):
-        self.raw, self.cols, self.norm = raw, cols, norm
-        self.shape = (len(raw), len(cols))
+    def __init__(self, raw: np.ndarray, cols: Sequence[int], norm, *, context: bool = False):
+        self.raw, self.cols, self.norm, self.context = raw, np.asarray(cols, np.int64), norm, context
+        self.shape = (len(raw), len(self.cols))
         self.dtype = np.dtype(np.float32)
         self._buf = np.empty(self.shape, np.float32)
         self._done = np.zeros(len(raw), bool)
@@ -123,40 +124,24 @@ class _ValueRows:
 
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, tuple):
-            raise TypeError("_ValueRows: index rows only (values[rows]), then columns of the result")
-        idx = np.arange(len(self))[rows]
-        need = np.unique(idx[~self._done[idx]]) if np.ndim(idx) else idx[None][~self._done[idx]]
+            raise TypeError("_NormalisedRows: index rows only (x[rows]), then columns of the result")
+        idx = np.ravel(np.arange(len(self))[rows])
+        need = np.unique(idx[~self._done[idx]])
         if len(need):
             self._buf[need] = self._apply(self.raw[need][:, self.cols], self.norm)
             self._done[need] = True
         return self._buf[rows]
 
     def columns(self, rows, cols: Sequence[int]) -> np.ndarray:
-        """(n, len(cols)) normalised columns `cols` (positions among F) of `rows`, without filling the buffer."""
+        """(n, len(cols)) normalised columns `cols` (positions among len(self.cols)) of `rows`."""
         cols = np.asarray(cols, np.int64)
-        norm = self.norm.select(tuple(self.norm.feature_names[c] for c in cols), ())
-        rows = np.arange(len(self))[rows]
-        return self._apply(self.raw[np.ix_(rows, self.cols[cols])], norm)
+        names = tuple((self.norm.context_names if self.context else self.norm.feature_names)[c] for c in cols)
+        norm = self.norm.select((), names) if self.context else self.norm.select(names, ())
+        return self._apply(self.raw[np.ix_(np.arange(len(self))[rows], self.cols[cols])], norm)
 
-    @staticmethod
-    def _apply(x: np.ndarray, norm) -> np.ndarray:
-        return norm.apply(x, np.zeros((len(x), 0), np.float32))[0]
-
-
-class _ContextRows:
-    """The normalised context of any rows, computed when asked: `ctx[rows]` -> (len(rows), C) float32."""
-
-    def __init__(self, raw: np.ndarray, cols: np.ndarray, norm):
-        self.raw, self.cols, self.norm = raw, cols, norm
-        self.shape = (len(raw), len(cols))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows) -> np.ndarray:
-        x = self.raw[rows][..., self.cols]
-        x2 = x.reshape(-1, len(self.cols))
-        return self.norm.apply(np.zeros((len(x2), 0), np.float32), x2)[1].reshape(x.shape)
+    def _apply(self, x: np.ndarray, norm) -> np.ndarray:
+        empty = np.zeros((len(x), 0), np.float32)
+        return norm.apply(empty, x)[1] if self.context else norm.apply(x, empty)[0]
 
 
 def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> dict:
@@ -407,10 +392,10 @@ def _resilience(rows, race_all, scores, sel, dogs, rule, models, inputs, offsets
 
 
 def _training_rows(values, train_rows: np.ndarray | None):
-    """The training rows of `values` as kinds_seen reads them: for _ValueRows, column c of those rows
+    """The training rows of `values` as kinds_seen reads them: for _NormalisedRows, column c of those rows
     normalised on demand (kinds_seen reads only a few flag columns), not every training row."""
     rows = slice(None) if train_rows is None else np.flatnonzero(np.asarray(train_rows, bool))
-    if isinstance(values, _ValueRows):
+    if isinstance(values, _NormalisedRows):
         return lambda c: values.columns(rows, [c])[:, 0]
     return values[rows]
 
