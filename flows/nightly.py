@@ -57,11 +57,12 @@ class BlockTimeoutError(GruvizError, TimeoutError):
     timeout cannot reach it: a blocking call in a worker thread)."""
 
 
-def block_backstop_s(block_timeout_s: float, retries: int = 1, retry_delay_s: float = 2.0) -> float:
-    """How long the flow waits on one block (every attempt of its task) before failing the night itself:
-    each attempt's timeout and the delays between them, plus a grace (10% of the timeout, at least 5 s)
-    in which Prefect's own task timeout ends it the usual way when it can."""
-    return (retries + 1) * block_timeout_s + retries * retry_delay_s + max(5.0, 0.1 * block_timeout_s)
+def block_backstop_s(block_timeout_s: float) -> float:
+    """How long the flow waits on one block (every attempt of extract_block_task) before failing the night
+    itself: each attempt's timeout and the retry delays between them, plus a grace (10% of the timeout, at
+    least 5 s) in which Prefect's own task timeout ends it the usual way when it can."""
+    retries, delay = extract_block_task.retries, float(extract_block_task.retry_delay_seconds or 0)
+    return (retries + 1) * block_timeout_s + retries * delay + max(5.0, 0.1 * block_timeout_s)
 
 
 # ---------------------------------------------------------------- tasks (thin calls)
@@ -256,7 +257,7 @@ def _extract_blocks(plan: dict, s: Settings, deadline: float) -> None:
             while next_block < n and len(due) < limit:
                 fut = runner.submit(block_task, {"plan": plan, "block": next_block, "device": s.device,
                                                  "batch_size": s.batch_size, "torch_threads": s.torch_threads})
-                due[fut] = (time.monotonic() + _backstop_s(s.block_timeout_s), next_block)
+                due[fut] = (time.monotonic() + block_backstop_s(s.block_timeout_s), next_block)
                 fut.add_done_callback(finished.put)
                 next_block += 1
             fut = _next_finished(finished, deadline, due, s.block_timeout_s)
@@ -267,26 +268,21 @@ def _extract_blocks(plan: dict, s: Settings, deadline: float) -> None:
     update_progress_artifact(progress, 100.0)
 
 
-def _backstop_s(block_timeout_s: float) -> float:
-    return block_backstop_s(block_timeout_s, extract_block_task.retries, float(extract_block_task.retry_delay_seconds or 0))
-
-
-def _next_finished(finished: queue.Queue, deadline: float, due: dict | None = None, block_timeout_s: float = 0.0):
+def _next_finished(finished: queue.Queue, deadline: float, due: dict, block_timeout_s: float, poll_s: float = 5.0):
     """The next block future to finish; _TimedOut past the night's deadline, BlockTimeoutError past a block's
     backstop in `due` ({future: (time, block)}). Short waits, so nothing blocks for long."""
-    poll_s = 5.0
     while True:
         now = time.monotonic()
         if now >= deadline:
             raise _TimedOut("the night's deadline passed while blocks were running")
-        late = min(due.values()) if due else None
-        if late is not None and now >= late[0]:
+        late = min(due.values()) if due else (deadline, -1)
+        if now >= late[0]:
             raise BlockTimeoutError(
-                f"block {late[1]} was still running {_backstop_s(block_timeout_s):g} s after it started (every attempt "
+                f"block {late[1]} was still running {block_backstop_s(block_timeout_s):g} s after it started (every attempt "
                 f"at GRUVIZ_BLOCK_TIMEOUT_S={block_timeout_s:g} s, and a grace), and its task did not end (stuck in a blocking call "
                 "where the task timeout cannot reach it); the night stops here, nothing is published")
         try:
-            return finished.get(timeout=max(0.01, min(poll_s, deadline - now, (late[0] - now) if late else poll_s)))
+            return finished.get(timeout=max(0.01, min(poll_s, deadline - now, late[0] - now)))
         except queue.Empty:
             continue
 
