@@ -5,7 +5,7 @@ and of every CLI command (so a bad setting is a one-line error before a server s
 types and ranges are checked when they load (flows.settings); this module checks what needs the
 store, the machine or several settings at once:
 
-    night      a real date, YYYY-MM-DD (it names directories)
+    night      a real date, YYYY-MM-DD (it names directories), from 2000 to two days after today
     ids        --model-set, models/CURRENT, --snapshot, forms/LATEST: plain names, resolved under the store
     writable   the store root (a directory, or an fsspec URL: reachable and writable) and the reports directory
     device     the torch device exists on this machine
@@ -44,6 +44,10 @@ __all__ = [
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _NIGHT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+FIRST_NIGHT = dt.date(2000, 1, 1)
+"""The earliest night accepted (form data before it is not what gruviz runs on)."""
+NIGHT_AHEAD_DAYS = 2
+"""Days after today (in GRUVIZ_TIMEZONE) a night may be: a schedule in another zone, never a mistyped year."""
 
 
 @dataclass(frozen=True)
@@ -94,17 +98,26 @@ def preflight_train(s: Settings, *, snapshot: str | None = None, sources: list[s
 
 
 def check_night(night: str | None, *, timezone: str = "UTC") -> str:
-    """The night as YYYY-MM-DD (default: today in `timezone`); anything else is refused (it names directories)."""
+    """The night as YYYY-MM-DD (default: today in `timezone`); anything else is refused (it names directories),
+    and so is a night before FIRST_NIGHT or more than NIGHT_AHEAD_DAYS after today in `timezone`: runs/LATEST
+    only moves forward, so a mistyped year would stay the latest night and retention would prune real ones."""
+    today = dt.datetime.now(_zone(timezone)).date()
     if night is None:
-        return dt.datetime.now(_zone(timezone)).date().isoformat()
+        return today.isoformat()
     text = str(night)
     try:
         if not _NIGHT.match(text):
             raise ValueError("not YYYY-MM-DD")
-        return dt.date.fromisoformat(text).isoformat()
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise ConfigError(f"night {text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-25 "
                           "(--date, or the deployment's `night` parameter)") from None
+    last = today + dt.timedelta(days=NIGHT_AHEAD_DAYS)
+    if not FIRST_NIGHT <= day <= last:
+        raise ConfigError(f"night {day.isoformat()} is out of range: today is {today.isoformat()} in "
+                          f"GRUVIZ_TIMEZONE={timezone}, and a night must lie between {FIRST_NIGHT.isoformat()} and "
+                          f"{last.isoformat()}; check the year (--date, or the deployment's `night` parameter)")
+    return day.isoformat()
 
 
 def check_id(parent: StorePath, value: str, what: str) -> str:

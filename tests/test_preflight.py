@@ -134,3 +134,21 @@ def test_deployment_night_parameter_is_checked_by_the_flow(tmp_path, env, prefec
     state = nightly(night="../../escaped", home=str(home), return_state=True)
     assert state.is_failed() and "YYYY-MM-DD" in state.message
     assert not (home / "runs").exists() and not list(tmp_path.glob("escaped*"))
+
+
+@pytest.mark.parametrize("night", ["2052-02-06", "1999-12-31", "1970-01-01"])
+def test_night_far_from_today_is_refused(night):
+    # a mistyped year would become runs/LATEST for good (it only moves forward) and retention would
+    # then delete real nights while keeping it
+    with pytest.raises(ConfigError, match=f"night {night}.*today"):
+        check_night(night, timezone="Australia/Sydney")
+
+
+def test_night_up_to_two_days_ahead_is_accepted():
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    today = dt.datetime.now(ZoneInfo("Australia/Sydney")).date()
+    for days in (-400, 0, 1, 2):
+        night = (today + dt.timedelta(days=days)).isoformat()
+        assert check_night(night, timezone="Australia/Sydney") == night
