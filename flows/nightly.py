@@ -208,6 +208,10 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     }
     if new_data is False:
         meta["form_data"] = NO_NEW_DATA
+    if checked.sources_gone:
+        for line in checked.sources_gone:
+            logger.warning("sources: %s (acknowledged by GRUVIZ_SOURCES_GONE_OK)", line)
+        meta["form_data"] = "; ".join(checked.sources_gone)
     plan = begin_run_task(root, run_id, meta, seq_path, set_id, s.block_dogs, s.blocks_in_flight)
     held.enter_context(hold_tmp_run(plan["tmp_dir"]))  # no sweep takes it while this night runs
     held.callback(remove_tmp_run, root, plan["tmp_dir"])  # a failed night leaves nothing; after publish, a no-op
@@ -222,8 +226,8 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
 
     url = _report_link(s, rel)
     lines = email_lines(run_dir, list(s.watchlist))  # labelled headline: the summary artifact and the email
-    if new_data is False:
-        lines = {"form data": NO_NEW_DATA, **lines}
+    if meta.get("form_data"):
+        lines = {"form data": meta["form_data"], **lines}
     _artifacts(url, night, lines, run_dir)
     result = {"run_id": run_id, "run_dir": run_dir, "report": str(s.reports_path.resolve() / rel), "url": url,
               "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline,

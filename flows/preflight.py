@@ -10,6 +10,7 @@ store, the machine or several settings at once:
     writable   the store root (a directory, or an fsspec URL: reachable and writable) and the reports directory
     device     the torch device exists on this machine
     smtp       host, port, TLS mode, sender and recipients agree
+    sources    no file left the sources since the last snapshot unless GRUVIZ_SOURCES_GONE_OK names it
     cohort     the cohort rule is known and its parameters valid (check_cohort_rule)
 
 Each failure raises ConfigError (or NotFoundError for a missing snapshot or model set) naming the
@@ -19,6 +20,7 @@ setting, the value and the fix.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import re
 import tempfile
 import uuid
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.settings import Settings
-from gruviz_core.errors import ConfigError, NotFoundError
+from gruviz_core.errors import ConfigError, InputError, NotFoundError
 from storage.fs import StorePath, store_path
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "preflight_nightly",
     "preflight_train",
     "check_night",
+    "check_sources_gone",
     "check_id",
     "check_writable",
     "check_store",
@@ -64,6 +67,8 @@ class Preflight:
     """Forms snapshot to use (None when sources are ingested first)."""
     model_set: str | None
     """Model set id to use, present in the registry (None for commands without one)."""
+    sources_gone: tuple[str, ...] = ()
+    """One line per file that left the sources since the last snapshot, acknowledged by GRUVIZ_SOURCES_GONE_OK."""
 
 
 def preflight_nightly(
@@ -78,7 +83,9 @@ def preflight_nightly(
     check_cohort_rule(s)
     snapshot = None if sources else _latest_snapshot(root)
     set_id = _model_set(root, model_set)
-    return Preflight(root=root, reports_dir=reports, night=night, snapshot_id=snapshot, model_set=set_id)
+    gone = check_sources_gone(root, sources, s.sources_gone_ok) if sources else ()
+    return Preflight(root=root, reports_dir=reports, night=night, snapshot_id=snapshot, model_set=set_id,
+                     sources_gone=gone)
 
 
 def preflight_train(s: Settings, *, snapshot: str | None = None, sources: list[str] | None = None) -> Preflight:
@@ -95,6 +102,32 @@ def preflight_train(s: Settings, *, snapshot: str | None = None, sources: list[s
     else:
         snap = _latest_snapshot(root)
     return Preflight(root=root, reports_dir=None, night=None, snapshot_id=snap, model_set=None)
+
+
+def check_sources_gone(root: StorePath, sources: list[str], acknowledged: list[str]) -> tuple[str, ...]:
+    """Files the sources held at the last snapshot and hold no more: refused (InputError naming them and the
+    runs they gave) unless each matches a name or glob of `acknowledged` (GRUVIZ_SOURCES_GONE_OK); returns one
+    line per acknowledged file, for the log, the report and the email."""
+    from storage.forms import gone_files, latest_snapshot
+
+    gone = gone_files(root, sources)
+    if not gone:
+        return ()
+    lines = {f["path"]: f"{Path(f['path']).name} is gone: {int(f.get('accepted', 0)):,} runs fewer than last night"
+             for f in gone}
+    refused = [f["path"] for f in gone if not _acknowledged(f["path"], acknowledged)]
+    if refused:
+        runs = sum(int(f.get("accepted", 0)) for f in gone if f["path"] in refused)
+        raise InputError(
+            f"{', '.join(refused)}: left the sources since snapshot {latest_snapshot(root)} ({runs:,} runs fewer than "
+            "last night); the night's data would silently shrink. Put the file(s) back, or acknowledge them in "
+            'GRUVIZ_SOURCES_GONE_OK (a JSON list of names or globs, e.g. ["' + Path(refused[0]).name + '"])')
+    return tuple(lines.values())
+
+
+def _acknowledged(path: str, patterns: list[str]) -> bool:
+    name = Path(path).name
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
 
 def check_night(night: str | None, *, timezone: str = "UTC") -> str:

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     market_context: bool = Field(
         False, description="Train with the market price as pre-race context; off by default so the GRU learns from form and the market stays the baseline.")
     train_workers: int = Field(1, description="Seeds trained in parallel processes (one torch thread each).", gt=0)
-    cohort_rule: str = Field("plateau-f-abs", description="Named cohort rule (gruviz_core.cohorts.RULES); an unknown name is refused.")
+    cohort_rule: str = Field("plateau-s", description="Named cohort rule (gruviz_core.cohorts.RULES); an unknown name is refused.")
     cohort_theta: float | None = Field(
         None, ge=0.0, le=1.0,
         description="Cohort rule: tail F_tau (share of units) at or above which a dog with a plateau is saturated; default the rule's.")
@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         2000, description="Fewest held-out races (after the model set's training and early-stopping windows) to compare on.", ge=1)
     sources: list[str] = Field(default_factory=list, description="Form data the nightly ingests when no source is "
         "passed: directories or globs where new form files land, as a JSON list (unchanged files are not re-read).")
+    sources_gone_ok: list[str] = Field(default_factory=list, description="Files that may leave the sources since "
+        "the last snapshot (archived, rotated), as a JSON list of file names or globs (e.g. [\"b.csv\"], or [\"*\"] "
+        "where files are rotated away by design); any other file gone is refused, naming it, since the night's "
+        "data would silently shrink. Acknowledged ones are named in the log, the report and the email.")
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")

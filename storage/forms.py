@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import fnmatch
 import functools
 import glob
 import gzip
@@ -72,6 +73,7 @@ __all__ = [
     "Forms",
     "IngestSummary",
     "expand_sources",
+    "gone_files",
     "ingest",
     "latest_snapshot",
     "load_rejects",
@@ -250,6 +252,38 @@ def expand_sources(sources: list[str] | str) -> list[Path]:
     if not files:
         raise InputError(f"{', '.join(map(str, sources))}: no .csv, .csv.gz or .parquet files found")
     return files
+
+
+def gone_files(root: str | StorePath, sources: list[str]) -> list[dict]:
+    """Files of the latest snapshot that `sources` held then and hold no more (archived, rotated, deleted):
+    their manifest entries (path, accepted, ...); [] before the first snapshot or when none left.
+
+    A file counts as the sources' when it lies under one of their directories, is one of their files or
+    matches one of their globs; files of a snapshot made from other sources are not counted as gone."""
+    snapshot = latest_snapshot(root)
+    if snapshot is None:
+        return []
+    try:
+        recorded = read_manifest(root, snapshot).get("files", [])
+    except (OSError, ValueError):
+        return []  # no readable manifest: nothing to compare with (the ingest itself names a broken store)
+    present = {str(p) for p in expand_sources(sources)}
+    return [f for f in recorded if f["path"] not in present and _held_by(Path(f["path"]), sources)]
+
+
+def _held_by(path: Path, sources: list[str]) -> bool:
+    """Whether `path` (absolute, resolved as expand_sources resolves) belongs to one of `sources`."""
+    for src in map(str, sources):
+        if glob.has_magic(src):
+            pattern = os.path.abspath(os.path.expanduser(src))
+            if fnmatch.fnmatch(str(path), pattern) or fnmatch.fnmatch(str(_resolved(path)), pattern):
+                return True
+            continue
+        p = Path(src).expanduser()
+        top = Path(os.path.realpath(p))
+        if path == top or top in path.parents or p.absolute() in path.parents:
+            return True
+    return False
 
 
 def read_source(path: str | Path) -> pd.DataFrame:

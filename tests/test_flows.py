@@ -179,3 +179,14 @@ def test_nightly_with_no_parameters_ingests_the_configured_sources(store, monkey
 
     third = nightly(night="2026-11-27", return_state=True).result()  # nothing dropped since: not re-read
     assert third["snapshot_id"] == second["snapshot_id"] and third["new_data"] is False
+
+    (incoming / "week2.parquet").unlink()  # archived: the night's data would shrink without a word
+    refused = nightly(night="2026-11-28", return_state=True)
+    assert refused.is_failed() and "week2.parquet" in refused.message and "GRUVIZ_SOURCES_GONE_OK" in refused.message
+    monkeypatch.setenv("GRUVIZ_SOURCES_GONE_OK", '["week2.parquet"]')
+    state = nightly(night="2026-11-28", return_state=True)
+    assert state.is_completed(), state.message
+    gone = f"week2.parquet is gone: {len(new):,} runs fewer than last night"
+    assert gone in Path(state.result()["report"]).read_text(encoding="utf-8")
+    assert gone in _artifacts(state.state_details.flow_run_id)["nightly-summary"].data  # the email's lines
+    assert any(gone in line for line in _logs(state.state_details.flow_run_id))

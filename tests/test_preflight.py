@@ -152,3 +152,58 @@ def test_night_up_to_two_days_ahead_is_accepted():
     for days in (-400, 0, 1, 2):
         night = (today + dt.timedelta(days=days)).isoformat()
         assert check_night(night, timezone="Australia/Sydney") == night
+
+
+def _drop_dir(tmp_path: Path) -> tuple[Path, Path, int]:
+    """A store whose latest snapshot was ingested from a drop directory of a.csv and b.csv; b.csv's runs."""
+    from gruviz_core.synth import simulate
+    from storage.forms import ingest
+
+    home = _store(tmp_path / "store")
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    runs = simulate(30, seed=4)
+    half = runs["race_id"].isin(runs["race_id"].unique()[::2])
+    runs[half].to_csv(incoming / "a.csv", index=False)
+    runs[~half].to_csv(incoming / "b.csv", index=False)
+    ingest([str(incoming)], home)
+    return home, incoming, int((~half).sum())
+
+
+def test_a_file_gone_from_the_sources_is_refused_naming_it(tmp_path, env):
+    from gruviz_core.errors import InputError
+
+    home, incoming, b_runs = _drop_dir(tmp_path)
+    (incoming / "b.csv").rename(tmp_path / "b.csv")  # archived out of the drop directory
+    s = load_settings(home=str(home))
+    with pytest.raises(InputError, match=rf"b\.csv.*{b_runs:,} runs fewer.*GRUVIZ_SOURCES_GONE_OK"):
+        preflight_nightly(s, night="2026-11-25", sources=[str(incoming)])
+    with pytest.raises(InputError, match=r"b\.csv"):  # a glob over the same directory holds it too
+        preflight_nightly(s, night="2026-11-25", sources=[str(incoming / "*.csv")])
+
+
+def test_a_file_gone_from_the_sources_is_accepted_when_acknowledged(tmp_path, env):
+    home, incoming, b_runs = _drop_dir(tmp_path)
+    (incoming / "b.csv").unlink()
+    env.setenv("GRUVIZ_SOURCES_GONE_OK", '["b.csv"]')
+    checked = preflight_nightly(load_settings(home=str(home)), night="2026-11-25", sources=[str(incoming)])
+    assert checked.sources_gone == (f"b.csv is gone: {b_runs:,} runs fewer than last night",)
+
+
+def test_cli_nightly_refuses_a_file_gone_from_the_sources(tmp_path, env, capsys):
+    home, incoming, _ = _drop_dir(tmp_path)
+    (incoming / "b.csv").unlink()
+    env.setenv("GRUVIZ_SOURCES", f'["{incoming}"]')
+    assert cli(["nightly", "--home", str(home), "--date", "2026-11-25"]) == 2
+    err = capsys.readouterr().err
+    assert "b.csv" in err and "GRUVIZ_SOURCES_GONE_OK" in err and "Traceback" not in err
+    assert not (home / "runs").exists()
+
+
+def test_files_of_other_sources_are_not_gone(tmp_path, env):
+    home, incoming, _ = _drop_dir(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (incoming / "a.csv").rename(other / "a.csv")
+    checked = preflight_nightly(load_settings(home=str(home)), night="2026-11-25", sources=[str(other / "a.csv")])
+    assert checked.sources_gone == ()
