@@ -1,17 +1,23 @@
-"""Cohorts of dogs by magnitude saturation: a named, versioned rule and its threshold sensitivity.
+"""Cohorts of dogs and status at prediction time: named, versioned rules.
+
+Two meanings of "saturated" (DESIGN section 5), each under its own rule:
+
+`plateau-s` v1, the default: information saturation, the abs-sum plateau (the notebook's curve).
+
+    settled      the plateau T* of s was confirmed (T* + k - 1 steps seen)
+    settling     at least w + k races and no plateau yet
+    undecided    fewer than w + k races: no check possible (right-censored)
+
+`tanh-f` v1 (the former `plateau-f-abs` v2): magnitude saturation, units pinned near +-1.
 
     saturated    T* exists and the mean F_tau from T* on is >= theta
     unsaturated  the mean F_tau over the tail stays at or below `low`
     partial      neither (some units pinned, not enough to call it saturated)
-    undecided    no plateau seen and too few races (< w + k) to have checked one: right-censored
+    undecided    no plateau seen and too few races (< w + k) to have checked one
 
-The tail is the steps from T* on when there is a plateau, else the steps after the warm-up w.
-
-Rules are named and versioned (`RULES`); a run stores the rule it used. The default, `plateau-f-abs`
-v2, reads theta and low as absolute shares of units, so it may find no saturated dog at all: that
-is a finding, reported with the distribution of tail F, never hidden by thresholds that move with
-the data. (v1, `plateau-f` with quantile thresholds, resolved both thresholds to 0 when most dogs
-had tail F = 0, and made "saturated" the top quartile by construction otherwise; it is gone.)
+The tail is the steps from T* on when there is a plateau, else the steps after the warm-up w. Rules are
+absolute and may find nothing: that is a finding. A relative split is allowed only under its own name
+(`relative-s-quartile`).
 
 Status at prediction time (`status_at_prediction`): race t of a dog is predicted from h_{t-1}, so a
 scored race is grouped by what the model had then: plateau reached by t-1 (T* + k - 1 <= t - 1), the
@@ -32,6 +38,10 @@ from gruviz_core.errors import ConfigError
 
 __all__ = [
     "COHORTS",
+    "PLATEAU_COHORTS",
+    "TANH_COHORTS",
+    "RENAMED",
+    "TANH_RULE",
     "CohortRule",
     "DEFAULT_RULE",
     "min_steps",
@@ -46,17 +56,27 @@ __all__ = [
     "debut_observed",
 ]
 
-COHORTS: tuple[str, ...] = ("saturated", "partial", "unsaturated", "undecided")
-"""Cohort names, in the order reports show them."""
+PLATEAU_COHORTS: tuple[str, ...] = ("settled", "settling", "undecided")
+"""Groups of the plateau rules (`plateau-s`), in the order reports show them."""
+TANH_COHORTS: tuple[str, ...] = ("saturated", "partial", "unsaturated", "undecided")
+"""Groups of the magnitude rules (`tanh-f`, `relative-s-quartile`)."""
+COHORTS: tuple[str, ...] = ("settled", "settling", "saturated", "partial", "unsaturated", "undecided")
+"""Every cohort name, in the order reports show them."""
+
+RENAMED: dict[str, str] = {
+    "plateau-f-abs": "the magnitude rule is now 'tanh-f'; the default is 'plateau-s' (the abs-sum plateau)",
+    "plateau-f": "quantile thresholds are gone; use 'tanh-f' (magnitude) or 'plateau-s' (the default)",
+}
+"""Old rule names, refused with what to use instead."""
 
 
 @dataclass(frozen=True)
 class CohortRule:
     """The rule that puts each dog in a cohort; stored with every run so nights compare like with like."""
 
-    name: str = "plateau-f-abs"
+    name: str = "plateau-s"
     """Rule family (a key of RULES); change it when the logic changes, not the numbers."""
-    version: int = 2
+    version: int = 1
     """Bump when a default below changes."""
     w: int = 5
     """Window in steps over which the relative change of s is measured."""
@@ -100,6 +120,9 @@ class CohortRule:
         if unknown:
             raise ConfigError(f"cohort rule {d.get('name')!r}: unknown parameters {unknown}; known: {sorted(known)}")
         name = flat.get("name", cls.name)
+        if name in RENAMED:
+            raise ConfigError(f"cohort rule {name!r} was renamed: {RENAMED[name]}; known rules: "
+                              f"{', '.join(sorted(RULES))} (GRUVIZ_COHORT_RULE)")
         if name not in RULES:
             raise ConfigError(f"cohort rule {name!r} is unknown; known rules: {', '.join(sorted(RULES))} "
                               "(GRUVIZ_COHORT_RULE)")
@@ -109,6 +132,21 @@ class CohortRule:
         if "theta" in flat and "low" not in flat:  # a theta alone below the default low keeps the rule valid
             flat["low"] = min(base.low, float(flat["theta"]))
         return replace(base, **flat)
+
+    @property
+    def by_plateau(self) -> bool:
+        """True for the information-saturation rules (groups settled / settling / undecided)."""
+        return self.name == "plateau-s"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """This rule's group names, in report order."""
+        return PLATEAU_COHORTS if self.by_plateau else TANH_COHORTS
+
+    @property
+    def compared(self) -> tuple[str, str]:
+        """(a, b): the groups the main comparison sets against each other (a - b)."""
+        return ("settled", "settling") if self.by_plateau else ("saturated", "unsaturated")
 
     @classmethod
     def coerce(cls, rule: CohortRule | dict | None) -> CohortRule:
@@ -132,6 +170,7 @@ def _register(rule: CohortRule) -> CohortRule:
 
 
 DEFAULT_RULE = _register(CohortRule())
+TANH_RULE = _register(CohortRule(name="tanh-f", version=1))
 _register(CohortRule(name="relative-s-quartile", version=1, theta=0.75, low=0.25, scale="quantile"))
 
 
@@ -173,9 +212,11 @@ def resolve_thresholds(
 
 def assign_cohorts(plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray, rule: CohortRule) -> np.ndarray:
     """Cohort of each dog. plateau (dog,) float T* or NaN, n_steps (dog,), f_tail (dog,) -> (dog,) object."""
-    theta, low = resolve_thresholds(plateau, n_steps, f_tail, rule)
     has = np.isfinite(plateau)
     short = (~has) & (np.asarray(n_steps) < min_steps(rule))
+    if rule.by_plateau:
+        return np.where(has, "settled", np.where(short, "undecided", "settling")).astype(object)
+    theta, low = resolve_thresholds(plateau, n_steps, f_tail, rule)
     f = np.nan_to_num(np.asarray(f_tail, dtype=np.float64), nan=0.0)
     out = np.full(len(plateau), "partial", dtype=object)
     out[(f < low) if rule.scale == "absolute" else (f <= low)] = "unsaturated"
@@ -202,7 +243,8 @@ class PredictionStatus:
     """What the model had when it predicted each race: from h_{t-1} and the steps before t only."""
 
     status: np.ndarray
-    """(obs,) object: saturated / partial / unsaturated / undecided under the rule, from steps < t."""
+    """(obs,) object: the rule's group (settled / settling / undecided, or saturated / partial / unsaturated /
+    undecided) from steps < t."""
     plateau_reached: np.ndarray
     """(obs,) bool: T* + k - 1 <= t - 1 (the plateau was checkable by the race before)."""
     f_run: np.ndarray
@@ -244,6 +286,9 @@ def status_at_prediction(
     ok = b >= a
     with np.errstate(invalid="ignore", divide="ignore"):
         f_run = np.where(ok, _sum_steps(np.where(ok, a, 1), np.where(ok, b, 1)) / np.maximum(b - a + 1, 1), np.nan)
+    if rule.by_plateau:
+        out = np.where(reached, "settled", np.where(t_prev < min_steps(rule), "undecided", "settling")).astype(object)
+        return PredictionStatus(out, reached, f_run, s_prev, f_prev)
     out = np.full(len(r), "partial", dtype=object)
     out[np.nan_to_num(f_run, nan=0.0) < rule.low] = "unsaturated"
     out[reached & (np.nan_to_num(f_run, nan=0.0) >= max(rule.theta, 1e-9))] = "saturated"

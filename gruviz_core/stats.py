@@ -44,6 +44,10 @@ __all__ = [
     "kaplan_meier",
     "step_quartiles",
     "unit_table",
+    "population_curve",
+    "median_by_race",
+    "magnitude_summary",
+    "km_median",
 ]
 
 TAUS: tuple[float, ...] = (0.9, 0.95, 0.99)
@@ -88,17 +92,31 @@ class RowStats:
     """(n, L, len(taus)) float32: near-boundary fraction F_tau for each tau."""
     delta: np.ndarray
     """(n, L) float64: step change ||h_t - h_{t-1}||_2."""
+    max_abs: np.ndarray
+    """(n, L) float32: max_i |h_i| (magnitude saturation without a threshold)."""
+    move: np.ndarray
+    """(n, L) float64: relative movement m = ||h_t - h_{t-1}|| / ||h_t|| (NaN where h_t = 0)."""
+    write: np.ndarray | None
+    """(n, L) float32: write fraction u = 1 - mean_i z_i, the share of the state this race rewrites
+    (PyTorch's z -> 1 keeps the old state); None without gates."""
 
 
 def row_stats(
-    h: np.ndarray, step: np.ndarray, carry: np.ndarray | None = None, *, taus: tuple[float, ...] = TAUS
+    h: np.ndarray, step: np.ndarray, carry: np.ndarray | None = None, *, taus: tuple[float, ...] = TAUS,
+    z: np.ndarray | None = None,
 ) -> RowStats:
-    """Magnitude statistics of a chunk. h: (n, L, H) float32, step: (n,) -> RowStats."""
+    """Per-row summaries of a chunk (DESIGN section 5). h, z: (n, L, H) float32, step: (n,) -> RowStats."""
     a = np.abs(h)
     H = h.shape[-1]
     total = a.sum(axis=-1).astype(np.float64)  # (n, L); 64-128 float32 terms, pairwise: exact enough
     f = np.stack([np.count_nonzero(a >= t, axis=-1) for t in taus], axis=-1).astype(np.float32) / H  # (n, L, K)
-    return RowStats(abs_sum=total, s=total / H, f=f, delta=step_change(h, step, carry))
+    delta = step_change(h, step, carry)
+    norm = np.sqrt(np.einsum("nlh,nlh->nl", h, h, dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        move = np.where(norm > 0, delta / norm, np.nan)
+    write = None if z is None else (1.0 - z.mean(axis=-1, dtype=np.float32)).astype(np.float32)
+    return RowStats(abs_sum=total, s=total / H, f=f, delta=delta, max_abs=a.max(axis=-1, initial=0.0),
+                    move=move, write=write)
 
 
 @dataclass
@@ -330,6 +348,12 @@ class SeedScan:
         """(obs, L, tau) near-boundary fractions."""
         self.abs_sum = np.full((n_obs, n_layers), np.nan, dtype=np.float32) if full else None
         self.delta = np.full((n_obs, n_layers), np.nan, dtype=np.float32) if full else None
+        self.max_abs = np.full((n_obs, n_layers), np.nan, dtype=np.float32)
+        """(obs, L) max |h|."""
+        self.move = np.full((n_obs, n_layers), np.nan, dtype=np.float32)
+        """(obs, L) relative movement ||h_t - h_{t-1}|| / ||h_t||."""
+        self.write = np.full((n_obs, n_layers), np.nan, dtype=np.float32)
+        """(obs, L) write fraction 1 - mean z."""
         self.gates = {"z": GateCounts(), "r": GateCounts()}
         self.moments = StateMoments()
         self.bytes_scanned = 0
@@ -342,8 +366,9 @@ def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool
     carry = None
     for c in chunks:
         a, b = c.start, c.stop
-        r = row_stats(c.h, step[a:b], carry)
+        r = row_stats(c.h, step[a:b], carry, z=c.z)
         out.s[a:b], out.f[a:b] = r.s, r.f
+        out.max_abs[a:b], out.move[a:b], out.write[a:b] = r.max_abs, r.move, r.write
         if full:
             out.abs_sum[a:b], out.delta[a:b] = r.abs_sum, r.delta
         ok = np.isfinite(r.s).all(axis=1)  # rows a dead writer never wrote are NaN
@@ -423,3 +448,57 @@ def unit_table(seed: int, scan: SeedScan, health: dict) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+
+
+def population_curve(s: np.ndarray, step: np.ndarray, *, min_dogs: int = 50, tail: tuple[int, int] = (41, 60)) -> dict:
+    """The parameter-light description of the abs-sum plateau: the median s by race, its long-run level and
+    the races by which the median reaches 90% and 95% of it.
+
+    s, step: (obs,) one layer's s and 1-based step. The level is the mean of the per-race medians over races
+    `tail` (or the last 10 races with at least `min_dogs` dogs when fewer reach them).
+    -> {level, race_90, race_95, median_by_race: [(race, median_s, n)]} (None values when no race has min_dogs)."""
+    df = pd.DataFrame({"step": np.asarray(step), "s": np.asarray(s, np.float64)}).dropna()
+    g = df.groupby("step")["s"]
+    med = pd.DataFrame({"median": g.median(), "n": g.size()})
+    med = med[med["n"] >= min_dogs]
+    if med.empty:
+        return {"level": None, "race_90": None, "race_95": None, "median_by_race": []}
+    in_tail = med.loc[(med.index >= tail[0]) & (med.index <= tail[1]), "median"]
+    level = float(in_tail.mean() if len(in_tail) >= 5 else med["median"].iloc[-10:].mean())
+
+    def _first(share: float) -> int | None:
+        hit = med.index[med["median"].to_numpy() >= share * level]
+        return int(hit[0]) if len(hit) else None
+
+    return {"level": level, "race_90": _first(0.9), "race_95": _first(0.95),
+            "median_by_race": [(int(t), float(m), int(n)) for t, m, n in zip(med.index, med["median"], med["n"])]}
+
+
+def median_by_race(x: np.ndarray, step: np.ndarray, races: tuple[int, ...]) -> list[tuple[int, float | None, int]]:
+    """[(race, median of x over rows at that step, rows)] for each race asked for (None when no row). x, step: (obs,)."""
+    x, step = np.asarray(x, np.float64), np.asarray(step)
+    out = []
+    for t in races:
+        v = x[(step == t) & np.isfinite(x)]
+        out.append((int(t), float(np.median(v)) if len(v) else None, int(len(v))))
+    return out
+
+
+def magnitude_summary(max_abs: np.ndarray, f090: np.ndarray, f095: np.ndarray) -> dict:
+    """Magnitude (tanh) saturation in numbers: the largest |h| in any state, the 99th percentile of a state's
+    largest unit, and the shares of states with any unit at or above 0.9 and 0.95. (obs,) each -> dict."""
+    m = np.asarray(max_abs, np.float64)
+    ok = np.isfinite(m)
+    if not ok.any():
+        return {"max_abs": None, "q99_max_abs": None, "share_states_any_090": None, "share_states_any_095": None,
+                "n_states": 0}
+    return {"max_abs": float(m[ok].max()), "q99_max_abs": float(np.quantile(m[ok], 0.99)),
+            "share_states_any_090": float(np.mean(np.asarray(f090)[ok] > 0)),
+            "share_states_any_095": float(np.mean(np.asarray(f095)[ok] > 0)), "n_states": int(ok.sum())}
+
+
+def km_median(plateau: np.ndarray, n_steps: np.ndarray, rule: CohortRule) -> int | None:
+    """Kaplan-Meier median time to plateau (the first step where the share not yet plateaued is <= 0.5)."""
+    km = kaplan_meier(plateau, n_steps, rule)
+    below = km[km["survival"] <= 0.5]
+    return int(below["step"].min()) if len(below) else None

@@ -26,7 +26,12 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 TABLES: Mapping[str, pa.Schema] = {
     "dog_step": _schema(
         ("dog_index", _I), ("step", _I), ("layer", _I), ("abs_sum", _F), ("s", _F),
-        ("f090", _F), ("f095", _F), ("f099", _F),
+        ("f090", _F), ("f095", _F), ("f099", _F), ("max_abs", _F), ("move", _F), ("write", _F),
+    ),
+    # Per-row summaries of every seed and layer (DESIGN section 5); comparisons read these, never the states.
+    "row_summary": _schema(
+        ("seed", _I), ("layer", _I), ("dog_index", _I), ("step", _I), ("s", _F), ("f090", _F), ("f095", _F),
+        ("f099", _F), ("max_abs", _F), ("move", _F), ("write", _F),
     ),
     "dog": _schema(
         ("dog_index", _I), ("dog_id", _S), ("dog_name", _S), ("n_steps", _I), ("layer", _I),

@@ -72,7 +72,7 @@ class StoreLayout:
         return self.root / "reports"
 
 
-STATS_TABLES = ("dog_step", "dog", "dog_seed", "unit", "step", "plateau")
+STATS_TABLES = ("dog_step", "row_summary", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "status_compare", "status_effect", "dose_response", "sensitivity",
                "repro", "cka", "resilience", "resilience_contrast", "divergence")

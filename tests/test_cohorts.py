@@ -9,7 +9,8 @@ from gruviz_core import cohorts
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 
-RULE = CohortRule(w=3, k=2, theta=0.5, low=0.1, scale="absolute")
+RULE = CohortRule(name="tanh-f", version=1, w=3, k=2, theta=0.5, low=0.1, scale="absolute")
+PLATEAU = CohortRule(w=3, k=2)  # plateau-s, the default
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,36 @@ def test_assign_table(plateau, n_steps, f_tail, expected):
     assert got[0] == expected
 
 
+@pytest.mark.parametrize(
+    "plateau, n_steps, expected",
+    [(6.0, 20, "settled"), (np.nan, 5, "settling"), (np.nan, 30, "settling"), (np.nan, 4, "undecided"),
+     (np.nan, 1, "undecided")],
+)
+def test_plateau_s_assigns_by_the_plateau_alone(plateau, n_steps, expected):
+    f_tail = np.array([0.9])  # magnitude plays no part in the information-saturation rule
+    got = cohorts.assign_cohorts(np.array([plateau]), np.array([n_steps]), f_tail, PLATEAU)
+    assert got[0] == expected
+
+
+def test_plateau_s_status_at_prediction_uses_only_earlier_races():
+    # one dog with T* = 5 under w=3, k=2: the plateau is confirmed by race 6, so race 7 is the first settled one
+    step = np.arange(1, 13)
+    s = np.linspace(0.1, 0.3, 12)
+    st = cohorts.status_at_prediction(s, np.zeros(12), step, np.array([0, 12]), np.array([5.0]), PLATEAU)
+    assert list(st.status[:5]) == ["undecided"] * 5  # t - 1 < w + k = 5
+    assert list(st.status[5:7]) == ["settling", "settled"]  # race 6 knows races 1-5 only; race 7 knows 1-6
+    assert set(st.status[7:]) == {"settled"}
+
+
+def test_old_rule_names_are_refused_naming_the_new_ones():
+    for old in ("plateau-f-abs", "plateau-f"):
+        with pytest.raises(ConfigError, match="tanh-f") as e:
+            CohortRule.coerce({"name": old})
+        assert "plateau-s" in str(e.value)
+    assert CohortRule().name == "plateau-s" and CohortRule().version == 1
+    assert cohorts.RULES["tanh-f"].groups == cohorts.TANH_COHORTS
+
+
 def test_tail_mean_from_plateau_or_after_warmup():
     f = np.array([0, 0, 0, 1, 1, 1, 0.5, 0.5, 0.5, 0.5], dtype=float)
     offsets = np.array([0, 6, 10])
@@ -42,7 +73,7 @@ def test_tail_mean_from_plateau_or_after_warmup():
 
 def test_rule_round_trip_and_validation():
     d = RULE.to_dict()
-    assert d["name"] == "plateau-f-abs" and d["version"] == 2 and d["params"]["theta"] == 0.5
+    assert d["name"] == "tanh-f" and d["version"] == 1 and d["params"]["theta"] == 0.5
     assert CohortRule.from_dict(d) == RULE
     with pytest.raises(ConfigError):
         CohortRule(low=0.6, theta=0.5)
@@ -53,8 +84,8 @@ def test_rule_round_trip_and_validation():
 
 
 def test_rule_from_flat_settings_dict():
-    r = CohortRule.coerce({"name": "plateau-f-abs", "tau": 0.95, "theta": 0.5})
-    assert r.name == "plateau-f-abs" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "absolute"
+    r = CohortRule.coerce({"name": "tanh-f", "tau": 0.95, "theta": 0.5})
+    assert r.name == "tanh-f" and r.theta == 0.5 and r.w == CohortRule().w and r.scale == "absolute"
     rel = CohortRule.coerce({"name": "relative-s-quartile"})
     assert rel.scale == "quantile" and rel.version == 1
     with pytest.raises(ConfigError, match="unknown"):
@@ -77,7 +108,7 @@ def test_quantile_scale_splits_runs_where_every_dog_is_somewhat_saturated():
 
 
 def test_quantile_scale_with_no_unit_near_the_boundary_is_all_unsaturated():
-    rule = CohortRule(w=3, k=2)
+    rule = CohortRule(name="tanh-f", w=3, k=2)
     got = cohorts.assign_cohorts(np.full(5, 4.0), np.full(5, 20), np.zeros(5), rule)
     assert (got == "unsaturated").all()
 
@@ -90,7 +121,7 @@ def test_status_at_chosen_rows_equals_the_full_status_there():
     step = np.concatenate([np.arange(1, k + 1) for k in sizes])
     s, f = rng.random(n), rng.random(n)
     plateau = np.array([np.nan, 4.0, np.nan, np.nan, 9.0])
-    rule = CohortRule(theta=0.4, low=0.3)
+    rule = CohortRule(name="tanh-f", theta=0.4, low=0.3)
     full = cohorts.status_at_prediction(s, f, step, offsets, plateau, rule)
     rows = np.array([0, 1, 5, 12, 13, 20, 39])
     part = cohorts.status_at_prediction(s, f, step, offsets, plateau, rule, rows=rows)

@@ -1,12 +1,15 @@
 """The stats stage: scan a run's states store once per seed, write its stats tables and summary.
 
-    stats/dog_step   per row and layer: abs_sum, s, f090, f095, f099, delta (seed 0)
+    stats/dog_step   per row and layer: abs_sum, s, f090, f095, f099, delta, max_abs, move, write (seed 0)
+    stats/row_summary per seed, row and layer: s, F_tau, max |h|, relative movement, write fraction
+                     (DESIGN section 5: every comparison reads these, never the states)
     stats/dog        per dog and layer: plateau, censoring, tail F, cohort (seed 0)
     stats/dog_seed   per dog and seed: plateau and cohort under each seed's states
     stats/unit       per seed, layer, gate, unit: gate saturation and state unit health
     stats/step       per layer, step, cohort: quartiles of s and F_0.95
     stats/plateau    per layer and step: Kaplan-Meier share of dogs not yet plateaued
-    stats/summary    effective dimension, unit health counts, cohort counts, rule
+    stats/summary    effective dimension, unit health counts, cohort counts, rule, the plateau's population
+                     curve, magnitude saturation in numbers, time to plateau across the (w, delta, k) grid
 
 States never sit in memory whole: the scan folds shard-aligned chunks (gruviz_core.stats.scan_seed)
 into per-row scalars (obs x layer x 6 float32) and per-unit accumulators.
@@ -15,6 +18,7 @@ into per-row scalars (obs x layer x 6 float32) and per-unit accumulators.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +53,7 @@ def compute_stats(
     offsets = run_offsets(reader)
     n_steps = np.diff(offsets)
     step = (np.arange(n_obs) - np.repeat(offsets[:-1], n_steps) + 1).astype(np.int32)
-    units, eff_dim, dog_seed, counts = [], {}, [], {}
+    units, eff_dim, dog_seed, counts, row_summary = [], {}, [], {}, []
     scan0 = None
     for k in range(len(reader.seeds)):
         # one BLAS thread: the prefetch thread decompresses meanwhile, and OpenBLAS threads
@@ -64,6 +68,7 @@ def compute_stats(
         d = st.dog_layer_table(scan, step, offsets, rule, layer)
         dog_seed.append(pd.DataFrame({"seed": k, "dog_index": np.arange(len(n_steps)),
                                       "plateau_step": d["plateau_step"], "cohort": d["cohort"]}))
+        row_summary.append(_row_summary(k, scan, step, n_steps))
         if k == 0:
             scan0 = scan
         else:
@@ -93,7 +98,10 @@ def compute_stats(
         "dog_index": np.repeat(dog_index_row, L), "step": np.repeat(step, L), "layer": np.tile(np.arange(L), n_obs),
         "abs_sum": scan0.abs_sum.ravel(), "s": scan0.s.ravel(),
         **{c: scan0.f[:, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)}, "delta": scan0.delta.ravel(),
+        "max_abs": scan0.max_abs.ravel(), "move": scan0.move.ravel(), "write": scan0.write.ravel(),
     })
+    write_table(run_dir, "row_summary", pd.concat(row_summary, ignore_index=True))
+    del row_summary
     write_table(run_dir, "dog_step", dog_step)
     write_table(run_dir, "dog", pd.concat(dog_rows, ignore_index=True))
     write_table(run_dir, "dog_seed", pd.concat(dog_seed, ignore_index=True))
@@ -112,12 +120,55 @@ def compute_stats(
         "unit_health_params": {"dead_eps": health.dead_eps, "sat_share": health.sat_share, "sat_tau": 0.95},
         "cohort_counts": cohort_counts, "cohort_layer": layer, "rule": rule.to_dict(),
         "cohort_thresholds": thresholds,
+        **_saturation_summary(scan0, step, offsets, rule, layer),
         "rows_missing": scan0.rows_missing, "bytes_scanned": scan0.bytes_scanned,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(RunLayout.at(run_dir).summary, summary)
     _record_rule(run_dir, rule)
     return summary
+
+
+_RELIANCE_RACES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50)
+"""Races at which the report reads the median write fraction and relative movement."""
+_KM_GRID: tuple[tuple[str, tuple[float, ...]], ...] = (("w", (3, 8)), ("delta", (0.02, 0.1)), ("k", (2, 5)))
+"""One-at-a-time moves of the plateau's parameters for the time to plateau (it moves with the tolerance)."""
+
+
+def _row_summary(seed: int, scan: st.SeedScan, step: np.ndarray, n_steps: np.ndarray) -> pd.DataFrame:
+    """One seed's per-row summaries, every layer: seed, layer, dog_index, step, s, f090.., max_abs, move, write."""
+    n_obs, L = scan.s.shape
+    dog = np.repeat(np.arange(len(n_steps), dtype=np.int32), n_steps)
+    return pd.DataFrame({
+        "seed": np.full(n_obs * L, seed, np.int16), "layer": np.tile(np.arange(L, dtype=np.int16), n_obs),
+        "dog_index": np.repeat(dog, L), "step": np.repeat(step, L), "s": scan.s.ravel(),
+        **{c: scan.f[:, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)},
+        "max_abs": scan.max_abs.ravel(), "move": scan.move.ravel(), "write": scan.write.ravel(),
+    })
+
+
+def _saturation_summary(scan: st.SeedScan, step: np.ndarray, offsets: np.ndarray, rule: CohortRule,
+                        layer: int) -> dict:
+    """Both meanings of saturation in numbers (seed 0, the cohort layer): magnitude, the plateau's population
+    curve, the time to plateau across the grid, the write fraction and relative movement by race."""
+    s = scan.s[:, layer].astype(np.float64)
+    n_steps = np.diff(offsets)
+    km_grid = []
+    for param, values in _KM_GRID:
+        for v in values:
+            r = replace(rule, **{param: type(getattr(rule, param))(v)})
+            plateau = st.plateau_steps(s, step, offsets, w=r.w, delta=r.delta, k=r.k)
+            km_grid.append({"param": param, "value": float(v), "median": st.km_median(plateau, n_steps, r)})
+    fl = {c: scan.f[:, layer, i] for i, c in enumerate(st.TAU_COLUMNS)}
+    return {
+        "magnitude": st.magnitude_summary(scan.max_abs[:, layer], fl["f090"], fl["f095"]),
+        "plateau_curve": st.population_curve(s, step),
+        "km_grid": km_grid,
+        "reliance": {
+            "write_by_race": st.median_by_race(scan.write[:, layer], step, _RELIANCE_RACES),
+            "move_by_race": st.median_by_race(scan.move[:, layer], step, _RELIANCE_RACES),
+        },
+    }
 
 
 def _record_rule(run_dir: Path, rule: CohortRule) -> None:
