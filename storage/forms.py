@@ -303,25 +303,62 @@ def read_source(path: str | Path) -> pd.DataFrame:
 
 
 def _walk(top: Path) -> list[Path]:
-    """Form files under `top`, recursively (symlinked directories are not followed)."""
+    """Form files under `top`, recursively; symlinked directories are followed, each real directory once
+    (a link back up the tree is a cycle, not more files). A link that loops on itself or a form file's link
+    to nothing is an UnreadableFileError naming it: its files would be left out of the ingest."""
     out: list[Path] = []
     stack = [top]
+    seen = {os.path.realpath(top)}
     while stack:
         d = stack.pop()
         try:
             with os.scandir(d) as it:
                 entries = list(it)
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                elif e.is_file() and e.name.lower().endswith(SUFFIXES):
-                    out.append(Path(e.path))
         except OSError as exc:
             raise UnreadableFileError(
                 f"{d}: cannot list this directory ({exc.strerror or exc}); its files would be left out of the "
                 "ingest. Fix its permissions or leave it out of the sources."
             ) from exc
+        for e in entries:
+            if e.is_symlink():
+                kind = _link_kind(Path(e.path))
+                if kind == "dir":
+                    real = os.path.realpath(e.path)
+                    if real not in seen:
+                        seen.add(real)
+                        stack.append(Path(e.path))
+                elif kind == "file" and e.name.lower().endswith(SUFFIXES):
+                    out.append(Path(e.path))
+            elif e.is_dir(follow_symlinks=False):
+                seen.add(os.path.realpath(e.path))
+                stack.append(Path(e.path))
+            elif e.is_file(follow_symlinks=False) and e.name.lower().endswith(SUFFIXES):
+                out.append(Path(e.path))
     return out
+
+
+def _link_kind(link: Path) -> str:
+    """'dir', 'file' or 'other' for what a symbolic link leads to; UnreadableFileError for a loop, or for a
+    form file's link to nothing."""
+    import errno
+    import stat
+
+    try:
+        mode = link.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableFileError(
+                f"{link}: a symbolic link loop (it leads back to itself: {os.readlink(link)}); anything meant to be "
+                "behind it would be left out of the ingest. Point the link at a real directory or remove it.") from exc
+        if isinstance(exc, FileNotFoundError):
+            if link.name.lower().endswith(SUFFIXES):
+                raise UnreadableFileError(
+                    f"{link}: a symbolic link to {os.readlink(link)}, which does not exist; the file would be left "
+                    "out of the ingest. Restore the target or remove the link.") from exc
+            return "other"
+        raise UnreadableFileError(f"{link}: cannot follow this symbolic link ({exc.strerror or exc}); its files "
+                                  "would be left out of the ingest. Fix it or leave it out of the sources.") from exc
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -381,6 +381,41 @@ def test_unreadable_subdirectory_real_permissions(tmp_path):
         (src / "sub").chmod(0o755)
 
 
+def test_symlinked_subdirectories_are_followed(tmp_path):
+    """A drop directory whose files sit under `current -> ../2025-06` was read as empty ("no new form data")."""
+    src, month = tmp_path / "incoming", tmp_path / "2025-06"
+    src.mkdir()
+    month.mkdir()
+    shutil.copy(GUIDE, src / "a.csv")
+    shutil.copy(FIX / "gbgb_results.csv", month / "b.csv")
+    (src / "current").symlink_to(Path("..") / "2025-06", target_is_directory=True)
+    (month / "back").symlink_to(Path("..") / "incoming", target_is_directory=True)  # a cycle: walked once
+    s = ingest([str(src)], tmp_path / "home")
+    assert sorted(Path(f).name for f in s.files) == ["a.csv", "b.csv"]
+    assert any("current" in f for f in s.files)
+
+
+def test_looping_symlink_is_named_as_a_loop(tmp_path, capsys):
+    src = tmp_path / "incoming"
+    src.mkdir()
+    shutil.copy(GUIDE, src / "a.csv")
+    (src / "loop").symlink_to("loop")  # points at itself: ELOOP
+    with pytest.raises(UnreadableFileError, match=r"incoming/loop: a symbolic link loop") as info:
+        ingest([str(src)], tmp_path / "home")
+    assert "ermission" not in str(info.value)
+    assert main(["ingest", str(src), "--home", str(tmp_path / "home")]) == 2
+    assert "loop" in capsys.readouterr().err
+
+
+def test_dangling_symlink_to_a_form_file_is_named(tmp_path):
+    src = tmp_path / "incoming"
+    src.mkdir()
+    shutil.copy(GUIDE, src / "a.csv")
+    (src / "b.csv").symlink_to(tmp_path / "archive" / "b.csv")
+    with pytest.raises(UnreadableFileError, match=r"incoming/b\.csv: a symbolic link to .*archive/b\.csv, which does not exist"):
+        ingest([str(src)], tmp_path / "home")
+
+
 def test_duplicated_columns_and_unparseable_values_are_counted(tmp_path):
     """Defect 10: duplicated columns and unparseable numbers were dropped without a count."""
     src = tmp_path / "dups.csv"
