@@ -9,6 +9,8 @@ rows of many files of one format to `adapt` in ONE table, with their provenance:
     _row    int, the 1-based data row in that file; absent = 1..len(raw)
     _extra  str, the row's cells beyond the header when any is not empty ('' otherwise): such a row
             is misaligned and rejected as `extra_fields`
+    _cut    bool, the row is its file's last line and has no line end (the file was caught mid-write):
+            rejected as `cut_off`
 
 Formats:
 
@@ -67,6 +69,8 @@ __all__ = [
 
 REASONS: dict[str, str] = {
     "extra_fields": "the row has more non-empty fields than the header has columns (misaligned: a stray comma?)",
+    "cut_off": "the file's last line has no line end: the file was caught mid-write (or cut), so the row may be "
+               "incomplete; it is read when the complete file is",
     "missing_dog_name": "no dog name and no dog id to stand in for it (and no earlier row of the same dog to inherit it from)",
     "missing_dog_id": "no dog id",
     "missing_race_id": "no race id (MarketId, raceId, race_id)",
@@ -84,7 +88,7 @@ WARNINGS: dict[str, str] = {
 }
 """Warning codes counted per accepted row (the row is kept; the value is not)."""
 
-PROVENANCE: tuple[str, ...] = ("_file", "_row", "_extra")
+PROVENANCE: tuple[str, ...] = ("_file", "_row", "_extra", "_cut")
 """Optional columns of a raw table that say where its rows came from (module docstring)."""
 
 DATE_WINDOW: tuple[pd.Timestamp, pd.Timestamp] = (pd.Timestamp("1990-01-01"), pd.Timestamp("2099-12-31"))
@@ -176,6 +180,8 @@ def adapt(raw: pd.DataFrame, fmt: str | None = None, *, where: str = "file") -> 
     if "_extra" in raw.columns:
         extra = (_text(raw["_extra"]) != "").to_numpy(dtype=bool)
         df["_reject"] = df["_reject"].mask(extra, "extra_fields")
+    if "_cut" in raw.columns:
+        df["_reject"] = df["_reject"].mask(raw["_cut"].to_numpy(dtype=bool), "cut_off")
     return _split(df, file, rows, bad, fmt)
 
 

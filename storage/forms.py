@@ -397,6 +397,8 @@ class _Source:
     """Parquet, or a CSV parsed on its own (quoted newlines): header columns, `_extra`, `_file`, `_row`."""
     warnings: Counter = field(default_factory=Counter)
     duplicate_columns: list[str] = field(default_factory=list)
+    cut: bool = False
+    """CSV whose last data line has no line end (caught mid-write): that row is rejected as `cut_off`."""
 
 
 def _load_all(files: list[Path], progress: Callable[[int, int, int], None] | None = None) -> list[_Source]:
@@ -481,6 +483,7 @@ def _load_csv(src: _Source, data: bytes) -> None:
     if not head.strip():
         raise UnreadableFileError(f"{src.path}: empty file (no header line); remove it or add a header")
     src.delimiter = _delimiter(head)
+    src.cut = nl >= 0 and not data.endswith(b"\n") and bool(data[data.rfind(b"\n") + 1:].strip())
     if b'"' in data and _quotes_span_lines(data):
         _parse_alone(src, data)
         return
@@ -730,10 +733,24 @@ def _parse_and_adapt(loaded: list[_Source], fmt: str | None) -> tuple[list[pd.Da
         frame = _group_frame(group)
         frames.append(frame)
         by_fmt.setdefault(f, []).append(frame)
+    _mark_cut(frames, loaded)
     for f, group_frames in by_fmt.items():
         table = group_frames[0] if len(group_frames) == 1 else _union(group_frames)
         parts.append(adapt(table, f, where=f"{f} files"))
     return frames, parts, adapters
+
+
+def _mark_cut(frames: list[pd.DataFrame], loaded: list[_Source]) -> None:
+    """A `_cut` column (formats.PROVENANCE) on the frames holding the last row of a file caught mid-write."""
+    last = np.zeros(len(loaded) + 1, dtype=np.int64)  # file index -> its cut row (0: none)
+    for src in loaded:
+        if src.cut:
+            last[src.index] = src.rows
+    if not last.any():
+        return
+    for frame in frames:
+        f = frame["_file"].to_numpy(np.int64)
+        frame["_cut"] = frame["_row"].to_numpy(np.int64) == np.where(last[f] > 0, last[f], -1)
 
 
 def _union(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -791,7 +808,7 @@ def _reject_table(parts: list[Adapted], frames: list[pd.DataFrame], files: list[
         pos[hit] = start_of[rej_file[hit]] + rej_row[hit] - 1
         if not (frame["_row"].to_numpy(np.int64)[pos[hit]] == rej_row[hit]).all():
             raise StoreError("ingest provenance broken (rows of a file not contiguous); this is a bug in storage.forms")
-        cols = [c for c in frame.columns if c not in ("_file", "_row", "_extra")]
+        cols = [c for c in frame.columns if c not in ("_file", "_row", "_extra", "_cut")]
         cells = frame.iloc[pos[hit]]
         table = cells[cols]
         if not all(table[c].dtype == object for c in cols):  # Parquet: typed cells as text

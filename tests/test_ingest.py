@@ -416,6 +416,28 @@ def test_dangling_symlink_to_a_form_file_is_named(tmp_path):
         ingest([str(src)], tmp_path / "home")
 
 
+@pytest.mark.parametrize("cut", [3, 20])  # inside the last field (still parses), or fields short
+@pytest.mark.parametrize("quoted", [False, True])  # the shared parse, or a file parsed alone (quoted newline)
+def test_last_line_cut_mid_write_is_rejected_with_its_reason(tmp_path, cut, quoted):
+    runs = simulate(3, seed=2).head(4)
+    if quoted:
+        runs["dog_name"] = runs["dog_name"].astype(object)
+        runs.loc[runs.index[0], "dog_name"] = "Two\nLines"
+    text = runs.to_csv(index=False)
+    (tmp_path / "a.csv").write_text(text[:-cut])  # the writer had not finished the last line
+    s = ingest([str(tmp_path / "a.csv")], tmp_path / "home")
+    _balanced(s)
+    assert s.accepted == 3 and s.rejects_by_reason == {"cut_off": 1}
+    rejected = load_rejects(tmp_path / "home").iloc[0]
+    assert rejected["source_row"] == 4 and rejected["reason"] == "cut_off"
+
+
+def test_last_line_with_its_line_end_is_a_row(tmp_path):
+    text = simulate(3, seed=2).head(4).to_csv(index=False)
+    (tmp_path / "a.csv").write_text(text + "\n  \n")  # blank lines after it: the last row is complete
+    assert ingest([str(tmp_path / "a.csv")], tmp_path / "home").accepted == 4
+
+
 def test_duplicated_columns_and_unparseable_values_are_counted(tmp_path):
     """Defect 10: duplicated columns and unparseable numbers were dropped without a count."""
     src = tmp_path / "dups.csv"
