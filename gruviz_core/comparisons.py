@@ -34,6 +34,9 @@ __all__ = [
     "row_metrics",
     "race_nll",
     "stratum_of",
+    "FINE_STRATA",
+    "fine_stratum_of",
+    "bucket_value",
     "label_ranges",
     "bootstrap_weights",
     "poisson1",
@@ -43,6 +46,7 @@ __all__ = [
     "dose_response",
     "effective_dogs",
     "percentile_interval",
+    "bootstrap_p",
 ]
 
 RUNNER_METRICS: tuple[str, ...] = ("gap_vs_market", "runner_log_loss", "brier", "concordance", "hit_rate")
@@ -149,9 +153,22 @@ def _concordance(p: np.ndarray, won: np.ndarray, race: np.ndarray) -> np.ndarray
     return out
 
 
+FINE_STRATA: tuple[tuple[int, int, str], ...] = (
+    *((t, t, str(t)) for t in range(1, 31)), *((t, t + 4, f"{t}-{t + 4}") for t in range(31, 61, 5)),
+    (61, 80, "61-80"), (81, 120, "81-120"), (121, 10**9, "121+"),
+)
+"""Strata for comparing groups whose membership changes with step (settled vs settling): single steps up to
+30, then 5-step bins to 60, then wider; coarse strata let settled rows sit at later steps than settling ones."""
+
+
 def stratum_of(step: np.ndarray) -> np.ndarray:
     """(obs,) 1-based step -> (obs,) stratum label."""
     return label_ranges(step, STRATA)
+
+
+def fine_stratum_of(step: np.ndarray) -> np.ndarray:
+    """(obs,) 1-based step -> (obs,) FINE_STRATA label."""
+    return label_ranges(step, FINE_STRATA)
 
 
 def label_ranges(step: np.ndarray, ranges: tuple[tuple[int, int, str], ...]) -> np.ndarray:
@@ -209,6 +226,8 @@ def _metric(sums: np.ndarray, name: str) -> np.ndarray:
             return sums[..., _CONC] / sums[..., 8]
         if name == "gap_vs_market":
             return sums[..., _GAP] / sums[..., 9]
+        if name == "win_rate":
+            return sums[..., _WIN] / sums[..., _N]
         return sums[..., _COL[name]] / sums[..., _N]
 
 
@@ -261,6 +280,17 @@ def group_table(
     return pd.DataFrame(out, columns=cols)
 
 
+def bucket_value(rm: RowMetrics, dog: np.ndarray, keep: np.ndarray, weights: np.ndarray, *, metric: str,
+                 n_dogs: int) -> dict:
+    """`metric` over the kept rows with its 95% interval (bootstrap over dogs) and sizes.
+    -> {value, lo, hi, n_rows, n_dogs, n_winners}."""
+    g = _group(_dog_sums(rm, dog, keep, n_dogs), weights)
+    lo, hi = percentile_interval(_metric(g.reps, metric))
+    v = float(_metric(g.point, metric)) if g.point[_N] > 0 else float("nan")
+    return {"value": v, "lo": lo, "hi": hi, "n_rows": int(g.point[_N]), "n_dogs": g.n_dogs,
+            "n_winners": int(round(g.point[_WIN]))}
+
+
 def stratified_effect(
     rm: RowMetrics, dog: np.ndarray, group: np.ndarray, stratum: np.ndarray, weights: np.ndarray,
     *, a: str, b: str, metric: str, n_dogs: int, sizes: Sizes = Sizes(),
@@ -270,7 +300,7 @@ def stratified_effect(
     -> {metric, a, b, diff, lo, hi, n_dogs_a, n_dogs_b, n_winners_a, n_winners_b, comparable, excludes_zero}."""
     ia, ib = group == a, group == b
     diffs, reps, wts = [], [], []
-    for _, _, st in STRATA:
+    for st in pd.unique(stratum[ia | ib]):
         s = stratum == st
         if not (ia & s).any() or not (ib & s).any():
             continue
@@ -290,14 +320,27 @@ def _effect_record(metric, a, b, diffs, reps, wts, sa, sb, sizes: Sizes) -> dict
     wa, wb = int(round(sa[:, _WIN].sum())), int(round(sb[:, _WIN].sum()))
     comparable = min(na, nb) >= sizes.min_dogs and min(wa, wb) >= sizes.min_winners and bool(diffs)
     rec = {"metric": metric, "a": a, "b": b, "diff": None, "lo": None, "hi": None, "n_dogs_a": na, "n_dogs_b": nb,
-           "n_winners_a": wa, "n_winners_b": wb, "comparable": bool(comparable), "excludes_zero": False}
+           "n_winners_a": wa, "n_winners_b": wb, "n_runners_a": int(sa[:, _N].sum()), "n_runners_b": int(sb[:, _N].sum()),
+           "comparable": bool(comparable), "excludes_zero": False, "p_value": None}
     if diffs:
         w = np.asarray(wts) / np.sum(wts)
         point = float(np.sum(w * np.asarray(diffs)))
         r = (w[:, None] * np.stack(reps)).sum(axis=0)
         lo, hi = percentile_interval(r)
-        rec.update(diff=point, lo=lo, hi=hi, excludes_zero=bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0)))
+        rec.update(diff=point, lo=lo, hi=hi, excludes_zero=bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0)),
+                   p_value=bootstrap_p(r))
     return rec
+
+
+def bootstrap_p(reps: np.ndarray) -> float | None:
+    """Two-sided bootstrap p-value of 'the difference is 0': twice the smaller tail share of replicates
+    on either side of 0 (at least 1/B). None without replicates."""
+    r = np.asarray(reps, np.float64)
+    r = r[np.isfinite(r)]
+    if len(r) < 2:
+        return None
+    tail = min(np.mean(r <= 0), np.mean(r >= 0))
+    return float(min(1.0, max(2 * tail, 1.0 / len(r))))
 
 
 def within_dog_effect(
