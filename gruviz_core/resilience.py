@@ -1,29 +1,40 @@
-"""Resilience to data issues: perturb the history before a target race, re-score the race, measure what moves.
+"""Resilience to data issues: damage the history before a target race, re-score the race, measure what moves.
 
-Targets sit at several steps t of a dog's career (TARGET_STEPS, where the dog has them), so early and
-late predictions are both perturbed. The history before t (rows 1..t-1, the normalised `values`) is
-damaged; the target's own context row is kept; the model scores race t from the state after the
-damaged history, exactly as in extraction.
+The notebook's hypothesis: early in a career the model leans on the current race, so data issues hurt
+more. The direct test damages only the LATEST race before the target (drop it, blank its values, noise
+on its observed values) and compares early targets (t <= 5) with late ones (t >= 16). Structural damage
+(races removed at random, oldest removed, recent order shuffled, races duplicated) is applied at equal
+RELATIVE severity, a share of the history, never a count that erases a short history whole; value
+damage (values blanked, noise on observed prices or times) hits a share of the races or every observed
+value alike.
 
-Two scopes:
-  dog   this dog's data corrupted, nobody else's: the race's other runners keep their stored scores,
-        so the re-scored race softmax is exact for that fault (not an approximation).
-  feed  a feed-level fault: every runner of the target race gets the same kind of damage to its own
-        history, and the whole race is re-scored.
+Two kinds of measure, kept apart (per case, averaged over the seed models; per group, a mean with a
+bootstrap over dogs):
+  sensitivity  how much the prediction moves; needs no outcome:
+               flip_rate          share of races whose top pick changed
+               abs_dlogp          |change in log p| of the case dog in its race's softmax
+               kl                 KL(before || after) between the race's distributions
+               state_divergence   ||h_after - h_before|| of the top layer's state before race t
+  harm         d_nll              change of the race's NLL, -log softmax(winner), after minus before
+                                  (held-out races only: training races were fitted)
 
-Measures per case (averaged over the seed models), then per group with a bootstrap over dogs:
-  d_nll             change of the race's NLL, -log softmax(winner), perturbed minus original
-  flip_rate         share of races whose top pick changed
-  state_divergence  ||h_pert - h_orig|| of the top layer's state before race t
-Cases whose input the perturbation did not change (nothing to drop, no observed value to blank) are
-no-ops: counted (`changed_share`) and left out of the means. Severity grows with the damage for
-every kind (`SEVERITY_UNITS`); draws are shared across severities of a kind, so on a fixed dog a
-bigger severity damages a superset of what a smaller one does.
+Scopes:
+  dog         held-out target races; only this dog's data is damaged, the race's other runners keep
+              their stored scores, so the re-scored race softmax is exact for that fault.
+  within-dog  sensitivity only, the latest-race kinds, on the SAME dogs at several steps over all
+              their races (training period included), so early vs late is not young dogs vs old:
+              the early-minus-late contrast is a mean over dogs that have both of their own difference.
+  feed        a feed-level fault: every runner of the target race has the same kind of damage to its
+              own history, the whole race re-scored (latest-race kinds; readings only with enough dogs).
+
+Cases whose input the damage did not change are no-ops: counted (`changed_share`) and left out. A case
+whose damaged input is identical to the one an earlier perturbation in the list gave it (the same
+outputs from every seed: scores and states within 1e-5) is counted once, under the earlier one
+(`n_duplicate`), so one fact is not counted as several.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from gruviz_core.comparisons import label_ranges
+from gruviz_core.comparisons import label_ranges, poisson1
 from gruviz_core.errors import ConfigError
 from gruviz_core.model import LoadedModel
 
@@ -41,28 +52,40 @@ if TYPE_CHECKING:
 __all__ = [
     "Perturbation",
     "DEFAULT_PERTURBATIONS",
+    "LATEST_KINDS",
+    "LATEST_RACE",
+    "FAMILIES",
     "TARGET_STEPS",
     "STEP_BUCKETS",
     "SEVERITY_UNITS",
+    "MIN_READING_DOGS",
     "FeatureGroups",
     "Draws",
     "Cases",
+    "Effects",
+    "Block",
     "feature_groups",
     "draws_for",
+    "races_hit",
     "perturb_history",
     "kinds_seen",
     "final_scores",
     "race_nll_change",
+    "dog_logp_change",
     "bucket_of",
     "target_cases",
+    "within_dog_cases",
+    "subsample_cases",
+    "subsample_dogs",
     "case_effects",
     "feed_effects",
     "summarise",
-    "contrasts",
+    "reading",
+    "latest_race_summary",
     "pair_divergence",
     "others_in_race",
-    "subsample_cases",
     "MEASURES",
+    "SENSITIVITY",
     "RESILIENCE_COLUMNS",
     "CONTRAST_COLUMNS",
 ]
@@ -73,38 +96,58 @@ class Perturbation:
     """One kind of data issue at one severity (bigger severity = more damage, for every kind)."""
 
     kind: str
-    """drop_last, drop_random, shuffle_recent, noise_time, noise_price, missing, duplicate, truncate."""
+    """A key of SEVERITY_UNITS."""
     severity: float
-    """Amount of damage in the kind's unit (SEVERITY_UNITS)."""
+    """Amount of damage in the kind's unit (SEVERITY_UNITS): the latest race (1), a share of the
+    history's races (structural kinds, 'missing'), or a noise std in normalised units."""
 
     @property
     def unit(self) -> str:
         return SEVERITY_UNITS[self.kind]
 
+    @property
+    def family(self) -> str:
+        """'latest race', 'structural' or 'values'."""
+        return next(f for f, kinds in FAMILIES.items() if self.kind in kinds)
+
 
 SEVERITY_UNITS: dict[str, str] = {
-    "drop_last": "latest races removed",
-    "drop_random": "races removed at random",
-    "shuffle_recent": "latest races put out of order",
-    "noise_time": "noise std on observed times (normalised units)",
-    "noise_price": "noise std on observed prices (normalised units)",
+    "drop_last": "latest race removed",
+    "blank_last": "latest race's values made missing",
+    "noise_last": "noise std on the latest race's observed values (normalised units)",
+    "drop_random": "share of races removed at random",
+    "truncate": "share of races removed, oldest first",
+    "shuffle_recent": "share of races, latest first, put out of order",
+    "duplicate": "share of races duplicated",
     "missing": "share of races blanked (observed values only)",
-    "duplicate": "races duplicated",
-    "truncate": "oldest races removed",
+    "noise_price": "noise std on observed prices (normalised units)",
+    "noise_time": "noise std on observed times (normalised units)",
 }
 """Kind -> what its severity counts."""
 
+LATEST_KINDS: tuple[str, ...] = ("drop_last", "blank_last", "noise_last")
+"""The direct test: only the latest race before the target is damaged."""
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "latest race": LATEST_KINDS,
+    "structural": ("drop_random", "truncate", "shuffle_recent", "duplicate"),
+    "values": ("missing", "noise_price", "noise_time"),
+}
+"""Family -> its kinds."""
+
+_SHARE_KINDS = FAMILIES["structural"]
+
 DEFAULT_PERTURBATIONS: tuple[Perturbation, ...] = (
-    *(Perturbation("drop_last", n) for n in (1, 2, 4)),
-    *(Perturbation("drop_random", n) for n in (1, 2, 4)),
-    *(Perturbation("shuffle_recent", n) for n in (2, 4, 8)),
-    *(Perturbation("noise_time", s) for s in (0.1, 0.5, 1.0)),
-    *(Perturbation("noise_price", s) for s in (0.1, 0.5, 1.0)),
-    *(Perturbation("missing", f) for f in (0.1, 0.3, 0.6)),
-    *(Perturbation("duplicate", n) for n in (1, 2, 4)),
-    *(Perturbation("truncate", n) for n in (2, 4, 8)),
+    Perturbation("drop_last", 1), Perturbation("blank_last", 1), Perturbation("noise_last", 1.0),
+    *(Perturbation(k, f) for k in _SHARE_KINDS for f in (0.25, 0.5)),
+    *(Perturbation("missing", f) for f in (0.25, 0.5)),
+    *(Perturbation(k, s) for k in ("noise_price", "noise_time") for s in (0.5, 1.0)),
 )
-"""Every data issue the resilience panel covers, at three severities, mildest first."""
+"""Every data issue the resilience panel covers: the latest-race test first (it leads, and a later
+perturbation that gives a case the same input is the duplicate), then relative severities, mildest first."""
+
+LATEST_RACE: tuple[Perturbation, ...] = tuple(p for p in DEFAULT_PERTURBATIONS if p.kind in LATEST_KINDS)
+"""The latest-race test's perturbations."""
 
 TARGET_STEPS: tuple[int, ...] = (3, 5, 8, 12, 20, 30, 50)
 """Steps t whose race is re-scored after its history (races 1..t-1) is damaged."""
@@ -112,6 +155,11 @@ TARGET_STEPS: tuple[int, ...] = (3, 5, 8, 12, 20, 30, 50)
 STEP_BUCKETS: tuple[tuple[int, int, str], ...] = ((1, 5, "t<=5"), (6, 15, "t 6-15"), (16, 10**9, "t>=16"))
 """Target-step buckets; the first is 'early', the last 'late' in the contrasts."""
 
+MIN_READING_DOGS = 100
+"""A contrast gets a reading ('early more', 'late more', 'no clear difference') only with at least this
+many dogs on each side; below it the numbers are shown as 'too few for a reading'."""
+
+_DUP_TOL = 1e-5
 _TIME_WORDS = ("time", "sectional")
 _PRICE_WORDS = ("price", "implied", "market", "bsp", "odds")
 
@@ -130,6 +178,15 @@ class FeatureGroups:
     def flag_of(self, col: int) -> int:
         """The missing-flag column of a value column, -1 if it has none."""
         return next((f for v, f in self.value_flag if v == col), -1)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Columns of every nullable input's value (what 'noise_last' may touch)."""
+        return np.array(sorted(v for v, _ in self.value_flag), dtype=np.int64)
+
+    def cols_of(self, kind: str) -> np.ndarray:
+        """The columns a noise kind touches."""
+        return {"noise_time": self.time, "noise_price": self.price, "noise_last": self.values}[kind]
 
 
 def feature_groups(names: Sequence[str]) -> FeatureGroups:
@@ -157,9 +214,9 @@ class Draws:
     u: np.ndarray
     """(n,) uniforms: rows with u < share are blanked by 'missing'."""
     order: np.ndarray
-    """(n,) a permutation: 'drop_random'/'duplicate' with severity k hit its first k rows."""
+    """(n,) a permutation: 'drop_random'/'duplicate' hitting k races hit its first k rows."""
     z: np.ndarray
-    """(n, F) standard normals: 'noise_*' adds severity * z on observed cells."""
+    """(n, F) standard normals: noise kinds add severity * z on observed cells."""
 
 
 def draws_for(n: int, n_features: int, rng: np.random.Generator) -> Draws:
@@ -167,42 +224,65 @@ def draws_for(n: int, n_features: int, rng: np.random.Generator) -> Draws:
     return Draws(rng.random(n), rng.permutation(n), rng.standard_normal((n, n_features)).astype(np.float32))
 
 
+def races_hit(kind: str, severity: float, n: np.ndarray | int) -> np.ndarray:
+    """How many races a kind damages in histories of n races (0: a no-op). n: (k,) or int -> same shape.
+
+    Latest-race kinds and 'drop_last': the latest `severity` races. Structural kinds: the share `severity`
+    of the history, rounded half up, at least 1 (2 for a shuffle) and never the whole history for kinds
+    that remove races (so a short history is damaged, not erased)."""
+    n = np.asarray(n, dtype=np.int64)
+    if kind in LATEST_KINDS:
+        return np.minimum(int(severity), n)
+    if kind not in _SHARE_KINDS:
+        raise ConfigError(f"races_hit: {kind!r} is not a kind that hits whole races; expected one of "
+                          f"{', '.join(LATEST_KINDS + _SHARE_KINDS)}")
+    if not 0 < severity <= 1:
+        raise ConfigError(f"perturbation {kind}: severity {severity} is a share of the history; expected (0, 1]")
+    k = np.floor(severity * n + 0.5).astype(np.int64)
+    if kind == "shuffle_recent":
+        return np.where(n >= 2, np.clip(k, 2, np.maximum(n, 2)), 0)
+    if kind == "duplicate":
+        return np.where(n >= 1, np.clip(k, 1, np.maximum(n, 1)), 0)
+    return np.where(n >= 2, np.clip(k, 1, np.maximum(n - 1, 1)), 0)  # removals keep at least one race
+
+
 def perturb_history(hist: np.ndarray, p: Perturbation, groups: FeatureGroups, d: Draws) -> tuple[np.ndarray, float]:
     """A damaged copy of one history (n, F) and the damage done (rows or cells touched, or total noise).
 
     Damage 0 means the input did not change (a no-op). Values are normalised: a missing value is 0
     with its flag 1, so noise and blanking touch only cells whose flag is 0 (what the model saw).
+    The reference for the batched path (`_damage_flat`).
     """
-    n, k = len(hist), int(p.severity)
+    n = len(hist)
+    if p.kind in ("drop_last", "truncate", "drop_random", "duplicate", "shuffle_recent"):
+        m = int(races_hit(p.kind, p.severity, n))
     if p.kind == "drop_last":
-        m = min(k, n)
         return hist[: n - m], float(m)
     if p.kind == "truncate":
-        m = min(k, n)
         return hist[m:], float(m)
     if p.kind == "drop_random":
-        hit = d.order[: min(k, n)]
-        return np.delete(hist, hit, axis=0), float(len(hit))
+        return np.delete(hist, d.order[:m], axis=0), float(m)
     if p.kind == "duplicate":
-        hit = np.sort(d.order[: min(k, n)])
-        return np.insert(hist, hit + 1, hist[hit], axis=0), float(len(hit))
+        hit = np.sort(d.order[:m])
+        return np.insert(hist, hit + 1, hist[hit], axis=0), float(m)
     if p.kind == "shuffle_recent":  # the latest m races rotated: the newest moved back m-1 places
-        m = min(k, n)
         out = hist.copy()
         if m > 1:
             out[n - m:] = np.roll(hist[n - m:], 1, axis=0)
         return out, float(np.any(out != hist, axis=1).sum())
-    if p.kind in ("noise_time", "noise_price"):
-        cols = groups.time if p.kind == "noise_time" else groups.price
+    if p.kind in ("noise_time", "noise_price", "noise_last"):
+        cols = groups.cols_of(p.kind)
         out = hist.copy()
         seen = _observed(hist, cols, groups)  # (n, len(cols))
+        if p.kind == "noise_last":
+            seen[: n - 1] = False
         if not seen.any():
             return out, 0.0
         out[:, cols] += np.where(seen, p.severity * d.z[:, cols], 0.0).astype(hist.dtype)
         return out, float(np.abs(p.severity * d.z[:, cols][seen]).sum())
-    if p.kind == "missing":
+    if p.kind in ("missing", "blank_last"):
         out = hist.copy()
-        rows = d.u < p.severity
+        rows = d.u < p.severity if p.kind == "missing" else np.arange(n) == n - 1
         cells = 0
         for v, f in groups.value_flag:
             hit = rows & (hist[:, f] == 0)
@@ -243,7 +323,7 @@ def kinds_seen(values: np.ndarray | Callable[[int], np.ndarray], groups: Feature
     out = {k: True for k in SEVERITY_UNITS}
     out["noise_time"] = _any_seen(groups.time)
     out["noise_price"] = _any_seen(groups.price)
-    out["missing"] = _any_seen(np.array([v for v, _ in groups.value_flag], dtype=np.int64))
+    out["missing"] = out["blank_last"] = out["noise_last"] = _any_seen(groups.values)
     return out
 
 
@@ -288,6 +368,17 @@ def race_nll_change(s0: np.ndarray, s1: np.ndarray, others_lse: np.ndarray, won:
     return np.logaddexp(s1, others_lse) - np.logaddexp(s0, others_lse) - won * (s1 - s0)
 
 
+def dog_logp_change(s0: np.ndarray, s1: np.ndarray, others_lse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|change in log p| of this runner and KL(before || after) of its race, when only its score moves.
+
+    Only this runner's score moves, so every other runner's log p moves by the same -(Z1 - Z0), Z the
+    log normaliser: KL = p0 (log p0 - log p1) + (1 - p0)(Z1 - Z0). All (B,) -> (B,), (B,)."""
+    z0, z1 = np.logaddexp(s0, others_lse), np.logaddexp(s1, others_lse)
+    lp0, lp1 = s0 - z0, s1 - z1
+    p0 = np.exp(lp0)
+    return np.abs(lp1 - lp0), np.maximum(p0 * (lp0 - lp1) + (1 - p0) * (z1 - z0), 0.0)
+
+
 def bucket_of(step: np.ndarray) -> np.ndarray:
     """(n,) target steps -> (n,) STEP_BUCKETS label."""
     return label_ranges(step, STEP_BUCKETS)
@@ -295,7 +386,7 @@ def bucket_of(step: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Cases:
-    """Target races of the sampled dogs: one per (dog, target step) with a scored race."""
+    """Target races: one per (dog, target step) with a scored race."""
 
     dog: np.ndarray
     """(n,) dog index."""
@@ -303,31 +394,61 @@ class Cases:
     """(n,) target step t (1-based)."""
     row: np.ndarray
     """(n,) row of the target race."""
-    plateau_reached: np.ndarray
-    """(n,) bool: the dog's plateau was confirmed by step t-1 (plateau_step + k - 1 <= t - 1)."""
+
+    def take(self, keep: np.ndarray) -> Cases:
+        """The cases at positions `keep` (sorted)."""
+        return Cases(self.dog[keep], self.step[keep], self.row[keep])
 
 
-def target_cases(
-    offsets: np.ndarray, ok: np.ndarray, plateau_step: np.ndarray, k: int, *, sample_dogs: int, seed: int,
-    steps: Sequence[int] = TARGET_STEPS,
-) -> Cases:
-    """Sample dogs with at least one target race among `ok` rows (obs,), and every such target of theirs.
-
-    offsets: (dog + 1,); plateau_step: (dog,) 1-based first plateau step or NaN; k: the rule's
-    confirmation window, so the plateau is known at t only from steps before t.
-    """
+def _has_targets(offsets: np.ndarray, ok: np.ndarray, steps: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(dog, S) bool: the dog's race at each target step exists and is `ok`; and the steps (S,)."""
     n_steps = np.diff(offsets)
     steps = np.array(sorted(set(int(s) for s in steps if s >= 2)), dtype=np.int64)
     has = (n_steps[:, None] >= steps[None, :])
     rows = offsets[:-1, None] + steps[None, :] - 1
     has &= ok[np.minimum(rows, len(ok) - 1)] if len(ok) else False
+    return has, steps
+
+
+def _cases_of(offsets: np.ndarray, has: np.ndarray, steps: np.ndarray, pick: np.ndarray) -> Cases:
+    d, j = np.nonzero(has[pick])
+    dog, step = pick[d], steps[j]
+    return Cases(dog, step, offsets[dog] + step - 1)
+
+
+def target_cases(
+    offsets: np.ndarray, ok: np.ndarray, *, sample_dogs: int, seed: int, steps: Sequence[int] = TARGET_STEPS,
+    dog_ok: np.ndarray | None = None,
+) -> Cases:
+    """Sample dogs with at least one target race among `ok` rows (obs,), and every such target of theirs.
+
+    offsets: (dog + 1,); dog_ok: (dog,) bool, the dogs that may be sampled (all when None).
+    """
+    has, steps = _has_targets(offsets, ok, steps)
+    if dog_ok is not None:
+        has &= np.asarray(dog_ok, bool)[:, None]
     cand = np.flatnonzero(has.any(axis=1))
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(cand, size=min(sample_dogs, len(cand)), replace=False))
-    d, j = np.nonzero(has[pick])
-    dog, step = pick[d], steps[j]
-    reached = np.asarray(plateau_step, dtype=np.float64)[dog] + k - 1 <= step - 1  # NaN -> False
-    return Cases(dog, step, offsets[dog] + step - 1, reached)
+    return _cases_of(offsets, has, steps, pick)
+
+
+def within_dog_cases(
+    offsets: np.ndarray, ok: np.ndarray, *, sample_dogs: int, seed: int, steps: Sequence[int] = TARGET_STEPS,
+    dog_ok: np.ndarray | None = None,
+) -> Cases:
+    """Dogs with an early AND a late target race among `ok` rows (obs,; any period), every target of theirs.
+
+    Early and late are the first and last STEP_BUCKETS; at most `sample_dogs` dogs, drawn at random."""
+    has, steps = _has_targets(offsets, ok, steps)
+    if dog_ok is not None:
+        has &= np.asarray(dog_ok, bool)[:, None]
+    b = bucket_of(steps)
+    both = has[:, b == STEP_BUCKETS[0][2]].any(axis=1) & has[:, b == STEP_BUCKETS[-1][2]].any(axis=1)
+    cand = np.flatnonzero(both)
+    rng = np.random.default_rng([seed, 7])
+    pick = np.sort(rng.choice(cand, size=min(sample_dogs, len(cand)), replace=False))
+    return _cases_of(offsets, has, steps, pick)
 
 
 def subsample_cases(cases: Cases, per_step: int, seed: int) -> Cases:
@@ -335,43 +456,117 @@ def subsample_cases(cases: Cases, per_step: int, seed: int) -> Cases:
     rng = np.random.default_rng([seed, 2])
     keep = np.concatenate([rng.permutation(np.flatnonzero(cases.step == t))[:per_step] for t in np.unique(cases.step)]
                           ) if len(cases.step) else np.zeros(0, np.int64)
-    keep = np.sort(keep)
-    return Cases(cases.dog[keep], cases.step[keep], cases.row[keep], cases.plateau_reached[keep])
+    return cases.take(np.sort(keep))
+
+
+def subsample_dogs(cases: Cases, n_dogs: int, seed: int) -> Cases:
+    """Every case of at most `n_dogs` of the cases' dogs, drawn at random (the costlier kinds' sample)."""
+    dogs = np.unique(cases.dog)
+    rng = np.random.default_rng([seed, 3])
+    pick = np.sort(rng.choice(dogs, size=min(n_dogs, len(dogs)), replace=False))
+    return cases.take(np.flatnonzero(np.isin(cases.dog, pick)))
+
+
+MEASURES: tuple[str, ...] = ("d_nll", "flip_rate", "abs_dlogp", "kl", "state_divergence")
+"""Every measure; d_nll is harm, the others sensitivity."""
+SENSITIVITY: tuple[str, ...] = MEASURES[1:]
+"""The measures that need no outcome."""
+
+
+@dataclass(frozen=True)
+class Effects:
+    """One perturbation's effect on each case (seed-averaged)."""
+
+    changed: np.ndarray
+    """(n,) bool: the damage changed the case's input."""
+    duplicate: np.ndarray
+    """(n,) bool: an earlier perturbation gave the case the same damaged input (counted there)."""
+    share: np.ndarray
+    """(n,) share of the case dog's history (races) the damage touched; NaN for a no-op."""
+    values: dict[str, np.ndarray]
+    """Measure (MEASURES) -> (n,) float; NaN where not measured (d_nll off the held-out races)."""
+
+    @property
+    def counted(self) -> np.ndarray:
+        """(n,) bool: the cases that count for this perturbation."""
+        return self.changed & ~self.duplicate
 
 
 def case_effects(
     models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray, cases: Cases,
-    others: Sequence[tuple[np.ndarray, np.ndarray]], won: np.ndarray, perturbations: Sequence[Perturbation],
+    others: Sequence[tuple[np.ndarray, np.ndarray]], won: np.ndarray | None, perturbations: Sequence[Perturbation],
     groups: FeatureGroups, seen: dict[str, bool], *, seed: int,
-) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Scope 'dog': {perturbation index: (changed (n,), d_nll, flip, divergence (n,))}, seed-averaged.
+) -> dict[int, Effects]:
+    """Scope 'dog' (or 'within-dog'): {perturbation index: Effects}, seed-averaged.
 
     others: per model, (log-sum-exp, max) of the other runners' stored scores in each case's race (n,);
-    won: (n,) whether the case's dog won. Perturbations of kinds not seen are absent.
+    won: (n,) whether the case's dog won, or None: no harm measured (d_nll NaN; races not held out).
+    Perturbations of kinds not seen are absent.
     """
     items = _Items(np.asarray(offsets)[cases.dog].astype(np.int64), np.asarray(cases.row, np.int64))
     base, pert = _rescore(models, values, context, items, perturbations, groups, seen, seed=seed, salt=0)
+    n = len(items.row)
+    dup = _duplicates(base, pert, np.arange(n), n)
     out = {}
-    for j, (dmg, per_model) in pert.items():
+    for j, (dmg, touched, per_model) in pert.items():
         ch = np.flatnonzero(dmg > 0)
-        acc = np.zeros((3, len(dmg)))
+        acc = np.zeros((len(MEASURES), n))
         for (lse, mx), (s0, h0), (s1, h1) in zip(others, base, per_model):
-            acc[0, ch] += race_nll_change(s0[ch].astype(np.float64), s1.astype(np.float64), lse[ch], won[ch])
-            acc[1, ch] += ((s0[ch] > mx[ch]) != (s1 > mx[ch])).astype(np.float64)
-            acc[2, ch] += np.linalg.norm(h1 - h0[ch], axis=1)
-        out[j] = (dmg > 0, *(acc / len(models)))
+            a0, a1 = s0[ch].astype(np.float64), s1.astype(np.float64)
+            if won is not None:
+                acc[0, ch] += race_nll_change(a0, a1, lse[ch], won[ch])
+            acc[1, ch] += ((a0 > mx[ch]) != (a1 > mx[ch])).astype(np.float64)
+            dlp, kl = dog_logp_change(a0, a1, lse[ch])
+            acc[2, ch] += dlp
+            acc[3, ch] += kl
+            acc[4, ch] += np.linalg.norm(h1 - h0[ch], axis=1)
+        acc /= len(models)
+        if won is None:
+            acc[0] = np.nan
+        out[j] = Effects(dmg > 0, dup[j], _share(touched, items.n, dmg), dict(zip(MEASURES, acc)))
     return out
+
+
+def _share(touched: np.ndarray, n: np.ndarray, dmg: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dmg > 0, touched / np.maximum(n, 1), np.nan)
+
+
+def _duplicates(base: list, pert: dict, case_of: np.ndarray, n_cases: int) -> dict[int, np.ndarray]:
+    """{perturbation index: (n_cases,) bool}: the case's damaged outputs (every item's score and top-layer
+    state, under every model) equal those of an earlier perturbation that changed the case: the same input."""
+    order = sorted(pert)
+    full, changed = {}, {}
+    for j in order:
+        dmg, _, per_model = pert[j]
+        ch = np.flatnonzero(dmg > 0)
+        outs = []
+        for (s0, h0), (s1, h1) in zip(base, per_model):
+            s, h = s0.copy(), h0.copy()
+            s[ch], h[ch] = s1, h1
+            outs.append((s, h))
+        full[j] = outs
+        changed[j] = np.bincount(case_of, weights=(dmg > 0), minlength=n_cases) > 0
+    dup = {j: np.zeros(n_cases, bool) for j in order}
+    for a, j in enumerate(order):
+        for i in order[:a]:
+            eq = np.ones(len(case_of), bool)
+            for (sa, ha), (sb, hb) in zip(full[j], full[i]):
+                eq &= (np.abs(sa - sb) <= _DUP_TOL) & np.all(np.abs(ha - hb) <= _DUP_TOL, axis=1)
+            same = np.bincount(case_of, weights=~eq, minlength=n_cases) == 0
+            dup[j] |= same & changed[i] & changed[j]
+    return dup
 
 
 def feed_effects(
     models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray,
     row_dog: np.ndarray, row_race: np.ndarray, ok: np.ndarray, won: np.ndarray, cases: Cases,
     perturbations: Sequence[Perturbation], groups: FeatureGroups, seen: dict[str, bool], *, seed: int,
-) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+) -> dict[int, Effects]:
     """Scope 'feed': every valid runner of each case's race damaged, the race re-scored from scratch.
 
-    row_dog, row_race, ok, won: (obs,) per row. Same output as `case_effects`; the divergence is the
-    case dog's own state.
+    row_dog, row_race, ok, won: (obs,) per row. Same output as `case_effects`; abs_dlogp and the
+    divergence are the case dog's own, the share of history is the case dog's.
     """
     by_race = _rows_by_race(row_race, ok)
     runners = [by_race[row_race[r]] for r in cases.row]  # each case's race rows, its own row included
@@ -379,23 +574,29 @@ def feed_effects(
     case_of = np.repeat(np.arange(len(runners)), [len(x) for x in runners])
     items = _Items(np.asarray(offsets)[row_dog[flat_rows]].astype(np.int64), flat_rows)
     base, pert = _rescore(models, values, context, items, perturbations, groups, seen, seed=seed, salt=1)
-    own = flat_rows == cases.row[case_of]
+    own = np.flatnonzero(flat_rows == cases.row[case_of])
     w = won[flat_rows]
     n = len(runners)
+    dup = _duplicates(base, pert, case_of, n)
     out = {}
-    for j, (dmg, per_model) in pert.items():
+    for j, (dmg, touched, per_model) in pert.items():
         changed = np.bincount(case_of, weights=dmg, minlength=n) > 0
         ch = np.flatnonzero(dmg > 0)
-        acc = np.zeros((3, n))
+        acc = np.zeros((len(MEASURES), n))
         for (s0, h0), (s1c, h1c) in zip(base, per_model):
             s1, h1 = s0.copy(), h0.copy()
             s1[ch], h1[ch] = s1c, h1c
-            nll0, top0 = _race_nll_top(s0, case_of, w, n)
-            nll1, top1 = _race_nll_top(s1, case_of, w, n)
-            acc[0] += (nll1 - nll0) / len(models)
-            acc[1] += (top0 != top1) / len(models)
-            acc[2][case_of[own]] += np.linalg.norm(h1[own] - h0[own], axis=1) / len(models)
-        out[j] = (changed, *np.where(changed, acc, 0.0))
+            nll0, top0, lp0 = _race_stats(s0, case_of, w, n)
+            nll1, top1, lp1 = _race_stats(s1, case_of, w, n)
+            acc[0] += nll1 - nll0
+            acc[1] += top0 != top1
+            acc[2][case_of[own]] += np.abs(lp1[own] - lp0[own])
+            acc[3] += np.maximum(np.bincount(case_of, weights=np.exp(lp0) * (lp0 - lp1), minlength=n), 0.0)
+            acc[4][case_of[own]] += np.linalg.norm(h1[own] - h0[own], axis=1)
+        acc /= len(models)
+        share = np.full(n, np.nan)
+        share[case_of[own]] = touched[own] / np.maximum(items.n[own], 1)
+        out[j] = Effects(changed, dup[j], np.where(changed, share, np.nan), dict(zip(MEASURES, np.where(changed, acc, 0.0))))
     return out
 
 
@@ -406,16 +607,17 @@ def _rows_by_race(race: np.ndarray, ok: np.ndarray) -> dict[int, np.ndarray]:
     return {int(race[g[0]]): g for g in np.split(order, cut) if len(g)}
 
 
-def _race_nll_top(s: np.ndarray, grp: np.ndarray, won: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per group of rows: NLL of the winner under the softmax, and the position of the top score."""
+def _race_stats(s: np.ndarray, grp: np.ndarray, won: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group of rows: NLL of the winner under the softmax, the position of the top score; per row log p."""
     s = s.astype(np.float64)
     top = np.full(n, -np.inf)
     np.maximum.at(top, grp, s)
     lse = np.log(np.bincount(grp, weights=np.exp(s - top[grp]), minlength=n)) + top
-    nll = -np.bincount(grp, weights=won * (s - lse[grp]), minlength=n)
+    logp = s - lse[grp]
+    nll = -np.bincount(grp, weights=won * logp, minlength=n)
     first = np.full(n, len(s))
     np.minimum.at(first, grp, np.where(s == top[grp], np.arange(len(s)), len(s)))
-    return nll, first
+    return nll, first, logp
 
 
 # ------------------------------------------------------------------ batched re-scoring
@@ -451,6 +653,8 @@ class _Damaged:
 
     damage: np.ndarray
     """(n,) damage done (0: a no-op)."""
+    touched: np.ndarray
+    """(n,) races of the original history the damage touched (for the share of history damaged)."""
     first: np.ndarray
     """(n,) first position of the damaged history that may differ (its rows before equal the original's)."""
     length: np.ndarray
@@ -476,7 +680,7 @@ class _FlatDraws:
         order = np.lexsort((key, self.item))
         self.rank = np.empty(len(order), np.int64)
         self.rank[order] = np.arange(len(order)) - self.cum[self.item[order]]  # a random order within each item
-        self.noise_cols = np.union1d(groups.time, groups.price).astype(np.int64)
+        self.noise_cols = np.union1d(np.union1d(groups.time, groups.price), groups.values).astype(np.int64)
         self.z = rng.standard_normal((len(self.item), len(self.noise_cols)), dtype=np.float32)
 
 
@@ -484,30 +688,37 @@ def _damage_flat(values: np.ndarray, items: _Items, p: Perturbation, groups: Fea
     """`perturb_history` of every item at once (same kinds, severities and damage units)."""
     n = items.n
     n_items = len(n)
-    k = int(p.severity)
-    m = np.minimum(k, n)  # per item
     j, it = d.j, d.item
     big = np.iinfo(np.int64).max
+    if p.kind in ("drop_last", "truncate", "drop_random", "duplicate", "shuffle_recent"):
+        m = races_hit(p.kind, p.severity, n)  # (n_items,)
 
     def _first(mask: np.ndarray, shift: int = 0) -> np.ndarray:
         out = np.full(n_items, big)
         np.minimum.at(out, it[mask], j[mask] + shift)
         return np.minimum(out, n + (shift if shift else 0))
 
+    def _rows_hit(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(it, weights=mask, minlength=n_items).astype(np.float64)
+
     src, vals = d.src, None  # damaged history as global rows (index kinds) or values (value kinds)
     if p.kind == "drop_last":
         keep = j < (n - m)[it]
         src, item_of, damage, first = src[keep], it[keep], m.astype(np.float64), n - m
+        touched = damage
     elif p.kind == "truncate":
         keep = j >= m[it]
         src, item_of, damage, first = src[keep], it[keep], m.astype(np.float64), np.where(m > 0, 0, n)
+        touched = damage
     elif p.kind == "drop_random":
         hit = d.rank < m[it]
         src, item_of, damage, first = src[~hit], it[~hit], m.astype(np.float64), _first(hit)
+        touched = damage
     elif p.kind == "duplicate":
         hit = d.rank < m[it]
         reps = 1 + hit.astype(np.int64)
         src, item_of, damage, first = np.repeat(src, reps), np.repeat(it, reps), m.astype(np.float64), _first(hit, 1)
+        touched = damage
     elif p.kind == "shuffle_recent":  # the latest m races rotated: the newest moved back m-1 places
         mm = m[it]
         nn = n[it]
@@ -516,21 +727,24 @@ def _damage_flat(values: np.ndarray, items: _Items, p: Perturbation, groups: Fea
         src_new = items.start[it] + loc
         diff = np.any(values[src_new] != values[d.src], axis=1)
         src, item_of = src_new, it
-        damage = np.bincount(it, weights=diff, minlength=n_items).astype(np.float64)
+        damage = touched = _rows_hit(diff)
         first = np.where(m > 1, n - m, n)
-    elif p.kind in ("noise_time", "noise_price"):
-        cols = groups.time if p.kind == "noise_time" else groups.price
+    elif p.kind in ("noise_time", "noise_price", "noise_last"):
+        cols = groups.cols_of(p.kind)
         vals = values[d.src]
         seen = _observed(vals, cols, groups)
+        if p.kind == "noise_last":
+            seen &= (j == n[it] - 1)[:, None]
         zc = d.z[:, np.searchsorted(d.noise_cols, cols)]
         add = np.where(seen, np.float32(p.severity) * zc, np.float32(0.0))
         vals[:, cols] += add.astype(values.dtype)
         item_of = it
         damage = np.bincount(it, weights=np.abs(np.where(seen, p.severity * zc, 0.0)).sum(axis=1), minlength=n_items)
+        touched = _rows_hit(seen.any(axis=1))
         first = _first(seen.any(axis=1))
-    elif p.kind == "missing":
+    elif p.kind in ("missing", "blank_last"):
         vals = values[d.src]
-        rows = d.u < p.severity
+        rows = d.u < p.severity if p.kind == "missing" else j == n[it] - 1
         cells = np.zeros(len(vals))
         anyhit = np.zeros(len(vals), bool)
         for v, f in groups.value_flag:
@@ -541,6 +755,7 @@ def _damage_flat(values: np.ndarray, items: _Items, p: Perturbation, groups: Fea
             anyhit |= hit
         item_of = it
         damage = np.bincount(it, weights=cells, minlength=n_items).astype(np.float64)
+        touched = _rows_hit(anyhit)
         first = _first(anyhit)
     else:
         raise ConfigError(f"unknown perturbation kind {p.kind!r}; expected one of {', '.join(SEVERITY_UNITS)}")
@@ -550,7 +765,7 @@ def _damage_flat(values: np.ndarray, items: _Items, p: Perturbation, groups: Fea
     first = np.minimum(first, length)
     take = (pos >= first[item_of]) & (damage[item_of] > 0)
     rows = vals[take] if vals is not None else values[src[take]]
-    return _Damaged(damage, first, length, item_of[take], rows)
+    return _Damaged(damage, touched, first, length, item_of[take], rows)
 
 
 def _pack(seq_item: np.ndarray, rows: np.ndarray, n_seq: int):
@@ -700,7 +915,7 @@ def _rescore(
     """Original and damaged scores of every item under every model.
 
     -> (per model (s0 (n,), top-layer state before the target (n, H))), {perturbation index: (damage (n,),
-    per model (s1, state) of the changed items only, in item order)}; kinds not seen are absent.
+    races touched (n,), per model (s1, state) of the changed items only, in item order)}; kinds not seen are absent.
     """
     draws = _FlatDraws(items, values, groups, seed, salt)
     damaged = {j: _damage_flat(values, items, p, groups, draws) for j, p in enumerate(perturbations)
@@ -709,7 +924,7 @@ def _rescore(
     u_start, inv = np.unique(items.start, return_inverse=True)
     u_len = np.zeros(len(u_start), np.int64)
     np.maximum.at(u_len, inv, items.n)
-    base, pert = [], {j: (dm.damage, []) for j, dm in damaged.items()}
+    base, pert = [], {j: (dm.damage, dm.touched, []) for j, dm in damaged.items()}
     for model in models:
         f = _fast_mode(model, values, context, items)
         if f is None:
@@ -717,7 +932,7 @@ def _rescore(
             base.append(final_scores(model, hists, tx, tc))
             for j, dm in damaged.items():
                 ch = np.flatnonzero(dm.damage > 0)
-                pert[j][1].append(final_scores(model, _histories(values, items, dm, ch, hists), tx[ch], tc[ch])
+                pert[j][2].append(final_scores(model, _histories(values, items, dm, ch, hists), tx[ch], tc[ch])
                                   if len(ch) else (np.zeros(0, np.float32), np.zeros((0, model.gru.hidden_size))))
             continue
         traj, first_u = f.trajectories(u_start, u_len, values)  # once per dog, to its latest target
@@ -734,7 +949,7 @@ def _rescore(
                 pos_in_ch = np.full(len(items.row), -1)
                 pos_in_ch[ch[sub]] = np.arange(len(sub))
                 state[:, sub] = f.rerun(pos_in_ch[dm.seq_item], dm.rows, state[:, sub])
-            pert[j][1].append((f.score(state, tx[ch], tc[ch]), state[-1]))
+            pert[j][2].append((f.score(state, tx[ch], tc[ch]), state[-1]))
     return base, pert
 
 
@@ -752,133 +967,212 @@ def _histories(values: np.ndarray, items: _Items, dm: _Damaged, ch: np.ndarray, 
     return [np.concatenate([hists[i][: dm.first[i]], dm.rows[start[i]:start[i + 1]]]) for i in ch]
 
 
+
+
 # ------------------------------------------------------------------ tables
 
-MEASURES = ("d_nll", "flip_rate", "state_divergence")
-
 RESILIENCE_COLUMNS: tuple[str, ...] = (
-    "scope", "perturbation", "severity", "severity_unit", "level", "bucket", "plateau", "status",
-    "n_cases", "n_changed", "changed_share", "n_dogs",
+    "scope", "perturbation", "family", "severity", "severity_unit", "level", "bucket", "status",
+    "n_cases", "n_changed", "n_duplicate", "changed_share", "damage_share", "n_dogs",
     *(f"{m}{s}" for m in MEASURES for s in ("", "_lo", "_hi")),
 )
 CONTRAST_COLUMNS: tuple[str, ...] = (
-    "scope", "perturbation", "severity", "level", "contrast", "measure", "a", "b", "value_a", "value_b",
-    "diff", "lo", "hi", "n_a", "n_b",
+    "scope", "perturbation", "family", "severity", "level", "contrast", "measure", "role", "a", "b",
+    "value_a", "value_b", "diff", "lo", "hi", "n_a", "n_b", "n_dogs_a", "n_dogs_b", "n_boot", "reading",
 )
 
+EARLY, LATE = STEP_BUCKETS[0][2], STEP_BUCKETS[-1][2]
 
-def _groups(cases: Cases) -> list[tuple[str, str, np.ndarray]]:
-    """(bucket, plateau, case mask): all; each bucket; before/after the plateau."""
-    b = bucket_of(cases.step)
-    out = [("all", "all", np.ones(len(b), bool))]
-    out += [(name, "all", b == name) for _, _, name in STEP_BUCKETS]
-    out += [("all", "not yet", ~cases.plateau_reached), ("all", "reached", cases.plateau_reached)]
+
+@dataclass(frozen=True)
+class Block:
+    """The cases of one scope, the perturbations run on them and their effects."""
+
+    scope: str
+    """'dog', 'within-dog' or 'feed' (module docstring)."""
+    cases: Cases
+    """Its cases (n,)."""
+    perturbations: tuple[Perturbation, ...]
+    """The perturbations run on them."""
+    effects: dict[int, Effects]
+    """Index into `perturbations` -> its effects; kinds never seen in training are absent ('n/a')."""
+
+
+def _groups(block: Block) -> list[tuple[str, np.ndarray]]:
+    """(bucket label, case mask): all; each step bucket; each step too for the within-dog scope."""
+    b = bucket_of(block.cases.step)
+    out = [("all", np.ones(len(b), bool))] + [(name, b == name) for _, _, name in STEP_BUCKETS]
+    if block.scope == "within-dog":
+        out += [(f"t={t}", block.cases.step == t) for t in np.unique(block.cases.step)]
     return out
 
 
-def _per_dog(x: np.ndarray, dog: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(dog, weights=x, minlength=n)
+def reading(lo: float, hi: float, n_dogs_a: int, n_dogs_b: int, *, min_dogs: int = MIN_READING_DOGS) -> str:
+    """The word for an early-minus-late interval: 'early more', 'late more', 'no clear difference', or
+    'too few for a reading' (an interval missing, or fewer than min_dogs dogs on a side)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or min(n_dogs_a, n_dogs_b) < min_dogs:
+        return "too few for a reading"
+    return "early more" if lo > 0 else ("late more" if hi < 0 else "no clear difference")
 
 
 def summarise(
-    effects: dict[str, dict[int, tuple]], cases: dict[str, Cases], perturbations: Sequence[Perturbation],
-    weights: np.ndarray,
+    blocks: Sequence[Block], *, n_boot: int, seed: int, min_dogs: int = MIN_READING_DOGS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The resilience table (RESILIENCE_COLUMNS) and the early-vs-late / plateau contrasts (CONTRAST_COLUMNS).
+    """The resilience table (RESILIENCE_COLUMNS) and the early-minus-late contrasts (CONTRAST_COLUMNS).
 
-    effects: scope -> `case_effects`/`feed_effects` output; cases: scope -> its Cases; weights: (B, dog).
-    Each mean's bootstrap replicates are ratios of weighted per-dog sums: every group and measure of a
-    scope is one (B, dog) @ (dog, columns) product over the scope's dogs.
+    Means are over the counted cases (changed, not a duplicate) of each scope, kind, severity and
+    step group, with a 95% interval from n_boot Poisson bootstrap replicates over dogs (one draw per
+    block, shared by its groups and measures, so a contrast's replicates are paired). Early minus late:
+    for 'dog' and 'feed' the difference of the two groups' means; for 'within-dog' the mean over dogs
+    with both of each dog's own early mean minus its late mean.
     """
     import pandas as pd
 
-    levels = _levels(perturbations)
+    if n_boot < 1:
+        raise ConfigError(f"resilience summarise: n_boot must be >= 1, got {n_boot}")
+    levels = _levels([p for b in blocks for p in b.perturbations])
     rows, con = [], []
-    for scope, eff in effects.items():
-        cs = cases[scope]
-        groups = _groups(cs)
-        dogs_u, dinv = np.unique(cs.dog, return_inverse=True)
-        nd = len(dogs_u)
-        sums, counts, keys = [], [], []
-        for j in sorted(eff):
-            for g, (_, _, m) in enumerate(groups):
-                changed = eff[j][0] & m
-                counts.append(_per_dog(changed.astype(np.float64), dinv, nd))
-                for q in range(len(MEASURES)):
-                    sums.append(_per_dog(np.where(changed, eff[j][q + 1], 0.0), dinv, nd))
-                    keys.append((j, g, q))
-        col = {k: i for i, k in enumerate(keys)}
-        if keys:
-            w = np.asarray(weights[:, dogs_u], dtype=np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                reps_all = (w @ np.stack(sums, axis=1)) / np.repeat(w @ np.stack(counts, axis=1), len(MEASURES), axis=1)
-            reps_all[~np.isfinite(reps_all)] = np.nan
-            n_ok = np.isfinite(reps_all).sum(axis=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                lo_all, hi_all = np.nanpercentile(reps_all, [2.5, 97.5], axis=0)
-            lo_all[n_ok < 2], hi_all[n_ok < 2] = np.nan, np.nan
-        for j, p in enumerate(perturbations):
-            reps_of = {}
-            for g, (bucket, plat, m) in enumerate(groups):
-                head = (scope, p.kind, float(p.severity), p.unit, levels[j], bucket, plat)
-                if j not in eff:
-                    rows.append((*head, "n/a", int(m.sum()), 0, np.nan, 0, *[np.nan] * 9))
-                    continue
-                changed = eff[j][0] & m
-                vals, reps = [], {}
-                for q, name in enumerate(MEASURES):
-                    c = col[(j, g, q)]
-                    if changed.any():
-                        mean, lo, hi, r = float(eff[j][q + 1][changed].mean()), lo_all[c], hi_all[c], reps_all[:, c]
-                    else:
-                        mean, lo, hi, r = np.nan, np.nan, np.nan, np.full(len(weights), np.nan)
-                    vals += [mean, float(lo), float(hi)]
-                    reps[name] = (mean, r)
-                reps_of[(bucket, plat)] = (reps, int(changed.sum()))
-                share = float(changed.sum() / m.sum()) if m.any() else np.nan
-                status = "ok" if changed.any() else ("no change" if m.any() else "no cases")
-                rows.append((*head, status, int(m.sum()), int(changed.sum()), share,
-                             len(np.unique(cs.dog[changed])), *vals))
-            con += _contrast_rows(scope, p, levels[j], reps_of)
+    for bi, block in enumerate(blocks):
+        dogs_u, dinv = np.unique(block.cases.dog, return_inverse=True)
+        w = poisson1(np.random.default_rng([seed, 11, bi]), (n_boot, len(dogs_u))).astype(np.float64)
+        groups = _groups(block)
+        for j, p in enumerate(block.perturbations):
+            head = (block.scope, p.kind, p.family, float(p.severity), p.unit, levels[(p.kind, float(p.severity))])
+            eff = block.effects.get(j)
+            if eff is None:
+                rows += [(*head, g, "n/a", int(m.sum()), 0, 0, np.nan, np.nan, 0, *[np.nan] * 3 * len(MEASURES))
+                         for g, m in groups]
+                continue
+            stats = _group_stats(eff, groups, dinv, len(dogs_u), w)
+            for g, m in groups:
+                counted, st = eff.counted & m, stats[g]
+                status = "ok" if counted.any() else ("no change" if m.any() else "no cases")
+                vals = [x for q in MEASURES for x in st["ci"][q]]
+                rows.append((*head, g, status, int(m.sum()), int((eff.changed & m).sum()),
+                             int((eff.duplicate & eff.changed & m).sum()),
+                             float((eff.changed & m).sum() / m.sum()) if m.any() else np.nan,
+                             float(np.nanmean(eff.share[counted])) if counted.any() else np.nan,
+                             len(np.unique(block.cases.dog[counted])), *vals))
+            con += _contrast(block, j, p, levels, eff, stats, dinv, w, min_dogs)
     return pd.DataFrame(rows, columns=list(RESILIENCE_COLUMNS)), pd.DataFrame(con, columns=list(CONTRAST_COLUMNS))
 
 
-def _contrast_rows(scope: str, p: Perturbation, level: int, reps_of: dict) -> list[tuple]:
-    early, late = STEP_BUCKETS[0][2], STEP_BUCKETS[-1][2]
-    pairs = (("early - late", (early, "all"), (late, "all")), ("before - after plateau", ("all", "not yet"),
-                                                                 ("all", "reached")))
-    out = []
-    for name, ka, kb in pairs:
-        if ka not in reps_of or kb not in reps_of:
-            continue
-        (ra, na), (rb, nb) = reps_of[ka], reps_of[kb]
-        if na == 0 or nb == 0:
-            continue
+def _group_stats(eff: Effects, groups: list, dinv: np.ndarray, nd: int, w: np.ndarray) -> dict:
+    """Per group: per-dog sums and counts of each measure over the counted cases ("sum", "n": measure ->
+    (dog,)), the bootstrap replicates of its mean ("reps": measure -> (B,) or None when nothing was
+    measured) and (mean, lo, hi) ("ci"). One (B, dog) @ (dog, groups x measures) product."""
+    out, cols_s, cols_n, keys = {}, [], [], []
+    for g, m in groups:
+        c = eff.counted & m
+        d = {"sum": {}, "n": {}, "reps": {}, "ci": {}}
         for q in MEASURES:
-            (va, xa), (vb, xb) = ra[q], rb[q]
-            d = xa - xb
-            d = d[np.isfinite(d)]
-            lo, hi = (np.percentile(d, [2.5, 97.5]) if len(d) >= 2 else (np.nan, np.nan))
-            out.append((scope, p.kind, float(p.severity), level, name, q, "/".join(ka), "/".join(kb), va, vb,
-                        va - vb, float(lo), float(hi), na, nb))
+            x = eff.values[q]
+            ok = c & np.isfinite(x)
+            d["sum"][q] = np.bincount(dinv, weights=np.where(ok, x, 0.0), minlength=nd)
+            d["n"][q] = np.bincount(dinv, weights=ok.astype(np.float64), minlength=nd)
+            d["reps"][q], d["ci"][q] = None, (np.nan, np.nan, np.nan)
+            if ok.any():
+                cols_s.append(d["sum"][q])
+                cols_n.append(d["n"][q])
+                keys.append((g, q))
+        out[g] = d
+    if keys:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = (w @ np.stack(cols_s, axis=1)) / (w @ np.stack(cols_n, axis=1))  # (B, columns)
+        for i, (g, q) in enumerate(keys):
+            d = out[g]
+            d["reps"][q] = reps[:, i]
+            d["ci"][q] = (float(d["sum"][q].sum() / d["n"][q].sum()), *_interval(reps[:, i]))
     return out
 
 
-def _levels(perturbations: Sequence[Perturbation]) -> list[int]:
-    """1 = mildest severity of its kind; the highest level is the strongest."""
+def _interval(reps: np.ndarray) -> tuple[float, float]:
+    r = reps[np.isfinite(reps)]
+    if len(r) < 2:
+        return np.nan, np.nan
+    lo, hi = np.percentile(r, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _contrast(block: Block, j: int, p: Perturbation, levels: dict, eff: Effects, stats: dict, dinv: np.ndarray,
+              w: np.ndarray, min_dogs: int) -> list[tuple]:
+    """Early-minus-late rows of one perturbation, one per measure with a value on both sides."""
+    a, b = stats[EARLY], stats[LATE]
     out = []
-    for p in perturbations:
-        sev = sorted({q.severity for q in perturbations if q.kind == p.kind})
-        out.append(sev.index(p.severity) + 1)
+    for q in MEASURES:
+        if a["reps"][q] is None or b["reps"][q] is None:
+            continue
+        if block.scope == "within-dog":
+            both = (a["n"][q] > 0) & (b["n"][q] > 0)
+            if not both.any():
+                continue
+            ea, lb = a["sum"][q][both] / a["n"][q][both], b["sum"][q][both] / b["n"][q][both]
+            wb = w[:, both]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps = (wb @ (ea - lb)) / wb.sum(axis=1)
+            va, vb, diff = float(ea.mean()), float(lb.mean()), float((ea - lb).mean())
+            na, nb = int(a["n"][q][both].sum()), int(b["n"][q][both].sum())
+            nda = ndb = int(both.sum())
+            name = "early - late, same dogs"
+        else:
+            va, vb = a["ci"][q][0], b["ci"][q][0]
+            diff, reps = va - vb, a["reps"][q] - b["reps"][q]
+            na, nb = int(a["n"][q].sum()), int(b["n"][q].sum())
+            nda, ndb = int((a["n"][q] > 0).sum()), int((b["n"][q] > 0).sum())
+            name = "early - late"
+        lo, hi = _interval(reps)
+        out.append((block.scope, p.kind, p.family, float(p.severity), levels[(p.kind, float(p.severity))], name, q,
+                    "harm" if q == "d_nll" else "sensitivity", EARLY, LATE, va, vb, diff, lo, hi, na, nb, nda, ndb,
+                    len(w), reading(lo, hi, nda, ndb, min_dogs=min_dogs)))
     return out
 
 
-def contrasts(con: pd.DataFrame, measure: str = "d_nll", contrast: str = "early - late") -> pd.DataFrame:
-    """The contrast rows of one measure at each kind's strongest severity."""
-    c = con[(con["measure"] == measure) & (con["contrast"] == contrast)]
-    strongest = c.groupby(["scope", "perturbation"])["level"].transform("max")
-    return c[c["level"] == strongest]
+def _levels(perturbations: Sequence[Perturbation]) -> dict[tuple[str, float], int]:
+    """(kind, severity) -> 1 for the mildest severity of its kind, up to the strongest."""
+    out = {}
+    for p in perturbations:
+        sev = sorted({float(q.severity) for q in perturbations if q.kind == p.kind})
+        out[(p.kind, float(p.severity))] = sev.index(float(p.severity)) + 1
+    return out
+
+
+def latest_race_summary(contrast: pd.DataFrame, perturbation: str = "drop_last") -> dict:
+    """The latest-race test for page one, from the resilience_contrast table (CONTRAST_COLUMNS).
+
+    -> {"perturbation": the kind (default "drop_last": the latest race removed), "early": "t<=5",
+        "late": "t>=16",
+        "held_out": {measure: entry} for d_nll, flip_rate, abs_dlogp, kl, state_divergence on held-out
+                    races (scope 'dog'; early and late are different dogs),
+        "within_dog": {measure: entry} for the sensitivity measures on the same dogs over all their
+                      races (scope 'within-dog'; no d_nll: harm is held-out only),
+        "sensitive": True when the held-out flip-rate difference's interval is above 0, False when it
+                     includes 0 or is below, None without a reading,
+        "harmed": the same for d_nll}
+    entry: {"early", "late": the two means, "diff": early minus late, "lo", "hi": its 95% interval,
+            "n_early", "n_late": cases, "n_dogs_early", "n_dogs_late": dogs, "n_boot": replicates,
+            "reading": 'early more' | 'late more' | 'no clear difference' | 'too few for a reading'}.
+    A measure or scope the table lacks is absent from its dict.
+    """
+    out: dict = {"perturbation": perturbation, "early": EARLY, "late": LATE, "held_out": {}, "within_dog": {},
+                 "sensitive": None, "harmed": None}
+    if contrast is None or not len(contrast):
+        return out
+    c = contrast[(contrast["perturbation"] == perturbation) & contrast["contrast"].str.startswith("early - late")]
+    for scope, key in (("dog", "held_out"), ("within-dog", "within_dog")):
+        for r in c[c["scope"] == scope].itertuples(index=False):
+            out[key][str(r.measure)] = {
+                "early": _num(r.value_a), "late": _num(r.value_b), "diff": _num(r.diff), "lo": _num(r.lo),
+                "hi": _num(r.hi), "n_early": int(r.n_a), "n_late": int(r.n_b), "n_dogs_early": int(r.n_dogs_a),
+                "n_dogs_late": int(r.n_dogs_b), "n_boot": int(r.n_boot), "reading": str(r.reading)}
+    for m, flag in (("flip_rate", "sensitive"), ("d_nll", "harmed")):
+        e = out["held_out"].get(m)
+        if e is not None and e["reading"] != "too few for a reading":
+            out[flag] = e["reading"] == "early more"
+    return out
+
+
+def _num(v) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
 def pair_divergence(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Resilience: no-ops are counted and change nothing, severity grows with the damage, race NLL algebra, n/a kinds."""
+"""Resilience: no-ops and duplicates counted, relative severity, measures' algebra, n/a kinds, batched re-scoring
+equal to scoring each damaged history, and (d) the within-dog design finds a planted early sensitivity."""
 
 from __future__ import annotations
 
@@ -42,11 +43,25 @@ def test_severity_is_monotone_on_a_fixed_dog(kind):
     assert damage[-1] > 0
 
 
-def test_truncate_severity_counts_races_removed():
-    h = _hist(12)
-    d = rs.draws_for(12, h.shape[1], np.random.default_rng(0))
-    kept = [len(rs.perturb_history(h, rs.Perturbation("truncate", s), GROUPS, d)[0]) for s in (2, 4, 8)]
-    assert kept == [10, 8, 4]
+def test_structural_severity_is_a_share_and_never_erases_a_short_history():
+    for n, kept in ((12, [9, 6]), (4, [3, 2]), (2, [1, 1]), (1, [1, 1])):
+        h = _hist(n)
+        d = rs.draws_for(n, h.shape[1], np.random.default_rng(0))
+        for kind in ("truncate", "drop_random"):
+            got = [len(rs.perturb_history(h, rs.Perturbation(kind, f), GROUPS, d)[0]) for f in (0.25, 0.5)]
+            assert got == kept, (kind, n, got)
+    assert rs.races_hit("drop_last", 1, np.array([1, 2, 40])).tolist() == [1, 1, 1]  # the latest race only
+    assert rs.races_hit("shuffle_recent", 0.25, np.array([1, 2, 8])).tolist() == [0, 2, 2]
+
+
+def test_latest_race_kinds_touch_only_the_latest_race():
+    h = _hist(10)
+    d = rs.draws_for(10, h.shape[1], np.random.default_rng(0))
+    for kind in ("blank_last", "noise_last"):
+        out, dmg = rs.perturb_history(h, rs.Perturbation(kind, 1.0), GROUPS, d)
+        assert dmg > 0 and np.array_equal(out[:-1], h[:-1]) and not np.array_equal(out[-1], h[-1])
+    out, _ = rs.perturb_history(h, rs.Perturbation("blank_last", 1), GROUPS, d)
+    assert all(out[-1, f] == 1 and out[-1, v] == 0 for v, f in GROUPS.value_flag)
 
 
 def test_noise_only_on_observed_values_and_no_op_when_none_observed():
@@ -107,49 +122,164 @@ def _setup(n_dogs=30, n_races=8):
 
 
 def test_a_no_op_reports_zero_change_and_is_counted():
-    offsets, values, context, race, won = _setup()
+    offsets, values, context, race, won = _setup(n_races=18)
     ok = np.ones(len(values), bool)
-    cases = rs.target_cases(offsets, ok, np.full(30, np.nan), 3, sample_dogs=30, seed=0, steps=(3, 5, 8))
+    cases = rs.target_cases(offsets, ok, sample_dogs=30, seed=0, steps=(3, 5, 17))
     models = [_model(0), _model(1)]
     others = [rs.others_in_race(np.zeros(len(values)), race, ok, cases.row) for _ in models]
-    perts = (rs.Perturbation("drop_last", 1), rs.Perturbation("noise_time", 1.0), rs.Perturbation("truncate", 50))
+    perts = (rs.Perturbation("drop_last", 1), rs.Perturbation("noise_time", 1.0), rs.Perturbation("truncate", 0.5))
     values_no_time = values.copy()
     for c in GROUPS.time:
         values_no_time[:, GROUPS.flag_of(int(c))] = 1.0
         values_no_time[:, c] = 0.0
     eff = rs.case_effects(models, values_no_time, context, offsets, cases, others, won[cases.row], perts, GROUPS,
                           {k: True for k in rs.SEVERITY_UNITS}, seed=0)
-    changed, dl, flip, div = eff[1]  # noise on times that were never observed: a no-op everywhere
-    assert not changed.any() and not dl.any() and not flip.any() and not div.any()
-    assert eff[0][0].all() and np.abs(eff[0][1]).sum() > 0
-    res, _ = rs.summarise({"dog": eff}, {"dog": cases}, perts, np.ones((5, 30)))
-    row = res[(res.perturbation == "noise_time") & (res.bucket == "all") & (res.plateau == "all")].iloc[0]
+    e = eff[1]  # noise on times that were never observed: a no-op everywhere
+    assert not e.changed.any() and not any(np.nan_to_num(v).any() for v in e.values.values())
+    assert eff[0].changed.all() and np.abs(eff[0].values["d_nll"]).sum() > 0
+    assert np.all(eff[0].values["abs_dlogp"] >= 0) and np.all(eff[0].values["kl"] >= 0)
+    np.testing.assert_allclose(eff[0].share, 1 / (cases.step - 1))  # the latest race of t - 1
+    res, con = rs.summarise([rs.Block("dog", cases, perts, eff)], n_boot=5, seed=0)
+    row = res[(res.perturbation == "noise_time") & (res.bucket == "all")].iloc[0]
     assert row.status == "no change" and row.n_changed == 0 and row.changed_share == 0 and np.isnan(row.d_nll)
-    row = res[(res.perturbation == "drop_last") & (res.bucket == "all") & (res.plateau == "all")].iloc[0]
-    assert row.changed_share == 1 and row.n_cases == len(cases.dog)
+    row = res[(res.perturbation == "drop_last") & (res.bucket == "all")].iloc[0]
+    assert row.changed_share == 1 and row.n_cases == len(cases.dog) and row.severity == 1
+    assert {"abs_dlogp", "kl", "flip_rate", "d_nll"} <= set(con[con.perturbation == "drop_last"].measure)
+    assert set(res.columns) == set(rs.RESILIENCE_COLUMNS) and set(con.columns) == set(rs.CONTRAST_COLUMNS)
+
+
+def test_log_p_change_and_kl_match_a_full_softmax():
+    rng = np.random.default_rng(1)
+    others = rng.normal(size=6)
+    lse = np.logaddexp.reduce(others)
+    s0, s1 = 0.4, -1.1
+    p0 = np.exp(np.r_[s0, others] - np.logaddexp.reduce(np.r_[s0, others]))
+    p1 = np.exp(np.r_[s1, others] - np.logaddexp.reduce(np.r_[s1, others]))
+    dlp, kl = rs.dog_logp_change(np.array([s0]), np.array([s1]), np.array([lse]))
+    assert dlp[0] == pytest.approx(abs(np.log(p1[0]) - np.log(p0[0])))
+    assert kl[0] == pytest.approx(np.sum(p0 * np.log(p0 / p1)))
+
+
+def test_identical_damaged_inputs_are_counted_once():
+    """At t = 3 (two earlier races) removing half the races at random removes one of the two: when it is the
+    latest, the case is drop_last's again and counts only there; truncating a quarter keeps one race too."""
+    offsets, values, context, race, won = _setup()
+    ok = np.ones(len(values), bool)
+    cases = rs.target_cases(offsets, ok, sample_dogs=30, seed=0, steps=(3,))
+    perts = (rs.Perturbation("drop_last", 1), rs.Perturbation("drop_random", 0.5), rs.Perturbation("truncate", 0.25),
+             rs.Perturbation("truncate", 0.5))
+    models = [_model(0)]
+    others = [rs.others_in_race(np.zeros(len(values)), race, ok, cases.row)]
+    eff = rs.case_effects(models, values, context, offsets, cases, others, won[cases.row], perts, GROUPS,
+                          {k: True for k in rs.SEVERITY_UNITS}, seed=0)
+    rnd, tr1, tr2 = eff[1], eff[2], eff[3]
+    assert not eff[0].duplicate.any()
+    assert tr2.duplicate.all()  # a half of two races is the quarter's one race: the same input
+    assert 0 < rnd.duplicate.sum() < len(cases.dog)  # random removal hit the latest race for some dogs
+    assert np.all(tr1.duplicate == ~rnd.duplicate)  # ... and the oldest race for the others
+    res, _ = rs.summarise([rs.Block("dog", cases, perts, eff)], n_boot=5, seed=0)
+    row = res[(res.perturbation == "truncate") & (res.severity == 0.5) & (res.bucket == "all")].iloc[0]
+    assert row.n_duplicate == len(cases.dog) and row.status == "no change" and np.isnan(row.flip_rate)
 
 
 def test_feed_scope_with_nothing_changed_is_zero_and_counts_every_runner():
     offsets, values, context, race, won = _setup()
     ok = np.ones(len(values), bool)
-    cases = rs.target_cases(offsets, ok, np.full(30, np.nan), 3, sample_dogs=6, seed=0, steps=(5,))
+    cases = rs.target_cases(offsets, ok, sample_dogs=6, seed=0, steps=(5,))
     row_dog = np.repeat(np.arange(30), 8)
     perts = (rs.Perturbation("drop_last", 1),)
-    eff = rs.feed_effects([_model(0)], values, context, offsets, row_dog, race, ok, won, cases, perts, GROUPS,
-                          {"drop_last": True}, seed=0)
-    changed, dl, flip, div = eff[0]
-    assert changed.all() and np.isfinite(dl).all() and np.all((flip == 0) | (flip == 1))
-    eff = rs.feed_effects([_model(0)], values, context, offsets, row_dog, race, ok, won, cases,
-                          (rs.Perturbation("missing", 0.0),), GROUPS, {"missing": True}, seed=0)
-    assert not eff[0][0].any() and not eff[0][1].any()
+    e = rs.feed_effects([_model(0)], values, context, offsets, row_dog, race, ok, won, cases, perts, GROUPS,
+                        {"drop_last": True}, seed=0)[0]
+    assert e.changed.all() and np.isfinite(e.values["d_nll"]).all() and np.all(np.isin(e.values["flip_rate"], (0, 1)))
+    assert np.all(e.values["kl"] >= 0) and np.all(e.values["abs_dlogp"] >= 0)
+    e = rs.feed_effects([_model(0)], values, context, offsets, row_dog, race, ok, won, cases,
+                        (rs.Perturbation("missing", 0.0),), GROUPS, {"missing": True}, seed=0)[0]
+    assert not e.changed.any() and not e.values["d_nll"].any()
 
 
-def test_plateau_status_uses_only_steps_before_the_target():
-    offsets = np.array([0, 20])
-    ok = np.ones(20, bool)
-    cases = rs.target_cases(offsets, ok, np.array([5.0]), 3, sample_dogs=1, seed=0, steps=(3, 5, 8, 12))
-    # plateau at 5 is confirmed after step 5 + 3 - 1 = 7: known at t = 8 (steps 1..7), not at t = 5
-    assert dict(zip(cases.step.tolist(), cases.plateau_reached.tolist())) == {3: False, 5: False, 8: True, 12: True}
+def test_readings_need_enough_dogs_and_latest_race_summary_reads_the_contrasts():
+    assert rs.reading(0.01, 0.05, 150, 300) == "early more"
+    assert rs.reading(-0.05, -0.01, 150, 300) == "late more"
+    assert rs.reading(-0.01, 0.05, 150, 300) == "no clear difference"
+    assert rs.reading(0.01, 0.05, 24, 36) == "too few for a reading"
+    assert rs.reading(np.nan, np.nan, 500, 500) == "too few for a reading"
+    empty = rs.latest_race_summary(None)
+    assert empty["held_out"] == {} and empty["sensitive"] is None
+
+
+# ---------------------------------------------------------------- (d) the within-dog sensitivity design
+
+_PRICE = int(GROUPS.price[0])
+
+
+class _Planted(torch.nn.Module):
+    """A 2-unit GRU built by hand. Unit 0 counts races (h0 = 1 - 0.7^t); unit 1 holds the latest race's
+    price with update gate sigma(gain * h0 + bias): gain > 0 makes the model write the latest race wholly
+    early in a career and keep its old state late (early targets truly more sensitive to the latest race);
+    gain 0 with a very negative bias makes it hold only the latest race at every step (no effect of step).
+    The score of race t reads h_{t-1}."""
+
+    def __init__(self, gain: float, bias: float):
+        super().__init__()
+        F = len(FEATURE_NAMES)
+        self.rnn = torch.nn.GRU(F, 2, batch_first=True)
+        with torch.no_grad():
+            for p in self.rnn.parameters():
+                p.zero_()
+            # gate rows: r (0:2), z (2:4), n (4:6)
+            self.rnn.bias_ih_l0[2] = np.log(0.7 / 0.3)  # z0 = 0.7: the counter creeps to 1
+            self.rnn.bias_ih_l0[4] = 20.0  # n0 = tanh(20) = 1
+            self.rnn.weight_hh_l0[3, 0] = gain  # z1 = sigmoid(gain * h0 + bias)
+            self.rnn.bias_hh_l0[3] = bias
+            self.rnn.weight_ih_l0[5, _PRICE] = 1.0  # n1 = tanh(price)
+        self.head = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            self.head.weight[:] = torch.tensor([[0.0, 3.0]])
+            self.head.bias.zero_()
+
+    def forward(self, x, ctx):
+        h, _ = self.rnn(x)
+        h_prev = torch.nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]
+        return self.head(h_prev).squeeze(-1)
+
+
+def _within_dog_contrast(gain: float, bias: float, n_dogs: int = 120, n_races: int = 32):
+    rng = np.random.default_rng(5)
+    offsets = np.arange(n_dogs + 1) * n_races
+    values = np.zeros((n_dogs * n_races, len(FEATURE_NAMES)), np.float32)
+    scale = rng.uniform(0.3, 1.5, n_dogs)  # dogs differ in how volatile their prices are
+    values[:, _PRICE] = rng.normal(size=len(values)) * np.repeat(scale, n_races)
+    context = np.zeros((len(values), len(CONTEXT)), np.float32)
+    model = LoadedModel.wrap(_Planted(gain, bias), FEATURE_NAMES, CONTEXT)
+    ok = np.ones(len(values), bool)
+    cases = rs.within_dog_cases(offsets, ok, sample_dogs=n_dogs, seed=0, steps=(3, 5, 20, 30))
+    n = len(cases.row)
+    others = [(np.full(n, np.log(5.0)), np.zeros(n))]  # five rivals scored 0
+    perts = (rs.Perturbation("drop_last", 1),)
+    eff = rs.case_effects([model], values, context, offsets, cases, others, None, perts, GROUPS,
+                          {k: True for k in rs.SEVERITY_UNITS}, seed=0)
+    res, con = rs.summarise([rs.Block("within-dog", cases, perts, eff)], n_boot=400, seed=1)
+    return res, con.set_index("measure")
+
+
+def test_a_planted_early_sensitivity_is_found_within_the_same_dogs():
+    res, con = _within_dog_contrast(gain=8.0, bias=-3.0)
+    for m in ("abs_dlogp", "kl", "state_divergence", "flip_rate"):
+        r = con.loc[m]
+        assert r.contrast == "early - late, same dogs" and r.n_dogs_a == r.n_dogs_b == 120
+        assert r["diff"] > 0 and r.lo > 0 and r.lo <= r["diff"] <= r.hi, (m, r["diff"], r.lo, r.hi)
+    assert "d_nll" not in con.index  # harm is not measured off the held-out races
+    assert con.loc["abs_dlogp", "reading"] == "early more"
+    by_step = res[res.bucket.str.startswith("t=")].set_index("bucket")["abs_dlogp"]
+    assert by_step["t=3"] > by_step["t=5"] > by_step["t=20"] >= by_step["t=30"] - 1e-3  # sensitivity falls
+
+
+def test_no_planted_effect_gives_an_interval_that_includes_zero():
+    _, con = _within_dog_contrast(gain=0.0, bias=-30.0)
+    for m in ("abs_dlogp", "kl", "state_divergence"):
+        r = con.loc[m]
+        assert r.lo <= 0 <= r.hi, (m, r["diff"], r.lo, r.hi)
+    assert con.loc["abs_dlogp", "reading"] == "no clear difference"
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -161,7 +291,7 @@ def test_batched_rescoring_equals_scoring_each_damaged_history(layers):
     model = LoadedModel.wrap(RaceGRU(ModelConfig(len(FEATURE_NAMES), len(CONTEXT), hidden_size=8, num_layers=layers,
                                                  context_skip=True)), FEATURE_NAMES, CONTEXT)
     ok = np.ones(len(values), bool)
-    cases = rs.target_cases(offsets, ok, np.full(12, np.nan), 3, sample_dogs=12, seed=0, steps=(1, 2, 5, 9, 15))
+    cases = rs.target_cases(offsets, ok, sample_dogs=12, seed=0, steps=(1, 2, 5, 9, 15))
     items = rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
     perts = rs.DEFAULT_PERTURBATIONS
     seen = {k: True for k in rs.SEVERITY_UNITS}
@@ -173,7 +303,7 @@ def test_batched_rescoring_equals_scoring_each_damaged_history(layers):
     np.testing.assert_allclose(base[0][1], h0, atol=1e-5)
     d = rs._FlatDraws(items, values, GROUPS, 4, 0)
     for j, p in enumerate(perts):
-        dmg, ((s1, h1),) = pert[j]
+        dmg, _, ((s1, h1),) = pert[j]
         want_dmg, want = [], []
         for i in range(len(items.row)):
             sl = slice(d.cum[i], d.cum[i + 1])
@@ -212,7 +342,7 @@ def _module_cases(module_class):
     torch.manual_seed(0)
     model = LoadedModel.wrap(module_class(), FEATURE_NAMES, CONTEXT)
     ok = np.ones(len(values), bool)
-    cases = rs.target_cases(offsets, ok, np.full(8, np.nan), 3, sample_dogs=8, seed=0, steps=(4, 9))
+    cases = rs.target_cases(offsets, ok, sample_dogs=8, seed=0, steps=(4, 9))
     return model, values, context, rs._Items(offsets[cases.dog].astype(np.int64), cases.row.astype(np.int64))
 
 
@@ -225,7 +355,7 @@ def test_a_model_whose_gru_does_not_read_the_features_falls_back_to_full_scoring
     hists = [values[a:b] for a, b in zip(items.start, items.row)]
     s0, _ = rs.final_scores(model, hists, values[items.row], context[items.row])
     np.testing.assert_allclose(base[0][0], s0, atol=1e-6)
-    dmg, ((s1, _),) = pert[0]
+    dmg, _, ((s1, _),) = pert[0]
     ws, _ = rs.final_scores(model, [h[:-1] for h in hists], values[items.row], context[items.row])
     np.testing.assert_allclose(s1, ws, atol=1e-6)
 
