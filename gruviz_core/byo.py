@@ -155,20 +155,29 @@ def build_custom_sequences(runs: pd.DataFrame, fn: Callable, *, name: str = "fea
         raise FeatureMismatchError(
             f"feature callable {name}: returned {type(out).__name__}; expected a tuple (features, context) of "
             "two DataFrames with one row per run")
-    values = _columns(out[0], len(table), name, "features")
-    context = _columns(out[1], len(table), name, "context")
+    values = _columns(out[0], table.index, name, "features")
+    context = _columns(out[1], table.index, name, "context")
     return dataclasses.replace(base, values=values[1], context=context[1], feature_names=values[0],
                                context_names=context[0])
 
 
-def _columns(frame: Any, n_obs: int, name: str, what: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """(names, (obs, k) float32) of one returned frame; FeatureMismatchError naming the problem."""
+def _columns(frame: Any, index: pd.Index, name: str, what: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, (obs, k) float32) of one returned frame, whose index must be the given table's `index`, in its
+    order; FeatureMismatchError naming the problem."""
+    n_obs = len(index)
     if not isinstance(frame, pd.DataFrame):
         raise FeatureMismatchError(f"feature callable {name}: {what} is a {type(frame).__name__}; return a DataFrame")
     if len(frame) != n_obs:
         raise FeatureMismatchError(
             f"feature callable {name}: {what} has {len(frame)} rows, the runs table it was given {n_obs}; "
             "return one row per run, in the given order")
+    if not frame.index.equals(index):
+        moved = int((frame.index.to_numpy() != index.to_numpy()).sum())
+        raise FeatureMismatchError(
+            f"feature callable {name}: {what} rows are not the input's rows in the input's order ({moved:,} of "
+            f"{n_obs:,} rows have another index label, e.g. row {_first_moved(frame.index, index)}; sorted?): "
+            "every row would be another run's features. Return frames with the index of the table given, "
+            "in its order (e.g. .loc[runs.index] or .reindex(runs.index))")
     if frame.shape[1] == 0 and what == "features":
         raise FeatureMismatchError(f"feature callable {name}: no feature columns; the GRU needs at least one")
     try:
@@ -179,7 +188,24 @@ def _columns(frame: Any, n_obs: int, name: str, what: str) -> tuple[tuple[str, .
     names = tuple(str(c) for c in frame.columns)
     if len(set(names)) != len(names):
         raise FeatureMismatchError(f"feature callable {name}: {what} repeats a column name ({', '.join(names)})")
-    return names, arr.reshape(n_obs, len(names))
+    arr = arr.reshape(n_obs, len(names))
+    inf = np.isinf(arr)
+    if inf.any():
+        row, col = np.argwhere(inf)[0]
+        raise FeatureMismatchError(
+            f"feature callable {name}: {what} column {names[col]!r} holds inf ({int(inf[:, col].sum()):,} rows, the "
+            f"first at row {int(row)} of the table given); NaN means missing, inf is not a value: "
+            "clip or mark it missing")
+    return names, arr
+
+
+def _first_moved(got: pd.Index, want: pd.Index) -> str:
+    i = int(np.flatnonzero(got.to_numpy() != want.to_numpy())[0]) if len(got) == len(want) else 0
+    return f"{i}: index {_label(got[i])} where the input has {_label(want[i])}"
+
+
+def _label(v: Any) -> str:
+    return repr(v.item() if hasattr(v, "item") else v)
 
 
 # ------------------------------------------------------------------ validation on a sample

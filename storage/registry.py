@@ -452,6 +452,7 @@ def load_byo(
                     scripted = torch.jit.load(str(p), map_location="cpu")
                 except (RuntimeError, ValueError) as exc:
                     raise ModelError(f"load_byo: {p} is not a TorchScript file torch can load ({exc})") from exc
+            _check_finite_weights(scripted, p)
             models.append(wrap_scripted(scripted, feats, ctx, gru_path=gru_path, model_id=f"{p.name}#{i}"))
         source = {"script": [str(p) for p in paths]}
     else:
@@ -467,6 +468,7 @@ def load_byo(
                 except (RuntimeError, OSError, KeyError, ValueError) as exc:
                     raise ModelError(f"load_byo: state dict {p} does not fit {factory} ({exc}); "
                                      "give the weights saved from the same architecture") from exc
+            _check_finite_weights(module, p or factory)
             models.append(wrap_module(module, feats, ctx, gru_path=gru_path, model_id=f"{factory}#{i}"))
         source = {"factory": factory, "state_dict": [str(p) for p in paths], "factory_kwargs": factory_kwargs or {}}
     sid = set_id or "byo-" + hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -474,6 +476,16 @@ def load_byo(
             "context_names": list(ctx), "gru_path": models[0].extra.get("scripted_gru_path", models[0].gru_path),
             "feature_spec": (feature_spec or FeatureSpec(feats, ctx)).to_dict(), **source}
     return ModelSet(set_id=sid, seeds=list(range(len(models))), models=models, normaliser=norm, meta=meta)
+
+
+def _check_finite_weights(module: torch.nn.Module, where) -> None:
+    """A team's weights all finite: an inf GRU bias publishes a run of zero states and update gates of 1."""
+    bad = [name for name, t in module.state_dict().items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelError(f"load_byo: {where} has non-finite (NaN or inf) weights in {', '.join(bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}; every state would be saturated or NaN. Give weights "
+                         "from a training run that did not diverge")
 
 
 def _byo_normaliser(normaliser, feats: tuple[str, ...], ctx: tuple[str, ...]) -> Normaliser:

@@ -105,7 +105,46 @@ def bad_scores():
     return PerDog()
 
 
+def sorted_features(runs):
+    """The team's features computed on the runs sorted by date: rows no longer the input's rows in its order."""
+    import team_model
+
+    feats, ctx = team_model.features(runs)
+    feats.index = ctx.index = runs.index
+    order = runs.sort_values("race_date", kind="stable").index
+    return feats.loc[order], ctx.loc[order]
+
+
+def inf_features(runs):
+    """A feature callable whose column holds +inf (NaN means missing; inf is not a value)."""
+    import team_model
+
+    feats, ctx = team_model.features(runs)
+    feats.loc[feats.index[3], "km"] = np.inf
+    return feats, ctx
+
+
+def inf_bias():
+    """The team's model with an infinite GRU bias: every state 0, every update gate 1."""
+    import team_model
+
+    model = team_model.build()
+    with torch.no_grad():
+        model.encoder["rnn"].bias_ih_l0[0] = float("inf")
+    return model
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--factory", "team_model:build", "--feature-fn", "tests.test_byo:sorted_features"],
+     "not the input's rows in the input's order"),
+    (["--factory", "team_model:build", "--feature-fn", "tests.test_byo:inf_features"], "'km' holds inf"),
+    (["--factory", "tests.test_byo:inf_bias", "--feature-fn", "team_model:features"],
+     "non-finite (NaN or inf) weights in encoder.rnn.bias_ih_l0"),
+    (["--factory", "team_model:build", "--feature-fn", "team_model:features", "--snapshot", "../../etc"],
+     "not a plain id"),
+    (["--factory", "team_model:build", "--feature-fn", "team_model:features", "--snapshot", "nope"],
+     "no such forms snapshot"),
+
     (["--factory", "tests.test_byo:NoGru", "--feature-fn", "team_model:features"], "no torch.nn.GRU"),
     (["--factory", "team_model:build", "--features", "won,box,log_place"], "reads 6 features"),
     (["--factory", "team_model:build", "--weights", "MISSING/seed0.pt", "--feature-fn", "team_model:features"],

@@ -150,6 +150,11 @@ def _sample_runs(root, snapshot: str | None):
     from gruviz_core.synth import simulate
     from storage.forms import latest_snapshot, load_snapshot
 
+    if snapshot is not None:  # as `train --snapshot`: a plain id under the store's forms, nothing outside it
+        from flows.preflight import check_id
+        from storage.fs import store_path
+
+        snapshot = check_id(store_path(root) / "forms", snapshot, "model register: snapshot id (--snapshot)")
     sid = snapshot or latest_snapshot(root)
     if sid is None:
         return simulate(SAMPLE_DOGS, 0), "simulated races"
