@@ -79,15 +79,20 @@ TABLES: Mapping[str, pa.Schema] = {
         ("step", _I), ("seed_a", _I), ("seed_b", _I), ("n", _I), ("cka", _F), ("lo", _F), ("hi", _F),
         ("cka_perm", _F), ("cka_biased", _F),
     ),
+    # Resilience (gruviz_core.resilience): scope dog / within-dog / feed, kind, relative severity, step group;
+    # sensitivity (flip_rate, abs_dlogp, kl, state_divergence) and harm (d_nll, held-out races only).
     "resilience": _schema(
-        ("scope", _S), ("perturbation", _S), ("severity", _F), ("severity_unit", _S), ("level", _I), ("bucket", _S),
-        ("plateau", _S), ("status", _S), ("n_cases", _I), ("n_changed", _I), ("changed_share", _F), ("n_dogs", _I),
-        *((f"{m}{s}", _F) for m in ("d_nll", "flip_rate", "state_divergence") for s in ("", "_lo", "_hi")),
+        ("scope", _S), ("perturbation", _S), ("family", _S), ("severity", _F), ("severity_unit", _S), ("level", _I),
+        ("bucket", _S), ("status", _S), ("n_cases", _I), ("n_changed", _I), ("n_duplicate", _I),
+        ("changed_share", _F), ("damage_share", _F), ("n_dogs", _I),
+        *((f"{m}{s}", _F) for m in ("d_nll", "flip_rate", "abs_dlogp", "kl", "state_divergence")
+          for s in ("", "_lo", "_hi")),
     ),
     "resilience_contrast": _schema(
-        ("scope", _S), ("perturbation", _S), ("severity", _F), ("level", _I), ("contrast", _S), ("measure", _S),
-        ("a", _S), ("b", _S), ("value_a", _F), ("value_b", _F), ("diff", _F), ("lo", _F), ("hi", _F),
-        ("n_a", _I), ("n_b", _I),
+        ("scope", _S), ("perturbation", _S), ("family", _S), ("severity", _F), ("level", _I), ("contrast", _S),
+        ("measure", _S), ("role", _S), ("a", _S), ("b", _S), ("value_a", _F), ("value_b", _F), ("diff", _F),
+        ("lo", _F), ("hi", _F), ("n_a", _I), ("n_b", _I), ("n_dogs_a", _I), ("n_dogs_b", _I), ("n_boot", _I),
+        ("reading", _S),
     ),
     "divergence": _schema(("pair", _S), ("dog_a", _S), ("dog_b", _S), ("step", _I), ("distance", _F)),
 }

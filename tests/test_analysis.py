@@ -39,10 +39,11 @@ CONTRACT = {
     "eval/sensitivity.parquet": ["param", "value", "n_dogs_a", "n_dogs_b", "diff", "lo", "hi", "comparable"],
     "eval/repro.parquet": ["scope", "metric", "value", "n"],
     "eval/cka.parquet": ["step", "seed_a", "seed_b", "n", "cka", "lo", "hi", "cka_perm", "cka_biased"],
-    "eval/resilience.parquet": ["scope", "perturbation", "severity", "level", "bucket", "plateau", "status",
-                                "n_changed", "changed_share", "d_nll", "d_nll_lo", "d_nll_hi", "flip_rate",
-                                "state_divergence"],
-    "eval/resilience_contrast.parquet": ["scope", "perturbation", "contrast", "measure", "diff", "lo", "hi"],
+    "eval/resilience.parquet": ["scope", "perturbation", "severity", "level", "bucket", "status", "n_changed",
+                                "n_duplicate", "changed_share", "damage_share", "d_nll", "d_nll_lo", "d_nll_hi",
+                                "flip_rate", "abs_dlogp", "kl", "state_divergence"],
+    "eval/resilience_contrast.parquet": ["scope", "perturbation", "contrast", "measure", "role", "diff", "lo", "hi",
+                                         "n_dogs_a", "n_dogs_b", "n_boot", "reading"],
     "eval/divergence.parquet": ["pair", "dog_a", "dog_b", "step", "distance"],
 }
 
@@ -146,12 +147,15 @@ def test_eval_tables_make_sense(run):
     all_ll = cm[(cm.cohort == "all") & (cm.metric == "log_loss")].set_index("source")["n_rows"]
     assert all_ll.nunique() == 1  # every source on the same rows
     res = pd.read_parquet(tmp / "eval" / "resilience.parquet")
-    assert set(res.perturbation) >= {"drop_last", "noise_time", "missing", "truncate", "duplicate"}
-    assert set(res.scope) == {"dog", "feed"}
+    assert set(res.perturbation) >= {"drop_last", "blank_last", "noise_time", "missing", "truncate", "duplicate"}
+    assert set(res.scope) == {"dog", "within-dog", "feed"}
     ok = res[res.status == "ok"]
-    assert (ok.state_divergence >= 0).all() and ok.flip_rate.between(0, 1).all()
+    assert (ok.state_divergence >= 0).all() and ok.flip_rate.between(0, 1).all() and (ok.kl >= 0).all()
     assert (ok.d_nll_lo <= ok.d_nll + 1e-12).all() and (ok.d_nll <= ok.d_nll_hi + 1e-12).all()
-    assert ok.changed_share.between(0, 1).all()
+    assert ok.changed_share.between(0, 1).all() and ok.damage_share.between(0, 1).all()
+    latest = ok[(ok.scope == "dog") & (ok.perturbation == "drop_last") & (ok.severity == 1)]
+    assert len(latest) and latest[["abs_dlogp", "flip_rate", "d_nll"]].notna().all().all()
+    assert ok[ok.scope == "within-dog"].d_nll.isna().all()  # harm only on held-out races
     rep = pd.read_parquet(tmp / "eval" / "repro.parquet")
     assert "fleiss_kappa" in set(rep.metric) and (rep.n >= 0).all()
     div = pd.read_parquet(tmp / "eval" / "divergence.parquet")

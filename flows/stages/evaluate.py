@@ -219,7 +219,7 @@ def evaluate_run(
         checked = _checked_offsets(reader, offsets)  # here: a mismatch fails the stage before any work
         resilience = _Background(partial(
             _resilience, rows, race_all, scores, sel, dogs, rule, models, inputs, checked, feature_names,
-            sample_dogs=sample_dogs, seed=seed, n_boot=min(n_boot, 500), perturbations=perturbations, steps=target_steps))
+            sample_dogs=sample_dogs, seed=seed, n_boot=n_boot, perturbations=perturbations, steps=target_steps))
     won = r["won"].to_numpy(np.float64)
     race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
@@ -362,33 +362,64 @@ def _top_rows(reader, seed: int, rows: np.ndarray) -> np.ndarray:
 
 
 def _resilience(rows, race_all, scores, sel, dogs, rule, models, inputs, offsets, feature_names, *,
-                sample_dogs, seed, n_boot, perturbations, steps, feed_per_step: int = 12) -> dict[str, pd.DataFrame]:
-    """The resilience and resilience_contrast tables: targets at several steps, scopes 'dog' and 'feed'.
+                sample_dogs, seed, n_boot, perturbations, steps, feed_per_step: int = 100, latest_dogs: int = 8000,
+                within_dogs: int = 3000) -> dict[str, pd.DataFrame]:
+    """The resilience and resilience_contrast tables (gruviz_core.resilience): scopes 'dog', 'within-dog', 'feed'.
 
-    The feed scope re-scores whole races (every runner's history damaged): it dominated the evaluate
-    stage on the Iggy files at 40 races per step (51 of 84 s), so it samples 12 per step by default.
+    Sample sizes, chosen so the latest-race test is tight and the costly re-runs stay few:
+      dog, latest-race kinds   every held-out dog with a target step, up to `latest_dogs`: these kinds
+                               cost at most one GRU step per case, and the page-one early-minus-late
+                               flip-rate interval must be at most 0.04 wide on the Iggy files (it was
+                               0.038 with 2,000 dogs; about 1/sqrt(dogs) narrower with more);
+      dog, other kinds         `sample_dogs` of those dogs (they re-run up to the whole history);
+      within-dog               up to `within_dogs` debut-observed dogs with an early and a late target
+                               over all their races (latest-race kinds, sensitivity only);
+      feed                     `feed_per_step` held-out races per target step, latest-race kinds only
+                               (every runner re-scored), so each side has >= 100 dogs for a reading.
+    n_boot replicates over dogs (page one reads the latest-race contrast: n_boot >= 1,000 there).
     `inputs()` gives the normalised (values, context, train_rows)."""
     values, context, train_rows = inputs()
     names = tuple(feature_names) or tuple(models[0].feature_names)
     groups = rs.feature_groups(names)
     seen = rs.kinds_seen(_training_rows(values, train_rows), groups)
+    n_dogs = len(offsets) - 1
     ok = np.zeros(len(rows), bool)
     ok[sel] = True
-    plateau = np.full(len(offsets) - 1, np.nan)
-    plateau[dogs["dog_index"].to_numpy()] = dogs["plateau_step"].to_numpy(np.float64)
-    cases = rs.target_cases(offsets, ok, plateau, rule.k, sample_dogs=sample_dogs, seed=seed, steps=steps)
+    ok_all = _scored_rows(scores, race_all)  # any period: sensitivity needs no outcome
+    debut = np.ones(n_dogs, bool)
+    if "debut_observed" in dogs:  # step-indexed science on dogs whose first race is their debut (DESIGN 5)
+        debut[:] = False
+        debut[dogs["dog_index"].to_numpy()] = dogs["debut_observed"].to_numpy(bool)
+    latest = tuple(p for p in perturbations if p.kind in rs.LATEST_KINDS)
+    other = tuple(p for p in perturbations if p.kind not in rs.LATEST_KINDS)
+    held = rs.target_cases(offsets, ok, sample_dogs=latest_dogs, seed=seed, steps=steps)
+    some = rs.subsample_dogs(held, sample_dogs, seed)
+    within = rs.within_dog_cases(offsets, ok_all, sample_dogs=within_dogs, seed=seed, steps=steps, dog_ok=debut)
+    feed = rs.subsample_cases(held, feed_per_step, seed)
     won_all = rows["won"].to_numpy(np.float64)
-    others = [rs.others_in_race(scores[:, k], race_all, ok, cases.row) for k in range(len(models))]
-    feed = rs.subsample_cases(cases, feed_per_step, seed)
-    effects = {
-        "dog": rs.case_effects(models, values, context, offsets, cases, others, won_all[cases.row], perturbations,
-                               groups, seen, seed=seed),
-        "feed": rs.feed_effects(models, values, context, offsets, rows["dog_index"].to_numpy(np.int64), race_all,
-                                ok, np.nan_to_num(won_all), feed, perturbations, groups, seen, seed=seed),
-    }
-    weights = ev.poisson_weights(len(offsets) - 1, n_boot, seed + 5)
-    res, con = rs.summarise(effects, {"dog": cases, "feed": feed}, perturbations, weights)
+    row_dog = rows["dog_index"].to_numpy(np.int64)
+
+    def _dog_block(scope, cases, perts, ok_rows, won):
+        others = [rs.others_in_race(scores[:, k], race_all, ok_rows, cases.row) for k in range(len(models))]
+        eff = rs.case_effects(models, values, context, offsets, cases, others, won, perts, groups, seen, seed=seed)
+        return rs.Block(scope, cases, perts, eff)
+
+    blocks = [
+        _dog_block("dog", held, latest, ok, won_all[held.row]),
+        _dog_block("dog", some, other, ok, won_all[some.row]),
+        _dog_block("within-dog", within, latest, ok_all, None),
+        rs.Block("feed", feed, latest, rs.feed_effects(models, values, context, offsets, row_dog, race_all, ok,
+                                                       np.nan_to_num(won_all), feed, latest, groups, seen, seed=seed)),
+    ]
+    res, con = rs.summarise(blocks, n_boot=n_boot, seed=seed + 5)
     return {"resilience": res, "resilience_contrast": con}
+
+
+def _scored_rows(scores: np.ndarray, race: np.ndarray) -> np.ndarray:
+    """(obs,) bool: every seed scored the row and its race has at least two such runners."""
+    ok = np.isfinite(scores).all(axis=1)
+    runners = np.bincount(race[ok], minlength=int(race.max()) + 1 if len(race) else 0)
+    return ok & (runners[race] >= 2)
 
 
 def _training_rows(values, train_rows: np.ndarray | None):
