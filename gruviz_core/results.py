@@ -111,3 +111,11 @@ class RunResults:
     """eval/resilience_contrast.parquet: early minus late (and before minus after the plateau) within kind and severity."""
     divergence: pd.DataFrame | None = None
     """eval/divergence.parquet: distance between two dogs' states per step."""
+    probes: pd.DataFrame | None = None
+    """eval/probes.parquet: probe score (R² or AUC) per seed, layer, quantity and race-count bucket, with the control
+    task's score and the selectivity (gruviz_core.probes)."""
+    unit_atlas: pd.DataFrame | None = None
+    """eval/unit_atlas.parquet: Spearman rho of every unit with every quantity, per seed and layer."""
+    probe_record: Mapping[str, Any] | None = None
+    """eval/probe.json: what the probe stage sampled and how long it took, or {"error": why it failed}; None when
+    the stage did not run."""

@@ -95,6 +95,16 @@ TABLES: Mapping[str, pa.Schema] = {
         ("reading", _S),
     ),
     "divergence": _schema(("pair", _S), ("dog_a", _S), ("dog_b", _S), ("step", _I), ("distance", _F)),
+    # The probe atlas (gruviz_core.probes): out-of-sample probe score (R² or AUC) per seed, layer, quantity and
+    # race-count bucket, with the control task's score and the selectivity (score - control), intervals over dogs.
+    "probes": _schema(
+        ("quantity", _S), ("metric", _S), ("seed", _I), ("layer", _I), ("bucket", _S), ("score", _F), ("lo", _F),
+        ("hi", _F), ("control", _F), ("control_lo", _F), ("control_hi", _F), ("selectivity", _F), ("sel_lo", _F),
+        ("sel_hi", _F), ("n_dogs", _I), ("n_rows", _I), ("note", _S),
+    ),
+    "unit_atlas": _schema(
+        ("seed", _I), ("layer", _I), ("unit", _I), ("quantity", _S), ("rho", _F), ("n_rows", _I), ("rank", _I),
+    ),
 }
 """Table name -> the columns every stored copy has (the name is the file's stem under stats/ or eval/)."""
 

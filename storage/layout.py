@@ -75,8 +75,8 @@ class StoreLayout:
 STATS_TABLES = ("dog_step", "row_summary", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "status_compare", "status_effect", "dose_response", "sensitivity",
-               "repro", "cka", "resilience", "resilience_contrast", "divergence")
-"""Tables the evaluate stage writes under <run>/eval/."""
+               "repro", "cka", "resilience", "resilience_contrast", "divergence", "probes", "unit_atlas")
+"""Tables the evaluate stage (and the probe stage: probes, unit_atlas) writes under <run>/eval/."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class RunLayout:
     """Every path inside one run directory (temporary or published), named once.
 
         states.zarr/  plan.json  meta.json  blocks/<b>.json  run.json  _COMPLETE
-        stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json
+        stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json  eval/probe.json
     """
 
     run_dir: StorePath
@@ -141,6 +141,11 @@ class RunLayout:
     @property
     def headline(self) -> StorePath:
         return self.eval / "headline.json"
+
+    @property
+    def probe_record(self) -> StorePath:
+        """The probe stage's record: what it sampled and how long it took, or why the atlas is missing."""
+        return self.eval / "probe.json"
 
     def table(self, name: str) -> StorePath:
         """<run>/stats/<name>.parquet or <run>/eval/<name>.parquet, by the table's stage."""

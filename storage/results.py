@@ -56,6 +56,7 @@ def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None
         meta=read_json(layout.run_json) or {},
         summary=read_json(layout.summary),
         headline=read_json(layout.headline) or {},
+        probe_record=read_json(layout.probe_record),
         **frames,
     )
 
