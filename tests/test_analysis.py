@@ -111,7 +111,8 @@ def test_tables_have_the_contract_columns(run):
         assert len(df) > 0 or rel == "eval/cka.parquet", rel  # 60 dogs: fewer than the 200 the CKA curve needs
     assert not list(tmp.glob("stats/.*.tmp")) and not list(tmp.glob("eval/.*.tmp"))
     s = json.loads((tmp / "stats" / "summary.json").read_text())
-    assert s["rule"]["name"] == "plateau-f-abs" and len(s["effective_dim"]) == 2
+    assert s["rule"]["name"] == "plateau-s" and len(s["effective_dim"]) == 2
+    assert {"magnitude", "plateau_curve", "km_grid", "reliance"} <= set(s)
     assert sum(s["cohort_counts"].values()) == s["n_dogs"]
     assert json.loads((tmp / "run.json").read_text())["cohort_rule"] == s["rule"]
     assert headline["model_log_loss"] > 0 and headline["has_market"]
@@ -234,3 +235,22 @@ def test_resilience_on_a_second_core_equals_inline_and_raises_its_errors(run, mo
     monkeypatch.setattr(stage, "_resilience", broken)
     with pytest.raises(RuntimeError, match="resilience broke"):
         evaluate_run(tmp, **kw)
+
+
+def test_headline_carries_the_record_the_checks_read(run):
+    from gruviz_core.headline import Headline
+
+    tmp, _, _, headline = run
+    on_disk = json.loads((tmp / "eval" / "headline.json").read_text())
+    h = Headline.from_dict(on_disk)
+    assert h.rule["name"] == "plateau-s"
+    for e in (h.main_effect, h.within_dog):
+        assert e is not None and {e.a, e.b} <= {"settled", "settling", "after plateau", "before plateau"}
+    assert {g.param for g in h.grid} == {"w", "delta", "k"} and len(h.grid) == 6
+    assert set(h.composition) == {"market_log_loss", "market_win_rate"}
+    assert {"max_abs", "share_states_any_095"} <= set(h.magnitude) and 0 < h.magnitude["max_abs"] < 1
+    assert [b.bucket for b in h.gap_by_race_count][0] == "1"
+    assert len(h.ensemble["by_seed"]) == 2 and h.ensemble["race_nll"] is not None
+    assert h.verdict is not None and h.verdict.kind in ("robust", "fragile", "none", "not_comparable")
+    assert h.scope["debut_runners"] <= h.scope["runners"]
+    assert Headline.from_dict(h.to_dict()) == h  # the record round-trips

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flows.stages import compare as cp
 from flows.stages.stats import run_offsets
 from gruviz_core import cohorts as co
 from gruviz_core import comparisons as cmp
@@ -28,6 +29,7 @@ from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
 from gruviz_core.features import column_index
+from gruviz_core.headline import Headline
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from storage.fs import store_path
@@ -238,8 +240,12 @@ def evaluate_run(
     row_cohort = cohort[dog]
     cal = [ev.calibration(sources[s], won, row_cohort).assign(source=s) for s in ("model", "market") if s in sources]
     tables["calibration"] = pd.concat(cal, ignore_index=True)
-    found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
-                         sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
+    if rule.by_plateau and not period["too_small"] and len(sel):
+        found = cp.plateau_comparisons(run_dir, summary, rule, dogs, sel, probs, sources.get("market"), won, race, dog,
+                                       weights, sizes=sizes, grid_boot=grid_boot, n_obs=reader.n_obs)
+    else:
+        found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
+                             sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
     tables.update(found.tables)
     tables["repro"] = ev.repro_table(probs, race, dog, cohort, *_kappas(run_dir, dogs, rule))
     tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
@@ -268,6 +274,7 @@ def evaluate_run(
         "model_hit_rate": _get("model", m="hit_rate"), "market_hit_rate": _get("market", m="hit_rate"),
         "model_auc": _get("model", m="auc"),
         **found.headline, "plateau_median_km": _km_median(run_dir, summary),
+        **cp.saturation_headline(summary, _km_median(run_dir, summary), probs, won, race, rule),
         "effective_dim": summary.get("effective_dim"), "dead_units": summary.get("dead_units"),
         "always_saturated_units": summary.get("always_saturated_units"),
         "exemplars": [{"dog_a": a, "dog_b": b} for a, b in ex_pairs],
@@ -276,6 +283,8 @@ def evaluate_run(
         "min_sizes": {"dogs": sizes.min_dogs, "winners": sizes.min_winners},
         "tables": sorted(tables), "notes": notes, "seconds": round(time.perf_counter() - t0, 3),
     }
+    headline["race_nll"]["rated"] = None  # the source's rated price is not in the nightly's store yet
+    headline = Headline.from_dict(headline).to_dict()  # the typed record, written once
     write_json(layout.headline, headline)
     return headline
 
@@ -466,7 +475,7 @@ class _Found:
     notes: list[str] = field(default_factory=list)
 
 
-_GROUPS = ("saturated", "partial", "unsaturated", "undecided")
+_GROUPS = ("saturated", "partial", "unsaturated", "undecided")  # the magnitude rules' (plateau rules: flows.stages.compare)
 _SENSITIVITY_GRID: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("tau", (0.9, 0.99)), ("theta", (0.1, 0.5)), ("w", (3, 8)), ("delta", (0.02, 0.1)), ("k", (2, 5)),
 )
