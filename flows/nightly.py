@@ -1,4 +1,4 @@
-"""The nightly flow: ingest -> features -> extract (one task per block) -> stats -> evaluate ->
+"""The nightly flow: ingest -> features -> extract (one task per block) -> stats -> evaluate -> probe ->
 publish run -> report -> publish report -> notify. Tasks pass store keys and paths, never arrays."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from flows.notify import notify_failure, send_report_email
 from flows.preflight import Preflight, preflight_nightly
 from flows.progress import report as progress_report
 from flows.settings import Settings, load_settings
-from flows.stages import evaluate, extract, features, ingest, report, stats
+from flows.stages import evaluate, extract, features, ingest, probe, report, stats
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
 from gruviz_core.errors import ConfigError, GruvizError
@@ -121,6 +121,12 @@ def stats_task(tmp_dir: str, rule: dict) -> dict:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(tmp_dir: str, root: str, set_id: str, seq_path: str, n_boot: int, min_races: int) -> dict:
     return evaluate.run(tmp_dir, root, set_id, seq_path, n_boot=n_boot, min_races=min_races)
+
+
+@task(name="probe", cache_policy=NO_CACHE)
+def probe_task(tmp_dir: str, root: str, snapshot_id: str, dogs: int) -> dict:
+    """The probe atlas; a failure is recorded for the report (eval/probe.json), never fails the night."""
+    return probe.run(tmp_dir, root, snapshot_id, dogs=dogs)
 
 
 @task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -220,6 +226,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     stats_task(tmp_dir, _rule(s))
     evaluate_timed = evaluate_task.with_options(timeout_seconds=s.evaluate_timeout_s)
     headline = evaluate_timed(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
+    probe_task(tmp_dir, root, snapshot_id, s.probe_dogs)
     run_dir = publish_run_task(root, tmp_dir)
     rel = report_task(run_dir, root, str(checked.reports_dir), night, snapshot_id, list(s.watchlist))
     retention_task(root, str(checked.reports_dir), s.keep_nights)

@@ -22,8 +22,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from gruviz_core import probes as pr
-from storage.fs import store_path
 from storage.forms import load_snapshot
+from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.states import open_dataset, open_states
 from storage.tables import write_json, write_table
