@@ -18,7 +18,7 @@ FIX = Path(__file__).parent / "fixtures" / "forms"
 @pytest.mark.parametrize("argv, allowed", [
     (["ingest", str(FIX), "--format", "nope"], ["'canonical'", "'gbgb'", "'iggy'", "'thedogs'"]),
     (["nightly", "--device", "gpu"], ["auto, cpu, cuda, cuda:N, mps"]),
-    (["nightly", "--cohort-rule", "plateau"], ["'plateau-f-abs'"]),
+    (["nightly", "--cohort-rule", "plateau"], ["'plateau-s'", "'tanh-f'"]),
     (["train", "--seeds", "0"], ["greater than or equal to 1"]),
 ])
 def test_a_bad_value_is_refused_at_parse_time(tmp_path, capsys, argv, allowed):
@@ -48,7 +48,7 @@ def test_help_lists_every_option_with_its_help(capsys):
     text = capsys.readouterr().out
     for option in ("--source", "--date", "--home", "--model-set", "--device", "--cohort-rule", "--json", "--progress"):
         assert option in text, option
-    assert "torch device" in text and "plateau-f-abs" in text
+    assert "torch device" in text and "plateau-s" in text
     assert main(["model", "register", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--trained-until" in text and "last race date" in text

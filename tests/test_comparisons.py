@@ -119,15 +119,17 @@ def test_status_at_prediction_uses_only_earlier_steps():
     assert list(again.status[:6]) == list(got.status[:6])
 
 
-def test_rule_v2_may_find_no_saturated_dog_and_unknown_rules_are_refused():
-    rule = co.CohortRule()
-    assert (rule.name, rule.version, rule.scale) == ("plateau-f-abs", 2, "absolute")
+def test_tanh_rule_may_find_no_saturated_dog_and_unknown_rules_are_refused():
+    rule = co.RULES["tanh-f"]
+    assert (rule.name, rule.version, rule.scale) == ("tanh-f", 1, "absolute")
     cohorts = co.assign_cohorts(np.array([10.0, 12.0, np.nan]), np.array([40, 40, 3]), np.array([0.0, 0.01, 0.0]), rule)
     assert "saturated" not in set(cohorts) and list(cohorts) == ["unsaturated", "unsaturated", "undecided"]
     from gruviz_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown"):
+    with pytest.raises(ConfigError, match="renamed"):
         co.CohortRule.from_dict({"name": "plateau-f"})
+    with pytest.raises(ConfigError, match="unknown"):
+        co.CohortRule.from_dict({"name": "plateau-q"})
 
 
 def test_concordance_and_race_nll_by_hand():

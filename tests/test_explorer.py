@@ -146,7 +146,7 @@ def test_dog_page_has_every_part_and_the_numbers_agree(app, store):
     assert np.allclose(p[0], (e / e.sum(axis=0))[list(field[:, 0]).index(rec.scores[0, 0])], atol=1e-6)
     assert rec.s is not None and len(rec.s) == t and rec.band is not None
     assert "status before" in r.html and "undecided" in r.html  # the first races come before any check
-    assert "plateau-f-abs" in r.html and rec.cohort in r.html
+    assert "plateau-s" in r.html and rec.cohort in r.html
 
 
 def test_compare_adds_the_divergence(app):
