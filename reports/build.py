@@ -7,14 +7,16 @@ watchlist))`); nothing here opens a file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults
-from reports.headline import cohort_counts, headline_numbers, period_text, verdict_text
-from reports.model import AnimHeatmapSpec, ReportModel
-from reports.sections.cohorts import cohort_section
+from reports.headline import headline_numbers, page_one, period_text, record, scope_text, verdict_text
+from reports.model import AnimHeatmapSpec, Panel, ReportModel, Section
+from reports.sections.cohorts import comparison_section
 from reports.sections.common import per_dog
+from reports.sections.front import front_panels
 from reports.sections.resilience import divergence_section, resilience_section
 from reports.sections.run import provenance, quality_section, trend_section
 from reports.sections.saturation import saturation_section
@@ -47,16 +49,15 @@ def build_report(
         dogs = _NO_STATES
     elif not isinstance(dogs, DogStatesSet):
         dogs = DogStatesSet(dict(dogs))
-    run_meta, head, summary = results.meta, dict(results.headline), results.summary
+    run_meta, head, summary = results.meta, record(results.headline), results.summary
     night = str(head.get("night") or run_meta.get("night") or results.name)
     rule = head.get("rule") or (summary or {}).get("rule") or run_meta.get("cohort_rule")
     if data_quality is None:
-        data_quality = run_meta.get("data_quality") or run_meta.get("ingest")
+        data_quality = run_meta.get("data_quality")
 
     dog, layer = per_dog(results.dog, summary)
     hist = _history(history, night)
     prev = hist[-1] if hist else None
-    counts = cohort_counts(head, summary, dog)
 
     div = results.divergence
     pairs = [] if div is None else list(dict.fromkeys(zip(div["dog_a"].astype(str), div["dog_b"].astype(str))))
@@ -66,27 +67,43 @@ def build_report(
         str(d.id) for p in states.panels if isinstance(p.figure, AnimHeatmapSpec) for d in p.figure.dogs
     ]
     sections = (
+        comparison_section(results),
+        abs_sum_section(results, dog, chosen_ids, layer, head),
         states,
-        abs_sum_section(results, dog, chosen_ids, layer, head.get("plateau_median_km")),
+        _guarded("reproducibility", "Reproducibility across seeds", repro_section, results),
+        _guarded("resilience", "Resilience to data issues", resilience_section, results),
+        _guarded("divergence", "Two-dog divergence", divergence_section, results, dog),
         saturation_section(results, layer),
-        cohort_section(results, dog, counts, rule),
-        repro_section(results),
-        resilience_section(results),
-        divergence_section(results, dog),
-        trend_section(night, head, hist),
-        quality_section(data_quality),
+        _closed(trend_section(night, head, hist)),
+        _closed(quality_section(data_quality)),
     )
     return ReportModel(
         title=f"gruviz nightly report {night}",
         night=night,
-        verdict=verdict_text(head, dict(counts)),
+        verdict=verdict_text(head),
         period=period_text(head),
+        scope=scope_text(head),
+        findings=page_one(head),
+        front=front_panels(results),
         headline=headline_numbers(head, prev[1] if prev else None),
-        cohort_counts=counts,
         provenance=provenance(run_meta, rule, night, head),
         previous_night=prev[0] if prev else None,
         sections=sections,
     )
+
+
+def _guarded(sid: str, title: str, build: Callable[..., Section], *args: Any) -> Section:
+    """A section whose builder failed says so in a note (the error named) instead of losing the whole page."""
+    try:
+        return build(*args)
+    except Exception as exc:  # noqa: BLE001 - the page must still be published; the note names the failure
+        note = f"This section could not be built from the run's tables: {type(exc).__name__}: {exc}"
+        return Section(sid, title, "", (Panel(title, "", note=note),))
+
+
+def _closed(section: Section) -> Section:
+    """The section inside a closed <details>: read on demand, not part of the page's first read."""
+    return dataclasses.replace(section, collapsed=True)
 
 
 def _history(history: Sequence[NightHeadline], night: str) -> list[tuple[str, Mapping[str, Any]]]:

@@ -12,9 +12,11 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 from gruviz_core.errors import ConfigError, NotifyError
-from reports.headline import period_text, verdict_text
+from gruviz_core.exemplars import typical_dogs
+from reports.headline import headline_lines, record
 
 __all__ = [
     "SmtpConfig", "email_summary", "compose_report_email", "compose_failure_email", "send_email", "report_url",
@@ -55,44 +57,33 @@ def report_url(base_url: str, rel_path: str) -> str:
     return base_url.rstrip("/") + "/" + rel_path.lstrip("/")
 
 
-def email_summary(headline: dict, dogs=None, watchlist: tuple[str, ...] = ()) -> dict[str, str]:
-    """The few numbers a modeller reads in the email, labelled, led by the verdict (the same sentence as the page's,
-    from `reports.headline.verdict_text`); `dogs` is stats/dog.parquet (one row per dog on the cohort layer) for the
-    exemplars' and watchlist dogs' names and cohorts. The flow's summary artifact shows these same lines."""
-    h = headline
-    out: dict[str, str] = {}
-    verdict = verdict_text(h)
-    if verdict:
-        out["Verdict"] = verdict
-    period = period_text(h)
-    if period:
-        out["Evaluated"] = period
-    if "dogs" in h:
-        out["Dogs / race steps"] = f"{h['dogs']:,} / {h.get('obs', 0):,}"
-    counts = h.get("cohort_counts") or {}
-    if counts:
-        out["Cohorts"] = ", ".join(f"{k} {v:,}" for k, v in counts.items())
-    nll = h.get("race_nll") if isinstance(h.get("race_nll"), dict) else {}
-    for key, label in (("model", "Race NLL, model"), ("market", "Race NLL, market"), ("uniform", "Race NLL, uniform")):
-        if isinstance(nll.get(key), (int, float)):
-            out[label] = _fmt(float(nll[key]))
-    for key, label in (("model_hit_rate", "Model winner hit rate"), ("market_hit_rate", "Market winner hit rate")):
-        if isinstance(h.get(key), (int, float)):
-            out[label] = _fmt(float(h[key]))
-    if dogs is not None and len(dogs):
-        by_id = dogs.set_index("dog_id")
-        for pair in h.get("exemplars") or []:
-            for key, label in (("dog_a", "Most saturated exemplar"), ("dog_b", "Least saturated exemplar")):
-                if pair.get(key) in by_id.index:
-                    out[label] = str(by_id.loc[pair[key], "dog_name"])
+def email_summary(headline: Any, dogs=None, watchlist: tuple[str, ...] = ()) -> dict[str, str]:
+    """The email's lines, led by the verdict and page one's findings (`reports.headline.headline_lines`, the same
+    sentences as the page); then the typical dogs (`gruviz_core.exemplars`, the page's heatmap rule) and the
+    watchlist dogs by name. `dogs` is stats/dog.parquet at the cohort layer (dog_id, dog_name, cohort,
+    plateau_step; with n_steps and mean_s the typical dogs are picked from it, else the headline's exemplars are
+    named). The flow's summary artifact shows these same lines."""
+    out = headline_lines(headline)
+    if dogs is None or not len(dogs):
+        return out
+    if {"n_steps", "mean_s", "dog_index"} <= set(dogs.columns):
+        for _, r in typical_dogs(dogs).iterrows():
+            out[f"Typical {r['cohort']} dog"] = str(r["dog_name"])
+    else:
+        by_id = dogs.drop_duplicates("dog_id").set_index("dog_id")
+        for pair in record(headline).get("exemplars") or []:
+            for key in ("dog_a", "dog_b"):
+                if isinstance(pair, dict) and pair.get(key) in by_id.index:
+                    row = by_id.loc[pair[key]]
+                    out[f"Typical {row['cohort']} dog"] = str(row["dog_name"])
             break
-        for w in watchlist:
-            hit = dogs[(dogs["dog_id"] == w) | (dogs["dog_name"].str.casefold() == str(w).casefold())]
-            if len(hit):
-                row = hit.iloc[0]
-                t = row.get("plateau_step")
-                plateau = f", plateau at race {int(t)}" if t == t and t is not None else ""
-                out[f"Watchlist: {row['dog_name']}"] = f"{row['cohort']}{plateau}"
+    for w in watchlist:
+        hit = dogs[(dogs["dog_id"] == w) | (dogs["dog_name"].str.casefold() == str(w).casefold())]
+        if len(hit):
+            row = hit.iloc[0]
+            t = row.get("plateau_step")
+            plateau = f", plateau at race {int(t)}" if t == t and t is not None else ""
+            out[f"Watchlist: {row['dog_name']}"] = f"{row['cohort']}{plateau}"
     return out
 
 

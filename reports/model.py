@@ -39,7 +39,7 @@ from reports.specs import (
 )
 
 __all__ = [
-    "ReportModel", "Section", "Panel", "Table", "HeadlineNumber", "FigureSpec",
+    "ReportModel", "Section", "Panel", "Table", "HeadlineNumber", "Finding", "FigureSpec",
     "DogHeat", "AnimHeatmapSpec", "HeatmapSpec", "Band", "Line", "ExemplarCurve", "BandsSpec", "LinesSpec",
     "LinesPanel", "Lines2Spec", "ScatterSeries", "ScatterSpec", "GateSeries", "GateLayer", "GatesSpec",
     "GroupedSeries", "GroupedPanel", "GroupedSpec",
@@ -47,9 +47,11 @@ __all__ = [
     "GLOSSARY",
 ]
 
-COHORT_ORDER: tuple[str, ...] = ("all", "saturated", "partial", "unsaturated", "undecided")
+COHORT_ORDER: tuple[str, ...] = ("all", "settled", "settling", "saturated", "partial", "unsaturated", "undecided")
 COHORT_COLOURS: Mapping[str, str] = {
     "all": "#4b5563",
+    "settled": "#c2410c",
+    "settling": "#1d4ed8",
     "saturated": "#c2410c",
     "partial": "#a16207",
     "unsaturated": "#1d4ed8",
@@ -110,7 +112,7 @@ class Panel:
     note: str | None = None
     """Shown instead when the input was not computed for this run (names the missing table)."""
     collapsed: bool = False
-    """Render the table inside a closed <details> (long tables)."""
+    """Render the panel's figure and table inside a closed <details> (long tables, secondary figures)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class Section:
     """One or two sentences: the question this section answers."""
     panels: tuple[Panel, ...]
     """Figures and tables, in order."""
+    collapsed: bool = False
+    """Render the whole section inside a closed <details> (diagnostics, history, data quality)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,18 @@ class HeadlineNumber:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """One answer of page one (reports.headline.page_one)."""
+
+    key: str
+    """Stable id."""
+    label: str
+    """What it answers, in a few words."""
+    text: str
+    """Its sentences, each from a number on the page."""
+
+
+@dataclass(frozen=True)
 class ReportModel:
     """Everything the nightly page shows."""
 
@@ -154,13 +170,17 @@ class ReportModel:
     night: str
     """The night (YYYY-MM-DD) this report is for."""
     verdict: str
-    """Plain-language answer: is a saturated state associated with worse predictions tonight (headline.verdict_text)."""
+    """The verdict paragraph (reports.headline.verdict_text): the comparison with its checks, the family, yardsticks."""
     period: str | None
-    """What was evaluated: the period, out of sample or not, races and dogs (headline.period_text); None when unknown."""
+    """What was evaluated: the period, out of sample or not, races and runners (headline.period_text)."""
+    scope: str | None
+    """Which dogs and runners the step-indexed comparisons use (headline.scope_text); None when not recorded."""
+    findings: tuple[Finding, ...]
+    """Page one's answers in order (headline.page_one)."""
+    front: tuple[Panel, ...]
+    """Page one's figure and scorecard (the gap to the market by race count, settled vs settling)."""
     headline: tuple[HeadlineNumber, ...]
     """The numbers at the top."""
-    cohort_counts: tuple[tuple[str, int], ...]
-    """(cohort, dogs) in display order."""
     provenance: tuple[tuple[str, str], ...]
     """(label, value): date, snapshot, model set, seeds, code version, device, cohort rule, ..."""
     previous_night: str | None

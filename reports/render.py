@@ -11,7 +11,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from reports.figures import figure_html
-from reports.model import COHORT_COLOURS, ReportModel
+from reports.model import ReportModel
 
 __all__ = ["render", "render_index", "plotly_js_path", "ENV"]
 
@@ -72,13 +72,11 @@ def render(model: ReportModel, *, plotly_src: str | None = "assets/plotly.min.js
     """The night's page. `plotly_src`: path of plotly.js relative to the reports directory (the page is
     one level down, so it is referenced as '../<plotly_src>'), an absolute URL/path as given, or None to
     inline plotly.js once (a self-contained single file)."""
-    figures = {
-        p.figure.div_id: Markup(figure_html(p.figure)) for s in model.sections for p in s.panels if p.figure is not None
-    }
+    panels = [*model.front, *(p for s in model.sections for p in s.panels)]
+    figures = {p.figure.div_id: Markup(figure_html(p.figure)) for p in panels if p.figure is not None}
     return ENV.get_template("report.html.j2").render(
         m=model,
         figures=figures,
-        colours=COHORT_COLOURS,
         plotly_src=None if plotly_src is None else _script_src(plotly_src),
         plotly_inline=Markup(_plotly_js().replace("</script", "<\\/script")) if plotly_src is None else None,
     )

@@ -1,4 +1,4 @@
-"""A fake run directory with exactly the tables of docs/ARCHITECTURE.md sections 3-4, for report tests.
+"""A fake run directory with the tables and records a published run has, for report tests.
 
 `write_run(run_dir, ...)` writes `run.json`, `stats/*.parquet`, `stats/summary.json`,
 `eval/*.parquet` and `eval/headline.json` with plausible synthetic numbers (no model, no Zarr),
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from gruviz_core.exemplars import MIN_RACES
 from gruviz_core.results import DogStates, DogStatesSet, RunResults
 from gruviz_core.tables import TABLES as SCHEMAS
 from reports.build import build_report, heatmap_dog_ids
@@ -48,15 +50,17 @@ TABLES = (
 )
 """Every Parquet table the report reads, relative to the run directory."""
 
-COHORTS = ("saturated", "partial", "unsaturated", "undecided")
+COHORTS = ("settled", "settling", "undecided")
 
-SCENARIOS = ("found", "none", "small", "period_small", "zero_saturated", "in_sample_null")
-"""What a fake run's evaluation says: an association found (a worse gap for saturated-status races), none
-at this size, groups too small to compare, a held-out period too small to compare, a rule that finds no
-saturated dog, and a registered model without a training date (in_sample unknown)."""
+SCENARIOS = ("found", "none", "fragile", "small", "period_small", "in_sample_null", "legacy")
+"""What a fake run's evaluation says: a robust association (settled races worse, every check agrees); none
+(the Iggy night: the main interval excludes 0, the within-dog and grid checks do not, the market differs as
+much: the groups differ in who they are); fragile (the main and within-dog agree, the grid does not); groups
+too small to compare; a held-out period too small to compare; a registered model without a training date
+(in_sample unknown); and an older night's headline without the page-one record (no rule, no checks)."""
 
 STRATA = ("1", "2-5", "6-10", "11-20", "21-40", "41+", "all")
-GROUPS = ("saturated", "partial", "unsaturated", "undecided")
+GROUPS = ("settled", "settling", "undecided")
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
@@ -70,34 +74,23 @@ def _dogs(n_dogs: int, max_steps: int, rng: np.random.Generator, evil_first: boo
     plateau = np.round(rng.normal(18, 6, n_dogs)).clip(6, None).astype(np.int64)
     censored = plateau > n_steps
     level = rng.beta(2, 2, n_dogs)  # how saturated the dog's state ends up, 0..1
-    if scenario == "zero_saturated":  # most dogs' tail F is exactly 0, as on the real data
-        level = np.where(rng.random(n_dogs) < 0.8, 0.0, rng.uniform(0, 0.2, n_dogs))
-    f_after = np.where(censored, np.nan, level)
-    cohort = np.where(
-        censored, "undecided", np.where(level >= 0.5, "saturated", np.where(level < 0.25, "unsaturated", "partial"))
-    )
+    f_after = np.where(censored, np.nan, level * 0.05)
+    cohort = np.where(~censored, "settled", np.where(n_steps >= 8, "settling", "undecided"))
     names = np.array([f"DOG {i:06d}" for i in range(n_dogs)], dtype=object)
-    if evil_first and n_dogs and scenario != "zero_saturated":
-        names[0] = EVIL_NAME
-        # Make the evil dog the clearest saturated exemplar, so it is on the page.
-        n_steps[0], plateau[0], censored[0], level[0], f_after[0], cohort[0] = (
-            max_steps,
-            12,
-            False,
-            0.99,
-            0.99,
-            "saturated",
-        )
     if n_dogs > 1:
-        # ... and dog 1 the clearest unsaturated one.
-        n_steps[1], plateau[1], censored[1], level[1], f_after[1], cohort[1] = (
-            max_steps * 2 // 3,
-            15,
-            False,
-            0.01,
-            0.01,
-            "unsaturated",
-        )
+        # Dog 0 (the evil name) the typical settled dog and dog 1 the typical settling one, so both are on the
+        # page (gruviz_core.exemplars): the median level of their status, the longest careers.
+        for i, status, t in ((0, "settled", max_steps), (1, "settling", max_steps * 2 // 3)):
+            same = np.flatnonzero((cohort == status) & (n_steps >= MIN_RACES) & (np.arange(n_dogs) > 1))
+            if len(same) % 2:  # an even count with dog i, so that dog i alone sits on the median
+                n_steps[same[np.argmin(level[same])]] = MIN_RACES - 1
+                same = same[n_steps[same] >= MIN_RACES]
+            level[i] = float(np.median(level[same])) if len(same) else 0.5
+            n_steps[i], cohort[i], censored[i] = t, status, status != "settled"
+            plateau[i] = 12 if status == "settled" else t + 1
+            f_after[i] = np.nan if censored[i] else level[i] * 0.05
+        if evil_first:
+            names[0] = EVIL_NAME
     return pd.DataFrame(
         {
             "dog_index": np.arange(n_dogs, dtype=np.int64),
@@ -136,6 +129,9 @@ def _dog_step(dogs: pd.DataFrame, n_layers: int, rng: np.random.Generator) -> pd
                     "f090": (s**2.5).astype(np.float32),
                     "f095": f095.astype(np.float32),
                     "f099": (s**5).astype(np.float32),
+                    "max_abs": (0.4 + 0.55 * s).clip(0, 0.99).astype(np.float32),
+                    "move": (0.2 + 0.5 * np.exp(-(step - 1) / 4.0)).astype(np.float32),
+                    "write": (0.34 + 0.18 * np.exp(-(step - 1) / 6.0)).astype(np.float32),
                     "delta": (np.exp(-step / tau) + 0.05).astype(np.float32),
                 }
             )
@@ -177,13 +173,7 @@ def _step_table(dogs: pd.DataFrame, n_layers: int, max_steps: int) -> pd.DataFra
     steps = np.arange(1, max_steps + 1)
     rows = []
     for layer in range(n_layers):
-        for cohort, lvl in (
-            ("all", 0.5),
-            ("saturated", 0.8),
-            ("partial", 0.4),
-            ("unsaturated", 0.1),
-            ("undecided", 0.5),
-        ):
+        for cohort, lvl in (("all", 0.5), ("settled", 0.45), ("settling", 0.55), ("undecided", 0.5)):
             share = 1.0 if cohort == "all" else float((dogs["cohort"] == cohort).mean())
             base = 0.15 + 0.8 * lvl * (1 - np.exp(-steps / 6.0))
             rows.append(
@@ -268,7 +258,7 @@ def _eval_tables(
     counts = dogs["cohort"].value_counts()
     cm, res, cal = [], [], []
     base = {"log_loss": 1.82, "brier": 0.118, "auc": 0.66, "hit_rate": 0.27}
-    offset = {"all": 0.0, "saturated": -0.03, "partial": 0.0, "unsaturated": 0.04, "undecided": 0.06}
+    offset = {"all": 0.0, "settled": -0.01, "settling": 0.01, "undecided": 0.06}
     for cohort in ("all",) + COHORTS:
         n_dogs = int(len(dogs) if cohort == "all" else counts.get(cohort, 0))
         n_rows = int(dogs["n_steps"].sum() if cohort == "all" else dogs.loc[dogs["cohort"] == cohort, "n_steps"].sum())
@@ -293,12 +283,7 @@ def _eval_tables(
         for t in steps[:60]
         for c in [float(0.6 + 0.35 * (1 - np.exp(-t / 10)))]
     ]
-    repro = [
-        (scope, metric, value, 900)
-        for scope in ("all",) + COHORTS
-        for metric, value in (("prob_spread", 0.021), ("top_pick_churn", 0.12))
-    ] + [("decided", "fleiss_kappa", 0.41, 600), ("saturated", "agreement", 0.55, 120),
-         ("partial", "agreement", 0.62, 300), ("unsaturated", "agreement", 0.7, 250)]
+    repro = _repro_rows()
     ids = dogs["dog_id"].tolist()
     div = [("A vs B", ids[0], ids[min(1, len(ids) - 1)], int(t), float(np.sqrt(t) * 0.8)) for t in steps[:40]]
     return {
@@ -309,41 +294,75 @@ def _eval_tables(
             cal, columns=["cohort", "bin", "lo", "hi", "p_mean", "won_rate", "n", "source"]
         ),
         **_status_tables(scenario),
-        "eval/repro.parquet": pd.DataFrame(repro, columns=["scope", "metric", "value", "n"]),
+        "eval/repro.parquet": pd.DataFrame(repro, columns=list(SCHEMAS["repro"].names)),
         "eval/cka.parquet": pd.DataFrame(cka, columns=list(SCHEMAS["cka"].names)),
-        "eval/resilience.parquet": pd.DataFrame(res, columns=list(SCHEMAS["resilience"].names)),
-        "eval/resilience_contrast.parquet": pd.DataFrame(con, columns=list(SCHEMAS["resilience_contrast"].names)),
+        "eval/resilience.parquet": _frame("resilience", res),
+        "eval/resilience_contrast.parquet": _frame("resilience_contrast", con),
         "eval/divergence.parquet": pd.DataFrame(div, columns=["pair", "dog_a", "dog_b", "step", "distance"]),
     }
 
 
-_MAIN = {  # scenario -> (diff, lo, hi, n_dogs_a, n_winners_a): saturated-status races vs unsaturated-status races
-    "found": (0.031, 0.012, 0.05, 420, 180),
-    "none": (0.004, -0.011, 0.019, 420, 180),
+def _repro_rows() -> list[tuple]:
+    """eval/repro rows as gruviz_core.evaluate.repro_table writes them: kappa not estimable at race 15."""
+    nan = float("nan")
+    rows = []
+    for metric, base, unit, n in (("prob_spread", 0.013, "runners", 9000), ("rel_spread", 0.11, "runners", 9000),
+                                  ("top_pick_churn", 0.137, "races", 1200)):
+        rows.append((metric, "all", "all", nan, base, base * 0.95, base * 1.05, n, unit, ""))
+        for i, b in enumerate(("1", "2-5", "6-10", "11-20", "21-40", "41+")):
+            v = base * (1.1 - 0.03 * i)
+            rows.append((metric, "race_count", b, nan, v, v * 0.9, v * 1.1, n // 6, unit, ""))
+        for s, v in (("settled", base * 0.98), ("settling", base), ("undecided", base * 1.05)):
+            rows.append((metric, "status", s, nan, v, v * 0.9, v * 1.1, n // 3, unit, ""))
+        rows.append((metric, "status", "settled - settling", nan, -0.02 * base, -0.1 * base, 0.06 * base, n // 2,
+                     unit, "not matched on race count"))
+    for j, v in enumerate((1.6676, 1.6652, 1.6689)):
+        rows.append(("race_nll", "model", f"seed {j}", nan, v, nan, nan, 5400, "races", ""))
+    rows += [("race_nll", "model", "ensemble", nan, 1.6635, nan, nan, 5400, "races", ""),
+             ("race_nll", "model", "mean seed", nan, 1.6672, nan, nan, 5400, "races", ""),
+             ("race_nll", "model", "ensemble - mean seed", nan, -0.0037, -0.0049, -0.0026, 5400, "races", "")]
+    rows.append(("fleiss_kappa", "step", "settled/settling", 15.0, nan, nan, nan, 2400, "dogs",
+                 "not estimable: one label (settling) covers 97.10% of the 2,400 decided dogs' labels"))
+    rows += [("agreement", "step", "settled", 15.0, 0.41, nan, nan, 120, "dogs", ""),
+             ("agreement", "step", "settling", 15.0, 0.98, nan, nan, 2390, "dogs", "")]
+    for t, k in ((20, 0.52), (25, 0.57), (30, 0.61)):
+        rows.append(("fleiss_kappa", "step", "settled/settling", float(t), k, k - 0.04, k + 0.04, 2000 - 10 * t,
+                     "dogs", ""))
+        rows += [("agreement", "step", "settled", float(t), k + 0.1, nan, nan, 600, "dogs", ""),
+                 ("agreement", "step", "settling", float(t), k + 0.25, nan, nan, 1500, "dogs", "")]
+    return rows
+
+
+_MAIN = {  # scenario -> (diff, lo, hi, n_dogs_a, n_winners_a): settled-status races minus settling-status races
+    "found": (0.031, 0.012, 0.05, 1731, 900),
+    "none": (-0.0099, -0.0178, -0.0022, 1731, 900),
+    "fragile": (0.021, 0.004, 0.038, 1731, 900),
     "small": (0.09, -0.05, 0.23, 24, 9),
-    "period_small": (0.031, 0.012, 0.05, 420, 180),
-    "zero_saturated": (np.nan, np.nan, np.nan, 0, 0),
-    "in_sample_null": (0.031, 0.012, 0.05, 420, 180),
+    "period_small": (0.031, 0.012, 0.05, 1731, 900),
+    "in_sample_null": (0.031, 0.012, 0.05, 1731, 900),
+    "legacy": (0.031, 0.012, 0.05, 1731, 900),
 }
+_WITHIN = {"found": (0.028, 0.01, 0.046), "none": (-0.0003, -0.0126, 0.0115), "fragile": (0.02, 0.003, 0.037)}
 _MIN_DOGS, _MIN_WINNERS = 100, 50
 
 
-def _effect(comparison: str, a: str, b: str, diff, lo, hi, na, nb, wa, wb, note: str = "") -> dict:
+def _effect(comparison: str, a: str, b: str, diff, lo, hi, na, nb, wa, wb, note: str = "",
+            metric: str = "gap_vs_market") -> dict:
     comparable = bool(na >= _MIN_DOGS and nb >= _MIN_DOGS and wa >= _MIN_WINNERS and wb >= _MIN_WINNERS)
     excludes = bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0))
-    return dict(comparison=comparison, metric="gap_vs_market", a=a, b=b, diff=float(diff), lo=float(lo),
+    return dict(comparison=comparison, metric=metric, a=a, b=b, diff=float(diff), lo=float(lo),
                 hi=float(hi), n_dogs_a=int(na), n_dogs_b=int(nb), n_winners_a=int(wa), n_winners_b=int(wb),
-                comparable=comparable, excludes_zero=excludes, note=note)
+                n_runners_a=int(8 * na), n_runners_b=int(8 * nb), comparable=comparable, excludes_zero=excludes,
+                note=note)
 
 
 def _status_effects(scenario: str) -> list[dict]:
     d, lo, hi, na, wa = _MAIN[scenario]
+    w = _WITHIN.get(scenario, (0.01, -0.004, 0.024))
     return [
-        _effect("main", "saturated", "unsaturated", d, lo, hi, na, 900, wa, 400, "status at prediction time, step-matched"),
-        _effect("negative_control", "saturated", "unsaturated", 0.002, -0.02, 0.024, 380, 850, 60, 130, "step 1"),
-        _effect("within_dog", "after plateau", "before plateau", 0.01, -0.004, 0.024, 300, 300, 120, 110),
-        _effect("by_dog_cohort", "saturated", "unsaturated", 0.05, 0.02, 0.08, 400, 880, 170, 390),
-        _effect("dose_trend", "s_prev", "slope", 0.08, 0.01, 0.15, 3100, 3100, 5400, 5400, "per unit of s"),
+        _effect("main", "settled", "settling", d, lo, hi, na, 3723, wa, 1800, "status at prediction time, step-matched"),
+        _effect("negative_control", "step 1", "step 2", 0.002, -0.02, 0.024, 3100, 2900, 600, 580, "h_0 = 0"),
+        _effect("within_dog", "after plateau", "before plateau", *w, 884, 884, 400, 420, "step fixed effects"),
     ]
 
 
@@ -353,11 +372,9 @@ def _status_tables(scenario: str) -> dict[str, pd.DataFrame]:
     rows = []
     for i, stratum in enumerate(STRATA):
         for group in GROUPS:
-            if scenario == "zero_saturated" and group == "saturated":
-                continue  # the rule finds no saturated dog: no race is scored from a saturated state
-            shift = {"saturated": main[0] if np.isfinite(main[0]) else 0.0, "partial": 0.01}.get(group, 0.0)
-            n_dogs = {"saturated": main[3], "partial": 600, "unsaturated": 900, "undecided": 700}[group] // (1 + i % 3)
-            for metric, v in (("gap_vs_market", 0.02 + shift), ("runner_log_loss", 0.33 + shift),
+            shift = main[0] if group == "settled" else 0.0
+            n_dogs = {"settled": main[3], "settling": 3723, "undecided": 700}[group] // (1 + i % 3)
+            for metric, v in (("gap_vs_market", 0.03 + shift), ("runner_log_loss", 0.33 + shift),
                               ("brier", 0.1), ("concordance", 0.66), ("hit_rate", 0.27)):
                 w = 0.3 / np.sqrt(max(n_dogs, 1))
                 rows.append(dict(stratum=stratum, group=group, metric=metric, value=v, lo=v - w, hi=v + w,
@@ -368,36 +385,122 @@ def _status_tables(scenario: str) -> dict[str, pd.DataFrame]:
         v = 0.02 + 0.004 * k * (scenario == "found")
         dose.append(dict(score="s_prev", decile=k, score_lo=lo_s, score_hi=lo_s + 0.08, score_mid=lo_s + 0.04,
                          value=v, lo=v - 0.01, hi=v + 0.01, metric="gap_vs_market", n_rows=3800, n_dogs=900))
-    d, lo, hi, na, _ = main
-    sens = [dict(param="default", value=np.nan, n_dogs_a=na, n_dogs_b=900, n_rows_a=8 * na, n_rows_b=7200,
-                 diff=d, lo=lo, hi=hi, comparable=na >= _MIN_DOGS)]
-    for param, values in (("tau", (0.9, 0.99)), ("theta", (0.15, 0.35)), ("w", (3.0, 8.0)),
-                          ("delta", (0.01, 0.05)), ("k", (2.0, 5.0))):
-        for j, v in enumerate(values):
-            n = max(int(na * (1.3 if j == 0 else 0.7)), 0)
-            sens.append(dict(param=param, value=v, n_dogs_a=n, n_dogs_b=900, n_rows_a=8 * n, n_rows_b=7200,
-                             diff=d, lo=lo - 0.005, hi=hi + 0.005, comparable=n >= _MIN_DOGS))
+    sens = [dict(param="default", value=np.nan, n_dogs_a=p["n_dogs_a"], n_dogs_b=p["n_dogs_b"],
+                 n_rows_a=8 * p["n_dogs_a"], n_rows_b=8 * p["n_dogs_b"], diff=p["diff"], lo=p["lo"], hi=p["hi"],
+                 comparable=p["comparable"]) for p in [_effect("main", "", "", *main[:3], main[3], 3723, main[4], 1800)]]
+    for g in _grid(scenario):
+        sens.append(dict(param=g["param"], value=g["value"], n_dogs_a=g["n_dogs_a"], n_dogs_b=g["n_dogs_b"],
+                         n_rows_a=8 * g["n_dogs_a"], n_rows_b=8 * g["n_dogs_b"], diff=g["diff"], lo=g["lo"],
+                         hi=g["hi"], comparable=g["comparable"]))
     return {
         "eval/status_compare.parquet": pd.DataFrame(rows),
-        "eval/status_effect.parquet": pd.DataFrame(_status_effects(scenario)),
+        "eval/status_effect.parquet": pd.DataFrame(_status_effects(scenario)).drop(columns=["n_runners_a", "n_runners_b"]),
         "eval/dose_response.parquet": pd.DataFrame(dose),
         "eval/sensitivity.parquet": pd.DataFrame(sens),
     }
 
 
+def _grid(scenario: str) -> list[dict]:
+    """The main effect at each move of (w, delta, k): every interval excludes 0 when found, 1 of 6 when none."""
+    d, lo, hi, na, wa = _MAIN[scenario]
+    out = []
+    for j, (param, value) in enumerate((("w", 3), ("w", 8), ("delta", 0.1), ("delta", 0.02), ("k", 2), ("k", 5))):
+        shift = {"found": 0.0, "none": 0.008 if j else 0.0, "fragile": 0.02 * (j % 2)}.get(scenario, 0.0)
+        n = max(int(na * (1.3 if j % 2 == 0 else 0.7)), 0)
+        e = _effect("grid", "settled", "settling", d + shift, lo + shift, hi + shift, n, 3700, wa, 1800)
+        out.append(dict(param=param, value=value, **{k: e[k] for k in ("diff", "lo", "hi", "comparable",
+                                                                          "n_dogs_a", "n_dogs_b")}))
+    return out
+
+
 def _headline_effect(e: dict) -> dict:
     keys = ("metric", "a", "b", "diff", "lo", "hi", "n_dogs_a", "n_dogs_b", "n_winners_a", "n_winners_b",
-            "comparable", "excludes_zero")
+            "n_runners_a", "n_runners_b", "comparable", "excludes_zero")
     return {k: (None if isinstance(e[k], float) and not np.isfinite(e[k]) else e[k]) for k in keys}
+
+
+_GAP = (("1", 0.077, 0.061, 0.095), ("2-5", 0.046, 0.039, 0.053), ("6-10", 0.038, 0.032, 0.044),
+        ("11-20", 0.035, 0.031, 0.039), ("21-40", 0.032, 0.030, 0.035), ("41+", 0.028, 0.025, 0.031))
+_S_BY_RACE = (0.131, 0.17, 0.2, 0.225, 0.246, 0.26, 0.27, 0.278, 0.282, 0.286)
+
+
+def _page_one(scenario: str) -> dict:
+    """The page-one record of the headline (eval/headline.json): the rule, the checks, what saturation means."""
+    eff = {e["comparison"]: e for e in _status_effects(scenario)}
+    main = _headline_effect(eff["main"])
+    grid = _grid(scenario)
+    market_ll = {"found": (0.002, -0.01, 0.014), "fragile": (0.004, -0.009, 0.017)}.get(scenario, (-0.061, -0.075, -0.047))
+    comp = {
+        "market_log_loss": _headline_effect(_effect("composition", "settled", "settling", *market_ll, 1731, 3723, 900,
+                                                    1800, metric="market_log_loss")),
+        "market_win_rate": _headline_effect(_effect("composition", "settled", "settling", 0.011, 0.004, 0.018, 1731,
+                                                    3723, 900, 1800, metric="market_win_rate")),
+    }
+    comp["flagged"] = scenario not in ("found", "fragile")
+    family = [("main", main), ("within_dog", _headline_effect(eff["within_dog"]))]
+    family += [(f"grid {g['param']}={g['value']}", g) for g in grid]
+    tested = [(n, e) for n, e in family if e["comparable"]]
+    holm = [{"name": n, "p_adj": 0.01 if e["lo"] > 0 or e["hi"] < 0 else 0.6,
+             "excludes_zero": bool(e["lo"] > 0 or e["hi"] < 0)} for n, e in tested]
+    kind = {"found": "robust", "none": "none", "fragile": "fragile"}.get(scenario, "robust")
+    if not main["comparable"]:
+        kind = "not_comparable"
+    races = list(range(1, 61))
+    s_by_race = [*(_S_BY_RACE), *(0.286 + 0.04 * (1 - np.exp(-(t - 10) / 6)) for t in races[10:])]
+    return {
+        "rule": {"name": "plateau-s", "version": 1, "params": {"w": 5, "delta": 0.05, "k": 3, "layer": 0}},
+        "main_effect": main,
+        "within_dog": _headline_effect(eff["within_dog"]),
+        "negative_control": _headline_effect(eff["negative_control"]),
+        "grid": grid,
+        "composition": comp,
+        "magnitude": {"max_abs": 0.986, "q99_max_abs": 0.954, "share_states_any_095": 0.0013,
+                      "share_states_any_090": 0.011, "n_states": 497574, "tanh_comparable": False},
+        "plateau": {
+            "level": 0.325, "race_90": 12, "race_95": 16,
+            "s_by_race": [{"race": t, "median_s": round(float(v), 4)} for t, v in zip(races, s_by_race)],
+            "km_median": 21,
+            "km_grid": [{"param": "delta", "value": 0.1, "median": 14}, {"param": "delta", "value": 0.02, "median": 53},
+                        {"param": "w", "value": 3, "median": 17}, {"param": "w", "value": 8, "median": 26},
+                        {"param": "k", "value": 2, "median": 17}, {"param": "k", "value": 5, "median": 33}],
+        },
+        "reliance": {
+            "write_by_race": [{"race": t, "median_write": round(0.34 + 0.18 * np.exp(-(t - 1) / 6), 4)} for t in races],
+            "move_by_race": [{"race": t, "median_move": round(0.2 + 0.5 * np.exp(-(t - 1) / 4), 4)} for t in races],
+        },
+        "dose": [
+            {"score": "write_prev", "slope_per_sd": 0.0021, "lo": -0.0008, "hi": 0.005, "n_runners": 51175,
+             "comparable": True},
+            {"score": "move_prev", "slope_per_sd": 0.0034, "lo": 0.0009, "hi": 0.0059, "n_runners": 51175,
+             "comparable": True},
+            {"score": "s_prev", "slope_per_sd": -0.0011, "lo": -0.004, "hi": 0.0018, "n_runners": 51175,
+             "comparable": True},
+        ],
+        "gap_by_race_count": [{"bucket": b, "diff": d, "lo": lo, "hi": hi, "n_runners": 4000 * (i + 1),
+                               "n_dogs": 3000 - 300 * i} for i, (b, d, lo, hi) in enumerate(_GAP)],
+        "ensemble": {"race_nll": 1.6635, "by_seed": [1.6676, 1.6652, 1.6689], "ensemble_minus_mean_seed": -0.0037},
+        "race_nll": {"model_mean": 1.6635, "model": 1.6676, "market": 1.4712, "uniform": 1.9536, "rated": 1.6396},
+        "scope": {"dogs": 11983, "debut_dogs": 6863, "runners": 88551, "debut_runners": 51175, "races": 12393},
+        "verdict": {"kind": kind, "family": [n for n, _ in tested], "n_intervals": len(tested), "holm": holm},
+        "resilience_latest": {
+            "perturbation": "drop_last", "early": "t<=5", "late": "t>=16", "sensitive": True, "harmed": False,
+            "held_out": {
+                "flip_rate": {"early": 0.119, "late": 0.037, "diff": 0.082, "lo": 0.063, "hi": 0.101},
+                "abs_dlogp": {"early": 0.21, "late": 0.09, "diff": 0.12, "lo": 0.1, "hi": 0.14},
+                "state_divergence": {"early": 0.61, "late": 0.39, "diff": 0.22, "lo": 0.2, "hi": 0.25},
+                "d_nll": {"early": 0.0076, "late": 0.0034, "diff": 0.004, "lo": -0.006, "hi": 0.014},
+            },
+            "within_dog": {"flip_rate": {"early": 0.1, "late": 0.04, "diff": 0.06, "lo": 0.05, "hi": 0.07}},
+        },
+        "repro": {"churn": 0.13, "spread": 0.011, "kappa": "not estimable"},
+    }
 
 
 def _honest_headline(scenario: str, model_nll: float) -> dict:
     """The headline keys of the out-of-sample evaluation (DESIGN.md section 6)."""
-    eff = {e["comparison"]: e for e in _status_effects(scenario)}
     registered = scenario == "in_sample_null"
     races = 340 if scenario == "period_small" else 5400
-    trend = eff["dose_trend"]
-    return {
+    head = {
         "period": {
             "start": "2026-06-01", "end": "2026-11-24", "model_cutoff": None if registered else "2026-05-31",
             "early_stop_end": None if registered else "2026-05-31",
@@ -405,54 +508,73 @@ def _honest_headline(scenario: str, model_nll: float) -> dict:
             "rows": 8 * races, "in_sample": None if registered else False, "min_races": 2000,
             "too_small": races < 2000,
         },
-        "race_nll": {"model": model_nll, "model_mean": model_nll - 0.005, "market": 1.80, "uniform": 2.05},
-        "main_effect": _headline_effect(eff["main"]),
-        "negative_control": _headline_effect(eff["negative_control"]),
-        "within_dog": _headline_effect(eff["within_dog"]),
-        "dose_trend": {"slope": trend["diff"], "lo": trend["lo"], "hi": trend["hi"], "n_rows": 38000},
-        "n_comparisons": 5,
-        "plateau_median_km": None if scenario in ("none", "zero_saturated") else 18,
-        "rule": RULE,
         "has_market": True,
         "n_boot": 1000,
         "notes": [],
     }
+    if scenario == "legacy":  # an older night: race NLL of seed 0 and the main effect only
+        eff = {e["comparison"]: e for e in _status_effects(scenario)}
+        return {**head, "race_nll": {"model": model_nll, "market": 1.80, "uniform": 2.05},
+                "main_effect": _headline_effect(eff["main"]), "rule": {"name": "plateau-f-abs", "version": 2}}
+    one = _page_one(scenario)
+    one["race_nll"] = {**one["race_nll"], "model": model_nll, "model_mean": round(model_nll - 0.004, 4)}
+    return {**head, **one}
 
 
-RULE = {
-    "name": "plateau-f-abs", "version": 2,
-    "params": {"theta": 0.25, "low": 0.05, "tau": 0.95, "w": 5, "delta": 0.02, "k": 3, "scale": "absolute"},
-}
+RULE = {"name": "plateau-s", "version": 1, "params": {"w": 5, "delta": 0.05, "k": 3, "layer": 0}}
 
 
-def _resilience_rows() -> tuple[list[tuple], list[tuple]]:
+def _frame(name: str, rows: list[dict]) -> pd.DataFrame:
+    """Rows as the table `name` of gruviz_core.tables: a column the rows do not give gets a neutral value of its
+    kind (0, NaN, '' or False), so the fixture follows the schema as it grows."""
+    schema = SCHEMAS[name]
+    neutral = {"int": 0, "float": np.nan, "str": "", "bool": False}
+    out = {}
+    for f in schema:
+        t = f.type
+        kind = ("bool" if pa.types.is_boolean(t) else "int" if pa.types.is_integer(t)
+                else "float" if pa.types.is_floating(t) else "str")
+        out[f.name] = [r.get(f.name, neutral[kind]) for r in rows]
+    return pd.DataFrame(out)
+
+
+def _resilience_rows() -> tuple[list[dict], list[dict]]:
     """Resilience rows in which early targets move more than late ones (the notebook's hypothesis holds),
     noise on times is n/a (never observed) and the mildest truncation is a no-op for a third of the cases."""
     res, con = [], []
     buckets = {"t<=5": 2.0, "t 6-15": 1.0, "t>=16": 0.5}
-    for scope in ("dog", "feed"):
-        for kind, unit in (("drop_last", "latest races removed"), ("noise_time", "noise std"),
-                           ("missing", "share of races blanked"), ("truncate", "oldest races removed")):
-            for level, sev in enumerate((2.0, 4.0, 8.0), start=1):
-                groups = [("all", "all", 1.0), *((b, "all", f) for b, f in buckets.items()),
-                          ("all", "not yet", 1.6), ("all", "reached", 0.7)]
-                for bucket, plat, f in groups:
+    measures = ("d_nll", "flip_rate", "abs_dlogp", "kl", "state_divergence")
+    for scope in ("dog", "within-dog", "feed"):
+        for kind, family, unit in (("drop_last", "latest", "latest race removed"),
+                                   ("noise_time", "noise", "noise std"),
+                                   ("missing", "structural", "share of races blanked"),
+                                   ("truncate", "structural", "share of the history removed")):
+            for level, sev in enumerate((0.1, 0.25, 0.5), start=1):
+                for bucket, f in (("all", 1.0), *buckets.items()):
                     d = 0.01 * level * f * (2 if scope == "feed" else 1)
+                    base = dict(scope=scope, perturbation=kind, family=family, severity=sev, severity_unit=unit,
+                                level=level, bucket=bucket, n_cases=500, n_dogs=300)
                     if kind == "noise_time":
-                        res.append((scope, kind, sev, unit, level, bucket, plat, "n/a", 500, 0, None, 0,
-                                    *[None] * 9))
+                        res.append({**base, "status": "n/a"})
                         continue
                     share = 0.66 if (kind == "truncate" and level == 1) else 1.0
-                    res.append((scope, kind, sev, unit, level, bucket, plat, "ok", 500, int(500 * share), share, 300,
-                                d, d * 0.8, d * 1.2, 4 * d, 3 * d, 5 * d, 20 * d, 18 * d, 22 * d))
+                    row = {**base, "status": "ok", "n_changed": int(500 * share), "changed_share": share,
+                           "damage_share": sev}
+                    for k, m in zip(measures, (1, 4, 6, 2, 20)):
+                        v = d * m if (k != "d_nll" or scope != "within-dog") else np.nan
+                        row.update({k: v, f"{k}_lo": v * 0.8, f"{k}_hi": v * 1.2})
+                    res.append(row)
                 if kind == "noise_time":
                     continue
-                for measure, m in (("d_nll", 1), ("flip_rate", 4), ("state_divergence", 20)):
+                for measure, m in zip(measures, (1, 4, 6, 2, 20)):
+                    if measure == "d_nll" and scope == "within-dog":
+                        continue
                     a, b = 0.02 * level * m, 0.005 * level * m
-                    con.append((scope, kind, sev, level, "early - late", measure, "t<=5/all", "t>=16/all", a, b,
-                                a - b, (a - b) * 0.5, (a - b) * 1.5, 400, 150))
-                    con.append((scope, kind, sev, level, "before - after plateau", measure, "all/not yet",
-                                "all/reached", a, b * 2, a - 2 * b, -0.01, a, 300, 200))
+                    con.append(dict(scope=scope, perturbation=kind, family=family, severity=sev, level=level,
+                                    contrast="early - late", measure=measure,
+                                    role="harm" if measure == "d_nll" else "sensitivity", a="t<=5", b="t>=16",
+                                    value_a=a, value_b=b, diff=a - b, lo=(a - b) * 0.5, hi=(a - b) * 1.5, n_a=400,
+                                    n_b=150, n_dogs_a=300, n_dogs_b=120, n_boot=1000, reading="early more"))
     return res, con
 
 
@@ -504,7 +626,6 @@ def write_run(
         "dogs": n_dogs,
         "obs": int(dogs["n_steps"].sum()),
         "cohort_counts": counts,
-        "saturated_share": round(counts["saturated"] / max(n_dogs, 1), 4),
         "exemplars": [{"dog_a": "D000000", "dog_b": "D000001"}],
         **_honest_headline(scenario, model_nll),
     }

@@ -53,37 +53,37 @@ def html(model) -> str:
 
 
 def _panels(model: ReportModel) -> dict:
-    return {p.figure.div_id: p.figure for s in model.sections for p in s.panels if p.figure is not None}
+    panels = [*model.front, *(p for s in model.sections for p in s.panels)]
+    return {p.figure.div_id: p.figure for p in panels if p.figure is not None}
 
 
 def test_sections_headline_and_provenance(model):
     assert [s.id for s in model.sections] == [
-        "states",
-        "abs-sum",
-        "saturation",
-        "cohorts",
-        "reproducibility",
-        "resilience",
-        "divergence",
-        "trend",
+        "comparison", "abs-sum", "states", "reproducibility", "resilience", "divergence", "saturation", "trend",
         "data-quality",
     ]
+    assert [s.id for s in model.sections if s.collapsed] == ["saturation", "trend", "data-quality"]
     head = {h.key: h for h in model.headline}
-    assert head["race_nll.model"].label == "Race NLL, model" and head["race_nll.model"].text == "1.82"
+    assert "saturated_share" not in head and "plateau_median_km" not in head  # gone from page one
+    assert head["race_nll.model"].label == "Race NLL, seed 0" and head["race_nll.model"].text == "1.82"
     assert head["race_nll.model"].delta_text == "-0.02" and head["race_nll.model"].tone == "good"
-    assert head["race_nll.market"].text == "1.8" and head["race_nll.uniform"].text == "2.05"
-    assert head["period.races"].text == "5,400" and head["plateau_median_km"].text == "18"
+    assert head["race_nll.model_mean"].text == "1.816" and head["race_nll.rated"].text == "1.64"
+    assert head["race_nll.market"].text == "1.471" and head["race_nll.uniform"].text == "1.954"
+    assert head["period.races"].text == "5,400" and head["period.rows"].text == "43,200"
     assert model.previous_night == "2026-11-24"
     prov = dict(model.provenance)
     assert prov["data snapshot"] == "snap-9f8e7d6c5b4a" and prov["model set"] == "set-20261120-3seeds"
     assert prov["seeds"] == "0, 1, 2" and prov["device"] == "cpu" and prov["code version"] == "0.1.0+g1234abc"
-    assert prov["cohort rule"].startswith("plateau-f-abs v2 (")
+    assert prov["cohort rule"].startswith("plateau-s v1 (")
     assert prov["evaluation period"] == "2026-06-01 to 2026-11-24, out of sample"
     assert prov["model set cutoff"] == "2026-05-31"
     assert model.period.startswith("Evaluated out of sample: races from 2026-06-01 to 2026-11-24 (5,400 races, 3,100 dogs")
     assert "after the model set's training cutoff 2026-05-31" in model.period
+    assert model.scope == ("The step-indexed comparisons use 6,863 of 11,983 dogs (debut observed) and 51,175 of "
+                           "88,551 runners, in 12,393 races.")
     # every section has something to show: no 'not computed' note on a complete run
-    assert not [p.title for s in model.sections for p in s.panels if p.note]
+    notes = [p.title for s in model.sections for p in s.panels if p.note] + [p.title for p in model.front if p.note]
+    assert not notes, notes
 
 
 def test_model_is_frozen_plain_data(model):
@@ -144,17 +144,21 @@ def test_watchlist_by_name_then_exemplar(run_dir):
     assert [d.id for d in dogs] == ["D000005", "D000000"]
 
 
+_READ = ("stats/dog.parquet", "stats/unit.parquet", "stats/step.parquet", "stats/plateau.parquet",
+         "eval/calibration.parquet", "eval/status_compare.parquet", "eval/divergence.parquet")
+"""Tables whose absence the page itself names (the reproducibility and resilience sections name theirs)."""
+
+
 def test_missing_tables_say_not_computed(tmp_path):
     omit = set(TABLES) | {"stats/summary.json"}
     run = write_run(tmp_path / "bare", n_dogs=20, omit=omit)
     m = report_of(run, states="real")  # the real states reader: no states.zarr here
     notes = " ".join(p.note or "" for s in m.sections for p in s.panels)
-    for rel in TABLES:
-        if rel != "stats/dog_step.parquet":  # only read together with step.parquet
-            assert rel in notes, rel
+    for rel in _READ:
+        assert rel in notes, rel
     assert "Not provided" in notes  # no data quality given
     page = render(m)
-    assert page.count('class="note"') >= len(TABLES) - 2
+    assert page.count('class="note"') >= len(_READ)
     # and a run with only some tables gone still renders the rest
     part = write_run(tmp_path / "part", n_dogs=20, omit={"eval/cka.parquet", "stats/unit.parquet"})
     pm = report_of(part)
@@ -285,7 +289,7 @@ def test_headline_counts_are_exact_not_rounded():
     assert nums["period.races"].delta_text == "+731"
 
 
-# ---- the honest comparison (issue 11): one verdict, sizes, the too-small cases, a rule that finds nothing
+# ---- page one (issue 24): the sentences, the checks, the family, the scorecard; one exemplar rule
 
 
 @pytest.fixture(scope="module")
@@ -306,89 +310,91 @@ def scenario(tmp_path_factory):
     return get
 
 
-def _cohort_panels(m: ReportModel) -> dict:
-    return {p.title: p for s in m.sections if s.id == "cohorts" for p in s.panels}
+def _findings(m: ReportModel) -> dict[str, str]:
+    return {f.key: f.text for f in m.findings}
 
 
-def _effects_rows(m: ReportModel) -> dict:
-    table = _cohort_panels(m)["Comparisons side by side"].table
-    return {r[0].split(":")[0]: dict(zip(table.columns, r)) for r in table.rows}
+def _visible(html: str) -> str:
+    """The page's text outside scripts (what a reader sees, figures aside), unescaped."""
+    from html import unescape
+
+    return unescape(re.sub(r"<script.*?</script>", " ", html, flags=re.S))
 
 
-@pytest.mark.parametrize("name", ["found", "none", "small", "period_small", "zero_saturated", "in_sample_null"])
-def test_page_email_and_summary_say_the_same_verdict(scenario, name):
+@pytest.mark.parametrize("name", ["found", "none", "fragile", "small", "period_small", "in_sample_null", "legacy"])
+def test_page_email_and_summary_say_the_same_sentences(scenario, name):
     m, html, lines = scenario(name)
-    assert lines["Verdict"] == m.verdict  # the summary artifact shows these same lines (flows.stages.notify)
+    assert list(lines)[0] == "Verdict" and lines["Verdict"] == m.verdict  # the summary artifact shows these lines
+    for f in m.findings:
+        assert lines[f.label] == f.text
     from markupsafe import escape
 
-    assert str(escape(m.verdict)) in html and str(escape(m.period)) in html
-    for gone in ("It matters", "it is about the state", "Flat lines mean the verdict does not hinge"):
-        assert gone not in html and gone not in m.verdict
-    assert "Associations, not causes" in m.verdict or "too small to compare" in m.verdict
+    for text in (m.verdict, m.period, *(f.text for f in m.findings)):
+        assert str(escape(text)) in html
+    seen = _visible(html)
+    for gone in ("Saturated share", "no verdict tonight", "15 comparisons", "one in twenty", "By dog cohort",
+                 "saturated share", "Threshold sensitivity", "It matters"):
+        assert gone not in seen, gone
 
 
-def test_association_found_is_worded_as_an_association(scenario):
-    m, html, _ = scenario("found")
-    assert "Races predicted from a saturated state are associated with a worse gap to the market" in m.verdict
-    assert "+0.031 (95% interval +0.012 to +0.05; 420 vs 900 dogs, 180 vs 400 winners)" in m.verdict
-    assert "5 comparisons were made tonight" in m.verdict
-    assert "Median time to plateau (Kaplan-Meier): race 18." in m.verdict
-    assert "Race NLL: model 1.82, market 1.8, uniform 2.05." in m.verdict
-    rows = _effects_rows(m)
-    assert rows["main"]["reads as"] == "interval excludes 0" and rows["main"]["95% interval"] == "+0.012 to +0.05"
-    assert rows["negative control"]["reads as"] == "no association detected at this size"
-    assert rows["by dog cohort (includes selection)"]["a - b"] == "saturated - unsaturated"
-    assert set(rows) == {"main", "negative control", "within dog", "by dog cohort (includes selection)", "dose trend"}
-    panels = _cohort_panels(m)
-    assert "flat means robust" in panels["Threshold sensitivity"].explain
-    assert "Trend: +0.08 per unit of s (95% interval +0.01 to +0.15, 38,000 races)" in panels[
-        "Dose-response: by saturation score before the race"
-    ].explain
-    assert panels["By dog cohort (includes selection)"].explain.startswith("Metrics of the dogs in each cohort")
-
-
-def test_no_association_at_this_size(scenario):
+def test_page_one_sentences_read_the_record(scenario):
+    """Page one's sentences on the Iggy-like night, each from numbers of the headline record."""
     m, _, _ = scenario("none")
-    assert "No association detected at this size" in m.verdict and "associated with a" not in m.verdict
-    assert "Median time to plateau (Kaplan-Meier): not reached." in m.verdict
-    assert _effects_rows(m)["main"]["reads as"] == "no association detected at this size"
+    f = _findings(m)
+    assert f["magnitude"] == ("Magnitude (tanh) saturation does not occur on this model: the largest |h| is 0.99 "
+                              "and 0.13% of 497,574 states have any unit at or above 0.95.")
+    assert "from 0.13 at race 1 to a long-run 0.33, reaching 90% of it by race 12 and 95% by race 16" in f["plateau"]
+    assert "race 21 at the rule's defaults and races 14-53 across its (w, delta, k) grid" in f["plateau"]
+    assert f["reliance"].startswith("Each race rewrites 0.35 of the state by race 16") and "0.52 at race 1" in f["reliance"]
+    assert "0.077 [0.061, 0.095] nats per runner at race 1, 0.028 [0.025, 0.031] at races 41+" in f["gap"]
+    assert "more sensitive: favourite flips 0.12 vs 0.037, +0.082 [+0.063, +0.1]" in f["resilience"]
+    assert "not clearly more harmed" in f["resilience"]
+    assert "Seeds pick different favourites in 13% of races" in f["reproducibility"]
+    assert "The 3-seed mean's race NLL is 1.663 against 1.668 for seed 0 (-0.005)" in f["reproducibility"]
+    assert "Fleiss' kappa): not estimable" in f["reproducibility"]
+
+
+def test_the_iggy_night_says_no_robust_association_and_why(scenario):
+    m, _, _ = scenario("none")
+    v = m.verdict
+    assert v.startswith("No robust association between information saturation and the model's gap to the market")
+    assert "settled minus settling races at the same step -0.0099 [-0.018, -0.0022] (1,731 vs 3,723 dogs)" in v
+    assert "within the same dogs, after minus before their plateau (step fixed effects), -0.0003 [-0.013, +0.011]" in v
+    assert "5 of 6 moves of (w, delta, k) give an interval that includes 0." in v
+    assert "The market's own log-loss differs by -0.061 [-0.075, -0.047] between the same groups, so the groups " \
+           "differ mostly in who they are." in v
+    assert "Negative control (step-1 races, predicted from h_0 = 0 for every dog): +0.002" in v
+    # the family counts only the tests that produced an interval: main, within dog, six grid points
+    assert "The verdict's family: 8 tests that produced an interval; 2 exclude 0 after Holm's adjustment." in v
+    assert "Associations, not causes." in v
+
+
+def test_robust_and_fragile_are_worded_apart(scenario):
+    robust, _, _ = scenario("found")
+    assert robust.verdict.startswith("A robust association between information saturation")
+    assert "0 of 6 moves" in robust.verdict and "the groups hold similar dogs for the market" in robust.verdict
+    fragile, _, _ = scenario("fragile")
+    assert fragile.verdict.startswith("An association that does not hold up across the checks")
 
 
 def test_too_small_groups_print_sizes_not_intervals(scenario):
     m, html, _ = scenario("small")
-    assert "Too small to compare saturated with unsaturated races at prediction time (24 vs 900 dogs, 9 vs 400" in m.verdict
-    assert "95% interval" not in m.verdict and "associated with a" not in m.verdict
-    main = _effects_rows(m)["main"]
-    assert main["difference"] is None and main["reads as"] == "too small to compare"
-    assert main["95% interval"] == "too small to compare (24 vs 900 dogs, 9 vs 400 winners)"
-    assert "-0.05 to +0.23" not in html  # the interval of a too-small comparison is never printed
-    assert "flat means robust" not in _cohort_panels(m)["Threshold sensitivity"].explain
+    assert "below the minimum sizes to compare (24 vs 3,723 dogs, 9 vs 1,800 winners)" in m.verdict
+    assert "+0.09" not in m.verdict and "-0.05" not in _visible(html)  # the too-small interval is never printed
+    checks = {p.title: p for s in m.sections for p in s.panels}["The checks in numbers"].table
+    main = dict(zip(checks.columns, checks.rows[0]))
+    assert main["a - b"] is None and main["95% interval"] == "too small to compare"
 
 
 def test_too_small_period_replaces_the_comparisons(scenario):
     m, html, lines = scenario("period_small")
     assert "The held-out period is too small to compare: 340 races" in m.verdict
-    assert "associated" not in m.verdict and "No association" not in m.verdict
+    assert "association" not in m.verdict
     assert "Too small to compare (fewer than 2,000 races)." in m.period
-    panels = _cohort_panels(m)
-    assert panels["Comparisons"].note.startswith("The held-out period is too small to compare: 340 races")
-    for gone in ("By saturation status at prediction time", "Comparisons side by side", "Threshold sensitivity"):
-        assert gone not in panels
-    assert "fig-status-compare" not in html and "fig-tail-f" in html
+    comp = next(s for s in m.sections if s.id == "comparison")
+    assert [p.title for p in comp.panels] == ["Comparisons"] and comp.panels[0].note.startswith("The held-out period")
+    assert "fig-checks" not in html and "fig-gap" in html
     assert lines["Verdict"] == m.verdict
-
-
-def test_zero_saturated_dogs_is_a_finding_with_the_tail_f_drawn(scenario):
-    m, html, _ = scenario("zero_saturated")
-    assert "The rule (plateau-f-abs v2, theta=0.25) finds no saturated dog among 60 dogs" in m.verdict
-    tail = _cohort_panels(m)["Tail F_0.95 of decided dogs"]
-    assert tail.note is None and tail.explain.startswith("The rule (plateau-f-abs v2, theta=0.25) finds no saturated dog")
-    ecdf = tail.figure.series[0]
-    assert ecdf.x[0] == 0 and ecdf.y[0] == 0 and ecdf.y[1] > 0.5  # the mass at 0 is a visible jump
-    assert [s.name for s in tail.figure.series[1:]] == ["low (unsaturated below)", "theta (saturated at or above)"]
-    assert "The grid did not move the groups" in _cohort_panels(m)["Threshold sensitivity"].explain
-    groups = [s.name for s in _panels(m)["fig-status-compare"].panels[0].series]
-    assert "saturated" not in groups and "unsaturated" in groups
 
 
 def test_in_sample_unknown_is_said_plainly(scenario):
@@ -399,57 +405,83 @@ def test_in_sample_unknown_is_said_plainly(scenario):
     assert "may be in sample" in lines["Verdict"]
 
 
-def test_every_cohort_figure_draws_one_series_per_group_or_source(model):
+def test_an_older_headline_says_not_computed(scenario):
+    m, html, _ = scenario("legacy")
+    f = _findings(m)
+    for key in ("magnitude", "plateau", "reliance", "gap", "resilience", "reproducibility"):
+        assert "not computed for this run" in f[key], key
+    assert m.scope is None
+    assert next(p for p in m.front if p.title.startswith("Gap")).note is not None
+
+
+def test_kappa_is_printed_only_when_estimable():
+    from reports.headline import repro_text
+
+    assert "not estimable" in repro_text({"repro": {"kappa": "not estimable"}})
+    assert "0.52" in repro_text({"repro": {"kappa": 0.5214}})
+    assert "kappa" not in repro_text({"repro": {"churn": 0.12}})
+
+
+def test_the_checks_figure_draws_only_intervals_one_series_per_thing(model):
     figs = _panels(model)
+    checks = figs["fig-checks"].panels[0]
+    assert [s.name for s in checks.series] == ["model's gap to the market", "market's own log-loss", "negative control"]
+    assert checks.categories[0] == "settled - settling, same step" and len(checks.categories) == 10
+    for s in checks.series:  # each category is drawn by exactly one series
+        assert sum(v is not None for v in s.y) >= 1
+    assert all(sum(s.y[i] is not None for s in checks.series) == 1 for i in range(len(checks.categories)))
+    gap = figs["fig-gap"].panels[0]
+    assert gap.categories == ["race 1", "races 2-5", "races 6-10", "races 11-20", "races 21-40", "races 41+"]
+    assert gap.series[0].y[0] == 0.077 and gap.series[0].lo[0] == 0.061
     status = figs["fig-status-compare"].panels[0]
-    assert [s.name for s in status.series] == ["saturated", "partial", "unsaturated", "undecided"]
-    assert status.categories == ["1", "2-5", "6-10", "11-20", "21-40", "41+", "all"]
-    assert all(s.lo is not None and s.hi is not None for s in status.series)
-    assert [s.name for s in figs["fig-dose"].panels[0].series] == ["gap to the market (per-runner log-loss, model minus market)"]
-    assert len(figs["fig-dose"].panels[0].categories) == 10
-    for panel in figs["fig-calibration"].panels:  # model and market never merged into one line
-        assert [s.name for s in panel.series] == ["model", "market", "perfect calibration"]
-        assert all(t.endswith(" runners") for t in panel.series[0].text)
-    assert [p.title for p in figs["fig-calibration"].panels] == ["all dogs", "saturated dogs", "unsaturated dogs"]
-    for spec in figs.values():
+    assert [s.name for s in status.series] == ["settled", "settling", "undecided"]
+    assert [p.title for p in figs["fig-reliance"].panels] == ["write fraction u", "movement m"]
+    for spec in figs.values():  # no figure is empty, no series named twice
         panels = getattr(spec, "panels", None) or [spec]
         for p in panels:
             names = [s.name for s in getattr(p, "series", [])]
             assert len(names) == len(set(names)), (spec.div_id, names)
-    drawn = figure(figs["fig-calibration"])
-    assert sorted({t.name for t in drawn.data}) == ["market", "model", "perfect calibration"]
+            for s in getattr(p, "series", []):
+                ys = getattr(s, "y", None)
+                assert ys is None or any(v is not None for v in ys), (spec.div_id, s.name)
 
 
-def test_sensitivity_flat_means_robust_only_when_the_grid_moves_the_groups():
+def test_scorecard_settled_vs_settling(model):
+    card = {p.title: p for p in model.front}["Scorecard: settled vs settling races"].table
+    rows = {r[1]: r for r in card.rows}
+    assert rows["gap to the market (nats per runner)"][4] == "+0.031 [+0.012, +0.05]"
+    assert rows["winner hit rate"][0] == "accuracy"
+    assert any(r[0] == "reproducibility" for r in card.rows)
+
+
+def test_one_exemplar_rule_typical_never_extreme():
     import pandas as pd
 
-    from reports.sections.status import sensitivity_reading
+    from gruviz_core.exemplars import typical_dogs, typical_pair
 
-    def grid(sizes, intervals):
-        rows = [dict(param="default", value=float("nan"), n_dogs_a=sizes[0], n_dogs_b=900, n_rows_a=1, n_rows_b=1,
-                     diff=0.03, lo=0.01, hi=0.05, comparable=True)]
-        for (p, v), n, (lo, hi) in zip((("theta", 0.15), ("theta", 0.35)), sizes[1:], intervals):
-            rows.append(dict(param=p, value=v, n_dogs_a=n, n_dogs_b=900, n_rows_a=1, n_rows_b=1,
-                             diff=(lo + hi) / 2, lo=lo, hi=hi, comparable=True))
-        return pd.DataFrame(rows)
-
-    assert "flat means robust" in sensitivity_reading(grid([400, 500, 300], [(0.0, 0.04), (0.02, 0.06)]))
-    static = sensitivity_reading(grid([400, 400, 400], [(0.0, 0.04), (0.02, 0.06)]))
-    assert "did not move the groups" in static and "robust here" not in static
-    moved = sensitivity_reading(grid([400, 500, 300], [(0.0, 0.04), (0.06, 0.09)]))
-    assert "theta=0.35" in moved and "depends on the rule" in moved and "robust here" not in moved
+    dogs = pd.DataFrame({
+        "dog_index": range(8), "dog_id": [f"d{i}" for i in range(8)], "dog_name": [f"n{i}" for i in range(8)],
+        "n_steps": [150, 40, 30, 12, 5, 60, 45, 35],
+        "mean_s": [0.9, 0.30, 0.32, 0.10, 0.31, 0.5, 0.2, 0.35],
+        "cohort": ["settled", "settled", "settled", "settled", "settled", "settling", "settling", "settling"],
+    })
+    t = typical_dogs(dogs)
+    assert list(t["dog_id"]) == ["d2", "d7"]  # the median mean s of each status; d0 (extreme), d3 and d4 (few races) never
+    assert typical_pair(dogs) == [("d2", "d7")]
+    one = typical_dogs(dogs[dogs["cohort"] == "settled"])  # one status: its two most typical dogs
+    assert list(one["dog_id"]) == ["d2", "d1"]
+    assert typical_pair(dogs.iloc[:1]) == []
 
 
 def test_the_verdict_escapes_text_from_data():
     from reports.headline import verdict_text
 
-    head = {"dogs": 10, "cohort_counts": {"saturated": 2}, "rule": {"name": EVIL_NAME, "version": 2},
-            "main_effect": None, "n_comparisons": 1}
+    head = {"main_effect": {"a": EVIL_NAME, "b": "settling", "comparable": False, "n_dogs_a": 3}}
     text = verdict_text(head)
-    assert EVIL_NAME in text and "not computed for this run" in text
+    assert EVIL_NAME in text and "below the minimum sizes" in text
     from reports.model import ReportModel as RM
 
-    m = RM(title="t", night="n", verdict=text, period=EVIL_NAME, headline=(), cohort_counts=(), provenance=(),
-           previous_night=None, sections=())
+    m = RM(title="t", night="n", verdict=text, period=EVIL_NAME, scope=None, findings=(), front=(), headline=(),
+           provenance=(), previous_night=None, sections=())
     page = render(m)
     assert EVIL_NAME not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 2

@@ -9,10 +9,10 @@ __all__ = ["email_lines"]
 
 
 def email_lines(run_dir: str, watchlist: list[str]) -> dict[str, str]:
-    """Labelled headline numbers for the email, with exemplar and watchlist dogs by name."""
+    """The email's labelled lines: page one's sentences, the typical dogs (the page's exemplar rule) and watchlist dogs."""
     results = read_run_results(run_dir, tables=("dog",))
     dogs = None
     if results.dog is not None:
-        dogs = results.dog[["dog_id", "dog_name", "cohort", "plateau_step", "cohort_layer"]]
+        dogs = results.dog[["dog_index", "dog_id", "dog_name", "cohort", "plateau_step", "n_steps", "mean_s", "cohort_layer"]]
         dogs = dogs[dogs["cohort_layer"]]
     return email_summary(dict(results.headline), dogs, tuple(watchlist))

@@ -24,31 +24,23 @@ def trend_section(night: str, head: Mapping[str, Any], history: Sequence[tuple[s
     xs = [n for n, _ in nights]
     series = []
     for key, name, colour_ in (
-        ("model", "model", SOURCE_COLOURS["model"]),
+        ("model", "model, seed 0", SOURCE_COLOURS["model"]),
+        ("model_mean", "model, seed ensemble", SOURCE_COLOURS["model_mean"]),
         ("market", "market", SOURCE_COLOURS["market"]),
     ):
         ys = [race_nll(h, key) for _, h in nights]
         if any(y is not None for y in ys):
             series.append(Line(name, xs, ys, colour_, mode="lines+markers"))
-    share = [sig(h.get("saturated_share")) for _, h in nights]
-    spec = Lines2Spec(
-        "fig-trend",
-        [
-            LinesPanel("race NLL", series, "race NLL"),
-            LinesPanel(
-                "share of dogs saturated",
-                [Line("saturated share", xs, share, colour("saturated"), mode="lines+markers")],
-                "share",
-            ),
-        ],
-        xlabel="night",
-        category_x=True,
-        height=340,
-    )
-    cols = ("night", "dogs", "saturated share", "race NLL, model", "race NLL, market")
+    main = [_main_diff(h) for _, h in nights]
+    panels = [LinesPanel("race NLL", series, "race NLL")]
+    if any(v is not None for v in main):
+        panels.append(LinesPanel("settled - settling, same step",
+                                 [Line("main comparison", xs, main, colour("settled"), mode="lines+markers")],
+                                 "nats per runner"))
+    spec = Lines2Spec("fig-trend", panels, xlabel="night", category_x=True, height=320)
+    cols = ("night", "dogs", "race NLL, model", "race NLL, market", "settled - settling")
     rows = tuple(
-        (n, h.get("dogs"), sig(h.get("saturated_share")), race_nll(h, "model"), race_nll(h, "market"))
-        for n, h in reversed(nights)
+        (n, _dogs(h), race_nll(h, "model"), race_nll(h, "market"), _main_diff(h)) for n, h in reversed(nights)
     )
     return Section(
         "trend",
@@ -59,6 +51,20 @@ def trend_section(night: str, head: Mapping[str, Any], history: Sequence[tuple[s
             Panel("Nights", EXPLAIN["nights"], table=Table(cols, rows), collapsed=len(rows) > 10),
         ),
     )
+
+
+def _dogs(head: Mapping[str, Any]) -> int | None:
+    p = head.get("period")
+    v = p.get("dogs") if isinstance(p, Mapping) else head.get("dogs")
+    return int(v) if isinstance(v, (int, float)) else None
+
+
+def _main_diff(head: Mapping[str, Any]) -> float | None:
+    """A night's main comparison when it produced an interval; None otherwise (a night without one is a gap)."""
+    e = head.get("main_effect")
+    if not isinstance(e, Mapping) or not e.get("comparable"):
+        return None
+    return sig(e.get("diff"))
 
 
 def race_nll(head: Mapping[str, Any], source: str) -> float | None:

@@ -1,4 +1,5 @@
-"""The saturation section: F_tau by race, gate saturation, unit health and time to plateau."""
+"""The diagnostics section (closed by default): magnitude in numbers, time to plateau and its grid, gate
+saturation, unit health, calibration."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 from gruviz_core.results import RunResults
 from reports.model import (
     MIN_BAND_DOGS,
-    BandsSpec,
+    SOURCE_COLOURS,
     GateLayer,
     GateSeries,
     GatesSpec,
@@ -23,49 +24,70 @@ from reports.model import (
     Table,
     sig,
 )
-from reports.prose import EXPLAIN, INTRO
-from reports.sections.common import bands, by_layer, ints, missing, nonempty, sigs
+from reports.prose import COHORT_EXPLAIN, EXPLAIN, INTRO
+from reports.sections.common import ints, missing, nonempty, sigs
 
 __all__ = ["saturation_section"]
 
 
 def saturation_section(results: RunResults, layer: int) -> Section:
-    """Magnitude, gate and spectral saturation, and how long dogs take to plateau."""
+    """Diagnostics, closed by default: magnitude in numbers, time to plateau across the grid, gates, unit health,
+    calibration."""
+    head = results.headline if isinstance(results.headline, Mapping) else {}
     panels = [
-        _f_tau_panel(results, layer),
+        _magnitude_panel(head.get("magnitude")),
+        _plateau_panel(results.plateau),
+        *_km_grid_panel(head.get("plateau")),
         _gate_panel(results.unit),
         *_unit_health_panels(results.unit, results.summary),
-        _plateau_panel(results.plateau),
+        _calibration_panel(results.calibration),
     ]
-    return Section("saturation", "Saturation", INTRO["saturation"], tuple(panels))
+    return Section("saturation", "Diagnostics: magnitude, plateau timing, gates, units, calibration",
+                   INTRO["saturation"], tuple(panels), collapsed=True)
 
 
-def _f_tau_panel(results: RunResults, layer: int) -> Panel:
-    explain = EXPLAIN["f-tau"]
-    step = by_layer(results.step, layer)
-    ds = results.dog_step
-    if not nonempty(step) and not nonempty(ds):
-        return Panel("F_tau by race", explain, note=missing("stats/step.parquet and stats/dog_step.parquet"))
-    lines = []
-    if nonempty(ds):
-        ds = by_layer(ds, layer)
-        g = ds.groupby("step", sort=True).agg(
-            n=("f095", "size"), f090=("f090", "mean"), f095=("f095", "mean"), f099=("f099", "mean")
-        )
-        g = g[g["n"] >= MIN_BAND_DOGS]
-        for col, tau, dash in (("f090", "0.9", "dot"), ("f095", "0.95", "solid"), ("f099", "0.99", "dash")):
-            lines.append(Line(f"tau = {tau}", ints(g.index), sigs(g[col]), "#111827", dash))
-    spec = BandsSpec(
-        "fig-f-tau",
-        bands=bands(step, "f095", ("saturated", "partial", "unsaturated")) if nonempty(step) else [],
-        lines=lines,
-        xlabel="race (step)",
-        ylabel="F_tau (share of units)",
-        yrange=[0, 1],
-        split=True,
-        height=400,
+def _magnitude_panel(mag: Any) -> Panel:
+    title = "Magnitude saturation in numbers"
+    if not isinstance(mag, Mapping) or not mag:
+        return Panel(title, "", note=missing("the headline's magnitude"))
+    rows = (
+        ("largest |h| in any state", sig(mag.get("max_abs"))),
+        ("99th percentile of a state's largest |h|", sig(mag.get("q99_max_abs"))),
+        ("share of states with any unit >= 0.95", sig(mag.get("share_states_any_095"))),
+        ("share of states with any unit >= 0.90", sig(mag.get("share_states_any_090"))),
+        ("states", None if mag.get("n_states") is None else int(mag["n_states"])),
+        ("tanh-f groups big enough to compare", bool(mag.get("tanh_comparable"))),
     )
-    return Panel("F_tau by race", explain, spec)
+    return Panel(title, EXPLAIN["magnitude"], table=Table(("", "value"), rows))
+
+
+def _km_grid_panel(plateau: Any) -> list[Panel]:
+    grid = [g for g in (plateau or {}).get("km_grid") or [] if isinstance(g, Mapping)] if isinstance(plateau, Mapping) else []
+    if not grid:
+        return []
+    rows = [("default", None, None if plateau.get("km_median") is None else int(plateau["km_median"]))]
+    rows += [(str(g.get("param")), sig(g.get("value")), None if g.get("median") is None else int(g["median"]))
+             for g in grid]
+    return [Panel("Time to plateau across the rule's grid", EXPLAIN["km-grid"],
+                  table=Table(("parameter moved", "value", "KM median race"), tuple(rows)))]
+
+
+def _calibration_panel(cal: pd.DataFrame | None) -> Panel:
+    """Model and market as separate series, all dogs, bin counts on hover."""
+    title = "Calibration"
+    if not nonempty(cal):
+        return Panel(title, "", note=missing("eval/calibration.parquet"))
+    sub = cal[cal["cohort"] == "all"] if (cal["cohort"] == "all").any() else cal
+    series = []
+    for src in [s for s in SOURCE_COLOURS if s in set(sub["source"])] + sorted(set(sub["source"]) - set(SOURCE_COLOURS)):
+        s = sub[sub["source"] == src].sort_values("bin")
+        text = [f"{int(n):,} runners" for n in s["n"]]
+        series.append(Line(str(src), sigs(s["p_mean"]), sigs(s["won_rate"]), SOURCE_COLOURS.get(src, "#374151"),
+                           mode="lines+markers", text=text))
+    hi = sig(max(sub["p_mean"].max(), sub["won_rate"].max()) * 1.05) or 1.0
+    series.append(Line("perfect calibration", [0.0, hi], [0.0, hi], "#9ca3af", dash="dash"))
+    spec = LinesSpec("fig-calibration", series, xlabel="predicted probability", ylabel="observed win rate", height=360)
+    return Panel(title, COHORT_EXPLAIN["calibration"], spec)
 
 
 def _first_seed(unit: pd.DataFrame) -> pd.DataFrame:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
+from gruviz_core.exemplars import MIN_RACES, typical_dogs
 from gruviz_core.results import DogStates, DogStatesSet, RunResults
 from reports.model import (
     MAX_FRAMES,
@@ -21,6 +22,8 @@ from reports.model import (
     ExemplarCurve,
     HeatmapSpec,
     Line,
+    Lines2Spec,
+    LinesPanel,
     Panel,
     Section,
     Table,
@@ -31,11 +34,11 @@ from reports.sections.common import bands, by_layer, colour, ints, missing, none
 
 __all__ = ["choose_dogs", "states_section", "abs_sum_section"]
 
-_TITLE = "Hidden states of two dogs"
+_TITLE = "Hidden states of two typical dogs"
 
 
 def choose_dogs(dog: pd.DataFrame, watchlist: Sequence[str]) -> tuple[list[dict], str]:
-    """Watchlist dogs (by id or name) first, then the most and least saturated exemplars; two at most.
+    """Watchlist dogs (by id or name) first, then typical dogs (`gruviz_core.exemplars.typical_dogs`); two at most.
 
     `dog`: stats/dog.parquet at the cohort layer. Returns the dogs' rows and how they were chosen."""
     top = dog.sort_values("dog_index", kind="stable")
@@ -50,37 +53,11 @@ def choose_dogs(dog: pd.DataFrame, watchlist: Sequence[str]) -> tuple[list[dict]
         if len(picked) == 2:
             return picked, STATES_HOW["watchlist"]
     how = STATES_HOW["some"] if picked else STATES_HOW["none"]
-    how += STATES_HOW["exemplars"]
-    for _, r in _exemplars(top):
-        if len(picked) == 2:
-            break
-        if r["dog_id"] not in [p["dog_id"] for p in picked]:
-            picked.append(r.to_dict())
+    how += STATES_HOW["exemplars"].format(min_races=MIN_RACES)
+    taken = {p["dog_id"] for p in picked}
+    for _, r in typical_dogs(top[~top["dog_id"].isin(taken)], n=2 - len(picked)).iterrows():
+        picked.append(r.to_dict())
     return picked, how
-
-
-def _exemplars(top: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    """The most saturated dog (saturated cohort first) and the least saturated one (unsaturated first), distinct.
-
-    Ranked by mean F_0.95 after the plateau, then final s, then mean s (ties are common: F is often 0)."""
-    long = top[top["n_steps"] >= min(10, int(top["n_steps"].max()))].copy()
-    keys = ["mean_f095_after", "final_s", "mean_s"]
-    for k in keys:
-        long[k] = pd.to_numeric(long[k], errors="coerce").fillna(-1.0)
-    cohort = long["cohort"]
-    hi = long.assign(_pool=(cohort != "saturated").astype(int)).sort_values(
-        ["_pool", *keys], ascending=[True] + [False] * len(keys), kind="stable"
-    )
-    lo = long.assign(_pool=(cohort != "unsaturated").astype(int)).sort_values(
-        ["_pool", *keys], ascending=[True] + [True] * len(keys), kind="stable"
-    )
-    out = []
-    if len(hi):
-        out.append(("most", hi.iloc[0].drop("_pool")))
-        rest = lo[lo["dog_id"] != hi.iloc[0]["dog_id"]]
-        if len(rest):
-            out.append(("least", rest.iloc[0].drop("_pool")))
-    return out
 
 
 def states_section(
@@ -120,6 +97,7 @@ def states_section(
             "Static: races x units, every layer",
             EXPLAIN["states-static"],
             HeatmapSpec("fig-states-static", heats, n_layers, height=max(320, 260 * n_layers)),
+            collapsed=True,
         ),
     ]
     if problems:
@@ -181,34 +159,53 @@ def _dog_heat(st: DogStates, row: dict) -> DogHeat:
 
 
 def abs_sum_section(
-    results: RunResults, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int, km_median: Any = None
+    results: RunResults, dog: pd.DataFrame | None, chosen_ids: list[str], layer: int, head: Mapping[str, Any]
 ) -> Section:
-    """Cohort bands of s by race, the heatmap dogs' curves and the Kaplan-Meier median time to plateau."""
+    """Status bands of s by race with the heatmap dogs' curves and the race by which the median s reaches 95% of
+    its level; the write fraction and movement by race (the headline's reliance)."""
     intro = INTRO["abs-sum"]
+    title = "Abs-sum and reliance per race"
     step = by_layer(results.step, layer)
+    plateau = head.get("plateau") if isinstance(head.get("plateau"), Mapping) else {}
+    panels = [_reliance_panel(head.get("reliance"))]
     if not nonempty(step):
-        return Section(
-            "abs-sum", "Abs-sum per race", intro, (Panel("Abs-sum per race", "", note=missing("stats/step.parquet")),)
-        )
+        panels.insert(0, Panel("Abs-sum per race", "", note=missing("stats/step.parquet")))
+        return Section("abs-sum", title, intro, tuple(panels))
     all_line = step[step["cohort"] == "all"].sort_values("step")
     all_line = all_line[all_line["n"] >= MIN_BAND_DOGS]
-    median_plateau = sig(km_median)  # Kaplan-Meier (None: not reached), never the median of dogs with a plateau
+    r95 = sig(plateau.get("race_95"))
     spec = BandsSpec(
         "fig-abs-sum",
-        bands=bands(step, "s", cohorts=("saturated", "unsaturated", "partial")),
+        bands=bands(step, "s", cohorts=("settled", "settling", "saturated", "unsaturated", "partial")),
         lines=[Line("all dogs (median)", ints(all_line["step"]), sigs(all_line["s_q50"]), colour("all"), "dot")],
         exemplars=_exemplar_curves(results.dog_step, dog, chosen_ids, layer),
-        vline=median_plateau,
-        vline_label=f"median time to plateau (KM) {median_plateau:.0f}" if median_plateau is not None else None,
+        vline=r95,
+        vline_label=f"95% of the long-run level by race {r95:.0f}" if r95 is not None else None,
         xlabel="race (step)",
         ylabel="s = abs-sum / units",
         yrange=[0, 1],
-        height=420,
+        height=400,
     )
-    panel = Panel(
-        "Abs-sum per race: cohorts and exemplar dogs", EXPLAIN["abs-sum"].format(min_dogs=MIN_BAND_DOGS), spec
-    )
-    return Section("abs-sum", "Abs-sum per race", intro, (panel,))
+    panels.insert(0, Panel("Abs-sum per race: status bands and the typical dogs",
+                           EXPLAIN["abs-sum"].format(min_dogs=MIN_BAND_DOGS), spec))
+    return Section("abs-sum", title, intro, tuple(panels))
+
+
+def _reliance_panel(rel: Any) -> Panel:
+    """Median write fraction and movement by race (headline reliance), one panel each."""
+    title = "Reliance on the latest race by race count"
+    rel = rel if isinstance(rel, Mapping) else {}
+    panels = []
+    for key, col, name, colour_ in (("write_by_race", "median_write", "write fraction u", "#b45309"),
+                                    ("move_by_race", "median_move", "movement m", "#1d4ed8")):
+        pts = sorted((int(r["race"]), sig(r.get(col))) for r in rel.get(key) or []
+                     if isinstance(r, Mapping) and r.get("race") is not None and sig(r.get(col)) is not None)
+        if pts:
+            panels.append(LinesPanel(name, [Line(f"median {name}", [p[0] for p in pts], [p[1] for p in pts], colour_,
+                                                 mode="lines")], name))
+    if not panels:
+        return Panel(title, "", note=missing("the headline's reliance"))
+    return Panel(title, EXPLAIN["reliance"], Lines2Spec("fig-reliance", panels, xlabel="race (step)", height=320))
 
 
 def _exemplar_curves(
