@@ -49,7 +49,6 @@ __all__ = [
     "tail_mean",
     "assign_cohorts",
     "resolve_thresholds",
-    "exemplar_pair",
     "RULES",
     "PredictionStatus",
     "status_at_prediction",
@@ -223,19 +222,6 @@ def assign_cohorts(plateau: np.ndarray, n_steps: np.ndarray, f_tail: np.ndarray,
     out[has & (f >= max(theta, 1e-9))] = "saturated"  # nobody is saturated with no unit near the boundary
     out[short] = "undecided"
     return out
-
-
-def exemplar_pair(dogs: pd.DataFrame) -> list[tuple[str, str]]:
-    """The exemplar rule, the only one: the most and the least saturated dog by mean s among dogs with long
-    histories (top decile of race counts). dogs: stats/dog.parquet rows of the cohort layer. -> [(most, least)]."""
-    if len(dogs) < 2:
-        return []
-    n = dogs["n_steps"].to_numpy()
-    long = dogs[n >= max(np.quantile(n, 0.9), 2)]
-    if len(long) < 2:
-        long = dogs
-    order = long.sort_values(["mean_s", "dog_index"])
-    return [(str(order["dog_id"].iloc[-1]), str(order["dog_id"].iloc[0]))]
 
 
 @dataclass(frozen=True)

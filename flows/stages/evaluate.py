@@ -28,6 +28,7 @@ from gruviz_core import resilience as rs
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
+from gruviz_core.exemplars import typical_pair
 from gruviz_core.features import column_index
 from gruviz_core.headline import Headline
 from gruviz_core.model import LoadedModel
@@ -249,7 +250,7 @@ def evaluate_run(
     tables.update(found.tables)
     tables["repro"] = ev.repro_table(probs, race, dog, cohort, *_kappas(run_dir, dogs, rule))
     tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
-    ex_pairs = list(pairs) if pairs else co.exemplar_pair(dogs)
+    ex_pairs = list(pairs) if pairs else typical_pair(dogs)  # the one exemplar rule (page, divergence, email)
     tables["divergence"] = _divergence(reader, ex_pairs)
     notes = list(found.notes)
     if resilience is not None:
