@@ -27,12 +27,8 @@ running tail F up to t-1, s_{t-1}. Nothing after the race decides its group.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 from gruviz_core.errors import ConfigError
 
