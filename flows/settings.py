@@ -113,6 +113,18 @@ class Settings(BaseSettings):
             return text.rstrip("/") if not text.startswith("file://") else str(Path(text[len("file://"):]).absolute())
         return str(Path(text).expanduser().absolute())
 
+    @field_validator("reports_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        text = str(v).strip()
+        parts = urlsplit(text)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
+            raise ValueError("expected an http(s) URL with a host, e.g. https://reports.example.com/gruviz "
+                             "(it is the report link in the email)")
+        return text
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

@@ -93,11 +93,19 @@ def test_unwritable_reports_dir_fails_first(tmp_path, env):
     ("GRUVIZ_COHORT_THETA", "1.5", "GRUVIZ_COHORT_THETA"),
     ("GRUVIZ_SMTP_PORT", "0", "GRUVIZ_SMTP_PORT"),
     ("GRUVIZ_KEEP_NIGHTS", "-1", "GRUVIZ_KEEP_NIGHTS"),
+    ("GRUVIZ_REPORTS_BASE_URL", "javascript:alert(1)//", "GRUVIZ_REPORTS_BASE_URL.*http"),  # into the email's link
+    ("GRUVIZ_REPORTS_BASE_URL", "reports.example.com/gruviz", "GRUVIZ_REPORTS_BASE_URL.*http"),
+    ("GRUVIZ_REPORTS_BASE_URL", "http://", "GRUVIZ_REPORTS_BASE_URL.*http"),
 ])
 def test_typed_settings(env, name, value, match):
     env.setenv(name, value)
     with pytest.raises(ConfigError, match=match):
         load_settings()
+
+
+def test_https_base_url_is_accepted(env):
+    env.setenv("GRUVIZ_REPORTS_BASE_URL", "https://reports.example.com/gruviz")
+    assert load_settings().reports_base_url == "https://reports.example.com/gruviz"
 
 
 def test_cuda_without_cuda_is_refused(tmp_path, env):
