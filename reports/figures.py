@@ -21,7 +21,7 @@ from reports.figures_charts import (
     lines_figure,
     scatter_figure,
 )
-from reports.figures_heatmaps import anim_heatmap, static_heatmap
+from reports.figures_heatmaps import anim_heatmap, matrix_heatmap, static_heatmap
 from reports.plot_base import COLORSCALE, PLOTLY_CONFIG, REDRAW
 from reports.specs import (
     AnimHeatmapSpec,
@@ -32,6 +32,7 @@ from reports.specs import (
     HeatmapSpec,
     Lines2Spec,
     LinesSpec,
+    MatrixSpec,
     ScatterSpec,
 )
 
@@ -46,6 +47,7 @@ _DRAWERS: Mapping[type, Callable[[Any], go.Figure]] = {
     ScatterSpec: scatter_figure,
     GatesSpec: gates_figure,
     GroupedSpec: grouped_figure,
+    MatrixSpec: matrix_heatmap,
 }
 
 

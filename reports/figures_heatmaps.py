@@ -1,14 +1,15 @@
-"""The hidden-state heatmaps: animated (Play/Stop, a slider, a veil over races still to come) and static."""
+"""The hidden-state heatmaps: animated (Play/Stop, a slider, a veil over races still to come) and static; a labelled
+matrix (units x quantities)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports.plot_base import COLORSCALE, CURTAIN, REDRAW, label, layout
-from reports.specs import AnimHeatmapSpec, HeatmapSpec
+from reports.plot_base import COLORSCALE, CURTAIN, REDRAW, label, labels, layout
+from reports.specs import AnimHeatmapSpec, HeatmapSpec, MatrixSpec
 
-__all__ = ["anim_heatmap", "static_heatmap"]
+__all__ = ["anim_heatmap", "static_heatmap", "matrix_heatmap"]
 
 def _curtain(t: int, n_steps: int, n_units: int) -> tuple[list[float], list[float]]:
     """Polygon veiling the races after t (empty when the dog has no more races)."""
@@ -162,3 +163,22 @@ def static_heatmap(spec: HeatmapSpec) -> go.Figure:
                 title_text="unit" if i == 0 else None, range=[-0.5, d.n_units - 0.5], row=l + 1, col=i + 1
             )
     return layout(fig, spec)
+
+
+def matrix_heatmap(spec: MatrixSpec) -> go.Figure:
+    fig = go.Figure(
+        go.Heatmap(
+            z=spec.z,
+            x=labels(spec.x),
+            y=labels(spec.y),
+            zmin=spec.zmin,
+            zmax=spec.zmax,
+            zmid=0,
+            colorscale=COLORSCALE,
+            colorbar=dict(title=dict(text=label(spec.zlabel)), len=0.75, thickness=12),
+            hovertemplate="%{y}<br>%{x}<br>" + label(spec.zlabel) + " = %{z}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title_text=spec.xlabel, type="category", tickangle=-35)
+    fig.update_yaxes(title_text=spec.ylabel, type="category", autorange="reversed")
+    return layout(fig, spec, margin=dict(l=72, r=24, t=40, b=110))

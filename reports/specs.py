@@ -11,7 +11,7 @@ from typing import Any
 __all__ = [
     "FigureSpec", "DogHeat", "AnimHeatmapSpec", "HeatmapSpec", "Band", "Line", "ExemplarCurve", "BandsSpec",
     "LinesSpec", "LinesPanel", "Lines2Spec", "ScatterSeries", "ScatterSpec", "GateSeries", "GateLayer", "GatesSpec",
-    "GroupedSeries", "GroupedPanel", "GroupedSpec",
+    "GroupedSeries", "GroupedPanel", "GroupedSpec", "MatrixSpec",
 ]
 
 
@@ -329,7 +329,34 @@ class GroupedSpec:
     """Height in pixels."""
 
 
+@dataclass(frozen=True)
+class MatrixSpec:
+    """A labelled matrix as one heatmap on a diverging scale (e.g. units x quantities)."""
+
+    div_id: str
+    """Fixed id of the figure's div."""
+    z: list[list[float | None]]
+    """(R, C) values."""
+    x: list[str]
+    """(C,) column labels."""
+    y: list[str]
+    """(R,) row labels, drawn top to bottom."""
+    zlabel: str
+    """Colour bar title."""
+    xlabel: str | None = None
+    """x axis title."""
+    ylabel: str | None = None
+    """y axis title."""
+    zmin: float = -1.0
+    """Bottom of the colour scale."""
+    zmax: float = 1.0
+    """Top of the colour scale."""
+    height: int = 380
+    """Height in pixels."""
+
+
 FigureSpec = (
     AnimHeatmapSpec | HeatmapSpec | BandsSpec | LinesSpec | Lines2Spec | ScatterSpec | GatesSpec | GroupedSpec
+    | MatrixSpec
 )
 """Any figure of the report; `reports.figures.figure(spec)` draws it by its type."""

@@ -263,3 +263,54 @@ def test_a_failing_stage_leaves_a_note_not_an_error(tmp_path, probed):
     (out / "eval").mkdir(parents=True)
     record = run(out, tmp_path, "no-such-snapshot")  # no states, no snapshot: recorded, not raised
     assert record["error"] and json.loads(RunLayout.at(out).probe_record.read_text())["error"] == record["error"]
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _section(results):
+    from reports.sections.probes import probes_section
+
+    return probes_section(results)
+
+
+def test_the_report_renders_the_section_from_the_stage_tables(probed):
+    from reports.build import build_report
+    from reports.render import render
+    from reports.specs import GroupedSpec, Lines2Spec, MatrixSpec
+    from storage.results import read_run_results
+
+    tmp, record = probed
+    results = read_run_results(tmp)
+    assert results.probe_record == record and results.probes is not None and results.unit_atlas is not None
+    s = _section(results)
+    assert s.title == "What the state knows"
+    kinds = [type(p.figure) for p in s.panels if p.figure is not None]
+    assert kinds == [GroupedSpec, Lines2Spec, MatrixSpec]
+    summary = s.panels[0]
+    assert "selectivity" in summary.explain and "Probed 100 of 150 dogs" in summary.explain
+    heat = s.panels[-1].figure
+    assert len(heat.y) == 8 and len(heat.x) == len(pr.QUANTITIES) - len(record["absent"])
+    html = render(build_report(results), plotly_src=None)
+    assert 'id="probes"' in html and "What the state knows" in html and "fig-unit-atlas" in html
+
+
+def test_the_section_says_why_the_atlas_is_missing():
+    from gruviz_core.results import RunResults
+
+    failed = _section(RunResults("r", {}, None, {}, probe_record={"error": "LookupError: no runs"}))
+    assert failed.panels[0].note == "Probe atlas not computed: LookupError: no runs"
+    absent = _section(RunResults("r", {}, None, {}))
+    assert "eval/probes.parquet" in absent.panels[0].note
+
+
+def test_the_section_names_absent_quantities(probed):
+    import dataclasses
+
+    from storage.results import read_run_results
+
+    tmp, record = probed
+    results = read_run_results(tmp)
+    rec = dict(record, absent=["market_last", "market_next"])
+    s = _section(dataclasses.replace(results, probe_record=rec))
+    assert "Not in this source (absent, not zero)" in s.panels[0].explain
