@@ -17,6 +17,7 @@ from reports.model import AnimHeatmapSpec, Panel, ReportModel, Section
 from reports.sections.cohorts import comparison_section
 from reports.sections.common import per_dog
 from reports.sections.front import front_panels
+from reports.sections.probes import probes_section
 from reports.sections.resilience import divergence_section, resilience_section
 from reports.sections.run import provenance, quality_section, trend_section
 from reports.sections.saturation import saturation_section
@@ -73,6 +74,7 @@ def build_report(
         _guarded("reproducibility", "Reproducibility across seeds", repro_section, results),
         _guarded("resilience", "Resilience to data issues", resilience_section, results),
         _guarded("divergence", "Two-dog divergence", divergence_section, results, dog),
+        _guarded("probes", "What the state knows", probes_section, results),
         saturation_section(results, layer),
         _closed(trend_section(night, head, hist)),
         _closed(quality_section(data_quality)),
