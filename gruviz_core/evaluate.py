@@ -9,6 +9,10 @@ AUC is computed from per-dog counts of winners and losers in quantile bins of p 
 exact when p takes fewer values), so it bootstraps the same way. The winner hit rate of a cohort is
 the share of the cohort's top picks (the race favourite under the model) that won.
 
+Reproducibility (`repro_table`): spread is per runner, grouped by the runner's own race count and status;
+top-pick churn is per race, grouped by the race's favourite under the seed ensemble, so every race sits
+in one group whether or not the seeds agree on it.
+
 Cohorts differ in base rates (dogs that race on and saturate win more often), so raw log-loss
 mostly says who wins. Given a reference (the market on the same rows), `log_loss_vs_market` is
 the mean per-row log-loss of the model minus the market's: the model's own skill gap, comparable
@@ -24,9 +28,8 @@ import pandas as pd
 from scipy import sparse
 
 from gruviz_core import repro as rp
-from gruviz_core.cohorts import COHORTS
+from gruviz_core.comparisons import STRATA, poisson1, stratum_of
 from gruviz_core.comparisons import percentile_interval as _interval
-from gruviz_core.comparisons import poisson1
 from gruviz_core.errors import ConfigError
 from gruviz_core.racing import race_codes
 
@@ -42,10 +45,14 @@ __all__ = [
     "calibration",
     "CALIBRATION_EDGES",
     "prob_spread",
+    "race_top_rows",
+    "race_disagreement",
     "top_pick_churn",
     "cohen_kappa",
     "linear_cka",
     "eval_rows",
+    "REPRO_COLUMNS",
+    "SeedStatus",
     "repro_table",
 ]
 
@@ -213,26 +220,38 @@ def prob_spread(probs: np.ndarray) -> np.ndarray:
     return probs.std(axis=1, ddof=1)
 
 
-def top_pick_churn(probs: np.ndarray, race: np.ndarray, scope: np.ndarray | None = None) -> float:
-    """Share of races whose top pick differs between two seeds, averaged over seed pairs (symmetric in the seeds).
+def race_top_rows(p: np.ndarray, race: np.ndarray, n_races: int) -> np.ndarray:
+    """(race,) index of the row with the highest p in each race (first row on ties; -1 for a race without rows)."""
+    out = np.full(n_races, -1, dtype=np.int64)
+    top = np.flatnonzero(top_pick_mask(p, race))
+    out[race[top]] = top
+    return out
 
-    probs: (obs, seed); scope: (obs,) bool, count only races where either seed's pick is such a row.
+
+def race_disagreement(probs: np.ndarray, race: np.ndarray) -> np.ndarray:
+    """Per race, the share of seed pairs whose top picks differ (0 = every seed picks the same runner).
+
+    probs: (obs, seed); race: (obs,) codes 0..R-1. -> (R,); NaN when K < 2 or a race has no rows.
     """
+    n_r = int(race.max()) + 1 if len(race) else 0
     k = probs.shape[1]
-    if k < 2:
-        return float("nan")
-    tops = [top_pick_mask(probs[:, i], race) for i in range(k)]
-    vals = []
-    for i in range(k):
-        for j in range(i + 1, k):
-            pi, pj = tops[i], tops[j]
-            if scope is not None:
-                pi, pj = pi & scope, pj & scope
-            races = np.union1d(race[pi], race[pj])
-            if len(races):
-                same = np.intersect1d(race[tops[i] & tops[j]], races)
-                vals.append(1.0 - len(same) / len(races))
-    return float(np.mean(vals)) if vals else float("nan")
+    if k < 2 or n_r == 0:
+        return np.full(n_r, np.nan)
+    tops = np.stack([race_top_rows(probs[:, i], race, n_r) for i in range(k)], axis=1)  # (R, K)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    out = np.mean([tops[:, i] != tops[:, j] for i, j in pairs], axis=0)
+    out[tops[:, 0] < 0] = np.nan
+    return out
+
+
+def top_pick_churn(probs: np.ndarray, race: np.ndarray) -> float:
+    """Share of races whose top pick differs between two seeds, averaged over seed pairs and races.
+
+    probs: (obs, seed); race: (obs,) codes. Every race counts once, whether or not the seeds agree.
+    """
+    d = race_disagreement(probs, race)
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if len(d) else float("nan")
 
 
 def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
@@ -286,27 +305,147 @@ def eval_rows(rows: pd.DataFrame, scores: np.ndarray, race: np.ndarray | None = 
     return np.flatnonzero(ok), bool(has_market)
 
 
-def repro_table(probs: np.ndarray, race: np.ndarray, dog: np.ndarray, cohort: np.ndarray,
-                seed_labels: np.ndarray | None, decided: np.ndarray | None) -> pd.DataFrame:
-    """Prediction spread (ddof=1) and symmetric top-pick churn per scope; Fleiss' kappa and per-cohort agreement
-    of the seeds' cohort labels among decided dogs.
+REPRO_COLUMNS: tuple[str, ...] = ("metric", "by", "scope", "step", "value", "lo", "hi", "n", "n_of", "note")
+"""Columns of eval/repro: what, grouped how (all, race_count, status, model, step), which group, the fixed race
+of a kappa row (NaN otherwise), the value with its 95% dog-bootstrap interval, n with its unit, a note."""
 
-    probs: (obs, seed); dog: (obs,) codes into cohort (dog,); seed_labels: (dog, seed) or None;
-    decided: (dog,) bool, dogs with enough races for every seed to decide. -> scope, metric, value, n.
+
+@dataclass(frozen=True)
+class SeedStatus:
+    """What status at prediction time needs, per seed: each seed's plateau step and the rule's window."""
+
+    plateau: np.ndarray
+    """(dog, seed) 1-based plateau step T* of each seed's states (NaN: none)."""
+    n_steps: np.ndarray
+    """(dog,) races of each dog."""
+    w: int
+    """The rule's window: settling needs w + k earlier races."""
+    k: int
+    """The rule's consecutive flat steps: a plateau at T* is confirmed at T* + k - 1."""
+    step_ok: np.ndarray | None = None
+    """(dog,) bool, dogs whose step is their race count (debut observed); None: all."""
+
+
+def repro_table(
+    probs: np.ndarray, race: np.ndarray, dog: np.ndarray, step: np.ndarray, won: np.ndarray, status: SeedStatus,
+    *, weights: np.ndarray | None = None, kappa_steps: tuple[int, ...] = rp.KAPPA_STEPS,
+) -> pd.DataFrame:
+    """Reproducibility across the K seeds: spread and churn by race count and status, ensemble vs seed, status kappa.
+
+    - prob_spread: mean over runners of the sample std (ddof = 1) of the seeds' p; rel_spread: that sum over
+      the sum of the mean p. A runner is grouped by its own race count (step) and its status under seed 0.
+    - top_pick_churn: per race, the share of seed pairs whose top picks differ, averaged over races. A race
+      is grouped by its favourite under the seed ensemble (mean p): that runner's race count and status.
+      Each race is in exactly one group, so a race where the seeds disagree counts once, like one where
+      they agree (counting a race when either seed picked such a dog inflates small groups).
+    - race_nll by model: each seed, the ensemble, and ensemble - mean seed (rp.seed_vs_ensemble).
+    - fleiss_kappa at each of kappa_steps: the seeds' settled/settling status at that race among dogs that
+      ran it (rp.status_labels); NaN with the reason when not estimable; agreement per category beside it.
+
+    Race count and status rows use debut-observed runners only (status.step_ok); 'all' uses every row.
+    probs: (obs, seed) race-normalised; race: (obs,) codes; dog: (obs,) codes into status' dogs and the
+    columns of weights (B, dog) (bootstrap over dogs; None: no intervals); step: (obs,) 1-based; won: (obs,).
+    -> REPRO_COLUMNS.
     """
-    spread = prob_spread(probs)
-    row_c = cohort[dog]
-    out = []
-    for scope in ["all", *COHORTS]:
-        m = np.ones(len(dog), bool) if scope == "all" else row_c == scope
-        if not m.any():
+    probs = np.asarray(probs, dtype=np.float64)
+    race, dog, step = (np.asarray(a, dtype=np.int64) for a in (race, dog, step))
+    n_dogs = len(status.n_steps)
+    w = np.ones((1, n_dogs), np.float32) if weights is None else np.asarray(weights)
+    rows: list[tuple] = []
+    if probs.shape[1] >= 2 and len(race):
+        rows += _spread_churn_rows(probs, race, dog, step, status, w, intervals=weights is not None)
+    else:
+        note = "one seed: nothing to compare" if len(race) else "no scored races"
+        rows += [(m, "all", "all", np.nan, np.nan, np.nan, np.nan, 0, u, note)
+                 for m, u in (("prob_spread", "runners"), ("top_pick_churn", "races"))]
+    if len(race):
+        rows += _ensemble_rows(rp.seed_vs_ensemble(probs, won, race, dog=dog, weights=weights))
+    rows += _kappa_rows(status, kappa_steps, weights)
+    return pd.DataFrame(rows, columns=list(REPRO_COLUMNS))
+
+
+def _spread_churn_rows(probs, race, dog, step, status: SeedStatus, w, *, intervals: bool) -> list[tuple]:
+    ok = np.ones(len(status.n_steps), bool) if status.step_ok is None else np.asarray(status.step_ok, bool)
+    row_status = rp.status_at_step(status.plateau[dog, 0], None, step, status.w, status.k)  # seed 0's status
+    sd = prob_spread(probs)  # (obs,)
+    disagree = race_disagreement(probs, race)  # (R,)
+    fav = race_top_rows(probs.mean(axis=1), race, len(disagree))  # (R,) the ensemble's favourite
+    has = fav >= 0
+    fav, disagree = fav[has], disagree[has]
+    keys = {  # by -> (row labels, race labels); None: not in any group of that kind
+        "all": (np.full(len(dog), "all", object), np.full(len(fav), "all", object)),
+        "race_count": (_where(stratum_of(step), ok[dog]), _where(stratum_of(step[fav]), ok[dog[fav]])),
+        "status": (_where(row_status, ok[dog]), _where(row_status[fav], ok[dog[fav]])),
+    }
+    ones_r, ones_f = np.ones(len(dog)), np.ones(len(fav))
+    measures = (  # metric, unit, per-item numerator and denominator, item's dog, which key
+        ("prob_spread", "runners", sd, ones_r, dog, 0),
+        ("rel_spread", "runners", sd, probs.mean(axis=1), dog, 0),
+        ("top_pick_churn", "races", disagree, ones_f, dog[fav], 1),
+    )
+    specs, cols = [], []
+    for metric, unit, num, den, owner, which in measures:
+        for by, labels in keys.items():
+            lab = labels[which]
+            for scope in _scopes(by, lab):
+                m = lab == scope
+                cols += [np.bincount(owner[m], weights=num[m], minlength=w.shape[1]),
+                         np.bincount(owner[m], weights=den[m], minlength=w.shape[1])]
+                specs.append((metric, by, scope, unit, int(m.sum())))
+    mat = np.stack(cols, axis=1)  # (dog, 2 * groups)
+    point = mat.sum(0)
+    reps = (w @ mat.astype(w.dtype)).astype(np.float64)  # (B, 2 * groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values, rep_values = point[0::2] / point[1::2], reps[:, 0::2] / reps[:, 1::2]
+    out, at = [], {}
+    for g, (metric, by, scope, unit, n) in enumerate(specs):
+        lo, hi = _interval(rep_values[:, g]) if intervals else (np.nan, np.nan)
+        out.append((metric, by, scope, np.nan, float(values[g]), lo, hi, n, unit, ""))
+        at[(metric, by, scope)] = g
+    for metric, unit, *_ in measures:  # settled - settling, not matched on step
+        a, b = at.get((metric, "status", "settled")), at.get((metric, "status", "settling"))
+        if a is None or b is None:
             continue
-        out.append((scope, "prob_spread", float(np.nanmean(spread[m])) if probs.shape[1] > 1 else np.nan,
-                    int(m.sum())))
-        out.append((scope, "top_pick_churn", top_pick_churn(probs, race, None if scope == "all" else m), int(m.sum())))
-    if seed_labels is not None and seed_labels.shape[1] >= 2:
-        lab = seed_labels[decided] if decided is not None else seed_labels
-        out.append(("decided", "fleiss_kappa", rp.fleiss_kappa(lab), len(lab)))
-        for c, (agree, n) in sorted(rp.specific_agreement(lab).items()) if len(lab) else []:
-            out.append((c, "agreement", agree, n))
-    return pd.DataFrame(out, columns=["scope", "metric", "value", "n"])
+        lo, hi = _interval(rep_values[:, a] - rep_values[:, b]) if intervals else (np.nan, np.nan)
+        out.append((metric, "status", "settled - settling", np.nan, float(values[a] - values[b]), lo, hi,
+                    specs[a][4] + specs[b][4], unit, "not matched on race count"))
+    return out
+
+
+def _where(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.asarray(labels, dtype=object).copy()
+    out[~keep] = None
+    return out
+
+
+def _scopes(by: str, labels: np.ndarray) -> list[str]:
+    order = {"all": ["all"], "race_count": [name for *_, name in STRATA], "status": list(rp.STATUSES)}[by]
+    present = set(labels[labels != None].tolist())  # noqa: E711 (object array)
+    return [s for s in order if s in present]
+
+
+def _ensemble_rows(sve: dict) -> list[tuple]:
+    n = sve["n_races"]
+    rows = [("race_nll", "model", f"seed {j}", np.nan, v, np.nan, np.nan, n, "races", "")
+            for j, v in enumerate(sve["seed_nll"])]
+    rows.append(("race_nll", "model", "ensemble", np.nan, sve["ensemble_nll"], np.nan, np.nan, n, "races",
+                 "mean of the seeds' probabilities"))
+    rows.append(("race_nll", "model", "mean seed", np.nan, sve["mean_seed_nll"], np.nan, np.nan, n, "races", ""))
+    lo, hi = (np.nan if v is None else v for v in (sve["lo"], sve["hi"]))
+    rows.append(("race_nll", "model", "ensemble - mean seed", np.nan, sve["diff"], lo, hi, n, "races",
+                 "bootstrap over the winners' dogs"))
+    return rows
+
+
+def _kappa_rows(status: SeedStatus, steps: tuple[int, ...], weights: np.ndarray | None) -> list[tuple]:
+    plateau = np.asarray(status.plateau, dtype=np.float64)
+    if plateau.ndim != 2 or plateau.shape[1] < 2:
+        return [("fleiss_kappa", "step", "settled/settling", float(t), np.nan, np.nan, np.nan, 0, "dogs",
+                 "not estimable: one seed") for t in steps]
+    out = []
+    for t in steps:
+        labels, dogs = rp.status_labels(plateau, status.n_steps, t, w=status.w, k=status.k, keep=status.step_ok)
+        a = rp.kappa_or_not(labels, weights=None if weights is None else np.asarray(weights)[:, dogs])
+        out.append(("fleiss_kappa", "step", "settled/settling", float(t), a.kappa, a.lo, a.hi, a.n, "dogs", a.note))
+        out += [("agreement", "step", c, float(t), v, np.nan, np.nan, n, "dogs", "") for c, v, n in a.categories]
+    return out

@@ -10,13 +10,21 @@ CKA_u = HSIC_u(X, Y) / sqrt(HSIC_u(X, X) HSIC_u(Y, Y)); it can be slightly negat
 resamples dogs; pairs of copies of the same dog are left out like the diagonal, so a replicate is
 still debiased. The permutation baseline shuffles the dogs of one seed (what unrelated states give).
 
-Cohort agreement is measured among decided dogs only (enough races to have checked a plateau): the
-'undecided' label is fixed by the race count, the same for every seed, and would inflate agreement.
+Status agreement (`status_kappa`) is Fleiss' kappa of the seeds' settled/settling status at a fixed
+race t (rule `plateau-s`, from each seed's own plateau step), among dogs that ran race t with a status
+decided under every seed: 'undecided' is fixed by the race count, the same for every seed, and would
+inflate agreement. When one label covers more than `MAX_LABEL_SHARE` of the labels, chance agreement
+is about 1 and kappa is an unstable ratio of two tiny numbers (the kappa paradox): it is then "not
+estimable" (NaN with the reason), and the per-category agreement with its n is what can be read.
+
+`seed_vs_ensemble`: race NLL of each seed and of the ensemble (the mean of the K seeds' p) on the same
+races. -log is convex, so the ensemble's NLL is at most the seeds' mean on every race (Jensen).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -34,12 +42,33 @@ __all__ = [
     "CKA_COLUMNS",
     "fleiss_kappa",
     "specific_agreement",
+    "STATUSES",
+    "DECIDED",
+    "KAPPA_STEPS",
+    "MAX_LABEL_SHARE",
+    "status_at_step",
+    "Agreement",
+    "kappa_or_not",
+    "status_labels",
+    "seed_vs_ensemble",
 ]
 
 CKA_STEPS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200)
 """Steps at which the CKA curve is drawn (until fewer than `min_dogs` dogs have raced that often)."""
 
 CKA_COLUMNS: tuple[str, ...] = ("step", "seed_a", "seed_b", "n", "cka", "lo", "hi", "cka_perm", "cka_biased")
+
+STATUSES: tuple[str, ...] = ("settled", "settling", "undecided")
+"""Status of a race at prediction time under rule `plateau-s`, in the order reports show them."""
+
+DECIDED: tuple[str, ...] = ("settled", "settling")
+"""The statuses a seed's states decide; 'undecided' is fixed by the race count alone."""
+
+KAPPA_STEPS: tuple[int, ...] = (15, 20, 25, 30)
+"""Races at which the seeds' agreement on status is measured (both statuses populated there on Iggy)."""
+
+MAX_LABEL_SHARE = 0.95
+"""Above this share of one label, kappa is not estimable (chance agreement ~1: the kappa paradox)."""
 
 
 def _centre(x: np.ndarray) -> np.ndarray:
@@ -172,14 +201,10 @@ def fleiss_kappa(labels: np.ndarray) -> float:
     labels = np.asarray(labels, dtype=object)
     if labels.ndim != 2 or labels.shape[1] < 2:
         raise ConfigError(f"fleiss_kappa: labels must be (items, raters >= 2), got shape {labels.shape}")
-    n, k = labels.shape
+    n = len(labels)
     if n == 0:
         return float("nan")
-    counts = _counts(labels)  # (N, C)
-    p_i = ((counts * counts).sum(1) - k) / (k * (k - 1))
-    p_c = counts.sum(0) / (n * k)
-    pe = float((p_c * p_c).sum())
-    return float((p_i.mean() - pe) / (1.0 - pe)) if pe < 1.0 else float("nan")
+    return float(_kappa_of(_counts(labels), np.ones((1, n)))[0])
 
 
 def specific_agreement(labels: np.ndarray) -> dict[str, tuple[float, int]]:
@@ -204,3 +229,163 @@ def _counts(labels: np.ndarray, cats: Sequence[str] | None = None) -> np.ndarray
     cats = [str(c) for c in pd.unique(labels.ravel())] if cats is None else list(cats)
     s = labels.astype(str)
     return np.stack([(s == c).sum(1) for c in cats], axis=1).astype(np.float64)
+
+
+def _kappa_of(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Fleiss' kappa under item weights. counts: (N, C) raters per category, every row summing to K;
+    weights: (B, N) -> (B,); NaN where chance agreement is 1 or no item has weight."""
+    counts = np.asarray(counts, dtype=np.float64)
+    k = counts[0].sum() if len(counts) else 0.0
+    p_i = ((counts * counts).sum(1) - k) / (k * (k - 1))  # (N,) agreeing pairs of raters per item
+    w = np.asarray(weights)
+    tot = w.sum(1).astype(np.float64)  # (B,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_obs = (w @ p_i.astype(w.dtype)).astype(np.float64) / tot
+        p_c = (w @ counts.astype(w.dtype)).astype(np.float64) / (k * tot[:, None])  # (B, C)
+        pe = (p_c * p_c).sum(1)
+        return np.where(pe < 1.0 - 1e-12, (p_obs - pe) / (1.0 - pe), np.nan)
+
+
+def status_at_step(
+    plateau_step: np.ndarray, n_steps: np.ndarray | None, t: int | np.ndarray, w: int, k: int,
+) -> np.ndarray:
+    """Status at prediction time of race t from the plateau step alone (rule `plateau-s`).
+
+    settled: T* + k - 1 <= t - 1 (plateau confirmed by the race before); settling: not settled and
+    t - 1 >= w + k (enough earlier races to have seen one); undecided: otherwise. plateau_step: (n,)
+    1-based T* or NaN; n_steps: (n,) races of the dog, or None when every row has a race t; t: int
+    or (n,). -> (n,) object labels, '' where the dog has no race t (n_steps < t).
+    """
+    if w < 1 or k < 1:
+        raise ConfigError(f"status_at_step: need w >= 1 and k >= 1, got w={w} k={k}")
+    ts = np.asarray(plateau_step, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(t), ts.shape)
+    settled = ts + k - 1 <= t - 1  # NaN (no plateau) -> False
+    out = np.full(ts.shape, "undecided", dtype=object)
+    out[~settled & (t - 1 >= w + k)] = "settling"
+    out[settled] = "settled"
+    if n_steps is not None:
+        out[np.asarray(n_steps) < t] = ""
+    return out
+
+
+def status_labels(
+    plateau: np.ndarray, n_steps: np.ndarray, t: int, *, w: int, k: int, keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every seed's status at race t for the dogs whose status every seed decides.
+
+    plateau: (dog, seed) plateau steps; n_steps: (dog,); keep: (dog,) bool, dogs allowed at all (e.g.
+    debut observed). Items are dogs that ran race t (n_steps >= t) labelled settled or settling under
+    every seed; beyond race w + k that is every dog that ran it, before it none.
+    -> (labels (N, seed) object, dogs (N,) indices).
+    """
+    plateau = np.asarray(plateau, dtype=np.float64)
+    lab = np.stack([status_at_step(plateau[:, j], n_steps, t, w, k) for j in range(plateau.shape[1])], axis=1)
+    ok = np.isin(lab, DECIDED).all(axis=1)
+    if keep is not None:
+        ok &= np.asarray(keep, dtype=bool)
+    dogs = np.flatnonzero(ok)
+    return lab[dogs], dogs
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The seeds' agreement on the labels of N items: Fleiss' kappa, or why it is not estimable, and per category."""
+
+    kappa: float
+    """Fleiss' kappa (1 = full agreement, 0 = chance); NaN when not estimable."""
+    lo: float
+    """95% bootstrap interval low (NaN without weights or when not estimable)."""
+    hi: float
+    """95% bootstrap interval high."""
+    n: int
+    """Items (dogs) labelled."""
+    note: str
+    """'' when kappa is estimable, else 'not estimable: <reason>'."""
+    top_label: str
+    """The most frequent label ('' without items)."""
+    top_share: float
+    """Its share of all N x K labels."""
+    categories: tuple[tuple[str, float, int], ...]
+    """Per category: (label, chance that another seed agrees with a seed that chose it, items any seed put there)."""
+
+
+def kappa_or_not(
+    labels: np.ndarray, *, max_share: float = MAX_LABEL_SHARE, weights: np.ndarray | None = None,
+) -> Agreement:
+    """Fleiss' kappa of (N, K) labels, "not estimable" when one label covers more than max_share of them.
+
+    weights: (B, N) item bootstrap weights for the interval (e.g. Poisson(1) per dog), or None.
+    """
+    labels = np.asarray(labels, dtype=object)
+    if labels.ndim != 2 or labels.shape[1] < 2:
+        raise ConfigError(f"kappa_or_not: labels must be (items, raters >= 2), got shape {labels.shape}")
+    n = len(labels)
+    if n == 0:
+        return Agreement(np.nan, np.nan, np.nan, 0, "not estimable: no decided dogs", "", np.nan, ())
+    cats = sorted(str(c) for c in pd.unique(labels.ravel()))
+    counts = _counts(labels, cats)
+    share = counts.sum(0) / counts.sum()
+    top = int(np.argmax(share))
+    agree = specific_agreement(labels)
+    per_cat = tuple((c, *agree[c]) for c in cats)
+    if share[top] > max_share:
+        note = (f"not estimable: one label ({cats[top]}) covers {100 * share[top]:.2f}% of the {n:,} decided dogs' "
+                "labels, so chance agreement is about 1")
+        return Agreement(np.nan, np.nan, np.nan, n, note, cats[top], float(share[top]), per_cat)
+    if n < 2:
+        return Agreement(np.nan, np.nan, np.nan, n, "not estimable: one decided dog", cats[top], float(share[top]),
+                         per_cat)
+    kappa = float(_kappa_of(counts, np.ones((1, n)))[0])
+    lo = hi = np.nan
+    if weights is not None:
+        reps = _kappa_of(counts, weights)
+        reps = reps[np.isfinite(reps)]
+        if len(reps) >= 2:
+            lo, hi = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
+    return Agreement(kappa, lo, hi, n, "", cats[top], float(share[top]), per_cat)
+
+
+def seed_vs_ensemble(
+    probs: np.ndarray, won: np.ndarray, race: np.ndarray, *, dog: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> dict:
+    """Race NLL of each seed and of the seed ensemble (mean of the K seeds' p) on the same races.
+
+    probs: (n, K) race-normalised win probabilities; won: (n,) 0/1 (dead heats: the winners' mean);
+    race: (n,) codes; dog: (n,) codes into the columns of weights (B, dog) for a bootstrap over dogs of
+    the difference, each race's term belonging to its winner's dog. Races without a winner are left out.
+    -> {seed_nll: [K floats], ensemble_nll, mean_seed_nll, diff (ensemble - mean seed; <= 0 by Jensen),
+    lo, hi (95% interval of diff, None without weights), n_races}.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 1 or len(probs) != len(won) or len(won) != len(race):
+        raise ConfigError(f"seed_vs_ensemble: probs must be (n, K >= 1) with won and race (n,); got {probs.shape}, "
+                          f"{np.shape(won)}, {np.shape(race)}")
+    won = np.asarray(won, dtype=np.float64)
+    race = np.asarray(race, dtype=np.int64)
+    n_r = int(race.max()) + 1 if len(race) else 0
+    winners = np.bincount(race, weights=won, minlength=n_r)
+    share = np.where(won > 0, won / np.maximum(winners[race], 1e-300), 0.0)  # (n,) this row's part of its race
+    nll = -np.log(np.clip(np.column_stack([probs, probs.mean(axis=1)]), 1e-12, 1.0))  # (n, K + 1)
+    terms = share[:, None] * nll  # (n, K + 1); zero on losers
+    n_races = int((winners > 0).sum())
+    if n_races == 0:
+        nan = float("nan")
+        return {"seed_nll": [nan] * probs.shape[1], "ensemble_nll": nan, "mean_seed_nll": nan, "diff": nan,
+                "lo": None, "hi": None, "n_races": 0}
+    tot = terms.sum(0) / share.sum()
+    seed_nll = [float(v) for v in tot[:-1]]
+    out = {"seed_nll": seed_nll, "ensemble_nll": float(tot[-1]), "mean_seed_nll": float(np.mean(seed_nll)),
+           "diff": float(tot[-1] - np.mean(tot[:-1])), "lo": None, "hi": None, "n_races": n_races}
+    if dog is not None and weights is not None:
+        w = np.asarray(weights)
+        d = np.asarray(dog, dtype=np.int64)
+        diff_d = np.bincount(d, weights=terms[:, -1] - terms[:, :-1].mean(axis=1), minlength=w.shape[1])
+        cnt_d = np.bincount(d, weights=share, minlength=w.shape[1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = (w @ diff_d.astype(w.dtype)).astype(np.float64) / (w @ cnt_d.astype(w.dtype)).astype(np.float64)
+        reps = reps[np.isfinite(reps)]
+        if len(reps) >= 2:
+            out["lo"], out["hi"] = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
+    return out

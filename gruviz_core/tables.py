@@ -74,7 +74,11 @@ TABLES: Mapping[str, pa.Schema] = {
         ("param", _S), ("value", _F), ("n_dogs_a", _I), ("n_dogs_b", _I), ("n_rows_a", _I), ("n_rows_b", _I),
         ("diff", _F), ("lo", _F), ("hi", _F), ("comparable", _B),
     ),
-    "repro": _schema(("scope", _S), ("metric", _S), ("value", _F), ("n", _I)),
+    # Spread and churn by race count and status, race NLL of each seed and the ensemble, status kappa at fixed races.
+    "repro": _schema(
+        ("metric", _S), ("by", _S), ("scope", _S), ("step", _F), ("value", _F), ("lo", _F), ("hi", _F), ("n", _I),
+        ("n_of", _S), ("note", _S),
+    ),
     "cka": _schema(
         ("step", _I), ("seed_a", _I), ("seed_b", _I), ("n", _I), ("cka", _F), ("lo", _F), ("hi", _F),
         ("cka_perm", _F), ("cka_biased", _F),

@@ -111,13 +111,13 @@ def test_churn_and_spread():
     np.testing.assert_allclose(ev.prob_spread(probs), [0, 0, 0.2 * np.sqrt(2), 0.2 * np.sqrt(2)])  # ddof=1
 
 
-def test_churn_in_a_scope_is_symmetric_in_the_seeds():
+def test_churn_per_race_is_symmetric_in_the_seeds_and_counts_every_race_once():
     race = np.array([0, 0, 0, 1, 1, 1])
     probs = np.array([[0.5, 0.2], [0.3, 0.5], [0.2, 0.3], [0.6, 0.6], [0.3, 0.3], [0.1, 0.1]])
-    scope = np.array([True, False, False, True, False, False])  # seed 0 picks a scope row in race 0, seed 1 does not
-    ab = ev.top_pick_churn(probs, race, scope)
-    ba = ev.top_pick_churn(probs[:, ::-1], race, scope)
-    assert ab == pytest.approx(ba) == pytest.approx(0.5)
+    np.testing.assert_allclose(ev.race_disagreement(probs, race), [1.0, 0.0])
+    assert ev.top_pick_churn(probs, race) == pytest.approx(ev.top_pick_churn(probs[:, ::-1], race)) == 0.5
+    three = np.column_stack([probs, probs[:, 0]])  # pairs (0,1) and (1,2) differ in race 0, (0,2) agree
+    np.testing.assert_allclose(ev.race_disagreement(three, race), [2 / 3, 0.0])
 
 
 def test_gap_vs_market_is_zero_against_itself_and_sign_is_right():
