@@ -248,7 +248,7 @@ def evaluate_run(
         found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
                              sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
     tables.update(found.tables)
-    tables["repro"] = ev.repro_table(probs, race, dog, step, won, _kappas(run_dir, dogs, rule), weights=weights)
+    tables["repro"] = ev.repro_table(probs, race, dog, cohort, *_kappas(run_dir, dogs, rule))
     tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
     ex_pairs = list(pairs) if pairs else typical_pair(dogs)  # the one exemplar rule (page, divergence, email)
     tables["divergence"] = _divergence(reader, ex_pairs)
@@ -324,16 +324,17 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _kappas(run_dir: Path, dogs: pd.DataFrame, rule: CohortRule) -> ev.SeedStatus:
-    """Every seed's plateau step per dog (stats/dog_seed; seed 0's alone without it) and the rule's (w, k), for
-    status at any race; step-indexed rows use debut-observed dogs only (DESIGN section 5)."""
-    plateau = dogs["plateau_step"].to_numpy(np.float64)[:, None]  # (dog, 1): seed 0, the cohort layer
-    if has_table(run_dir, "dog_seed"):
-        ds = read_table(run_dir, "dog_seed")
-        lab = ds.pivot(index="dog_index", columns="seed", values="plateau_step").sort_index(axis=1)
-        plateau = lab.reindex(dogs["dog_index"].to_numpy()).to_numpy(np.float64)  # (dog, seed)
-    step_ok = dogs["debut_observed"].to_numpy(bool) if "debut_observed" in dogs else None
-    return ev.SeedStatus(plateau, dogs["n_steps"].to_numpy(), rule.w, rule.k, step_ok)
+def _kappas(run_dir: Path, dogs: pd.DataFrame, rule: CohortRule) -> tuple[np.ndarray | None, np.ndarray]:
+    """(dog, seed) cohort labels of every seed (None without dog_seed) and the decided dogs (enough races to
+    have checked a plateau: the same for every seed, so 'undecided' is left out of the agreement)."""
+    decided = dogs["n_steps"].to_numpy() >= co.min_steps(rule)
+    if not has_table(run_dir, "dog_seed"):
+        return None, decided
+    ds = read_table(run_dir, "dog_seed")
+    lab = ds.pivot_table(index="dog_index", columns="seed", values="cohort", aggfunc="first")
+    lab = lab.reindex(dogs["dog_index"].to_numpy())
+    ok = lab.notna().all(axis=1).to_numpy()
+    return lab.to_numpy(dtype=object), decided & ok
 
 
 def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_boot: int = 100, n_per_step: int = 1000,
