@@ -20,6 +20,7 @@ import pandas as pd
 
 from flows.stages import compare as cp
 from flows.stages.stats import run_offsets
+from flows.stages.train import snapshot_yardsticks
 from gruviz_core import cohorts as co
 from gruviz_core import comparisons as cmp
 from gruviz_core import evaluate as ev
@@ -86,7 +87,15 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     model_set = load_model_set(root, set_id)
     return evaluate_run(tmp_dir, models=model_set.models, inputs=partial(_run_inputs, seq_path, model_set, offsets),
                         offsets=offsets, feature_names=model_set.feature_names,
-                        n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races)
+                        n_boot=n_boot, holdout=holdout_of(model_set.meta), min_races=min_races,
+                        yardsticks=_run_yardsticks(tmp_dir, root, int(offsets[-1])))
+
+
+def _run_yardsticks(run_dir: str, root: str, n_obs: int) -> dict[str, np.ndarray]:
+    """The run's snapshot's yardstick prices (e.g. Iggy's rated price) per row, {} when it has none."""
+    meta = read_record(RunLayout.at(store_path(run_dir)).run_json) or {}
+    snapshot_id = meta.get("snapshot_id")
+    return snapshot_yardsticks(root, str(snapshot_id), n_obs) if snapshot_id else {}
 
 
 def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[_NormalisedRows, _NormalisedRows, np.ndarray | None]:
@@ -160,6 +169,22 @@ def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int)
     }
 
 
+def _yardstick_nll(sticks: dict[str, np.ndarray], sel: np.ndarray, sources: dict, won: np.ndarray,
+                   race: np.ndarray) -> dict[str, dict]:
+    """Each yardstick's race NLL on the held-out races where every runner has its price, with the ensemble's
+    and the market's on the same races: {name: {races, race_nll, model_mean, market}}."""
+    out = {}
+    for name, p_all in sticks.items():
+        q = renormalise(np.asarray(p_all, np.float64)[sel], race)
+        ok = np.isfinite(q)
+        if not ok.any():
+            continue
+        sub = pd.factorize(race[ok])[0].astype(np.int64)
+        out[name] = {"races": int(sub.max() + 1), "race_nll": cmp.race_nll(q[ok], won[ok], sub),
+                     **{k: cmp.race_nll(sources[k][ok], won[ok], sub) for k in ("model_mean", "market") if k in sources}}
+    return out
+
+
 def _nll(p: np.ndarray | None, won: np.ndarray, race: np.ndarray) -> float | None:
     if p is None or len(p) == 0:
         return None
@@ -185,6 +210,7 @@ def evaluate_run(
     holdout: Holdout | None = None, sizes: cmp.Sizes = cmp.Sizes(), min_races: int = 2000, grid_boot: int = 200,
     target_steps: Sequence[int] = rs.TARGET_STEPS, train_rows: np.ndarray | None = None,
     inputs: Callable[[], tuple[np.ndarray, Any, np.ndarray | None]] | None = None,
+    yardsticks: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Cohort comparisons of a run whose stats exist; writes eval/*.parquet and eval/headline.json.
 
@@ -192,6 +218,8 @@ def evaluate_run(
     `values` (obs, F), `context` (obs, C; or anything whose [rows] gives those rows, as `run` passes)
     with `offsets` (dog + 1,) in the store's dog order;
     `train_rows` (obs,) bool marks the model's training period (kinds it never saw are 'n/a').
+    `yardsticks`: other forecasters' win probabilities per row (obs,), e.g. the source's rated price: their
+    race NLL beside the ensemble's on the races where every runner has one.
     `inputs`, instead of values, context and train_rows: a callable returning the three, called where
     resilience runs (a second core when there is one), so reading and normalising them is off the
     stage's critical path.
@@ -248,7 +276,7 @@ def evaluate_run(
         found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
                              sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
     tables.update(found.tables)
-    tables["repro"] = ev.repro_table(probs, race, dog, cohort, *_kappas(run_dir, dogs, rule))
+    tables["repro"] = ev.repro_table(probs, race, dog, step, won, _kappas(run_dir, dogs, rule), weights=weights)
     tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
     ex_pairs = list(pairs) if pairs else typical_pair(dogs)  # the one exemplar rule (page, divergence, email)
     tables["divergence"] = _divergence(reader, ex_pairs)
@@ -284,7 +312,10 @@ def evaluate_run(
         "min_sizes": {"dogs": sizes.min_dogs, "winners": sizes.min_winners},
         "tables": sorted(tables), "notes": notes, "seconds": round(time.perf_counter() - t0, 3),
     }
-    headline["race_nll"]["rated"] = None  # the source's rated price is not in the nightly's store yet
+    headline["yardsticks"] = _yardstick_nll(yardsticks or {}, sel, sources, won, race)
+    headline["race_nll"]["rated"] = (headline["yardsticks"].get("rated_price") or {}).get("race_nll")
+    if "resilience_contrast" in tables:
+        headline["resilience_latest"] = rs.latest_race_summary(tables["resilience_contrast"])
     headline = Headline.from_dict(headline).to_dict()  # the typed record, written once
     write_json(layout.headline, headline)
     return headline
@@ -324,17 +355,16 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _kappas(run_dir: Path, dogs: pd.DataFrame, rule: CohortRule) -> tuple[np.ndarray | None, np.ndarray]:
-    """(dog, seed) cohort labels of every seed (None without dog_seed) and the decided dogs (enough races to
-    have checked a plateau: the same for every seed, so 'undecided' is left out of the agreement)."""
-    decided = dogs["n_steps"].to_numpy() >= co.min_steps(rule)
-    if not has_table(run_dir, "dog_seed"):
-        return None, decided
-    ds = read_table(run_dir, "dog_seed")
-    lab = ds.pivot_table(index="dog_index", columns="seed", values="cohort", aggfunc="first")
-    lab = lab.reindex(dogs["dog_index"].to_numpy())
-    ok = lab.notna().all(axis=1).to_numpy()
-    return lab.to_numpy(dtype=object), decided & ok
+def _kappas(run_dir: Path, dogs: pd.DataFrame, rule: CohortRule) -> ev.SeedStatus:
+    """Every seed's plateau step per dog (stats/dog_seed; seed 0's alone without it) and the rule's (w, k), for
+    status at any race; step-indexed rows use debut-observed dogs only (DESIGN section 5)."""
+    plateau = dogs["plateau_step"].to_numpy(np.float64)[:, None]  # (dog, 1): seed 0, the cohort layer
+    if has_table(run_dir, "dog_seed"):
+        ds = read_table(run_dir, "dog_seed")
+        lab = ds.pivot(index="dog_index", columns="seed", values="plateau_step").sort_index(axis=1)
+        plateau = lab.reindex(dogs["dog_index"].to_numpy()).to_numpy(np.float64)  # (dog, seed)
+    step_ok = dogs["debut_observed"].to_numpy(bool) if "debut_observed" in dogs else None
+    return ev.SeedStatus(plateau, dogs["n_steps"].to_numpy(), rule.w, rule.k, step_ok)
 
 
 def _cka(reader, dogs: pd.DataFrame, *, seed: int, n_boot: int = 100, n_per_step: int = 1000,
