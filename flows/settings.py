@@ -5,13 +5,14 @@ Read at the entry points (CLI, flows); library code takes plain arguments.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gruviz_core.errors import ConfigError
 from gruviz_core.stats import TAUS
@@ -166,16 +167,82 @@ def _is_url(text: str) -> bool:
     return _URL.match(text) is not None
 
 
+OTHER_VARIABLES = ("GRUVIZ_SETTINGS_FILE", "GRUVIZ_REPO")
+"""GRUVIZ_ variables that are not settings: the settings file's path, the checkout a worker runs (prefect.yaml)."""
+
+
 def load_settings(**overrides) -> Settings:
     """Settings from the environment (and the dotenv file named by GRUVIZ_SETTINGS_FILE, if any),
-    with explicit overrides (CLI flags) on top. Raises ConfigError naming every bad setting."""
+    with explicit overrides (CLI flags) on top. Raises ConfigError naming every bad setting, an unknown
+    GRUVIZ_ variable (with the closest known name) and a settings file line that cannot be read."""
     env_file = os.environ.get("GRUVIZ_SETTINGS_FILE") or None
     if env_file is not None and not Path(env_file).is_file():
         raise ConfigError(f"GRUVIZ_SETTINGS_FILE={env_file}: no such file; create it or unset GRUVIZ_SETTINGS_FILE")
+    _check_names((k, "environment") for k in os.environ)
+    if env_file is not None:
+        _check_names(_settings_file_keys(env_file))
     try:
         return Settings(_env_file=env_file, **{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, env_file)) from None
+    except SettingsError as exc:  # a value pydantic-settings must decode as JSON first (a list) is not JSON
+        raise ConfigError(_describe_undecodable(exc, env_file)) from None
+
+
+def _known_names() -> set[str]:
+    return {f"GRUVIZ_{name.upper()}" for name in Settings.model_fields} | set(OTHER_VARIABLES)
+
+
+def _check_names(names) -> None:
+    """ConfigError for the first GRUVIZ_ name (with where it was set) that is no setting: it would be dropped."""
+    import difflib
+
+    known = _known_names()
+    for name, where in names:
+        upper = name.upper()
+        if upper.startswith("GRUVIZ_") and upper not in known:
+            close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+            raise ConfigError(f"{where}: {name} is not a gruviz setting and would be ignored; {hint} Rename or unset it")
+
+
+def _settings_file_keys(env_file: str) -> list[tuple[str, str]]:
+    """(key, 'FILE, line N') of every assignment in the dotenv file; ConfigError naming the line that is not
+    UTF-8 text or cannot be parsed (python-dotenv skips such a line with a warning, dropping the setting)."""
+    from dotenv.parser import parse_stream
+
+    data = Path(env_file).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{env_file}, line {line}: bytes that are not UTF-8 text ({data[exc.start:exc.end]!r}); "
+                          "save the settings file as UTF-8") from None
+    keys = []
+    for binding in parse_stream(io.StringIO(text)):
+        where = f"{env_file}, line {binding.original.line}"
+        if binding.error:
+            start = binding.original.string.strip().splitlines()[0][:60] if binding.original.string.strip() else ""
+            raise ConfigError(f"{where}: cannot be read ({start!r}: an unterminated quote, or not KEY=VALUE); "
+                              "fix the line (the setting would be dropped)")
+        if binding.key:
+            keys.append((binding.key, where))
+    return keys
+
+
+def _describe_undecodable(exc: SettingsError, env_file: str | None) -> str:
+    """One line for a list setting whose value is not JSON, naming the variable, the value and the form."""
+    match = re.search(r'field "([a-z_]+)"', str(exc))
+    field = match.group(1) if match else None
+    name = f"GRUVIZ_{field.upper()}" if field else "a GRUVIZ_ list setting"
+    value = os.environ.get(name) if field else None
+    if value is None and field and env_file:
+        from dotenv import dotenv_values
+
+        value = dotenv_values(env_file).get(name)
+    given = f"{name}={value!r}" if value is not None else name
+    return (f"{given}: expected a JSON list, e.g. {name}='[\"a\", \"b\"]' (quotes inside the brackets); "
+            f"fix or unset it{f' (environment or {env_file})' if env_file else ''}")
 
 
 def _describe(exc: ValidationError, env_file: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,40 @@ def test_files_of_other_sources_are_not_gone(tmp_path, env):
     (incoming / "a.csv").rename(other / "a.csv")
     checked = preflight_nightly(load_settings(home=str(home)), night="2026-11-25", sources=[str(other / "a.csv")])
     assert checked.sources_gone == ()
+
+
+@pytest.mark.parametrize("name, closest", [("GRUVIZ_RECIPIENT", "GRUVIZ_RECIPIENTS"),
+                                           ("GRUVIZ_SMTP_HOSTT", "GRUVIZ_SMTP_HOST")])
+def test_unknown_setting_is_refused_naming_the_closest(env, capsys, tmp_path, name, closest):
+    env.setenv(name, "x")  # dropped silently, the night ended Completed with no email
+    with pytest.raises(ConfigError, match=f"{name} is not a gruviz setting.*did you mean {closest}"):
+        load_settings()
+    env.delenv(name)
+    f = tmp_path / "gruviz.env"
+    f.write_text(f"GRUVIZ_KEEP_NIGHTS=7\n{name}=x\n")
+    env.setenv("GRUVIZ_SETTINGS_FILE", str(f))
+    with pytest.raises(ConfigError, match=f"gruviz.env, line 2: {name} is not a gruviz setting.*{closest}"):
+        load_settings()
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"GRUVIZ_KEEP_NIGHTS=7\nGRUVIZ_SMTP_HOST='mail.example.com\nGRUVIZ_SEEDS=2\n", r"line 2: .*quote"),
+    (b"GRUVIZ_KEEP_NIGHTS=7\n\nGRUVIZ_EMAIL_FROM=gr\xffviz@example.com\n", r"line 3: .*not UTF-8 text"),
+])
+def test_unreadable_settings_file_names_the_line(env, tmp_path, content, match):
+    f = tmp_path / "gruviz.env"
+    f.write_bytes(content)
+    env.setenv("GRUVIZ_SETTINGS_FILE", str(f))
+    with pytest.raises(ConfigError, match="gruviz.env, " + match):
+        load_settings()
+
+
+@pytest.mark.parametrize("name, value", [("GRUVIZ_RECIPIENTS", "ops@example.com"), ("GRUVIZ_SOURCES", "drop-dir"),
+                                         ("GRUVIZ_WATCHLIST", "[unclosed")])
+def test_list_setting_that_is_not_json_is_one_line(env, capsys, tmp_path, name, value):
+    env.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}='{re.escape(value)}': expected a JSON list"):
+        load_settings()
+    assert cli(["nightly", "--home", str(tmp_path), "--date", "2026-11-25"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and name in err and "Traceback" not in err
