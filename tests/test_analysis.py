@@ -254,3 +254,17 @@ def test_headline_carries_the_record_the_checks_read(run):
     assert h.verdict is not None and h.verdict.kind in ("robust", "fragile", "none", "not_comparable")
     assert h.scope["debut_runners"] <= h.scope["runners"]
     assert Headline.from_dict(h.to_dict()) == h  # the record round-trips
+
+
+def test_a_yardstick_is_scored_on_the_races_where_every_runner_has_its_price():
+    from flows.stages.evaluate import _yardstick_nll
+
+    race = np.array([0, 0, 1, 1, 2, 2])
+    won = np.array([1.0, 0, 0, 1, 1, 0])
+    sel = np.arange(6)
+    rated = np.array([0.8, 0.2, 0.5, 0.5, np.nan, 0.4])  # race 2 lacks a price: left out
+    sources = {"model_mean": np.full(6, 0.5), "market": np.full(6, 0.5)}
+    out = _yardstick_nll({"rated_price": rated}, sel, sources, won, race)["rated_price"]
+    assert out["races"] == 2
+    assert out["race_nll"] == pytest.approx(-(np.log(0.8) + np.log(0.5)) / 2)
+    assert out["model_mean"] == pytest.approx(-np.log(0.5))
