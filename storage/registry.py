@@ -446,6 +446,9 @@ def load_byo(
         for i, p in enumerate(paths):
             if not p.exists():
                 raise NotFoundError(f"load_byo: TorchScript file {p} does not exist")
+            if p.stat().st_size == 0:
+                raise ModelError(f"load_byo: TorchScript file {p} is empty (0 bytes; an interrupted copy?); "
+                                 "export it again with torch.jit.save")
             with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; still the format users hold
                 warnings.simplefilter("ignore", DeprecationWarning)
                 try:
@@ -463,8 +466,9 @@ def load_byo(
             if p is not None:
                 if not p.exists():
                     raise NotFoundError(f"load_byo: state dict file {p} does not exist")
+                state = _load_state_dict(p)
                 try:
-                    module.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+                    module.load_state_dict(state)
                 except (RuntimeError, OSError, KeyError, ValueError) as exc:
                     raise ModelError(f"load_byo: state dict {p} does not fit {factory} ({exc}); "
                                      "give the weights saved from the same architecture") from exc
@@ -476,6 +480,24 @@ def load_byo(
             "context_names": list(ctx), "gru_path": models[0].extra.get("scripted_gru_path", models[0].gru_path),
             "feature_spec": (feature_spec or FeatureSpec(feats, ctx)).to_dict(), **source}
     return ModelSet(set_id=sid, seeds=list(range(len(models))), models=models, normaliser=norm, meta=meta)
+
+
+def _load_state_dict(p: Path) -> dict:
+    """A team's state dict file, tensors only (weights_only=True: nothing else is unpickled); ModelError otherwise."""
+    if p.stat().st_size == 0:
+        raise ModelError(f"load_byo: state dict file {p} is empty (0 bytes; an interrupted copy?); save it again "
+                         "with torch.save(model.state_dict(), path)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, EOFError, RuntimeError... for a bad file
+        # torch's own message advises weights_only=False, which would run the file's code: not repeated here
+        raise ModelError(f"load_byo: {p} is not a PyTorch state dict of tensors ({type(exc).__name__}: damaged, "
+                         "truncated, or holding objects other than tensors, which gruviz does not unpickle); save "
+                         "it with torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"load_byo: {p} holds a {type(state).__name__}, not a PyTorch state dict of tensors; "
+                         "save it with torch.save(model.state_dict(), path)")
+    return state
 
 
 def _check_finite_weights(module: torch.nn.Module, where) -> None:

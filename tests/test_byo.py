@@ -162,3 +162,25 @@ def test_bad_registrations_name_the_problem(home, capsys, argv, message):
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert list_model_sets(home) == before  # nothing half-registered
+
+
+class Pickled:
+    """Not a tensor: torch.load(weights_only=True) refuses it (and torch's own message advises turning that off)."""
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty (0 bytes"),  # was EOFError: 'gruviz: interrupted', exit 130
+    (None, "not a PyTorch state dict of tensors"),
+    (b"not a torch file at all", "not a PyTorch state dict of tensors"),
+])
+def test_unloadable_weights_are_refused_without_unsafe_advice(home, tmp_path, capsys, content, message):
+    weights = tmp_path / "seed0.pt"
+    if content is None:
+        torch.save({"encoder.rnn.weight_ih_l0": Pickled()}, weights)
+    else:
+        weights.write_bytes(content)
+    rc = cli(["model", "register", "--home", str(home), "--factory", "team_model:build", "--weights", str(weights),
+              "--feature-fn", "team_model:features"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "seed0.pt" in err, err
+    assert "weights_only" not in err and "Traceback" not in err
