@@ -127,3 +127,25 @@ def test_status_at_chosen_rows_equals_the_full_status_there():
     part = cohorts.status_at_prediction(s, f, step, offsets, plateau, rule, rows=rows)
     for name in ("status", "plateau_reached", "f_run", "s_prev", "f_prev"):
         np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[rows], err_msg=name)
+
+
+def test_plateau_s_status_never_reads_the_race_it_predicts_or_later():
+    """Changing s at steps >= t changes no status at steps <= t (the race at t is predicted from h_{t-1})."""
+    from gruviz_core.stats import plateau_steps
+
+    rng = np.random.default_rng(4)
+    n = 40
+    step = np.arange(1, n + 1)
+    base = 0.3 * (1 - np.exp(-step / 6)) + 0.002 * rng.standard_normal(n)
+    off = np.array([0, n])
+
+    def status(s):
+        p = plateau_steps(s, step, off, w=PLATEAU.w, delta=PLATEAU.delta, k=PLATEAU.k)
+        return cohorts.status_at_prediction(s, np.zeros(n), step, off, p, PLATEAU).status
+
+    before = status(base)
+    assert "settled" in set(before) and "settling" in set(before)
+    for t in range(2, n + 1):
+        changed = base.copy()
+        changed[t - 1:] = rng.uniform(0, 1, n - t + 1)  # the state after race t and every later one
+        assert list(status(changed)[:t]) == list(before[:t]), t
