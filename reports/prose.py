@@ -139,8 +139,8 @@ EXPLAIN: Mapping[str, str] = {
         "{min_dogs} dogs have raced that often."
     ),
     "reliance": (
-        "Median write fraction u = 1 - mean z (left) and relative movement m = ||h_t - h_{{t-1}}|| / ||h_t|| (right) "
-        "by race: how much of the state each race rewrites and moves. Falling curves mean the model leans less on "
+        "Median write fraction u = 1 - mean z and relative movement m = ||h_t - h_{{t-1}}|| / ||h_t|| by race: how "
+        "much of the state each race rewrites and moves. Falling curves mean the model leans less on "
         "the latest race as history builds."
     ),
     "gap": (
@@ -179,7 +179,7 @@ EXPLAIN: Mapping[str, str] = {
         "Debiased linear CKA (unbiased HSIC) between two seeds' top-layer states at each race, on up to 1,000 dogs "
         "with at least that many races (1 = the same representation up to rotation and scale, 0 = unrelated); "
         "'shuffled' is the same with one seed's dogs permuted, what unrelated states give. A health check of "
-        "the seeds, not a test of settling: a state one GRU step from h_0 = 0 already agrees across seeds."
+        "the seeds, not a test of settling."
     ),
     "repro": (
         "Spread: the sample SD (ddof = 1) of the seeds' win probabilities for the same runner, averaged over runners; "
@@ -272,10 +272,12 @@ REPRO_READING: Mapping[str, str] = {
     "status-mixed": "the two measures disagree on the direction",
     "ensemble": ("The ensemble of the {k} seeds scores race NLL {ens:.4f} against {mean:.4f} for a single seed on "
                  "average (seed 0: {seed0:.4f}), a difference of {diff:+.4f} [{lo:+.4f}, {hi:+.4f}] over {races:,} "
-                 "races: the seeds' disagreement costs accuracy that averaging recovers."),
+                 "races: {reading}."),
+    "ensemble-gain": "the seeds' disagreement costs accuracy that averaging recovers",
+    "ensemble-none": "no clear gain from averaging the seeds on these races",
     "kappa": "Seeds' agreement on status beyond chance: {items}.",
     "kappa-item": "kappa {kappa:.2f} [{lo:.2f}, {hi:.2f}] at race {step} ({n:,} dogs)",
-    "kappa-none": ("Kappa is not estimable at races {steps}: {reason}. Read the per-category agreement instead."),
+    "kappa-none": ("Kappa is not estimable at {steps}: {reason}. Read the per-category agreement instead."),
     "cka-ok": ("The seeds learn the same representation: debiased CKA >= {low:.2f} at every race drawn (races "
                "{first}-{last}, {n_min:,} to {n_max:,} dogs per race; with one seed's dogs shuffled at most {perm:.3f})."),
     "cka-low": ("The seeds' representations differ: debiased CKA falls to {low:.2f} at race {at} (races {first}-{last}, "

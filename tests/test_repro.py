@@ -318,3 +318,14 @@ def test_cka_health_line_reads_the_lowest_cka_with_n_and_the_shuffled_baseline()
     line = {p.title: p for p in sec.panels}["Representation health (CKA)"].explain
     assert line.startswith("The seeds learn the same representation: debiased CKA >= 0.95 at every race drawn")
     assert "races 1-60, 940 to 999 dogs" in line and "at most 0.001" in line
+
+
+def test_ensemble_reading_claims_a_gain_only_when_its_interval_is_below_zero():
+    from gruviz_core.results import RunResults
+    from reports.sections.seeds import repro_section
+
+    probs, race, dog, step, won = _races(seed=9, same=True)  # identical seeds: the ensemble is each seed
+    rep = ev.repro_table(probs, race, dog, step, won, _status(), weights=ev.poisson_weights(1500, 50, 1))
+    ens = {p.title: p for p in repro_section(RunResults(name="x", meta={}, summary=None, headline={},
+                                                        repro=rep)).panels}["The ensemble against a single seed"]
+    assert "no clear gain from averaging" in ens.explain and "costs accuracy" not in ens.explain

@@ -107,7 +107,8 @@ def _ensemble_panel(rep: pd.DataFrame) -> Panel:
         d = got["ensemble - mean seed"]
         explain += " " + REPRO_READING["ensemble"].format(
             k=len(seeds), ens=got["ensemble"]["value"], mean=got["mean seed"]["value"],
-            seed0=got[seeds[0]]["value"], diff=d["value"], lo=d["lo"], hi=d["hi"], races=int(d["n"]))
+            seed0=got[seeds[0]]["value"], diff=d["value"], lo=d["lo"], hi=d["hi"], races=int(d["n"]),
+            reading=REPRO_READING["ensemble-gain" if _finite(d["hi"]) and d["hi"] < 0 else "ensemble-none"])
     return Panel(title, explain, table=Table(("model", "race NLL", "95% lo", "95% hi", "races"), rows))
 
 
@@ -134,7 +135,8 @@ def _kappa_panel(rep: pd.DataFrame) -> Panel:
         explain += " " + REPRO_READING["kappa"].format(items="; ".join(items))
     if none:
         reason = none[0][1].removeprefix(NOT_ESTIMABLE).lstrip(": ") or "too few dogs"
-        explain += " " + REPRO_READING["kappa-none"].format(steps=", ".join(str(s) for s, _ in none), reason=reason)
+        where = ("race " if len(none) == 1 else "races ") + ", ".join(str(s) for s, _ in none)
+        explain += " " + REPRO_READING["kappa-none"].format(steps=where, reason=reason)
     columns = ("race", "Fleiss' kappa", "95% lo", "95% hi", "dogs", "settled: agreement", "settling: agreement",
                "note")
     return Panel(title, explain, table=Table(columns, tuple(rows)))
