@@ -148,3 +148,15 @@ def test_options_reach_the_command_as_before(monkeypatch):
     assert main(["model", "register", "--factory", "x:y", "--weights", "a.pt", "b.pt", "--current"]) == 0
     m = seen["flows.commands.model"]
     assert (m["model_command"], m["weights"], m["script"], m["current"]) == ("register", ["a.pt", "b.pt"], None, True)
+
+
+def test_demo_on_a_bucket_keeps_the_url_and_writes_no_local_s3_folder(tmp_path, monkeypatch):
+    from flows.commands.demo import demo_paths
+
+    monkeypatch.chdir(tmp_path)
+    home, source = demo_paths("s3://bucket/home", "synth.parquet")
+    assert home == "s3://bucket/home"
+    assert not str(source).startswith(str(tmp_path)) and "s3:" not in source.parts
+    local, src = demo_paths("store", "synth.parquet")
+    assert local == str(tmp_path / "store") and src == tmp_path / "store" / "demo" / "synth.parquet"
+    assert not (tmp_path / "s3:").exists()

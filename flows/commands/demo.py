@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 
 from flows.commands.options import Home, Json, Quiet, ShowProgress, namespace, progress_shown
 
-__all__ = ["HELP", "command", "run"]
+__all__ = ["HELP", "command", "run", "demo_paths"]
 
 HELP = "Simulate a season of form, train a small model set if there is none, run the nightly flow, print the report."
 
@@ -42,9 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from storage.registry import current_model_set
 
     s = load_settings(home=args.home)
-    home = Path(s.home).resolve()
     night = args.night or _tonight(s.timezone)
-    source = home / "demo" / f"synth-{args.dogs}-dogs-seed{args.seed}-to-{night}.parquet"
+    home, source = demo_paths(str(s.home), f"synth-{args.dogs}-dogs-seed{args.seed}-to-{night}.parquet")
     say = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON only
     if not source.exists():
         source.parent.mkdir(parents=True, exist_ok=True)
@@ -55,9 +55,20 @@ def run(args: argparse.Namespace) -> int:
         print("no model set yet: training one (train flow)", file=say)
     with progress_shown(args):
         if fresh:
-            train(source=[str(source)], home=str(home), epochs=args.epochs, promote=True)  # the demo runs its own set
-        state = nightly(source=[str(source)], home=str(home), night=night, return_state=True)
+            train(source=[str(source)], home=home, epochs=args.epochs, promote=True)  # the demo runs its own set
+        state = nightly(source=[str(source)], home=home, night=night, return_state=True)
     return report_state(state, as_json=args.json)
+
+
+def demo_paths(home: str, name: str) -> tuple[str, Path]:
+    """(store root, simulated form file): a bucket URL stays a URL (never a local folder named 's3:'); the form
+    file is the demo's input, not the store's: beside a local store, in a local cache for a remote one."""
+    from storage.fs import is_remote
+
+    if is_remote(home):
+        return home, Path(tempfile.gettempdir()) / "gruviz-demo" / name
+    root = Path(home).resolve()
+    return str(root), root / "demo" / name
 
 
 def _tonight(timezone: str) -> str:
