@@ -69,8 +69,8 @@ def block_backstop_s(block_timeout_s: float) -> float:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def ingest_task(root: str, sources: list[str]) -> str:
-    summary = ingest.run(sources, root)
+def ingest_task(root: str, sources: list[str], inflate: dict | None = None) -> str:
+    summary = ingest.run(sources, root, inflate=inflate)
     get_run_logger().info(
         "ingested %s: rows_in=%d accepted=%d rejected=%d duplicates_merged=%d",
         summary.snapshot_id, summary.rows_in, summary.accepted, summary.rejected, summary.duplicates_merged,
@@ -79,13 +79,13 @@ def ingest_task(root: str, sources: list[str]) -> str:
 
 
 @task(name="ingest-sources", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def ingest_sources_task(root: str, sources: list[str]) -> dict:
+def ingest_sources_task(root: str, sources: list[str], inflate: dict | None = None) -> dict:
     """{"snapshot_id", "new_data"}: the latest snapshot reused when the source files are those it was made of."""
     before = _latest_or_none(root)
     if before is not None and _same_files(root, before, sources):
         get_run_logger().info("sources unchanged since snapshot %s: no new form data", before)
         return {"snapshot_id": before, "new_data": False}
-    snapshot_id = ingest_task.fn(root, sources)
+    snapshot_id = ingest_task.fn(root, sources, inflate)
     return {"snapshot_id": snapshot_id, "new_data": snapshot_id != before}
 
 
@@ -199,7 +199,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     root, night = str(checked.root), checked.night
 
     if sources:
-        ingested = ingest_sources_task(root, sources)
+        ingested = ingest_sources_task(root, sources, s.inflate_limit)
         snapshot_id, new_data = ingested["snapshot_id"], ingested["new_data"]
     else:
         snapshot_id, new_data = checked.snapshot_id, None  # None: nothing to ingest was configured

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         "the last snapshot (archived, rotated), as a JSON list of file names or globs (e.g. [\"b.csv\"], or [\"*\"] "
         "where files are rotated away by design); any other file gone is refused, naming it, since the night's "
         "data would silently shrink. Acknowledged ones are named in the log, the report and the email.")
+    max_inflated_mb: int = Field(
+        1024, gt=0, description="MiB one compressed source file (.csv.gz) may inflate to; past it the file is "
+        "refused as a possible decompression bomb (it is read step by step, never beyond this).")
+    max_inflate_ratio: float = Field(
+        100.0, gt=1, description="Times its compressed size a source file may inflate (judged past 16 MiB; form "
+        "data compresses 3-15 times); past it the file is refused as a possible decompression bomb.")
     timezone: str = Field("Australia/Sydney", description="Timezone of the nightly schedule and of report dates.")
     watchlist: list[str] = Field(default_factory=list, description="Dog ids or names shown in the report's heatmaps.")
     smtp_host: str | None = Field(None, description="SMTP server; no email is sent when unset.")
@@ -155,6 +161,11 @@ class Settings(BaseSettings):
         per_block = BLOCK_BYTES_FIXED + self.block_dogs * BLOCK_BYTES_PER_DOG
         by_memory = int(0.5 * psutil.virtual_memory().available // per_block)
         return max(1, min(os.cpu_count() or 1, by_memory))
+
+    @property
+    def inflate_limit(self) -> dict:
+        """How far a compressed source may inflate, as storage.forms.InflateLimit's fields."""
+        return {"max_bytes": self.max_inflated_mb << 20, "max_ratio": self.max_inflate_ratio}
 
     @property
     def reports_path(self) -> Path:

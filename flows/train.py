@@ -51,7 +51,7 @@ def train(
                       train_workers=workers)
     checked = preflight_train(s, snapshot=snapshot, sources=source)  # before any work
     root = str(checked.root)
-    snapshot_id = ingest_task(root, list(source)) if source else checked.snapshot_id
+    snapshot_id = ingest_task(root, list(source), s.inflate_limit) if source else checked.snapshot_id
     report = train_task(root, snapshot_id, s.seeds, s.hidden_size, s.num_layers, epochs, s.market_context,
                         s.train_workers, promote)
     create_markdown_artifact(_summary(report), key="train-summary", description="Validation metrics vs baselines")

@@ -40,7 +40,6 @@ import csv
 import fnmatch
 import functools
 import glob
-import gzip
 import hashlib
 import io
 import json
@@ -49,6 +48,7 @@ import re
 import sys
 import threading
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +71,7 @@ from storage.layout import StoreLayout
 __all__ = [
     "READ_WARNINGS",
     "Forms",
+    "InflateLimit",
     "IngestSummary",
     "expand_sources",
     "gone_files",
@@ -103,6 +104,19 @@ _BIG_FILE = 1 << 20
 """Plain files larger than this on average are read in threads."""
 _SLACK = 1
 """Fields beyond the header the shared parse makes room for; a row with more re-parses with the exact width."""
+
+
+@dataclass(frozen=True)
+class InflateLimit:
+    """How far a compressed source file may inflate: beyond either bound it is refused, as a decompression bomb
+    (a 1 MB gzip of 1 GB took 10.7 GB of memory before a bare MemoryError)."""
+
+    max_bytes: int = 1 << 30
+    """Decompressed bytes of one file (1 GiB: the real Iggy files are about 4 MB)."""
+    max_ratio: float = 100.0
+    """Decompressed / compressed size, checked once a file has inflated past `ratio_from_bytes` (CSV: about 3-15)."""
+    ratio_from_bytes: int = 16 << 20
+    """Small files may compress better than any bound; only inflation past this size is judged by its ratio."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +170,8 @@ class Forms:
 
 
 def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None = None,
-           progress: Callable[[int, int, int], None] | None = None) -> IngestSummary:
+           progress: Callable[[int, int, int], None] | None = None,
+           inflate: InflateLimit | None = None) -> IngestSummary:
     """Read every source (files, directories, globs), write a forms snapshot, point forms/LATEST at it.
     `progress(files_read, files, rows_read)` is called as files are read.
 
@@ -164,7 +179,7 @@ def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None =
     when a file has no accepted row (the snapshot is written all the same, for its rejects).
     """
     layout = StoreLayout.at(root)
-    forms = read_forms(sources, fmt=fmt, progress=progress)
+    forms = read_forms(sources, fmt=fmt, progress=progress, inflate=inflate)
     s = forms.summary
     if s.rows_in == 0:
         raise InputError(f"{_names(s.files)}: no data rows (empty or header only); nothing ingested, "
@@ -178,11 +193,11 @@ def ingest(sources: list[str] | str, root: str | StorePath, *, fmt: str | None =
 
 
 def read_forms(sources: list[str] | str, *, fmt: str | None = None,
-               progress: Callable[[int, int, int], None] | None = None) -> Forms:
+               progress: Callable[[int, int, int], None] | None = None, inflate: InflateLimit | None = None) -> Forms:
     """Read, adapt and merge every source; writes nothing. Errors name the file (UnreadableFileError, ...).
     `progress(files_read, files, rows_read)` is called as files are read."""
     files = expand_sources(sources)
-    loaded = _load_all(files, progress)
+    loaded = _load_all(files, progress, inflate or InflateLimit())
     frames, parts, adapters = _parse_and_adapt(loaded, fmt)
     runs_all = pd.concat([a.runs for a in parts], ignore_index=True) if parts else _empty_adapted_runs()
     warnings = [a.warnings for a in parts]
@@ -401,7 +416,8 @@ class _Source:
     """CSV whose last data line has no line end (caught mid-write): that row is rejected as `cut_off`."""
 
 
-def _load_all(files: list[Path], progress: Callable[[int, int, int], None] | None = None) -> list[_Source]:
+def _load_all(files: list[Path], progress: Callable[[int, int, int], None] | None = None,
+              inflate: InflateLimit | None = None) -> list[_Source]:
     """Read every file; the first error in file order is raised.
 
     Threads pay where a file's work is mostly I/O or gzip (both release the GIL): several compressed or
@@ -409,11 +425,11 @@ def _load_all(files: list[Path], progress: Callable[[int, int, int], None] | Non
     """
     jobs = list(enumerate(files))
     if len(files) < 2 or not _threads_pay(files):
-        return _counted(([_load(i, p)] for i, p in jobs), len(files), progress)
+        return _counted(([_load(i, p, inflate)] for i, p in jobs), len(files), progress)
     chunk = max(1, -(-len(jobs) // (4 * _READ_THREADS)))
     batches = [jobs[a:a + chunk] for a in range(0, len(jobs), chunk)]
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(batches))) as pool:
-        return _counted(pool.map(lambda b: [_load(i, p) for i, p in b], batches), len(files), progress)
+        return _counted(pool.map(lambda b: [_load(i, p, inflate) for i, p in b], batches), len(files), progress)
 
 
 def _counted(batches, n_files: int, progress: Callable[[int, int, int], None] | None) -> list[_Source]:
@@ -438,7 +454,7 @@ def _threads_pay(files: list[Path]) -> bool:
     return total / len(files) > _BIG_FILE
 
 
-def _load(index: int, path: Path) -> _Source:
+def _load(index: int, path: Path, inflate: InflateLimit | None = None) -> _Source:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -450,7 +466,7 @@ def _load(index: int, path: Path) -> _Source:
             _load_parquet(src, data)
         elif name.endswith((".csv", ".csv.gz", ".txt", ".txt.gz")):
             if name.endswith(".gz"):
-                data = gzip.decompress(data)
+                data = _gunzip(data, path, inflate or InflateLimit())
             _load_csv(src, data)
         else:
             raise UnreadableFileError(f"{path}: not a .csv, .csv.gz or .parquet file")
@@ -459,6 +475,44 @@ def _load(index: int, path: Path) -> _Source:
     except Exception as exc:  # pyarrow/gzip/zlib raise many kinds; all mean "cannot read this file"
         raise UnreadableFileError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); is it a CSV/Parquet file?") from exc
     return src
+
+
+_INFLATE_STEP = 8 << 20
+"""Decompressed bytes produced per step, so that a bomb is stopped within a step of its bound."""
+
+
+def _gunzip(data: bytes, path: Path, limit: InflateLimit) -> bytes:
+    """gzip members -> bytes, step by step; UnreadableFileError past `limit` (nothing beyond it is held)."""
+    out: list[bytes] = []
+    total = 0
+    d = zlib.decompressobj(wbits=31)
+    buf = data
+    while True:
+        chunk = d.decompress(buf, _INFLATE_STEP)
+        total += len(chunk)
+        out.append(chunk)
+        _check_inflation(path, total, len(data), limit)
+        buf = d.unconsumed_tail
+        if d.eof:
+            if not d.unused_data.strip(b"\0"):
+                break
+            d, buf = zlib.decompressobj(wbits=31), d.unused_data  # the next member of a concatenated gzip
+        elif not buf and len(chunk) < _INFLATE_STEP:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached (truncated?)")
+    return b"".join(out)
+
+
+def _check_inflation(path: Path, total: int, packed: int, limit: InflateLimit) -> None:
+    if total > limit.max_bytes:
+        raise UnreadableFileError(
+            f"{path}: inflates to more than {limit.max_bytes / 2**20:,.0f} MiB (GRUVIZ_MAX_INFLATED_MB) from "
+            f"{packed / 2**20:,.1f} MiB; refused as a possible decompression bomb. Check the file, or raise the "
+            "setting if it is real form data")
+    if total > limit.ratio_from_bytes and total > limit.max_ratio * packed:
+        raise UnreadableFileError(
+            f"{path}: inflates more than {limit.max_ratio:g} times its size ({packed:,} bytes -> over {total:,}; "
+            "form data compresses 3-15 times); refused as a possible decompression bomb. Check the file, or "
+            "raise GRUVIZ_MAX_INFLATE_RATIO if it is real form data")
 
 
 def _load_parquet(src: _Source, data: bytes) -> None:

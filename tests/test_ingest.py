@@ -438,6 +438,53 @@ def test_last_line_with_its_line_end_is_a_row(tmp_path):
     assert ingest([str(tmp_path / "a.csv")], tmp_path / "home").accepted == 4
 
 
+def _bomb(path: Path, inflated_mb: int) -> Path:
+    """A .csv.gz of a real header and `inflated_mb` MiB of one repeated row (compresses about 1000 times)."""
+    text = simulate(3, seed=2).head(1).to_csv(index=False)
+    header, row = text.splitlines(keepends=True)
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(header.encode())
+        chunk = row.encode() * ((1 << 20) // len(row))
+        for _ in range(inflated_mb):
+            f.write(chunk)
+    return path
+
+
+def test_compressed_file_past_the_size_cap_is_refused(tmp_path, capsys, monkeypatch):
+    """A 1 MB gzip of 1 GB took 10.7 GB of memory for 88 s and ended in a bare MemoryError."""
+    from storage.forms import InflateLimit
+
+    bomb = _bomb(tmp_path / "bomb.csv.gz", 12)
+    with pytest.raises(UnreadableFileError, match=r"bomb\.csv\.gz: inflates to more than 4 MiB"):
+        ingest([str(bomb)], tmp_path / "home", inflate=InflateLimit(max_bytes=4 << 20))
+    monkeypatch.setenv("GRUVIZ_MAX_INFLATED_MB", "4")
+    assert main(["ingest", str(bomb), "--home", str(tmp_path / "home")]) == 2
+    err = capsys.readouterr().err
+    assert "GRUVIZ_MAX_INFLATED_MB" in err and "Traceback" not in err
+    assert latest_snapshot(tmp_path / "home") is None
+
+
+def test_compressed_file_past_the_ratio_is_refused(tmp_path):
+    from storage.forms import InflateLimit
+
+    bomb = _bomb(tmp_path / "bomb.csv.gz", 20)
+    with pytest.raises(UnreadableFileError, match=r"bomb\.csv\.gz: inflates more than 100 times"):
+        ingest([str(bomb)], tmp_path / "home")  # under the default size cap, far over the ratio
+    limit = InflateLimit(max_ratio=1e6)
+    assert ingest([str(bomb)], tmp_path / "home", inflate=limit).duplicates_merged > 0  # acknowledged: read
+
+
+def test_gzip_members_and_truncation(tmp_path):
+    text = simulate(3, seed=2).head(6).to_csv(index=False)
+    lines = text.splitlines(keepends=True)
+    two = gzip.compress("".join(lines[:4]).encode()) + gzip.compress("".join(lines[4:]).encode())
+    (tmp_path / "two.csv.gz").write_bytes(two)  # concatenated members, as `cat a.gz b.gz` makes
+    assert ingest([str(tmp_path / "two.csv.gz")], tmp_path / "home").rows_in == 6
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(text.encode())[:-12])
+    with pytest.raises(UnreadableFileError, match="cut.csv.gz: cannot be read"):
+        ingest([str(tmp_path / "cut.csv.gz")], tmp_path / "home2")
+
+
 def test_duplicated_columns_and_unparseable_values_are_counted(tmp_path):
     """Defect 10: duplicated columns and unparseable numbers were dropped without a count."""
     src = tmp_path / "dups.csv"

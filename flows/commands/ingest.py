@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(home=args.home)
     with progress_shown(args):
-        s = ingest(args.sources, settings.home, fmt=args.fmt)
+        s = ingest(args.sources, settings.home, fmt=args.fmt, inflate=settings.inflate_limit)
     if args.json:
         print(dumps_strict(s.to_dict(), sort_keys=True))
         return 0
