@@ -85,6 +85,19 @@ def test_align_rows_matches_by_dog_and_race(quantities):
 # ---------------------------------------------------------------- folds and control
 
 
+def test_sampled_dogs_come_from_a_few_shards_and_fill_the_budget():
+    size = np.random.default_rng(0).integers(0, 30, 2000)
+    assert len(pr.sample_dogs(size, 10_000)) == (size > 0).sum()
+    plain = pr.sample_dogs(size, 300, seed=1)
+    assert len(plain) == len(np.unique(plain)) == 300 and (size[plain] > 0).all()
+    picked = pr.sample_dogs(size, 300, seed=1, shard_rows=2000, shards=4)
+    shard = ((np.cumsum(size) - size) // 2000)[picked]
+    assert len(picked) == len(np.unique(picked)) == 300 and len(np.unique(shard)) == 4
+    one_shard = pr.sample_dogs(size, 300, seed=1, shard_rows=10**9)  # fewer shards than asked: topped up
+    assert len(one_shard) == 300 and (size[one_shard] > 0).all()
+
+
+
 def test_folds_never_put_one_dog_on_both_sides(quantities):
     fold = pr.dog_folds(quantities["dog_id"].to_numpy(), 5, seed=3)
     per_dog = pd.Series(fold).groupby(quantities["dog_id"].to_numpy()).nunique()

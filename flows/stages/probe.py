@@ -7,8 +7,9 @@
                       could not be computed, why (the report says so; the night goes on)
 
 Quantities come from the canonical runs of the run's forms snapshot (never from the states), matched to the
-store's rows by dog and race. Only a sample of dogs is probed (`dogs`, GRUVIZ_PROBE_DOGS), all their rows; the
-states are read for those rows only (h, not the gates).
+store's rows by dog and race (the runs of the sampled dogs' races only, every runner kept for the market's
+renormalisation). Only a sample of dogs is probed (`dogs`, GRUVIZ_PROBE_DOGS), all their rows, drawn from a few
+random shards of the store so that only those are decompressed (h, not the gates).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = ["run", "probe_run", "DEFAULT_DOGS"]
 log = logging.getLogger(__name__)
 
 DEFAULT_DOGS = 1500
-"""Dogs probed by default: about 20-40k rows, a few seconds for 3 seeds of H=64 on one core."""
+"""Dogs probed by default: about 30k rows; 4.1 s for 3 seeds of H=64 on one core on a 500k-row run (bench/probe.py)."""
 
 
 def run(tmp_dir: str | Path, root: str | Path, snapshot_id: str, *, dogs: int = DEFAULT_DOGS) -> dict:
@@ -59,14 +60,15 @@ def probe_run(
     run_dir = store_path(run_dir)
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
     idx = reader.index()
-    picked = pr.sample_dogs(idx["row_size"].to_numpy(), dogs, params.seed)
+    picked = pr.sample_dogs(idx["row_size"].to_numpy(), dogs, params.seed, shard_rows=reader.shard_rows)
     start, size = idx["row_start"].to_numpy()[picked], idx["row_size"].to_numpy()[picked]
     rows = np.repeat(start - np.r_[0, np.cumsum(size)[:-1]], size) + np.arange(int(size.sum()))  # (rows,)
     step = rows - np.repeat(start, size) + 1
     dog_id = np.repeat(idx["dog_id"].to_numpy(dtype=object)[picked], size)
     base = open_dataset(run_dir, 0, allow_incomplete=allow_incomplete)
     race_id = base["race_id"].isel(obs=rows).values.astype(object)  # numpy StringDType -> str objects
-    quantities = pr.align_rows(pr.known_quantities(runs), dog_id, race_id)
+    races = runs["race_id"].astype(str).isin(np.unique(race_id))  # the sampled dogs' races, with every runner
+    quantities = pr.align_rows(pr.known_quantities(runs[races.to_numpy()]), dog_id, race_id)
     matched = int(np.isfinite(quantities["starts"]).sum())
     if matched < len(rows) // 2:
         raise LookupError(f"{run_dir}: only {matched} of the {len(rows)} sampled rows are in the snapshot's runs "
