@@ -39,6 +39,9 @@ __all__ = [
     "is_remote",
     "write_bytes",
     "create_exclusive",
+    "read_tagged",
+    "replace_if_match",
+    "delete_if_match",
     "remove_tree",
     "zarr_store",
     "write_parquet",
@@ -99,6 +102,62 @@ def create_exclusive(path: StorePath, data: bytes) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def read_tagged(path: StorePath) -> tuple[bytes, str] | None:
+    """An object's bytes and the tag of that very version (S3: its ETag), None when it does not exist; for
+    replace_if_match / delete_if_match. Object storage only (local stores lock with flock)."""
+    for _ in range(5):
+        try:
+            before = _etag(path)
+            data = path.fs.cat_file(path.path)
+            if _etag(path) == before:  # no write between: these bytes are that version's
+                return data, before
+        except FileNotFoundError:
+            return None
+    raise OSError(f"{path}: changed on every one of 5 reads; cannot read one version of it")
+
+
+def replace_if_match(path: StorePath, data: bytes, tag: str) -> bool:
+    """Overwrite `path` only if it is still the version `tag` (S3: a PUT with If-Match); False when another
+    writer changed or deleted it since. Of several writers holding the same tag, exactly one succeeds."""
+    try:
+        path.fs.pipe_file(path.path, data, IfMatch=tag)
+    except (FileNotFoundError, FileExistsError):
+        return False
+    except OSError as exc:
+        if _precondition_failed(exc):
+            return False
+        raise
+    return True
+
+
+def delete_if_match(path: StorePath, tag: str) -> bool:
+    """Delete `path` only if it is still the version `tag` (S3: a DELETE with If-Match); False otherwise."""
+    bucket, key, _ = path.fs.split_path(path.path)
+    try:
+        path.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=tag)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if _precondition_failed(exc):
+            return False
+        raise
+    finally:
+        path.fs.invalidate_cache(path.path)
+    return True
+
+
+def _etag(path: StorePath) -> str:
+    path.fs.invalidate_cache(path.path)
+    return str(path.fs.info(path.path)["ETag"])
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether an object store refused a conditional request (HTTP 412) rather than failing otherwise."""
+    cause = exc.__cause__ or exc.__context__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code", "") if cause is not None else ""
+    return code in ("PreconditionFailed", "412") or "pre-condition" in str(exc).lower()
 
 
 def remove_tree(path: StorePath) -> None:

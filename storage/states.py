@@ -613,25 +613,17 @@ def _remote_lock(path: StorePath, ttl_s: float) -> Iterator[None]:
         return json.dumps({"owner": owner, "heartbeat": now, "expires": now + ttl_s}).encode()
 
     if not fs.create_exclusive(path, body()):
-        held = _lock_info(path)
-        if held is not None and held.get("expires", 0.0) > datetime.now(UTC).timestamp():
-            until = datetime.fromtimestamp(held["expires"], UTC).isoformat(timespec="seconds")
-            raise StoreError(f"store {path.parent.parent}: another nightly is running ({held.get('owner')} holds "
-                             f"{path}, renewed until {until}); wait for it to finish, or delete {path} if that "
-                             "night is known dead")
-        path.unlink(missing_ok=True)  # expired (its holder died): take it over, still by exclusive create
-        if not fs.create_exclusive(path, body()):
-            raise StoreError(f"store {path.parent.parent}: another nightly took the expired lock {path} just now; "
-                             "wait for it to finish")
+        _take_over(path, body())
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(ttl_s / 3):
             try:
-                held = _lock_info(path)
-                if held is None or held.get("owner") != owner:
+                held = fs.read_tagged(path)
+                if held is None or _parse_lock(held[0]).get("owner") != owner:
                     return  # taken over after an expiry: never write over another night's lock
-                fs.write_bytes(path, body())
+                if not fs.replace_if_match(path, body(), held[1]):
+                    return  # changed since it was read: another night took it over
             except Exception:  # noqa: BLE001 - a failed renewal is retried next beat; the ttl allows two misses
                 continue
 
@@ -642,18 +634,37 @@ def _remote_lock(path: StorePath, ttl_s: float) -> Iterator[None]:
     finally:
         stop.set()
         th.join(timeout=10)
-        held = _lock_info(path)
-        if held is not None and held.get("owner") == owner:
-            path.unlink(missing_ok=True)
+        held = fs.read_tagged(path)
+        if held is not None and _parse_lock(held[0]).get("owner") == owner:
+            fs.delete_if_match(path, held[1])
 
 
-def _lock_info(path: StorePath) -> dict | None:
+def _take_over(path: StorePath, body: bytes) -> None:
+    """Take an expired lock by a conditional write on the version read (S3 If-Match), so that of several
+    nights finding it expired at once exactly one holds it; StoreError when it is held or another took it."""
+    store = path.parent.parent
+    held = fs.read_tagged(path)
+    if held is None:  # released between the create and the read
+        if fs.create_exclusive(path, body):
+            return
+        raise StoreError(f"store {store}: another nightly took the lock {path} just now; wait for it to finish")
+    info = _parse_lock(held[0])
+    if info.get("expires", 0.0) > datetime.now(UTC).timestamp():
+        until = datetime.fromtimestamp(info["expires"], UTC).isoformat(timespec="seconds")
+        raise StoreError(f"store {store}: another nightly is running ({info.get('owner')} holds "
+                         f"{path}, renewed until {until}); wait for it to finish, or delete {path} if that "
+                         "night is known dead")
+    if not fs.replace_if_match(path, body, held[1]):  # expired (its holder died): only the version read
+        raise StoreError(f"store {store}: another nightly took the expired lock {path} just now; "
+                         "wait for it to finish")
+
+
+def _parse_lock(data: bytes) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
+        info = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}  # unreadable: expired, taken over
+    return info if isinstance(info, dict) else {}
 
 
 def _tmp_lock_path(tmp_dir: Path) -> Path:
