@@ -16,6 +16,7 @@ from reports.headline import headline_numbers, page_one, period_text, record, sc
 from reports.model import AnimHeatmapSpec, Panel, ReportModel, Section
 from reports.sections.cohorts import comparison_section
 from reports.sections.common import per_dog
+from reports.sections.drift import drift_section
 from reports.sections.front import front_panels
 from reports.sections.probes import probes_section
 from reports.sections.resilience import divergence_section, resilience_section
@@ -76,9 +77,11 @@ def build_report(
         _guarded("divergence", "Two-dog divergence", divergence_section, results, dog),
         _guarded("probes", "What the state knows", probes_section, results),
         saturation_section(results, layer),
+        _guarded("input-drift", "Data quality: inputs against the training window", drift_section, results),
         _closed(trend_section(night, head, hist)),
         _closed(quality_section(data_quality)),
     )
+    sections = tuple(_fold_long_tables(_supporting(s) if s.id in _SUPPORTING else s) for s in sections)
     return ReportModel(
         title=f"gruviz nightly report {night}",
         night=night,
@@ -101,6 +104,34 @@ def _guarded(sid: str, title: str, build: Callable[..., Section], *args: Any) ->
     except Exception as exc:  # noqa: BLE001 - the page must still be published; the note names the failure
         note = f"This section could not be built from the run's tables: {type(exc).__name__}: {exc}"
         return Section(sid, title, "", (Panel(title, "", note=note),))
+
+
+_SUPPORTING = ("reproducibility", "resilience", "divergence")
+"""Sections whose answer is on page one (its resilience and reproducibility lines, the scorecard): their titles,
+intros and panel titles stay in the page's first read, their figures and tables one click away, except the
+resilience section's first figure (the notebook's hypothesis), which stays open."""
+
+
+def _supporting(section: Section) -> Section:
+    """Every panel of the section (notes aside) behind its own <details>; resilience keeps its first figure open."""
+    keep = next((i for i, p in enumerate(section.panels) if p.figure is not None), -1) if section.id == "resilience" else -1
+    panels = tuple(p if p.note is not None or i == keep else dataclasses.replace(p, closed=True)
+                   for i, p in enumerate(section.panels))
+    return dataclasses.replace(section, panels=panels)
+
+
+LONG_TABLE_ROWS = 8
+"""A table with more rows than this sits behind a closed <details> (the page reads in about 8 screens)."""
+
+
+def _fold_long_tables(section: Section) -> Section:
+    """Every long table of the section behind a <details>: charts first, numbers on demand."""
+    panels = tuple(
+        dataclasses.replace(p, collapsed=True)
+        if p.table is not None and len(p.table.rows) > LONG_TABLE_ROWS and not p.collapsed else p
+        for p in section.panels
+    )
+    return dataclasses.replace(section, panels=panels)
 
 
 def _closed(section: Section) -> Section:

@@ -112,7 +112,9 @@ class Panel:
     note: str | None = None
     """Shown instead when the input was not computed for this run (names the missing table)."""
     collapsed: bool = False
-    """Render the panel's figure and table inside a closed <details> (long tables, secondary figures)."""
+    """Render the table inside a closed <details> (long tables); the figure stays open."""
+    closed: bool = False
+    """Render the whole panel, figure and table, inside a closed <details> (secondary figures)."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from reports.figures import figure_html
-from reports.model import ReportModel
+from reports.model import AnimHeatmapSpec, HeatmapSpec, ReportModel
 
 __all__ = ["render", "render_index", "plotly_js_path", "ENV"]
 
@@ -42,6 +42,21 @@ def _cell(v: Any) -> str:
 
 
 ENV.filters["cell"] = _cell
+
+
+def _wide(p: Any) -> bool:
+    """A panel that needs the page's full width: heatmaps, figures of several panels, wide tables; the rest sit two
+    to a row at desktop widths."""
+    f = p.figure
+    if f is not None:
+        if isinstance(f, (AnimHeatmapSpec, HeatmapSpec)):
+            return True
+        if len(getattr(f, "panels", None) or getattr(f, "layers", None) or []) > 1 or getattr(f, "split", False):
+            return True
+    return p.table is not None and len(p.table.columns) > 4
+
+
+ENV.tests["wide"] = _wide
 
 
 def plotly_js_path() -> Path:

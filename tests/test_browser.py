@@ -76,7 +76,7 @@ def browser():
 @pytest.fixture(scope="module")
 def loaded(browser, site):
     """The night's page, loaded once, with everything the page did recorded."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": 1300, "height": SCREEN_PX})
     seen = {"console": [], "errors": [], "requests": [], "dialogs": []}
     page.on("console", lambda m: seen["console"].append((m.type, m.text)))
     page.on("pageerror", lambda e: seen["errors"].append(str(e)))
@@ -121,9 +121,12 @@ def test_every_figure_renders(loaded):
 def test_evil_name_is_text_and_no_dialog(loaded):
     page, seen = loaded
     assert EVIL_NAME in page.inner_text("main")
-    assert page.evaluate("document.querySelectorAll('main script:not([type])').length") == page.evaluate(
+    assert page.evaluate("document.querySelectorAll('.figure script:not([type])').length") == page.evaluate(
         "document.querySelectorAll('.js-plotly-plot').length"
-    )  # only the figures' own scripts; no injected one
+    )  # each figure's own script
+    assert page.evaluate("document.querySelectorAll('script:not([type]):not([src])').length") == page.evaluate(
+        "document.querySelectorAll('.js-plotly-plot').length"
+    ) + 2  # and the page's two (redraw on open, explorer links): no injected one
     assert not seen["dialogs"]
 
 
@@ -142,6 +145,34 @@ def test_play_advances_the_slider(loaded):
     assert page.evaluate(f"{fig}.data[2].x[0]") > 1.5
     assert page.locator("#fig-states-anim g.hm image").count() == 2
     assert not seen["dialogs"]
+
+
+SCREEN_PX = 800
+"""One screen's height at 1300 px wide (a laptop's viewport below the browser's bars)."""
+
+
+def test_page_reads_in_about_eight_screens_before_anything_is_opened(browser, site):
+    page = browser.new_page(viewport={"width": 1300, "height": SCREEN_PX})
+    page.goto(f"{site}/{NIGHT}/index.html", wait_until="load")
+    page.wait_for_function(
+        "document.querySelectorAll('.js-plotly-plot .main-svg').length >= document.querySelectorAll('.js-plotly-plot').length"
+    )
+    assert page.evaluate("Array.from(document.querySelectorAll('details')).every(d => !d.open)")
+    height = page.evaluate("document.documentElement.scrollHeight")
+    screens = height / SCREEN_PX
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "report-height.txt").write_text(f"{height} px = {screens:.2f} screens of {SCREEN_PX} px at 1300 px\n")
+    assert screens <= 8.5, f"the page is {screens:.1f} screens ({height} px) before any <details> is opened"
+    # page one answers first: the verdict, the findings, the gap chart and the scorecard, all in the first screens
+    top = page.evaluate("document.querySelector('#fig-gap').getBoundingClientRect().top")
+    assert top < 2.5 * SCREEN_PX
+    # a figure drawn inside a closed <details> takes its width when opened
+    page.locator("#saturation summary").first.click()
+    page.wait_for_timeout(300)
+    width = page.evaluate("document.querySelector('#fig-calibration .main-svg').getBoundingClientRect().width")
+    room = page.evaluate("document.querySelector('#fig-calibration').parentElement.getBoundingClientRect().width")
+    assert width > 0.9 * room > 400
+    page.close()
 
 
 def test_index_lists_nights_and_screenshot(loaded, browser, site):

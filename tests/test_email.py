@@ -62,35 +62,31 @@ def test_unknown_tls_mode_is_a_config_error():
         SmtpConfig(host="h", port=25, tls="maybe")
 
 
-def test_email_summary_labels_numbers_and_names_watchlist_dogs():
+def test_email_summary_leads_with_page_one_and_names_typical_and_watchlist_dogs(tmp_path):
+    import json
+
     import pandas as pd
 
     from reports.email import email_summary
-    from reports.headline import verdict_text
+    from reports.headline import page_one, verdict_text
+    from tests.report_fixtures import write_run
 
-    main = {"metric": "gap_vs_market", "a": "saturated", "b": "unsaturated", "diff": 0.01, "lo": -0.002, "hi": 0.02,
-            "n_dogs_a": 150, "n_dogs_b": 900, "n_winners_a": 60, "n_winners_b": 300, "comparable": True,
-            "excludes_zero": False}
-    headline = {"dogs": 1200, "obs": 30000, "cohort_counts": {"saturated": 10, "unsaturated": 20},
-                "race_nll": {"model": 1.71234, "market": 1.7, "uniform": 2.05}, "main_effect": main,
-                "n_comparisons": 5, "plateau_median_km": None,
-                "period": {"start": "2026-06-01", "end": "2026-11-24", "model_cutoff": "2026-05-31", "races": 5400,
-                           "dogs": 3100, "rows": 40000, "in_sample": False, "min_races": 2000, "too_small": False},
-                "exemplars": [{"dog_a": "d1", "dog_b": "d2"}]}
-    dogs = pd.DataFrame({"dog_id": ["d1", "d2"], "dog_name": [EVIL, "Quiet Bob"],
-                         "cohort": ["saturated", "unsaturated"], "plateau_step": [12.0, float("nan")]})
-    lines = email_summary(headline, dogs, ("quiet bob",))
-    assert lines["Dogs / race steps"] == "1,200 / 30,000"
-    assert lines["Cohorts"] == "saturated 10, unsaturated 20"
-    assert lines["Race NLL, model"] == "1.712" and lines["Race NLL, uniform"] == "2.05"
-    assert list(lines)[0] == "Verdict"  # the verdict leads, worded by reports.headline.verdict_text as on the page
+    run = write_run(tmp_path / "run", n_dogs=60, max_steps=80, scenario="none")
+    headline = json.loads((run / "eval" / "headline.json").read_text(encoding="utf-8"))
+    dogs = pd.read_parquet(run / "stats" / "dog.parquet")
+    dogs = dogs[dogs["cohort_layer"]]
+    lines = email_summary(headline, dogs, ("dog 000005",))
+    assert list(lines)[:3] == ["Verdict", "Evaluated", "Scope"]  # the verdict leads, worded as on the page
     assert lines["Verdict"] == verdict_text(headline)
-    assert "No association detected at this size" in lines["Verdict"] and "5 comparisons" in lines["Verdict"]
-    assert "It matters" not in lines["Verdict"] and "not reached" in lines["Verdict"]
-    assert lines["Evaluated"].startswith("Evaluated out of sample: races from 2026-06-01 to 2026-11-24")
-    assert lines["Most saturated exemplar"] == EVIL and lines["Least saturated exemplar"] == "Quiet Bob"
-    assert lines["Watchlist: Quiet Bob"] == "unsaturated"
+    assert lines["Verdict"].startswith("No robust association between information saturation")
+    for f in page_one(headline):
+        assert lines[f.label] == f.text
+    assert lines["Typical settled dog"] == EVIL and lines["Typical settling dog"] == "DOG 000001"  # the page's rule
+    assert lines["Watchlist: DOG 000005"].split(",")[0] in ("settled", "settling", "undecided")
     assert not [k for k in lines if "log-loss" in k.lower()]  # race NLL, never a per-runner log-loss under its name
     html = compose_report_email(night="n", url="http://x/", headline=lines, sender="s@x", recipients=["a@x"]) \
         .get_body(("html",)).get_content()
     assert EVIL not in html and "&lt;script&gt;" in html
+    # a dog table without the exemplar columns: the headline's exemplars are named
+    few = dogs[["dog_id", "dog_name", "cohort", "plateau_step"]]
+    assert email_summary(headline, few)["Typical settled dog"] == EVIL

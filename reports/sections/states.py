@@ -22,8 +22,7 @@ from reports.model import (
     ExemplarCurve,
     HeatmapSpec,
     Line,
-    Lines2Spec,
-    LinesPanel,
+    LinesSpec,
     Panel,
     Section,
     Table,
@@ -91,13 +90,13 @@ def states_section(
         Panel(
             "Animated: the state race by race",
             EXPLAIN["states-anim"].format(how=how),
-            AnimHeatmapSpec("fig-states-anim", heats, frames, n_layers - 1, height=460),
+            AnimHeatmapSpec("fig-states-anim", heats, frames, n_layers - 1, height=420),
         ),
         Panel(
             "Static: races x units, every layer",
             EXPLAIN["states-static"],
             HeatmapSpec("fig-states-static", heats, n_layers, height=max(320, 260 * n_layers)),
-            collapsed=True,
+            closed=True,
         ),
     ]
     if problems:
@@ -120,7 +119,8 @@ def _explorer_panel(
              for e in errors]
     explain = ("Every dog's states, gates, abs-sum and predictions, read from the store on demand: "
                "served by gruviz serve, these open in the explorer (/explore); opened from disk they are paths.")
-    return Panel("Open in the explorer", explain, table=Table(("dog", "cohort", "explorer page"), tuple(rows)))
+    return Panel("Open in the explorer", explain, table=Table(("dog", "cohort", "explorer page"), tuple(rows)),
+                 collapsed=True)
 
 
 def _frame_steps(t_max: int) -> list[int]:
@@ -184,7 +184,7 @@ def abs_sum_section(
         xlabel="race (step)",
         ylabel="s = abs-sum / units",
         yrange=[0, 1],
-        height=400,
+        height=360,
     )
     panels.insert(0, Panel("Abs-sum per race: status bands and the typical dogs",
                            EXPLAIN["abs-sum"].format(min_dogs=MIN_BAND_DOGS), spec))
@@ -192,20 +192,21 @@ def abs_sum_section(
 
 
 def _reliance_panel(rel: Any) -> Panel:
-    """Median write fraction and movement by race (headline reliance), one panel each."""
+    """Median write fraction and movement by race (headline reliance): two series, both shares of the state."""
     title = "Reliance on the latest race by race count"
     rel = rel if isinstance(rel, Mapping) else {}
-    panels = []
-    for key, col, name, colour_ in (("write_by_race", "median_write", "write fraction u", "#b45309"),
-                                    ("move_by_race", "median_move", "movement m", "#1d4ed8")):
+    series = []
+    for key, col, name, colour_ in (("write_by_race", "median_write", "write fraction u (median)", "#b45309"),
+                                    ("move_by_race", "median_move", "movement m (median)", "#1d4ed8")):
         pts = sorted((int(r["race"]), sig(r.get(col))) for r in rel.get(key) or []
                      if isinstance(r, Mapping) and r.get("race") is not None and sig(r.get(col)) is not None)
         if pts:
-            panels.append(LinesPanel(name, [Line(f"median {name}", [p[0] for p in pts], [p[1] for p in pts], colour_,
-                                                 mode="lines")], name))
-    if not panels:
+            series.append(Line(name, [p[0] for p in pts], [p[1] for p in pts], colour_, mode="lines"))
+    if not series:
         return Panel(title, "", note=missing("the headline's reliance"))
-    return Panel(title, EXPLAIN["reliance"], Lines2Spec("fig-reliance", panels, xlabel="race (step)", height=320))
+    spec = LinesSpec("fig-reliance", series, xlabel="race (step)", ylabel="share of the state", yrange=[0, 1],
+                     height=360)
+    return Panel(title, EXPLAIN["reliance"], spec)
 
 
 def _exemplar_curves(

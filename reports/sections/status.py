@@ -76,7 +76,7 @@ def checks_panel(head: Mapping[str, Any]) -> Panel:
         series.append(GroupedSeries(name, _SERIES_COLOURS.get(name, "#374151"),
                                     *[[sig(e.get(k)) if e else None for e in pick] for k in ("diff", "lo", "hi")]))
     spec = GroupedSpec("fig-checks", [GroupedPanel("difference a - b, nats per runner", cats, series)], "points",
-                       height=380)
+                       height=360)
     return Panel(title, COHORT_EXPLAIN["checks"], spec)
 
 
@@ -120,7 +120,7 @@ def dose_panel(head: Mapping[str, Any]) -> Panel:
                       [sig(d.get("lo")) for d in drawn], [sig(d.get("hi")) for d in drawn])
     n = max(int(d.get("n_runners") or 0) for d in drawn)
     spec = GroupedSpec("fig-dose", [GroupedPanel("gap to the market per SD of the score", cats, [s])], "points",
-                       height=320)
+                       height=300)
     return Panel(title, COHORT_EXPLAIN["dose"].format(n=n), spec)
 
 
@@ -148,7 +148,7 @@ def status_panel(sc: pd.DataFrame | None) -> list[Panel]:
     spec = GroupedSpec("fig-status-compare", [GroupedPanel(f"{_what(metric)} by races already run", strata, series)],
                        "points", height=360)
     better = "Higher is better." if metric in HIGHER_IS_BETTER else "Lower is better."
-    panels = [Panel(title, COHORT_EXPLAIN["status"].format(what=_what(metric), better=better), spec)]
+    panels = [Panel(title, COHORT_EXPLAIN["status"].format(what=_what(metric), better=better), spec, closed=True)]
     overall = sub[sub["stratum"] == "all"].set_index("group").reindex(groups)
     if len(overall):
         rows = tuple((g, _n(r["n_dogs"]), _n(r["n_rows"]), _n(r["n_winners"]), sig(r["n_eff_dogs"]))
