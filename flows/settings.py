@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     probe_dogs: int = Field(
         1500, ge=0, description="Dogs sampled for the probe atlas (what the state knows; all their races): about 1,500 "
         "dogs cost a few seconds for 3 seeds of 64 units on one core; 0 probes every dog.")
+    drift_psi: float = Field(
+        0.25, gt=0.0, description="Input drift: a model input whose population stability index (tonight's new rows "
+        "against the model set's training window) exceeds this is flagged in the report and the email (< 0.1 stable, "
+        "0.1-0.25 some shift, > 0.25 shifted).")
+    drift_share: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Input drift: a rise in an input's missing, clipped, unknown-track or "
+        "unseen-level share by more than this (and by more than 4 standard errors) is flagged.")
     sources: list[str] = Field(default_factory=list, description="Form data the nightly ingests when no source is "
         "passed: directories or globs where new form files land, as a JSON list (unchanged files are not re-read).")
     sources_gone_ok: list[str] = Field(default_factory=list, description="Files that may leave the sources since "

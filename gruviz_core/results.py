@@ -119,3 +119,8 @@ class RunResults:
     probe_record: Mapping[str, Any] | None = None
     """eval/probe.json: what the probe stage sampled and how long it took, or {"error": why it failed}; None when
     the stage did not run."""
+    drift: pd.DataFrame | None = None
+    """eval/drift.parquet: per model input, the night's rows against the set's training window (gruviz_core.drift)."""
+    drift_record: Mapping[str, Any] | None = None
+    """eval/drift.json: the windows compared and their rows, the threshold, the flagged inputs, or {"error": why};
+    None when the stage did not run."""

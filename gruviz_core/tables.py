@@ -109,6 +109,13 @@ TABLES: Mapping[str, pa.Schema] = {
     "unit_atlas": _schema(
         ("seed", _I), ("layer", _I), ("unit", _I), ("quantity", _S), ("rho", _F), ("n_rows", _I), ("rank", _I),
     ),
+    # Input drift (gruviz_core.drift): per model input, the night's rows against the set's training window.
+    "drift": _schema(
+        ("input", _S), ("part", _S), ("kind", _S), ("n_ref", _I), ("n_cur", _I), ("psi", _F), ("ks", _F), ("ks_p", _F),
+        ("missing_ref", _F), ("missing_cur", _F), ("clipped_ref", _F), ("clipped_cur", _F), ("unknown_ref", _F),
+        ("unknown_cur", _F), ("unseen_cur", _F), ("n_unseen", _I), ("unseen_levels", _S), ("flagged", _B),
+        ("reason", _S),
+    ),
 }
 """Table name -> the columns every stored copy has (the name is the file's stem under stats/ or eval/)."""
 

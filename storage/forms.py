@@ -82,6 +82,7 @@ __all__ = [
     "read_forms",
     "read_manifest",
     "read_source",
+    "snapshot_keys",
 ]
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -225,6 +226,12 @@ def load_snapshot(root: str | StorePath, snapshot_id: str | None = None) -> pd.D
     """The canonical runs table of a snapshot (None = LATEST)."""
     path = _snapshot_dir(root, snapshot_id) / "runs.parquet"
     return conform(fs.read_parquet(path), where=str(path))
+
+
+def snapshot_keys(root: str | StorePath, snapshot_id: str) -> pd.DataFrame:
+    """The (dog_id, race_id) of every run in a snapshot, as text: which runs a later snapshot adds."""
+    path = _snapshot_dir(root, snapshot_id) / "runs.parquet"
+    return fs.read_parquet(path, columns=["dog_id", "race_id"]).astype(str)
 
 
 def load_rejects(root: str | StorePath, snapshot_id: str | None = None) -> pd.DataFrame:

@@ -75,8 +75,9 @@ class StoreLayout:
 STATS_TABLES = ("dog_step", "row_summary", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "status_compare", "status_effect", "dose_response", "sensitivity",
-               "repro", "cka", "resilience", "resilience_contrast", "divergence", "probes", "unit_atlas")
-"""Tables the evaluate stage (and the probe stage: probes, unit_atlas) writes under <run>/eval/."""
+               "repro", "cka", "resilience", "resilience_contrast", "divergence", "probes", "unit_atlas", "drift")
+"""Tables the evaluate stage (and the probe stage: probes, unit_atlas; the drift stage: drift) writes under
+<run>/eval/."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class RunLayout:
 
         states.zarr/  plan.json  meta.json  blocks/<b>.json  run.json  _COMPLETE
         stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json  eval/probe.json
+        eval/drift.json
     """
 
     run_dir: StorePath
@@ -146,6 +148,11 @@ class RunLayout:
     def probe_record(self) -> StorePath:
         """The probe stage's record: what it sampled and how long it took, or why the atlas is missing."""
         return self.eval / "probe.json"
+
+    @property
+    def drift_record(self) -> StorePath:
+        """The drift stage's record: the windows compared, their rows, the flagged inputs, or why it failed."""
+        return self.eval / "drift.json"
 
     def table(self, name: str) -> StorePath:
         """<run>/stats/<name>.parquet or <run>/eval/<name>.parquet, by the table's stage."""

@@ -63,6 +63,7 @@ __all__ = [
     "current_model_set",
     "list_model_sets",
     "model_set_manifest",
+    "model_set_normaliser",
     "describe_model_sets",
     "load_byo",
     "save_byo_set",
@@ -585,6 +586,11 @@ def model_set_manifest(root: str | StorePath, set_id: str | None = None) -> dict
         raise NotFoundError(f"model registry {layout.models}: no model set {set_id!r} (known: {known}); "
                             "run `gruviz train` or `gruviz model register`")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_set_normaliser(root: str | StorePath, set_id: str) -> Normaliser:
+    """A model set's normaliser (the columns it reads and their training-window scaling) without its weights."""
+    return _parse(StoreLayout.at(root).model_set(set_id) / "normaliser.json", set_id, Normaliser.from_dict)
 
 
 def describe_model_sets(root: str | StorePath) -> list[dict]:

@@ -57,6 +57,7 @@ def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None
         summary=read_json(layout.summary),
         headline=read_json(layout.headline) or {},
         probe_record=read_json(layout.probe_record),
+        drift_record=read_json(layout.drift_record),
         **frames,
     )
 

@@ -131,3 +131,66 @@ def test_params_threshold_moves_the_flag():
     value = psi(ref[:, 0], cur[:, 0])
     assert input_drift(ref, cur, ["x"], params=DriftParams(psi_threshold=value / 2)).iloc[0]["flagged"]
     assert not input_drift(ref, cur, ["x"], params=DriftParams(psi_threshold=value * 2)).iloc[0]["flagged"]
+
+
+# ---------------------------------------------------------------- the stage and the report
+
+
+def _store(tmp_path, runs: pd.DataFrame, seqs, cutoff: str):
+    """A store with the previous night's snapshot (runs to `cutoff`) and a model set trained to `cutoff`."""
+    import json
+
+    from storage.layout import StoreLayout
+
+    layout = StoreLayout.at(tmp_path / "home")
+    snap = layout.snapshot("prev")
+    snap.mkdir(parents=True)
+    runs[runs["race_date"] <= cutoff].to_parquet(snap / "runs.parquet", index=False)
+    (snap / "manifest.json").write_text("{}")
+    ms = layout.model_set("set-a")
+    ms.mkdir(parents=True)
+    ref = seqs.race_date <= np.datetime64(cutoff, "D")
+    (ms / "normaliser.json").write_text(json.dumps(fit_normaliser(seqs, ref).to_dict()))
+    (ms / "manifest.json").write_text(json.dumps({"set_id": "set-a", "seeds": [0], "cutoff": cutoff,
+                                                  "early_stop_end": cutoff}))
+    return layout.root
+
+
+def test_the_stage_flags_yards_and_the_report_and_email_name_it(tmp_path, runs):
+    from flows.stages import drift as stage
+    from gruviz_core.results import RunResults
+    from reports.sections.drift import drift_section
+    from storage.registry import save_sequences
+    from storage.results import read_run_results
+
+    dates = np.sort(runs["race_date"].unique())
+    cutoff, tonight = str(dates[len(dates) // 2])[:10], dates[int(len(dates) * 0.6)]
+    runs = runs[runs["race_date"] <= tonight]
+    late = runs["race_date"] > np.datetime64(cutoff)
+    dist = runs["distance_m"].astype("Float64")
+    planted = runs.assign(distance_m=dist.where(~late, (dist * 1.0936).round()).astype(runs["distance_m"].dtype))
+    seqs = build_sequences(planted)
+    root = _store(tmp_path, runs, build_sequences(runs), cutoff)
+    save_sequences(seqs, tmp_path / "seq.npz")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    record = stage.drift_run(run_dir, root, "set-a", tmp_path / "seq.npz", "tonight", previous_snapshot="prev")
+    assert record["error"] is None and record["current"] == "runs new since snapshot prev"
+    assert record["current_rows"] == int(late.sum()) and record["reference_rows"] > record["current_rows"]
+    assert any(f.startswith("distance_km") for f in record["flagged"])
+
+    results = read_run_results(run_dir, tables=("drift",))
+    section = drift_section(results)
+    assert not section.collapsed
+    flags = section.panels[0].table
+    assert flags is not None and "distance_km" in [row[0] for row in flags.rows]
+    line = stage.email_lines(run_dir)["Input drift"]
+    assert "distance_km" in line and "flagged" in line
+
+    # a failure is a note in the record, the report and the email, never an exception
+    broken = stage.run(tmp_path / "run2", root, "no-such-set", tmp_path / "seq.npz", "tonight")
+    assert broken["error"]
+    assert "failed" in drift_section(RunResults(name="x", meta={}, summary=None, headline={},
+                                                drift_record=broken)).panels[0].note
+    assert stage.email_lines(tmp_path / "run2")["Input drift"].startswith("not checked")
