@@ -44,7 +44,7 @@ def _ci(v: Any, lo: Any, hi: Any) -> str | None:
     v, lo, hi = sig(v), sig(lo), sig(hi)
     if v is None:
         return None
-    return f"{v:.4g} [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else f"{v:.4g}"
+    return f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else f"{v:.3g}"
 
 
 def _diff(e: Any) -> str | None:
