@@ -1,5 +1,5 @@
 """The nightly flow: ingest -> features -> extract (one task per block) -> stats -> evaluate -> probe -> drift ->
-publish run -> report -> publish report -> notify. Tasks pass store keys and paths, never arrays."""
+model change -> publish run -> report -> publish report -> notify. Tasks pass store keys and paths, never arrays."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from flows.notify import notify_failure, send_report_email
 from flows.preflight import Preflight, preflight_nightly
 from flows.progress import report as progress_report
 from flows.settings import Settings, load_settings
-from flows.stages import drift, evaluate, extract, features, ingest, probe, report, stats
+from flows.stages import drift, evaluate, extract, features, ingest, model_change, probe, report, stats
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
 from gruviz_core.errors import ConfigError, GruvizError
@@ -133,6 +133,12 @@ def probe_task(tmp_dir: str, root: str, snapshot_id: str, dogs: int) -> dict:
 def drift_task(tmp_dir: str, root: str, set_id: str, seq_path: str, snapshot_id: str, psi: float, share: float) -> dict:
     """Tonight's inputs against the set's training window; a failure is recorded (eval/drift.json), never fails the night."""
     return drift.run(tmp_dir, root, set_id, seq_path, snapshot_id, psi_threshold=psi, share_threshold=share)
+
+
+@task(name="model-change", cache_policy=NO_CACHE)
+def model_change_task(tmp_dir: str, root: str, set_id: str) -> dict:
+    """Whether a new model set took over tonight (eval/model_change.json); a failure is recorded, never fails the night."""
+    return model_change.run(tmp_dir, root, set_id)
 
 
 @task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -234,6 +240,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     headline = evaluate_timed(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
     probe_task(tmp_dir, root, snapshot_id, s.probe_dogs)
     drift_task(tmp_dir, root, set_id, seq_path, snapshot_id, s.drift_psi, s.drift_share)
+    model_change_task(tmp_dir, root, set_id)
     run_dir = publish_run_task(root, tmp_dir)
     rel = report_task(run_dir, root, str(checked.reports_dir), night, snapshot_id, list(s.watchlist))
     retention_task(root, str(checked.reports_dir), s.keep_nights)
@@ -243,6 +250,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     lines = {**drift.email_lines(run_dir), **lines}  # the inputs are named before the findings that rest on them
     if meta.get("form_data"):
         lines = {"form data": meta["form_data"], **lines}
+    lines = {**model_change.email_lines(run_dir), **lines}  # the first line when a new set took over
     _artifacts(url, night, lines, run_dir)
     result = {"run_id": run_id, "run_dir": run_dir, "report": str(s.reports_path.resolve() / rel), "url": url,
               "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id, "headline": headline,

@@ -124,3 +124,6 @@ class RunResults:
     drift_record: Mapping[str, Any] | None = None
     """eval/drift.json: the windows compared and their rows, the threshold, the flagged inputs, or {"error": why};
     None when the stage did not run."""
+    model_change_record: Mapping[str, Any] | None = None
+    """eval/model_change.json: whether a new model set took over tonight (and from which), the page-one numbers that
+    moved; None when the stage did not run."""

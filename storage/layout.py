@@ -86,7 +86,7 @@ class RunLayout:
 
         states.zarr/  plan.json  meta.json  blocks/<b>.json  run.json  _COMPLETE
         stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json  eval/probe.json
-        eval/drift.json
+        eval/drift.json  eval/model_change.json
     """
 
     run_dir: StorePath
@@ -153,6 +153,11 @@ class RunLayout:
     def drift_record(self) -> StorePath:
         """The drift stage's record: the windows compared, their rows, the flagged inputs, or why it failed."""
         return self.eval / "drift.json"
+
+    @property
+    def model_change_record(self) -> StorePath:
+        """The model-change stage's record: whether tonight's set is last night's, and what moved if not."""
+        return self.eval / "model_change.json"
 
     def table(self, name: str) -> StorePath:
         """<run>/stats/<name>.parquet or <run>/eval/<name>.parquet, by the table's stage."""

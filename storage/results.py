@@ -58,6 +58,7 @@ def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None
         headline=read_json(layout.headline) or {},
         probe_record=read_json(layout.probe_record),
         drift_record=read_json(layout.drift_record),
+        model_change_record=read_json(layout.model_change_record),
         **frames,
     )
 
