@@ -18,6 +18,7 @@ from reports.sections.cohorts import comparison_section
 from reports.sections.common import per_dog
 from reports.sections.drift import drift_section
 from reports.sections.front import front_panels
+from reports.sections.model_change import model_change_sections
 from reports.sections.probes import probes_section
 from reports.sections.resilience import divergence_section, resilience_section
 from reports.sections.run import provenance, quality_section, trend_section
@@ -69,6 +70,7 @@ def build_report(
         str(d.id) for p in states.panels if isinstance(p.figure, AnimHeatmapSpec) for d in p.figure.dogs
     ]
     sections = (
+        *model_change_sections(results),  # only on the night a new model set takes over
         comparison_section(results),
         abs_sum_section(results, dog, chosen_ids, layer, head),
         states,
@@ -106,15 +108,20 @@ def _guarded(sid: str, title: str, build: Callable[..., Section], *args: Any) ->
         return Section(sid, title, "", (Panel(title, "", note=note),))
 
 
-_SUPPORTING = ("reproducibility", "resilience", "divergence")
-"""Sections whose answer is on page one (its resilience and reproducibility lines, the scorecard): their titles,
-intros and panel titles stay in the page's first read, their figures and tables one click away, except the
-resilience section's first figure (the notebook's hypothesis), which stays open."""
+_SUPPORTING = ("reproducibility", "resilience", "divergence", "probes")
+"""Sections whose answer is on page one (its resilience and reproducibility lines, the scorecard) or in their
+first panel: their titles, intros and panel titles stay in the page's first read, their figures and tables one
+click away, except the resilience section's first figure (the notebook's hypothesis) and the probe atlas's first
+panel (what the state holds best and worst, in sentences), which stay open."""
 
 
 def _supporting(section: Section) -> Section:
-    """Every panel of the section (notes aside) behind its own <details>; resilience keeps its first figure open."""
-    keep = next((i for i, p in enumerate(section.panels) if p.figure is not None), -1) if section.id == "resilience" else -1
+    """Every panel of the section (notes aside) behind its own <details>, but the one it keeps open."""
+    keep = -1
+    if section.id == "resilience":
+        keep = next((i for i, p in enumerate(section.panels) if p.figure is not None), -1)
+    elif section.id == "probes":
+        keep = 0
     panels = tuple(p if p.note is not None or i == keep else dataclasses.replace(p, closed=True)
                    for i, p in enumerate(section.panels))
     return dataclasses.replace(section, panels=panels)
