@@ -63,7 +63,9 @@ def ensure_plotly_asset(reports_dir: str | Path, src: Path) -> Path:
 
 
 def list_nights(reports_dir: str | Path) -> list[dict]:
-    """Published nights, newest first: night, href, headline (dict), delta (model log-loss vs the night before)."""
+    """Published nights, newest first: night, href, headline (dict), delta (model log-loss vs the night before),
+    model_set_id (from <night>/night.json; None for nights published without it) and model_changed (a set other
+    than the previous night's ran)."""
     reports_dir = Path(reports_dir)
     nights = []
     for d in sorted(
@@ -73,9 +75,15 @@ def list_nights(reports_dir: str | Path) -> list[dict]:
             head = json.loads((d / "headline.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             head = {}
+        facts = _night_facts(d)
         nights.append(
-            {"night": d.name, "href": f"{d.name}/index.html", "headline": head if isinstance(head, dict) else {}}
+            {"night": d.name, "href": f"{d.name}/index.html", "headline": head if isinstance(head, dict) else {},
+             "model_set_id": facts.get("model_set_id")}
         )
+    prev_set = None
+    for n in nights:  # oldest first here
+        n["model_changed"] = bool(n["model_set_id"] and prev_set and n["model_set_id"] != prev_set)
+        prev_set = n["model_set_id"] or prev_set
     prev = None
     for n in nights:  # oldest first here
         cur = n["headline"].get("model_log_loss")
@@ -83,6 +91,15 @@ def list_nights(reports_dir: str | Path) -> list[dict]:
         n["delta"] = float(f"{cur - prev:+.4g}") if ok else None
         prev = cur if isinstance(cur, (int, float)) else prev
     return nights[::-1]
+
+
+def _night_facts(d: Path) -> dict:
+    """<night>/night.json ({} when absent or unreadable): the model set that ran the night."""
+    try:
+        facts = json.loads((d / "night.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def write_index(reports_dir: str | Path, render_index: IndexRenderer) -> Path:
@@ -93,7 +110,8 @@ def write_index(reports_dir: str | Path, render_index: IndexRenderer) -> Path:
 
 
 def publish_report(
-    html: str, reports_dir: str | Path, night: str, *, headline: dict, plotly_js: Path, render_index: IndexRenderer
+    html: str, reports_dir: str | Path, night: str, *, headline: dict, plotly_js: Path, render_index: IndexRenderer,
+    facts: dict | None = None,
 ) -> Path:
     """Publish a rendered page as <reports_dir>/<night>/index.html; returns its path.
 
@@ -106,6 +124,8 @@ def publish_report(
     with _lock(reports_dir):
         ensure_plotly_asset(reports_dir, plotly_js)
         write_json_atomic(reports_dir / night / "headline.json", headline)
+        if facts is not None:  # the index's model-set timeline
+            write_json_atomic(reports_dir / night / "night.json", facts)
         page = reports_dir / night / "index.html"
         write_text_atomic(page, html)
         write_index(reports_dir, render_index)

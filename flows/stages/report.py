@@ -25,14 +25,16 @@ def run(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str,
     model = build_report(
         results, history=history, dogs=dogs, watchlist=tuple(watchlist), data_quality=_data_quality(root, snapshot_id)
     )
-    page = publish(render(model), reports_dir, night, headline=dict(results.headline))
+    page = publish(render(model), reports_dir, night, headline=dict(results.headline),
+                   facts={"model_set_id": results.meta.get("model_set_id"), "run_id": results.meta.get("run_id")})
     return str(Path(page).resolve().relative_to(Path(reports_dir).resolve()))
 
 
-def publish(html: str, reports_dir: str | Path, night: str, *, headline: dict) -> Path:
-    """Publish a rendered page as <reports_dir>/<night>/index.html, with the shared plotly.js and the index."""
+def publish(html: str, reports_dir: str | Path, night: str, *, headline: dict, facts: dict | None = None) -> Path:
+    """Publish a rendered page as <reports_dir>/<night>/index.html, with the shared plotly.js and the index; `facts`
+    (the model set that ran it) go to <night>/night.json for the index's model-set timeline."""
     return site.publish_report(html, Path(reports_dir), night, headline=headline, plotly_js=plotly_js_path(),
-                               render_index=render_index)
+                               render_index=render_index, facts=facts)
 
 
 def _data_quality(root: str, snapshot_id: str) -> dict:
