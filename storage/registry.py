@@ -281,6 +281,20 @@ def _set_dir(layout: StoreLayout, set_id: str) -> StorePath:
     return tmp
 
 
+def _claim(layout: StoreLayout, set_id: str) -> bool:
+    """Object storage: claim the set's prefix by an exclusive create (S3 If-None-Match), so that of two
+    registrations of one name at once exactly one writes it (the set is written in place there, not renamed);
+    False when another has. Local sets are renamed into place, which already refuses a second."""
+    if isinstance(layout.root, Path):
+        return True
+    owner = json.dumps({"pid": os.getpid(), "nonce": uuid.uuid4().hex, "at": datetime.now(UTC).isoformat()})
+    return fs.create_exclusive(layout.model_set(set_id) / _CLAIM, owner.encode())
+
+
+_CLAIM = ".claim"
+"""The object a registration creates first under its set's prefix on object storage (see _claim)."""
+
+
 def _mkdir(d: StorePath) -> None:
     if isinstance(d, Path):
         d.mkdir()
@@ -541,8 +555,9 @@ def save_byo_set(
     if not _SET_NAME.match(set_id):
         raise ConfigError(f"model set name {set_id!r}: use letters, digits, '.', '_' and '-' (at most 100), "
                           "starting with a letter or digit")
-    if layout.model_set(set_id).exists():
-        raise ConfigError(f"model registry {layout.models}: a model set {set_id!r} exists already; choose another --name")
+    if layout.model_set(set_id).exists() or not _claim(layout, set_id):
+        raise ConfigError(f"model registry {layout.models}: a model set {set_id!r} exists already (or is being "
+                          "registered now); choose another --name")
     script = "script" in ms.meta
     sources = [Path(p) for p in (ms.meta["script"] if script else ms.meta.get("state_dict", []))]
     tmp = _set_dir(layout, set_id)

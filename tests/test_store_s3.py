@@ -342,3 +342,52 @@ def test_an_expired_lock_is_taken_over_by_exactly_one_of_several_nights(s3_home,
     assert len(results) == 5 and len(held) == 1, results
     assert all("another nightly" in r["refused"] for r in results if "refused" in r)
     assert not lock.exists()  # released by its holder
+
+
+_REGISTRAR = """
+import json, os, sys, time
+import torch
+from gruviz_core.errors import ConfigError
+from storage.registry import load_byo, save_byo_set
+home, go, out, seed = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+torch.manual_seed(seed)
+from tests.runner_model import build
+weights = [os.path.join(out, f"w{seed}_{k}.pt") for k in range(2)]
+for w in weights:
+    torch.save(build().state_dict(), w)
+ms = load_byo(factory="tests.runner_model:build", state_dict=weights)
+while time.time() < go:
+    time.sleep(0.001)
+try:
+    save_byo_set(home, ms, name="team-v1")
+    result = {"registered": weights}
+except ConfigError as exc:
+    result = {"refused": str(exc)}
+with open(os.path.join(out, f"result{seed}"), "w") as f:
+    json.dump(result, f)
+"""
+
+
+def test_two_registrations_of_one_name_at_once_leave_one_whole_set(s3_home, tmp_path):
+    """Both reported success and the set held a mix of their seeds."""
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from storage.registry import load_model_set
+
+    go = time.time() + 8.0  # both processes have imported torch and built their set by then
+    procs = [subprocess.Popen([sys.executable, "-c", _REGISTRAR, s3_home, str(go), str(tmp_path), str(seed)],
+                              env=os.environ) for seed in (1, 2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    results = [json.loads((tmp_path / f"result{seed}").read_text()) for seed in (1, 2)]
+    winners = [r["registered"] for r in results if "registered" in r]
+    assert len(winners) == 1, results
+    assert any("is being registered" in r["refused"] for r in results if "refused" in r)
+    stored = load_model_set(s3_home, "team-v1")
+    for k, w in enumerate(winners[0]):
+        expected = torch.load(w, weights_only=True)
+        assert all(torch.equal(v, stored.models[k].module.state_dict()[n]) for n, v in expected.items())
