@@ -261,6 +261,12 @@ def control_text(head: Mapping[str, Any]) -> str:
                                       reading=PAGE_ONE["control_bad" if _excludes(nc) else "control_ok"])
 
 
+_TEST_NAMES = {"main": "settled minus settling", "within_dog": "within the same dogs",
+               "dose_write_prev": "the slope on the write fraction u", "dose_move_prev": "the slope on the movement m",
+               "dose_s_prev": "the slope on the abs-sum s"}
+"""How the page names each test of the verdict's family."""
+
+
 def family_text(head: Mapping[str, Any]) -> str:
     """The multiple-comparison family counted honestly: only the tests that produced an interval."""
     n, _ = family(head)
@@ -268,8 +274,9 @@ def family_text(head: Mapping[str, Any]) -> str:
     if not n:
         return VERDICT["causes"].strip()
     if holm:
-        k = sum(1 for h in holm if h.get("excludes_zero", h.get("rejected")))
-        return PAGE_ONE["family_holm"].format(n=n, k=k)
+        names = [_TEST_NAMES.get(str(h.get("name")), str(h.get("name"))) for h in holm
+                 if h.get("excludes_zero", h.get("rejected"))]
+        return PAGE_ONE["family_holm"].format(n=n, k=len(names), which=f" ({', '.join(names)})" if names else "")
     return PAGE_ONE["family"].format(n=n)
 
 

@@ -367,7 +367,8 @@ def test_the_iggy_night_says_no_robust_association_and_why(scenario):
            "differ mostly in who they are." in v
     assert "Negative control (step-1 races, predicted from h_0 = 0 for every dog): +0.002" in v
     # the family counts only the tests that produced an interval: main, within dog, six grid points
-    assert "The verdict's family: 8 tests that produced an interval; 2 exclude 0 after Holm's adjustment." in v
+    assert ("The verdict's family: 8 tests that produced an interval; 2 of them exclude 0 after Holm's adjustment "
+            "(settled minus settling, grid w=3).") in v
     assert "Associations, not causes." in v
 
 
