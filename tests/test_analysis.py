@@ -122,21 +122,65 @@ def test_tables_have_the_contract_columns(run):
     assert [e["error"] for e in errors] == sorted((e["error"] for e in errors), reverse=True)
 
 
-def test_streaming_stats_equal_in_memory(run):
+F16 = 2.0**-12
+"""Largest float16 rounding error of a value in [-1, 1] (half a unit in the last place at 0.5..1)."""
+
+
+def test_block_summaries_match_the_decoded_states(run):
+    """Issue 26: the stats stage now aggregates what the blocks computed from their float32 states; the old path
+    computed the same from the stored float16 states. Both ways agree within float16 rounding, seed by seed."""
+    from flows.stages.stats import seed_scan
+
     tmp, inputs, _, _ = run
     reader = states.open_states(tmp, allow_incomplete=True)
-    h = np.concatenate([reader.dog_at(d, 0).h for d in range(reader.n_dogs)])  # (obs, L, H) in memory
     step = reader.rows()["step"].to_numpy()
-    whole = st.row_stats(h, step)
+    H = reader.n_units
+    for k in range(len(reader.seeds)):
+        old = st.scan_seed(reader.iter_chunks(k), step, reader.n_obs, reader.n_layers)  # decodes h, z, r
+        new = seed_scan(reader, k)  # decodes nothing
+        assert new.rows_missing == old.rows_missing == 0
+        np.testing.assert_allclose(new.s, old.s, atol=F16)
+        np.testing.assert_allclose(new.max_abs, old.max_abs, atol=F16)
+        np.testing.assert_allclose(new.write, old.write, atol=F16)
+        np.testing.assert_allclose(new.delta, old.delta, atol=2 * F16 * np.sqrt(H))
+        big = new.s > 0.05  # relative movement: the norm's rounding matters only for tiny states
+        np.testing.assert_allclose(new.move[big], old.move[big], rtol=0.02, atol=2 * F16 * np.sqrt(H))
+        np.testing.assert_array_equal(new.move[step == 1], 1.0)  # a dog's first race moves from h_0 = 0
+        flips = np.abs(new.f - old.f)  # a unit within a rounding of tau may count on one side only
+        assert flips.max() <= 1 / H + 1e-6 and (flips > 0).mean() < 0.02
+        assert new.moments.n == old.moments.n == reader.n_obs
+        np.testing.assert_allclose(new.moments.mean, old.moments.mean, atol=F16)
+        np.testing.assert_allclose(new.moments.variance(), old.moments.variance(), rtol=0.01, atol=1e-5)
+        np.testing.assert_allclose(new.moments.effective_dim(), old.moments.effective_dim(), rtol=1e-3)
+        for gate in ("z", "r"):
+            for a, b in zip(new.gates[gate].fractions(), old.gates[gate].fractions()):
+                np.testing.assert_allclose(a, b, atol=0.01)
+        rule = CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02)
+        p_new = st.dog_layer_table(new, step, inputs["offsets"], rule, 1)["plateau_step"]
+        p_old = st.dog_layer_table(old, step, inputs["offsets"], rule, 1)["plateau_step"]
+        same = (p_new == p_old) | (np.isnan(p_new) & np.isnan(p_old))
+        assert same.mean() >= 0.95  # a relative change within a rounding of delta may move a plateau
+
+
+def test_stats_tables_are_the_stored_summaries(run):
+    from flows.stages.stats import seed_scan
+
+    tmp, inputs, _, _ = run
+    reader = states.open_states(tmp, allow_incomplete=True)
+    scan = seed_scan(reader, 0)
     ds = pd.read_parquet(tmp / "stats" / "dog_step.parquet").sort_values(["dog_index", "step", "layer"])
-    np.testing.assert_allclose(ds["s"].to_numpy().reshape(-1, 2), whole.s, rtol=1e-5)
-    np.testing.assert_allclose(ds["delta"].to_numpy().reshape(-1, 2), whole.delta, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ds["f095"].to_numpy().reshape(-1, 2), whole.f[:, :, 1])
+    np.testing.assert_array_equal(ds["s"].to_numpy().reshape(-1, 2), scan.s)
+    np.testing.assert_array_equal(ds["delta"].to_numpy().reshape(-1, 2), scan.delta)
+    np.testing.assert_array_equal(ds["f095"].to_numpy().reshape(-1, 2), scan.f[:, :, 1])
+    rs = pd.read_parquet(tmp / "stats" / "row_summary.parquet")
+    one = rs[rs.seed == 1].sort_values(["dog_index", "step", "layer"])
+    np.testing.assert_array_equal(one["move"].to_numpy().reshape(-1, 2), reader.row_summaries(1)["move"])
     summ = json.loads((tmp / "stats" / "summary.json").read_text())
-    np.testing.assert_allclose(summ["effective_dim"], st.StateMoments().add(h).effective_dim(), rtol=1e-6)
+    np.testing.assert_allclose(summ["effective_dim"], scan.moments.effective_dim(), rtol=1e-12)
+    assert summ["bytes_scanned"] == 0
     dogs = pd.read_parquet(tmp / "stats" / "dog.parquet")
     top = dogs[dogs.cohort_layer].sort_values("dog_index")
-    want = [st.plateau_step(whole.s[a:b, 1], w=3, delta=0.1, k=2)
+    want = [st.plateau_step(scan.s[a:b, 1], w=3, delta=0.1, k=2)
             for a, b in zip(inputs["offsets"][:-1], inputs["offsets"][1:])]
     np.testing.assert_array_equal(top["plateau_step"].to_numpy(), want)
 
@@ -268,3 +312,18 @@ def test_a_yardstick_is_scored_on_the_races_where_every_runner_has_its_price():
     assert out["races"] == 2
     assert out["race_nll"] == pytest.approx(-(np.log(0.8) + np.log(0.5)) / 2)
     assert out["model_mean"] == pytest.approx(-np.log(0.5))
+
+
+def test_page_one_reproducibility_numbers_come_from_the_repro_table():
+    from flows.stages.compare import repro_headline
+
+    repro = pd.DataFrame({
+        "metric": ["top_pick_churn", "prob_spread", "fleiss_kappa", "fleiss_kappa"], "by": ["all", "all", "step", "step"],
+        "scope": ["all", "all", "settled/settling", "settled/settling"], "step": [np.nan, np.nan, 20.0, 25.0],
+        "value": [0.137, 0.013, np.nan, 0.2], "lo": [0.13, 0.012, np.nan, 0.18], "hi": [0.14, 0.014, np.nan, 0.23],
+        "n": [12393, 88551, 900, 800], "n_of": ["races", "runners", "dogs", "dogs"],
+        "note": ["", "", "not estimable: one label (settling) covers 97% of the 900 decided dogs' labels", ""]})
+    h = repro_headline(repro)
+    assert h["churn"]["value"] == pytest.approx(0.137) and h["spread"]["n"] == 88551
+    assert "not estimable" in h["kappa"] and "0." not in h["kappa"].split("covers")[0]  # no number for kappa itself
+    assert repro_headline(repro, kappa_step=25)["kappa"].startswith("0.20 [0.18, 0.23] at race 25")

@@ -19,7 +19,7 @@ from gruviz_core import saturation as sat
 from gruviz_core.cohorts import CohortRule
 from storage.tables import has_table, read_table
 
-__all__ = ["Found", "plateau_comparisons", "effect_frame", "sensitivity_frame", "saturation_headline"]
+__all__ = ["Found", "plateau_comparisons", "effect_frame", "sensitivity_frame", "saturation_headline", "repro_headline"]
 
 
 @dataclass(frozen=True)
@@ -179,3 +179,30 @@ def saturation_headline(summary: dict, km_median: int | None, probs: np.ndarray,
         "ensemble": {"race_nll": ens, "by_seed": by_seed,
                      "ensemble_minus_mean_seed": (ens - float(np.mean(by_seed))) if by_seed else None},
     }
+
+
+def repro_headline(repro: pd.DataFrame | None, *, kappa_step: int = 20) -> dict:
+    """Page one's reproducibility numbers from the repro table: churn and spread over all races, and Fleiss'
+    kappa on settled/settling at one fixed race, as a sentence part (its note when not estimable)."""
+    if repro is None or len(repro) == 0:
+        return {}
+
+    def _row(metric: str, by: str, step: float | None = None) -> pd.Series | None:
+        t = repro[(repro["metric"] == metric) & (repro["by"] == by)]
+        if step is not None:
+            t = t[t["step"] == step]
+        return t.iloc[0] if len(t) else None
+
+    out: dict = {}
+    for key, metric in (("churn", "top_pick_churn"), ("spread", "prob_spread")):
+        r = _row(metric, "all")
+        if r is not None:
+            out[key] = {"value": float(r["value"]), "lo": float(r["lo"]), "hi": float(r["hi"]), "n": int(r["n"])}
+    k = _row("fleiss_kappa", "step", float(kappa_step))
+    if k is not None:
+        if np.isfinite(k["value"]):
+            out["kappa"] = (f"{k['value']:.2f} [{k['lo']:.2f}, {k['hi']:.2f}] at race {kappa_step} "
+                            f"({int(k['n']):,} dogs settled or settling under every seed)")
+        else:
+            out["kappa"] = f"at race {kappa_step}, {k['note'] or 'not estimable'}"
+    return out

@@ -316,6 +316,7 @@ def evaluate_run(
     headline["race_nll"]["rated"] = (headline["yardsticks"].get("rated_price") or {}).get("race_nll")
     if "resilience_contrast" in tables:
         headline["resilience_latest"] = rs.latest_race_summary(tables["resilience_contrast"])
+    headline["repro"] = cp.repro_headline(tables.get("repro"))
     headline = Headline.from_dict(headline).to_dict()  # the typed record, written once
     write_json(layout.headline, headline)
     return headline
