@@ -5,7 +5,10 @@ draws), and the few sums a dog's page needs: win probabilities within a race, pr
     RunInfo        a published run in the list of runs
     CohortBand     the quartiles of s by step of one cohort at the cohort layer (stats table `step`)
     DogRecord      one dog: states (seed 0), every seed's score, the runners' scores in its races,
-                   its s and F_tau at the cohort layer (stats table `dog_step`), cohort, plateau, rule
+                   its s and F_tau at the cohort layer (stats table `dog_step`), cohort, plateau, rule,
+                   and what each unit of seed 0 tracks best (the probe atlas, eval/unit_atlas)
+    UnitRecord     one unit of one seed and layer: its rank correlations with the probe's quantities and
+                   its value on a sample of dogs' races (`unit_by_step`, `extreme_dogs` summarise it)
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from gruviz_core.results import DogStates
 
-__all__ = ["RunInfo", "DogDirectory", "CohortBand", "DogRecord", "race_win_prob", "search_dogs"]
+__all__ = ["RunInfo", "DogDirectory", "CohortBand", "DogRecord", "UnitQuantity", "UnitRecord", "StepQuartiles",
+           "DogMean", "race_win_prob", "search_dogs", "unit_by_step", "extreme_dogs"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,83 @@ class DogRecord:
     """Its cohort's band of s by step; None when the stats are missing."""
     band_all: CohortBand | None
     """Every dog's band of s by step; None when the stats are missing."""
+    unit_labels: Mapping[int, Mapping[int, tuple[str, float]]] | None = None
+    """{layer: {unit: (the quantity it tracks best, its Spearman rho)}} of seed position 0 (eval/unit_atlas);
+    None when the run has no probe atlas."""
+
+
+@dataclass(frozen=True)
+class UnitQuantity:
+    """How one unit tracks one quantity (a row of eval/unit_atlas)."""
+
+    quantity: str
+    """The quantity (gruviz_core.probes.QUANTITIES)."""
+    rho: float
+    """Spearman correlation of the unit with the quantity over the probed rows."""
+    rank: int
+    """The unit's rank among its layer's units for this quantity (1 = the largest |rho|)."""
+    n_rows: int
+    """Rows the correlation was computed on."""
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    """One unit of one seed and layer, as its explorer page shows it (nothing summarised yet)."""
+
+    run_id: str
+    """The run."""
+    seed: int
+    """Seed position (0..seeds-1, as in eval/unit_atlas)."""
+    seeds: tuple[int, ...]
+    """Seed value of each model of the run."""
+    layer: int
+    """The layer."""
+    unit: int
+    """The unit."""
+    n_layers: int
+    """Layers of the run's models."""
+    n_units: int
+    """Units per layer."""
+    quantities: tuple[UnitQuantity, ...]
+    """The unit's correlation with each quantity, largest |rho| first; empty without a probe atlas."""
+    best_units: Mapping[str, tuple[tuple[int, float], ...]]
+    """{quantity: ((unit, rho), ...)} the layer's units that track it best (at most 5, best first)."""
+    atlas_note: str | None
+    """Why there are no quantities (no probe atlas, or it failed); None when there are."""
+    dog_index: np.ndarray
+    """(rows,) int64 the sampled dogs' positions in the run, one per sampled race."""
+    step: np.ndarray
+    """(rows,) int64 race count (1-based) of each sampled race."""
+    value: np.ndarray
+    """(rows,) float32 the unit's h after each sampled race."""
+
+
+@dataclass(frozen=True)
+class StepQuartiles:
+    """A value's quartiles by race count over a sample."""
+
+    step: np.ndarray
+    """(S,) int64 race counts with enough rows."""
+    n: np.ndarray
+    """(S,) int64 rows at each."""
+    lo: np.ndarray
+    """(S,) float64 25th percentile."""
+    mid: np.ndarray
+    """(S,) float64 median."""
+    hi: np.ndarray
+    """(S,) float64 75th percentile."""
+
+
+@dataclass(frozen=True)
+class DogMean:
+    """A dog's mean of a value over its sampled races."""
+
+    dog_index: int
+    """The dog's position in the run."""
+    mean: float
+    """Mean over its races."""
+    n: int
+    """Its races in the sample."""
 
 
 def race_win_prob(own: np.ndarray, field_scores: np.ndarray, field_offsets: np.ndarray) -> np.ndarray:
@@ -139,3 +220,37 @@ def search_dogs(directory: DogDirectory, query: str, *, limit: int = 25) -> list
             words.append(i)
     key = lambda i: (str(directory.names[i]).casefold(), str(directory.ids[i]))  # noqa: E731
     return (sorted(first, key=key) + sorted(words, key=key))[:limit]
+
+
+def unit_by_step(step: np.ndarray, value: np.ndarray, *, min_rows: int = 10) -> StepQuartiles:
+    """Quartiles of value by step, at the steps with at least `min_rows` finite values. step, value: (rows,)."""
+    step = np.asarray(step, dtype=np.int64)
+    value = np.asarray(value, dtype=np.float64)
+    ok = np.isfinite(value)
+    step, value = step[ok], value[ok]
+    order = np.lexsort((value, step))
+    step, value = step[order], value[order]
+    steps, start, n = np.unique(step, return_index=True, return_counts=True)
+    keep = n >= min_rows
+    q = np.array([np.quantile(value[a : a + c], (0.25, 0.5, 0.75)) for a, c in zip(start[keep], n[keep])])
+    q = q.reshape(-1, 3)
+    return StepQuartiles(steps[keep], n[keep].astype(np.int64), q[:, 0], q[:, 1], q[:, 2])
+
+
+def extreme_dogs(dog_index: np.ndarray, value: np.ndarray, *, k: int = 5, min_races: int = 3
+                 ) -> tuple[list[DogMean], list[DogMean]]:
+    """The k dogs with the highest and the k with the lowest mean value over their sampled races (dogs with at
+    least `min_races` finite values). dog_index, value: (rows,) -> (highest first, lowest first)."""
+    dog_index = np.asarray(dog_index, dtype=np.int64)
+    value = np.asarray(value, dtype=np.float64)
+    ok = np.isfinite(value)
+    dogs, codes = np.unique(dog_index[ok], return_inverse=True)
+    n = np.bincount(codes, minlength=len(dogs))
+    mean = np.bincount(codes, weights=value[ok], minlength=len(dogs)) / np.maximum(n, 1)
+    elig = np.flatnonzero(n >= min_races)
+    by = elig[np.lexsort((dogs[elig], mean[elig]))]  # ascending mean, ties by position
+
+    def rec(i: int) -> DogMean:
+        return DogMean(int(dogs[i]), float(mean[i]), int(n[i]))
+
+    return [rec(i) for i in by[::-1][:k]], [rec(i) for i in by[:k]]

@@ -4,6 +4,10 @@
     /explore?run=<run_id>&q=<text>         ... over a chosen run
     /explore/<run_id>/dog/<dog_id>         a dog's page
     /explore/<run_id>/dog/<dog_id>?vs=<id> ... with a second dog beside it and the two-dog divergence
+    /explore/<run_id>/unit/<seed>/<layer>/<unit>
+                                           a unit's page: what it tracks best (the probe atlas), its value
+                                           by race count on a sample of dogs, the dogs where it runs highest
+                                           and lowest; seed is the seed's position (0..seeds-1)
 
 `ExplorerApp(source)` answers a request target with an `ExploreResponse`; `reports.serve` routes
 `/explore...` to it. The source (`storage.explore.ExploreStore`, wired by `flows.commands.serve`) reads
@@ -31,14 +35,24 @@ from plotly.colors import sequential
 
 from gruviz_core.cohorts import CohortRule, status_at_prediction
 from gruviz_core.errors import ConfigError, GruvizError, NotFoundError
-from gruviz_core.explore import DogDirectory, DogRecord, RunInfo, race_win_prob, search_dogs
+from gruviz_core.explore import (
+    DogDirectory,
+    DogRecord,
+    RunInfo,
+    UnitRecord,
+    extreme_dogs,
+    race_win_prob,
+    search_dogs,
+    unit_by_step,
+)
+from gruviz_core.probes import QUANTITIES
 from gruviz_core.resilience import pair_divergence
 from reports.model import COHORT_COLOURS
 from reports.plot_base import label
 from reports.render import ENV
 
-__all__ = ["ExploreSource", "ExploreResponse", "ExplorerApp", "DogPage", "SearchPage", "ErrorPage", "dog_href",
-           "PLOTLY_SRC"]
+__all__ = ["ExploreSource", "ExploreResponse", "ExplorerApp", "DogPage", "SearchPage", "ErrorPage", "UnitPage",
+           "dog_href", "unit_href", "PLOTLY_SRC"]
 
 PLOTLY_SRC = "/assets/plotly.min.js"
 """The reports directory's offline plotly.js, as the server serves it (storage.site.ASSET)."""
@@ -47,7 +61,14 @@ _MAX_VALUE = 200
 """Longest query value or dog id accepted (longer is a malformed request)."""
 _COLORSCALE = [[i / (len(sequential.RdBu_r) - 1), c] for i, c in enumerate(sequential.RdBu_r)]
 """The report's diverging scale (blue -1, white 0, red +1), for plotly.js."""
-_PARAMS = {"search": {"run", "q"}, "dog": {"vs"}}
+_PARAMS = {"search": {"run", "q"}, "dog": {"vs"}, "unit": set()}
+_INDEX = re.compile(r"^[0-9]{1,6}$")
+"""A seed position, layer or unit in a unit page's path."""
+_DOC = {q.name: q.doc for q in QUANTITIES}
+_TOP_QUANTITIES = 5
+"""Quantities a unit page lists before the rest (behind <details>)."""
+_MIN_STEP_ROWS = 10
+"""Fewest sampled races at a race count for its quartiles to be drawn."""
 
 
 class ExploreSource(Protocol):
@@ -60,6 +81,8 @@ class ExploreSource(Protocol):
     def directory(self, run_id: str) -> DogDirectory: ...
 
     def dog(self, run_id: str, dog_id: str) -> DogRecord: ...
+
+    def unit(self, run_id: str, seed: int, layer: int, unit: int) -> UnitRecord: ...
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,80 @@ class DogPage:
     """What could not be shown (stats missing, ...)."""
     payload: str
     """The figures' data, JSON (drawn by the page's script)."""
+    units: tuple[tuple[int, tuple[UnitLink, ...]], ...] = ()
+    """(layer, its units of seed position 0) for the list beside the heatmaps."""
+    units_note: str | None = None
+    """Why the units carry no label (no probe atlas); None when they do."""
+
+
+@dataclass(frozen=True)
+class UnitLink:
+    """A unit in a list: its page and what it tracks best."""
+
+    unit: int
+    """The unit."""
+    href: str
+    """Its page."""
+    quantity: str | None
+    """The quantity it tracks best (None: no probe atlas)."""
+    rho: float | None
+    """Its Spearman rho with that quantity."""
+    doc: str
+    """The quantity in words ('' without one)."""
+
+
+@dataclass(frozen=True)
+class QuantityRow:
+    """One quantity on a unit's page."""
+
+    quantity: str
+    """Its name."""
+    doc: str
+    """In words."""
+    rho: float
+    """The unit's Spearman rho with it."""
+    rank: int
+    """The unit's rank for it among its layer's units (1 = best)."""
+    n_rows: int
+    """Rows the rho was computed on."""
+    others: tuple[UnitLink, ...]
+    """The layer's units that track it best (at most 5), this one included if among them."""
+
+
+@dataclass(frozen=True)
+class UnitPage:
+    """A unit's page."""
+
+    run_id: str
+    """The run."""
+    seed: int
+    """Seed position."""
+    seed_value: int
+    """Its seed value."""
+    layer: int
+    """The layer."""
+    unit: int
+    """The unit."""
+    label: UnitLink
+    """What it tracks best."""
+    top: tuple[QuantityRow, ...]
+    """The quantities it tracks best (largest |rho| first)."""
+    rest: tuple[QuantityRow, ...]
+    """The others."""
+    note: str | None
+    """Why there are no quantities; None when there are."""
+    n_dogs: int
+    """Dogs in the sample."""
+    n_rows: int
+    """Their races."""
+    highest: tuple[tuple[DogLink, float, int], ...]
+    """(dog, its mean h, its races) where the unit runs highest on average, highest first."""
+    lowest: tuple[tuple[DogLink, float, int], ...]
+    """... lowest, lowest first."""
+    nav: tuple[tuple[str, str], ...]
+    """(text, href) of the neighbouring units and the same unit under the other seeds."""
+    payload: str
+    """The figure's data, JSON."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +271,11 @@ def dog_href(run_id: str, dog_id: str, vs: str | None = None) -> str:
     """The relative URL of a dog's page."""
     href = f"/explore/{quote(run_id, safe='')}/dog/{quote(dog_id, safe='')}"
     return href + (f"?vs={quote(vs, safe='')}" if vs else "")
+
+
+def unit_href(run_id: str, seed: int, layer: int, unit: int) -> str:
+    """The relative URL of a unit's page (seed: the seed's position)."""
+    return f"/explore/{quote(run_id, safe='')}/unit/{int(seed)}/{int(layer)}/{int(unit)}"
 
 
 class _BadRequest(Exception):
@@ -216,6 +318,9 @@ class ExplorerApp:
         if len(segs) == 4 and segs[0] == "explore" and segs[2] == "dog":
             q = _query(parts.query, _PARAMS["dog"])
             return self._dog(_run_id(segs[1]), _value("dog id", segs[3]), q.get("vs"))
+        if len(segs) == 6 and segs[0] == "explore" and segs[2] == "unit":
+            _query(parts.query, _PARAMS["unit"])
+            return self._unit(_run_id(segs[1]), *(_index(w, v) for w, v in zip(("seed", "layer", "unit"), segs[3:])))
         raise NotFoundError("no such explorer page; try /explore")
 
     def _search(self, q: dict[str, str]) -> ExploreResponse:
@@ -243,6 +348,15 @@ class ExplorerApp:
         html = ENV.get_template("explore_dog.html.j2").render(
             p=page, payload=Markup(page.payload), plotly_src=self.plotly_src, colours=COHORT_COLOURS,
             self_href=dog_href(run_id, dog_id), search_href=f"/explore?run={quote(run_id, safe='')}",
+        )
+        return ExploreResponse(200, html)
+
+    def _unit(self, run_id: str, seed: int, layer: int, unit: int) -> ExploreResponse:
+        directory = self.source.directory(run_id)
+        page = unit_page(self.source.unit(run_id, seed, layer, unit), directory)
+        html = ENV.get_template("explore_unit.html.j2").render(
+            p=page, payload=Markup(page.payload), plotly_src=self.plotly_src,
+            search_href=f"/explore?run={quote(run_id, safe='')}",
         )
         return ExploreResponse(200, html)
 
@@ -276,6 +390,12 @@ def _value(what: str, v: str) -> str:
     if len(v) > _MAX_VALUE or any(ord(c) < 32 or ord(c) == 127 for c in v):
         raise _BadRequest(f"{what} is longer than {_MAX_VALUE} characters or holds control characters")
     return v
+
+
+def _index(what: str, v: str) -> int:
+    if not _INDEX.match(v):
+        raise _BadRequest(f"a {what} in a unit page's path is a whole number (0, 1, ...), got {v[:20]!r}")
+    return int(v)
 
 
 def _run_id(v: str) -> str:
@@ -315,12 +435,63 @@ def dog_page(rec: DogRecord, vs: DogRecord | None = None) -> DogPage:
         t = pair_divergence(st.h, vs.states.h)
         payload["divergence"] = {"step": list(range(1, len(t) + 1)), "d": _floats(t)}
     plateau = None if not math.isfinite(rec.plateau_step) else int(rec.plateau_step)
+    units = tuple((layer, tuple(_unit_link(rec.run_id, 0, layer, u, (rec.unit_labels or {}).get(layer, {}).get(u))
+                                for u in range(st.h.shape[2]))) for layer in range(st.h.shape[1]))
+    units_note = None if rec.unit_labels is not None else (
+        "This run has no probe atlas, so the units carry no label; each unit's page still shows its value by race "
+        "count.")
     return DogPage(
         run_id=rec.run_id, name=str(st.dog_name), id=str(st.dog_id), cohort=rec.cohort or "unknown", plateau=plateau,
         n_races=len(st.step), seeds=rec.seeds, rule=_rule_text(rec.rule), cohort_layer=rec.cohort_layer,
         races=races, vs=None if vs is None else DogLink(str(vs.states.dog_name), str(vs.states.dog_id),
                                                          dog_href(rec.run_id, str(vs.states.dog_id))),
         vs_cohort=None if vs is None else (vs.cohort or "unknown"), notes=notes, payload=_json(payload),
+        units=units, units_note=units_note,
+    )
+
+
+def _unit_link(run_id: str, seed: int, layer: int, unit: int, label: tuple[str, float] | None) -> UnitLink:
+    href = unit_href(run_id, seed, layer, unit)
+    if label is None:
+        return UnitLink(unit, href, None, None, "")
+    return UnitLink(unit, href, label[0], _f(label[1], 2), _DOC.get(label[0], label[0]))
+
+
+# ---------------------------------------------------------------------- a unit's page
+
+
+def unit_page(rec: UnitRecord, directory: DogDirectory) -> UnitPage:
+    """The page model of a unit: its quantities, its value by race count and its extreme dogs on the sample."""
+    rows = tuple(
+        QuantityRow(q.quantity, _DOC.get(q.quantity, q.quantity), round(float(q.rho), 3), q.rank, q.n_rows,
+                    tuple(_unit_link(rec.run_id, rec.seed, rec.layer, u, (q.quantity, rho))
+                          for u, rho in rec.best_units.get(q.quantity, ())))
+        for q in rec.quantities
+    )
+    best = rec.quantities[0] if rec.quantities else None
+    label = _unit_link(rec.run_id, rec.seed, rec.layer, rec.unit, None if best is None else (best.quantity, best.rho))
+    band = unit_by_step(rec.step, rec.value, min_rows=_MIN_STEP_ROWS)
+    high, low = extreme_dogs(rec.dog_index, rec.value)
+
+    def dogs(ms):
+        return tuple((DogLink(str(directory.names[m.dog_index]), str(directory.ids[m.dog_index]),
+                              dog_href(rec.run_id, str(directory.ids[m.dog_index]))), round(m.mean, 3), m.n)
+                     for m in ms)
+
+    nav = []
+    if rec.unit > 0:
+        nav.append((f"unit {rec.unit - 1}", unit_href(rec.run_id, rec.seed, rec.layer, rec.unit - 1)))
+    if rec.unit + 1 < rec.n_units:
+        nav.append((f"unit {rec.unit + 1}", unit_href(rec.run_id, rec.seed, rec.layer, rec.unit + 1)))
+    nav += [(f"unit {rec.unit} of seed {rec.seeds[k]}", unit_href(rec.run_id, k, rec.layer, rec.unit))
+            for k in range(len(rec.seeds)) if k != rec.seed]
+    payload = {"step": band.step.tolist(), "n": band.n.tolist(), "lo": _floats(band.lo), "mid": _floats(band.mid),
+               "hi": _floats(band.hi), "title": f"unit {rec.unit}, layer {rec.layer}, seed {rec.seeds[rec.seed]}"}
+    return UnitPage(
+        run_id=rec.run_id, seed=rec.seed, seed_value=int(rec.seeds[rec.seed]), layer=rec.layer, unit=rec.unit,
+        label=label, top=rows[:_TOP_QUANTITIES], rest=rows[_TOP_QUANTITIES:], note=rec.atlas_note,
+        n_dogs=len(np.unique(rec.dog_index)), n_rows=len(rec.step), highest=dogs(high), lowest=dogs(low),
+        nav=tuple(nav), payload=_json(payload),
     )
 
 

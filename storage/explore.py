@@ -2,6 +2,8 @@
 
 A run's per-row tables (scores, results, races, the cohort layer's s and F_tau) are read once per run
 and kept (`ExploreStore` holds the few most recent runs), so a dog's page costs one read of its states.
+A unit's page reads the probe atlas (eval/unit_atlas) once per run, and each seed's states on a sample
+of dogs (those wholly inside a few windows of rows spread over the store) once per run and seed.
 Run ids are looked up among the published runs only, and dog ids in the run's index: nothing a request
 names becomes a path.
 """
@@ -18,7 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from gruviz_core.errors import NotFoundError
-from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo
+from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo, UnitQuantity, UnitRecord
+from gruviz_core.probes import unit_labels
 from storage import fs
 from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
@@ -31,6 +34,11 @@ RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
 """What a run id may look like (storage.states publishes runs under runs/<run_id>/)."""
 _KEEP_RUNS = 3
 """Runs kept in memory at once (a run's per-row tables: ~40 bytes per row)."""
+SAMPLE_WINDOWS = 4
+"""Windows of rows a unit page's sample of dogs is drawn from, spread evenly over the store (dogs are stored by
+id, so one window alone could hold only the oldest dogs)."""
+SAMPLE_WINDOW_ROWS = 4096
+"""Rows per window (one inner chunk of the states store: one decompression per window and array)."""
 
 
 class ExploreStore:
@@ -62,6 +70,10 @@ class ExploreStore:
     def dog(self, run_id: str, dog_id: str) -> DogRecord:
         """One dog's record; NotFoundError for an unknown run or dog."""
         return self._run(run_id).record(dog_id)
+
+    def unit(self, run_id: str, seed: int, layer: int, unit: int) -> UnitRecord:
+        """One unit of one seed position and layer; NotFoundError for an unknown run, seed, layer or unit."""
+        return self._run(run_id).unit(seed, layer, unit)
 
     def read_states(self, run_id: str, dog_id: str):
         """Only the dog's states under seed 0 (what the benchmark compares a page with)."""
@@ -132,6 +144,11 @@ class _Run:
         self.rule = (self.summary or {}).get("rule")
         self.layer = int((self.summary or {}).get("cohort_layer", self.reader.n_layers - 1))
         self._stats(run_dir)
+        self._atlas, self.atlas_note = _read_atlas(run_dir)
+        self._labels = {layer: unit_labels(self._atlas, seed=0, layer=layer) for layer in range(self.reader.n_layers)} \
+            if self._atlas is not None else None
+        self._samples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._sample_lock = threading.Lock()
 
     def _stats(self, run_dir: StorePath) -> None:
         """The cohort layer's s, abs-sum and F_tau per row, each dog's cohort and plateau, the bands."""
@@ -180,4 +197,75 @@ class _Run:
             field_scores=self.scores[rows], s=cut(self.s), abs_sum=cut(self.abs_sum), f=cut(self.f), cohort=cohort,
             plateau_step=float(self.plateau[d]), cohort_layer=self.layer, rule=self.rule,
             band=self.bands.get(cohort) if cohort is not None else None, band_all=self.bands.get("all"),
+            unit_labels=self._labels,
         )
+
+    def unit(self, seed: int, layer: int, unit: int) -> UnitRecord:
+        r = self.reader
+        if not (0 <= seed < len(r.seeds) and 0 <= layer < r.n_layers and 0 <= unit < r.n_units):
+            raise NotFoundError(f"run {self.run_id} has seeds 0..{len(r.seeds) - 1}, layers 0..{r.n_layers - 1} and "
+                                f"units 0..{r.n_units - 1}; no seed {seed}, layer {layer}, unit {unit}")
+        dog, step, h = self._sample(seed)
+        quantities, best = (), {}
+        if self._atlas is not None:
+            a = self._atlas[(self._atlas["seed"] == seed) & (self._atlas["layer"] == layer)]
+            mine = a[a["unit"] == unit]
+            mine = mine.iloc[np.argsort(-np.nan_to_num(np.abs(mine["rho"].to_numpy(np.float64)), nan=-1.0),
+                                        kind="stable")]
+            quantities = tuple(UnitQuantity(str(q), float(rho), int(k), int(n)) for q, rho, k, n in
+                               zip(mine["quantity"], mine["rho"], mine["rank"], mine["n_rows"]))
+            top = a[a["rank"] <= 5].sort_values(["quantity", "rank"])
+            best = {str(q): tuple((int(u), float(rho)) for u, rho in zip(g["unit"], g["rho"]))
+                    for q, g in top.groupby("quantity", sort=False)}
+        note = self.atlas_note if not quantities else None
+        if note is None and not quantities:
+            note = f"The probe atlas has no row for seed {seed}, layer {layer}, unit {unit}."
+        return UnitRecord(
+            run_id=self.run_id, seed=seed, seeds=tuple(r.seeds), layer=layer, unit=unit, n_layers=r.n_layers,
+            n_units=r.n_units, quantities=quantities, best_units=best, atlas_note=note, dog_index=dog, step=step,
+            value=h[:, layer, unit],
+        )
+
+    def _sample(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dog_index, step, h (rows, L, H)) of the dogs wholly inside SAMPLE_WINDOWS windows of rows, under one seed
+        position; read once per seed."""
+        with self._sample_lock:
+            if seed not in self._samples:
+                self._samples[seed] = _sample_rows(self.reader, self.offsets, seed)
+            return self._samples[seed]
+
+
+def _read_atlas(run_dir: StorePath) -> tuple[pd.DataFrame | None, str | None]:
+    """eval/unit_atlas (seed, layer, unit, quantity, rho, rank, n_rows), or None and why it is missing."""
+    layout = RunLayout.at(run_dir)
+    if layout.table("unit_atlas").is_file():
+        return fs.read_parquet(layout.table("unit_atlas")), None
+    error = (read_json(layout.probe_record) or {}).get("error")
+    if error:
+        return None, f"The probe atlas was not computed for this run ({error})."
+    return None, "This run has no probe atlas (eval/unit_atlas.parquet): the probe stage did not run."
+
+
+def _sample_rows(reader: StatesReader, offsets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_obs = int(offsets[-1])
+    width = SAMPLE_WINDOW_ROWS
+    if n_obs <= SAMPLE_WINDOWS * width:
+        windows = [(0, n_obs)]
+    else:
+        starts = np.linspace(0, n_obs - width, SAMPLE_WINDOWS).astype(np.int64) // width * width
+        windows = [(int(a), int(a) + width) for a in np.unique(starts)]
+    dogs, steps, hs = [], [], []
+    for a, b in windows:
+        first = np.searchsorted(offsets, a, side="left")  # first dog starting at or after a
+        last = np.searchsorted(offsets, b, side="right") - 1  # dogs first..last-1 end at or before b
+        if last <= first:
+            continue
+        lo, hi = int(offsets[first]), int(offsets[last])
+        h = np.concatenate([c.h for c in reader.iter_chunks(seed, rows=(lo, hi))])  # (rows, L, H)
+        size = np.diff(offsets[first : last + 1])
+        dogs.append(np.repeat(np.arange(first, last, dtype=np.int64), size))
+        steps.append(np.arange(hi - lo) - np.repeat(offsets[first:last] - lo, size) + 1)
+        hs.append(h)
+    if not hs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, reader.n_layers, reader.n_units), np.float32)
+    return np.concatenate(dogs), np.concatenate(steps).astype(np.int64), np.concatenate(hs)
