@@ -45,7 +45,7 @@ from gruviz_core.model import LoadedModel, find_gru
 from gruviz_core.sequences import Sequences, pad_batch
 
 __all__ = [
-    "resolve_factory", "resolve_callable", "wrap_module", "wrap_scripted", "ScriptedAdapter", "find_scripted_gru",
+    "resolve_factory", "resolve_callable", "build_module", "wrap_module", "wrap_scripted", "ScriptedAdapter", "find_scripted_gru",
     "FeatureSpec", "feature_spec_of", "callable_identity", "build_custom_sequences", "validate_sample", "SampleCheck",
 ]
 
@@ -60,6 +60,9 @@ def resolve_callable(spec: str, *, what: str = "callable", example: str = "mymod
     mod_name, sep, attr = (spec or "").partition(":")
     if not sep or not mod_name or not attr:
         raise ConfigError(f"{what} {spec!r}: expected 'package.module:callable', e.g. {example!r}")
+    if not all(part.isidentifier() for part in mod_name.split(".")):
+        raise ConfigError(f"{what} {spec!r}: {mod_name!r} is not a module name (dotted Python names, no path or "
+                          f"'.py'); put its directory on PYTHONPATH and name it as {example!r}")
     try:
         obj = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -118,6 +121,27 @@ class FeatureSpec:
         column_index(FEATURE_NAMES, feats, what="feature spec")
         column_index(CONTEXT_NAMES, ctx, what="context spec")
         return cls(feats, ctx)
+
+
+def build_module(make: Callable[..., Any], spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """`make(**kwargs)`, the team's factory: its failure, bad arguments or a result that is not an nn.Module are
+    a ConfigError/ModelError naming the factory (its code is the team's; the message says what it raised)."""
+    kwargs = kwargs or {}
+    try:
+        inspect.signature(make).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model factory {spec} does not take these arguments ({exc}); fix --factory-kwargs "
+                          f"{json.dumps(kwargs)}") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): the call says
+    try:
+        module = make(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the team's code: any failure is reported as theirs, with its type
+        raise ConfigError(f"model factory {spec} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"model factory {spec} returned a {type(module).__name__}, not a torch.nn.Module; "
+                         "return the model (an nn.Module whose forward takes (x, ctx))")
+    return module
 
 
 def callable_identity(fn: Callable) -> tuple[str | None, str | None]:

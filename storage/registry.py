@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from gruviz_core import __version__
-from gruviz_core.byo import FeatureSpec, resolve_factory, wrap_module, wrap_scripted
-from gruviz_core.errors import ConfigError, ModelError, NotFoundError, StoreError
+from gruviz_core.byo import FeatureSpec, build_module, resolve_factory, wrap_module, wrap_scripted
+from gruviz_core.errors import ConfigError, GruvizError, ModelError, NotFoundError, StoreError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from gruviz_core.sequences import ROW_META, SequenceRows, Sequences
@@ -477,7 +477,7 @@ def load_byo(
         make = resolve_factory(factory)
         paths = [Path(p) for p in ([state_dict] if isinstance(state_dict, (str, Path)) else (state_dict or []))]
         for i, p in enumerate(paths or [None]):
-            module = make(**(factory_kwargs or {}))
+            module = build_module(make, factory, factory_kwargs)
             if p is not None:
                 if not p.exists():
                     raise NotFoundError(f"load_byo: state dict file {p} does not exist")
@@ -528,11 +528,27 @@ def _check_finite_weights(module: torch.nn.Module, where) -> None:
 def _byo_normaliser(normaliser, feats: tuple[str, ...], ctx: tuple[str, ...]) -> Normaliser:
     if normaliser is None:
         return Normaliser.identity(feats, ctx)
+    where = None
     if isinstance(normaliser, (str, Path)):
-        normaliser = json.loads(Path(normaliser).read_text(encoding="utf-8"))
-    if isinstance(normaliser, dict):
-        normaliser = Normaliser.from_dict(normaliser)
-    return normaliser.select(feats, ctx)
+        where = Path(normaliser)
+        if not where.is_file():
+            raise NotFoundError(f"normaliser {where} does not exist; give the JSON file written by "
+                                "gruviz_core.features.Normaliser.to_dict, or leave --normaliser out")
+        try:
+            normaliser = json.loads(where.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"normaliser {where} is not a gruviz normaliser (not JSON: {exc}); give the file "
+                              "written by gruviz_core.features.Normaliser.to_dict") from None
+    try:
+        if isinstance(normaliser, dict):
+            normaliser = Normaliser.from_dict(normaliser)
+        return normaliser.select(feats, ctx)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, GruvizError):
+            raise
+        raise ConfigError(f"normaliser {where or type(normaliser).__name__} is not a gruviz normaliser for these "
+                          f"columns ({type(exc).__name__}: {exc}); give the file written by "
+                          "gruviz_core.features.Normaliser.to_dict") from None
 
 
 # ------------------------------------------------------------------ registered bring-your-own sets
@@ -613,9 +629,16 @@ def describe_model_sets(root: str | StorePath) -> list[dict]:
     current = current_model_set(root)
     out = []
     for sid in list_model_sets(root):
-        m = model_set_manifest(root, sid)
-        cfg = next(iter((m.get("model_configs") or {}).values()), {})
-        spec = _spec_of(m)
+        try:
+            m = model_set_manifest(root, sid)
+            cfg = next(iter((m.get("model_configs") or {}).values()), {})
+            spec = _spec_of(m)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            path = StoreLayout.at(root).model_set(sid) / "manifest.json"
+            out.append({"set_id": sid, "kind": "damaged", "current": sid == current, "created_at": None, "seeds": [],
+                        "layers": None, "units": None, "features": None, "trained_until": None,
+                        "error": f"{path} cannot be read ({type(exc).__name__}: {exc}); {_FIX}"})
+            continue
         out.append({
             "set_id": sid, "kind": m.get("kind", "builtin"), "current": sid == current,
             "created_at": m.get("created_at"), "seeds": m.get("seeds", []),

@@ -184,3 +184,48 @@ def test_unloadable_weights_are_refused_without_unsafe_advice(home, tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "seed0.pt" in err, err
     assert "weights_only" not in err and "Traceback" not in err
+
+
+def raising_factory():
+    raise RuntimeError("CUDA out of memory while building")
+
+
+def not_a_module():
+    return {"rnn": "not a module"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--factory", "tests.test_byo:raising_factory"], "model factory tests.test_byo:raising_factory raised RuntimeError"),
+    (["--factory", "tests.test_byo:not_a_module"], "returned a dict, not a torch.nn.Module"),
+    (["--factory", "./team_model.py:build"], "is not a module name"),
+    (["--factory", "team_model:build", "--factory-kwargs", '{"hidden": 12, "nope": 1}'],
+     "model factory team_model:build does not take these arguments"),
+    (["--factory", "team_model:build", "--normaliser", "{tmp}/missing.json"], "missing.json does not exist"),
+    (["--factory", "team_model:build", "--normaliser", "{tmp}/empty.json"], "empty.json is not a gruviz normaliser"),
+    (["--factory", "team_model:build", "--normaliser", "{tmp}/bad.json"], "bad.json is not a gruviz normaliser"),
+])
+def test_register_errors_are_one_line(home, tmp_path, capsys, extra, message):
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "bad.json").write_text('{"mean": [1, 2')
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    rc = cli(["model", "register", "--home", str(home), "--feature-fn", "team_model:features", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_model_list_flags_a_damaged_manifest_and_lists_the_others(tmp_path, capsys):
+    models = tmp_path / "models"
+    for sid, text in (("good", json.dumps({"kind": "byo", "seeds": [0], "layers": 1, "units": 4,
+                                           "feature_spec": {"feature_names": ["won"], "context_names": []}})),
+                      ("bad", '{"kind": "byo", "seeds": [0')):
+        (models / sid).mkdir(parents=True)
+        (models / sid / "manifest.json").write_text(text)
+    assert cli(["model", "list", "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "byo" in out
+    bad = next(line for line in out.splitlines() if "bad" in line)
+    assert "damaged" in bad and "manifest.json" in bad
+    assert cli(["model", "list", "--home", str(tmp_path), "--json"]) == 0
+    listed = {s["set_id"]: s for s in json.loads(capsys.readouterr().out)}
+    assert listed["bad"]["kind"] == "damaged" and "manifest.json" in listed["bad"]["error"]

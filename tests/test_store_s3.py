@@ -391,3 +391,11 @@ def test_two_registrations_of_one_name_at_once_leave_one_whole_set(s3_home, tmp_
     for k, w in enumerate(winners[0]):
         expected = torch.load(w, weights_only=True)
         assert all(torch.equal(v, stored.models[k].module.state_dict()[n]) for n, v in expected.items())
+
+
+def test_model_list_names_a_missing_bucket(s3_bucket, capsys):
+    from flows.cli import main as cli
+
+    assert cli(["model", "list", "--home", "s3://no-such-gruviz-bucket/prod"]) == 2  # said "no model sets"
+    err = capsys.readouterr().err
+    assert "no-such-gruviz-bucket" in err and "does not exist" in err and "Traceback" not in err

@@ -192,7 +192,9 @@ def _list(args: argparse.Namespace) -> int:
     from flows.settings import load_settings
     from storage.registry import describe_model_sets
 
-    sets = describe_model_sets(load_settings(home=args.home).home)
+    home = load_settings(home=args.home).home
+    _check_bucket(home)
+    sets = describe_model_sets(home)
     if args.json:
         print(dumps_strict(sets, sort_keys=True))
         return 0
@@ -200,6 +202,30 @@ def _list(args: argparse.Namespace) -> int:
         print("no model sets; run `gruviz train` or `gruviz model register`")
     for s in sets:
         mark = "*" if s["current"] else " "
+        if s["kind"] == "damaged":
+            print(f"{mark} {s['set_id']:40s} damaged: {s['error']}")
+            continue
         print(f"{mark} {s['set_id']:40s} {s['kind']:8s} seeds {len(s['seeds'])}  {s['layers']}x{s['units']}  "
               f"{s['features']}  trained until {s['trained_until'] or '?'}")
     return 0
+
+
+def _check_bucket(home: str) -> None:
+    """On object storage, the bucket exists and answers (else every listing looks like 'no model sets')."""
+    from pathlib import Path
+
+    from gruviz_core.errors import NotFoundError
+    from storage.fs import store_path
+
+    root = store_path(home)
+    if isinstance(root, Path):
+        return
+    bucket = root.path.split("/", 1)[0]
+    try:
+        found = root.fs.exists(bucket)
+    except Exception as exc:  # noqa: BLE001 - credentials, endpoint: the same refusal, with its reason
+        raise ConfigError(f"store {home}: cannot reach bucket {bucket!r} ({type(exc).__name__}: {exc}); check the "
+                          "endpoint and credentials (AWS_* variables)") from None
+    if not found:
+        raise NotFoundError(f"store {home}: bucket {bucket!r} does not exist (or these credentials cannot see it); "
+                            "check GRUVIZ_HOME / --home")
