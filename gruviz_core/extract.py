@@ -19,7 +19,8 @@ the model as is (its scores and its GRU's fused output, captured by hooks), then
    `ExtractionCheckError` naming the dog, step and layer.
 
 No Python loop runs over steps; on a CPU the gate maths loops over row chunks sized for the
-cache (a GPU takes one chunk). Outputs are (rows, L, H) float16, dog by dog, each written once.
+cache (a GPU takes one chunk). Outputs are (rows, L, H) float16 (or float32 for a caller that summarises
+them first), dog by dog, each written once.
 """
 
 from __future__ import annotations
@@ -344,11 +345,11 @@ class BatchStates:
     lengths: np.ndarray
     """(B,) int64 steps of each dog."""
     h: np.ndarray
-    """(rows, L, H) float16 state after each step."""
+    """(rows, L, H) float16 (or the dtype asked for) state after each step."""
     z: np.ndarray
-    """(rows, L, H) float16 update gate."""
+    """(rows, L, H) update gate, as h."""
     r: np.ndarray
-    """(rows, L, H) float16 reset gate."""
+    """(rows, L, H) reset gate, as h."""
     score: np.ndarray
     """(rows,) float32 the model's score of each race."""
     max_err: float
@@ -358,12 +359,13 @@ class BatchStates:
 
 def extract_batch(
     model: LoadedModel, values: np.ndarray, context: np.ndarray, offsets: np.ndarray, dogs: np.ndarray,
-    *, device: torch.device, dog_ids: Sequence | None = None,
+    *, device: torch.device, dog_ids: Sequence | None = None, dtype: torch.dtype = torch.float16,
 ) -> BatchStates:
     """Scores, states and gates of `dogs` (indices, any order) under one model.
 
     values: (obs, F), context: (obs, C), offsets: (dog + 1,). Dogs are sorted longest first
-    internally and dogs without rows dropped; the result lists them in that order.
+    internally and dogs without rows dropped; the result lists them in that order. h, z, r come in
+    `dtype`: float16 as stored, or float32 for a caller that summarises them before storing.
     """
     dogs = np.asarray(dogs, dtype=np.int64)
     offsets = np.asarray(offsets)
@@ -373,7 +375,7 @@ def extract_batch(
     dogs, lengths = dogs[order], lengths[order]
     n_layers, n_units = model.gru.num_layers, model.gru.hidden_size
     if len(dogs) == 0:
-        empty = np.zeros((0, n_layers, n_units), dtype=np.float16)
+        empty = torch.zeros(0, n_layers, n_units, dtype=dtype).numpy()
         return BatchStates(dogs=dogs, lengths=lengths, h=empty, z=empty, r=empty,
                            score=np.zeros(0, np.float32), max_err=0.0)
     b, t_max = len(dogs), int(lengths[0])
@@ -390,7 +392,7 @@ def extract_batch(
                 f"returned {tuple(fused.shape)} and the model scored {tuple(out.scores.shape)}; gruviz needs one "
                 "GRU step and one score per race, batch first or not"
             )
-        h, z, r = (torch.empty(steps.rows, n_layers, n_units, dtype=torch.float16, device=device) for _ in range(3))
+        h, z, r = (torch.empty(steps.rows, n_layers, n_units, dtype=dtype, device=device) for _ in range(3))
         resid = _all_layers(model.gru, gin, steps, h, z, r, fused=fused)  # top layer: the model's own output
         max_err = _check(resid, None, steps, model.model_id, lambda d: _dog_name(dogs, d, dog_ids), CHECK_TOL)
         score = steps.gather(out.scores[..., None])[:, 0].float()  # (rows,)
@@ -412,9 +414,10 @@ def _pad(rows: np.ndarray, src: np.ndarray, flat: np.ndarray, n: int) -> np.ndar
 def iter_extract(
     models: Sequence[LoadedModel], values: np.ndarray, context: np.ndarray, offsets: np.ndarray, dogs: np.ndarray,
     *, device: torch.device | str | None = None, batch_size: int = 1024, max_tokens: int | None = None,
-    dog_ids: Sequence | None = None,
+    dog_ids: Sequence | None = None, dtype: torch.dtype = torch.float16,
 ) -> Iterator[tuple[int, BatchStates]]:
-    """(seed position, BatchStates) for every length-sorted batch of `dogs` under each model in turn.
+    """(seed position, BatchStates) for every length-sorted batch of `dogs` under each model in turn
+    (h, z, r in `dtype`, see `extract_batch`).
 
     `max_tokens` (padded steps per batch) defaults to BATCH_ELEMENTS / (layers * units), so a
     batch's (B, T, L, H) tensors stay about 32 MB whatever the model's size.
@@ -428,7 +431,8 @@ def iter_extract(
         for s, model in enumerate(models):
             model.module.to(dev).eval()
             for pos in batches:
-                yield s, extract_batch(model, values, context, offsets, dogs[pos], device=dev, dog_ids=dog_ids)
+                yield s, extract_batch(model, values, context, offsets, dogs[pos], device=dev, dog_ids=dog_ids,
+                                       dtype=dtype)
 
 
 _TF32_LOCK = threading.Lock()

@@ -92,6 +92,19 @@ ROW_META = ("race_id", "race_date", "won", "market_prob")
 """The per-row members of Sequences beside the model inputs: what a block of extraction writes for its rows
 (dog_index and step come from the offsets)."""
 
+ROW_SUMMARY: dict[str, str] = {
+    "s": "mean |h| over the layer's units (abs-sum S / H)",
+    "f090": "share of the layer's units with |h| >= 0.9",
+    "f095": "share of the layer's units with |h| >= 0.95",
+    "f099": "share of the layer's units with |h| >= 0.99",
+    "max_abs": "largest |h| over the layer's units",
+    "move": "relative movement ||h_t - h_(t-1)|| / ||h_t|| (h_0 = 0; NaN where h_t = 0)",
+    "write": "write fraction 1 - mean z (z -> 1 keeps the old state)",
+    "delta": "step change ||h_t - h_(t-1)|| (h_0 = 0)",
+}
+"""The per-row summaries an extraction block stores beside the states ((obs, layer) float32 each, from the
+float32 states it computed) and the stats stage aggregates: name -> what it is."""
+
 
 @dataclass(frozen=True)
 class SequenceRows:

@@ -13,7 +13,8 @@ scan over shard-aligned chunks gives the same answer as one pass over everything
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ import pandas as pd
 from gruviz_core import cohorts as co
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
+from gruviz_core.sequences import ROW_SUMMARY
 
 __all__ = [
     "TAUS",
@@ -29,8 +31,10 @@ __all__ = [
     "step_change",
     "RowStats",
     "row_stats",
+    "row_summary",
     "GateCounts",
     "StateMoments",
+    "UnitAccumulators",
     "participation_ratio",
     "UnitHealthParams",
     "unit_health",
@@ -77,7 +81,7 @@ def step_change(h: np.ndarray, step: np.ndarray, carry: np.ndarray | None = None
             d[0] -= carry
         first = np.flatnonzero(np.asarray(step) <= 1)
         d[first] = h[first]  # a dog's first step starts from h_0 = 0
-    return np.sqrt(np.einsum("nlh,nlh->nl", d, d).astype(np.float64))
+    return np.sqrt(np.einsum("nlh,nlh->nl", d, d).astype(np.float64))  # 64-128 float32 terms: exact enough
 
 
 @dataclass(frozen=True)
@@ -111,12 +115,27 @@ def row_stats(
     total = a.sum(axis=-1).astype(np.float64)  # (n, L); 64-128 float32 terms, pairwise: exact enough
     f = np.stack([np.count_nonzero(a >= t, axis=-1) for t in taus], axis=-1).astype(np.float32) / H  # (n, L, K)
     delta = step_change(h, step, carry)
-    norm = np.sqrt(np.einsum("nlh,nlh->nl", h, h, dtype=np.float64))
+    norm = np.sqrt(np.einsum("nlh,nlh->nl", h, h).astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         move = np.where(norm > 0, delta / norm, np.nan)
     write = None if z is None else (1.0 - z.mean(axis=-1, dtype=np.float32)).astype(np.float32)
     return RowStats(abs_sum=total, s=total / H, f=f, delta=delta, max_abs=a.max(axis=-1, initial=0.0),
                     move=move, write=write)
+
+
+def row_summary(h: np.ndarray, z: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """The stored per-row summaries (gruviz_core.sequences.ROW_SUMMARY) of whole dogs, rows dog by dog.
+
+    h, z: (n, L, H) float32 (the states an extraction batch holds), lengths: (D,) steps of each dog,
+    summing to n; a dog's first row moves from h_0 = 0. -> {name: (n, L) float32}."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) != len(h):
+        raise ConfigError(f"row_summary: lengths sum to {int(lengths.sum())}, h has {len(h)} rows; pass whole dogs")
+    step = np.arange(len(h)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1  # (n,) 1-based
+    r = row_stats(h, step, z=z)
+    out = {"s": r.s, **{c: r.f[:, :, i] for i, c in enumerate(TAU_COLUMNS)}, "max_abs": r.max_abs,
+           "move": r.move, "write": r.write, "delta": r.delta}
+    return {name: np.ascontiguousarray(out[name], dtype=np.float32) for name in ROW_SUMMARY}
 
 
 @dataclass
@@ -246,6 +265,57 @@ def _centred_gram(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class UnitAccumulators:
+    """Per-unit accumulators of one seed's states: gate saturation of z and r, and the state moments (effective
+    dimension, unit health); mergeable, so blocks fold their own rows and the stats stage merges the blocks'."""
+
+    z: GateCounts = field(default_factory=GateCounts)
+    """Update-gate saturation counts."""
+    r: GateCounts = field(default_factory=GateCounts)
+    """Reset-gate saturation counts."""
+    moments: StateMoments = field(default_factory=StateMoments)
+    """Mean, covariance, mean |h| and saturation counts of h."""
+
+    def add(self, h: np.ndarray, z: np.ndarray, r: np.ndarray) -> UnitAccumulators:
+        """Fold in rows h, z, r: (n, L, H) float32."""
+        if len(h):
+            self.moments.add(h)
+            self.z.add(z)
+            self.r.add(r)
+        return self
+
+    def merge(self, other: UnitAccumulators) -> UnitAccumulators:
+        self.moments.merge(other.moments)
+        self.z.merge(other.z)
+        self.r.merge(other.r)
+        return self
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for storage (no rows: just n = 0)."""
+        m = self.moments
+        out = {"n": np.array(m.n, np.int64), "sat_tau": np.array(m.sat_tau),
+               "gate_lo": np.array([self.z.lo, self.r.lo]), "gate_hi": np.array([self.z.hi, self.r.hi])}
+        if m.n:
+            out.update(mean=m.mean, m2=m.m2, abs_total=m.abs_total, sat_count=m.sat_count, z_left=self.z.left,
+                       z_right=self.z.right, r_left=self.r.left, r_right=self.r.right)
+        return out
+
+    @classmethod
+    def from_arrays(cls, d: Mapping[str, np.ndarray]) -> UnitAccumulators:
+        """The inverse of `to_arrays`."""
+        n, (zlo, rlo), (zhi, rhi) = int(d["n"]), d["gate_lo"], d["gate_hi"]
+        out = cls(z=GateCounts(lo=float(zlo), hi=float(zhi)), r=GateCounts(lo=float(rlo), hi=float(rhi)),
+                  moments=StateMoments(sat_tau=float(d["sat_tau"])))
+        if n:
+            out.moments.n, out.moments.mean, out.moments.m2 = n, np.asarray(d["mean"]), np.asarray(d["m2"])
+            out.moments.abs_total, out.moments.sat_count = np.asarray(d["abs_total"]), np.asarray(d["sat_count"])
+            out.z.n = out.r.n = n
+            out.z.left, out.z.right = np.asarray(d["z_left"]), np.asarray(d["z_right"])
+            out.r.left, out.r.right = np.asarray(d["r_left"]), np.asarray(d["r_right"])
+        return out
+
+
 def participation_ratio(cov: np.ndarray) -> float:
     """(sum lambda)^2 / sum lambda^2 of a covariance (H, H); equals tr(C)^2 / ||C||_F^2."""
     tr = float(np.trace(cov))
@@ -331,8 +401,9 @@ def plateau_step(s: np.ndarray, *, w: int, delta: float, k: int) -> float:
 
 
 # ------------------------------------------------------------------ the stats stage's tables
-# One streaming pass per seed folds shard-aligned chunks into per-row scalars and per-unit
-# accumulators (`scan_seed`); the tables below are built from that scan, never from whole states.
+# The extraction blocks store every row's summaries and their per-unit accumulators
+# (`SeedScan.from_summaries`); `scan_seed` computes the same from decoded states (a check, and
+# runs without summaries). The tables below are built from a SeedScan, never from whole states.
 
 TAU_COLUMNS = tuple(f"f{int(round(t * 100)):03d}" for t in TAUS)  # f090, f095, f099
 """Column name of F_tau for each stored tau."""
@@ -358,6 +429,21 @@ class SeedScan:
         self.moments = StateMoments()
         self.bytes_scanned = 0
         self.rows_missing = 0
+
+    @classmethod
+    def from_summaries(cls, rows: Mapping[str, np.ndarray], units: UnitAccumulators, n_units: int) -> SeedScan:
+        """The scan of a seed from its stored per-row summaries ({ROW_SUMMARY name: (obs, L) float32}) and its
+        merged per-unit accumulators; no state is decoded. Rows never written (NaN) count as missing."""
+        s = np.asarray(rows["s"], dtype=np.float32)
+        out = cls(0, s.shape[1] if s.ndim == 2 else 0, full=False)
+        out.s = s
+        out.f = np.stack([np.asarray(rows[c], np.float32) for c in TAU_COLUMNS], axis=-1)
+        out.abs_sum = s * np.float32(n_units)
+        out.delta, out.max_abs = np.asarray(rows["delta"], np.float32), np.asarray(rows["max_abs"], np.float32)
+        out.move, out.write = np.asarray(rows["move"], np.float32), np.asarray(rows["write"], np.float32)
+        out.gates, out.moments = {"z": units.z, "r": units.r}, units.moments
+        out.rows_missing = int((~np.isfinite(s).all(axis=1)).sum()) if s.size else 0
+        return out
 
 
 def scan_seed(chunks, step: np.ndarray, n_obs: int, n_layers: int, *, full: bool = True) -> SeedScan:

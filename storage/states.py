@@ -5,10 +5,14 @@
                                                       1970-01-01, CF-decoded by xarray), race_id (string),
                                                       won, market_prob (float32, NaN unknown)
                          score (obs, seed) float32    each seed's score of each race
-                         seed<k>/h, z, r              (obs, layer, unit) float16, Blosc zstd-1 bitshuffle,
+                         seed<k>/h, z, r              (obs, layer, unit) float16, Blosc lz4 bitshuffle,
                                                       NaN fill, inner chunks ~512 KiB, shards of <= 128 chunks
+                         seed<k>/summary/<name>       (obs, layer) float32 per-row summaries from the float32
+                                                      states (gruviz_core.sequences.ROW_SUMMARY), NaN fill
     <run>/plan.json      the row layout and blocks (written by begin_run)
     <run>/blocks/<b>.json  done marker of block b, written after its last shard is on disk
+    <run>/blocks/<b>.seed<k>.npz  block b's per-unit accumulators of seed k (opaque arrays; the stats
+                         stage merges them), written before the marker
     <run>/run.json       run metadata (finish_run)
     <run>/_COMPLETE      written last, just before the atomic rename that publishes the run
 
@@ -29,15 +33,18 @@ each writes only its own rows. So concurrent writers never share a chunk or a sh
 do lose rows silently), and a block is a unit of work any process or machine can run.
 
 A block streams: for each shard it owns and each seed, dogs touching the shard go through the
-model in length-sorted batches, their rows fill a shard buffer, and a writer thread compresses
-and writes the whole shard while the next one is computed (queue of one: memory is bounded by a
-few shards, whatever the number of dogs).
+model in length-sorted batches, worker threads fill a shard buffer from each batch (the stage's
+summaries, float16), and a writer thread waits for them, then compresses and writes the whole
+shard while the next one is computed (at most two shard sets exist: memory is bounded by a few
+shards, whatever the number of dogs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import fcntl
+import io
 import json
 import os
 import queue
@@ -61,9 +68,9 @@ from zarr.core.sync import sync as zarr_sync
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
-from gruviz_core.sequences import ROW_META  # re-exported: the per-row members a block writes
+from gruviz_core.sequences import ROW_META, ROW_SUMMARY  # re-exported: the per-row members a block writes
 from storage import fs
-from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
+from storage.atomic import publish_dir, read_pointer, write_bytes_atomic, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
 
@@ -73,6 +80,8 @@ __all__ = [
     "BlockWriter",
     "block_span",
     "ROW_META",
+    "ROW_SUMMARY",
+    "ShardBuffers",
     "prefetch",
     "finish_run",
     "publish_run",
@@ -107,7 +116,13 @@ _EPOCH_UNITS = "days since 1970-01-01"
 
 
 def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+    # the GRU's float16 states hardly compress (about 1.1x): lz4 gives zstd-1's size at 2-3x its speed
+    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+_WRITE_CONFIG = {"write_empty_chunks": True}
+"""Writers skip zarr's per-chunk 'all fill value?' test: every row written is data, and the test cost more
+than the compression."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +327,12 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name):
                            shards=state_shard, compressors=_compressor(), fill_value=np.nan,
                            dimension_names=("obs", "layer", "unit"),
                            attributes={"long_name": what, "units": "1", "coordinates": "dog_index"})
+        sg = g.create_group("summary", attributes={"about": "per-row summaries of the float32 states, written by "
+                                                   "the extraction blocks; the stats stage aggregates these"})
+        for name, what in ROW_SUMMARY.items():
+            sg.create_array(name, shape=(n_obs, plan.n_layers), dtype="float32", chunks=(row_chunk[0], plan.n_layers),
+                            shards=(row_shard[0], plan.n_layers), compressors=_compressor(), fill_value=np.nan,
+                            dimension_names=("obs", "layer"), attributes={"long_name": what, "units": "1"})
 
 
 def _row_arrays(offsets: np.ndarray, a: int, b: int, rows: Mapping[str, np.ndarray], row_base: int) -> dict:
@@ -347,12 +368,45 @@ def _dogs_with_rows(offsets: np.ndarray, a: int, b: int) -> tuple[int, int]:
     return int(np.searchsorted(offsets, a, "right")) - 1, int(np.searchsorted(offsets, b, "left"))
 
 
+def _units_path(run_dir: StorePath, block: int, seed: int) -> StorePath:
+    """<run>/blocks/<b>.seed<k>.npz: block b's per-unit accumulators of seed position k, beside its marker."""
+    return RunLayout.at(run_dir).blocks / f"{block}.seed{seed}.npz"
+
+
+def _writable(a: zarr.Array) -> zarr.Array:
+    return a.with_config(_WRITE_CONFIG)
+
+
+@dataclass(frozen=True)
+class ShardBuffers:
+    """One seed's in-memory shard: rows [s0, s1) of everything a block writes for it."""
+
+    seed: int
+    """Seed position k (the store's seed<k>)."""
+    s0: int
+    """First row."""
+    s1: int
+    """One past the last row."""
+    h: np.ndarray
+    """(n, L, H) float16 states."""
+    z: np.ndarray
+    """(n, L, H) float16 update gates."""
+    r: np.ndarray
+    """(n, L, H) float16 reset gates."""
+    score: np.ndarray
+    """(n, 1) float32 scores."""
+    summary: dict[str, np.ndarray]
+    """{ROW_SUMMARY name: (n, L) float32} per-row summaries."""
+
+
 class BlockWriter:
     """Writes the shards of one block of a run: the stage computes, this persists.
 
     Open it as a context manager; `shards()` yields each shard's rows [s0, s1) and the dogs with
-    rows in it, `write(k, ...)` hands seed k's arrays for a shard to a writer thread (so compute
-    overlaps compression and writes), and `done(marker)` writes the block's done marker last.
+    rows in it, `buffers(k, s0, s1)` gives seed k's empty shard buffers, `write(buffers, after=...)`
+    hands them to a writer thread that waits for the futures still filling them (so compute overlaps
+    filling, compression and writes), `write_units(k, arrays)` keeps the block's per-unit
+    accumulators, and `done(marker)` writes the block's done marker last.
     """
 
     def __init__(self, plan_or_tmpdir: RunPlan | str | StorePath, block_index: int):
@@ -363,8 +417,11 @@ class BlockWriter:
         """(dog + 1,) row offsets of every dog of the run."""
         self.dog_ids = root["dog_id"][:] if self.plan.n_dogs else np.array([], dtype=object)
         self.rows = self.plan.block_rows(block_index)
-        self._arrays = [(root[f"seed{k}/h"], root[f"seed{k}/z"], root[f"seed{k}/r"]) for k in range(len(self.plan.seeds))]
-        self._score = root["score"]
+        self._arrays = [tuple(_writable(root[f"seed{k}/{q}"]) for q in ("h", "z", "r"))
+                        for k in range(len(self.plan.seeds))]
+        self._summary = [{name: _writable(root[f"seed{k}/summary/{name}"]) for name in ROW_SUMMARY}
+                         for k in range(len(self.plan.seeds))]
+        self._score = _writable(root["score"])
         self._root = root
         a, b = self.rows
         first, end = _dogs_with_rows(self.offsets, a, b) if b > a else (0, 0)
@@ -412,13 +469,32 @@ class BlockWriter:
         data = _row_arrays(self.offsets, a, b, rows, row_base)
         arrays = [(self._root[name], data[name]) for name in data]
         arrays += [(self._root[f"seed{k}/dog_index"], data["dog_index"]) for k in range(len(self.plan.seeds))]
+        arrays = [(_writable(a), d) for a, d in arrays]
         self._writer.reserve()
         self._writer.put(arrays, a, b, None, 0, None)
 
-    def write(self, k: int, s0: int, s1: int, h: np.ndarray, z: np.ndarray, r: np.ndarray, score: np.ndarray) -> None:
-        """Hand seed k's shard (rows [s0, s1): h, z, r (n, L, H) float16, score (n, 1)) to the writer thread."""
-        arrs = self._arrays[k]
-        self._writer.put([(arrs[0], h), (arrs[1], z), (arrs[2], r)], s0, s1, self._score, k, score)
+    def buffers(self, k: int, s0: int, s1: int) -> ShardBuffers:
+        """Seed k's buffers for rows [s0, s1), NaN until filled (call `reserve()` first: they are large)."""
+        n, shape = s1 - s0, (s1 - s0, self.plan.n_layers, self.plan.n_units)
+        return ShardBuffers(k, s0, s1, *(np.full(shape, np.nan, dtype=np.float16) for _ in range(3)),
+                            score=np.full((n, 1), np.nan, dtype=np.float32),
+                            summary={name: np.full((n, self.plan.n_layers), np.nan, dtype=np.float32)
+                                     for name in ROW_SUMMARY})
+
+    def write(self, buf: ShardBuffers, *, after: Sequence[cf.Future] = ()) -> None:
+        """Hand a reserved shard's buffers to the writer thread, which writes them once every future in
+        `after` (the work still filling them) is done; a failed future fails the block."""
+        arrs, k = self._arrays[buf.seed], buf.seed
+        pairs = [(arrs[0], buf.h), (arrs[1], buf.z), (arrs[2], buf.r)]
+        pairs += [(self._summary[k][name], buf.summary[name]) for name in ROW_SUMMARY if name in buf.summary]
+        self._writer.put(pairs, buf.s0, buf.s1, self._score, k, buf.score, after=after)
+
+    def write_units(self, k: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Keep seed k's per-unit accumulators of this block's rows ({name: array}, opaque here) beside its
+        done marker, for the stats stage to merge (`read_units`). Call after the with block, before `done`."""
+        bio = io.BytesIO()
+        np.savez(bio, **{name: np.asarray(a) for name, a in arrays.items()})
+        write_bytes_atomic(_units_path(self.plan.path, self.block_index, k), bio.getvalue())
 
     def done(self, marker: dict) -> dict:
         """Write the block's done marker (after every shard is on disk: call after the with block).
@@ -451,10 +527,11 @@ class _ShardWriter:
         self._slots.acquire()
         self._raise()
 
-    def put(self, arrays, s0, s1, score, k, sc) -> None:
-        """Hand over a reserved shard set: [(array, (n, L, H) buffer)], rows [s0, s1), score column k."""
+    def put(self, arrays, s0, s1, score, k, sc, *, after: Sequence[cf.Future] = ()) -> None:
+        """Hand over a reserved shard set: [(array, (n, ...) buffer)], rows [s0, s1), score column k, written
+        once the futures in `after` are done."""
         self._raise()
-        self._q.put((arrays, s0, s1, score, k, sc))
+        self._q.put((arrays, s0, s1, score, k, sc, tuple(after)))
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -462,8 +539,10 @@ class _ShardWriter:
 
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
-            arrays, s0, s1, score, k, sc = item
+            arrays, s0, s1, score, k, sc, after = item
             try:
+                for f in after:
+                    f.result()  # re-raises a filling job's error
                 if self._error is None:
                     for arr, buf in arrays:
                         arr[s0:s1] = buf
@@ -472,7 +551,7 @@ class _ShardWriter:
             except BaseException as e:  # re-raised in the computing thread
                 self._error = e
             finally:
-                del arrays, sc, item
+                del arrays, sc, item, after
                 self._slots.release()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -961,6 +1040,33 @@ class StatesReader:
     def scores(self) -> np.ndarray:
         """(obs, seed) float32 every seed's score of every race."""
         return self._arr("score")[:]
+
+    def row_summaries(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """{ROW_SUMMARY name: (obs, L) float32} the per-row summaries the blocks stored for seed position `seed`."""
+        self._check_seed(seed)
+        g = f"seed{seed}/summary/"
+        try:
+            arrays = [self._arr(g + name) for name in ROW_SUMMARY]
+        except KeyError:
+            raise NotFoundError(f"{self.run_dir}: seed{seed} has no per-row summaries ({g}...); the run was "
+                                "written before the blocks stored them: extract the night again") from None
+        return dict(zip(ROW_SUMMARY, _read_all(arrays, [(slice(None),)] * len(arrays))))
+
+    def read_units(self, seed: int = 0) -> list[dict[str, np.ndarray]]:
+        """Every block's per-unit accumulators of seed position `seed` (`BlockWriter.write_units`), block order."""
+        self._check_seed(seed)
+        plan = RunPlan.load(self.run_dir)
+        out = []
+        for b in range(plan.n_blocks):
+            p = _units_path(self.run_dir, b, seed)
+            try:
+                with fs.load_npz(p) as f:
+                    out.append({name: f[name] for name in f.files})
+            except FileNotFoundError:
+                raise NotFoundError(f"{p}: block {b} left no per-unit accumulators for seed{seed}; the run was "
+                                    "written before the blocks kept them, or the block died: extract the night "
+                                    "again") from None
+        return out
 
     def dog_index(self, dog_id: str) -> int:
         if self._pos is None:

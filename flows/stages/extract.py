@@ -1,7 +1,9 @@
 """The extract stage: every dog's states, gates and scores under every seed, block by block.
 
 `begin` lays out the run (storage.states.begin_run), `block` computes one block's shards with
-gruviz_core.extract and hands them to storage's BlockWriter, `finish` checks every block is done.
+gruviz_core.extract, summarises its float32 states with gruviz_core.stats (the per-row summaries and
+per-unit accumulators the stats stage aggregates: it never decodes the states) and hands them to
+storage's BlockWriter, `finish` checks every block is done.
 Blocks own whole shards, so they can run as threads, processes or machines at once.
 """
 
@@ -11,22 +13,33 @@ import copy
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
+from gruviz_core import stats as st
 from gruviz_core.errors import ConfigError
-from gruviz_core.extract import choose_device, iter_extract
+from gruviz_core.extract import BatchStates, choose_device, iter_extract
 from gruviz_core.model import LoadedModel
 from storage.registry import ModelSet, load_model_set, load_sequence_meta, load_sequence_rows, sequence_layout
-from storage.states import BlockWriter, RunPlan, begin_run, block_span, finish_run
+from storage.states import BlockWriter, RunPlan, ShardBuffers, begin_run, block_span, finish_run
 
 __all__ = ["inputs", "begin", "block", "finish", "write_block", "extract_run", "set_torch_threads"]
 
 log = logging.getLogger(__name__)
+
+ENCODE_WORKERS = 1
+"""Threads beside the GRU that summarise each batch and fill the float16 shard buffers (storage's writer thread
+and zarr's codec threads compress and write): on 2 cores, the GRU on one and the rest on the other."""
+BATCHES_IN_FLIGHT = 2
+"""Most float32 batches in memory at once (one computing, one being absorbed): memory stays flat."""
 
 
 def set_torch_threads(n: int) -> None:
@@ -95,30 +108,45 @@ def write_block(
     values: np.ndarray, context: np.ndarray, *, rows: Mapping[str, np.ndarray], row_base: int = 0,
     device: str | None = None,
     batch_size: int = 1024, max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
+    workers: int = ENCODE_WORKERS, in_flight: int = BATCHES_IN_FLIGHT,
 ) -> dict:
-    """Compute and write one block's shards; writes its done marker last. Returns the marker.
+    """Compute and write one block's shards, its rows' summaries and its per-unit accumulators; writes its
+    done marker last. Returns the marker.
 
     values: (n, F), context: (n, C) normalised model inputs of rows [row_base, row_base + n): at
     least the block's span (`BlockWriter.span`), or every row with row_base 0; rows: {name: (n,)}
     the same rows' metadata (storage.states.ROW_META), written for the block's own rows.
-    `progress(dogs_done, dogs_in_block)` is called after each shard.
+    `progress(dogs_done, dogs_in_block)` is called after each shard. The GRU runs in this thread;
+    `workers` threads summarise each float32 batch and fill the float16 shard buffers from it while
+    the next batch computes (at most `in_flight` batches exist), and storage's writer thread
+    compresses and writes each shard once its batches are in.
     """
     t0, started_at = time.perf_counter(), time.time()
     dev = choose_device(device)
-    with BlockWriter(plan_or_tmpdir, block_index) as out:
+    units = [st.UnitAccumulators() for _ in models]
+    lock = threading.Lock()
+    # one BLAS thread: the Gram products of the unit accumulators run beside the GRU, and OpenBLAS threads
+    # spin-waiting for a busy core slow everything (as in the stats stage)
+    with threadpool_limits(1, user_api="blas"), BlockWriter(plan_or_tmpdir, block_index) as out, \
+            ThreadPoolExecutor(max(1, workers), thread_name_prefix="gruviz-encode") as pool:
         _check_models(out, models, values, context, row_base)
         out.write_rows(rows, row_base)
+        slots = threading.BoundedSemaphore(max(1, in_flight))
         max_err = [0.0] * len(models)
         for s0, s1, dogs in out.shards():
             for k, model in enumerate(models):
                 out.reserve()
-                h, z, r, sc, err = _fill_shard(model, values, context, out.offsets, dogs, s0, s1, out.plan,
-                                               row_base=row_base, device=dev, batch_size=batch_size, max_tokens=max_tokens,
-                                               dog_ids=out.dog_ids)
-                max_err[k] = max(max_err[k], err)
-                out.write(k, s0, s1, h, z, r, sc)
+                buf = out.buffers(k, s0, s1)
+                jobs = []
+                for bs in _batches(model, values, context, out.offsets - row_base, dogs, slots, device=dev,
+                                   batch_size=batch_size, max_tokens=max_tokens, dog_ids=out.dog_ids):
+                    max_err[k] = max(max_err[k], bs.max_err)
+                    jobs.append(pool.submit(_absorb, buf, bs, out.offsets, units[k], lock, slots))
+                out.write(buf, after=jobs)
             if progress is not None:
                 progress(out.dogs_finished(s1), out.dogs_total)
+    for k, acc in enumerate(units):
+        out.write_units(k, acc.to_arrays())
     return out.done({
         "block": block_index, "rows": list(out.rows), "dogs": out.dogs_total, "device": str(dev),
         "check_max_err": max_err, "seconds": round(time.perf_counter() - t0, 3),
@@ -143,27 +171,51 @@ def _check_models(out: BlockWriter, models: Sequence[LoadedModel], values: np.nd
                           "(storage.states.block_span), or every row from 0")
 
 
-def _fill_shard(model, values, context, offsets, dogs, s0, s1, plan, row_base=0, **kw):
-    """One seed's h, z, r (n, L, H) float16 and scores (n, 1) for rows [s0, s1), and the check's max error.
+def _batches(model: LoadedModel, values, context, offsets, dogs, slots: threading.BoundedSemaphore,
+             **kw) -> Iterator[BatchStates]:
+    """The float32 batches of `dogs` under one model, each computed once a slot is free (`_absorb` frees it)."""
+    it = iter_extract([model], values, context, offsets, dogs, dtype=torch.float32, **kw)
+    while True:
+        slots.acquire()
+        try:
+            item = next(it, None)
+        except BaseException:
+            slots.release()
+            raise
+        if item is None:
+            slots.release()
+            return
+        yield item[1]
 
-    values/context hold rows from `row_base` on; offsets are the run's (global rows)."""
-    n, shape = s1 - s0, (s1 - s0, plan.n_layers, plan.n_units)
-    h, z, r = (np.full(shape, np.nan, dtype=np.float16) for _ in range(3))
-    sc = np.full((n, 1), np.nan, dtype=np.float32)
-    err = 0.0
-    if len(dogs):
-        for _, bs in iter_extract([model], values, context, offsets - row_base, dogs, **kw):
-            err = max(err, bs.max_err)
-            first = np.repeat(offsets[bs.dogs] - np.concatenate([[0], np.cumsum(bs.lengths)[:-1]]), bs.lengths)
-            rows = first + np.arange(len(first))  # (rows,) global row of each batch row
-            keep = (rows >= s0) & (rows < s1)
-            if keep.all():
-                idx = rows - s0
-                h[idx], z[idx], r[idx], sc[idx, 0] = bs.h, bs.z, bs.r, bs.score
-            else:
-                idx = rows[keep] - s0
-                h[idx], z[idx], r[idx], sc[idx, 0] = bs.h[keep], bs.z[keep], bs.r[keep], bs.score[keep]
-    return h, z, r, sc, err
+
+def _absorb(buf: ShardBuffers, bs: BatchStates, offsets: np.ndarray, units: st.UnitAccumulators,
+            lock: threading.Lock, slots: threading.BoundedSemaphore) -> None:
+    """A worker's share of one float32 batch: its rows' summaries (from whole dogs, so a dog's first row
+    moves from h_0 = 0 and every other from its own h_(t-1)), the per-unit accumulators of the rows inside
+    the shard, and those rows into the shard's float16 buffers. offsets: the run's (global rows)."""
+    try:
+        if not len(bs.dogs):
+            return
+        first = np.repeat(offsets[bs.dogs] - (np.cumsum(bs.lengths) - bs.lengths), bs.lengths)
+        rows = first + np.arange(len(first))  # (rows,) global row of each batch row
+        keep = (rows >= buf.s0) & (rows < buf.s1)  # a dog straddling shards is computed by each
+        summary = st.row_summary(bs.h, bs.z, bs.lengths)
+        h, z, r, score = bs.h, bs.z, bs.r, bs.score
+        if not keep.all():
+            h, z, r, score = h[keep], z[keep], r[keep], score[keep]
+            summary = {name: a[keep] for name, a in summary.items()}
+        part = st.UnitAccumulators().add(h, z, r)
+        idx = torch.from_numpy(rows[keep] - buf.s0)
+        for dst, src in ((buf.h, h), (buf.z, z), (buf.r, r)):  # torch's float16 cast is vectorised, numpy's is not
+            torch.from_numpy(dst).index_copy_(0, idx, torch.from_numpy(src).to(torch.float16))
+        i = idx.numpy()
+        buf.score[i, 0] = score
+        for name, a in summary.items():
+            buf.summary[name][i] = a
+        with lock:
+            units.merge(part)
+    finally:
+        slots.release()
 
 
 def extract_run(

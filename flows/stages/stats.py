@@ -1,4 +1,4 @@
-"""The stats stage: scan a run's states store once per seed, write its stats tables and summary.
+"""The stats stage: aggregate what the extraction blocks stored, write the run's stats tables and summary.
 
     stats/dog_step   per row and layer: abs_sum, s, f090, f095, f099, delta, max_abs, move, write (seed 0)
     stats/row_summary per seed, row and layer: s, F_tau, max |h|, relative movement, write fraction
@@ -11,19 +11,20 @@
     stats/summary    effective dimension, unit health counts, cohort counts, rule, the plateau's population
                      curve, magnitude saturation in numbers, time to plateau across the (w, delta, k) grid
 
-States never sit in memory whole: the scan folds shard-aligned chunks (gruviz_core.stats.scan_seed)
-into per-row scalars (obs x layer x 6 float32) and per-unit accumulators.
+No state is decoded: each block stored its rows' summaries (storage.states: seed<k>/summary/*, from the
+float32 states it computed) and its per-unit accumulators; this stage reads those (one seed's obs x layer
+x 8 float32 at a time), merges the accumulators and builds the tables (gruviz_core.stats.SeedScan).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from gruviz_core import cohorts as co
 from gruviz_core import stats as st
@@ -31,23 +32,39 @@ from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 from storage.fs import store_path
 from storage.layout import RunLayout
-from storage.states import open_states, prefetch
+from storage.states import StatesReader, open_states
 from storage.tables import read_record, write_json, write_table
 
-__all__ = ["compute_stats", "run_offsets"]
+__all__ = ["compute_stats", "seed_scan", "run_offsets"]
 
 
 def compute_stats(
     run_dir: str | Path, *, rule: CohortRule | dict | None = None, allow_incomplete: bool = True,
     health: st.UnitHealthParams = st.UnitHealthParams(),
 ) -> dict:
-    """Scan every seed of a run chunk by chunk; write stats/*.parquet and stats/summary.json; return the summary."""
+    """Aggregate the per-row summaries and per-unit accumulators the extraction blocks stored for every seed
+    (no state is decoded); write stats/*.parquet and stats/summary.json; return the summary."""
     t0 = time.perf_counter()
     run_dir = store_path(run_dir)
     rule = CohortRule.coerce(rule)
     if rule.tau not in st.TAUS:
         raise ConfigError(f"cohort rule {rule.name}: tau={rule.tau} is not one of the stored thresholds {st.TAUS}")
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
+    scans = (seed_scan(reader, k) for k in range(len(reader.seeds)))  # one seed's rows in memory at a time
+    return _aggregate(run_dir, reader, scans, rule, health, t0)
+
+
+def seed_scan(reader: StatesReader, seed: int) -> st.SeedScan:
+    """Seed position `seed`'s per-row summaries and its blocks' per-unit accumulators, merged."""
+    units = st.UnitAccumulators()
+    for part in reader.read_units(seed):
+        units.merge(st.UnitAccumulators.from_arrays(part))
+    return st.SeedScan.from_summaries(reader.row_summaries(seed), units, reader.n_units)
+
+
+def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule: CohortRule,
+               health: st.UnitHealthParams, t0: float) -> dict:
+    """Every stats table and the summary from each seed's scan (seed order), written under the run."""
     L, n_obs = reader.n_layers, reader.n_obs
     layer = rule.layer % L
     offsets = run_offsets(reader)
@@ -55,11 +72,7 @@ def compute_stats(
     step = (np.arange(n_obs) - np.repeat(offsets[:-1], n_steps) + 1).astype(np.int32)
     units, eff_dim, dog_seed, counts, row_summary = [], {}, [], {}, []
     scan0 = None
-    for k in range(len(reader.seeds)):
-        # one BLAS thread: the prefetch thread decompresses meanwhile, and OpenBLAS threads
-        # spin-waiting for a busy core made the Gram products 10x slower (measured)
-        with threadpool_limits(1, user_api="blas"):
-            scan = st.scan_seed(prefetch(reader.iter_chunks(k)), step, n_obs, L, full=(k == 0))
+    for k, scan in enumerate(scans):
         hl = st.unit_health(scan.moments, health) if scan.moments.n else None
         if hl is not None:
             units.append(st.unit_table(k, scan, hl))
@@ -121,7 +134,7 @@ def compute_stats(
         "cohort_counts": cohort_counts, "cohort_layer": layer, "rule": rule.to_dict(),
         "cohort_thresholds": thresholds,
         **_saturation_summary(scan0, step, offsets, rule, layer),
-        "rows_missing": scan0.rows_missing, "bytes_scanned": scan0.bytes_scanned,
+        "rows_missing": scan0.rows_missing, "bytes_scanned": scan0.bytes_scanned,  # states decoded: 0
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(RunLayout.at(run_dir).summary, summary)
