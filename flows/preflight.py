@@ -10,7 +10,9 @@ store, the machine or several settings at once:
     writable   the store root (a directory, or an fsspec URL: reachable and writable) and the reports directory
     device     the torch device exists on this machine
     smtp       host, port, TLS mode, sender and recipients agree
-    sources    no file left the sources since the last snapshot unless GRUVIZ_SOURCES_GONE_OK names it
+    sources    exist and hold form files; none left since the last snapshot unless GRUVIZ_SOURCES_GONE_OK names it
+    runner     GRUVIZ_DASK_ADDRESS is a scheduler's address and answers
+    model code a registered set's factory and feature callable import here
     cohort     the cohort rule is known and its parameters valid (check_cohort_rule)
 
 Each failure raises ConfigError (or NotFoundError for a missing snapshot or model set) naming the
@@ -36,6 +38,8 @@ __all__ = [
     "preflight_nightly",
     "preflight_train",
     "check_night",
+    "check_task_runner",
+    "check_model_code",
     "check_sources_gone",
     "check_id",
     "check_writable",
@@ -81,8 +85,14 @@ def preflight_nightly(
     check_device(s.device)
     check_smtp(s)
     check_cohort_rule(s)
+    check_task_runner(s)
     snapshot = None if sources else _latest_snapshot(root)
     set_id = _model_set(root, model_set)
+    check_model_code(root, set_id)
+    if sources:
+        from storage.forms import expand_sources
+
+        expand_sources(sources)  # a source that does not exist, or holds no form file, is refused now
     gone = check_sources_gone(root, sources, s.sources_gone_ok) if sources else ()
     return Preflight(root=root, reports_dir=reports, night=night, snapshot_id=snapshot, model_set=set_id,
                      sources_gone=gone)
@@ -128,6 +138,51 @@ def check_sources_gone(root: StorePath, sources: list[str], acknowledged: list[s
 def _acknowledged(path: str, patterns: list[str]) -> bool:
     name = Path(path).name
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
+
+
+def check_task_runner(s: Settings) -> None:
+    """With GRUVIZ_TASK_RUNNER=dask and an address, the address is a scheduler's (scheme://host:port) and it
+    accepts a connection (else the night would fail at extraction, after ingest and features)."""
+    if s.task_runner != "dask" or not s.dask_address:
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(s.dask_address if "://" in s.dask_address else "tcp://" + s.dask_address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port or parts.scheme not in ("tcp", "tls"):
+        raise ConfigError(f"GRUVIZ_DASK_ADDRESS={s.dask_address!r} is not a scheduler address; expected "
+                          "tcp://host:port (or tls://host:port), e.g. tcp://scheduler:8786")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"GRUVIZ_DASK_ADDRESS={s.dask_address}: the scheduler cannot be reached "
+                          f"({exc.strerror or exc}); start it, fix the address, or unset it for a local cluster") from None
+
+
+def check_model_code(root: StorePath, set_id: str) -> None:
+    """A registered model set's own code (its factory, its feature callable) imports here, where the night runs."""
+    from storage.registry import model_set_manifest
+
+    try:
+        m = model_set_manifest(root, set_id)
+    except (OSError, ValueError):
+        return  # the load names a damaged manifest
+    spec = m.get("feature_spec") or {}
+    wanted = [("model factory", m.get("factory")), ("feature callable", spec.get("callable"))]
+    for what, name in wanted:
+        if not name:
+            continue
+        from gruviz_core.byo import resolve_callable
+
+        try:
+            resolve_callable(name, what=what)
+        except ConfigError as exc:
+            raise ConfigError(f"model set {set_id}: its {what} cannot be used where this night runs: {exc}; install "
+                              "the team's package here (or on PYTHONPATH), or pass another --model-set") from None
 
 
 def check_night(night: str | None, *, timezone: str = "UTC") -> str:

@@ -10,7 +10,7 @@ import pytest
 from flows.cli import main as cli
 from flows.preflight import check_cohort_rule, check_night, preflight_nightly
 from flows.settings import Settings, load_settings
-from gruviz_core.errors import ConfigError
+from gruviz_core.errors import ConfigError, GruvizError
 
 
 def _store(home: Path) -> Path:
@@ -253,3 +253,35 @@ def test_list_setting_that_is_not_json_is_one_line(env, capsys, tmp_path, name, 
     assert cli(["nightly", "--home", str(tmp_path), "--date", "2026-11-25"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and name in err and "Traceback" not in err
+
+
+def test_missing_source_directory_fails_first(tmp_path, env):
+    home = _store(tmp_path / "store")
+    with pytest.raises(GruvizError, match=r"incoming: no such file or directory"):
+        preflight_nightly(load_settings(home=str(home)), night="2026-11-25", sources=[str(tmp_path / "incoming")])
+
+
+@pytest.mark.parametrize("address, match", [("notanaddress", "not a scheduler address"),
+                                            ("tcp://127.0.0.1:{port}", "cannot be reached")])
+def test_dask_address_is_checked_first(tmp_path, env, address, match):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    env.setenv("GRUVIZ_TASK_RUNNER", "dask")
+    env.setenv("GRUVIZ_DASK_ADDRESS", address.format(port=port))
+    with pytest.raises(ConfigError, match=f"GRUVIZ_DASK_ADDRESS.*{match}"):
+        preflight_nightly(load_settings(home=str(_store(tmp_path / "store"))), night="2026-11-25")
+
+
+@pytest.mark.parametrize("key, value", [("factory", "gone_team_module:build"),
+                                        ("feature_spec", {"feature_names": ["won"], "context_names": [],
+                                                          "callable": "gone_team_module:features"})])
+def test_registered_model_whose_module_is_gone_fails_first(tmp_path, env, key, value):
+    import json
+
+    home = _store(tmp_path / "store")
+    (home / "models" / "set1" / "manifest.json").write_text(json.dumps({"kind": "byo", key: value}))
+    with pytest.raises(ConfigError, match="model set set1.*gone_team_module"):
+        preflight_nightly(load_settings(home=str(home)), night="2026-11-25")
