@@ -35,7 +35,7 @@ from flows.notify import notify_failure, send_report_email
 from flows.preflight import Preflight, preflight_nightly
 from flows.progress import report as progress_report
 from flows.settings import Settings, load_settings
-from flows.stages import drift, evaluate, extract, features, ingest, model_change, probe, report, stats
+from flows.stages import determinism, drift, evaluate, extract, features, ingest, model_change, probe, report, stats
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
 from gruviz_core.errors import ConfigError, GruvizError
@@ -136,9 +136,16 @@ def drift_task(tmp_dir: str, root: str, set_id: str, seq_path: str, snapshot_id:
 
 
 @task(name="model-change", cache_policy=NO_CACHE)
-def model_change_task(tmp_dir: str, root: str, set_id: str) -> dict:
-    """Whether a new model set took over tonight (eval/model_change.json); a failure is recorded, never fails the night."""
-    return model_change.run(tmp_dir, root, set_id)
+def model_change_task(tmp_dir: str, root: str, set_id: str, seq_path: str, dogs: int, n_boot: int, device: str) -> dict:
+    """Whether a new model set took over tonight and, if so, the previous set on tonight's held-out races
+    (eval/model_change.json); a failure is recorded, never fails the night."""
+    return model_change.run(tmp_dir, root, set_id, seq_path, dogs=dogs, n_boot=n_boot, device=device)
+
+
+@task(name="determinism", cache_policy=NO_CACHE)
+def determinism_task(tmp_dir: str, root: str, set_id: str, watchlist: list[str], dogs: int) -> dict:
+    """The watched dogs' states against last night's (eval/determinism.json); a failure is recorded, never fails the night."""
+    return determinism.run(tmp_dir, root, set_id, watchlist, dogs=dogs)
 
 
 @task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -222,7 +229,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
         "run_id": run_id, "night": night, "snapshot_id": snapshot_id, "model_set_id": set_id,
         "device": s.device, "flow_run_id": str(flow_run.id or ""),
         "settings": s.model_dump(mode="json", exclude={"smtp_password"}),
-        **_model_facts(root, set_id),
+        **_model_facts(root, set_id), "libraries": determinism.library_versions(),
     }
     if new_data is False:
         meta["form_data"] = NO_NEW_DATA
@@ -240,14 +247,15 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     headline = evaluate_timed(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
     probe_task(tmp_dir, root, snapshot_id, s.probe_dogs)
     drift_task(tmp_dir, root, set_id, seq_path, snapshot_id, s.drift_psi, s.drift_share)
-    model_change_task(tmp_dir, root, set_id)
+    model_change_task(tmp_dir, root, set_id, seq_path, s.model_change_dogs, s.bootstrap, s.device)
+    determinism_task(tmp_dir, root, set_id, list(s.watchlist), s.determinism_dogs)
     run_dir = publish_run_task(root, tmp_dir)
     rel = report_task(run_dir, root, str(checked.reports_dir), night, snapshot_id, list(s.watchlist))
     retention_task(root, str(checked.reports_dir), s.keep_nights)
 
     url = _report_link(s, rel)
     lines = email_lines(run_dir, list(s.watchlist))  # labelled headline: the summary artifact and the email
-    lines = {**drift.email_lines(run_dir), **lines}  # the inputs are named before the findings that rest on them
+    lines = {**drift.email_lines(run_dir), **determinism.email_lines(run_dir), **lines}  # before the findings on them
     if meta.get("form_data"):
         lines = {"form data": meta["form_data"], **lines}
     lines = {**model_change.email_lines(run_dir), **lines}  # the first line when a new set took over

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     drift_share: float = Field(
         0.05, gt=0.0, lt=1.0, description="Input drift: a rise in an input's missing, clipped, unknown-track or "
         "unseen-level share by more than this (and by more than 4 standard errors) is flagged.")
+    model_change_dogs: int = Field(
+        3000, ge=1, description="On the night a new model set takes over, the previous set scores whole held-out "
+        "races of tonight's run until about this many dogs (their whole histories re-run on the previous set; its "
+        "states are not stored): the same-race comparison of the two sets in the report and the email.")
+    determinism_dogs: int = Field(
+        50, ge=0, description="Determinism watch: the watchlist's dogs, else this many dogs of a fixed hashed sample, "
+        "whose history did not change since last night under the same model set must have identical stored states; "
+        "a difference is flagged with its first differing step (0 turns the watch off).")
     sources: list[str] = Field(default_factory=list, description="Form data the nightly ingests when no source is "
         "passed: directories or globs where new form files land, as a JSON list (unchanged files are not re-read).")
     sources_gone_ok: list[str] = Field(default_factory=list, description="Files that may leave the sources since "

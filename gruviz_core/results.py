@@ -127,3 +127,6 @@ class RunResults:
     model_change_record: Mapping[str, Any] | None = None
     """eval/model_change.json: whether a new model set took over tonight (and from which), the page-one numbers that
     moved; None when the stage did not run."""
+    determinism_record: Mapping[str, Any] | None = None
+    """eval/determinism.json: the watched dogs whose history did not change since last night under the same model set,
+    and any whose stored states differ (first differing step, likely causes); None when the stage did not run."""

@@ -16,6 +16,7 @@ from reports.headline import headline_numbers, page_one, period_text, record, sc
 from reports.model import AnimHeatmapSpec, Panel, ReportModel, Section
 from reports.sections.cohorts import comparison_section
 from reports.sections.common import per_dog
+from reports.sections.determinism import determinism_section
 from reports.sections.drift import drift_section
 from reports.sections.front import front_panels
 from reports.sections.model_change import model_change_sections
@@ -80,6 +81,7 @@ def build_report(
         _guarded("probes", "What the state knows", probes_section, results),
         saturation_section(results, layer),
         _guarded("input-drift", "Data quality: inputs against the training window", drift_section, results),
+        _guarded("determinism", "Data quality: determinism watch", determinism_section, results),
         _closed(trend_section(night, head, hist)),
         _closed(quality_section(data_quality)),
     )

@@ -86,7 +86,7 @@ class RunLayout:
 
         states.zarr/  plan.json  meta.json  blocks/<b>.json  run.json  _COMPLETE
         stats/<table>.parquet  stats/summary.json  eval/<table>.parquet  eval/headline.json  eval/probe.json
-        eval/drift.json  eval/model_change.json
+        eval/drift.json  eval/model_change.json  eval/determinism.json
     """
 
     run_dir: StorePath
@@ -158,6 +158,11 @@ class RunLayout:
     def model_change_record(self) -> StorePath:
         """The model-change stage's record: whether tonight's set is last night's, and what moved if not."""
         return self.eval / "model_change.json"
+
+    @property
+    def determinism_record(self) -> StorePath:
+        """The determinism watch's record: the watched dogs compared with last night's run, and any that differ."""
+        return self.eval / "determinism.json"
 
     def table(self, name: str) -> StorePath:
         """<run>/stats/<name>.parquet or <run>/eval/<name>.parquet, by the table's stage."""

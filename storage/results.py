@@ -59,6 +59,7 @@ def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None
         probe_record=read_json(layout.probe_record),
         drift_record=read_json(layout.drift_record),
         model_change_record=read_json(layout.model_change_record),
+        determinism_record=read_json(layout.determinism_record),
         **frames,
     )
 

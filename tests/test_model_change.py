@@ -61,7 +61,8 @@ def test_the_stage_the_email_and_the_section(tmp_path):
     line = stage.email_lines(tonight)["Model set"]
     assert line.startswith("a new model set, set-new, took over from set-old") and "gap to the market, races 1" in line
     (section,) = model_change_sections(read_run_results(tonight, tables=()))
-    assert section.panels[0].table.rows[0][0] == "gap to the market, races 1"
+    assert section.panels[-1].table.rows[0][0] == "gap to the market, races 1"  # night against night
+    assert "did not run" in section.panels[0].note  # no sequences given: the same-race comparison is not made
 
 
 def test_the_first_night_and_a_failure_are_not_a_change(tmp_path):

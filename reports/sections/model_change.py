@@ -1,6 +1,10 @@
-"""When a new model set took over tonight: which, from which, and the page-one numbers under each (eval/model_change)."""
+"""When a new model set took over tonight: which, from which, the two sets on the same held-out races (accuracy,
+favourites, status, states), and the page-one numbers of the two nights (eval/model_change)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from gruviz_core.results import RunResults
 from reports.model import Panel, Section, Table, sig
@@ -11,8 +15,19 @@ _ID, _TITLE = "model-change", "A new model set took over"
 _INTRO = ("Tonight's model set is not the one that ran last night. Before reading a change in tonight's numbers as "
           "a change in the dogs, read how the numbers moved with the model.")
 _EXPLAIN = ("Page-one numbers (nats per runner) under last night's set on last night's data, and under tonight's set "
-            "on tonight's: largest change first. Both the model and a night of data changed between them; the same "
-            "races under both sets are not compared here.")
+            "on tonight's: largest change first. Both the model and a night of data changed between them; the "
+            "same-race comparison above holds the data fixed.")
+_EXPLAIN_SAME = ("Both sets on the same held-out races of tonight's run (whole races, a sample of dogs; the previous "
+                 "set re-ran their histories and its states were not stored): each number under each set with its "
+                 "95% interval over dogs, and the change (tonight's - the previous set's) with its own. Largest "
+                 "change first; below 0 is better for every number here.")
+_EXPLAIN_STATUS = ("The same dogs' settled/settling status (rule plateau-s, each set's own plateau) at a fixed race "
+                   "under each set: the share of matching labels (seed positions paired), its 95% interval over dogs, "
+                   "and Fleiss' kappa of seed 0 against seed 0 (not estimable when one label covers almost all).")
+_EXPLAIN_CKA = ("Debiased linear CKA between the two sets' seed-0 top-layer states of the same dogs after race t (1: "
+                "the same representation up to rotation and scale; the permutation baseline is what unrelated dogs "
+                "give). Within one set the seeds' CKA sits near its ceiling, so a drop here means the new set "
+                "represents the dogs differently.")
 
 
 def model_change_sections(results: RunResults) -> tuple[Section, ...]:
@@ -22,11 +37,72 @@ def model_change_sections(results: RunResults) -> tuple[Section, ...]:
         return ()
     intro = (f"{_INTRO} Tonight: {rec.get('current_set')}; last night ({rec.get('previous_night') or '?'}, run "
              f"{rec.get('previous_run') or '?'}): {rec.get('previous_set')}.")
+    panels = [*_same_race_panels(rec.get("same_races")), _nights_panel(rec)]
+    return (Section(_ID, _TITLE, intro, tuple(panels)),)
+
+
+def _nights_panel(rec: Mapping[str, Any]) -> Panel:
     rows = tuple((str(m["number"]), sig(m["before"]), sig(m["after"]), sig(m["change"]))
                  for m in rec.get("moved") or [] if isinstance(m, dict))
     if not rows:
-        note = "Last night's run has no headline numbers to set against tonight's."
-        return (Section(_ID, _TITLE, intro, (Panel("Numbers under each set", "", note=note),)),)
+        return Panel("Numbers under each set, night against night", "",
+                     note="Last night's run has no headline numbers to set against tonight's.")
     table = Table(("number", f"last night ({rec.get('previous_set')})", f"tonight ({rec.get('current_set')})",
                    "change"), rows)
-    return (Section(_ID, _TITLE, intro, (Panel("Numbers under each set", _EXPLAIN, table=table),)),)
+    return Panel("Numbers under each set, night against night", _EXPLAIN, table=table)
+
+
+def _same_race_panels(same: Mapping[str, Any] | None) -> list[Panel]:
+    title = "The two sets on the same races"
+    if not same:
+        return [Panel(title, "", note="Not computed: the same-race comparison did not run tonight.")]
+    if same.get("error"):
+        return [Panel(title, "", note=f"Not computed: {same['error']}. The night's other numbers do not depend on it.")]
+    scope = (f"{int(same.get('races') or 0):,} held-out races ({same.get('start')} to {same.get('end')}), "
+             f"{int(same.get('runners') or 0):,} runners, {int(same.get('dogs') or 0):,} dogs; previous set "
+             f"{same.get('previous_set')} ({len(same.get('previous_seeds') or [])} seeds) against "
+             f"{same.get('current_set')} ({len(same.get('current_seeds') or [])} seeds).")
+    rows = tuple((str(r["number"]), _ci(r.get("before"), r.get("before_lo"), r.get("before_hi")),
+                  _ci(r.get("after"), r.get("after_lo"), r.get("after_hi")),
+                  _ci(r.get("change"), r.get("lo"), r.get("hi")), str(r.get("unit") or ""))
+                 for r in same.get("numbers") or [] if isinstance(r, dict))
+    panels = [Panel(title, f"{scope} {_EXPLAIN_SAME} {_disagreement(same)}",
+                    table=Table(("number", "previous set", "tonight's set", "change", "unit"), rows))]
+    status = tuple((int(r["step"]), int(r.get("n") or 0), _ci(r.get("agreement"), r.get("lo"), r.get("hi")),
+                    sig(r.get("kappa"), 3) if sig(r.get("kappa")) is not None else (r.get("kappa_note") or ""),
+                    sig(r.get("settled_before"), 3), sig(r.get("settled_after"), 3))
+                   for r in same.get("status_agreement") or [] if isinstance(r, dict))
+    if status:
+        panels.append(Panel("Settled or settling under each set", _EXPLAIN_STATUS,
+                            table=Table(("race", "dogs", "agreement", "kappa (seed 0)", "settled, previous",
+                                         "settled, tonight's"), status)))
+    cka = tuple((int(r["step"]), int(r.get("n") or 0), _ci(r.get("cka"), r.get("lo"), r.get("hi")),
+                 sig(r.get("cka_perm"), 3)) for r in same.get("cka") or [] if isinstance(r, dict))
+    panels.append(Panel("The two sets' states (CKA)", _EXPLAIN_CKA,
+                        table=Table(("race", "dogs", "CKA", "permutation baseline"), cka) if cka else None,
+                        note=None if cka else "Too few sampled dogs at any race count for CKA."))
+    return panels
+
+
+def _disagreement(same: Mapping[str, Any]) -> str:
+    d = same.get("disagreement") or {}
+    ens, s0 = d.get("ensemble") or {}, d.get("seed0") or {}
+    if sig(ens.get("value")) is None:
+        return ""
+    text = (f"The favourites differ in {_pct(ens.get('value'))} of the races "
+            f"(95% interval {_pct(ens.get('lo'))} to {_pct(ens.get('hi'))}; seed ensembles)")
+    if sig(s0.get("value")) is not None:
+        text += f", {_pct(s0.get('value'))} seed 0 against seed 0"
+    return text + "."
+
+
+def _pct(v: Any) -> str:
+    x = sig(v)
+    return "?" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(v: Any, lo: Any, hi: Any) -> str:
+    x, a, b = sig(v, 3), sig(lo, 3), sig(hi, 3)
+    if x is None:
+        return ""
+    return f"{x:g} [{a:g}, {b:g}]" if a is not None and b is not None else f"{x:g}"
