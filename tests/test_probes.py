@@ -327,3 +327,20 @@ def test_the_section_names_absent_quantities(probed):
     rec = dict(record, absent=["market_last", "market_next"])
     s = _section(dataclasses.replace(results, probe_record=rec))
     assert "Not in this source (absent, not zero)" in s.panels[0].explain
+
+
+def test_starts_is_its_own_control_and_out_of_the_ranking(probed):
+    from storage.results import read_run_results
+
+    tmp, _ = probed
+    results = read_run_results(tmp)
+    starts = _at(results.probes[results.probes["seed"] == 0], "starts")
+    assert starts["score"] == starts["control"]  # shuffling within race count leaves race count as it is
+    summary = _section(results).panels[0]
+    rows = {r[0]: r for r in summary.table.rows}
+    mine = rows["races run so far"]
+    assert mine[6].startswith("its own control") and mine[7] is None
+    assert summary.table.rows[-1] is mine  # after every ranked quantity
+    assert "races run so far" not in summary.explain.split(" Probed ")[0]  # no sentence ranks it
+    # a tail sentence never says 'little' unless its selectivity interval reaches 0
+    assert "holds little" not in summary.explain

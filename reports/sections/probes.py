@@ -28,6 +28,8 @@ _INTRO = (
 _DOC = {q.name: q.doc for q in QUANTITIES}
 _ORDER = {q.name: i for i, q in enumerate(QUANTITIES)}
 _BUCKETS = ("1", "2-5", "6-10", "11-20", "21+")
+_OWN_CONTROL = "its own control (a function of race count, which the control keeps); selectivity undefined"
+"""What the table says of a quantity that race count alone fixes (starts): its control scores exactly as it does."""
 _COLOURS = ("#1e3a8a", "#be123c", "#047857", "#d97706", "#7c3aed", "#0891b2", "#4b5563", "#a16207", "#db2777",
             "#0f766e", "#65a30d", "#9333ea", "#ea580c")
 
@@ -71,12 +73,16 @@ def _summary_panel(top: pd.DataFrame, atlas: pd.DataFrame | None, record: Mappin
     agree = agree.set_index("quantity") if len(agree) else agree
     best = _best_units(atlas, int(top["seed"].min()), layer)
     rows = []
-    for r in a.sort_values("selectivity", ascending=False).itertuples(index=False):
+    own = a.apply(_own_control, axis=1).to_numpy(bool) if len(a) else np.zeros(0, bool)
+    ranked = pd.concat([a[~own].sort_values("selectivity", ascending=False), a[own]])
+    for r in ranked.itertuples(index=False):
         g = agree.loc[r.quantity] if len(agree) and r.quantity in agree.index else None
         unit = best.get(r.quantity)
+        mine = _own_control(r)
         rows.append((
             _DOC.get(r.quantity, r.quantity), "AUC" if r.metric == "auc" else "R²", sig(r.score), sig(r.lo), sig(r.hi),
-            sig(r.control), sig(r.selectivity), f"{sig(r.sel_lo)} to {sig(r.sel_hi)}",
+            sig(r.control), _OWN_CONTROL if mine else sig(r.selectivity),
+            None if mine else f"{sig(r.sel_lo)} to {sig(r.sel_hi)}",
             None if unit is None else f"unit {unit[0]} (rho {sig(unit[1], 2)})",
             None if g is None else f"{int(g['seeds_with_unit'])} of {int(g['n_seeds'])}",
             None if g is None else f"{sig(g['score_min'], 3)} to {sig(g['score_max'], 3)}",
@@ -96,9 +102,18 @@ def _summary_panel(top: pd.DataFrame, atlas: pd.DataFrame | None, record: Mappin
     return Panel("What the state holds, best first", explain, table=table)
 
 
+def _own_control(r) -> bool:
+    """Whether race count alone fixes the quantity (starts): the control task then is the task, and selectivity is
+    0 by construction, not a finding."""
+    return r.quantity == "starts" or (r.control == r.score and r.sel_lo == 0 and r.sel_hi == 0)
+
+
 def _sentences(a: pd.DataFrame, best: Mapping[str, tuple[int, float]]) -> list[str]:
-    """One sentence per leading quantity (the three most selective) and per trailing one (the three least)."""
-    ranked = a.sort_values("selectivity", ascending=False)
+    """One sentence per leading quantity (the three most selective) and per trailing one (the three least); a
+    quantity that is its own control is in neither."""
+    if not len(a):
+        return []
+    ranked = a[~a.apply(_own_control, axis=1).to_numpy(bool)].sort_values("selectivity", ascending=False)
     lead = list(ranked.head(3).itertuples(index=False))
     tail = [r for r in ranked.tail(3).itertuples(index=False) if r.quantity not in {x.quantity for x in lead}]
     out = []
@@ -110,9 +125,14 @@ def _sentences(a: pd.DataFrame, best: Mapping[str, tuple[int, float]]) -> list[s
                    f"(95% {sig(r.lo, 3)} to {sig(r.hi, 3)}) against {sig(r.control, 3)} on the control task, "
                    f"a selectivity of {sig(r.selectivity, 3)}{where}.")
     for r in reversed(tail):
-        out.append(f"It holds little of {_DOC.get(r.quantity, r.quantity)} beyond race count: {_metric(r)} "
-                   f"{sig(r.score, 3)} against {sig(r.control, 3)} on the control task (selectivity "
-                   f"{sig(r.selectivity, 3)}, 95% {sig(r.sel_lo, 3)} to {sig(r.sel_hi, 3)}).")
+        if r.sel_lo <= 0:
+            what = (f"It holds no more of {_DOC.get(r.quantity, r.quantity)} than race count alone gives (the "
+                    "selectivity interval includes 0)")
+        else:
+            what = (f"It holds the least of {_DOC.get(r.quantity, r.quantity)} beyond race count, though more than "
+                    "the control")
+        out.append(f"{what}: {_metric(r)} {sig(r.score, 3)} against {sig(r.control, 3)} on the control task "
+                   f"(selectivity {sig(r.selectivity, 3)}, 95% {sig(r.sel_lo, 3)} to {sig(r.sel_hi, 3)}).")
     return out
 
 
