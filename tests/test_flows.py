@@ -135,6 +135,9 @@ def test_second_run_for_the_same_night_leaves_the_first_intact(store, monkeypatc
     after = open_states(first["run_dir"]).dog_at(0).h
     assert (before == after).all()
     assert Path(second["report"]).exists()
+    # the determinism watch: the same set on the same data, so every watched dog's stored states are identical
+    watch = json.loads((Path(second["run_dir"]) / "eval" / "determinism.json").read_text())
+    assert watch["checked"] and watch["compared"] > 0 and watch["flagged"] == [], watch
 
 
 def test_nightly_with_no_parameters_ingests_the_configured_sources(store, monkeypatch, tmp_path):
