@@ -344,3 +344,11 @@ def test_starts_is_its_own_control_and_out_of_the_ranking(probed):
     assert "races run so far" not in summary.explain.split(" Probed ")[0]  # no sentence ranks it
     # a tail sentence never says 'little' unless its selectivity interval reaches 0
     assert "holds little" not in summary.explain
+
+
+def test_auc_and_r2_selectivity_are_ranked_on_one_scale():
+    from reports.sections.probes import _ranked
+
+    a = pd.DataFrame({"quantity": ["last_won", "win_rate", "track_change"], "metric": ["auc", "r2", "auc"],
+                      "selectivity": [0.49, 0.85, 0.1]})
+    assert _ranked(a)["quantity"].tolist() == ["last_won", "win_rate", "track_change"]  # 0.98, 0.85, 0.2

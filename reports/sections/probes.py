@@ -74,7 +74,7 @@ def _summary_panel(top: pd.DataFrame, atlas: pd.DataFrame | None, record: Mappin
     best = _best_units(atlas, int(top["seed"].min()), layer)
     rows = []
     own = a.apply(_own_control, axis=1).to_numpy(bool) if len(a) else np.zeros(0, bool)
-    ranked = pd.concat([a[~own].sort_values("selectivity", ascending=False), a[own]])
+    ranked = pd.concat([_ranked(a[~own]), a[own]])
     for r in ranked.itertuples(index=False):
         g = agree.loc[r.quantity] if len(agree) and r.quantity in agree.index else None
         unit = best.get(r.quantity)
@@ -102,6 +102,13 @@ def _summary_panel(top: pd.DataFrame, atlas: pd.DataFrame | None, record: Mappin
     return Panel("What the state holds, best first", explain, table=table)
 
 
+def _ranked(a: pd.DataFrame) -> pd.DataFrame:
+    """Most selective first, on one scale: an AUC's selectivity doubled (as a Gini difference, 0 to 1 like R²), so a
+    yes/no quantity held perfectly (AUC 1 against 0.5) ranks with a continuous one held perfectly (R² 1 against 0)."""
+    key = a["selectivity"].astype(float) * np.where(a["metric"] == "auc", 2.0, 1.0)
+    return a.assign(_k=key).sort_values("_k", ascending=False).drop(columns="_k")
+
+
 def _own_control(r) -> bool:
     """Whether race count alone fixes the quantity (starts): the control task then is the task, and selectivity is
     0 by construction, not a finding."""
@@ -113,7 +120,7 @@ def _sentences(a: pd.DataFrame, best: Mapping[str, tuple[int, float]]) -> list[s
     quantity that is its own control is in neither."""
     if not len(a):
         return []
-    ranked = a[~a.apply(_own_control, axis=1).to_numpy(bool)].sort_values("selectivity", ascending=False)
+    ranked = _ranked(a[~a.apply(_own_control, axis=1).to_numpy(bool)])
     lead = list(ranked.head(3).itertuples(index=False))
     tail = [r for r in ranked.tail(3).itertuples(index=False) if r.quantity not in {x.quantity for x in lead}]
     out = []
