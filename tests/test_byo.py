@@ -229,3 +229,21 @@ def test_model_list_flags_a_damaged_manifest_and_lists_the_others(tmp_path, caps
     assert cli(["model", "list", "--home", str(tmp_path), "--json"]) == 0
     listed = {s["set_id"]: s for s in json.loads(capsys.readouterr().out)}
     assert listed["bad"]["kind"] == "damaged" and "manifest.json" in listed["bad"]["error"]
+
+
+def test_a_feature_callable_changed_under_the_same_version_is_refused_at_the_nightly(home, tmp_path, monkeypatch):
+    """The docs promise a changed callable is noticed; its source changing under one __version__ was only logged."""
+    import sys
+
+    from flows.stages import features
+    from gruviz_core.errors import FeatureMismatchError
+    from storage.forms import latest_snapshot
+
+    source = (REPO / "docs" / "examples" / "team_model.py").read_text()
+    (tmp_path / "team_feats.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli(_register(home, "--feature-fn", "team_feats:features", "--name", "feats-v1")) == 0
+    (tmp_path / "team_feats.py").write_text(source.replace("/ 8.0", "/ 6.0"))  # same __version__ = "1.0"
+    monkeypatch.delitem(sys.modules, "team_feats", raising=False)
+    with pytest.raises(FeatureMismatchError, match="team_feats:features: its source changed since .* 1.0"):
+        features.run(str(home), latest_snapshot(home), "feats-v1")

@@ -57,7 +57,10 @@ def _custom(root: str | Path, snapshot_id: str, spec: FeatureSpec) -> Path:
             f"feature callable {spec.callable}: version {version} installed, the model set was registered with "
             f"{spec.version}; install that version or register the model set again")
     if spec.source_sha256 is not None and sha is not None and sha != spec.source_sha256:
-        log.warning("feature callable %s: source changed since registration (same version %s)", spec.callable, version)
+        raise FeatureMismatchError(
+            f"feature callable {spec.callable}: its source changed since the model set was registered (same version "
+            f"{version}): the model would read features other than those it was validated on. Restore the source, "
+            "or bump its __version__ and register the model set again")
     seqs = build_custom_sequences(load_snapshot(root, snapshot_id), fn, name=spec.callable)
     if (seqs.feature_names, seqs.context_names) != (spec.feature_names, spec.context_names):
         raise FeatureMismatchError(
