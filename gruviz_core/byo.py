@@ -46,6 +46,7 @@ from gruviz_core.sequences import Sequences, pad_batch
 
 __all__ = [
     "resolve_factory", "resolve_callable", "build_module", "wrap_module", "wrap_scripted", "ScriptedAdapter", "find_scripted_gru",
+    "scripted_gru_output",
     "FeatureSpec", "feature_spec_of", "callable_identity", "build_custom_sequences", "validate_sample", "SampleCheck",
 ]
 
@@ -280,6 +281,9 @@ def validate_sample(
         raise ModelError(f"model {model.model_id}: forward returned scores of shape {shape}, expected (B, T) = "
                          f"{tuple(x_np.shape[:2])}: one score per dog per race")
     mask = np.arange(x_np.shape[1])[None, :] < len_np[:, None]
+    if isinstance(model.module, ScriptedAdapter):
+        with torch.inference_mode():
+            model.module.check_input(torch.from_numpy(x_np), torch.from_numpy(c_np), mask, model.model_id)
     if not np.isfinite(scores.float().numpy()[mask]).all():
         raise ModelError(f"model {model.model_id}: forward returned non-finite scores on the sample; "
                          "check the weights and the normaliser")
@@ -325,13 +329,58 @@ def find_scripted_gru(script: torch.jit.ScriptModule, path: str | None = None) -
     return found[0]
 
 
+def scripted_gru_output(script: torch.jit.ScriptModule, path: str, x: torch.Tensor,
+                        ctx: torch.Tensor) -> torch.Tensor | None:
+    """What the scripted model's own GRU at `path` outputs when the model runs on (x, ctx): (B, T, H), or None
+    when it cannot be seen (the GRU's call inside a branch, or no GRU call of that path in the graph).
+
+    TorchScript has no hooks; this is the one place that reads its graph (`inlined_graph`, a copy) and builds a
+    function returning the GRU's output with `torch._C._create_function_from_graph` (private: tests/test_byo.py
+    checks that it still returns the output on a plain scripted model)."""
+    graph = script.inlined_graph
+    calls = [n for n in graph.nodes() if n.kind() == "aten::gru" and _attr_path(list(n.inputs())[2]) == path]
+    if len(calls) != 1:
+        return None
+    graph.eraseOutput(0)
+    graph.registerOutput(calls[0].outputsAt(0))
+    probe = torch._C._create_function_from_graph("gruviz_scripted_gru", graph)
+    return probe(script._c, x, ctx)
+
+
+def _attr_path(value) -> str:
+    """'encoder.rnn' for the value `self.encoder.rnn._flat_weights` (a chain of prim::GetAttr in the graph)."""
+    names = []
+    node = value.node()
+    while node.kind() == "prim::GetAttr":
+        names.append(node.s("name"))
+        node = next(node.inputs()).node()
+    return ".".join(reversed(names[1:]))  # the last attribute is the weights list, not a module
+
+
 class ScriptedAdapter(nn.Module):
     """Scores from the scripted model; its GRU's states from an eager copy run on the same input (see module doc)."""
 
-    def __init__(self, script: torch.jit.ScriptModule, gru: nn.GRU):
+    def __init__(self, script: torch.jit.ScriptModule, gru: nn.GRU, script_gru_path: str = ""):
         super().__init__()
         self.script = script
         self.gru = gru
+        self.script_gru_path = script_gru_path
+
+    def check_input(self, x: torch.Tensor, ctx: torch.Tensor, valid: np.ndarray, model_id: str) -> None:
+        """ModelError when the scripted GRU does not read `x` as given (a projection or embedding before it):
+        the eager copy's states, which gruviz stores, would not be the model's. valid: (B, T) bool steps."""
+        scripted = scripted_gru_output(self.script, self.script_gru_path, x, ctx)
+        eager, _ = self.gru(x if self.gru.batch_first else x.transpose(0, 1))
+        if not self.gru.batch_first:
+            eager = eager.transpose(0, 1)
+        if scripted is None or tuple(scripted.shape) != tuple(eager.shape):
+            return  # not visible in the graph (see scripted_gru_output): the module doc's limit applies
+        err = float((scripted - eager).abs().numpy()[valid].max()) if valid.any() else 0.0
+        if err > 1e-4:
+            raise ModelError(
+                f"scripted model {model_id}: its GRU {self.script_gru_path!r} does not read x as given (its states "
+                f"differ from a copy run on x by up to {err:.3g}: a projection or embedding before it?); gruviz "
+                "would store states that are not the model's. Register the model's code with --factory instead")
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F), ctx: (B, T, C) -> (B, T) scores."""
@@ -353,6 +402,7 @@ def wrap_scripted(
         raise FeatureMismatchError(f"scripted model {model_id}: GRU {path!r} is bidirectional; gruviz needs a causal GRU")
     _check_input_size(gru.input_size, feature_names, model_id, path)
     gru.load_state_dict({k: v.detach().clone() for k, v in sg.named_parameters()})
-    loaded = LoadedModel.wrap(ScriptedAdapter(script, gru), feature_names, context_names, gru_path="gru", model_id=model_id)
+    loaded = LoadedModel.wrap(ScriptedAdapter(script, gru, path), feature_names, context_names, gru_path="gru",
+                              model_id=model_id)
     loaded.extra["scripted_gru_path"] = path
     return loaded

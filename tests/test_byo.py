@@ -247,3 +247,45 @@ def test_a_feature_callable_changed_under_the_same_version_is_refused_at_the_nig
     monkeypatch.delitem(sys.modules, "team_feats", raising=False)
     with pytest.raises(FeatureMismatchError, match="team_feats:features: its source changed since .* 1.0"):
         features.run(str(home), latest_snapshot(home), "feats-v1")
+
+
+class _Scripted(nn.Module):
+    """A GRU over 3 gruviz features and a head over the context; `project` puts a Linear before the GRU."""
+
+    def __init__(self, project: bool):
+        from gruviz_core.features import CONTEXT_NAMES
+
+        super().__init__()
+        self.proj = nn.Linear(3, 3) if project else nn.Identity()
+        self.rnn = nn.GRU(3, 4, batch_first=True)
+        self.head = nn.Linear(4 + len(CONTEXT_NAMES), 1)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.proj(x))
+        h_prev = nn.functional.pad(h, (0, 0, 1, 0))[:, :-1]
+        return self.head(torch.cat([h_prev, ctx], dim=-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("project", [False, True])
+def test_torchscript_gru_must_read_x_as_given(home, tmp_path, capsys, project):
+    """A scripted model with a projection before its GRU: the eager copy's states differed by up to 1.87."""
+    import warnings
+
+    from gruviz_core.byo import scripted_gru_output
+    from gruviz_core.features import CONTEXT_NAMES
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        script = torch.jit.script(_Scripted(project))
+    x = torch.randn(2, 5, 3)
+    got = scripted_gru_output(script, "rnn", x, torch.zeros(2, 5, len(CONTEXT_NAMES)))  # TorchScript's graph API
+    assert got is not None and got.shape == (2, 5, 4)
+    script.save(str(tmp_path / "model.ts"))
+    rc = cli(["model", "register", "--home", str(home), "--script", str(tmp_path / "model.ts"),
+              "--features", "won,box,log_place", "--name", f"ts-{int(project)}"])
+    err = capsys.readouterr().err
+    if project:
+        assert rc == 2 and "does not read x as given" in err and "'rnn'" in err, err
+    else:
+        assert rc == 0, err
