@@ -9,11 +9,20 @@ Per GRU size, in the same process (best of --repeats, the machine is shared):
     a      the notebook's loop: nn.GRU over one dog at a time (a sample of dogs; dog-steps/s)
     b      packed nn.GRU forward alone over length-sorted batches (top layer, no gates, nothing kept)
     f      the model's own forward as extraction runs it (padded batches, scores and fused GRU output)
-    c      gruviz compute alone: iter_extract (model run, every layer, gates, check, float16, to host)
-    d      writing h, z, r, score into the store alone (compression and Zarr writes)
+    c      gruviz compute alone: iter_extract (model run, every layer, gates, check, float32 to host:
+           what the block's GRU thread does)
+    d      the block's other side alone: each float32 batch summarised (per-row summaries, per-unit
+           accumulators), cast into float16 shard buffers, compressed and written (the shard's real
+           batches, written to every shard); d_store is the store's write alone (the writer thread)
     e      gruviz end to end through storage.states as the pipeline runs it (begin_run, every
-           block, finish_run: compute overlapping compression and writes); e_blocks is the same
-           without begin_run's per-row metadata (rows / the blocks' own seconds)
+           block, finish_run: compute overlapping summaries, compression and writes); e_blocks is
+           the same without begin_run's per-row metadata (rows / the blocks' own seconds)
+    codec  numcodecs Blosc with the store's settings on the same float16 h, z, r in inner-chunk
+           pieces, one thread, no Zarr, no disk: the write path's ceiling (store_write_share_of_codec
+           = d_store's MB/s over it), beside other Blosc settings (size ratio and MB/s each)
+    stats  the stats stage on e's run: new (compute_stats: the blocks' summaries, no state decoded)
+           and old (the stage as it was before issue 26, from git: every seed's states decoded and
+           scanned, then the tables)
 
 Rates are dog-steps per second of one model (rows x seeds / seconds). c's share of the ceiling
 counts the GEMM FLOPs of one GRU pass per step (c_over_ceiling, what the states minimally cost)
@@ -45,7 +54,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.stages.extract import _fill_shard, extract_run  # noqa: E402
+from flows.stages import stats as stats_stage  # noqa: E402
+from flows.stages.extract import _absorb, extract_run  # noqa: E402
+from gruviz_core import stats as gst  # noqa: E402
 from gruviz_core.extract import BATCH_ELEMENTS, CHECK_TOL, choose_device, iter_extract, length_batches  # noqa: E402
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU  # noqa: E402
 from gruviz_core.sequences import pad_batch  # noqa: E402
@@ -203,15 +214,20 @@ def compute_only(models, inp: dict, batch_size: int, device) -> tuple[float, flo
     t = time.perf_counter()
     err, failed = 0.0, 0
     for _, bs in iter_extract(models, inp["seqs_values"], inp["context"], off, np.arange(len(off) - 1),
-                              device=device, batch_size=batch_size):
+                              device=device, batch_size=batch_size, dtype=torch.float32):
         err = max(err, bs.max_err)
         failed += not bs.max_err <= CHECK_TOL
     return n * len(models) / (time.perf_counter() - t), err, failed
 
 
-def writes_only(root: Path, models, inp: dict, batch_size: int) -> float:
-    """d: dog-steps/s of writing h, z, r, score (real states of the first shard, repeated) and the rows'
-    metadata into the store."""
+def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, dict]:
+    """d: dog-steps/s of the block's non-GRU side (summaries, per-unit accumulators, float16 buffers, compression,
+    writes) on the first shard's real float32 batches, written to every shard, and the rows' metadata; with
+    d_store (the writer thread's Zarr writes alone) and the codec alone on the same float16 arrays."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
     meta = {k: inp[k] for k in ("offsets", "dog_id", "dog_name")}
     rows = {k: inp[k] for k in states.ROW_META}
     gru = models[0].gru
@@ -220,28 +236,102 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> float:
     off = inp["offsets"]
     s1 = min(plan.shard_rows, plan.n_obs)
     dogs = np.arange(0, int(np.searchsorted(off, s1, "left")))
-    h, z, r, sc, _ = _fill_shard(models[0], inp["seqs_values"], inp["context"], off, dogs, 0, s1, plan,
-                                        device=torch.device("cpu"), batch_size=batch_size, max_tokens=None,
-                                        dog_ids=None)
-    import zarr
-
-    g = zarr.open_group(zarr.storage.LocalStore(plan.path / states.STATES), mode="r+")
+    batches = [bs for _, bs in iter_extract(models[:1], inp["seqs_values"], inp["context"], off, dogs,
+                                            device="cpu", batch_size=batch_size, dtype=torch.float32)]
+    lock, units = threading.Lock(), gst.UnitAccumulators()
+    slots = threading.BoundedSemaphore(len(batches) + 1)
+    shards = list(range(0, plan.n_obs, plan.shard_rows))
     t = time.perf_counter()
     for b in range(plan.n_blocks):
         with states.BlockWriter(plan, b) as bw:
             bw.write_rows(rows, 0)
-    with states._ShardWriter() as w:
-        for s0 in range(0, plan.n_obs, plan.shard_rows):
+    with states.BlockWriter(plan, 0) as bw, ThreadPoolExecutor(1) as pool:
+        for s0 in shards:
             e = min(s0 + plan.shard_rows, plan.n_obs)
             for k in range(len(models)):
-                w.reserve()
-                w.put([(g[f"seed{k}/{q}"], buf[: e - s0]) for q, buf in (("h", h), ("z", z), ("r", r))],
-                      s0, e, g["score"], k, sc[: e - s0])
-    return plan.n_obs * len(models) / (time.perf_counter() - t)
+                bw.reserve()
+                buf = bw.buffers(k, 0, s1)
+                jobs = []
+                for bs in batches:
+                    slots.acquire()
+                    jobs.append(pool.submit(_absorb, buf, bs, off, units, lock, slots))
+                n = e - s0
+                bw.write(replace(buf, s0=s0, s1=e, h=buf.h[:n], z=buf.z[:n], r=buf.r[:n], score=buf.score[:n],
+                                 summary={q: a[:n] for q, a in buf.summary.items()}), after=jobs)
+    d = plan.n_obs * len(models) / (time.perf_counter() - t)
+    # the writer thread alone: the same float16 buffers into a fresh store
+    buf16 = {q: getattr(buf, q) for q in ("h", "z", "r")}
+    plan2 = states.begin_run(root, "store", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
+                             seeds=list(range(len(models))), **meta)
+    t = time.perf_counter()
+    with states.BlockWriter(plan2, 0) as bw:
+        for s0 in shards:
+            e = min(s0 + plan2.shard_rows, plan2.n_obs)
+            for k in range(len(models)):
+                bw.reserve()
+                n = e - s0
+                bw.write(replace(buf, seed=k, s0=s0, s1=e, h=buf.h[:n], z=buf.z[:n], r=buf.r[:n],
+                                 score=buf.score[:n], summary={}))
+    store_s = time.perf_counter() - t
+    state_bytes = 3 * plan2.n_obs * len(models) * gru.num_layers * gru.hidden_size * 2
+    return d, {"d_store_mb_s": round(state_bytes / store_s / 1e6, 1), **codec_alone(plan2, buf16)}
 
 
-def end_to_end(root: Path, models, inp: dict, batch_size: int, device) -> tuple[float, float, float, dict]:
-    """e: extract_run (begin_run, every block, finish_run) as the pipeline runs it."""
+def codec_alone(plan, buf16: dict) -> dict:
+    """The store's Blosc settings (and others) on the same float16 h, z, r, in inner-chunk pieces, one thread."""
+    import numcodecs
+    import zarr
+    from numcodecs import Blosc
+
+    arr = zarr.open_group(zarr.storage.LocalStore(plan.path / states.STATES), mode="r")["seed0/h"]
+    blosc = arr.metadata.codecs[0].codecs[1]
+    mine = (str(blosc.cname.value), int(blosc.clevel), str(blosc.shuffle.value))
+    shuffles = {"bitshuffle": Blosc.BITSHUFFLE, "shuffle": Blosc.SHUFFLE, "noshuffle": Blosc.NOSHUFFLE}
+    data = np.concatenate([np.ascontiguousarray(buf16[q]).view(np.uint8).ravel() for q in ("h", "z", "r")])
+    piece = plan.chunk_rows * plan.n_layers * plan.n_units * 2
+    settings = [mine] + [c for c in (("zstd", 1, "bitshuffle"), ("lz4", 1, "bitshuffle"), ("lz4", 5, "bitshuffle"),
+                                     ("lz4", 5, "shuffle"), ("blosclz", 5, "bitshuffle")) if c != mine]
+    numcodecs.blosc.set_nthreads(1)
+    out = {}
+    for cname, clevel, shuffle in settings:
+        codec = Blosc(cname=cname, clevel=clevel, shuffle=shuffles[shuffle], typesize=2)
+        best, size = 0.0, 0
+        for _ in range(3):
+            t = time.perf_counter()
+            size = sum(len(codec.encode(data[a : a + piece])) for a in range(0, len(data), piece))
+            best = max(best, len(data) / (time.perf_counter() - t) / 1e6)
+        out[f"{cname}-{clevel}-{shuffle}"] = {"mb_s": round(best, 1), "ratio": round(len(data) / size, 4)}
+    return {"codec": "-".join(map(str, mine)), "codec_mb_s": out["-".join(map(str, mine))]["mb_s"],
+            "codec_settings": out}
+
+
+STATS_BEFORE = "2032330"
+"""The commit before issue 26: its stats stage decoded and scanned every seed's states."""
+
+
+def stats_old_vs_new(run: Path) -> dict:
+    """The stats stage on one run: new (compute_stats: the blocks' summaries) and old (the stage as it was at
+    STATS_BEFORE, run from git against today's code: it decodes every seed's h, z, r and scans them)."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{STATS_BEFORE}:flows/stages/stats.py"], cwd=Path(__file__).parents[1],
+                         capture_output=True, text=True, check=True).stdout
+    before = types.ModuleType("stats_before")
+    exec(compile(src, f"{STATS_BEFORE}:flows/stages/stats.py", "exec"), before.__dict__)  # noqa: S102
+    times = {}
+    for name, fn in (("old", before.compute_stats), ("new", stats_stage.compute_stats)):
+        t = time.perf_counter()
+        fn(run)
+        times[name] = time.perf_counter() - t
+    return {"stats_new_s": round(times["new"], 3), "stats_old_s": round(times["old"], 3),
+            "stats_new_over_old": round(times["new"] / times["old"], 3), "stats_old_commit": STATS_BEFORE}
+
+
+def end_to_end(root: Path, models, inp: dict, batch_size: int, device,
+               stats: bool = False) -> tuple[float, float, float, dict]:
+    """e: extract_run (begin_run, every block, finish_run) as the pipeline runs it; `stats`: the stats stage on
+    the run, new and old."""
     base = rss_mb()
     with PeakRSS() as mem:
         t = time.perf_counter()
@@ -257,7 +347,8 @@ def end_to_end(root: Path, models, inp: dict, batch_size: int, device) -> tuple[
         reader.dog(i)
     read_ms = (time.perf_counter() - t) / len(ids) * 1e3
     rows = info["n_obs"] * len(models)
-    return rows / secs, secs, mem.peak_mb - base, {
+    more = stats_old_vs_new(tmp) if stats else {}
+    return rows / secs, secs, mem.peak_mb - base, {**more,
         "peak_rss_mb": mem.peak_mb, "rss_before_e_mb": base, "store_mb": round(disk / 2**20, 1),
         "dog_read_ms": round(read_ms, 2), "e_blocks_seconds": info["extract_seconds"],
         "e_blocks_dog_steps_s": round(rows / info["extract_seconds"]),
@@ -300,6 +391,7 @@ def one_size(models, inp: dict, args, device: torch.device, scratch: Path, ceili
     out: dict = {"hidden": gru.hidden_size, "layers": gru.num_layers, "seeds": len(models)}
     if not args.only_e:
         a = b = f = c = d = 0.0
+        d_codec: dict = {}
         err_c, failed_c = 0.0, 0
         for i in range(reps):  # interleaved, so a burst of load elsewhere hits every case alike
             a = max(a, one_at_a_time(models[0], inp, args.one_dog_sample, device))
@@ -307,14 +399,16 @@ def one_size(models, inp: dict, args, device: torch.device, scratch: Path, ceili
             f = max(f, forward_only(models[0], inp, args.batch_size, device))
             rate, err, failed = compute_only(models, inp, args.batch_size, device)
             c, err_c, failed_c = max(c, rate), max(err_c, err), failed_c + failed
-            d = max(d, writes_only(scratch / f"w{i}", models, inp, args.batch_size))
+            rate, codec = writes_only(scratch / f"w{i}", models, inp, args.batch_size)
+            if rate > d:
+                d, d_codec = rate, codec
             shutil.rmtree(scratch / f"w{i}", ignore_errors=True)
     runs = []
     for i in range(reps if not args.only_e else 1):
-        runs.append(end_to_end(scratch / f"e{i}", models, inp, args.batch_size, device))
+        runs.append(end_to_end(scratch / f"e{i}", models, inp, args.batch_size, device, stats=i == 0))
         shutil.rmtree(scratch / f"e{i}", ignore_errors=True)
     e, e_secs, _, _ = max(runs, key=lambda r: r[0])
-    _, _, growth, extra = runs[0]  # memory from the first run, before any allocator reuse
+    _, _, growth, extra = runs[0]  # memory from the first run, before any allocator reuse (and the stats times)
     e_blocks = max(r[3]["e_blocks_dog_steps_s"] for r in runs)
     out.update(extra, e_blocks_dog_steps_s=e_blocks, e_dog_steps_s=round(e), e_seconds=round(e_secs, 2),
                rss_growth_during_e_mb=round(growth, 1),
@@ -333,7 +427,9 @@ def one_size(models, inp: dict, args, device: torch.device, scratch: Path, ceili
             e_over_b=round(e / b, 3), e_over_a=round(e / a, 2), e_blocks_over_b=round(e_blocks / b, 3),
             e_blocks_over_a=round(e_blocks / a, 2), c_over_b=round(c / b, 3), f_over_b=round(f / b, 3),
             c_over_f=round(c / f, 3), e_time_over_max_c_d=round(e_secs / max(c_secs, d_secs), 3),
-            check_max_err_compute=err_c, check_failed_batches=failed_c,
+            check_max_err_compute=err_c, check_failed_batches=failed_c, **d_codec,
+            store_write_share_of_codec=round(d_codec["d_store_mb_s"] / d_codec["codec_mb_s"], 3),
+            e_over_max_c_d_goal_1_25=e_secs / max(c_secs, d_secs) <= 1.25, e_over_b_goal_0_38=e >= 0.38 * b,
             goal_e_0_7_b=e >= 0.7 * b, goal_e_10_a=e >= 10 * a,
             goal_c_30pct_ceiling=c * pass_flop / 1e9 >= 0.3 * ceiling,
             goal_check_every_batch=failed_c == 0 and out["check_passed"],

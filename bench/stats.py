@@ -7,7 +7,8 @@ times in the same process:
     read     iterate the store's shard-aligned chunks (decompress + float16 -> float32), nothing else
     scan     the streaming statistics pass (gruviz_core.stats.scan_seed): row stats, gates, moments
     scan_prefetch  the same with the next shard read in a background thread (as compute_stats does)
-    stats    compute_stats end to end: scan + plateau + cohorts + every stats/ table written
+    stats    compute_stats end to end: the blocks' summaries (here written by the build from the states)
+             + plateau + cohorts + every stats/ table written (it decodes no state since issue 26)
 
 GB/s are of the states scanned (h, z, r as float16, uncompressed); the store's size on disk is
 reported too. Prints one JSON line. Run under `flock /tmp/gruviz-heavy.lock`.
@@ -33,7 +34,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.stages.stats import compute_stats  # noqa: E402
-from gruviz_core.stats import scan_seed  # noqa: E402
+from gruviz_core.stats import TAU_COLUMNS, UnitAccumulators, scan_seed  # noqa: E402
 from storage import states  # noqa: E402
 
 
@@ -88,7 +89,22 @@ def build(root: Path, n_steps: int, units: int, seed: int = 0) -> Path:
     for b in range(1, plan.n_blocks):
         (plan.path / "blocks" / f"{b}.json").write_text(json.dumps({"dogs": 0, "device": "synthetic", "seconds": 0,
                                                                     "check_max_err": []}))
+    _summaries(plan, g, step + 1)
     return states.finish_run(plan.path)
+
+
+def _summaries(plan, g, step: np.ndarray) -> None:
+    """What extraction blocks store beside their states (per-row summaries, per-unit accumulators), here from the
+    synthetic float16 states, so the stats stage (which reads only those) runs on this store."""
+    reader = states.StatesReader(plan.path)
+    scan = scan_seed(reader.iter_chunks(0), step, reader.n_obs, reader.n_layers)
+    rows = {"s": scan.s, **{c: scan.f[:, :, i] for i, c in enumerate(TAU_COLUMNS)}, "max_abs": scan.max_abs,
+            "move": scan.move, "write": scan.write, "delta": scan.delta}
+    for name in states.ROW_SUMMARY:
+        g[f"seed0/summary/{name}"][:] = rows[name]
+    units = UnitAccumulators(z=scan.gates["z"], r=scan.gates["r"], moments=scan.moments)
+    for b in range(plan.n_blocks):
+        states.BlockWriter(plan, b).write_units(0, (units if b == 0 else UnitAccumulators()).to_arrays())
 
 
 def main() -> None:

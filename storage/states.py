@@ -329,10 +329,10 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name):
                            attributes={"long_name": what, "units": "1", "coordinates": "dog_index"})
         sg = g.create_group("summary", attributes={"about": "per-row summaries of the float32 states, written by "
                                                    "the extraction blocks; the stats stage aggregates these"})
-        for name, what in ROW_SUMMARY.items():
-            sg.create_array(name, shape=(n_obs, plan.n_layers), dtype="float32", chunks=(row_chunk[0], plan.n_layers),
-                            shards=(row_shard[0], plan.n_layers), compressors=_compressor(), fill_value=np.nan,
-                            dimension_names=("obs", "layer"), attributes={"long_name": what, "units": "1"})
+        for name, what in ROW_SUMMARY.items():  # a chunk per shard of h: a few hundred KiB, read whole by the stats
+            sg.create_array(name, shape=(n_obs, plan.n_layers), dtype="float32", chunks=(row_shard[0], plan.n_layers),
+                            compressors=_compressor(), fill_value=np.nan, dimension_names=("obs", "layer"),
+                            attributes={"long_name": what, "units": "1"})
 
 
 def _row_arrays(offsets: np.ndarray, a: int, b: int, rows: Mapping[str, np.ndarray], row_base: int) -> dict:
@@ -544,10 +544,10 @@ class _ShardWriter:
                 for f in after:
                     f.result()  # re-raises a filling job's error
                 if self._error is None:
-                    for arr, buf in arrays:
-                        arr[s0:s1] = buf
+                    pairs = [(arr, (slice(s0, s1),), buf) for arr, buf in arrays]
                     if score is not None:
-                        score[s0:s1, k : k + 1] = sc
+                        pairs.append((score, (slice(s0, s1), slice(k, k + 1)), sc))
+                    _write_all(pairs)
             except BaseException as e:  # re-raised in the computing thread
                 self._error = e
             finally:
@@ -1037,6 +1037,10 @@ class StatesReader:
             "dog_index": np.repeat(np.arange(self.n_dogs, dtype=np.int64), self._row_size),
         })
 
+    def race_dates(self) -> np.ndarray:
+        """(obs,) datetime64[D] every row's race date (NaT unknown): `rows()`'s one column, without the strings."""
+        return _days(self._arr("race_date")[:])
+
     def scores(self) -> np.ndarray:
         """(obs, seed) float32 every seed's score of every race."""
         return self._arr("score")[:]
@@ -1162,6 +1166,16 @@ def _read_all(arrays: Sequence[zarr.Array], selections: Sequence[tuple]) -> list
         return await asyncio.gather(*(a.async_array.getitem(s) for a, s in zip(arrays, selections)))
 
     return list(zarr_sync(gather()))
+
+
+def _write_all(items: Sequence[tuple[zarr.Array, tuple, np.ndarray]]) -> None:
+    """Write several (array, selection, values) concurrently on zarr's event loop: one array's compression
+    overlaps another's file write."""
+
+    async def gather():
+        await asyncio.gather(*(a.async_array.setitem(sel, v) for a, sel, v in items))
+
+    zarr_sync(gather())
 
 
 def _strs(a: np.ndarray) -> np.ndarray:

@@ -185,6 +185,11 @@ def test_store_layout_on_disk(tmp_path):
     for name in ("row_start", "row_size", "dog_id", "dog_name", "step", "race_date", "race_id", "won",
                  "market_prob", "score"):
         assert g[name].metadata.dimension_names, name
+    for name in states.ROW_SUMMARY:  # the blocks' per-row summaries, beside the states
+        a = g[f"seed0/summary/{name}"]
+        assert a.dtype == np.float32 and a.shape == (200, 2) and a.metadata.dimension_names == ("obs", "layer")
+        assert not np.isnan(a[:][:, 0]).any() or name == "move"
+    assert (run_dir / "blocks" / "0.seed0.npz").exists()
 
 
 def test_xarray_named_dims(tmp_path):
@@ -293,3 +298,21 @@ def test_progress_reaches_total(tmp_path):
     extract_run(tmp_path, "r", {}, make_models(n_seeds=1), chunk_rows=2, shard_chunks=1, block_dogs=2,
                        progress=lambda d, t: seen.append((d, t)), device="cpu", **inp)
     assert seen[-1] == (6, 6) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+
+def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypatch):
+    import flows.stages.extract as fx
+
+    def boom(*_a, **_k):
+        raise RuntimeError("summary exploded")
+
+    monkeypatch.setattr(fx.st, "row_summary", boom)
+    inp = make_inputs([5, 1, 9, 2, 2, 7])
+    plan = states.begin_run(tmp_path, "r", {}, offsets=inp["offsets"], dog_id=inp["dog_id"], dog_name=inp["dog_name"],
+                            n_layers=2, n_units=6, seeds=[100, 101], chunk_rows=2, shard_chunks=2)
+    values, context, rows = split_inputs(inp)
+    with pytest.raises((StoreError, RuntimeError), match="summary exploded"):
+        write_block(plan, 0, make_models(), values, context, rows=rows, device="cpu", batch_size=2, in_flight=1)
+    assert not (plan.path / "blocks" / "0.json").exists()
+    with pytest.raises(StoreError, match="no done marker"):
+        states.finish_run(plan.path)

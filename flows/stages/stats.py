@@ -87,7 +87,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
         else:
             del scan
     idx = reader.index()
-    debut = _debut_observed(reader.rows()["race_date"].to_numpy(), offsets)
+    debut = _debut_observed(reader.race_dates(), offsets)
     dog_rows, step_tables, plateau_tables = [], [], []
     cohort_of_dog = None
     for li in range(L):
