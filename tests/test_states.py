@@ -316,3 +316,30 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
     assert not (plan.path / "blocks" / "0.json").exists()
     with pytest.raises(StoreError, match="no done marker"):
         states.finish_run(plan.path)
+
+
+@pytest.mark.parametrize("n_obs", [16, 13, 5, 1])
+def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
+    """The writers' direct shard encoder (storage.states._ShardEncoder) must write what zarr itself writes, byte
+    for byte: this fails loudly if an upgrade changes zarr's shard layout or Blosc settings."""
+    import zarr
+
+    x = np.tanh(np.random.default_rng(0).normal(size=(n_obs, 2, 3))).astype(np.float16)
+    root = tmp_path / "z"
+    g = zarr.create_group(zarr.storage.LocalStore(root))
+    kw = dict(shape=x.shape, dtype="float16", chunks=(2, 2, 3), shards=(8, 2, 3), compressors=states._compressor(),
+              fill_value=np.nan)
+    mine, theirs = g.create_array("mine", **kw), g.create_array("theirs", **kw).with_config(states._WRITE_CONFIG)
+    enc = states._ShardEncoder.of(mine)
+    assert enc is not None
+    for s0 in range(0, n_obs, 8):
+        s1 = min(s0 + 8, n_obs)
+        assert enc.covers(s0, s1) and not enc.covers(s0 + 1, s1)
+        states._write_all([(mine, (slice(s0, s1),), x[s0:s1], enc)])
+        theirs[s0:s1] = x[s0:s1]
+    files = sorted(p.relative_to(root / "theirs") for p in (root / "theirs" / "c").rglob("*") if p.is_file())
+    assert len(files) == -(-n_obs // 8)
+    for f in files:
+        assert (root / "mine" / f).read_bytes() == (root / "theirs" / f).read_bytes(), f
+    np.testing.assert_array_equal(zarr.open_array(root / "mine", mode="r")[:], x)
+    assert states._ShardEncoder.of(g.create_array("plain", shape=(4, 2), dtype="float32", chunks=(2, 2))) is None
