@@ -102,7 +102,7 @@ def test_negative_control_at_step_one_sees_selection_not_state():
 
 
 def test_status_at_prediction_uses_only_earlier_steps():
-    rule = co.CohortRule(w=2, k=2)
+    rule = co.CohortRule(name="tanh-f", w=2, k=2)  # the magnitude rule: saturated once F stays high
     s = np.array([0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
     f = np.array([0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
     step, off = np.arange(1, 9), np.array([0, 8])
