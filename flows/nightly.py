@@ -160,6 +160,15 @@ def report_task(run_dir: str, root: str, reports_dir: str, night: str, snapshot_
     return report.run(run_dir, root, reports_dir, night, snapshot_id, watchlist)
 
 
+@task(name="catch-up-report", retries=1, cache_policy=NO_CACHE)
+def catch_up_report_task(root: str, reports_dir: str, watchlist: list[str], tonight: str) -> str | None:
+    built = report.catch_up(root, reports_dir, watchlist, tonight=tonight)
+    if built:
+        get_run_logger().warning("the latest published run had no report page (its night stopped after publishing "
+                                 "it); built it now: %s", built)
+    return built
+
+
 @task(name="retention", cache_policy=NO_CACHE)
 def retention_task(root: str, reports_dir: str, keep_nights: int) -> dict:
     from reports.render import render_index
@@ -217,6 +226,7 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     set_torch_threads(s.torch_threads)
     root, night = str(checked.root), checked.night
 
+    catch_up_report_task(root, str(checked.reports_dir), list(s.watchlist), night)
     if sources:
         ingested = ingest_sources_task(root, sources, s.inflate_limit)
         snapshot_id, new_data = ingested["snapshot_id"], ingested["new_data"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from gruviz_core.errors import ConfigError
 from storage.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "prune_reports", "ASSET"]
+__all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "night_facts", "prune_reports", "ASSET"]
 
 IndexRenderer = Callable[[list[dict]], str]
 """Renders the index page from list_nights(...) (reports.render.render_index)."""
@@ -91,6 +91,11 @@ def list_nights(reports_dir: str | Path) -> list[dict]:
         n["delta"] = float(f"{cur - prev:+.4g}") if ok else None
         prev = cur if isinstance(cur, (int, float)) else prev
     return nights[::-1]
+
+
+def night_facts(reports_dir: str | Path, night: str) -> dict:
+    """What <reports_dir>/<night>/night.json says of the page ({} when absent): the model set and run it shows."""
+    return _night_facts(Path(reports_dir) / _check_night(night))
 
 
 def _night_facts(d: Path) -> dict:

@@ -193,3 +193,27 @@ def test_nightly_with_no_parameters_ingests_the_configured_sources(store, monkey
     assert gone in Path(state.result()["report"]).read_text(encoding="utf-8")
     assert gone in _artifacts(state.state_details.flow_run_id)["nightly-summary"].data  # the email's lines
     assert any(gone in line for line in _logs(state.state_details.flow_run_id))
+
+
+def test_a_night_stopped_after_publishing_its_run_gets_its_report_from_the_next(store, monkeypatch):
+    """LATEST sat on a run with no report page, and the index skipped it."""
+    import datetime as dt
+    import shutil
+    from zoneinfo import ZoneInfo
+
+    from flows.nightly import nightly
+    from flows.stages import report
+    from storage.site import list_nights
+
+    home, _ = store
+    _env(monkeypatch, home, None)
+    today = dt.datetime.now(ZoneInfo("Australia/Sydney")).date()
+    night, tonight = (today + dt.timedelta(days=1)).isoformat(), (today + dt.timedelta(days=2)).isoformat()
+    first = nightly(night=night, return_state=True).result()  # the newest night: LATEST names its run
+    reports = home / "reports"
+    shutil.rmtree(reports / night)  # as if the night had been killed between publish-run and report
+    assert report.catch_up(str(home), str(reports), [], tonight=tonight) == f"{night}/index.html"
+    assert (reports / night / "index.html").is_file()
+    assert night in [n["night"] for n in list_nights(reports)]
+    assert report.catch_up(str(home), str(reports), [], tonight=tonight) is None  # nothing more to build
+    assert first["run_id"] in (reports / night / "night.json").read_text()

@@ -11,9 +11,9 @@ from storage import site
 from storage.forms import read_manifest
 from storage.fs import store_path
 from storage.results import read_dog_states, read_history, read_run_results
-from storage.states import published_runs
+from storage.states import latest_run, published_runs
 
-__all__ = ["run", "publish"]
+__all__ = ["run", "publish", "catch_up"]
 
 
 def run(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str, watchlist: list[str]) -> str:
@@ -28,6 +28,24 @@ def run(run_dir: str, root: str, reports_dir: str, night: str, snapshot_id: str,
     page = publish(render(model), reports_dir, night, headline=dict(results.headline),
                    facts={"model_set_id": results.meta.get("model_set_id"), "run_id": results.meta.get("run_id")})
     return str(Path(page).resolve().relative_to(Path(reports_dir).resolve()))
+
+
+def catch_up(root: str, reports_dir: str, watchlist: list[str], *, tonight: str | None = None) -> str | None:
+    """The report of the latest published run when it has none (its night was stopped after publishing the run:
+    runs/LATEST would sit on a run with no page, and the index skip it); its path relative to the reports dir,
+    or None when there was nothing to build (or the run is tonight's, which tonight rebuilds)."""
+    run_dir = latest_run(root)
+    if run_dir is None:
+        return None
+    meta = read_run_results(run_dir).meta
+    night, run_id = str(meta.get("night") or ""), meta.get("run_id")
+    if not night or night == tonight:
+        return None
+    page = Path(reports_dir) / night / "index.html"
+    facts = site.night_facts(reports_dir, night)
+    if page.is_file() and facts.get("run_id") in (None, run_id):
+        return None
+    return run(str(run_dir), root, reports_dir, night, str(meta.get("snapshot_id") or ""), watchlist)
 
 
 def publish(html: str, reports_dir: str | Path, night: str, *, headline: dict, facts: dict | None = None) -> Path:
