@@ -30,6 +30,13 @@ and those gruviz executes (c_executed_over_ceiling: the model's fused pass, the 
 and the single-layer passes of the layers below the top in a deeper GRU). Targets (issue 15):
 e >= 0.7 b and e >= 10 a at every size, c >= 30% of the ceiling, the 1e-5 check passing on every batch.
 
+Issue 26's targets: e's time <= 1.25 x max(c's, d's), e >= 0.38 b, the store at >= 70% of the codec, the stats
+stage at most a third of the old one's time. One run on the shared 2-core box (50k dogs, one torch thread, best
+of 2, after the direct shard encoder): H64 e/b 0.228, e/max(c, d) 1.66, store 507 MB/s = 0.35 of lz4-5 bitshuffle
+(1441 MB/s, ratio 1.241; zstd-1 bitshuffle 534 MB/s, 1.241), stats 1.58 s vs 3.51 s (0.45); H128 e/b 0.373,
+e/max(c, d) 1.42, store 549 MB/s = 0.34 of the codec, stats 1.34 s vs 4.17 s (0.32). Another process took a core
+for part of that run; the run before the shard encoder gave H64 e/b 0.285, e/max(c, d) 1.33.
+
 On a CUDA machine the cases run on the GPU (CPU torch threads still --threads) and a CUDA-vs-CPU
 equivalence check extracts a sample of dogs on both. Lengths are synthetic with a long tail
 (lognormal, median 12, clipped to 1..150) unless --real uses the registry's current model set and
