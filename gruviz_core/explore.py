@@ -8,21 +8,25 @@ draws), and the few sums a dog's page needs: win probabilities within a race, pr
                    its s and F_tau at the cohort layer (stats table `dog_step`), cohort, plateau, rule,
                    and what each unit of seed 0 tracks best (the probe atlas, eval/unit_atlas)
     UnitRecord     one unit of one seed and layer: its rank correlations with the probe's quantities and
-                   its value on a sample of dogs' races (`unit_by_step`, `extreme_dogs` summarise it)
+                   its value on a sample of dogs' races (`unit_by_step`, `extreme_dogs` summarise it), and
+                   against the quantity it tracks best on the probe's own rows
+    UnitAtlas      a run's probe atlas (eval/unit_atlas) for the search "units that track X" (`units_tracking`)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from gruviz_core.results import DogStates
 
 __all__ = ["RunInfo", "DogDirectory", "CohortBand", "DogRecord", "UnitQuantity", "UnitRecord", "StepQuartiles",
-           "DogMean", "race_win_prob", "search_dogs", "unit_by_step", "extreme_dogs"]
+           "DogMean", "UnitAtlas", "TrackingUnit", "race_win_prob", "search_dogs", "unit_by_step", "extreme_dogs",
+           "units_tracking"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,49 @@ class UnitRecord:
     """(rows,) int64 race count (1-based) of each sampled race."""
     value: np.ndarray
     """(rows,) float32 the unit's h after each sampled race."""
+    probe_dog: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """(n,) int64 dog positions of the probe's rows (eval/probe_rows) where the quantity the unit tracks best
+    (quantities[0]) is known; empty without probe rows."""
+    probe_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """(n,) int64 their race counts."""
+    probe_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """(n,) int64 their store rows."""
+    probe_x: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """(n,) float64 the quantity there."""
+    probe_h: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """(n,) float32 the unit's h there."""
+
+
+@dataclass(frozen=True)
+class UnitAtlas:
+    """A run's probe atlas, as the search "units that track X" reads it."""
+
+    run_id: str
+    """The run."""
+    seeds: tuple[int, ...]
+    """Seed value of each model of the run (the atlas's seed is the position)."""
+    table: pd.DataFrame | None
+    """eval/unit_atlas: seed, layer, unit, quantity, rho, rank, n_rows; None without a probe atlas."""
+    note: str | None
+    """Why there is no atlas; None when there is."""
+
+
+@dataclass(frozen=True)
+class TrackingUnit:
+    """A unit among those that track a quantity best."""
+
+    seed: int
+    """Seed position."""
+    layer: int
+    """The layer."""
+    unit: int
+    """The unit."""
+    rho: float
+    """Its Spearman rho with the quantity."""
+    rank: int
+    """Its rank among its seed's and layer's units for the quantity (1 = the largest |rho|)."""
+    n_rows: int
+    """Rows the rho was computed on."""
 
 
 @dataclass(frozen=True)
@@ -254,3 +301,13 @@ def extreme_dogs(dog_index: np.ndarray, value: np.ndarray, *, k: int = 5, min_ra
         return DogMean(int(dogs[i]), float(mean[i]), int(n[i]))
 
     return [rec(i) for i in by[::-1][:k]], [rec(i) for i in by[:k]]
+
+
+def units_tracking(atlas: pd.DataFrame, quantity: str, *, per_layer: int = 5) -> list[TrackingUnit]:
+    """The units that track `quantity` best: the `per_layer` best-ranked units of each seed and layer of the
+    unit_atlas table, largest |rho| first (ties by seed, layer, unit); units whose rho is undefined are left out."""
+    a = atlas[(atlas["quantity"] == quantity) & (atlas["rank"] <= per_layer)]
+    a = a[np.isfinite(a["rho"].to_numpy(np.float64))]
+    a = a.assign(m=-a["rho"].abs()).sort_values(["m", "seed", "layer", "unit"], kind="stable")
+    return [TrackingUnit(int(k), int(layer), int(u), float(rho), int(r), int(n))
+            for k, layer, u, rho, r, n in zip(a["seed"], a["layer"], a["unit"], a["rho"], a["rank"], a["n_rows"])]

@@ -109,6 +109,13 @@ TABLES: Mapping[str, pa.Schema] = {
     "unit_atlas": _schema(
         ("seed", _I), ("layer", _I), ("unit", _I), ("quantity", _S), ("rho", _F), ("n_rows", _I), ("rank", _I),
     ),
+    # The probe's sampled rows (store row, dog, race count) and each quantity there (NaN: unknown or absent), for
+    # the explorer's scatter of a unit against the quantity it tracks best (gruviz_core.probes.QUANTITIES).
+    "probe_rows": _schema(
+        ("dog_index", _I), ("step", _I), ("row", _I), ("starts", _F), ("win_rate", _F), ("mean_pos_3", _F),
+        ("mean_pos_5", _F), ("log_days_since", _F), ("last_box", _F), ("last_distance_m", _F), ("grade_level", _F),
+        ("last_won", _F), ("last_placed", _F), ("track_change", _F), ("market_last", _F), ("market_next", _F),
+    ),
     # Input drift (gruviz_core.drift): per model input, the night's rows against the set's training window.
     "drift": _schema(
         ("input", _S), ("part", _S), ("kind", _S), ("n_ref", _I), ("n_cur", _I), ("psi", _F), ("ks", _F), ("ks_p", _F),

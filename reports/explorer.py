@@ -8,6 +8,8 @@
                                            a unit's page: what it tracks best (the probe atlas), its value
                                            by race count on a sample of dogs, the dogs where it runs highest
                                            and lowest; seed is the seed's position (0..seeds-1)
+    /explore/<run_id>/units?q=<quantity>   the search "units that track X": for a quantity of the probe atlas, the
+                                           units of every seed and layer that track it best, linked to their pages
 
 `ExplorerApp(source)` answers a request target with an `ExploreResponse`; `reports.serve` routes
 `/explore...` to it. The source (`storage.explore.ExploreStore`, wired by `flows.commands.serve`) reads
@@ -39,11 +41,13 @@ from gruviz_core.explore import (
     DogDirectory,
     DogRecord,
     RunInfo,
+    UnitAtlas,
     UnitRecord,
     extreme_dogs,
     race_win_prob,
     search_dogs,
     unit_by_step,
+    units_tracking,
 )
 from gruviz_core.probes import QUANTITIES
 from gruviz_core.resilience import pair_divergence
@@ -52,7 +56,7 @@ from reports.plot_base import label
 from reports.render import ENV
 
 __all__ = ["ExploreSource", "ExploreResponse", "ExplorerApp", "DogPage", "SearchPage", "ErrorPage", "UnitPage",
-           "dog_href", "unit_href", "PLOTLY_SRC"]
+           "TrackPage", "dog_href", "unit_href", "track_href", "PLOTLY_SRC"]
 
 PLOTLY_SRC = "/assets/plotly.min.js"
 """The reports directory's offline plotly.js, as the server serves it (storage.site.ASSET)."""
@@ -61,7 +65,7 @@ _MAX_VALUE = 200
 """Longest query value or dog id accepted (longer is a malformed request)."""
 _COLORSCALE = [[i / (len(sequential.RdBu_r) - 1), c] for i, c in enumerate(sequential.RdBu_r)]
 """The report's diverging scale (blue -1, white 0, red +1), for plotly.js."""
-_PARAMS = {"search": {"run", "q"}, "dog": {"vs"}, "unit": set()}
+_PARAMS = {"search": {"run", "q"}, "dog": {"vs"}, "unit": set(), "units": {"q"}}
 _INDEX = re.compile(r"^[0-9]{1,6}$")
 """A seed position, layer or unit in a unit page's path."""
 _DOC = {q.name: q.doc for q in QUANTITIES}
@@ -69,6 +73,8 @@ _TOP_QUANTITIES = 5
 """Quantities a unit page lists before the rest (behind <details>)."""
 _MIN_STEP_ROWS = 10
 """Fewest sampled races at a race count for its quartiles to be drawn."""
+_TRACK_PER_LAYER = 5
+"""Units of each seed and layer the search "units that track X" lists."""
 
 
 class ExploreSource(Protocol):
@@ -83,6 +89,8 @@ class ExploreSource(Protocol):
     def dog(self, run_id: str, dog_id: str) -> DogRecord: ...
 
     def unit(self, run_id: str, seed: int, layer: int, unit: int) -> UnitRecord: ...
+
+    def atlas(self, run_id: str) -> UnitAtlas: ...
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,8 @@ class QuantityRow:
     """Rows the rho was computed on."""
     others: tuple[UnitLink, ...]
     """The layer's units that track it best (at most 5), this one included if among them."""
+    track_href: str = ""
+    """The search for the units of every seed that track it."""
 
 
 @dataclass(frozen=True)
@@ -250,7 +260,53 @@ class UnitPage:
     nav: tuple[tuple[str, str], ...]
     """(text, href) of the neighbouring units and the same unit under the other seeds."""
     payload: str
-    """The figure's data, JSON."""
+    """The figures' data, JSON."""
+    scatter_dogs: int = 0
+    """Dogs in the scatter against the quantity it tracks best (0: no scatter)."""
+
+
+@dataclass(frozen=True)
+class TrackRow:
+    """A unit in the search "units that track X"."""
+
+    seed: int
+    """Seed position."""
+    seed_value: int
+    """Its seed value."""
+    layer: int
+    """The layer."""
+    unit: int
+    """The unit."""
+    rho: float
+    """Its Spearman rho with the quantity."""
+    rank: int
+    """Its rank among its seed's and layer's units (1 = the closest)."""
+    n_rows: int
+    """Rows the rho was computed on."""
+    href: str
+    """Its page."""
+
+
+@dataclass(frozen=True)
+class TrackPage:
+    """The search "units that track X" over one run's probe atlas."""
+
+    run_id: str
+    """The run."""
+    quantity: str
+    """The quantity chosen ('' when none yet)."""
+    doc: str
+    """It in words."""
+    quantities: tuple[tuple[str, str], ...]
+    """(name, words) of every quantity the atlas has, for the choice."""
+    rows: tuple[TrackRow, ...]
+    """The units that track it best, largest |rho| first."""
+    per_layer: int
+    """Units listed per seed and layer."""
+    seeds_best: tuple[tuple[int, float | None], ...]
+    """(seed value, the largest |rho| of its units) per seed, to see whether the seeds agree."""
+    note: str | None
+    """Why nothing is listed (no atlas, or the quantity is absent); None when something is."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +332,12 @@ def dog_href(run_id: str, dog_id: str, vs: str | None = None) -> str:
 def unit_href(run_id: str, seed: int, layer: int, unit: int) -> str:
     """The relative URL of a unit's page (seed: the seed's position)."""
     return f"/explore/{quote(run_id, safe='')}/unit/{int(seed)}/{int(layer)}/{int(unit)}"
+
+
+def track_href(run_id: str, quantity: str | None = None) -> str:
+    """The relative URL of the search "units that track X" (quantity None: the choice alone)."""
+    href = f"/explore/{quote(run_id, safe='')}/units"
+    return href + (f"?q={quote(quantity, safe='')}" if quantity else "")
 
 
 class _BadRequest(Exception):
@@ -321,6 +383,8 @@ class ExplorerApp:
         if len(segs) == 6 and segs[0] == "explore" and segs[2] == "unit":
             _query(parts.query, _PARAMS["unit"])
             return self._unit(_run_id(segs[1]), *(_index(w, v) for w, v in zip(("seed", "layer", "unit"), segs[3:])))
+        if len(segs) == 3 and segs[0] == "explore" and segs[2] == "units":
+            return self._track(_run_id(segs[1]), _query(parts.query, _PARAMS["units"]).get("q", ""))
         raise NotFoundError("no such explorer page; try /explore")
 
     def _search(self, q: dict[str, str]) -> ExploreResponse:
@@ -358,6 +422,15 @@ class ExplorerApp:
             p=page, payload=Markup(page.payload), plotly_src=self.plotly_src,
             search_href=f"/explore?run={quote(run_id, safe='')}",
         )
+        return ExploreResponse(200, html)
+
+    def _track(self, run_id: str, quantity: str) -> ExploreResponse:
+        quantity = quantity.strip()
+        if quantity and quantity not in _DOC:
+            raise _BadRequest(f"unknown quantity {quantity[:40]!r}; one of {', '.join(_DOC)}")
+        page = track_page(self.source.atlas(run_id), quantity)
+        html = ENV.get_template("explore_units.html.j2").render(
+            p=page, search_href=f"/explore?run={quote(run_id, safe='')}", action=track_href(run_id))
         return ExploreResponse(200, html)
 
     def _error(self, page: ErrorPage) -> ExploreResponse:
@@ -465,11 +538,11 @@ def unit_page(rec: UnitRecord, directory: DogDirectory) -> UnitPage:
     rows = tuple(
         QuantityRow(q.quantity, _DOC.get(q.quantity, q.quantity), round(float(q.rho), 3), q.rank, q.n_rows,
                     tuple(_unit_link(rec.run_id, rec.seed, rec.layer, u, (q.quantity, rho))
-                          for u, rho in rec.best_units.get(q.quantity, ())))
+                          for u, rho in rec.best_units.get(q.quantity, ())), track_href(rec.run_id, q.quantity))
         for q in rec.quantities
     )
     best = rec.quantities[0] if rec.quantities else None
-    label = _unit_link(rec.run_id, rec.seed, rec.layer, rec.unit, None if best is None else (best.quantity, best.rho))
+    tracks = _unit_link(rec.run_id, rec.seed, rec.layer, rec.unit, None if best is None else (best.quantity, best.rho))
     band = unit_by_step(rec.step, rec.value, min_rows=_MIN_STEP_ROWS)
     high, low = extreme_dogs(rec.dog_index, rec.value)
 
@@ -487,12 +560,47 @@ def unit_page(rec: UnitRecord, directory: DogDirectory) -> UnitPage:
             for k in range(len(rec.seeds)) if k != rec.seed]
     payload = {"step": band.step.tolist(), "n": band.n.tolist(), "lo": _floats(band.lo), "mid": _floats(band.mid),
                "hi": _floats(band.hi), "title": f"unit {rec.unit}, layer {rec.layer}, seed {rec.seeds[rec.seed]}"}
+    if best is not None and len(rec.probe_x):
+        payload["scatter"] = {
+            "x": _floats(rec.probe_x), "y": _floats(rec.probe_h), "step": rec.probe_step.tolist(),
+            "xlabel": label(_DOC.get(best.quantity, best.quantity)),
+            "title": label(f"unit {rec.unit} against {_DOC.get(best.quantity, best.quantity)}: Spearman rho "
+                           f"{best.rho:.2f} ({best.n_rows:,} probed rows; {len(rec.probe_x):,} drawn, "
+                           f"{len(np.unique(rec.probe_dog)):,} dogs)"),
+        }
     return UnitPage(
         run_id=rec.run_id, seed=rec.seed, seed_value=int(rec.seeds[rec.seed]), layer=rec.layer, unit=rec.unit,
-        label=label, top=rows[:_TOP_QUANTITIES], rest=rows[_TOP_QUANTITIES:], note=rec.atlas_note,
+        label=tracks, top=rows[:_TOP_QUANTITIES], rest=rows[_TOP_QUANTITIES:], note=rec.atlas_note,
         n_dogs=len(np.unique(rec.dog_index)), n_rows=len(rec.step), highest=dogs(high), lowest=dogs(low),
         nav=tuple(nav), payload=_json(payload),
+        scatter_dogs=len(np.unique(rec.probe_dog)) if "scatter" in payload else 0,
     )
+
+
+# ---------------------------------------------------------------------- units that track a quantity
+
+
+def track_page(atlas: UnitAtlas, quantity: str, *, per_layer: int = _TRACK_PER_LAYER) -> TrackPage:
+    """The page model of the search "units that track X" for one quantity ('' : the choice alone)."""
+    table = atlas.table
+    have = set() if table is None else set(table["quantity"].astype(str))
+    choice = tuple((q.name, q.doc) for q in QUANTITIES if q.name in have)
+    rows: tuple[TrackRow, ...] = ()
+    seeds_best: tuple[tuple[int, float | None], ...] = ()
+    note = atlas.note
+    if table is not None and quantity:
+        hits = units_tracking(table, quantity, per_layer=per_layer)
+        rows = tuple(TrackRow(t.seed, int(atlas.seeds[t.seed]) if t.seed < len(atlas.seeds) else t.seed, t.layer,
+                              t.unit, round(t.rho, 3), t.rank, t.n_rows, unit_href(atlas.run_id, t.seed, t.layer, t.unit))
+                     for t in hits)
+        best = {}
+        for t in hits:
+            best[t.seed] = max(best.get(t.seed, 0.0), abs(t.rho))
+        seeds_best = tuple((int(v), _f(best[k], 3) if k in best else None) for k, v in enumerate(atlas.seeds))
+        if not rows:
+            note = (f"The probe atlas has no unit with a defined correlation with {_DOC[quantity]} (the source "
+                    "does not carry it, or it never varies on the probed rows).")
+    return TrackPage(atlas.run_id, quantity, _DOC.get(quantity, ""), choice, rows, per_layer, seeds_best, note)
 
 
 def _races(rec: DogRecord) -> tuple[tuple[RaceRow, ...], list[str], tuple[str, ...], np.ndarray]:

@@ -3,7 +3,8 @@
 A run's per-row tables (scores, results, races, the cohort layer's s and F_tau) are read once per run
 and kept (`ExploreStore` holds the few most recent runs), so a dog's page costs one read of its states.
 A unit's page reads the probe atlas (eval/unit_atlas) once per run, and each seed's states on a sample
-of dogs (those wholly inside a few windows of rows spread over the store) once per run and seed.
+of dogs (those wholly inside a few windows of rows spread over the store) once per run and seed, and
+at the first SCATTER_ROWS of the probe's own rows (eval/probe_rows, with the quantities there).
 Run ids are looked up among the published runs only, and dog ids in the run's index: nothing a request
 names becomes a path.
 """
@@ -20,13 +21,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from gruviz_core.errors import NotFoundError
-from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo, UnitQuantity, UnitRecord
+from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo, UnitAtlas, UnitQuantity, UnitRecord
 from gruviz_core.probes import unit_labels
 from storage import fs
 from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
 from storage.results import read_json
-from storage.states import StatesReader, latest_run, open_states, published_runs
+from storage.states import RunPlan, StatesReader, latest_run, open_states, published_runs
 
 __all__ = ["ExploreStore", "RUN_ID"]
 
@@ -39,6 +40,8 @@ SAMPLE_WINDOWS = 4
 id, so one window alone could hold only the oldest dogs)."""
 SAMPLE_WINDOW_ROWS = 4096
 """Rows per window (one inner chunk of the states store: one decompression per window and array)."""
+SCATTER_ROWS = 3000
+"""Most of the probe's rows (eval/probe_rows; whole dogs, in store order) a unit page's scatter draws."""
 
 
 class ExploreStore:
@@ -74,6 +77,11 @@ class ExploreStore:
     def unit(self, run_id: str, seed: int, layer: int, unit: int) -> UnitRecord:
         """One unit of one seed position and layer; NotFoundError for an unknown run, seed, layer or unit."""
         return self._run(run_id).unit(seed, layer, unit)
+
+    def atlas(self, run_id: str) -> UnitAtlas:
+        """The run's probe atlas (eval/unit_atlas, read once per run); NotFoundError for an unknown run."""
+        run = self._run(run_id)
+        return UnitAtlas(run_id, tuple(run.reader.seeds), run._atlas, run.atlas_note)
 
     def read_states(self, run_id: str, dog_id: str):
         """Only the dog's states under seed 0 (what the benchmark compares a page with)."""
@@ -148,6 +156,8 @@ class _Run:
         self._labels = {layer: unit_labels(self._atlas, seed=0, layer=layer) for layer in range(self.reader.n_layers)} \
             if self._atlas is not None else None
         self._samples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._probe_h: dict[int, np.ndarray] = {}
+        self._probe_rows: pd.DataFrame | None = _read_probe_rows(run_dir) if self._atlas is not None else None
         self._sample_lock = threading.Lock()
 
     def _stats(self, run_dir: StorePath) -> None:
@@ -220,10 +230,18 @@ class _Run:
         note = self.atlas_note if not quantities else None
         if note is None and not quantities:
             note = f"The probe atlas has no row for seed {seed}, layer {layer}, unit {unit}."
+        scatter = {}
+        pr_rows = self._probe_rows
+        if quantities and pr_rows is not None and quantities[0].quantity in pr_rows.columns:
+            x = pr_rows[quantities[0].quantity].to_numpy(np.float64)
+            ok = np.isfinite(x)
+            scatter = dict(probe_dog=pr_rows["dog_index"].to_numpy(np.int64)[ok],
+                           probe_step=pr_rows["step"].to_numpy(np.int64)[ok], probe_row=pr_rows["row"].to_numpy(
+                               np.int64)[ok], probe_x=x[ok], probe_h=self._probe_states(seed)[ok, layer, unit])
         return UnitRecord(
             run_id=self.run_id, seed=seed, seeds=tuple(r.seeds), layer=layer, unit=unit, n_layers=r.n_layers,
             n_units=r.n_units, quantities=quantities, best_units=best, atlas_note=note, dog_index=dog, step=step,
-            value=h[:, layer, unit],
+            value=h[:, layer, unit], **scatter,
         )
 
     def _sample(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,6 +251,50 @@ class _Run:
             if seed not in self._samples:
                 self._samples[seed] = _sample_rows(self.reader, self.offsets, seed)
             return self._samples[seed]
+
+
+    def _probe_states(self, seed: int) -> np.ndarray:
+        """h (rows, L, H) at the scatter's probe rows under one seed position; read once per seed."""
+        with self._sample_lock:
+            if seed not in self._probe_h:
+                self._probe_h[seed] = _read_rows(self.reader, seed, self._probe_rows["row"].to_numpy(np.int64),
+                                                 _chunk_rows(self.run_dir, self.reader))
+            return self._probe_h[seed]
+
+
+def _read_probe_rows(run_dir: StorePath) -> pd.DataFrame | None:
+    """The first SCATTER_ROWS rows of eval/probe_rows, whole dogs only, in store order; None without it."""
+    path = RunLayout.at(run_dir).table("probe_rows")
+    if not path.is_file():
+        return None
+    df = fs.read_parquet(path).sort_values("row", kind="stable").reset_index(drop=True)
+    if len(df) > SCATTER_ROWS:
+        cut = df["dog_index"].iloc[SCATTER_ROWS]  # the dog that would be cut: left out whole
+        first = int(np.flatnonzero(df["dog_index"].to_numpy() == cut)[0])
+        df = df.iloc[: first or SCATTER_ROWS]
+    return df.reset_index(drop=True)
+
+
+def _chunk_rows(run_dir: StorePath, reader: StatesReader) -> int:
+    """Rows per inner chunk of the states (the smallest read), from the run's plan; a shard where there is none."""
+    try:
+        return int(RunPlan.load(run_dir).chunk_rows)
+    except Exception:  # noqa: BLE001 - a run written before plan.json: shards are still whole reads
+        return int(reader.shard_rows)
+
+
+def _read_rows(reader: StatesReader, seed: int, rows: np.ndarray, chunk: int) -> np.ndarray:
+    """h (rows, L, H) float32 of sorted store rows under one seed position, reading only the inner chunks of `chunk`
+    rows they lie in, adjacent ones in one read."""
+    if not len(rows):
+        return np.zeros((0, reader.n_layers, reader.n_units), np.float32)
+    c = np.unique(rows // chunk)
+    out = []
+    for run in np.split(c, np.flatnonzero(np.diff(c) > 1) + 1):
+        a, b = int(run[0]) * chunk, min((int(run[-1]) + 1) * chunk, reader.n_obs)
+        h = np.concatenate([x.h for x in reader.iter_chunks(seed, rows=(a, b))])
+        out.append(h[rows[(rows >= a) & (rows < b)] - a])
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 def _read_atlas(run_dir: StorePath) -> tuple[pd.DataFrame | None, str | None]:

@@ -75,8 +75,9 @@ class StoreLayout:
 STATS_TABLES = ("dog_step", "row_summary", "dog", "dog_seed", "unit", "step", "plateau")
 """Tables the stats stage writes under <run>/stats/."""
 EVAL_TABLES = ("cohort_metrics", "calibration", "status_compare", "status_effect", "dose_response", "sensitivity",
-               "repro", "cka", "resilience", "resilience_contrast", "divergence", "probes", "unit_atlas", "drift")
-"""Tables the evaluate stage (and the probe stage: probes, unit_atlas; the drift stage: drift) writes under
+               "repro", "cka", "resilience", "resilience_contrast", "divergence", "probes", "unit_atlas", "probe_rows",
+               "drift")
+"""Tables the evaluate stage (and the probe stage: probes, unit_atlas, probe_rows; the drift stage: drift) writes under
 <run>/eval/."""
 
 

@@ -24,7 +24,7 @@ from storage.states import open_states
 
 __all__ = ["read_run_results", "read_history", "read_dog_states", "read_json", "REPORT_TABLES"]
 
-REPORT_TABLES: tuple[str, ...] = tuple(t for t in STATS_TABLES + EVAL_TABLES if t not in ("dog_seed", "row_summary"))
+REPORT_TABLES: tuple[str, ...] = tuple(t for t in STATS_TABLES + EVAL_TABLES if t not in ("dog_seed", "row_summary", "probe_rows"))
 """Run tables the report reads (each a `RunResults` field); their paths come from storage.layout.RunLayout."""
 
 

@@ -265,6 +265,11 @@ def test_the_stage_writes_the_tables_and_its_record(probed):
     # a GRU is told the last race's result and days off: its state holds them, out of sample
     assert _at(probes[probes["seed"] == 0], "last_won")["score"] > 0.6
     assert atlas.groupby(["seed", "quantity"])["unit"].nunique().eq(8).all()
+    # the probed rows with their quantities, for the explorer's scatter
+    rows = pd.read_parquet(tmp / "eval" / "probe_rows.parquet")
+    assert set(TABLES["probe_rows"].names) <= set(rows.columns) and len(rows) == record["n_rows"]
+    assert rows["dog_index"].nunique() == 100 and np.all(np.diff(rows["row"]) > 0)
+    assert (rows.groupby("dog_index")["step"].min() == 1).all()
 
 
 def test_a_failing_stage_leaves_a_note_not_an_error(tmp_path, probed):

@@ -3,6 +3,8 @@
     eval/probes       per seed, layer, quantity and race-count bucket: the probe's out-of-sample score (R², or
                       AUC for a binary quantity) with its interval, the control task's, and the selectivity
     eval/unit_atlas   per seed, layer, unit and quantity: Spearman rho, and the unit's rank for that quantity
+    eval/probe_rows   the probed rows (dog_index, step, store row) and each quantity there, for the explorer's
+                      scatter of a unit against the quantity it tracks best
     eval/probe.json   what was sampled, how long it took, which quantities the source lacks; or, when the atlas
                       could not be computed, why (the report says so; the night goes on)
 
@@ -92,6 +94,9 @@ def probe_run(
         atlas = _by_seed(pr.unit_correlations(h, quantities, seed=params.seed), n_layers)
     write_table(run_dir, "probes", scores)
     write_table(run_dir, "unit_atlas", atlas)
+    write_table(run_dir, "probe_rows", pd.concat([pd.DataFrame({
+        "dog_index": np.repeat(picked.astype(np.int64), size), "step": step.astype(np.int64),
+        "row": rows.astype(np.int64)}), quantities[[q.name for q in pr.QUANTITIES]].reset_index(drop=True)], axis=1))
     record = {
         "dogs_budget": int(dogs), "n_dogs": int(len(picked)), "of_dogs": int(reader.n_dogs), "n_rows": int(len(rows)),
         "rows_matched": matched, "seeds": len(reader.seeds), "absent": absent,
