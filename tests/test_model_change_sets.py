@@ -147,6 +147,39 @@ def test_the_stage_records_a_change_and_an_unloadable_set_without_failing(store,
     assert "could not be loaded" in section.panels[0].note
 
 
+def test_a_previous_set_reading_other_features_scores_its_own_sequences(store, tmp_path, monkeypatch):
+    """A registered set with its own feature callable took over from a built-in one (Iggy, issue 29): tonight's
+    sequences carry the callable's columns only; the previous set is scored on its own features of the snapshot
+    (flows.stages.features.run for it), so the comparison is made, and equals the one on its own sequences."""
+    import dataclasses
+
+    from flows.stages import features
+    from flows.stages import model_change as stage
+    from storage.layout import RunLayout
+    from storage.registry import save_sequences
+
+    assert json.loads(RunLayout.at(store.tmp).run_json.read_text())["snapshot_id"] == "snap"
+    theirs = tmp_path / "team-seq.npz"  # tonight's set's sequences: other column names, none of the previous set's
+    save_sequences(dataclasses.replace(store.seqs, feature_names=tuple(f"team_{n}" for n in store.seqs.feature_names),
+                                       context_names=tuple(f"team_{n}" for n in store.seqs.context_names)), theirs)
+    team = SimpleNamespace(custom=True, key="team-v1")
+    monkeypatch.setattr(features, "spec_of_set", lambda root, sid: team if sid == store.a else None)
+    built = []
+    monkeypatch.setattr(features, "run", lambda root, snap, sid: built.append((snap, sid)) or store.seq_path)
+    if stage._record(store.tmp, store.root, store.a)["previous_set"] != store.c:  # run alone: last night under C
+        _published(store, "last-night-c", "2026-11-24", store.c)
+    rec = stage.run(store.tmp, store.root, store.a, theirs, dogs=80, n_boot=100)
+    assert built == [("snap", store.c)]
+    assert rec["changed"] and rec["same_races"]["error"] is None, rec["same_races"].get("error")
+    direct = stage.same_races(store.tmp, store.root, store.a, store.c, store.seq_path, max_dogs=80, n_boot=100)
+    got = {r["number"]: r["change"] for r in rec["same_races"]["numbers"]}
+    assert got == pytest.approx({r["number"]: r["change"] for r in direct["numbers"]}, nan_ok=True)
+
+    monkeypatch.setattr(features, "run", lambda root, snap, sid: (_ for _ in ()).throw(ImportError("no team29")))
+    rec = stage.run(store.tmp, store.root, store.a, theirs, dogs=80, n_boot=100)
+    assert "features of snapshot snap could not be built (ImportError: no team29)" in rec["same_races"]["error"]
+
+
 # ------------------------------------------------------------------ the determinism watch
 
 

@@ -19,8 +19,10 @@ seed 0's top-layer states at the CKA rows are kept in memory for the comparison:
     cka                debiased CKA between the sets' seed-0 top-layer states per race count, with the permutation
                        baseline (gruviz_core.repro.cka_curve; seed_a = the previous set, seed_b = tonight's)
 
-A previous set that cannot be loaded, or whose features the sequences do not carry, is said so in
-same_races.error; the night goes on.
+The previous set reads its own features of tonight's snapshot (flows.stages.features: gruviz's, or its team's
+callable's), not tonight's set's: a registered set with its own feature callable takes over from a built-in one (or
+the other way) and the two still score the same rows. A previous set that cannot be loaded, or whose features
+cannot be built, is said so in same_races.error; the night goes on.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def run(tmp_dir: str | Path, root: str | Path, set_id: str, seq_path: str | Path
     if record.get("changed") and seq_path is not None:
         t0 = time.perf_counter()
         try:
+            prev_seq = _previous_sequences(tmp_dir, root, set_id, record["previous_set"], seq_path)
             record["same_races"] = same_races(tmp_dir, root, set_id, record["previous_set"], seq_path,
-                                              max_dogs=dogs, n_boot=n_boot, device=device, seed=seed)
+                                              max_dogs=dogs, n_boot=n_boot, device=device, seed=seed,
+                                              previous_seq_path=prev_seq)
         except Exception as exc:  # noqa: BLE001 - said in the record and the report, never fails the night
             record["same_races"] = {"error": f"{type(exc).__name__}: {exc}",
                                     "seconds": round(time.perf_counter() - t0, 3)}
@@ -85,6 +89,30 @@ def run(tmp_dir: str | Path, root: str | Path, set_id: str, seq_path: str | Path
         log.warning("model set %s took over from %s (last run on %s)", set_id, record["previous_set"],
                     record["previous_night"])
     return record
+
+
+def _previous_sequences(tmp_dir: str | Path, root: str | Path, set_id: str, previous_set: str,
+                        seq_path: str | Path) -> str | Path:
+    """The sequences the previous set reads on tonight's snapshot: tonight's when both sets read gruviz's features
+    (or the same callable), else its own (built and cached as its own night would build them); `seq_path` when the
+    previous set's manifest cannot be read (same_races then says it could not be loaded) or the run records no
+    snapshot."""
+    from flows.stages import features
+
+    try:
+        before = features.spec_of_set(root, previous_set)
+    except Exception:  # noqa: BLE001 - a set gone or damaged: same_races names it
+        return seq_path
+    after = features.spec_of_set(root, set_id)
+    custom = [spec.key if spec is not None and spec.custom else None for spec in (before, after)]
+    snapshot_id = (read_json(RunLayout.at(tmp_dir).run_json) or {}).get("snapshot_id")
+    if custom[0] == custom[1] or not snapshot_id:
+        return seq_path
+    try:
+        return features.run(root, snapshot_id, previous_set)
+    except Exception as exc:  # noqa: BLE001 - the team's callable, a snapshot gone: said in same_races.error
+        raise ConfigError(f"the previous model set {previous_set}'s features of snapshot {snapshot_id} could not be "
+                          f"built ({type(exc).__name__}: {exc})") from None
 
 
 def _record(tmp_dir: str | Path, root: str | Path, set_id: str) -> dict:
@@ -108,9 +136,11 @@ def _record(tmp_dir: str | Path, root: str | Path, set_id: str) -> dict:
 
 def same_races(run_dir: str | Path, root: str | Path, set_id: str, previous_set: str, seq_path: str | Path, *,
                max_dogs: int = SAMPLE_DOGS, n_boot: int = 1000, device: str = "cpu", seed: int = 0,
-               previous: ModelSet | None = None, cka_min_dogs: int = 50) -> dict:
+               previous: ModelSet | None = None, cka_min_dogs: int = 50,
+               previous_seq_path: str | Path | None = None) -> dict:
     """The previous set against tonight's on the same held-out races of tonight's run (see the module docstring).
-    `previous`: the set already loaded (else from the registry). Raises on what it cannot do; `run` records it."""
+    `previous`: the set already loaded (else from the registry); `previous_seq_path`: the sequences it reads (its
+    own features of tonight's snapshot; else `seq_path`). Raises on what it cannot do; `run` records it."""
     t0 = time.perf_counter()
     try:
         prev = previous or load_model_set(root, previous_set)
@@ -119,9 +149,12 @@ def same_races(run_dir: str | Path, root: str | Path, set_id: str, previous_set:
                           f"({type(exc).__name__}: {exc})") from None
     reader = open_states(run_dir, allow_incomplete=True)
     rows, offsets = reader.rows(), run_offsets(reader)
-    seq_off = np.asarray(load_sequence_meta(seq_path)["offsets"], np.int64)
-    if len(seq_off) != len(offsets) or np.any(seq_off != offsets):
-        raise ConfigError(f"sequences {seq_path} do not have the run's rows ({len(seq_off) - 1} vs {reader.n_dogs} dogs)")
+    prev_seq = previous_seq_path or seq_path
+    for path in dict.fromkeys([seq_path, prev_seq]):
+        seq_off = np.asarray(load_sequence_meta(path)["offsets"], np.int64)
+        if len(seq_off) != len(offsets) or np.any(seq_off != offsets):
+            raise ConfigError(f"sequences {path} do not have the run's rows ({len(seq_off) - 1} vs {reader.n_dogs} "
+                              "dogs)")
     scores = reader.scores().astype(np.float64)  # (obs, K)
     race_all = race_codes(rows["race_id"].to_numpy())
     sel, has_market = ev.eval_rows(rows, scores, race_all)
@@ -142,7 +175,7 @@ def same_races(run_dir: str | Path, root: str | Path, set_id: str, previous_set:
     cka_rows = {t: off_c[d] + t - 1 for t, d in cka_at.items()}
     want = np.unique(np.concatenate(list(cka_rows.values()))) if cka_rows else np.zeros(0, np.int64)
 
-    before = _previous_scores(prev, seq_path, idx, off_c, rule, want, device=device)
+    before = _previous_scores(prev, prev_seq, idx, off_c, rule, want, device=device)
     after = _current_states(reader, idx, off_c, step_c, rule, want)
 
     pos = np.searchsorted(idx, sel)  # compared rows in the compact numbering
@@ -309,5 +342,5 @@ def email_lines(run_dir: str | Path) -> dict[str, str]:
     top = (record.get("moved") or [None])[0]
     if top:
         line += (f"; moved most: {top['number']} {top['before']:.4g} -> {top['after']:.4g} "
-                 f"({top['change']:+.4g} nats per runner, last night's data against tonight's)")
+                 f"({top['change']:+.4g} {mc.unit_of(top['number'])}, last night's data against tonight's)")
     return {"Model set": line}
