@@ -1,11 +1,12 @@
 """When the model set changes: the page-one numbers under the set that ran last night and under the set that runs
 tonight, and the one that moved most.
 
-Every number here is in nats per runner (race NLL, gaps to the market, the settled - settling comparison), so their
-changes compare directly. These are two nights' numbers (the data moved by a night too); the same-race comparison of
-the two sets is `same_race_numbers` and its companions below: both sets' probabilities on the same held-out races,
-compared with a Poisson bootstrap over dogs (each race's NLL term belongs to its winner's dog, a runner's gap to its
-own dog, a race's top pick to the current set's favourite's dog). Pure: arrays and mappings in, rows out.
+Every number here is in nats: per race for race NLL and the overall gap to the market (`unit_of`), per runner for
+the gaps by race count and the settled - settling comparison. These are two nights' numbers (the data moved by a
+night too); the same-race comparison of the two sets is `same_race_numbers` and its companions below: both sets'
+probabilities on the same held-out races, compared with a Poisson bootstrap over dogs (each race's NLL term belongs
+to its winner's dog, a runner's gap to its own dog, a race's top pick to the current set's favourite's dog). Pure:
+arrays and mappings in, rows out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gruviz_core.evaluate import race_top_rows
 from gruviz_core.racing import win_log_loss
 
 __all__ = ["page_one_numbers", "moved", "pick_races", "same_race_numbers", "top_pick_disagreement",
-           "status_agreement", "settled_minus_settling", "largest_change", "STATUS_STEPS"]
+           "status_agreement", "settled_minus_settling", "largest_change", "unit_of", "STATUS_STEPS"]
 
 STATUS_STEPS: tuple[int, ...] = rp.KAPPA_STEPS
 """Races at which the two sets' settled/settling status is compared (as the seeds' kappa is)."""
@@ -44,6 +45,12 @@ def page_one_numbers(headline: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(b, Mapping):
             _put(out, f"gap to the market, races {b.get('bucket')}", b.get("diff"))
     return out
+
+
+def unit_of(label: str) -> str:
+    """The unit of a page-one number by its label (page_one_numbers'): race NLL and the overall gap are per race."""
+    per_race = label.startswith("race NLL") or label == "gap to the market, seed ensemble"
+    return "nats per race" if per_race else "nats per runner"
 
 
 def moved(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, float, float, float]]:

@@ -194,3 +194,33 @@ def test_the_stage_flags_yards_and_the_report_and_email_name_it(tmp_path, runs):
     assert "failed" in drift_section(RunResults(name="x", meta={}, summary=None, headline={},
                                                 drift_record=broken)).panels[0].note
     assert stage.email_lines(tmp_path / "run2")["Input drift"].startswith("not checked")
+
+
+def test_a_quiet_night_still_says_what_was_compared(runs):
+    """Iggy, issue 29: with nothing flagged the panel showed only 'No input is flagged tonight.', dropping which rows
+    were compared with which; the share threshold read '5%' for five percentage points."""
+    from gruviz_core.results import RunResults
+    from reports.sections.drift import drift_section
+
+    seqs = build_sequences(runs)
+    window, _ = _windows(seqs)
+    half = np.repeat(np.arange(seqs.n_dogs), seqs.row_size) % 2 == 0  # tonight: other dogs of the same window
+    ref, cur = window & half, window & ~half
+    table = sequences_drift(seqs, fit_normaliser(seqs, ref), ref, cur)
+    assert not table["flagged"].any()
+    record = {"current": "runs new since snapshot prev", "current_rows": int(cur.sum()), "reference_rows": int(ref.sum()),
+              "reference": "training window (races to 2026-01-01)", "psi_threshold": 0.25, "share_threshold": 0.05,
+              "share_z": 4.0, "min_rows": 200, "error": None}
+    section = drift_section(RunResults(name="x", meta={}, summary=None, headline={}, drift=table,
+                                       drift_record=record))
+    first = section.panels[0]
+    top = table.loc[table["psi"].idxmax()]
+    assert first.note is None and first.explain.startswith(f"No input is flagged tonight ({len(table)} checked; "
+                                                           f"the largest PSI is {float(top.psi):.3g} ({top.input})).")
+    assert f"Tonight: {int(cur.sum()):,} rows" in first.explain and "by more than 5 percentage points" in first.explain
+    assert "sample" not in first.explain
+    # a training window past max_ref_rows is sampled: the panel says how many of its rows were compared
+    small = sequences_drift(seqs, fit_normaliser(seqs, ref), ref, cur, DriftParams(max_ref_rows=1000))
+    sampled = drift_section(RunResults(name="x", meta={}, summary=None, headline={}, drift=small, drift_record=record))
+    assert f"reference: {int(ref.sum()):,} rows, the training window (races to 2026-01-01), of which a fixed random " \
+           "sample of 1,000 is compared." in sampled.panels[0].explain

@@ -14,20 +14,29 @@ __all__ = ["model_change_sections"]
 _ID, _TITLE = "model-change", "A new model set took over"
 _INTRO = ("Tonight's model set is not the one that ran last night. Before reading a change in tonight's numbers as "
           "a change in the dogs, read how the numbers moved with the model.")
-_EXPLAIN = ("Page-one numbers (nats per runner) under last night's set on last night's data, and under tonight's set "
-            "on tonight's: largest change first. Both the model and a night of data changed between them; the "
-            "same-race comparison above holds the data fixed.")
+_EXPLAIN = ("Page-one numbers under last night's set on last night's data, and under tonight's set on tonight's "
+            "(race NLL and the overall gap to the market in nats per race, the rest in nats per runner): largest change "
+            "first. Both the model and a night of data changed between them; the same-race comparison above holds the "
+            "data fixed.")
 _EXPLAIN_SAME = ("Both sets on the same held-out races of tonight's run (whole races, a sample of dogs; the previous "
                  "set re-ran their histories and its states were not stored): each number under each set with its "
                  "95% interval over dogs, and the change (tonight's - the previous set's) with its own. Largest "
-                 "change first; below 0 is better for every number here.")
+                 "change first. For race NLL and the gaps to the market lower is better, so a change above 0 means "
+                 "tonight's set does worse on these races; settled - settling is a difference between two groups of "
+                 "dogs, not a score of either set, and its change has no interval (the two effects' bootstrap "
+                 "replicates are not kept).")
 _EXPLAIN_STATUS = ("The same dogs' settled/settling status (rule plateau-s, each set's own plateau) at a fixed race "
                    "under each set: the share of matching labels (seed positions paired), its 95% interval over dogs, "
-                   "and Fleiss' kappa of seed 0 against seed 0 (not estimable when one label covers almost all).")
+                   "Fleiss' kappa of seed 0 against seed 0 (0: no more agreement than chance, below 0: less; not "
+                   "estimable when one label covers almost all), and the share of the dogs settled under each set.")
 _EXPLAIN_CKA = ("Debiased linear CKA between the two sets' seed-0 top-layer states of the same dogs after race t (1: "
                 "the same representation up to rotation and scale; the permutation baseline is what unrelated dogs "
-                "give). Within one set the seeds' CKA sits near its ceiling, so a drop here means the new set "
-                "represents the dogs differently.")
+                "give).")
+_EXPLAIN_CKA_SEEDS = (" Beside it, the CKA between tonight's set's own seeds at the same race (the reproducibility "
+                      "section's): what retraining the same set gives. The two sets' CKA is {lo:.2f} to {hi:.2f}, "
+                      "their seeds' {slo:.2f} to {shi:.2f}: {reading}.")
+_EXPLAIN_CKA_NO_SEEDS = (" Tonight's set has no CKA between its own seeds to set this against (one seed, or the table "
+                         "is missing), so how far below a retrain of the same set this sits is not shown.")
 
 
 def model_change_sections(results: RunResults) -> tuple[Section, ...]:
@@ -37,7 +46,7 @@ def model_change_sections(results: RunResults) -> tuple[Section, ...]:
         return ()
     intro = (f"{_INTRO} Tonight: {rec.get('current_set')}; last night ({rec.get('previous_night') or '?'}, run "
              f"{rec.get('previous_run') or '?'}): {rec.get('previous_set')}.")
-    panels = [*_same_race_panels(rec.get("same_races")), _nights_panel(rec)]
+    panels = [*_same_race_panels(rec.get("same_races"), _seed_cka(results)), _nights_panel(rec)]
     return (Section(_ID, _TITLE, intro, tuple(panels)),)
 
 
@@ -52,7 +61,15 @@ def _nights_panel(rec: Mapping[str, Any]) -> Panel:
     return Panel("Numbers under each set, night against night", _EXPLAIN, table=table)
 
 
-def _same_race_panels(same: Mapping[str, Any] | None) -> list[Panel]:
+def _seed_cka(results: RunResults) -> dict[int, float]:
+    """race -> CKA between tonight's set's own seeds (mean over seed pairs; eval/cka); empty when not computed."""
+    cka = results.cka
+    if cka is None or not len(cka) or not {"step", "cka"} <= set(cka.columns):
+        return {}
+    return {int(t): float(v) for t, v in cka.groupby("step")["cka"].mean().items() if sig(v) is not None}
+
+
+def _same_race_panels(same: Mapping[str, Any] | None, seeds: Mapping[int, float] | None = None) -> list[Panel]:
     title = "The two sets on the same races"
     if not same:
         return [Panel(title, "", note="Not computed: the same-race comparison did not run tonight.")]
@@ -76,12 +93,34 @@ def _same_race_panels(same: Mapping[str, Any] | None) -> list[Panel]:
         panels.append(Panel("Settled or settling under each set", _EXPLAIN_STATUS,
                             table=Table(("race", "dogs", "agreement", "kappa (seed 0)", "settled, previous",
                                          "settled, tonight's"), status)))
+    seeds = seeds or {}
+    recs = [r for r in same.get("cka") or [] if isinstance(r, dict)]
     cka = tuple((int(r["step"]), int(r.get("n") or 0), _ci(r.get("cka"), r.get("lo"), r.get("hi")),
-                 sig(r.get("cka_perm"), 3)) for r in same.get("cka") or [] if isinstance(r, dict))
-    panels.append(Panel("The two sets' states (CKA)", _EXPLAIN_CKA,
-                        table=Table(("race", "dogs", "CKA", "permutation baseline"), cka) if cka else None,
+                 sig(r.get("cka_perm"), 3), sig(seeds.get(int(r["step"])), 3)) for r in recs)
+    panels.append(Panel("The two sets' states (CKA)", _EXPLAIN_CKA + _cka_reading(recs, seeds),
+                        table=Table(("race", "dogs", "CKA", "permutation baseline", "tonight's seeds (CKA)"), cka)
+                        if cka else None,
                         note=None if cka else "Too few sampled dogs at any race count for CKA."))
     return panels
+
+
+def _cka_reading(recs: list[Mapping[str, Any]], seeds: Mapping[int, float]) -> str:
+    """The sets' CKA range against the seeds' at the same races, and what it says, from those numbers only: a race
+    counts as below when the sets' whole 95% interval is under the seeds' CKA."""
+    rows = [(float(r["cka"]), sig(r.get("hi")), seeds[int(r["step"])]) for r in recs
+            if sig(r.get("cka")) is not None and int(r["step"]) in seeds]
+    if not rows:
+        return _EXPLAIN_CKA_NO_SEEDS if recs else ""
+    below = sum((hi if hi is not None else a) < own for a, hi, own in rows)
+    if below == len(rows):
+        reading = (f"at all {len(rows)} races the two sets' interval lies below tonight's seeds' CKA: the new set "
+                   "represents the dogs differently, by more than a retrain of the same set does")
+    elif below == 0:
+        reading = f"at none of these {len(rows)} races does the two sets' interval lie below tonight's seeds' CKA"
+    else:
+        reading = f"at {below} of these {len(rows)} races the two sets' interval lies below tonight's seeds' CKA"
+    sets, own = [a for a, _, _ in rows], [b for _, _, b in rows]
+    return _EXPLAIN_CKA_SEEDS.format(lo=min(sets), hi=max(sets), slo=min(own), shi=max(own), reading=reading)
 
 
 def _disagreement(same: Mapping[str, Any]) -> str:
