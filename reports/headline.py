@@ -164,7 +164,9 @@ def reliance_text(reliance: Mapping[str, Any], plateau: Mapping[str, Any]) -> st
     first = write[0]
     later = [w for w in write if after is not None and w[0] >= int(after)]
     last = later[0] if later else write[-1]
-    return PAGE_ONE["reliance"].format(u1=f"{first[1]:.2f}", r1=first[0], u=f"{last[1]:.2f}", r=last[0])
+    u1, u = f"{first[1]:.2f}", f"{last[1]:.2f}"
+    way = "down from" if u < u1 else ("up from" if u > u1 else "as at")  # the words follow the two numbers shown
+    return PAGE_ONE["reliance"].format(u1=u1, r1=first[0], u=u, r=last[0], way=way)
 
 
 # ---------------------------------------------------------------- the main comparison and its checks

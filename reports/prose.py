@@ -335,7 +335,7 @@ PAGE_ONE: Mapping[str, str] = {
     "km": "The median time to plateau (Kaplan-Meier) is race {km} at the rule's defaults.",
     "plateau_absent": "The abs-sum plateau: not computed for this run.",
     "reliance": (
-        "Each race rewrites {u} of the state by race {r} (write fraction, 1 - mean z of the update gate), down from "
+        "Each race rewrites {u} of the state by race {r} (write fraction, 1 - mean z of the update gate), {way} "
         "{u1} at race {r1}."
     ),
     "reliance_absent": "The write fraction by race: not computed for this run.",

@@ -488,3 +488,12 @@ def test_the_verdict_escapes_text_from_data():
            provenance=(), previous_night=None, sections=())
     page = render(m)
     assert EVIL_NAME not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 2
+
+
+def test_the_write_fraction_sentence_says_up_when_it_rises():
+    from reports.headline import reliance_text
+
+    rel = {"write_by_race": [{"race": 1, "median_write": 0.57}, {"race": 8, "median_write": 0.59}]}
+    assert "0.59 of the state by race 8" in reliance_text(rel, {"race_95": 8}) and "up from 0.57" in reliance_text(rel, {"race_95": 8})
+    rel["write_by_race"][1]["median_write"] = 0.35
+    assert "down from 0.57 at race 1" in reliance_text(rel, {"race_95": 8})
