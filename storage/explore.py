@@ -29,7 +29,7 @@ from storage.layout import RunLayout, StoreLayout
 from storage.results import read_json
 from storage.states import RunPlan, StatesReader, latest_run, open_states, published_runs
 
-__all__ = ["ExploreStore", "RUN_ID"]
+__all__ = ["ExploreStore", "RUN_ID", "read_rows"]
 
 RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
 """What a run id may look like (storage.states publishes runs under runs/<run_id>/)."""
@@ -257,7 +257,7 @@ class _Run:
         """h (rows, L, H) at the scatter's probe rows under one seed position; read once per seed."""
         with self._sample_lock:
             if seed not in self._probe_h:
-                self._probe_h[seed] = _read_rows(self.reader, seed, self._probe_rows["row"].to_numpy(np.int64),
+                self._probe_h[seed] = read_rows(self.reader, seed, self._probe_rows["row"].to_numpy(np.int64),
                                                  _chunk_rows(self.run_dir, self.reader))
             return self._probe_h[seed]
 
@@ -283,7 +283,7 @@ def _chunk_rows(run_dir: StorePath, reader: StatesReader) -> int:
         return int(reader.shard_rows)
 
 
-def _read_rows(reader: StatesReader, seed: int, rows: np.ndarray, chunk: int) -> np.ndarray:
+def read_rows(reader: StatesReader, seed: int, rows: np.ndarray, chunk: int) -> np.ndarray:
     """h (rows, L, H) float32 of sorted store rows under one seed position, reading only the inner chunks of `chunk`
     rows they lie in, adjacent ones in one read."""
     if not len(rows):

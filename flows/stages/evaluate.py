@@ -530,7 +530,7 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
                                                np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, object),
                                                weights, groups=_GROUPS, n_dogs=n_dogs)}
     if too_small or len(sel) == 0:
-        return _Found({**empty, "status_effect": _effect_frame([]), "dose_response": _dose_frame(pd.DataFrame()),
+        return _Found({**empty, "status_effect": cp.effect_frame([]), "dose_response": _dose_frame(pd.DataFrame()),
                        "sensitivity": _sens_frame([])},
                       {"main_effect": None, "negative_control": None, "within_dog": None, "dose_trend": None,
                        "n_comparisons": 0, "debut_scope": None},
@@ -565,7 +565,7 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
                         metric, n_dogs, sizes)
     tables = {
         "status_compare": cmp.group_table(rm, dog, group, stratum, weights, groups=_GROUPS, n_dogs=n_dogs),
-        "status_effect": _effect_frame(effects), "dose_response": _dose_frame(dose), "sensitivity": _sens_frame(sens),
+        "status_effect": cp.effect_frame(effects), "dose_response": _dose_frame(dose), "sensitivity": _sens_frame(sens),
     }
     by = dict(effects)
     head = {"main_effect": by["main"], "negative_control": by["negative_control"], "within_dog": by["within_dog"],
@@ -617,23 +617,6 @@ def _sensitivity(rm, dog, stratum, in_scope, sel, s_row, f_rows, steps_all, offs
         out.append((param, float(value), e["n_dogs_a"], e["n_dogs_b"], na, nb, e["diff"], e["lo"], e["hi"],
                     e["comparable"]))
     return out
-
-
-_EFFECT_COLS = ["comparison", "metric", "a", "b", "diff", "lo", "hi", "n_dogs_a", "n_dogs_b", "n_winners_a",
-                "n_winners_b", "comparable", "excludes_zero", "note"]
-
-
-def _effect_frame(effects: list[tuple[str, dict]]) -> pd.DataFrame:
-    rows = [{"comparison": name, **{k: e.get(k) for k in _EFFECT_COLS[1:-1]}, "note": e.get("note", "")}
-            for name, e in effects]
-    df = pd.DataFrame(rows, columns=_EFFECT_COLS)
-    for c in ("diff", "lo", "hi"):
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in ("n_dogs_a", "n_dogs_b", "n_winners_a", "n_winners_b"):
-        df[c] = df[c].fillna(0).astype("int64")
-    for c in ("comparable", "excludes_zero"):
-        df[c] = df[c].fillna(False).astype(bool)
-    return df
 
 
 def _dose_frame(dose: pd.DataFrame) -> pd.DataFrame:

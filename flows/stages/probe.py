@@ -25,6 +25,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from gruviz_core import probes as pr
+from storage.explore import read_rows
 from storage.forms import load_snapshot
 from storage.fs import store_path
 from storage.layout import RunLayout
@@ -89,7 +90,7 @@ def probe_run(
     t1 = time.perf_counter()
     # seeds side by side as layers (rows, S * L, H): the targets, folds, control shuffles and bootstrap draws are
     # made once for every seed
-    h = np.concatenate([_read_h(reader, k, rows, chunk) for k in range(len(reader.seeds))], axis=1)
+    h = np.concatenate([read_rows(reader, k, rows, chunk) for k in range(len(reader.seeds))], axis=1)
     t_read = time.perf_counter() - t1
     n_layers = reader.n_layers
     # one BLAS thread: the Gram products are small, and threads spin-waiting for a busy core are 10-50x slower
@@ -128,13 +129,3 @@ def _chunk_rows(run_dir, reader: StatesReader) -> int:
         return int(reader.shard_rows)
 
 
-def _read_h(reader: StatesReader, seed: int, rows: np.ndarray, chunk: int) -> np.ndarray:
-    """h of the sorted rows (rows,) under one seed position, (rows, L, H) float32, reading only the inner chunks
-    they lie in (runs of adjacent chunks in one read each)."""
-    c = np.unique(rows // chunk)
-    out = []
-    for run in np.split(c, np.flatnonzero(np.diff(c) > 1) + 1):
-        a, b = int(run[0]) * chunk, min((int(run[-1]) + 1) * chunk, reader.n_obs)
-        h = np.concatenate([x.h for x in reader.iter_chunks(seed, rows=(a, b))])
-        out.append(h[rows[(rows >= a) & (rows < b)] - a])
-    return np.concatenate(out).astype(np.float32, copy=False)
