@@ -278,7 +278,8 @@ def family_text(head: Mapping[str, Any]) -> str:
     if holm:
         names = [_TEST_NAMES.get(str(h.get("name")), str(h.get("name"))) for h in holm
                  if h.get("excludes_zero", h.get("rejected"))]
-        return PAGE_ONE["family_holm"].format(n=n, k=len(names), which=f" ({', '.join(names)})" if names else "")
+        return PAGE_ONE["family_holm"].format(n=n, k=len(names), verb="excludes" if len(names) == 1 else "exclude",
+                                              which=f" ({', '.join(names)})" if names else "")
     return PAGE_ONE["family"].format(n=n)
 
 

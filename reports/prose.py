@@ -359,7 +359,7 @@ PAGE_ONE: Mapping[str, str] = {
     "control_bad": "which should include 0: read the comparison with care",
     "family": "The verdict's family: {n} tests that produced an interval. Associations, not causes.",
     "family_holm": (
-        "The verdict's family: {n} tests that produced an interval; {k} of them exclude 0 after Holm's "
+        "The verdict's family: {n} tests that produced an interval; {k} of them {verb} 0 after Holm's "
         "adjustment{which}. "
         "Associations, not causes."
     ),
