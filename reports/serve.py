@@ -1,6 +1,7 @@
 """A read-only static server for the reports directory, on loopback only.
 
-GET and HEAD only (anything else: 405); no path outside the directory is reachable (`..`, encoded
+GET and HEAD only (anything else: 405); only for a Host of 127.0.0.1 or localhost at its port (421: DNS
+rebinding); no path outside the directory is reachable (`..`, encoded
 `%2e%2e`, backslashes and symlinks pointing out all answer 404); no directory listings; no dotfiles
 (`.publish.lock`, `.deleted.*`, editor droppings: 404); a connection idle for `idle_timeout_s` is closed.
 """
@@ -72,7 +73,21 @@ class ReportsHandler(SimpleHTTPRequestHandler):
             resolved if resolved is not None else posixpath.join(os.path.realpath(self.directory), ".gruviz-not-found")
         )
 
+    def _host_ok(self) -> bool:
+        """The Host header names this server (127.0.0.1 or localhost, with its port), or is absent (HTTP/1.0): a
+        page on another site whose name was rebound to 127.0.0.1 (DNS rebinding) sends its own name and is refused."""
+        host = self.headers.get("Host")
+        if host is None:
+            return True
+        port = self.server.server_address[1]
+        names = ("127.0.0.1", "localhost")
+        allowed = {f"{n}:{port}" for n in names} | (set(names) if port == 80 else set())
+        return host.strip().lower() in allowed
+
     def send_head(self):  # type: ignore[override]
+        if not self._host_ok():
+            self.send_error(421, "Misdirected Request: this server answers only for 127.0.0.1 and localhost")
+            return None
         if self.explore is not None and (self.path == "/explore" or self.path.startswith(("/explore/", "/explore?"))):
             return self._send_explore()
         try:

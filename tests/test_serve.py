@@ -161,3 +161,22 @@ def test_port_in_use_is_a_clear_error(site, tmp_path, capsys):
     rc = cli.main(["serve", "--dir", str(tmp_path), "--port", str(site.server_port), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "already in use" in err and "--port" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("host, status", [
+    ("evil.example:{port}", 421), ("evil.example", 421), ("127.0.0.1.evil.example:{port}", 421),
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("LOCALHOST:{port}", 200),
+])
+def test_answers_only_for_its_own_host(site, host, status):
+    """DNS rebinding: a page on another site whose name now points at 127.0.0.1 sends its own Host."""
+    conn = http.client.HTTPConnection(HOST, site.server_port, timeout=5)
+    try:
+        conn.putrequest("GET", "/index.html", skip_host=True)
+        conn.putheader("Host", host.format(port=site.server_port))
+        conn.endheaders()
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    assert r.status == status
+    assert (b"nights" in body) == (status == 200)
