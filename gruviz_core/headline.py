@@ -54,16 +54,7 @@ class Effect:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Effect | None:
-        if not d:
-            return None
-        kw = {f.name: d.get(f.name) for f in fields(cls) if f.name in d}
-        for k in ("diff", "lo", "hi", "p_value"):
-            if k in kw:
-                kw[k] = _num(kw[k])
-        for k in ("n_dogs_a", "n_dogs_b", "n_winners_a", "n_winners_b", "n_runners_a", "n_runners_b"):
-            if k in kw:
-                kw[k] = int(kw[k] or 0)
-        return cls(**kw)
+        return _typed(cls, d) if d else None
 
 
 @dataclass(frozen=True)
@@ -131,13 +122,15 @@ class Verdict:
 
 
 def _typed(cls, x):
+    """A record of `cls` from a JSON object: unknown keys dropped, floats NaN-safe (None), counts as int."""
     if not isinstance(x, Mapping):
         return None
-    names = {f.name for f in fields(cls)}
-    kw = {k: v for k, v in x.items() if k in names}
+    kw = {}
     for f in fields(cls):
-        if f.name in kw and f.type in ("float | None", "float"):
-            kw[f.name] = _num(kw[f.name])
+        if f.name not in x:
+            continue
+        v = x[f.name]
+        kw[f.name] = _num(v) if f.type in ("float | None", "float") else int(v or 0) if f.type == "int" else v
     return cls(**kw)
 
 
