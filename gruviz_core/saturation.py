@@ -102,6 +102,12 @@ class SaturationComparison:
     metric: str
     status_rows: dict[str, int]
     """Runner rows (over seeds) in each status group, in scope."""
+    metrics: cmp.RowMetrics
+    """(K * n, 8) per-runner metrics of each seed's own probabilities, seeds stacked (the rows compared)."""
+    group: np.ndarray
+    """(K * n,) each stacked runner's status group at prediction time ('out of scope' outside the scope)."""
+    prev_scores: tuple[tuple[str, np.ndarray], ...]
+    """(name, (K * n,) score of h_{t-1}) for the dose-response: write_prev, move_prev, s_prev."""
 
 
 def compare_saturation(
@@ -126,12 +132,13 @@ def compare_saturation(
                            n_dogs=n, sizes=sizes, won=rm.values[:, 7])
     composition = _composition(d, dog, group, stratum, weights, a, b, sizes)
     negative = _negative_control(d, rm, plateaus, rule, weights, metric, sizes)
+    prev = tuple(_prev_scores(d))
     dose = [dose_fe(_metric_rows(rm, metric), x, dog, stratum, (step_r >= 2) & scope & np.isfinite(x), weights,
-                    n_dogs=n, name=name) for name, x in _prev_scores(d)]
+                    n_dogs=n, name=name) for name, x in prev]
     points = _grid(d, rm, dog, stratum, scope, rule, grid_weights, metric, sizes, grid)
     verdict = verdict_of(main, within, points, dose, composition)
     rows = {g: int((group == g).sum()) for g in rule.groups}
-    return SaturationComparison(main, within, points, composition, negative, dose, verdict, metric, rows)
+    return SaturationComparison(main, within, points, composition, negative, dose, verdict, metric, rows, rm, group, prev)
 
 
 def _stacked_metrics(d: RowsBySeed) -> cmp.RowMetrics:

@@ -57,10 +57,10 @@ def plateau_comparisons(
                *((f"composition_{k}", v) for k, v in res.composition.items() if v is not None),
                *((f"dose_{x['score']}", _dose_effect(x)) for x in res.dose)]
     tables = {
-        "status_compare": _status_table(rows, rule, weights, res.metric),
+        "status_compare": _status_table(rows, res, rule, weights),
         "status_effect": effect_frame(effects),
         "sensitivity": sensitivity_frame(res.main, res.grid),
-        "dose_response": _dose_deciles(rows, res.metric, weights[:200]),
+        "dose_response": _dose_deciles(rows, res, weights[:200]),
     }
     scope = {"dogs": int(len(np.unique(dog))), "debut_dogs": int(len(np.unique(dog[in_scope]))),
              "runners": int(len(dog)), "debut_runners": int(in_scope.sum()),
@@ -90,31 +90,27 @@ def _summaries(run_dir: Path, layer: int, n_seeds: int, n_obs: int) -> tuple[np.
     return out[0], out[1], out[2]
 
 
-def _status_table(rows: sat.RowsBySeed, rule: CohortRule, weights: np.ndarray, metric: str) -> pd.DataFrame:
+def _status_table(rows: sat.RowsBySeed, res: sat.SaturationComparison, rule: CohortRule,
+                  weights: np.ndarray) -> pd.DataFrame:
     """Metrics per coarse race-count stratum and status group, seeds pooled (what the status figure draws)."""
-    status = sat._status(rows, sat._plateaus(rows, rule), rule).status
-    rm = sat._stacked_metrics(rows)
-    dog = np.tile(rows.dog, rows.n_seeds)
-    scope = np.tile(rows.in_scope, rows.n_seeds)
-    group = np.where(scope, status, "out of scope")
     stratum = cmp.stratum_of(np.tile(rows.step[rows.row], rows.n_seeds))
-    return cmp.group_table(rm, dog, group, stratum, weights[:200], groups=rule.groups, n_dogs=rows.n_dogs)
+    return cmp.group_table(res.metrics, np.tile(rows.dog, rows.n_seeds), res.group, stratum, weights[:200],
+                           groups=rule.groups, n_dogs=rows.n_dogs)
 
 
-def _dose_deciles(rows: sat.RowsBySeed, metric: str, weights: np.ndarray) -> pd.DataFrame:
+def _dose_deciles(rows: sat.RowsBySeed, res: sat.SaturationComparison, weights: np.ndarray) -> pd.DataFrame:
     """The gap by decile of each reliance score of h_{t-1} ADJUSTED FOR STEP (the score less its single-step
     mean), seeds pooled: raw deciles of a score that rises with step would mostly sort races by step."""
-    rm = sat._stacked_metrics(rows)
     dog = np.tile(rows.dog, rows.n_seeds)
     step = np.tile(rows.step[rows.row], rows.n_seeds)
     inv = np.unique(cmp.fine_stratum_of(step).astype(str), return_inverse=True)[1]
     keep0 = (step >= 2) & np.tile(rows.in_scope, rows.n_seeds)
     parts = []
-    for name, x in sat._prev_scores(rows):
+    for name, x in res.prev_scores:
         keep = keep0 & np.isfinite(x)
         xs = np.where(keep, x, 0.0)
         resid = x - (np.bincount(inv, weights=xs) / np.maximum(np.bincount(inv, weights=keep), 1))[inv]
-        table, _ = cmp.dose_response(rm, dog, resid, keep, weights, metric=metric, n_dogs=rows.n_dogs)
+        table, _ = cmp.dose_response(res.metrics, dog, resid, keep, weights, metric=res.metric, n_dogs=rows.n_dogs)
         parts.append(table.assign(score=f"{name} (step-adjusted)"))
     cols = ["score", "decile", "score_lo", "score_hi", "score_mid", "value", "lo", "hi", "metric", "n_rows", "n_dogs"]
     return pd.concat(parts, ignore_index=True)[cols]

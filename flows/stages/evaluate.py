@@ -292,6 +292,7 @@ def evaluate_run(
     def _get(src, c="all", m="log_loss"):
         return float(cm.get((src, c, m), np.nan))
 
+    km_median = _km_median(run_dir, summary)
     headline = {
         "dogs": reader.n_dogs, "obs": reader.n_obs, "eval_rows": int(len(sel)),
         "eval_races": int(race.max() + 1) if len(race) else 0,
@@ -302,8 +303,8 @@ def evaluate_run(
         "market_log_loss": _get("market"), "uniform_log_loss": _get("uniform"),
         "model_hit_rate": _get("model", m="hit_rate"), "market_hit_rate": _get("market", m="hit_rate"),
         "model_auc": _get("model", m="auc"),
-        **found.headline, "plateau_median_km": _km_median(run_dir, summary),
-        **cp.saturation_headline(summary, _km_median(run_dir, summary), probs, won, race, rule),
+        **found.headline, "plateau_median_km": km_median,
+        **cp.saturation_headline(summary, km_median, probs, won, race, rule),
         "effective_dim": summary.get("effective_dim"), "dead_units": summary.get("dead_units"),
         "always_saturated_units": summary.get("always_saturated_units"),
         "exemplars": [{"dog_a": a, "dog_b": b} for a, b in ex_pairs],
