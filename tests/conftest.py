@@ -38,3 +38,51 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=240):
         yield
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_BUCKET = "gruviz-test"
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """moto's S3 server on a free loopback port, the AWS variables pointing at it, one bucket; its s3:// URL."""
+    pytest.importorskip("s3fs", reason="the object store needs the optional dependency s3fs (pip install gruviz[dask])")
+    pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (make test installs it)")
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(S3_BUCKET)
+    try:
+        yield f"s3://{S3_BUCKET}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_home(s3_bucket):
+    """A fresh prefix of the bucket for one test."""
+    import uuid
+
+    return f"{s3_bucket}/{uuid.uuid4().hex[:8]}"
