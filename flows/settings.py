@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     block_timeout_s: float = Field(
         3 * 3600.0, gt=0, description="Seconds one extraction block may run before it fails (and is retried once). "
         "A block whose task has not ended after both attempts and a grace (stuck in a blocking call, which a "
-        "task timeout in a worker thread cannot interrupt) fails the night from the flow (flows.nightly.block_backstop_s).")
+        "task timeout in a worker thread cannot interrupt) fails the night from the flow (flows.blocks.block_backstop_s).")
     evaluate_timeout_s: float = Field(2 * 3600.0, gt=0, description="Seconds the evaluate task may run.")
     email_timeout_s: float = Field(300.0, gt=0, description="Seconds one attempt at sending the nightly email may take.")
     nightly_timeout_s: float = Field(

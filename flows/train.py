@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from flows.artifacts import train_artifacts
 from flows.logs import route_library_logs
 from flows.nightly import ingest_task
 from flows.notify import notify_failure
@@ -54,7 +54,7 @@ def train(
     snapshot_id = ingest_task(root, list(source), s.inflate_limit) if source else checked.snapshot_id
     report = train_task(root, snapshot_id, s.seeds, s.hidden_size, s.num_layers, epochs, s.market_context,
                         s.train_workers, promote)
-    create_markdown_artifact(_summary(report), key="train-summary", description="Validation metrics vs baselines")
+    train_artifacts(report)
     if report.get("current"):
         get_run_logger().info("model set %s registered and marked current", report.get("set_id"))
     else:
@@ -62,10 +62,3 @@ def train(
                                  "on its validation window (train again, or pass promote=True)", report.get("set_id"))
     return report
 
-
-def _summary(report: dict) -> str:
-    lines = [f"# Model set `{report.get('set_id')}`", ""]
-    for k, v in report.items():
-        if not isinstance(v, (dict, list)):
-            lines.append(f"- **{k}**: {v}")
-    return "\n".join(lines)

@@ -147,7 +147,8 @@ def test_nightly_with_no_parameters_ingests_the_configured_sources(store, monkey
     import shutil
     from zoneinfo import ZoneInfo
 
-    from flows.nightly import NO_NEW_DATA, nightly
+    from flows.changes import NO_NEW_DATA
+    from flows.nightly import nightly
     from gruviz_core.synth import simulate
     from storage.forms import read_manifest
 

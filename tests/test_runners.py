@@ -200,7 +200,8 @@ def test_a_hung_block_times_out_the_night_and_the_next_night_runs(env, store):
 def test_a_block_stuck_in_a_blocking_call_fails_the_night_at_its_backstop(env, store):
     """Prefect's task timeout cannot interrupt a blocking call in a worker thread: the flow's own backstop
     (the block timeout plus its grace) fails the night instead of waiting for the call to return."""
-    from flows.nightly import block_backstop_s
+    from flows.blocks import block_backstop_s
+    from flows.nightly import extract_block_task
 
     home, faults = store
     env(block_timeout_s=1)
@@ -211,7 +212,7 @@ def test_a_block_stuck_in_a_blocking_call_fails_the_night_at_its_backstop(env, s
     assert list(faults.glob("blocked.*")), "no block took the fault"
     assert state.is_failed(), state.message
     assert "GRUVIZ_BLOCK_TIMEOUT_S=1 s" in state.message and "blocking call" in state.message, state.message
-    assert block_backstop_s(1) == 9.0 and took < 14, took  # failed at the backstop, before the call returned
+    assert block_backstop_s(extract_block_task, 1) == 9.0 and took < 14, took  # failed at the backstop, before the call returned
     assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-09*") if p.is_dir()]
     time.sleep(max(0.0, 14.5 - took))  # the stuck thread wakes and ends (Prefect's timeout fires then)
     assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-09*") if p.is_dir()]  # it wrote nothing
