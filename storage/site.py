@@ -11,18 +11,12 @@ index renderer from `reports`.
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from gruviz_core.errors import ConfigError
-from storage.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from storage.store import Store, StorePath, open_store
 
 __all__ = ["publish_report", "ensure_plotly_asset", "write_index", "list_nights", "night_facts", "prune_reports", "ASSET"]
 
@@ -32,6 +26,8 @@ IndexRenderer = Callable[[list[dict]], str]
 ASSET = "assets/plotly.min.js"
 """Where the shared plotly.js lives, relative to the reports directory."""
 _NIGHT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,63}$")
+_LOCK = ".publish.lock"
+"""One publisher at a time per reports directory, so the index never misses a night."""
 
 
 def _check_night(night: str) -> str:
@@ -43,41 +39,31 @@ def _check_night(night: str) -> str:
     return night
 
 
-@contextmanager
-def _lock(reports_dir: Path) -> Iterator[None]:
-    """One publisher at a time per reports directory, so the index never misses a night."""
-    with open(reports_dir / ".publish.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def ensure_plotly_asset(reports_dir: str | Path, src: Path) -> Path:
+def ensure_plotly_asset(reports_dir: str | Path, src: Path) -> StorePath:
     """Copy plotly.min.js (`src`) into <reports_dir>/assets once (again only if the installed plotly changed)."""
-    dst = Path(reports_dir) / ASSET
-    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-        write_bytes_atomic(dst, src.read_bytes())
-    return dst
+    store = open_store(reports_dir)
+    data = src.read_bytes()
+    try:
+        same = len(store.read_bytes(ASSET)) == len(data)
+    except FileNotFoundError:
+        same = False
+    if not same:
+        store.write_bytes(ASSET, data)
+    return store.location(ASSET)
 
 
 def list_nights(reports_dir: str | Path) -> list[dict]:
     """Published nights, newest first: night, href, headline (dict), delta (model log-loss vs the night before),
     model_set_id (from <night>/night.json; None for nights published without it) and model_changed (a set other
     than the previous night's ran)."""
-    reports_dir = Path(reports_dir)
+    store = open_store(reports_dir)
     nights = []
-    for d in sorted(
-        p for p in reports_dir.iterdir() if p.is_dir() and _NIGHT.match(p.name) and (p / "index.html").is_file()
-    ):
-        try:
-            head = json.loads((d / "headline.json").read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            head = {}
-        facts = _night_facts(d)
+    for name in store.list():
+        if not _NIGHT.match(name) or not store.exists(f"{name}/index.html"):
+            continue
+        facts = _json_object(store, f"{name}/night.json")
         nights.append(
-            {"night": d.name, "href": f"{d.name}/index.html", "headline": head if isinstance(head, dict) else {},
+            {"night": name, "href": f"{name}/index.html", "headline": _json_object(store, f"{name}/headline.json"),
              "model_set_id": facts.get("model_set_id")}
         )
     prev_set = None
@@ -95,61 +81,57 @@ def list_nights(reports_dir: str | Path) -> list[dict]:
 
 def night_facts(reports_dir: str | Path, night: str) -> dict:
     """What <reports_dir>/<night>/night.json says of the page ({} when absent): the model set and run it shows."""
-    return _night_facts(Path(reports_dir) / _check_night(night))
+    return _json_object(open_store(reports_dir), f"{_check_night(night)}/night.json")
 
 
-def _night_facts(d: Path) -> dict:
-    """<night>/night.json ({} when absent or unreadable): the model set that ran the night."""
+def _json_object(store: Store, key: str) -> dict:
+    """A JSON object ({} when absent, unreadable or not an object)."""
     try:
-        facts = json.loads((d / "night.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        obj = store.read_json(key)
+    except Exception:  # noqa: BLE001 - a damaged night file must not hide the other nights
         return {}
-    return facts if isinstance(facts, dict) else {}
+    return obj if isinstance(obj, dict) else {}
 
 
-def write_index(reports_dir: str | Path, render_index: IndexRenderer) -> Path:
-    """Rewrite <reports_dir>/index.html from the nights on disk (atomic)."""
-    path = Path(reports_dir) / "index.html"
-    write_text_atomic(path, render_index(list_nights(reports_dir)))
-    return path
+def write_index(reports_dir: str | Path, render_index: IndexRenderer) -> StorePath:
+    """Rewrite <reports_dir>/index.html from the nights in the directory (atomic)."""
+    store = open_store(reports_dir)
+    store.write_text("index.html", render_index(list_nights(reports_dir)))
+    return store.location("index.html")
 
 
 def publish_report(
     html: str, reports_dir: str | Path, night: str, *, headline: dict, plotly_js: Path, render_index: IndexRenderer,
     facts: dict | None = None,
-) -> Path:
-    """Publish a rendered page as <reports_dir>/<night>/index.html; returns its path.
+) -> StorePath:
+    """Publish a rendered page as <reports_dir>/<night>/index.html; returns its location.
 
-    The shared plotly.js is in place before the page, the page is renamed into place whole, and the
-    index is rewritten last, so a reader never sees half a page or a link to a missing one.
+    The shared plotly.js is in place before the page, the page is written whole, and the index is
+    rewritten last, so a reader never sees half a page or a link to a missing one.
     """
     _check_night(night)
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(reports_dir):
+    store = open_store(reports_dir)
+    with store.lock(_LOCK, wait_s=600.0, what="another report publisher"):
         ensure_plotly_asset(reports_dir, plotly_js)
-        write_json_atomic(reports_dir / night / "headline.json", headline)
+        store.write_json(f"{night}/headline.json", headline)
         if facts is not None:  # the index's model-set timeline
-            write_json_atomic(reports_dir / night / "night.json", facts)
-        page = reports_dir / night / "index.html"
-        write_text_atomic(page, html)
+            store.write_json(f"{night}/night.json", facts)
+        store.write_text(f"{night}/index.html", html)
         write_index(reports_dir, render_index)
-    return page
+    return store.location(f"{night}/index.html")
 
 
 def prune_reports(reports_dir: str | Path, keep_nights: int, render_index: IndexRenderer) -> list[str]:
     """Delete the pages of all but the newest `keep_nights` nights (0 keeps all) and rewrite the index.
 
-    Each night leaves by a rename to a dot-name first (never served, never listed), so no half page is seen."""
-    reports_dir = Path(reports_dir)
-    if keep_nights <= 0 or not reports_dir.is_dir():
+    Each night leaves whole (a rename away first where the store has renames), so no half page is seen."""
+    store = open_store(reports_dir)
+    if keep_nights <= 0 or not store.is_dir():
         return []
     removed = []
-    with _lock(reports_dir):
+    with store.lock(_LOCK, wait_s=600.0, what="another report publisher"):
         for n in list_nights(reports_dir)[keep_nights:]:  # newest first
-            doomed = reports_dir / f".deleted.{n['night']}.{uuid.uuid4().hex[:8]}"
-            os.rename(reports_dir / n["night"], doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            store.retract(n["night"], marker="index.html")
             removed.append(n["night"])
         if removed:
             write_index(reports_dir, render_index)

@@ -31,6 +31,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import types
 import typing
 import uuid
@@ -49,7 +50,7 @@ from gruviz_core.errors import NotFoundError, StoreError
 
 __all__ = [
     "Store", "LocalStore", "ObjectStore", "MemoryStore", "open_store", "StorePath", "Missing", "LockHeld",
-    "to_json", "from_json",
+    "to_json", "from_json", "split", "location",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -85,7 +86,8 @@ class Store(Protocol):
     def create(self, key: str, data: bytes) -> bool: ...
     def open(self, key: str) -> typing.BinaryIO: ...
     def zarr(self, key: str, *, read_only: bool = False) -> Any: ...
-    def lock(self, key: str, *, ttl_s: float = 300.0, what: str = "another writer") -> contextlib.AbstractContextManager: ...
+    def lock(self, key: str, *, ttl_s: float = 300.0, wait_s: float = 0.0,
+             what: str = "another writer") -> contextlib.AbstractContextManager: ...
     def hold(self, key: str) -> contextlib.AbstractContextManager: ...
     def stage(self, key: str) -> str: ...
     def publish(self, staged: str, key: str, *, marker: str, body: bytes = b"") -> None: ...
@@ -124,6 +126,17 @@ def open_store(location: str | os.PathLike | StorePath | Store) -> Store:
     if scheme:
         return ObjectStore(text, **opts)
     return LocalStore(Path(text))
+
+
+def location(where: str | os.PathLike | StorePath | Store) -> StorePath:
+    """The handle of a place in a store (a path, a URL or a Store): an absolute Path, or a UPath for a URL."""
+    return open_store(where).location()
+
+
+def split(where: str | os.PathLike | StorePath) -> tuple[Store, str]:
+    """The store holding `where` (its parent) and the key of `where` in it: for code handed a location."""
+    loc = location(where)
+    return open_store(loc.parent), loc.name
 
 
 # ------------------------------------------------------------------------------------ records
@@ -363,18 +376,26 @@ class LocalStore(_Base):
         return zarr.storage.LocalStore(self._p(key), read_only=read_only)
 
     @contextlib.contextmanager
-    def lock(self, key: str, *, ttl_s: float = 300.0, what: str = "another writer") -> Iterator[None]:
-        """An flock on `key`: released with its process, so never stale; LockHeld naming the holder."""
+    def lock(self, key: str, *, ttl_s: float = 300.0, wait_s: float = 0.0,
+             what: str = "another writer") -> Iterator[None]:
+        """An flock on `key`, waited for up to `wait_s`: released with its process, so never stale; LockHeld
+        naming the holder."""
         path = self._p(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise LockHeld(f"store {self.url}: {what} is running ({holder} holds {path}); wait for it to "
-                               "finish (the lock is released when that process ends)") from None
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                    f.seek(0)
+                    holder = f.read().strip() or "another process"
+                    raise LockHeld(f"store {self.url}: {what} is running ({holder} holds {path}); wait for it to "
+                                   "finish (the lock is released when that process ends)") from None
             try:
                 f.seek(0)
                 f.truncate()
@@ -630,13 +651,21 @@ class ObjectStore(_Base):
         return str(self.fs.info(path)["ETag"])
 
     @contextlib.contextmanager
-    def lock(self, key: str, *, ttl_s: float = 300.0, what: str = "another writer") -> Iterator[None]:
-        """A lease: an object created only if absent holding its owner and an expiry, renewed every ttl/3
+    def lock(self, key: str, *, ttl_s: float = 300.0, wait_s: float = 0.0,
+             what: str = "another writer") -> Iterator[None]:
+        """A lease, waited for up to `wait_s`: an object created only if absent holding its owner and an expiry, renewed every ttl/3
         by a heartbeat thread and deleted on exit; a holder killed without cleaning up blocks others for at
         most `ttl_s`, after which one of them (a conditional write on the version read) takes it over."""
         owner = f"pid {os.getpid()} on {socket.gethostname()} ({uuid.uuid4().hex[:8]})"
-        if not self.create(key, _lease_body(owner, ttl_s)):
-            self._take_over(key, _lease_body(owner, ttl_s), what)
+        deadline = time.monotonic() + wait_s
+        while not self.create(key, _lease_body(owner, ttl_s)):
+            try:
+                self._take_over(key, _lease_body(owner, ttl_s), what)
+                break
+            except LockHeld:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
         stop = threading.Event()
 
         def beat() -> None:

@@ -82,7 +82,7 @@ def test_report_retention_rewrites_the_index(tmp_path):
     assert [n["night"] for n in list_nights(tmp_path)] == ["2026-11-22", "2026-11-21"]
     index = (tmp_path / "index.html").read_text()
     assert "2026-11-20" not in index and "2026-11-22" in index
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".publish.lock") == ["2026-11-21", "2026-11-22",
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["2026-11-21", "2026-11-22",
                                                                                        "index.html"]
 
 

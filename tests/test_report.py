@@ -203,12 +203,12 @@ def test_publish_atomic_index_and_asset(html, tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in reports.rglob("*") if p.is_file()} == first  # same inputs, same bytes
     assert not [p for p in reports.rglob("*.tmp")]
     # A failure while writing leaves the published page whole.
-    import storage.atomic
+    import storage.store
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(storage.atomic.os, "replace", boom)
+    monkeypatch.setattr(storage.store.os, "replace", boom)
     with pytest.raises(OSError):
         publish_report("<p>new</p>", reports, "2026-11-24", headline=head)
     monkeypatch.undo()

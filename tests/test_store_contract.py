@@ -245,3 +245,22 @@ def test_records_ignore_unknown_keys_and_keep_none():
     assert rec == _Record("r", (1,), _Inner("n", ()), None)
 
 
+
+
+@pytest.mark.parametrize("make", [lambda tmp: LocalStore(tmp), lambda tmp: MemoryStore()], ids=["local", "memory"])
+def test_a_lock_waited_for_is_taken_when_its_holder_lets_go(tmp_path, make):
+    store = make(tmp_path)
+    held, got = threading.Event(), []
+
+    def holder() -> None:
+        with store.lock("l"):
+            held.set()
+            threading.Event().wait(0.3)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(5)
+    with store.lock("l", wait_s=10.0):
+        got.append(True)
+    t.join()
+    assert got == [True]
