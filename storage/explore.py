@@ -23,11 +23,10 @@ import pyarrow.parquet as pq
 from gruviz_core.errors import NotFoundError
 from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo, UnitAtlas, UnitQuantity, UnitRecord
 from gruviz_core.probes import unit_labels
-from storage import fs
-from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
 from storage.results import read_json
 from storage.states import RunPlan, StatesReader, latest_run, open_states, published_runs
+from storage.store import StorePath, location, split
 
 __all__ = ["ExploreStore", "RUN_ID", "read_rows"]
 
@@ -110,24 +109,25 @@ class ExploreStore:
 
 
 def _read_filtered(path: StorePath, columns: list[str], layer: int) -> pd.DataFrame:
-    """The rows of one layer of a Parquet table (local: pushed down to the row groups)."""
-    if isinstance(path, Path):
-        return pq.read_table(path, columns=columns, filters=[("layer", "=", layer)]).to_pandas()
-    df = fs.read_parquet(path, columns=columns)
-    return df[df["layer"] == layer].reset_index(drop=True)
+    """The rows of one layer of a Parquet table (the filter pushed down to the row groups)."""
+    store, key = split(path)
+    with store.open(key) as f:
+        return pq.read_table(f, columns=columns, filters=[("layer", "=", layer)]).to_pandas()
+
+
+def _parquet(path: StorePath, columns: list[str] | None = None) -> pd.DataFrame:
+    store, key = split(path)
+    return store.read_parquet(key, columns=columns)
 
 
 def _directly_under(d: StorePath, parent: StorePath) -> bool:
-    if isinstance(d, Path) and isinstance(parent, Path):
-        return d.resolve().parent == parent.resolve()
-    return str(d.parent).rstrip("/") == str(parent).rstrip("/")
+    """Whether `d`, links followed, is an entry of `parent` (a run directory linked from elsewhere is not)."""
+    return str(location(d).parent).rstrip("/") == str(location(parent)).rstrip("/")
 
 
 def _finished(run_dir: StorePath) -> float:
-    try:
-        return RunLayout.at(run_dir).complete.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
+    store, key = split(RunLayout.at(run_dir).complete)
+    return store.modified(key) or 0.0
 
 
 class _Run:
@@ -175,13 +175,13 @@ class _Run:
                 self.s, self.abs_sum = ds["s"].to_numpy(np.float64), ds["abs_sum"].to_numpy(np.float64)
                 self.f = ds[f_col].to_numpy(np.float64)
         if layout.table("dog").is_file():
-            dog = fs.read_parquet(layout.table("dog"), columns=["dog_index", "layer", "plateau_step", "cohort"])
+            dog = _parquet(layout.table("dog"), columns=["dog_index", "layer", "plateau_step", "cohort"])
             dog = dog[dog["layer"] == self.layer].sort_values("dog_index")
             if len(dog) == len(self.ids):
                 self.cohort = [str(c) for c in dog["cohort"]]
                 self.plateau = dog["plateau_step"].to_numpy(np.float64)
         if layout.table("step").is_file():
-            st = fs.read_parquet(layout.table("step"))
+            st = _parquet(layout.table("step"))
             st = st[st["layer"] == self.layer].sort_values("step")
             for c, g in st.groupby("cohort", sort=False):
                 self.bands[str(c)] = CohortBand(
@@ -267,7 +267,7 @@ def _read_probe_rows(run_dir: StorePath) -> pd.DataFrame | None:
     path = RunLayout.at(run_dir).table("probe_rows")
     if not path.is_file():
         return None
-    df = fs.read_parquet(path).sort_values("row", kind="stable").reset_index(drop=True)
+    df = _parquet(path).sort_values("row", kind="stable").reset_index(drop=True)
     if len(df) > SCATTER_ROWS:
         cut = df["dog_index"].iloc[SCATTER_ROWS]  # the dog that would be cut: left out whole
         first = int(np.flatnonzero(df["dog_index"].to_numpy() == cut)[0])
@@ -301,7 +301,7 @@ def _read_atlas(run_dir: StorePath) -> tuple[pd.DataFrame | None, str | None]:
     """eval/unit_atlas (seed, layer, unit, quantity, rho, rank, n_rows), or None and why it is missing."""
     layout = RunLayout.at(run_dir)
     if layout.table("unit_atlas").is_file():
-        return fs.read_parquet(layout.table("unit_atlas")), None
+        return _parquet(layout.table("unit_atlas")), None
     error = (read_json(layout.probe_record) or {}).get("error")
     if error:
         return None, f"The probe atlas was not computed for this run ({error})."

@@ -7,7 +7,6 @@ schema is a StoreError naming the file, the column and the fix.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,10 +16,9 @@ import pandas as pd
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults
 from gruviz_core.tables import TABLES, schema_problems
-from storage import fs
-from storage.fs import StorePath
 from storage.layout import EVAL_TABLES, STATS_TABLES, RunLayout
 from storage.states import open_states
+from storage.store import StorePath, location, split
 
 __all__ = ["read_run_results", "read_history", "read_dog_states", "read_json", "REPORT_TABLES"]
 
@@ -30,9 +28,10 @@ REPORT_TABLES: tuple[str, ...] = tuple(t for t in STATS_TABLES + EVAL_TABLES if 
 
 def read_json(path: str | Path) -> dict | None:
     """A JSON object from a file; None when the file is missing, unreadable JSON or not an object."""
+    store, key = split(path)
     try:
-        obj = json.loads(fs.store_path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        obj = store.read_json(key)
+    except (FileNotFoundError, NotADirectoryError, StoreError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -40,7 +39,7 @@ def read_json(path: str | Path) -> dict | None:
 def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None) -> RunResults:
     """Every table and record of a published run that the report shows; `tables` names a subset to read
     (the others are None), e.g. ("dog",) for the email."""
-    run_dir = fs.store_path(run_dir)
+    run_dir = location(run_dir)
     if not run_dir.is_dir():
         raise NotFoundError(
             f"report: run directory {run_dir} does not exist; pass a published run (storage.states.latest_run)"
@@ -66,22 +65,23 @@ def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None
 
 def _table(run_dir: StorePath, name: str) -> pd.DataFrame | None:
     path = RunLayout.at(run_dir).table(name)
-    if not path.is_file():
+    store, key = split(path)
+    if not store.exists(key):
         return None
-    problems = schema_problems(name, fs.parquet_schema(path))
+    problems = schema_problems(name, store.parquet_schema(key))
     if problems:
         raise StoreError(
             f"{path}: {'; '.join(problems)}; expected the columns of gruviz_core.tables.TABLES[{name!r}] "
             f"({', '.join(TABLES[name].names)}); recompute the run's stats and evaluation"
         )
-    return fs.read_parquet(path, columns=list(TABLES[name].names))
+    return store.read_parquet(key, columns=list(TABLES[name].names))
 
 
 def read_history(dirs: Iterable[str | Path]) -> list[NightHeadline]:
     """The headline of each earlier run or published report directory that has one, in the order given."""
     out = []
     for d in dirs:
-        night, head = _night_of(fs.store_path(d))
+        night, head = _night_of(location(d))
         if night and head is not None:
             out.append(NightHeadline(night, head))
     return out
@@ -98,7 +98,7 @@ def _night_of(path: StorePath) -> tuple[str | None, dict | None]:
 
 def read_dog_states(run_dir: str | Path, ids: Sequence[str], *, seed: int = 0) -> DogStatesSet:
     """The states of the given dogs; a dog or a store that cannot be read is noted, never raised."""
-    run_dir = fs.store_path(run_dir)
+    run_dir = location(run_dir)
     if not ids:
         return DogStatesSet()
     if not RunLayout.at(run_dir).states.exists():
