@@ -25,13 +25,12 @@ import datetime as dt
 import fnmatch
 import re
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from flows.settings import Settings
-from gruviz_core.errors import ConfigError, InputError, NotFoundError
-from storage.fs import StorePath, store_path
+from gruviz_core.errors import ConfigError, InputError, NotFoundError, StoreError
+from storage.store import StorePath, location, open_store
 
 __all__ = [
     "Preflight",
@@ -211,11 +210,15 @@ def check_night(night: str | None, *, timezone: str = "UTC") -> str:
 def check_id(parent: StorePath, value: str, what: str) -> str:
     """A plain id that names an entry directly under `parent` (no '/', no '..', nothing outside the store)."""
     text = str(value).strip()
-    inside = (parent / text).resolve().parent == parent.resolve() if isinstance(parent, Path) else "/" not in text
-    if not _ID.match(text) or ".." in text or not inside:
+    if not _ID.match(text) or ".." in text or "/" in text or not _entry_of(parent, text):
         raise ConfigError(f"{what} {value!r} is not a plain id under {parent}; expected letters, digits, "
                           "'-', '_', '.' (no '/' or '..'); fix the value (or the pointer file that holds it)")
     return text
+
+
+def _entry_of(parent: StorePath, name: str) -> bool:
+    """Whether parent/name, links followed, is still an entry of `parent`."""
+    return str(location(parent / name).parent).rstrip("/") == str(location(parent)).rstrip("/")
 
 
 def check_writable(path: Path, what: str) -> Path:
@@ -232,24 +235,17 @@ def check_writable(path: Path, what: str) -> Path:
 
 
 def check_store(home: str) -> StorePath:
-    """The store root: a local directory made absolute and proven writable (check_writable), or an fsspec URL
-    proven reachable and writable by writing and deleting a probe object under it."""
-    root = store_path(home)
+    """The store root made absolute, proven reachable and writable by writing and removing a probe in it."""
     what = "store root (GRUVIZ_HOME / --home)"
-    if isinstance(root, Path):
-        return check_writable(root, what)
-    probe = root / f".gruviz-preflight-{uuid.uuid4().hex[:8]}"
     try:
-        probe.write_bytes(b"preflight\n")
-        probe.unlink(missing_ok=True)
+        store = open_store(home)
+        store.probe(what)
     except ImportError as exc:
         raise ConfigError(f"{what} {home}: no filesystem for this URL is installed ({exc}); install gruviz[dask] "
                           "(s3fs) or point GRUVIZ_HOME at a directory") from None
-    except Exception as exc:  # noqa: BLE001 - any client error (credentials, endpoint, bucket) is the same refusal
-        raise ConfigError(f"{what} {home} is not reachable or not writable ({type(exc).__name__}: {exc}); check "
-                          "the bucket exists and the credentials/endpoint (AWS_* variables, AWS_ENDPOINT_URL_S3), "
-                          "or point GRUVIZ_HOME elsewhere") from None
-    return root
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    return store.location()
 
 
 def check_device(device: str) -> str:

@@ -95,6 +95,9 @@ class Store(Protocol):
     def abandoned(self, staged: str, *, grace_s: float | None = None) -> bool: ...
     def discard(self, staged: str) -> bool: ...
     def retract(self, key: str, *, marker: str) -> None: ...
+    def probe(self, what: str = "store", *, write: bool = True) -> None: ...
+    @property
+    def local_root(self) -> Path | None: ...
     # the helpers below come from _Base and read the same on every adapter
     def read_text(self, key: str) -> str: ...
     def write_text(self, key: str, text: str) -> None: ...
@@ -304,6 +307,25 @@ class LocalStore(_Base):
     def _p(self, key: str) -> Path:
         key = self._key(key)
         return self.root / key if key else self.root
+
+    @property
+    def local_root(self) -> Path | None:
+        """The directory itself (for inputs a command makes that must be local files, such as the demo's)."""
+        return self.root
+
+    def probe(self, what: str = "store", *, write: bool = True) -> None:
+        """Create the directory if missing and prove it writable by creating and removing a file in it
+        (`write` False: nothing to prove, a missing directory is an empty store)."""
+        if not write:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".gruviz-probe-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"probe\n")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(f"{what} {self.root} is not writable ({exc.strerror or exc}); create it with write "
+                             "permission or point the setting elsewhere") from None
 
     def location(self, key: str = "") -> StorePath:
         return self._p(key)
@@ -528,6 +550,31 @@ class ObjectStore(_Base):
     def _url(self, key: str) -> str:
         key = self._key(key)
         return f"{self.url}/{key}" if key else self.url
+
+    @property
+    def local_root(self) -> Path | None:
+        return None
+
+    def probe(self, what: str = "store", *, write: bool = True) -> None:
+        """Prove the bucket answers (and, with `write`, takes writes: a probe object written and deleted)."""
+        bucket = self.path.split("/", 1)[0]
+        try:
+            found = self.fs.exists(bucket)
+        except Exception as exc:  # noqa: BLE001 - credentials, endpoint: the same refusal, with its reason
+            raise StoreError(f"{what} {self.url}: cannot reach bucket {bucket!r} ({type(exc).__name__}: {exc}); check "
+                             "the endpoint and credentials (AWS_* variables, AWS_ENDPOINT_URL_S3)") from None
+        if not found:
+            raise NotFoundError(f"{what} {self.url}: bucket {bucket!r} does not exist (or these credentials cannot "
+                                "see it); create it or fix GRUVIZ_HOME / --home")
+        if not write:
+            return
+        key = f".gruviz-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.write_bytes(key, b"probe\n")
+            self.remove(key)
+        except Exception as exc:  # noqa: BLE001 - any client error (permissions, quota) is the same refusal
+            raise StoreError(f"{what} {self.url} is not writable ({type(exc).__name__}: {exc}); check the "
+                             "credentials' permissions on the bucket, or point GRUVIZ_HOME elsewhere") from None
 
     def location(self, key: str = "") -> StorePath:
         return UPath(self._url(key), **self.storage_options)

@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
 def demo_paths(home: str, name: str) -> tuple[str, Path]:
     """(store root, simulated form file): a bucket URL stays a URL (never a local folder named 's3:'); the form
     file is the demo's input, not the store's: beside a local store, in a local cache for a remote one."""
-    from storage.fs import is_remote
+    from storage.store import open_store
 
-    if is_remote(home):
+    store = open_store(home)
+    if store.local_root is None:
         return home, Path(tempfile.gettempdir()) / "gruviz-demo" / name
-    root = Path(home).resolve()
-    return str(root), root / "demo" / name
+    return str(store.local_root), store.local_root / "demo" / name
 
 
 def _tonight(timezone: str) -> str:

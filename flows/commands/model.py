@@ -152,9 +152,9 @@ def _sample_runs(root, snapshot: str | None):
 
     if snapshot is not None:  # as `train --snapshot`: a plain id under the store's forms, nothing outside it
         from flows.preflight import check_id
-        from storage.fs import store_path
+        from storage.store import location
 
-        snapshot = check_id(store_path(root) / "forms", snapshot, "model register: snapshot id (--snapshot)")
+        snapshot = check_id(location(root) / "forms", snapshot, "model register: snapshot id (--snapshot)")
     sid = snapshot or latest_snapshot(root)
     if sid is None:
         return simulate(SAMPLE_DOGS, 0), "simulated races"
@@ -211,21 +211,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _check_bucket(home: str) -> None:
-    """On object storage, the bucket exists and answers (else every listing looks like 'no model sets')."""
-    from pathlib import Path
+    """The store answers (on object storage: its bucket exists), else every listing looks like 'no model sets'."""
+    from storage.store import open_store
 
-    from gruviz_core.errors import NotFoundError
-    from storage.fs import store_path
-
-    root = store_path(home)
-    if isinstance(root, Path):
-        return
-    bucket = root.path.split("/", 1)[0]
-    try:
-        found = root.fs.exists(bucket)
-    except Exception as exc:  # noqa: BLE001 - credentials, endpoint: the same refusal, with its reason
-        raise ConfigError(f"store {home}: cannot reach bucket {bucket!r} ({type(exc).__name__}: {exc}); check the "
-                          "endpoint and credentials (AWS_* variables)") from None
-    if not found:
-        raise NotFoundError(f"store {home}: bucket {bucket!r} does not exist (or these credentials cannot see it); "
-                            "check GRUVIZ_HOME / --home")
+    open_store(home).probe("store", write=False)

@@ -27,9 +27,9 @@ from threadpoolctl import threadpool_limits
 from gruviz_core import probes as pr
 from storage.explore import read_rows
 from storage.forms import load_snapshot
-from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.states import RunPlan, StatesReader, open_dataset, open_states
+from storage.store import location as store_path
 from storage.tables import write_json, write_table
 
 __all__ = ["run", "probe_run", "DEFAULT_DOGS"]

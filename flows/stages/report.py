@@ -9,9 +9,9 @@ from reports.build import build_report, heatmap_dog_ids
 from reports.render import plotly_js_path, render, render_index
 from storage import site
 from storage.forms import read_manifest
-from storage.fs import store_path
 from storage.results import read_dog_states, read_history, read_run_results
 from storage.states import latest_run, published_runs
+from storage.store import location as store_path
 
 __all__ = ["run", "publish", "catch_up"]
 

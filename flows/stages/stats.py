@@ -30,9 +30,9 @@ from gruviz_core import cohorts as co
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
-from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.states import StatesReader, open_states
+from storage.store import location as store_path
 from storage.tables import read_record, write_json, write_table
 
 __all__ = ["compute_stats", "seed_scan", "run_offsets"]
