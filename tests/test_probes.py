@@ -357,3 +357,20 @@ def test_auc_and_r2_selectivity_are_ranked_on_one_scale():
     a = pd.DataFrame({"quantity": ["last_won", "win_rate", "track_change"], "metric": ["auc", "r2", "auc"],
                       "selectivity": [0.49, 0.85, 0.1]})
     assert _ranked(a)["quantity"].tolist() == ["last_won", "win_rate", "track_change"]  # 0.98, 0.85, 0.2
+
+
+def test_a_layer_with_no_scored_quantity_renders_a_note_not_an_empty_figure(probed):
+    """A small night (60 dogs, 512 units) can leave every probe score NaN: the report says so and renders (an
+    empty grouped figure divided by zero rows and failed the night)."""
+    import dataclasses
+
+    from reports.build import build_report
+    from reports.render import render
+    from storage.results import read_run_results
+
+    tmp, _ = probed
+    results = read_run_results(tmp)
+    unscored = dataclasses.replace(results, probes=results.probes.assign(score=np.nan))
+    scores = _section(unscored).panels[1]
+    assert scores.figure is None and "no quantity" in scores.note
+    assert "What the state knows" in render(build_report(unscored), plotly_src=None)

@@ -168,10 +168,13 @@ def _scores_panel(top: pd.DataFrame, layer: int) -> Panel:
             GroupedSeries("control task (shuffled within race count)", "#9ca3af", sigs(m["control"]),
                           sigs(m["control_lo"]), sigs(m["control_hi"])),
         ]))
-    spec = GroupedSpec("fig-probes", panels, mode="points", height=460)
     explain = (f"Seed {int(top['seed'].min())}, layer {layer}, all races of the probed dogs; whiskers are 95% intervals "
                "over dogs (bootstrap). The gap between a probe and its control is its selectivity.")
-    return Panel("Probe score and control per quantity", explain, spec)
+    if not panels:
+        return Panel("Probe score and control per quantity", explain,
+                     note=f"no quantity has a finite probe score on seed {int(top['seed'].min())}, layer {layer}")
+    return Panel("Probe score and control per quantity", explain, GroupedSpec("fig-probes", panels, mode="points",
+                                                                              height=460))
 
 
 def _buckets_panel(top: pd.DataFrame, layer: int) -> Panel:
