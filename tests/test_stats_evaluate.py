@@ -15,37 +15,18 @@ from flows.stages.stats import compute_stats
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
+from gruviz_core.tables import TABLES
 from storage import states
+from storage.layout import EVAL_TABLES, STATS_TABLES
 
 FEATURES = ("time_z", "time_missing", "implied_prob", "price_missing", "won")
 CONTEXT = ("box", "market_prob")
 
-CONTRACT = {
-    "stats/dog_step.parquet": ["dog_index", "step", "layer", "abs_sum", "s", "f090", "f095", "f099", "delta"],
-    "stats/dog.parquet": ["dog_index", "dog_id", "dog_name", "n_steps", "layer", "plateau_step", "censored",
-                          "mean_s", "final_s", "mean_f095_after", "cohort"],
-    "stats/unit.parquet": ["seed", "layer", "gate", "unit", "left", "right", "variance", "mean_abs", "dead",
-                           "always_saturated"],
-    "stats/step.parquet": ["layer", "step", "cohort", "n", "s_q25", "s_q50", "s_q75", "f095_q25", "f095_q50",
-                           "f095_q75"],
-    "stats/plateau.parquet": ["layer", "step", "at_risk", "plateaued", "survival"],
-    "eval/cohort_metrics.parquet": ["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"],
-    "eval/calibration.parquet": ["cohort", "bin", "p_mean", "won_rate", "n"],
-    "eval/status_compare.parquet": ["stratum", "group", "metric", "value", "lo", "hi", "n_dogs", "n_rows",
-                                    "n_winners", "n_eff_dogs"],
-    "eval/status_effect.parquet": ["comparison", "metric", "a", "b", "diff", "lo", "hi", "n_dogs_a", "n_dogs_b",
-                                   "comparable", "excludes_zero"],
-    "eval/dose_response.parquet": ["score", "decile", "score_mid", "value", "lo", "hi", "n_rows", "n_dogs"],
-    "eval/sensitivity.parquet": ["param", "value", "n_dogs_a", "n_dogs_b", "diff", "lo", "hi", "comparable"],
-    "eval/repro.parquet": ["scope", "metric", "value", "n"],
-    "eval/cka.parquet": ["step", "seed_a", "seed_b", "n", "cka", "lo", "hi", "cka_perm", "cka_biased"],
-    "eval/resilience.parquet": ["scope", "perturbation", "severity", "level", "bucket", "status", "n_changed",
-                                "n_duplicate", "changed_share", "damage_share", "d_nll", "d_nll_lo", "d_nll_hi",
-                                "flip_rate", "abs_dlogp", "kl", "state_divergence"],
-    "eval/resilience_contrast.parquet": ["scope", "perturbation", "contrast", "measure", "role", "diff", "lo", "hi",
-                                         "n_dogs_a", "n_dogs_b", "n_boot", "reading"],
-    "eval/divergence.parquet": ["pair", "dog_a", "dog_b", "step", "distance"],
-}
+OTHER_STAGES = ("probes", "unit_atlas", "probe_rows", "drift")
+"""Run tables the probe and drift stages write, not these two."""
+CONTRACT = {f"{'stats' if name in STATS_TABLES else 'eval'}/{name}.parquet": TABLES[name].names
+            for name in STATS_TABLES + EVAL_TABLES if name in TABLES and name not in OTHER_STAGES}
+"""The tables the stats and evaluate stages write, with their columns from gruviz_core.tables (the contract)."""
 
 
 def _races(n_dogs=60, n_races=180, field=6, seed=0):
@@ -109,6 +90,7 @@ def test_tables_have_the_contract_columns(run):
         missing = set(cols) - set(df.columns)
         assert not missing, f"{rel} lacks {missing}"
         assert len(df) > 0 or rel == "eval/cka.parquet", rel  # 60 dogs: fewer than the 200 the CKA curve needs
+    assert "delta" in pd.read_parquet(tmp / "stats" / "dog_step.parquet").columns  # on disk, not read back
     assert not list(tmp.glob("stats/.*.tmp")) and not list(tmp.glob("eval/.*.tmp"))
     s = json.loads((tmp / "stats" / "summary.json").read_text())
     assert s["rule"]["name"] == "plateau-s" and len(s["effective_dim"]) == 2
