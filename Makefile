@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: run test env bench clean deploy
+.PHONY: run test test-fast env bench clean deploy
 
 env: $(STAMP)
 
@@ -23,6 +23,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The tests that need no Prefect server, browser, Dask cluster, moto S3 server, nor are slow (tiers: tests/conftest.py).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not prefect and not browser and not s3 and not dask and not slow"
 
 # One benchmark at a time (2 cores): each prints one JSON line of ratios measured in the same run.
 bench: $(STAMP)

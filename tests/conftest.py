@@ -40,6 +40,49 @@ def prefect_harness(tmp_path_factory):
         yield
 
 
+# ---------------------------------------------------------------- shared stores (built once a session)
+# Read them as they are, or copy them first (tests.stores.copy_store) to change them.
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory):
+    """(root, snapshot_id, TrainReport): one snapshot of 80 simulated dogs and one trained, current 1-seed set."""
+    from tests.stores import train_store
+
+    return train_store(tmp_path_factory.mktemp("trained") / "store")
+
+
+@pytest.fixture(scope="session")
+def explore_store(tmp_path_factory) -> Path:
+    """A store with one published run (tests.stores.EXPLORE_RUN): random GRUs through the real extract and stats,
+    30 dogs in 150 races, some named (tests.stores.EXPLORE_NAMES)."""
+    from tests.stores import EXPLORE_NAMES, make_store
+
+    root = tmp_path_factory.mktemp("explore") / "store"
+    make_store(root, n_dogs=30, n_races=150, names=EXPLORE_NAMES)
+    return root
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, headless, through Playwright: one for the session (each test opens its own pages)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
 def _free_port() -> int:
     import socket
 
@@ -86,3 +129,86 @@ def s3_home(s3_bucket):
     import uuid
 
     return f"{s3_bucket}/{uuid.uuid4().hex[:8]}"
+
+
+# ---------------------------------------------------------------- markers (issue 25 part 8)
+# Every test gets its tier markers from the fixtures it uses (item.fixturenames is the whole closure, so a fixture
+# that uses one of these counts too) and its stage markers from its file: nobody has to remember to mark.
+# `make test-fast` deselects the tiers: -m "not prefect and not browser and not s3 and not dask and not slow".
+
+TIER_OF_FIXTURE = {
+    "prefect_harness": "prefect",  # Prefect's test harness: a temporary database and an ephemeral server
+    "prefect_server": "prefect",  # tests/test_deploy.py: `prefect server start` in a subprocess
+    "s3_bucket": "s3",  # moto's S3 server on loopback
+    "s3_home": "s3",
+    "dask_address": "dask",  # tests/test_runners.py: a local Dask cluster of worker processes
+    "browser": "browser",  # Debian's chromium through Playwright
+}
+
+STARTS_PREFECT = {
+    ("test_faults.py", "test_killed_command_leaves_no_prefect_server"),
+    ("test_reliability_cli.py", "test_nightly_command_ends_without_api_logging_errors_or_repeated_thread_timeout_warnings"),
+}
+"""(file, test) that start Prefect without a fixture saying so: `gruviz nightly` or `train` in a subprocess."""
+
+STAGES_OF_FILE = {
+    "test_ingest.py": ("ingest",),
+    "test_ingest_fuzz.py": ("ingest",),
+    "test_formats.py": ("ingest",),
+    "test_grades.py": ("ingest",),
+    "test_synth.py": ("ingest",),
+    "test_features.py": ("features",),
+    "test_sequences.py": ("features", "store"),
+    "test_drift.py": ("features",),
+    "test_model.py": ("train",),
+    "test_registry.py": ("train", "store"),
+    "test_byo.py": ("train",),
+    "test_extract.py": ("extract",),
+    "test_threads.py": ("extract",),
+    "test_gpu.py": ("extract",),
+    "test_runners.py": ("extract", "flows"),
+    "test_stats.py": ("stats",),
+    "test_cohorts.py": ("stats",),
+    "test_stats_evaluate.py": ("stats", "evaluate"),
+    "test_evaluate.py": ("evaluate",),
+    "test_comparisons.py": ("evaluate",),
+    "test_saturation.py": ("evaluate",),
+    "test_repro.py": ("evaluate",),
+    "test_resilience.py": ("evaluate",),
+    "test_probes.py": ("evaluate",),
+    "test_model_change.py": ("evaluate",),
+    "test_model_change_sets.py": ("evaluate",),
+    "test_report.py": ("report",),
+    "test_browser.py": ("report",),
+    "test_explorer.py": ("report",),
+    "test_explorer_units.py": ("report",),
+    "test_serve.py": ("report",),
+    "test_timeline.py": ("report",),
+    "test_email.py": ("notify",),
+    "test_states.py": ("store",),
+    "test_runs.py": ("store",),
+    "test_store_contract.py": ("store",),
+    "test_store_s3.py": ("store",),
+    "test_faults.py": ("store",),
+    "test_hygiene.py": ("store",),
+    "test_flows.py": ("flows",),
+    "test_cli.py": ("flows",),
+    "test_deploy.py": ("flows",),
+    "test_preflight.py": ("flows",),
+    "test_prefect_adapter.py": ("flows",),
+    "test_reliability_cli.py": ("flows",),
+    "test_markers.py": (),  # the suite's own bookkeeping
+}
+"""Test file -> the stage markers of its tests (`pytest -m extract`); a new test file must be added here."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        tiers = {tier for fixture, tier in TIER_OF_FIXTURE.items() if fixture in names}
+        if (item.path.name, getattr(item, "originalname", item.name)) in STARTS_PREFECT:
+            tiers.add("prefect")
+        for tier in sorted(tiers):
+            item.add_marker(tier)
+        for stage in STAGES_OF_FILE.get(item.path.name, ()):  # tests/test_markers.py fails on a file missing here
+            item.add_marker(stage)

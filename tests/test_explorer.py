@@ -20,66 +20,19 @@ from reports.serve import make_server
 from storage.explore import ExploreStore
 from storage.site import ensure_plotly_asset
 from tests.report_fixtures import EVIL_NAME
+from tests.stores import EXPLORE_NAMES, EXPLORE_RUN
 
-CHROMIUM = Path("/usr/bin/chromium")
-RUN = "explore-run"
+RUN = EXPLORE_RUN
 NIGHT = "2026-11-26"
 
 
-def make_store(root: Path, *, run_id: str = RUN, n_dogs: int = 30, n_races: int = 90, field: int = 6,
-               hidden: int = 8, layers: int = 1, seeds: int = 2, names: dict[int, str] | None = None) -> Path:
-    """A published run under `root` made by the real producers (extract_run, compute_stats, publish_run)."""
-    import torch
-
-    from flows.stages.extract import extract_run
-    from flows.stages.stats import compute_stats
-    from gruviz_core.cohorts import CohortRule
-    from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-    from storage import states
-
-    feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
-    rng = np.random.default_rng(0)
-    dog = np.concatenate([np.sort(rng.choice(n_dogs, field, replace=False)) for _ in range(n_races)])
-    race = np.repeat(np.arange(n_races), field)
-    order = np.lexsort((race, dog))
-    dog, race = dog[order], race[order]
-    sizes = np.bincount(dog, minlength=n_dogs)
-    won = (rng.random(len(dog)) < 1 / field).astype(np.float32)
-    dog_name = np.array([f"Dog {i}" for i in range(n_dogs)], dtype=object)
-    for i, n in (names or {}).items():
-        dog_name[i] = n
-    inputs = dict(
-        seqs_values=(rng.normal(size=(len(dog), len(feats))) * 2).astype(np.float32),
-        context=rng.normal(size=(len(dog), len(ctx))).astype(np.float32),
-        offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        dog_id=np.array([f"D{i:03d}" for i in range(n_dogs)], dtype=object),
-        dog_name=dog_name,
-        race_id=np.array([f"R{r}" for r in race], dtype=object),
-        race_date=np.datetime64("2024-01-01") + race.astype("timedelta64[D]"),
-        won=won,
-        market_prob=rng.dirichlet(np.ones(field), n_races).astype(np.float32).ravel()[order],
-    )
-    models = []
-    for s in range(seeds):
-        torch.manual_seed(s)
-        m = RaceGRU(ModelConfig(len(feats), len(ctx), hidden_size=hidden, num_layers=layers, seed=s))
-        with torch.no_grad():
-            m.gru.weight_ih_l0.mul_(4)  # so that some units saturate
-        models.append(LoadedModel.wrap(m, feats, ctx, model_id=f"s{s}"))
-    meta = {"snapshot_id": "snap-x", "model_set_id": "set-x", "night": "2026-11-26"}
-    tmp = extract_run(root, run_id, meta, models, device="cpu", **inputs)
-    compute_stats(tmp, rule=CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02))
-    return states.publish_run(root, tmp)
-
-
-NAMES = {3: EVIL_NAME, 5: "Ebony Flash", 7: "Zippy Ebony", 8: "Quick Silver"}
+NAMES = EXPLORE_NAMES
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("explore") / "store"
-    make_store(root, n_dogs=30, n_races=150, names=NAMES)
-    return root
+def store(explore_store) -> Path:
+    """conftest's explore_store (made by tests.stores.make_store, 30 dogs in 150 races named NAMES), read only."""
+    return explore_store
 
 
 @pytest.fixture(scope="module")
@@ -205,22 +158,6 @@ def test_server_routes_the_explorer_and_nothing_else_is_readable(site):
 
 
 # ---------------------------------------------------------------- in the browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium to run the browser tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _watched(browser):

@@ -27,16 +27,20 @@ from storage.site import ensure_plotly_asset
 from storage.states import open_states
 from storage.tables import write_table
 from tests.report_fixtures import EVIL_NAME
-from tests.test_explorer import NAMES, RUN, _clean, _watched, browser, make_store  # noqa: F401 - browser: fixture
+from tests.stores import copy_store
+from tests.test_explorer import RUN, _clean, _watched
 
 HIDDEN = 8
+"""The explore store's units a layer (tests.stores.make_store's default)."""
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("explore-units") / "store"
-    run_dir = make_store(root, n_dogs=30, n_races=150, hidden=HIDDEN, names=NAMES)
+def store(explore_store, tmp_path_factory) -> Path:
+    """A copy of conftest's explore_store with the probe stage's unit_atlas and probe_rows tables added."""
+    root = copy_store(explore_store, tmp_path_factory.mktemp("explore-units") / "store")
+    run_dir = root / "runs" / RUN
     reader = open_states(run_dir)
+    assert reader.n_units == HIDDEN
     rows = reader.rows()
     q = pd.DataFrame({s.name: np.full(len(rows), np.nan) for s in pr.QUANTITIES})
     q["starts"] = rows["step"].to_numpy(np.float64)

@@ -200,18 +200,10 @@ def test_killed_command_leaves_no_prefect_server(tmp_path, command, sig):
 
 
 @pytest.fixture(scope="module")
-def model_store(tmp_path_factory):
-    from flows.stages.ingest import run as ingest
-    from flows.stages.train import train_and_register
-    from gruviz_core.synth import simulate
-    from gruviz_core.train import TrainConfig
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("damaged")
-    simulate(40, 2).to_parquet(root / "src.parquet")
-    snap = ingest([str(root / "src.parquet")], root).snapshot_id
-    cfg = TrainConfig(epochs=1, lr=1e-2, batch_rows=4000, chunk_dogs=256)
-    return root, train_and_register(root, snap, seeds=1, hidden=4, train_config=cfg, promote=True).set_id
+def model_store(trained_store):
+    """conftest's trained_store (a 1-seed set, read only: each test damages its own copy of models/) and its set."""
+    root, _, report = trained_store
+    return root, report.set_id
 
 
 def _nan_weights(path: Path) -> None:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from gruviz_core.errors import StoreError
 from storage import states
@@ -127,20 +126,13 @@ def test_remove_tmp_run_refuses_paths_outside_runs_tmp(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    """A snapshot of 80 simulated dogs and a 1-seed model set (forced current)."""
-    from flows.stages.ingest import run as ingest
-    from flows.stages.train import train_and_register
-    from gruviz_core.synth import simulate
-    from gruviz_core.train import TrainConfig
+def tiny_store(trained_store, tmp_path_factory):
+    """A copy of conftest's trained_store: a snapshot of 80 simulated dogs and a 1-seed model set (forced current).
+    The module's nights and registrations change it."""
+    from tests.stores import copy_store
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("hygiene-store")
-    simulate(80, 5).to_parquet(root / "src.parquet")
-    snap = ingest([str(root / "src.parquet")], root).snapshot_id
-    cfg = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)
-    report = train_and_register(root, snap, seeds=1, hidden=4, train_config=cfg, promote=True)
-    return root, snap, report
+    root, snap, report = trained_store
+    return copy_store(root, tmp_path_factory.mktemp("hygiene") / "store"), snap, report
 
 
 def _night_env(monkeypatch, home: Path) -> None:
