@@ -37,6 +37,7 @@ from gruviz_core.model import ModelConfig  # noqa: E402
 from gruviz_core.sequences import Sequences  # noqa: E402
 from gruviz_core.train import TrainConfig, train_seed, window_report  # noqa: E402
 from storage.forms import ingest  # noqa: E402
+from storage.sequences import load_sequences  # noqa: E402
 
 IGGY = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair-iggy"
 GRADE_CONTEXT = ("grade_level", "grade_missing", "grade_change", "grade_change_missing", "kind_")
@@ -195,7 +196,7 @@ def main() -> int:
         print(json.dumps({"skipped": f"no Iggy files at {a.source}"}))
         return 0
     snap = a.snapshot or ingest([a.source], a.dir).snapshot_id
-    seqs = Sequences.load(features.run(a.dir, snap))
+    seqs = load_sequences(features.run(a.dir, snap))
     sticks = snapshot_yardsticks(a.dir, snap, seqs.n_obs)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.variants:

@@ -116,12 +116,12 @@ def _store_job(store: Path, work: Path) -> tuple[dict, dict]:
     runs = store / "runs"
     latest = runs / (runs / "LATEST").read_text().strip()
     meta = json.loads((latest / "run.json").read_text())
-    seqs = sorted((store / "features").glob("*/sequences.npz"), key=lambda p: p.stat().st_mtime)
+    seqs = sorted((store / "features").glob("*/sequences.zarr/_COMPLETE"), key=lambda p: p.stat().st_mtime)
     if not seqs:
-        raise SystemExit(f"{store}: no features/*/sequences.npz; run `gruviz nightly` on this store first")
+        raise SystemExit(f"{store}: no features/*/sequences.zarr; run `gruviz nightly` on this store first")
     run = work / "run"
     shutil.copytree(latest, run, ignore=shutil.ignore_patterns("eval"))
-    job = {"run": str(run), "root": str(store), "set_id": meta["model_set_id"], "seq": str(seqs[-1])}
+    job = {"run": str(run), "root": str(store), "set_id": meta["model_set_id"], "seq": str(seqs[-1].parent)}
     return job, {"dogs": meta["n_dogs"], "obs": meta["n_obs"], "run": latest.name}
 
 

@@ -126,12 +126,12 @@ def synthetic(n_dogs: int, n_feat: int, n_ctx: int, seed: int = 0) -> dict:
 
 def real_inputs(root: str) -> tuple[dict, list[LoadedModel]]:
     from flows.stages.features import run as ensure_sequences
-    from gruviz_core.sequences import Sequences
     from storage.forms import latest_snapshot
     from storage.registry import load_model_set
+    from storage.sequences import load_sequences
 
     ms = load_model_set(root)
-    seqs = Sequences.load(ensure_sequences(root, ms.meta.get("snapshot_id") or latest_snapshot(root)))
+    seqs = load_sequences(ensure_sequences(root, ms.meta.get("snapshot_id") or latest_snapshot(root)))
     values, context = ms.prepare(seqs)
     return dict(seqs_values=values, context=context, offsets=seqs.offsets, dog_id=seqs.dog_id,
                 dog_name=seqs.dog_name, race_id=seqs.race_id, race_date=seqs.race_date, won=seqs.won,

@@ -8,7 +8,6 @@ This is the hand-off between `features` (which builds it from a forms snapshot) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -62,30 +61,6 @@ class Sequences:
         """(obs,) int32: 1-based step of each row within its dog."""
         starts = np.repeat(self.offsets[:-1], self.row_size)
         return (np.arange(self.n_obs) - starts + 1).astype(np.int32)
-
-    def save(self, path: str | Path) -> None:
-        """Write to one .npz (uncompressed, so loading is a memcpy)."""
-        np.savez(
-            path,
-            values=self.values, context=self.context, offsets=self.offsets,
-            dog_id=self.dog_id.astype(str), dog_name=self.dog_name.astype(str),
-            race_id=self.race_id.astype(str), race_date=self.race_date.astype("datetime64[D]"),
-            won=self.won, market_prob=self.market_prob,
-            feature_names=np.array(self.feature_names, dtype=str),
-            context_names=np.array(self.context_names, dtype=str),
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> Sequences:
-        with np.load(path, allow_pickle=False) as z:
-            return cls(
-                values=z["values"], context=z["context"], offsets=z["offsets"],
-                dog_id=z["dog_id"].astype(object), dog_name=z["dog_name"].astype(object),
-                race_id=z["race_id"].astype(object), race_date=z["race_date"],
-                won=z["won"], market_prob=z["market_prob"],
-                feature_names=tuple(z["feature_names"].tolist()),
-                context_names=tuple(z["context_names"].tolist()),
-            )
 
 
 ROW_META = ("race_id", "race_date", "won", "market_prob")

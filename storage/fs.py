@@ -18,14 +18,12 @@ Directory listings are never cached for remote stores (another process may have 
 from __future__ import annotations
 
 import io
-import math
 import os
 import shutil
-import struct
-import zipfile
-from collections.abc import Sequence
+import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
@@ -48,9 +46,8 @@ __all__ = [
     "read_parquet",
     "parquet_schema",
     "modified_s",
-    "load_npz",
-    "npz_layout",
-    "npz_rows",
+    "tree_staging",
+    "publish_tree",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -216,115 +213,28 @@ def modified_s(path: StorePath) -> float | None:
         return None
 
 
-def load_npz(path: StorePath) -> Any:
-    """np.load of an .npz at `path` (a local path, or the object read into memory); use as a context manager."""
-    import numpy as np
+def tree_staging(final: StorePath, marker: str) -> StorePath:
+    """Where to write a directory tree that replaces `final` whole, for `publish_tree` to put in place; readers
+    trust a tree only with its `marker` object in it.
 
-    if isinstance(path, Path):
-        return np.load(path, allow_pickle=False)
-    return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
-
-
-def npz_layout(path: StorePath, names: Sequence[str]) -> dict[str, Any]:
-    """Where the rows of members `names` of an uncompressed .npz start in the file, for `npz_rows(layout=)`:
-    {"size": bytes, "members": {name: [data offset, shape, dtype descr]}}. Members not laid out for
-    offsets (compressed, Fortran-ordered, object dtype) are left out; npz_rows reads those through the zip.
-
-    Read once (say by the flow) and handed to many readers of rows (the blocks), each of them skips the zip
-    directory and the member headers: one read (one ranged GET on object storage) per member."""
-    import numpy as np
-
-    members: dict[str, list] = {}
-    with _open_small(path) as f, zipfile.ZipFile(f) as zf:
-        for name in names:
-            info = zf.getinfo(f"{name}.npy")
-            where = _stored_npy(f, info) if info.compress_type == zipfile.ZIP_STORED else None
-            if where is not None:
-                offset, shape, dtype = where
-                members[name] = [offset, list(shape), np.lib.format.dtype_to_descr(dtype)]
-        size = f.seek(0, io.SEEK_END)
-    return {"size": size, "members": members}
+    Local: a fresh temporary sibling (a killed writer leaves it aside, never at `final`). Object storage (no
+    rename): `final` itself, emptied, its marker deleted first so readers stop trusting it before anything goes."""
+    if isinstance(final, Path):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    (final / marker).unlink(missing_ok=True)
+    remove_tree(final)
+    return final
 
 
-def npz_rows(path: StorePath, names: Sequence[str], start: int = 0, stop: int | None = None,
-             whole: Sequence[str] = (), layout: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rows [start, stop) (stop None: to the end) of members `names` of an uncompressed .npz (np.savez),
-    read at their offsets, and the members `whole` whole, in one open of the file.
-
-    Only those rows' bytes are read, from a local file or (by ranged GETs) an object, so a reader of
-    one block of rows holds that block, not the file. Members stored compressed, Fortran-ordered or
-    of object dtype are loaded whole and sliced. `layout` (npz_layout of the same file) skips the zip
-    directory and member headers when the file's size still matches it. Returns {name: array}.
-    """
-    import numpy as np
-
-    want = [*((n, (start, stop)) for n in names), *((n, (0, None)) for n in whole)]
-    out: dict[str, Any] = {}
-    with _open_small(path) as f:
-        known = (layout or {}).get("members", {})
-        if layout is not None and f.seek(0, io.SEEK_END) == layout.get("size"):
-            for name, (a, b) in want:
-                if name in known:
-                    offset, shape, descr = known[name]
-                    out[name] = _read_rows(f, name, offset, tuple(shape), np.lib.format.descr_to_dtype(descr), a, b)
-        rest = [(n, ab) for n, ab in want if n not in out]
-        if rest:
-            with zipfile.ZipFile(f) as zf:
-                for name, (a, b) in rest:
-                    info = zf.getinfo(f"{name}.npy")
-                    where = _stored_npy(f, info) if info.compress_type == zipfile.ZIP_STORED else None
-                    if where is None:  # not laid out for offsets: the member whole, then its rows
-                        with zf.open(info) as member:
-                            out[name] = np.lib.format.read_array(member, allow_pickle=False)[a:b].copy()
-                    else:
-                        out[name] = _read_rows(f, name, *where, a, b)
-    return out
-
-
-def _open_small(path: StorePath):
-    """The file or object opened for reading; objects with 64 KiB read-ahead blocks (small reads: small GETs)."""
-    return path.open("rb") if isinstance(path, Path) else path.open("rb", block_size=1 << 16)
-
-
-def _stored_npy(f, info: zipfile.ZipInfo):
-    """(data offset, shape, dtype) of a stored (uncompressed) .npy member, or None when its layout does not
-    allow reading rows by offset."""
-    import numpy as np
-
-    f.seek(info.header_offset)
-    local = f.read(30)
-    if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise ValueError(f"{info.filename}: not a zip local file header at {info.header_offset}")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    f.seek(info.header_offset + 30 + name_len + extra_len)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        return None
-    if fortran or dtype.hasobject or not shape:
-        return None
-    return f.tell(), shape, dtype
-
-
-def _read_rows(f, name: str, offset: int, shape: tuple, dtype, start: int, stop: int | None):
-    """Rows [start, stop) of a C-ordered array of `shape` and `dtype` whose data starts at `offset`."""
-    import numpy as np
-
-    stop = shape[0] if stop is None else stop
-    start, stop = max(0, min(start, shape[0])), max(0, min(stop, shape[0]))
-    stop = max(stop, start)
-    row_bytes = dtype.itemsize * math.prod(shape[1:])
-    out = np.empty((stop - start, *shape[1:]), dtype=dtype)
-    view = memoryview(out.reshape(-1).view(np.uint8)) if out.nbytes else memoryview(b"")  # any dtype (datetime, str)
-    f.seek(offset + start * row_bytes)
-    got = 0
-    while got < out.nbytes:
-        chunk = f.read(min(out.nbytes - got, 1 << 26))
-        if not chunk:
-            raise ValueError(f"{name}.npy: ends after {got} of {out.nbytes} bytes of rows {start}..{stop}")
-        view[got : got + len(chunk)] = chunk
-        got += len(chunk)
-    return out
+def publish_tree(staging: StorePath, final: StorePath, marker: str) -> None:
+    """Write `marker` into a tree written at `tree_staging(final)`, last, and put the tree at `final`: local,
+    renamed over it (the tree it replaces is renamed aside, then removed); object storage, there already."""
+    write_bytes(staging / marker, b"")
+    if not isinstance(final, Path):
+        return
+    old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)

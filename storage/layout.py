@@ -2,7 +2,7 @@
 
     <root>/forms/<snapshot_id>/{runs.parquet, rejects.parquet, manifest.json}
     <root>/forms/LATEST                         text: newest snapshot id
-    <root>/features/<snapshot_id>/sequences.npz raw (unnormalised) ragged sequences
+    <root>/features/<snapshot_id>/sequences.zarr/ raw (unnormalised) ragged sequences (storage.sequences)
     <root>/models/<set_id>/manifest.json        the K seeds trained together
     <root>/models/<set_id>/seed_<k>/...         checkpoint, config, features, curve, metrics
     <root>/models/CURRENT                       text: current model set id

@@ -1,6 +1,5 @@
 """The model registry: sets of K seed models trained together, and bring-your-own models.
 
-    <root>/features/<snapshot_id>/sequences.npz      raw sequences of a snapshot (cache)
     <root>/models/<set_id>/manifest.json             set id, snapshot id, seeds, configs, metrics, timings
     <root>/models/<set_id>/normaliser.json           feature spec + normaliser fitted on the training period
     <root>/models/<set_id>/seed_<k>/model.pt         state_dict
@@ -10,7 +9,6 @@
     <root>/models/<set_id>/seed_<k>/metrics.json     validation metrics: model, market, uniform
     <root>/models/<set_id>/seed_<k>/model.ts         a registered TorchScript model (kind byo, format torchscript)
     <root>/models/.tmp/<set_id>.<nonce>/             a set being written (renamed into place when complete)
-    <root>/features/<snapshot_id>/custom-<key>/sequences.npz   sequences built by a team's feature callable
     <root>/models/CURRENT                            the current set id (written atomically, last)
 
 On object storage (storage.fs) a set is written under its final prefix models/<set_id>/ directly,
@@ -43,7 +41,7 @@ from gruviz_core.byo import FeatureSpec, build_module, resolve_factory, wrap_mod
 from gruviz_core.errors import ConfigError, GruvizError, ModelError, NotFoundError, StoreError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from gruviz_core.sequences import ROW_META, SequenceRows, Sequences
+from gruviz_core.sequences import SequenceRows, Sequences
 from storage import fs
 from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
@@ -51,13 +49,6 @@ from storage.layout import StoreLayout
 
 __all__ = [
     "ModelSet",
-    "sequences_path",
-    "stored_sequence_spec",
-    "save_sequences",
-    "load_sequences",
-    "load_sequence_rows",
-    "load_sequence_meta",
-    "sequence_layout",
     "write_model_set",
     "load_model_set",
     "current_model_set",
@@ -70,9 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)  # under storage.*: routed to the Prefect UI like the rest
-
-SEQUENCES_FILE = "sequences.npz"
-
 
 @dataclass(frozen=True)
 class ModelSet:
@@ -123,93 +111,6 @@ def _normalised(raw: np.ndarray, cols, apply, rows_per_slice: int = 1 << 20) -> 
         b = min(a + rows_per_slice, len(raw))
         out[a:b] = apply(raw[a:b][:, cols], np.zeros((b - a, 0), np.float32))
     return out
-
-
-# ------------------------------------------------------------------ sequences
-
-
-def sequences_path(root: str | StorePath, snapshot_id: str, spec: FeatureSpec | None = None) -> StorePath:
-    """Where a snapshot's raw sequences are cached: features/<snapshot_id>/sequences.npz, or under
-    custom-<key>/ for sequences built by a team's feature callable."""
-    d = StoreLayout.at(root).features(snapshot_id)
-    if spec is not None and spec.custom:
-        d = d / f"custom-{spec.key}"
-    return d / SEQUENCES_FILE
-
-
-def stored_sequence_spec(path: str | StorePath) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(feature names, context names) of cached sequences, or None when absent or unreadable."""
-    path = fs.store_path(path)
-    if not path.exists():
-        return None
-    try:
-        with fs.load_npz(path) as z:
-            return tuple(z["feature_names"].tolist()), tuple(z["context_names"].tolist())
-    except (OSError, ValueError, KeyError):
-        log.warning("sequences at %s unreadable; rebuilding", path)
-        return None
-
-
-def save_sequences(seqs: Sequences, path: str | StorePath) -> None:
-    """Write sequences atomically (readers see the old file or the whole new one; remote: one PUT)."""
-    path = fs.store_path(path)
-    if not isinstance(path, Path):
-        buf = io.BytesIO()
-        seqs.save(buf)
-        fs.write_bytes(path, buf.getvalue())
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
-    try:
-        seqs.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_sequences(path: str | StorePath) -> Sequences:
-    """Sequences cached at `path` (local file, or an object read into memory)."""
-    path = fs.store_path(path)
-    if isinstance(path, Path):
-        return Sequences.load(path)
-    return Sequences.load(io.BytesIO(path.read_bytes()))
-
-
-SEQUENCE_META = ("offsets", "dog_id", "dog_name")
-"""The members of a sequences file that describe its dogs: what begin_run takes."""
-
-
-def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
-    """A snapshot's dog metadata ({name: array} for SEQUENCE_META), without any per-row member.
-
-    A remote object is read by offset (ranged GETs of those members only)."""
-    got = fs.npz_rows(fs.store_path(path), (), whole=SEQUENCE_META)
-    return {k: v.astype(object) if k != "offsets" else v for k, v in got.items()}
-
-
-_SEQUENCE_ROWS = ("values", "context", *ROW_META)
-_SEQUENCE_NAMES = ("feature_names", "context_names")
-
-
-def sequence_layout(path: str | StorePath) -> dict:
-    """Where each member of a snapshot's sequences file starts (storage.fs.npz_layout), read once and handed
-    to every block, so that a block's reads skip the file's zip directory and member headers."""
-    return fs.npz_layout(fs.store_path(path), (*_SEQUENCE_ROWS, *_SEQUENCE_NAMES))
-
-
-def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Sequence[str] = ROW_META,
-                       layout: dict | None = None) -> SequenceRows:
-    """Rows [start, stop) of a snapshot's model inputs and the `meta` members of ROW_META, read at their
-    offsets in the file (or object): memory follows the rows and members asked for, not the snapshot.
-    `layout`: sequence_layout of the same file (one read per member on object storage)."""
-    path = fs.store_path(path)
-    rows = ("values", "context", *meta)
-    got = fs.npz_rows(path, rows, start, stop, whole=_SEQUENCE_NAMES, layout=layout)
-    if any(len(got[k]) != stop - start for k in rows):
-        raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the file has "
-                         f"{len(got['values'])} of them; rebuild the features (gruviz ingest)")
-    return SequenceRows(start, got["values"], got["context"], tuple(got["feature_names"].tolist()),
-                        tuple(got["context_names"].tolist()), {k: got[k] for k in meta})
 
 
 # ------------------------------------------------------------------ training

@@ -11,8 +11,8 @@
                                                       states (gruviz_core.sequences.ROW_SUMMARY), NaN fill
     <run>/plan.json      the row layout and blocks (written by begin_run)
     <run>/blocks/<b>.json  done marker of block b, written after its last shard is on disk
-    <run>/blocks/<b>.seed<k>.npz  block b's per-unit accumulators of seed k (opaque arrays; the stats
-                         stage merges them), written before the marker
+    <run>/blocks/<b>.seed<k>.zarr/  block b's per-unit accumulators of seed k (a small Zarr group of opaque
+                         arrays; the stats stage merges them), written before the marker
     <run>/run.json       run metadata (finish_run)
     <run>/_COMPLETE      written last, just before the atomic rename that publishes the run
 
@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import fcntl
-import io
 import json
 import os
 import queue
@@ -70,7 +69,7 @@ from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
 from gruviz_core.sequences import ROW_META, ROW_SUMMARY  # re-exported: the per-row members a block writes
 from storage import fs
-from storage.atomic import publish_dir, read_pointer, write_bytes_atomic, write_json_atomic, write_text_atomic
+from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
 from storage.fs import StorePath
 from storage.layout import RunLayout, StoreLayout
 
@@ -442,8 +441,8 @@ class _ShardEncoder:
 
 
 def _units_path(run_dir: StorePath, block: int, seed: int) -> StorePath:
-    """<run>/blocks/<b>.seed<k>.npz: block b's per-unit accumulators of seed position k, beside its marker."""
-    return RunLayout.at(run_dir).blocks / f"{block}.seed{seed}.npz"
+    """<run>/blocks/<b>.seed<k>.zarr: block b's per-unit accumulators of seed position k, beside its marker."""
+    return RunLayout.at(run_dir).blocks / f"{block}.seed{seed}.zarr"
 
 
 def _writable(a: zarr.Array) -> zarr.Array:
@@ -565,10 +564,15 @@ class BlockWriter:
 
     def write_units(self, k: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Keep seed k's per-unit accumulators of this block's rows ({name: array}, opaque here) beside its
-        done marker, for the stats stage to merge (`read_units`). Call after the with block, before `done`."""
-        bio = io.BytesIO()
-        np.savez(bio, **{name: np.asarray(a) for name, a in arrays.items()})
-        write_bytes_atomic(_units_path(self.plan.path, self.block_index, k), bio.getvalue())
+        done marker, for the stats stage to merge (`read_units`). Call after the with block, before `done`:
+        a block run again replaces them, and only a block with its marker counts."""
+        group = zarr.create_group(fs.zarr_store(_units_path(self.plan.path, self.block_index, k)), overwrite=True)
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            group.create_array(name, data=a, chunks=a.shape)  # one chunk each: read whole
+        with warnings.catch_warnings():  # consolidated metadata (a zarr-python extension to v3): one read opens it
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(group.store)
 
     def done(self, marker: dict) -> dict:
         """Write the block's done marker (after every shard is on disk: call after the with block).
@@ -1138,12 +1142,15 @@ class StatesReader:
         for b in range(plan.n_blocks):
             p = _units_path(self.run_dir, b, seed)
             try:
-                with fs.load_npz(p) as f:
-                    out.append({name: f[name] for name in f.files})
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    group = zarr.open_group(fs.zarr_store(p, read_only=True), mode="r", zarr_format=3)
+                    arrays = dict(group.arrays())
             except FileNotFoundError:
                 raise NotFoundError(f"{p}: block {b} left no per-unit accumulators for seed{seed}; the run was "
                                     "written before the blocks kept them, or the block died: extract the night "
                                     "again") from None
+            out.append(dict(zip(arrays, _read_all(list(arrays.values()), [...] * len(arrays)))))
         return out
 
     def dog_index(self, dog_id: str) -> int:

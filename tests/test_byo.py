@@ -81,7 +81,7 @@ def test_register_the_team_model_and_run_the_nightly_on_it(home, capsys, monkeyp
     assert reader.meta["model_trained_until"] == "2023-03-01" and not reader.meta["comparisons_may_be_in_sample"]
     h = reader.dog_at(0, seed=1).h
     assert h.shape[1:] == (2, 12) and np.isfinite(h).all() and np.abs(h).max() < 1.0
-    custom = list((home / "features").glob("*/custom-*/sequences.npz"))
+    custom = list((home / "features").glob("*/custom-*/sequences.zarr"))
     assert len(custom) == 1  # the team's features, cached apart from gruviz's
 
 

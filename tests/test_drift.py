@@ -160,8 +160,8 @@ def test_the_stage_flags_yards_and_the_report_and_email_name_it(tmp_path, runs):
     from flows.stages import drift as stage
     from gruviz_core.results import RunResults
     from reports.sections.drift import drift_section
-    from storage.registry import save_sequences
     from storage.results import read_run_results
+    from storage.sequences import save_sequences
 
     dates = np.sort(runs["race_date"].unique())
     cutoff, tonight = str(dates[len(dates) // 2])[:10], dates[int(len(dates) * 0.6)]
@@ -171,11 +171,11 @@ def test_the_stage_flags_yards_and_the_report_and_email_name_it(tmp_path, runs):
     planted = runs.assign(distance_m=dist.where(~late, (dist * 1.0936).round()).astype(runs["distance_m"].dtype))
     seqs = build_sequences(planted)
     root = _store(tmp_path, runs, build_sequences(runs), cutoff)
-    save_sequences(seqs, tmp_path / "seq.npz")
+    save_sequences(seqs, tmp_path / "seq.zarr")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 
-    record = stage.drift_run(run_dir, root, "set-a", tmp_path / "seq.npz", "tonight", previous_snapshot="prev")
+    record = stage.drift_run(run_dir, root, "set-a", tmp_path / "seq.zarr", "tonight", previous_snapshot="prev")
     assert record["error"] is None and record["current"] == "runs new since snapshot prev"
     assert record["current_rows"] == int(late.sum()) and record["reference_rows"] > record["current_rows"]
     assert any(f.startswith("distance_km") for f in record["flagged"])
@@ -189,7 +189,7 @@ def test_the_stage_flags_yards_and_the_report_and_email_name_it(tmp_path, runs):
     assert "distance_km" in line and "flagged" in line
 
     # a failure is a note in the record, the report and the email, never an exception
-    broken = stage.run(tmp_path / "run2", root, "no-such-set", tmp_path / "seq.npz", "tonight")
+    broken = stage.run(tmp_path / "run2", root, "no-such-set", tmp_path / "seq.zarr", "tonight")
     assert broken["error"]
     assert "failed" in drift_section(RunResults(name="x", meta={}, summary=None, headline={},
                                                 drift_record=broken)).panels[0].note

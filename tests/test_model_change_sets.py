@@ -56,7 +56,7 @@ def store(tmp_path_factory):
     """Set A, set B = A (same weights, another id), set C = A perturbed; tonight's run under A; the sequences."""
     from gruviz_core.features import build_sequences, fit_normaliser
     from gruviz_core.synth import simulate
-    from storage.registry import save_sequences
+    from storage.sequences import save_sequences
 
     root = tmp_path_factory.mktemp("mc-store")
     seqs = build_sequences(simulate(150, seed=4))
@@ -65,7 +65,7 @@ def store(tmp_path_factory):
     a, weights = _set(root, norm, n_f, n_c)
     b, _ = _set(root, norm, n_f, n_c, base=weights)
     c, _ = _set(root, norm, n_f, n_c, base=weights, noise=0.5)
-    seq_path = root / "seq.npz"
+    seq_path = root / "seq.zarr"
     save_sequences(seqs, seq_path)
     tmp = _extract(root, a, seqs, "tonight", "2026-11-25")
     return SimpleNamespace(root=root, seqs=seqs, a=a, b=b, c=c, seq_path=seq_path, tmp=tmp)
@@ -156,10 +156,10 @@ def test_a_previous_set_reading_other_features_scores_its_own_sequences(store, t
     from flows.stages import features
     from flows.stages import model_change as stage
     from storage.layout import RunLayout
-    from storage.registry import save_sequences
+    from storage.sequences import save_sequences
 
     assert json.loads(RunLayout.at(store.tmp).run_json.read_text())["snapshot_id"] == "snap"
-    theirs = tmp_path / "team-seq.npz"  # tonight's set's sequences: other column names, none of the previous set's
+    theirs = tmp_path / "team-seq.zarr"  # tonight's set's sequences: other column names, none of the previous set's
     save_sequences(dataclasses.replace(store.seqs, feature_names=tuple(f"team_{n}" for n in store.seqs.feature_names),
                                        context_names=tuple(f"team_{n}" for n in store.seqs.context_names)), theirs)
     team = SimpleNamespace(custom=True, key="team-v1")

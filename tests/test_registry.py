@@ -23,7 +23,6 @@ from gruviz_core.errors import (
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, MARKET_CONTEXT
 from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes
-from gruviz_core.sequences import Sequences
 from gruviz_core.synth import simulate
 from gruviz_core.train import TrainConfig, TrainData, time_windows, validation_metrics
 from storage.forms import ingest
@@ -33,6 +32,7 @@ from storage.registry import (
     load_byo,
     load_model_set,
 )
+from storage.sequences import load_sequence_meta, load_sequence_rows, load_sequences
 
 TINY = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)
 OURS = ("won", "box", "implied_prob")
@@ -90,7 +90,7 @@ def test_reloaded_checkpoints_give_the_stored_metrics(store):
     root, snap, report = store
     ms = load_model_set(root, report.set_id)
     assert ms.seeds == [0, 1] and ms.models[0].gru.num_layers == 2
-    seqs = Sequences.load(ensure_sequences(root, snap))
+    seqs = load_sequences(ensure_sequences(root, snap))
     scores = model_set_scores(ms, seqs)  # (obs, seed)
     assert scores.shape == (seqs.n_obs, 2) and np.isfinite(scores).all()
     values, context = ms.prepare(seqs)
@@ -106,16 +106,33 @@ def test_reloaded_checkpoints_give_the_stored_metrics(store):
 def test_sequences_are_cached(store):
     root, snap, _ = store
     path = ensure_sequences(root, snap)
-    before = path.stat().st_mtime_ns
-    assert ensure_sequences(root, snap) == path and path.stat().st_mtime_ns == before
+    assert path.name == "sequences.zarr"
+    before = (path / "_COMPLETE").stat().st_mtime_ns
+    assert ensure_sequences(root, snap) == path and (path / "_COMPLETE").stat().st_mtime_ns == before
+
+
+def test_a_store_with_only_the_old_npz_cache_is_rebuilt(store, tmp_path):
+    """Sequences cached by an older gruviz (features/<snapshot>/sequences.npz) are not read: the features stage
+    builds the Zarr store (the same rows as building them now) and drops the old file."""
+    import shutil
+
+    root, snap, _ = store
+    old = tmp_path / "old"
+    shutil.copytree(root / "forms", old / "forms")
+    legacy = old / "features" / snap / "sequences.npz"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"PK\x03\x04 an npz of another version")
+    path = ensure_sequences(old, snap)
+    assert path == old / "features" / snap / "sequences.zarr" and not legacy.exists()
+    again, now = load_sequences(path), load_sequences(ensure_sequences(root, snap))
+    np.testing.assert_array_equal(again.values, now.values)
+    assert list(again.race_id) == list(now.race_id) and list(again.dog_name) == list(now.dog_name)
 
 
 def test_a_block_reads_and_prepares_only_its_rows(store, tmp_path):
-    """extract.inputs reads rows [a, b) at their offsets in the sequences file: the same normalised
-    inputs as preparing every row and slicing; a compressed file falls back to a whole read."""
+    """extract.inputs reads rows [a, b) of the sequences store: the same normalised inputs as preparing every
+    row and slicing."""
     from flows.stages import extract
-    from storage import fs
-    from storage.registry import load_sequence_meta, load_sequence_rows, load_sequences
 
     root, snap, report = store
     ms = load_model_set(root, report.set_id)
@@ -133,10 +150,6 @@ def test_a_block_reads_and_prepares_only_its_rows(store, tmp_path):
     assert np.array_equal(meta["offsets"], seqs.offsets) and list(meta["dog_name"]) == list(seqs.dog_name)
     with pytest.raises(StoreError, match=rf"rows {n - 2}\.\.{n + 3}"):
         load_sequence_rows(path, n - 2, n + 3)
-    packed = tmp_path / "packed.npz"
-    with fs.load_npz(path) as z:
-        np.savez_compressed(packed, **{k: z[k] for k in z.files})
-    np.testing.assert_array_equal(load_sequence_rows(packed, 5, 60).values, seqs.values[5:60])
 
 
 def test_unknown_set_and_empty_registry_are_clear_errors(store, tmp_path):
@@ -189,7 +202,7 @@ def test_byo_factory_with_state_dicts(tmp_path, store):
         paths.append(p)
     ms = load_byo(factory="tests.test_registry:make_byo", state_dict=paths, feature_names=OURS)
     assert ms.seeds == [0, 1] and ms.models[0].gru_path == "encoder.rnn" and ms.set_id.startswith("byo-")
-    seqs = Sequences.load(ensure_sequences(root, snap))
+    seqs = load_sequences(ensure_sequences(root, snap))
     values, context = ms.prepare(seqs)
     assert values.shape == (seqs.n_obs, 3) and context.shape == (seqs.n_obs, len(CONTEXT_NAMES))
     scores = model_set_scores(ms, seqs)
@@ -248,7 +261,7 @@ def test_cli_train_prints_json(store, capsys, prefect_harness):
     assert {"model", "model_priced"} <= set(out["per_seed"]["0"]) and "market" in out
     ms = load_model_set(root)  # form only: the price is a baseline, not an input
     assert not set(MARKET_CONTEXT) & set(ms.context_names)
-    values, context = ms.prepare(Sequences.load(ensure_sequences(root, snap)))
+    values, context = ms.prepare(load_sequences(ensure_sequences(root, snap)))
     assert context.shape[1] == len(CONTEXT_NAMES) - len(MARKET_CONTEXT)
 
 

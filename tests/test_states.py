@@ -189,7 +189,7 @@ def test_store_layout_on_disk(tmp_path):
         a = g[f"seed0/summary/{name}"]
         assert a.dtype == np.float32 and a.shape == (200, 2) and a.metadata.dimension_names == ("obs", "layer")
         assert not np.isnan(a[:][:, 0]).any() or name == "move"
-    assert (run_dir / "blocks" / "0.seed0.npz").exists()
+    assert (run_dir / "blocks" / "0.seed0.zarr").exists()
 
 
 def test_xarray_named_dims(tmp_path):

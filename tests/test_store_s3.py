@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+import zarr
 
 pytest.importorskip("s3fs", reason="object-storage store needs the optional dependency s3fs (pip install gruviz[dask])")
 pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (make test installs it)")
@@ -79,40 +80,85 @@ def test_store_paths_on_a_url_are_remote_and_local_paths_stay_pathlib(tmp_path):
     assert str(states.StoreLayout.at("s3://b/p").run("r1")) == "s3://b/p/runs/r1"
 
 
-def test_rows_of_a_sequences_object_are_read_by_range(s3_home, tmp_path, monkeypatch):
-    """A block's rows of an .npz on the bucket come from ranged GETs of those rows: equal to slicing the whole
-    file, and far fewer bytes than the object."""
-    from storage import fs
-
-    local = tmp_path / "s.npz"
-    values = np.random.default_rng(0).normal(size=(200_000, 8)).astype(np.float32)
-    days = np.datetime64("2025-01-01") + (np.arange(200_000) % 900).astype("timedelta64[D]")
-    np.savez(local, values=values, race_date=days, names=np.array(["a", "bc"]))
-    obj = fs.store_path(f"{s3_home}/features/s.npz")
-    fs.write_bytes(obj, local.read_bytes())
+@pytest.fixture
+def s3_requests(monkeypatch):
+    """Every S3 request any s3fs client makes from now on: (operation, key, Range or None, bytes returned)."""
     import s3fs
 
-    fetched = []
-    real = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", lambda f, a, b: fetched.append(b - a) or real(f, a, b))
-    got = fs.npz_rows(obj, ("values", "race_date", "names"), 150_000, 150_300)
-    np.testing.assert_array_equal(got["values"], values[150_000:150_300])
-    np.testing.assert_array_equal(got["race_date"], days[150_000:150_300])
-    assert list(got["names"]) == []  # rows past its end: none
-    size = len(local.read_bytes())
-    assert fetched and sum(fetched) < size / 4, (sum(fetched), size)  # ranges, not the 8 MB object
-    # with the layout read once (by the flow), a reader makes one ranged GET per member: no zip directory
-    # and no member headers; a layout of another file (its size differs) is not trusted
-    layout = fs.npz_layout(obj, ("values", "race_date", "names"))
-    without = len(fetched)
-    fetched.clear()
-    again = fs.npz_rows(obj, ("values", "race_date"), 150_000, 150_300, whole=("names",), layout=layout)
-    np.testing.assert_array_equal(again["values"], values[150_000:150_300])
-    np.testing.assert_array_equal(again["race_date"], days[150_000:150_300])
-    assert list(again["names"]) == ["a", "bc"]
-    assert len(fetched) == 3 < without, (len(fetched), without)
-    stale = {**layout, "size": layout["size"] + 1, "members": {"values": [0, [200_000, 8], "<f4"]}}
-    np.testing.assert_array_equal(fs.npz_rows(obj, ("values",), 5, 9, layout=stale)["values"], values[5:9])
+    log: list[tuple[str, str, str | None, int]] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def logged(self, method, *args, **kwargs):
+        out = await real(self, method, *args, **kwargs)
+        size = out.get("ContentLength", 0) if isinstance(out, dict) and method == "get_object" else 0
+        log.append((method, kwargs.get("Key", ""), kwargs.get("Range"), int(size)))
+        return out
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", logged)
+    return log
+
+
+def test_a_blocks_rows_of_the_sequences_on_the_bucket_are_only_their_chunks(s3_home, s3_requests):
+    """A block reading rows [a, b) of a snapshot's sequences on the bucket GETs, per array, the shard index and
+    the chunks covering those rows (byte ranges of the shard objects), and nothing of any other row: equal to
+    slicing the whole, a small part of the stored bytes."""
+    from storage import sequences as sq
+    from tests.test_sequences import make_sequences
+
+    seqs = make_sequences([40] * 5_000, n_features=23, n_context=37)  # 200,000 rows, 46 MB of float32 inputs
+    path = fs.store_path(f"{s3_home}/features/snap/{sq.SEQUENCES}")
+    sq.save_sequences(seqs, path)
+    stored = path.fs.du(path.path)
+    s3_requests.clear()
+    a, b = 150_000, 160_000
+    rows = sq.load_sequence_rows(path, a, b)
+    requests = list(s3_requests)
+    np.testing.assert_array_equal(rows.values, seqs.values[a:b])
+    np.testing.assert_array_equal(rows.context, seqs.context[a:b])
+    np.testing.assert_array_equal(rows.meta["race_date"], seqs.race_date[a:b])
+    assert list(rows.meta["race_id"]) == list(seqs.race_id[a:b])
+    of_arrays = 0
+    for name in ("values", "context", *sq.ROW_META):
+        arr = zarr.open_array(sq.fs.zarr_store(path / name, read_only=True), mode="r")
+        chunk, one_chunk_shards = arr.chunks[0], arr.shards[0] == arr.chunks[0]
+        covering = (b - 1) // chunk - a // chunk + 1
+        mine = [(op, rng) for op, key, rng, _ in requests if f"/{sq.SEQUENCES}/{name}/c/" in key]
+        gets = [rng for op, rng in mine if op == "get_object"]
+        if one_chunk_shards:  # (the per-row columns of 200,000 rows: one chunk) that chunk's shard, whole
+            assert len(gets) == covering and len(mine) <= 2 * covering, (name, covering, mine)  # s3fs HEADs first
+        else:  # byte ranges of the shard: its index, then each chunk covering the rows
+            assert all(gets) and len(gets) == len(mine) == 1 + covering, (name, covering, mine)
+        of_arrays += len(mine)
+    assert len(requests) - of_arrays <= 3, requests  # besides: the marker, the group's metadata
+    read = sum(n for op, _, _, n in requests if op == "get_object")
+    assert read < stored / 5, (read, stored)
+
+
+def test_sequences_on_the_bucket_are_complete_only_with_their_marker(s3_home, monkeypatch):
+    """Object storage has no rename: the store is written under its own prefix, _COMPLETE last; a rebuild
+    deletes the marker before anything else, so a write killed half way is never read as complete."""
+    from storage import sequences as sq
+    from tests.test_sequences import assert_same, make_sequences
+
+    path = fs.store_path(f"{s3_home}/features/snap/{sq.SEQUENCES}")
+    legacy = path.parent / "sequences.npz"
+    fs.write_bytes(legacy, b"an npz of an older gruviz")
+    first = make_sequences([3, 4, 5])
+    sq.save_sequences(first, path)
+    assert (path / sq.COMPLETE).exists() and not legacy.exists()
+    assert_same(sq.load_sequences(path), first)
+
+    def dies(seqs, at):
+        zarr.create_group(sq.fs.zarr_store(at))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sq, "_write", dies)
+    with pytest.raises(KeyboardInterrupt):
+        sq.save_sequences(make_sequences([6, 7], seed=1), path)
+    assert sq.stored_sequence_spec(path) is None and not path.fs.exists(path.path)
+    monkeypatch.undo()
+    sq.save_sequences(first, path)
+    assert sq.stored_sequence_spec(path) == (first.feature_names, first.context_names)
 
 
 def test_pointer_last_publish_and_a_killed_run(s3_home):

@@ -22,8 +22,9 @@ import pandas as pd
 from gruviz_core.drift import DriftParams, flagged_inputs, sequences_drift
 from storage.forms import snapshot_keys
 from storage.layout import RunLayout
-from storage.registry import load_sequences, model_set_manifest, model_set_normaliser
+from storage.registry import model_set_manifest, model_set_normaliser
 from storage.results import read_json
+from storage.sequences import load_sequences
 from storage.states import latest_run
 from storage.tables import write_json, write_table
 

@@ -36,7 +36,8 @@ from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from storage.fs import store_path
 from storage.layout import RunLayout
-from storage.registry import load_model_set, load_sequence_meta, load_sequence_rows
+from storage.registry import load_model_set
+from storage.sequences import load_sequence_meta, load_sequence_rows
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
 

@@ -28,7 +28,8 @@ from gruviz_core import stats as st
 from gruviz_core.errors import ConfigError
 from gruviz_core.extract import BatchStates, choose_device, iter_extract
 from gruviz_core.model import LoadedModel
-from storage.registry import ModelSet, load_model_set, load_sequence_meta, load_sequence_rows, sequence_layout
+from storage.registry import ModelSet, load_model_set
+from storage.sequences import load_sequence_meta, load_sequence_rows
 from storage.states import BlockWriter, RunPlan, ShardBuffers, begin_run, block_span, finish_run
 
 __all__ = ["inputs", "begin", "block", "finish", "write_block", "extract_run", "set_torch_threads"]
@@ -56,14 +57,13 @@ def _model_set(root: str, set_id: str) -> ModelSet:
     return load_model_set(root, set_id)
 
 
-def inputs(seq_path: str, model_set: ModelSet, start: int, stop: int,
-           layout: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def inputs(seq_path: str, model_set: ModelSet, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """(values, context) float32 of rows [start, stop) of a snapshot, normalised for the model set, and
     those rows' metadata ({name: array} for storage.states.ROW_META).
 
-    Only those rows are read (at their offsets in the sequences file or object, given by `layout` when the
-    plan has it) and prepared, so a block's memory follows its own rows, not the night's."""
-    rows = load_sequence_rows(seq_path, start, stop, layout=layout)
+    Only those rows are read (the sequences store's chunks covering them) and prepared, so a block's memory
+    follows its own rows, not the night's."""
+    rows = load_sequence_rows(seq_path, start, stop)
     return (*model_set.prepare(rows), rows.meta)
 
 
@@ -80,7 +80,7 @@ def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_
         parallel=parallel,
     )
     return {"root": root, "tmp_dir": plan.tmp_dir, "n_blocks": plan.n_blocks, "n_dogs": plan.n_dogs,
-            "seq_path": seq_path, "seq_layout": sequence_layout(seq_path), "set_id": set_id}
+            "seq_path": seq_path, "set_id": set_id}
 
 
 def block(plan: dict, index: int, *, device: str, batch_size: int, progress=None) -> int:
@@ -89,7 +89,7 @@ def block(plan: dict, index: int, *, device: str, batch_size: int, progress=None
     Reads and prepares only the rows of the block's dogs (`storage.states.block_span`)."""
     model_set = _model_set(plan["root"], plan["set_id"])
     start, stop = block_span(plan["tmp_dir"], index)
-    values, context, rows = inputs(plan["seq_path"], model_set, start, stop, plan.get("seq_layout"))
+    values, context, rows = inputs(plan["seq_path"], model_set, start, stop)
     models = copy.deepcopy(model_set.models)  # blocks may be threads of one process: each runs (and moves) its own
     marker = write_block(plan["tmp_dir"], index, models, values, context, rows=rows, row_base=start,
                          device=None if device == "auto" else device, batch_size=batch_size, progress=progress)

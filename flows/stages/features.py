@@ -18,7 +18,8 @@ from gruviz_core.byo import FeatureSpec, build_custom_sequences, callable_identi
 from gruviz_core.errors import FeatureMismatchError
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, build_sequences
 from storage.forms import load_snapshot
-from storage.registry import model_set_manifest, save_sequences, sequences_path, stored_sequence_spec
+from storage.registry import model_set_manifest
+from storage.sequences import save_sequences, sequences_path, stored_sequence_spec
 
 __all__ = ["run", "spec_of_set"]
 

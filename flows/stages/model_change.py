@@ -50,8 +50,9 @@ from gruviz_core.extract import choose_device, iter_extract
 from gruviz_core.racing import race_codes, race_softmax, renormalise
 from gruviz_core.sequences import SequenceRows
 from storage.layout import RunLayout
-from storage.registry import ModelSet, load_model_set, load_sequence_meta, load_sequence_rows, model_set_manifest
+from storage.registry import ModelSet, load_model_set, model_set_manifest
 from storage.results import read_json
+from storage.sequences import load_sequence_meta, load_sequence_rows
 from storage.states import latest_run, open_states
 from storage.tables import write_json
 

@@ -30,7 +30,8 @@ from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
 from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
 from storage.forms import load_snapshot
-from storage.registry import ModelSet, load_sequences, write_model_set
+from storage.registry import ModelSet, write_model_set
+from storage.sequences import load_sequences
 
 __all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores", "snapshot_yardsticks"]
 
@@ -231,7 +232,7 @@ def training_arrays(
 
 def _train_worker(seq_path: str, cfg: TrainConfig, context_names: tuple[str, ...], feature_names: tuple[str, ...],
                   mcfg: ModelConfig):
-    """One seed in a spawned process: rebuild the arrays from the cached npz, train."""
+    """One seed in a spawned process: rebuild the arrays from the cached sequences, train."""
     data, _, _, _ = _training_data(Path(seq_path), cfg.val_frac, cfg.test_frac, context_names, feature_names)
     return train_seed(data, mcfg, cfg)
 

@@ -1,0 +1,261 @@
+"""A snapshot's raw ragged sequences (the features stage's output, a cache), in Zarr v3.
+
+    <root>/features/<snapshot_id>/sequences.zarr/               gruviz's own features
+    <root>/features/<snapshot_id>/custom-<key>/sequences.zarr/  built by a team's feature callable
+
+    sequences.zarr/  attributes: feature_names, context_names, CF ragged-array conventions
+                     per dog (dims "dog"):  row_start, row_size (int64), dog_id, dog_name (string)
+                     per row (dims "obs"):  values (obs, feature), context (obs, context) float32 (NaN unknown),
+                                            race_id (string), race_date (int32 days since 1970-01-01, CF-decoded
+                                            by xarray), won, market_prob (float32, NaN unknown)
+                     _COMPLETE              written last: readers trust a store only with it
+
+The same "contiguous ragged array" layout as the states store (storage.states): rows of dog d are
+row_start[d] : row_start[d] + row_size[d]. Per-row arrays come in chunks of about 1 MiB (Blosc zstd,
+byte shuffle), sharded, so a reader of rows [a, b) (one extraction block) reads only the chunks
+covering them, locally or by ranged reads from object storage, through Zarr itself.
+
+Written whole: under a temporary sibling renamed into place (local), or under its own prefix with
+_COMPLETE written last (object storage); storage.fs.tree_staging / publish_tree hold that difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from gruviz_core.byo import FeatureSpec
+from gruviz_core.errors import NotFoundError, StoreError
+from gruviz_core.sequences import ROW_META, SequenceRows, Sequences
+from storage import fs
+from storage.fs import StorePath
+from storage.layout import StoreLayout
+
+__all__ = [
+    "sequences_path",
+    "stored_sequence_spec",
+    "save_sequences",
+    "load_sequences",
+    "load_sequence_meta",
+    "load_sequence_rows",
+    "SEQUENCES",
+    "COMPLETE",
+]
+
+log = logging.getLogger(__name__)
+
+SEQUENCES = "sequences.zarr"
+"""Name of a snapshot's sequences store inside features/<snapshot_id>/ (or its custom-<key>/)."""
+COMPLETE = "_COMPLETE"
+"""The object written last into a sequences store: without it the store is not read."""
+FORMAT = 1
+"""Version of this layout (group attribute `gruviz_sequences`); a store of another version is rebuilt."""
+CHUNK_BYTES = 1 << 20
+"""Target size of one uncompressed chunk of a per-row array (about 300 KiB stored)."""
+SHARD_CHUNKS = 32
+"""Most chunks per shard: one file or object per ~32 MiB of a per-row array."""
+_STR_BYTES = 16
+"""About the length of a race id: a chunk of strings holds as many rows as ~1 MiB of them."""
+_DATE_FILL = np.iinfo(np.int32).min
+_EPOCH_UNITS = "days since 1970-01-01"
+_LEGACY = "sequences.npz"
+"""The cache file older versions wrote beside the store: dead weight once the store is built."""
+
+
+def _compressor() -> BloscCodec:
+    # zstd-1 with byte shuffle: the model inputs at about a third of their size (lz4: a half), as fast to write
+    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+
+
+def sequences_path(root: str | StorePath, snapshot_id: str, spec: FeatureSpec | None = None) -> StorePath:
+    """Where a snapshot's raw sequences are cached: features/<snapshot_id>/sequences.zarr, or under
+    custom-<key>/ for sequences built by a team's feature callable."""
+    d = StoreLayout.at(root).features(snapshot_id)
+    if spec is not None and spec.custom:
+        d = d / f"custom-{spec.key}"
+    return d / SEQUENCES
+
+
+def stored_sequence_spec(path: str | StorePath) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(feature names, context names) of cached sequences, or None when absent, incomplete, of another
+    layout version, or unreadable (the features stage then builds them again)."""
+    path = fs.store_path(path)
+    if not (path / COMPLETE).exists():
+        return None
+    try:
+        attrs = _open(path).attrs
+        if attrs.get("gruviz_sequences") != FORMAT:
+            return None
+        return tuple(attrs["feature_names"]), tuple(attrs["context_names"])
+    except (OSError, ValueError, KeyError):
+        log.warning("sequences at %s unreadable; rebuilding", path)
+        return None
+
+
+# ------------------------------------------------------------------ writing
+
+
+def save_sequences(seqs: Sequences, path: str | StorePath) -> None:
+    """Write sequences as one store, whole: readers see the old store or the complete new one, never part."""
+    path = fs.store_path(path)
+    staging = fs.tree_staging(path, COMPLETE)
+    try:
+        _write(seqs, staging)
+        fs.publish_tree(staging, path, COMPLETE)
+    except BaseException:
+        fs.remove_tree(staging)
+        raise
+    legacy = path.parent / _LEGACY
+    if legacy.exists():
+        legacy.unlink()
+
+
+def _write(seqs: Sequences, at: StorePath) -> None:
+    root = zarr.create_group(fs.zarr_store(at), attributes={
+        "gruviz_sequences": FORMAT,
+        "feature_names": list(seqs.feature_names), "context_names": list(seqs.context_names),
+        "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
+        "Conventions": "CF-1.11", "featureType": "trajectory",
+    })
+    n_dogs, n_obs = seqs.n_dogs, seqs.n_obs
+    dog_chunk = (max(1, min(n_dogs, 1 << 16)),)
+
+    def per_dog(name, data, dtype, attributes):
+        a = root.create_array(name, shape=(n_dogs,), dtype=dtype, chunks=dog_chunk, dimension_names=("dog",),
+                              attributes=attributes)
+        if n_dogs:
+            a[:] = data
+
+    def per_row(name, data, dtype, dims, attributes, **kw):
+        item = _STR_BYTES if dtype is str else np.dtype(dtype).itemsize
+        chunks, shards = _row_chunks(n_obs, item * int(np.prod(data.shape[1:], dtype=np.int64)))
+        a = root.create_array(name, shape=(n_obs, *data.shape[1:]), dtype=dtype, chunks=(chunks, *data.shape[1:]),
+                              shards=(shards, *data.shape[1:]), dimension_names=dims, attributes=attributes, **kw)
+        if n_obs:
+            a[:] = data
+
+    dog_coords, row_coords = "dog_id dog_name", "race_date race_id"
+    per_dog("row_start", seqs.offsets[:-1], "int64", {"long_name": "first row (obs) of the dog", "units": "1",
+                                                       "coordinates": dog_coords})
+    per_dog("row_size", seqs.row_size, "int64", {"long_name": "number of rows (races) of the dog", "units": "1",
+                                                 "sample_dimension": "obs", "coordinates": dog_coords})
+    per_dog("dog_id", _str_objects(seqs.dog_id), str, {"long_name": "dog id", "cf_role": "trajectory_id"})
+    per_dog("dog_name", _str_objects(seqs.dog_name), str, {"long_name": "dog name (display)"})
+    floats = {"compressors": _compressor(), "fill_value": np.nan}
+    per_row("values", np.asarray(seqs.values, np.float32), "float32", ("obs", "feature"),
+            {"long_name": "what the race showed about the dog (known after it); columns: feature_names",
+             "coordinates": row_coords}, **floats)
+    per_row("context", np.asarray(seqs.context, np.float32), "float32", ("obs", "context"),
+            {"long_name": "what is known before the race; columns: context_names", "coordinates": row_coords},
+            **floats)
+    per_row("race_id", _str_objects(seqs.race_id), str, ("obs",), {"long_name": "race id"})
+    per_row("race_date", _encode_days(seqs.race_date), "int32", ("obs",),
+            {"long_name": "date of the race", "units": _EPOCH_UNITS, "calendar": "proleptic_gregorian",
+             "_FillValue": int(_DATE_FILL)}, fill_value=_DATE_FILL)
+    per_row("won", np.asarray(seqs.won, np.float32), "float32", ("obs",),
+            {"long_name": "won the race (1), lost (0), unknown (NaN)", "units": "1", "coordinates": row_coords},
+            **floats)
+    per_row("market_prob", np.asarray(seqs.market_prob, np.float32), "float32", ("obs",),
+            {"long_name": "market implied win probability, renormalised within the race", "units": "1",
+             "coordinates": row_coords}, **floats)
+    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3: one read opens it all
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(root.store)
+
+
+def _row_chunks(n_obs: int, row_bytes: int) -> tuple[int, int]:
+    """(rows per chunk, rows per shard) of a per-row array whose rows take `row_bytes` each."""
+    chunk = max(1, min(CHUNK_BYTES // max(row_bytes, 1), n_obs))
+    return chunk, chunk * int(np.clip(-(-n_obs // chunk), 1, SHARD_CHUNKS))
+
+
+# ------------------------------------------------------------------ reading
+
+
+def load_sequences(path: str | StorePath) -> Sequences:
+    """Every row of the sequences at `path`."""
+    root = _open_complete(path)
+    n_obs = int(root["values"].shape[0])
+    got = _read(root, ("values", "context", *ROW_META), 0, n_obs)
+    meta = _dogs(root)
+    return Sequences(values=got["values"], context=got["context"], offsets=meta["offsets"], dog_id=meta["dog_id"],
+                     dog_name=meta["dog_name"], race_id=got["race_id"], race_date=got["race_date"], won=got["won"],
+                     market_prob=got["market_prob"], feature_names=tuple(root.attrs["feature_names"]),
+                     context_names=tuple(root.attrs["context_names"]))
+
+
+def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
+    """A snapshot's dog metadata: {"offsets": (dog + 1,) int64, "dog_id", "dog_name": (dog,) object}, what
+    storage.states.begin_run takes; no per-row array is read."""
+    return _dogs(_open_complete(path))
+
+
+def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Sequence[str] = ROW_META) -> SequenceRows:
+    """Rows [start, stop) of a snapshot's model inputs and the `meta` members of ROW_META: only the chunks
+    covering those rows are read (ranged reads on object storage), so memory follows the rows asked for."""
+    root = _open_complete(path)
+    n_obs = int(root["values"].shape[0])
+    if not 0 <= start <= stop <= n_obs:
+        raise StoreError(f"sequences {path}: rows {start}..{stop} asked for, the store has {n_obs} rows; "
+                         "rebuild the features (gruviz ingest)")
+    got = _read(root, ("values", "context", *meta), start, stop)
+    return SequenceRows(start, got.pop("values"), got.pop("context"), tuple(root.attrs["feature_names"]),
+                        tuple(root.attrs["context_names"]), got)
+
+
+def _open(path: StorePath) -> zarr.Group:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return zarr.open_group(fs.zarr_store(path, read_only=True), mode="r", zarr_format=3)
+
+
+def _open_complete(path: str | StorePath) -> zarr.Group:
+    path = fs.store_path(path)
+    if not (path / COMPLETE).exists():
+        raise NotFoundError(f"{path}: no complete sequences store (no {COMPLETE}: never built, or its writer died); "
+                            "run the features stage again (gruviz nightly builds it)")
+    return _open(path)
+
+
+def _dogs(root: zarr.Group) -> dict[str, np.ndarray]:
+    got = _read(root, ("row_start", "dog_id", "dog_name"), 0, int(root["row_start"].shape[0]))
+    offsets = np.append(got["row_start"], root["values"].shape[0]).astype(np.int64)
+    return {"offsets": offsets, "dog_id": got["dog_id"], "dog_name": got["dog_name"]}
+
+
+def _read(root: zarr.Group, names: Sequence[str], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of arrays `names`, decoded (strings as objects, dates as datetime64[D]); the arrays
+    are read at once (each array's chunks concurrently too, by zarr)."""
+    arrays = [root[name] for name in names]
+    with ThreadPoolExecutor(max(1, len(arrays)), thread_name_prefix="gruviz-seq-read") as pool:
+        data = list(pool.map(lambda a: a[start:stop], arrays))
+    return {name: _decoded(name, a) for name, a in zip(names, data)}
+
+
+def _decoded(name: str, a: np.ndarray) -> np.ndarray:
+    if name == "race_date":
+        return _decode_days(a)
+    return a.astype(object) if a.dtype.kind == "T" else a  # zarr's strings (numpy StringDType) as str objects
+
+
+def _str_objects(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=object).astype(str).astype(object)
+
+
+def _encode_days(days: np.ndarray) -> np.ndarray:
+    """datetime64 (NaT unknown) -> int32 days since the epoch (fill = unknown)."""
+    d = np.asarray(days, dtype="datetime64[D]")
+    return np.where(np.isnat(d), _DATE_FILL, d.astype(np.int64)).astype(np.int32)
+
+
+def _decode_days(a: np.ndarray) -> np.ndarray:
+    """int32 days since the epoch (fill = unknown) -> datetime64[D]."""
+    out = a.astype("datetime64[D]")
+    out[a == _DATE_FILL] = np.datetime64("NaT")
+    return out
