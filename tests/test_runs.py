@@ -8,7 +8,8 @@ import pytest
 
 from gruviz_core.errors import StoreError
 from storage import runs
-from storage.store import MemoryStore, open_store
+from storage.objects import MemoryStore
+from storage.store import open_store
 
 
 @pytest.fixture(params=["local", "memory"])

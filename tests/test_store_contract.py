@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gruviz_core.errors import NotFoundError, StoreError
-from storage.store import LocalStore, LockHeld, MemoryStore, Missing, ObjectStore, Store, from_json, open_store
+from storage.local import LocalStore
+from storage.objects import MemoryStore, ObjectStore
+from storage.store import LockHeld, Missing, Store, from_json, open_store
 
 
 @dataclass(frozen=True)
