@@ -70,6 +70,7 @@ def test_too_few_rows_are_counted_never_flagged():
 # ---------------------------------------------------------------- simulated nights
 
 
+@pytest.mark.slow  # ~4 s
 def test_a_stable_feed_is_not_flagged_at_the_default_threshold(runs):
     """Nights drawn from the training window's own population (other dogs): at most 5% of nights raise any flag."""
     seqs = build_sequences(runs)

@@ -74,6 +74,7 @@ def check_run(run_dir: Path, inp: dict) -> None:
         np.testing.assert_allclose(got, want.h, atol=1e-3)
 
 
+@pytest.mark.slow  # real processes, ~6 s
 def test_killed_writer_leaves_published_run_intact(tmp_path):
     from flows.stages.extract import extract_run
     from storage import states
@@ -109,6 +110,7 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
     check_run(run3, second)
 
 
+@pytest.mark.slow  # real processes, ~6 s
 def test_two_processes_write_blocks_concurrently(tmp_path):
     from storage import states
 

@@ -79,6 +79,7 @@ def test_blocks_from_block_dogs_are_even_and_come_in_multiples_of_those_run_at_o
     assert shards("given", block_shards=5, parallel=2) == [5, 3]  # block_shards is taken as given
 
 
+@pytest.mark.slow  # 12 whole runs written and read back, ~12 s
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(0, 40), min_size=1, max_size=25),
