@@ -77,7 +77,7 @@ def test_a_planted_effect_is_found_with_its_sign_and_size():
     assert res.verdict["kind"] == "robust"
 
 
-@pytest.mark.slow  # 20 simulated nights, ~7 s
+@pytest.mark.slow  # 24 simulated nights, ~7 s
 def test_b_no_effect_is_claimed_at_most_one_night_in_ten():
     claims, mains = 0, 0
     nights = 24
