@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from flows.stages import features  # noqa: E402
+from flows.stages.ingest import ingest  # noqa: E402
 from flows.stages.train import snapshot_yardsticks, training_arrays  # noqa: E402
 from gruviz_core.features import (  # noqa: E402
     CATEGORICAL,
@@ -36,7 +37,6 @@ from gruviz_core.features import (  # noqa: E402
 from gruviz_core.model import ModelConfig  # noqa: E402
 from gruviz_core.sequences import Sequences  # noqa: E402
 from gruviz_core.train import TrainConfig, train_seed, window_report  # noqa: E402
-from storage.forms import ingest  # noqa: E402
 from storage.sequences import load_sequences  # noqa: E402
 
 IGGY = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair-iggy"

@@ -77,8 +77,8 @@ def _prepare(work: Path, homes: list[str], n_dogs: int, seeds: int, hidden: int)
     import torch
 
     from flows.commands.model import register
+    from flows.stages.ingest import ingest
     from gruviz_core.synth import simulate
-    from storage.forms import ingest
     from tests.runner_model import build
 
     t0 = time.perf_counter()

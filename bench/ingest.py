@@ -29,9 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flows.stages.ingest import ingest  # noqa: E402
 from gruviz_core.synth import simulate  # noqa: E402
 from gruviz_core.synth_forms import form_guides  # noqa: E402
-from storage.forms import ingest, load_snapshot  # noqa: E402
+from storage.forms import load_snapshot  # noqa: E402
 
 BASELINE_REV = "7730cd5"
 """The last commit whose ingest read and adapted file by file."""

@@ -49,7 +49,7 @@ stage, root = a["stage"], a["root"]
 if stage == "setup":
     import pandas as pd
     from gruviz_core import synth
-    from storage.forms import ingest
+    from flows.stages.ingest import ingest
     from flows.stages.train import train_and_register
     small = synth.simulate(2000, 1)
     p = f"{{root}}/small.parquet"

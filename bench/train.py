@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from flows.stages import features  # noqa: E402
+from flows.stages.ingest import ingest  # noqa: E402
 from flows.stages.train import _training_data, train_and_register  # noqa: E402
 from gruviz_core.features import (  # noqa: E402
     CATEGORICAL,
@@ -40,7 +41,6 @@ from gruviz_core.features import (  # noqa: E402
 )
 from gruviz_core.model import ModelConfig  # noqa: E402
 from gruviz_core.train import TrainConfig, TrainData, train_seed  # noqa: E402
-from storage.forms import ingest  # noqa: E402
 
 IGGY = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair-iggy"
 KEYS = ("log_loss", "race_log_loss", "brier", "hit_rate")

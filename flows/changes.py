@@ -6,7 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.forms import expand_sources, latest_snapshot, read_manifest
+from flows.sources import expand_sources
+from storage.forms import latest_snapshot, read_manifest
 
 __all__ = ["NO_NEW_DATA", "SourceCheck", "check_sources"]
 

@@ -89,7 +89,7 @@ def preflight_nightly(
     set_id = _model_set(root, model_set)
     check_model_code(root, set_id)
     if sources:
-        from storage.forms import expand_sources
+        from flows.sources import expand_sources
 
         expand_sources(sources)  # a source that does not exist, or holds no form file, is refused now
     gone = check_sources_gone(root, sources, s.sources_gone_ok) if sources else ()
@@ -117,7 +117,8 @@ def check_sources_gone(root: StorePath, sources: list[str], acknowledged: list[s
     """Files the sources held at the last snapshot and hold no more: refused (InputError naming them and the
     runs they gave) unless each matches a name or glob of `acknowledged` (GRUVIZ_SOURCES_GONE_OK); returns one
     line per acknowledged file, for the log, the report and the email."""
-    from storage.forms import gone_files, latest_snapshot
+    from flows.sources import gone_files
+    from storage.forms import latest_snapshot
 
     gone = gone_files(root, sources)
     if not gone:

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
 
     @property
     def inflate_limit(self) -> dict:
-        """How far a compressed source may inflate, as storage.forms.InflateLimit's fields."""
+        """How far a compressed source may inflate, as gruviz_core.formats.reader.InflateLimit's fields."""
         return {"max_bytes": self.max_inflated_mb << 20, "max_ratio": self.max_inflate_ratio}
 
     @property

@@ -30,8 +30,8 @@ def home(tmp_path_factory):
     """A store with one small simulated snapshot, and the team's weights (2 seeds) beside it."""
     import team_model
 
+    from flows.stages.ingest import ingest
     from gruviz_core.synth import simulate
-    from storage.forms import ingest
 
     root = tmp_path_factory.mktemp("byo-home")
     src = root / "forms.parquet"

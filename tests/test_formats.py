@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows.sources import read_source
 from gruviz_core.errors import MissingColumnError, UnknownFormatError
 from gruviz_core.formats import (
     REASONS,
@@ -23,7 +24,6 @@ from gruviz_core.formats import (
     parse_price,
 )
 from gruviz_core.schema import CANONICAL_COLUMNS
-from storage.forms import read_source
 
 FIX = Path(__file__).parent / "fixtures" / "forms"
 

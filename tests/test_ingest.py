@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.cli import main
+from flows.sources import read_forms
+from flows.stages.ingest import ingest
 from gruviz_core.errors import InputError, MissingColumnError, NotFoundError, UnknownFormatError, UnreadableFileError
 from gruviz_core.schema import CANONICAL_COLUMNS
 from gruviz_core.synth import simulate
 from gruviz_core.synth_forms import HEADER, form_guides
-from storage.forms import ingest, latest_snapshot, load_rejects, load_snapshot, read_forms, read_manifest
+from storage.forms import latest_snapshot, load_rejects, load_snapshot, read_manifest
 
 FIX = Path(__file__).parent / "fixtures" / "forms"
 
@@ -452,7 +454,7 @@ def _bomb(path: Path, inflated_mb: int) -> Path:
 
 def test_compressed_file_past_the_size_cap_is_refused(tmp_path, capsys, monkeypatch):
     """A 1 MB gzip of 1 GB took 10.7 GB of memory for 88 s and ended in a bare MemoryError."""
-    from storage.forms import InflateLimit
+    from gruviz_core.formats.reader import InflateLimit
 
     bomb = _bomb(tmp_path / "bomb.csv.gz", 12)
     with pytest.raises(UnreadableFileError, match=r"bomb\.csv\.gz: inflates to more than 4 MiB"):
@@ -465,7 +467,7 @@ def test_compressed_file_past_the_size_cap_is_refused(tmp_path, capsys, monkeypa
 
 
 def test_compressed_file_past_the_ratio_is_refused(tmp_path):
-    from storage.forms import InflateLimit
+    from gruviz_core.formats.reader import InflateLimit
 
     bomb = _bomb(tmp_path / "bomb.csv.gz", 20)
     with pytest.raises(UnreadableFileError, match=r"bomb\.csv\.gz: inflates more than 100 times"):
@@ -578,12 +580,12 @@ def test_one_display_name_per_dog(tmp_path):
 
 def test_rows_pandas_splits_otherwise_are_read_file_by_file(tmp_path, monkeypatch):
     """The shared parse checks pandas' row count against the lines; on a mismatch each file is read on its own."""
-    from storage import forms
+    from gruviz_core.formats import reader
 
     for f in ("thedogs_guide_a.csv", "thedogs_guide_b_latin1.csv"):
         shutil.copy(FIX / f, tmp_path / f)
     expected = read_forms([str(tmp_path)])
-    monkeypatch.setattr(forms, "_parse_body", lambda body, delim, fields: pd.DataFrame(columns=range(fields)))
+    monkeypatch.setattr(reader, "_parse_body", lambda body, delim, fields: pd.DataFrame(columns=range(fields)))
     got = read_forms([str(tmp_path)])
     assert got.summary == expected.summary
     pd.testing.assert_frame_equal(got.runs, expected.runs)

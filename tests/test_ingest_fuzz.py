@@ -19,8 +19,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows.sources import read_forms
+from flows.stages.ingest import ingest
 from gruviz_core.errors import InputError
-from storage.forms import ingest, latest_snapshot, load_snapshot, read_forms
+from storage.forms import latest_snapshot, load_snapshot
 
 # Names whose cp1252 bytes are never valid UTF-8 (so a cp1252 line decodes back to them), and some
 # that cp1252 cannot encode (those lines stay UTF-8).

@@ -165,8 +165,8 @@ def test_night_up_to_two_days_ahead_is_accepted():
 
 def _drop_dir(tmp_path: Path) -> tuple[Path, Path, int]:
     """A store whose latest snapshot was ingested from a drop directory of a.csv and b.csv; b.csv's runs."""
+    from flows.stages.ingest import ingest
     from gruviz_core.synth import simulate
-    from storage.forms import ingest
 
     home = _store(tmp_path / "store")
     incoming = tmp_path / "incoming"

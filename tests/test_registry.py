@@ -11,6 +11,7 @@ from torch import nn
 
 from flows.cli import main as cli
 from flows.stages.features import run as ensure_sequences
+from flows.stages.ingest import ingest
 from flows.stages.train import model_set_scores, train_and_register
 from gruviz_core.errors import (
     AmbiguousGRUError,
@@ -25,7 +26,6 @@ from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes
 from gruviz_core.synth import simulate
 from gruviz_core.train import TrainConfig, TrainData, time_windows, validation_metrics
-from storage.forms import ingest
 from storage.registry import (
     current_model_set,
     list_model_sets,

@@ -28,8 +28,8 @@ BLOCK_DOGS = 30  # a shard per block: 3 blocks
 def store(prefect_harness, tmp_path_factory):
     """A store with one small simulated snapshot and the test model set (2 seeds) as current."""
     from flows.commands.model import register
+    from flows.stages.ingest import ingest
     from gruviz_core.synth import simulate
-    from storage.forms import ingest
     from tests.runner_model import build
 
     home = tmp_path_factory.mktemp("runners-home")

@@ -4,7 +4,7 @@ Each stage loads its inputs by key through `storage`, computes through `gruviz_c
 `storage`, and returns keys or a small typed record (never arrays), so a Prefect task is a one-line
 call and every stage runs without Prefect too:
 
-    ingest    storage.forms (read, snapshot)        gruviz_core.formats (adapt)
+    ingest    flows.sources (files), storage.forms  gruviz_core.formats (reader, adapters)
     features  storage.forms, storage.registry        gruviz_core.features (sequences)
     train     storage.registry (model sets)          gruviz_core.train, gruviz_core.model
     extract   storage.states (plan, BlockWriter)     gruviz_core.extract (states and gates)

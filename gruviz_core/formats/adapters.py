@@ -1,7 +1,7 @@
 """Format adapters: a source's raw table -> the canonical runs table plus rejected rows and warnings.
 
 Pure and vectorised: a raw table (usually every cell a string, as read with `dtype=str`) goes in,
-`Adapted(runs, rejects, warnings)` comes out. Reading files is `storage.forms`' job; it hands the
+`Adapted(runs, rejects, warnings)` comes out. Reading form files' bytes is `gruviz_core.formats.reader`'s job; it hands the
 rows of many files of one format to `adapt` in ONE table, with their provenance:
 
     _file   int, which file a row came from (per-file logic such as thedogs' carried-down names and
