@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 
 from flows.artifacts import ExtractionProgress
 from flows.progress import report as progress_report
-from flows.runners import block_runner
+from flows.runners import block_runner, thread_timeout_said_once
 from flows.settings import Settings
 from gruviz_core.errors import GruvizError
 
@@ -49,11 +49,14 @@ def run_blocks(block_task: Task, plan: dict, s: Settings, deadline: float) -> No
     timed = block_task.with_options(timeout_seconds=s.block_timeout_s)
     backstop_s = block_backstop_s(block_task, s.block_timeout_s)
     progress = ExtractionProgress()
-    get_run_logger().info("extracting %d block(s) on %s, at most %d in flight", n, s.task_runner, limit)
+    get_run_logger().info("extracting %d block(s) on %s, at most %d in flight; a block still running %g s after "
+                          "it started (GRUVIZ_BLOCK_TIMEOUT_S=%g per attempt, retries and a grace) fails the night, "
+                          "even when stuck in a blocking call that its task timeout cannot interrupt",
+                          n, s.task_runner, limit, backstop_s, s.block_timeout_s)
     finished: queue.Queue = queue.Queue()
     done_dogs, next_block = 0, 0
     due: dict[Future, tuple[float, int]] = {}  # in-flight future -> (backstop time, block)
-    with block_runner(s, limit) as runner:
+    with thread_timeout_said_once(block_task.name), block_runner(s, limit) as runner:
         while next_block < n or due:
             while next_block < n and len(due) < limit:
                 fut = runner.submit(timed, {"plan": plan, "block": next_block, "device": s.device,

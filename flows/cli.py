@@ -6,7 +6,8 @@ typed parameters are the options) or `app` (a Typer of subcommands, e.g. `model 
 `MULTI_VALUE` names options that take several values after one flag (`--source a.csv b.csv`).
 
 main(argv) returns the exit code: 0 done, 1 a run that did not complete, 2 a usage error (bad
-option or value, at parse time) or a GruvizError (`gruviz <command>: error: ...` on stderr).
+option or value, at parse time), a GruvizError, or a full or read-only disk, a denied file or an
+unreachable object store (flows.failures) (`gruviz <command>: error: ...` on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import ModuleType
 
 import typer
 
+from flows.failures import described
 from gruviz_core.errors import GruvizError
 
 __all__ = ["main", "app", "COMMANDS"]
@@ -74,6 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # a usage error: unknown option, bad value, at parse time
         _usage_error(exc)
         return int(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # a full or read-only disk, a denied file, an unreachable endpoint: said, not traced
+        said = described(exc, _home(argv))
+        if said is None:
+            raise
+        print(f"gruviz {name}: error: {said}", file=sys.stderr)
+        return 2
+
+
+def _home(argv: list[str]) -> str:
+    """The store the command was given (--home, else GRUVIZ_HOME), as the user wrote it, for an error message."""
+    for i, arg in enumerate(argv):
+        if arg == "--home" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--home="):
+            return arg.split("=", 1)[1]
+    try:
+        from flows.settings import load_settings
+
+        return str(load_settings().home)
+    except Exception:  # noqa: BLE001 - a settings error is not the error being described
+        return os.environ.get("GRUVIZ_HOME") or "./gruviz-data"
 
 
 def _usage_error(exc: Exception) -> None:

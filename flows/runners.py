@@ -6,11 +6,19 @@ call would hold the night to the call's end. No public API stops a pool without 
 through `ThreadPoolTaskRunner._executor` / `ProcessPoolTaskRunner._executor` (Prefect's) and, before
 Python 3.14's `terminate_workers()`, `ProcessPoolExecutor._processes` (the standard library's).
 tests/test_prefect_adapter.py fails, naming the attribute and the Prefect version, when an upgrade moves one.
+
+`thread_timeout_said_once` quiets the warning Prefect logs for every task with a timeout that runs in a
+worker thread (its timeout cannot interrupt a blocking call): for blocks the scheduler's backstop covers that
+(flows.blocks), and the night's log says so once. It matches Prefect's message text, which the same test file
+checks against the installed Prefect.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
@@ -18,7 +26,11 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from flows.settings import Settings
 from gruviz_core.errors import ConfigError
 
-__all__ = ["block_runner"]
+__all__ = ["block_runner", "thread_timeout_said_once", "THREAD_TIMEOUT_WARNING"]
+
+THREAD_TIMEOUT_WARNING = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
+"""The start of the warning prefect.task_engine logs (at WARNING, on `prefect.task_runs`) when a task with a
+timeout starts in a worker thread."""
 
 
 def block_runner(s: Settings, limit: int) -> TaskRunner:
@@ -78,3 +90,26 @@ def _abandon(runner: ThreadPoolTaskRunner | ProcessPoolTaskRunner) -> None:
             return
         for proc in list((getattr(executor, "_processes", None) or {}).values()):
             proc.terminate()
+
+
+@contextlib.contextmanager
+def thread_timeout_said_once(task_name: str) -> Iterator[None]:
+    """Within the block, Prefect's thread-timeout warning is not logged for tasks named `task_name` (in this
+    process); the caller says once what stands in for the timeout."""
+    quiet = _NoThreadTimeoutWarning(task_name)
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _NoThreadTimeoutWarning(logging.Filter):
+    def __init__(self, task_name: str):
+        super().__init__()
+        self.task_name = task_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(record, "task_name", None) == self.task_name
+                    and str(record.msg).startswith(THREAD_TIMEOUT_WARNING))

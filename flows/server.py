@@ -3,7 +3,8 @@
 Prefect's own temporary server is a child process stopped only by an atexit hook, so a command
 killed by a signal (SIGTERM, SIGKILL) leaves it running, reparented to PID 1, with about 200 MB.
 `prefect_api()` starts the same server itself, with the kernel told to kill it when the command
-dies (PR_SET_PDEATHSIG, Linux), and stops it when the command ends in any other way. With
+dies (PR_SET_PDEATHSIG, Linux), and stops it when the command ends in any other way, after the logs and
+events still queued for it are sent. With
 PREFECT_API_URL set (a persistent `prefect server start`), it starts nothing.
 
 `signals_raise()` turns SIGTERM/SIGHUP into KeyboardInterrupt, so a terminated command unwinds:
@@ -45,7 +46,10 @@ def prefect_api() -> Iterator[str | None]:
     try:
         _wait_healthy(proc, url, log)
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _send_queued()
     finally:
         _stop(proc)
         log.close()
@@ -113,6 +117,17 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log) -> None:
     tail = log.read()[-2000:].decode("utf-8", "replace")
     raise ConfigError(f"the temporary Prefect server on {url} did not start (exit {proc.poll()}): {tail.strip()}; "
                       "or run `prefect server start` and set PREFECT_API_URL")
+
+
+def _send_queued(timeout_s: float = 5.0) -> None:
+    """Send the logs and events still queued for the server before it stops (Prefect's test harness does the
+    same): a log sent to a stopped server prints '--- Error logging to API ---' at exit. Each waits at most
+    `timeout_s`."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -74,3 +74,16 @@ def _wait_until(ready, timeout_s: float) -> None:
         if time.monotonic() > end:
             raise TimeoutError(f"not ready after {timeout_s} s")
         time.sleep(0.05)
+
+
+def test_the_thread_timeout_warning_flows_runners_quiets_is_still_prefects():
+    """flows.runners.thread_timeout_said_once matches Prefect's warning by its text: it must still be logged so."""
+    import inspect
+
+    from prefect import task_engine
+
+    from flows.runners import THREAD_TIMEOUT_WARNING
+
+    assert THREAD_TIMEOUT_WARNING in inspect.getsource(task_engine), (
+        f"prefect.task_engine no longer logs {THREAD_TIMEOUT_WARNING!r}... in {VERSIONS}: a night's log repeats "
+        "Prefect's thread-timeout warning for every block; fix flows.runners.THREAD_TIMEOUT_WARNING")
