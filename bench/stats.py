@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.stages.stats import compute_stats  # noqa: E402
 from gruviz_core.stats import TAU_COLUMNS, UnitAccumulators, scan_seed  # noqa: E402
-from storage import states  # noqa: E402
+from storage import runs, states  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -90,7 +90,7 @@ def build(root: Path, n_steps: int, units: int, seed: int = 0) -> Path:
         (plan.path / "blocks" / f"{b}.json").write_text(json.dumps({"dogs": 0, "device": "synthetic", "seconds": 0,
                                                                     "check_max_err": []}))
     _summaries(plan, g, step + 1)
-    return states.finish_run(plan.path)
+    return runs.finish_run(plan.path)
 
 
 def _summaries(plan, g, step: np.ndarray) -> None:
@@ -162,7 +162,7 @@ def main() -> None:
         "stats_s": round(stats_s, 2), "stats_gbps": round(state_bytes / 1e9 / stats_s, 3),
         "scan_vs_read": round(read_s / scan_pf_s, 3), "peak_rss_mb_after_read": round(rss_read),
         "peak_rss_mb_after_scan": round(rss_scan), "peak_rss_mb": round(_rss_mb()),
-        "cohorts": summary["cohort_counts"], "effective_dim": summary["effective_dim"],
+        "cohorts": dict(summary.cohort_counts), "effective_dim": list(summary.effective_dim),
     }
     print(json.dumps(out))
     if not a.keep:

@@ -32,7 +32,8 @@ from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
 from gruviz_core.errors import GruvizError
 from reports.email import report_url
-from storage.states import hold_tmp_run, nightly_lock, remove_tmp_run, sweep_tmp_runs
+from storage.runs import hold_tmp_run, nightly_lock, remove_tmp_run, sweep_tmp_runs
+from storage.store import to_json
 
 __all__ = ["nightly", "NightlyTimeoutError"]
 
@@ -96,7 +97,7 @@ def finish_run_task(plan: dict) -> str:
 @task(name="stats", cache_policy=NO_CACHE)
 def stats_task(tmp_dir: str, rule: dict) -> dict:
     """Saturation statistics and cohorts under `rule`; returns the stats summary."""
-    return json.loads(json.dumps(stats.compute_stats(tmp_dir, rule=rule), default=str))
+    return json.loads(json.dumps(to_json(stats.compute_stats(tmp_dir, rule=rule)), default=str))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -132,7 +133,7 @@ def determinism_task(tmp_dir: str, root: str, set_id: str, watchlist: list[str],
 @task(name="publish-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def publish_run_task(root: str, tmp_dir: str) -> str:
     """Publish the temporary run atomically; returns the published run directory."""
-    from storage.states import publish_run
+    from storage.runs import publish_run
 
     return str(publish_run(root, tmp_dir))
 
@@ -157,8 +158,8 @@ def catch_up_report_task(root: str, reports_dir: str, watchlist: list[str], toni
 def retention_task(root: str, reports_dir: str, keep_nights: int) -> dict:
     """Remove the runs and report pages older than the last `keep_nights` nights."""
     from reports.render import render_index
+    from storage.runs import prune_runs
     from storage.site import prune_reports
-    from storage.states import prune_runs
 
     removed = {"runs": prune_runs(root, keep_nights), "reports": prune_reports(reports_dir, keep_nights, render_index)}
     if removed["runs"] or removed["reports"]:

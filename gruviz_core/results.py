@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DogStates", "DogStatesSet", "NightHeadline", "RunResults"]
+__all__ = ["DogStates", "DogStatesSet", "NightHeadline", "RunResults", "StatsSummary"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,57 @@ class NightHeadline:
 
 
 @dataclass(frozen=True)
+class StatsSummary:
+    """stats/summary.json: what the stats stage found, written once by it and read by evaluate, the model-change
+    watch and the report. Nested parts are JSON objects whose shape gruviz_core.stats defines."""
+
+    n_dogs: int
+    """Dogs in the run."""
+    n_obs: int
+    """Rows (dog-steps) in the run."""
+    n_layers: int
+    """GRU layers."""
+    n_units: int
+    """Units per layer."""
+    seeds: tuple[int, ...]
+    """Seed value of each model of the set."""
+    cohort_counts: Mapping[str, int]
+    """Dogs per cohort (status) on the cohort layer."""
+    cohort_layer: int
+    """The layer the cohorts are drawn on."""
+    rule: Mapping[str, Any]
+    """The cohort rule (gruviz_core.cohorts.CohortRule.to_dict)."""
+    cohort_thresholds: Mapping[str, Any] | None = None
+    """Thresholds the rule settled on (theta, low, tau), when it has them."""
+    effective_dim: tuple[float, ...] = ()
+    """Participation ratio of seed 0's states, per layer."""
+    effective_dim_by_seed: Mapping[str, Any] = field(default_factory=dict)
+    """{seed position: per-layer effective dimension}."""
+    dead_units: int = 0
+    """Units of seed 0 that never move (gruviz_core.stats unit health)."""
+    always_saturated_units: int = 0
+    """Units of seed 0 pinned near +-1 on most rows."""
+    unit_health_by_seed: Mapping[str, Any] = field(default_factory=dict)
+    """{seed position: {dead, always_saturated}}."""
+    unit_health_params: Mapping[str, Any] = field(default_factory=dict)
+    """The thresholds of the unit health counts."""
+    magnitude: Mapping[str, Any] = field(default_factory=dict)
+    """Magnitude saturation in numbers (gruviz_core.stats.magnitude_summary)."""
+    plateau_curve: Mapping[str, Any] = field(default_factory=dict)
+    """The abs-sum's population curve (gruviz_core.stats.population_curve)."""
+    km_grid: tuple[Mapping[str, Any], ...] = ()
+    """Kaplan-Meier median time to plateau across the (w, delta, k) grid: {param, value, median}."""
+    reliance: Mapping[str, Any] = field(default_factory=dict)
+    """Write fraction and relative movement by race (medians)."""
+    rows_missing: int = 0
+    """Rows without a summary (a block's rows never written): 0 in a whole run."""
+    bytes_scanned: int = 0
+    """Bytes of states the stage decoded (0: it reads the blocks' summaries only)."""
+    seconds: float = 0.0
+    """Wall time of the stage."""
+
+
+@dataclass(frozen=True)
 class RunResults:
     """Everything a published run gives the report; each table has its `gruviz_core.tables` columns."""
 
@@ -74,8 +125,8 @@ class RunResults:
     """The run directory's name (the night when run.json and the headline do not say)."""
     meta: Mapping[str, Any]
     """run.json ({} when absent): run_id, night, snapshot_id, model_set_id, seeds, code_version, device, ..."""
-    summary: Mapping[str, Any] | None
-    """stats/summary.json: effective_dim, cohort counts, rule, cohort_layer, ...; None when absent."""
+    summary: StatsSummary | None
+    """stats/summary.json; None when absent."""
     headline: Mapping[str, Any]
     """eval/headline.json ({} when absent): period, race_nll, main_effect, negative_control, within_dog,
     dose_trend, n_comparisons, plateau_median_km, rule, dogs, obs, cohort_counts, exemplars, ..."""

@@ -55,7 +55,7 @@ def build_report(
         dogs = DogStatesSet(dict(dogs))
     run_meta, head, summary = results.meta, record(results.headline), results.summary
     night = str(head.get("night") or run_meta.get("night") or results.name)
-    rule = head.get("rule") or (summary or {}).get("rule") or run_meta.get("cohort_rule")
+    rule = head.get("rule") or (summary.rule if summary else None) or run_meta.get("cohort_rule")
     if data_quality is None:
         data_quality = run_meta.get("data_quality")
 

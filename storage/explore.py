@@ -24,8 +24,9 @@ from gruviz_core.errors import NotFoundError
 from gruviz_core.explore import CohortBand, DogDirectory, DogRecord, RunInfo, UnitAtlas, UnitQuantity, UnitRecord
 from gruviz_core.probes import unit_labels
 from storage.layout import RunLayout, StoreLayout
-from storage.results import read_json
-from storage.states import RunPlan, StatesReader, latest_run, open_states, published_runs
+from storage.results import read_json, read_summary
+from storage.runs import RunPlan, latest_run, published_runs
+from storage.states import StatesReader, open_states
 from storage.store import StorePath, location, split
 
 __all__ = ["ExploreStore", "RUN_ID", "read_rows"]
@@ -148,9 +149,9 @@ class _Run:
         self.race = codes.astype(np.int64)  # (obs,)
         self.by_race = np.argsort(codes, kind="stable")  # rows grouped by race
         self.race_start = np.searchsorted(codes[self.by_race], np.arange(codes.max() + 2 if len(codes) else 1))
-        self.summary = read_json(RunLayout.at(run_dir).summary)
-        self.rule = (self.summary or {}).get("rule")
-        self.layer = int((self.summary or {}).get("cohort_layer", self.reader.n_layers - 1))
+        self.summary = read_summary(run_dir)
+        self.rule = self.summary.rule if self.summary else None
+        self.layer = self.summary.cohort_layer if self.summary else self.reader.n_layers - 1
         self._stats(run_dir)
         self._atlas, self.atlas_note = _read_atlas(run_dir)
         self._labels = {layer: unit_labels(self._atlas, seed=0, layer=layer) for layer in range(self.reader.n_layers)} \

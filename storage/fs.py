@@ -6,7 +6,7 @@ The one module that knows local from remote; the rest of `storage` reads the sam
             temporary sibling then an atomic rename; locks are flocks; nothing here changes them.
     remote  "s3://bucket/prefix" (any URL with a scheme other than file)   -> upath.UPath. Object stores
             have no rename: an object PUT is atomic on its own, a directory is written under a prefix of
-            its own and marked complete by an object written last (see storage.states.publish_run).
+            its own and marked complete by an object written last (see storage.runs.publish_run).
 
 Credentials and endpoints come from the object store client's own configuration, so that every
 process (a Dask worker too) finds them without gruviz passing anything: for S3 the AWS variables

@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
-from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults
+from gruviz_core.results import DogStates, DogStatesSet, NightHeadline, RunResults, StatsSummary
 from gruviz_core.tables import TABLES, schema_problems
 from storage.layout import EVAL_TABLES, STATS_TABLES, RunLayout
 from storage.states import open_states
 from storage.store import StorePath, location, split
 
-__all__ = ["read_run_results", "read_history", "read_dog_states", "read_json", "REPORT_TABLES"]
+__all__ = ["read_run_results", "read_summary", "read_history", "read_dog_states", "read_json", "REPORT_TABLES"]
 
 REPORT_TABLES: tuple[str, ...] = tuple(t for t in STATS_TABLES + EVAL_TABLES if t not in ("dog_seed", "row_summary", "probe_rows"))
 """Run tables the report reads (each a `RunResults` field); their paths come from storage.layout.RunLayout."""
@@ -36,13 +36,22 @@ def read_json(path: str | Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def read_summary(run_dir: str | StorePath) -> StatsSummary | None:
+    """The run's stats summary (stats/summary.json); None when the stats stage has not run."""
+    store, key = split(RunLayout.at(run_dir).summary)
+    try:
+        return store.read_record(key, StatsSummary)
+    except FileNotFoundError:
+        return None
+
+
 def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None) -> RunResults:
     """Every table and record of a published run that the report shows; `tables` names a subset to read
     (the others are None), e.g. ("dog",) for the email."""
     run_dir = location(run_dir)
     if not run_dir.is_dir():
         raise NotFoundError(
-            f"report: run directory {run_dir} does not exist; pass a published run (storage.states.latest_run)"
+            f"report: run directory {run_dir} does not exist; pass a published run (storage.runs.latest_run)"
         )
     wanted = set(REPORT_TABLES if tables is None else tables)
     unknown = wanted - set(REPORT_TABLES)
@@ -53,7 +62,7 @@ def read_run_results(run_dir: str | Path, *, tables: Iterable[str] | None = None
     return RunResults(
         name=run_dir.name,
         meta=read_json(layout.run_json) or {},
-        summary=read_json(layout.summary),
+        summary=read_summary(run_dir),
         headline=read_json(layout.headline) or {},
         probe_record=read_json(layout.probe_record),
         drift_record=read_json(layout.drift_record),

@@ -16,13 +16,8 @@
     <run>/run.json       run metadata (finish_run)
     <run>/_COMPLETE      written last, just before the atomic rename that publishes the run
 
-Publishing. Local store: the run is written under runs/.tmp/<run_id>.<nonce>/, marked _COMPLETE,
-renamed into runs/<run_id>/, then runs/LATEST is rewritten. Object storage (storage.fs; no rename):
-the run is written under its own prefix runs/<run_id>/ directly (run ids are unique, so two nights
-never share a prefix and a block marker names its run), _COMPLETE is written last inside it, then
-runs/LATEST. Readers only follow LATEST and only list runs with _COMPLETE, so a night killed before
-its pointer leaves the previous run as LATEST; an older night never moves LATEST back. The one-night
-lock is an flock locally and an exclusive-create object with an expiry on object storage.
+Publishing, LATEST, the nightly lock and hygiene are storage.runs' (the run's lifecycle); this module
+writes and reads the states inside a run.
 
 `seed<k>` is the k-th model of the set (k = 0..S-1); `run.json["seeds"]` holds their seed values.
 
@@ -43,19 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import fcntl
 import json
-import os
 import queue
-import shutil
-import subprocess
 import threading
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,45 +52,21 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync as zarr_sync
 
-import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.results import DogStates  # re-exported: the record moved to gruviz_core.results
 from gruviz_core.sequences import ROW_META, ROW_SUMMARY  # re-exported: the per-row members a block writes
-from storage import fs
-from storage.atomic import publish_dir, read_pointer, write_json_atomic, write_text_atomic
-from storage.fs import StorePath
-from storage.layout import RunLayout, StoreLayout
+from storage.layout import RunLayout
+from storage.runs import COMPLETE, BlockMarker, RunPlan, stage_run, write_marker
+from storage.store import StorePath, location, open_store, split, to_json
 
 __all__ = [
-    "RunPlan",
-    "begin_run",
-    "BlockWriter",
-    "block_span",
-    "ROW_META",
-    "ROW_SUMMARY",
-    "ShardBuffers",
-    "prefetch",
-    "finish_run",
-    "publish_run",
-    "latest_run",
-    "nightly_lock",
-    "hold_tmp_run",
-    "remove_tmp_run",
-    "sweep_tmp_runs",
-    "prune_runs",
-    "published_runs",
-    "open_states",
-    "open_dataset",
-    "StatesReader",
-    "DogStates",
-    "Chunk",
-    "STATES",
+    "begin_run", "BlockWriter", "block_span", "ROW_META", "ROW_SUMMARY", "ShardBuffers", "prefetch", "open_states",
+    "open_dataset", "StatesReader", "DogStates", "Chunk", "STATES",
     "COMPLETE",
 ]
 
 STATES = "states.zarr"
 """Name of the states store inside a run (its path: storage.layout.RunLayout.states)."""
-COMPLETE = "_COMPLETE"
 """Name of the completion marker (its path: RunLayout.complete)."""
 CHUNK_BYTES = 512 * 1024
 """Target size of one uncompressed inner chunk of h/z/r (measured best on 2 cores)."""
@@ -122,62 +86,6 @@ def _compressor() -> BloscCodec:
 _WRITE_CONFIG = {"write_empty_chunks": True}
 """Writers skip zarr's per-chunk 'all fill value?' test: every row written is data, and the test cost more
 than the compression."""
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """The row layout of a run being written: what every block process needs besides the inputs."""
-
-    tmp_dir: str
-    """Where the run is written: runs/.tmp/<run_id>.<nonce> (local), runs/<run_id> (object storage: a URL)."""
-    run_id: str
-    """Id the run is published under."""
-    n_dogs: int
-    """Dogs in the run."""
-    n_obs: int
-    """Rows (dog-steps) in the run; no padding rows."""
-    n_layers: int
-    """GRU layers (all stored)."""
-    n_units: int
-    """Units per layer."""
-    seeds: tuple[int, ...]
-    """Seed value of each model; the store's seed<k> group is seeds[k]."""
-    chunk_rows: int
-    """Rows per inner chunk of h/z/r (~512 KiB of float16)."""
-    shard_rows: int
-    """Rows per shard (chunk_rows * shard chunks); writers write whole shards."""
-    block_shards: int
-    """Shards per block; block b owns rows [b * block_shards * shard_rows, ...)."""
-
-    @property
-    def path(self) -> StorePath:
-        return fs.store_path(self.tmp_dir)
-
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_obs // self.shard_rows)
-
-    @property
-    def n_blocks(self) -> int:
-        return max(1, -(-self.n_shards // self.block_shards))
-
-    def block_rows(self, block: int) -> tuple[int, int]:
-        """[start, stop) rows owned by `block`."""
-        if not 0 <= block < self.n_blocks:
-            raise ConfigError(f"run {self.run_id}: block {block} out of range 0..{self.n_blocks - 1}")
-        span = self.block_shards * self.shard_rows
-        return min(block * span, self.n_obs), min((block + 1) * span, self.n_obs)
-
-    @classmethod
-    def load(cls, tmp_dir: str | StorePath) -> RunPlan:
-        p = RunLayout.at(tmp_dir).plan
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise NotFoundError(f"{p}: no plan; this is not a run directory made by storage.states.begin_run") from e
-        d["seeds"] = tuple(d["seeds"])
-        d["tmp_dir"] = str(fs.store_path(tmp_dir))
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -222,36 +130,13 @@ def begin_run(
             block_shards = -(-n_shards // n_blocks)
         else:
             block_shards = n_shards
-    tmp = _new_run_dir(StoreLayout.at(root), run_id)
+    tmp = stage_run(root, run_id)
     plan = RunPlan(str(tmp), run_id, n_dogs, n_obs, n_layers, n_units, tuple(int(s) for s in seeds),
                    chunk_rows, shard_rows, int(block_shards))
     _create_arrays(plan, meta, offsets, dog_id, dog_name)
-    d = asdict(plan)
-    d.pop("tmp_dir")
-    write_json_atomic(RunLayout.at(tmp).plan, d)
-    write_json_atomic(RunLayout.at(tmp).meta, meta)
+    plan.save()
+    open_store(tmp).write_json("meta.json", meta)
     return plan
-
-
-def _new_run_dir(layout: StoreLayout, run_id: str) -> StorePath:
-    """Local: a fresh runs/.tmp/<run_id>.<nonce>/. Object storage: the run's own prefix runs/<run_id>/,
-    which must be empty (run ids are unique; a second writer of the same id is refused)."""
-    if isinstance(layout.root, Path):
-        tmp = layout.runs_tmp / f"{run_id}.{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        RunLayout.at(tmp).blocks.mkdir()
-        return tmp
-    d = layout.run(run_id)
-    if not fs.create_exclusive(RunLayout.at(d).owner, f"{os.getpid()}@{_host()}\n".encode()):
-        raise StoreError(f"{d}: a run {run_id} is being written or exists already; run ids are unique, "
-                         "start the night again (it picks a new id)")
-    return d
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **arrays: np.ndarray) -> None:
@@ -265,7 +150,7 @@ def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **a
 
 
 def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name):
-    store = fs.zarr_store(RunLayout.at(plan.path).states)
+    store = _zarr(RunLayout.at(plan.path).states)
     root = zarr.create_group(store, attributes={
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
         "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
@@ -356,7 +241,7 @@ def block_span(plan_or_tmpdir: RunPlan | str | StorePath, block_index: int) -> t
     a, b = plan.block_rows(block_index)
     if b <= a:
         return a, a
-    root = zarr.open_group(fs.zarr_store(RunLayout.at(plan.path).states), mode="r")
+    root = zarr.open_group(_zarr(RunLayout.at(plan.path).states), mode="r")
     offsets = np.append(root["row_start"][:], plan.n_obs).astype(np.int64)
     first, end = _dogs_with_rows(offsets, a, b)
     return int(offsets[first]), int(offsets[end])
@@ -440,6 +325,12 @@ class _ShardEncoder:
         await (self.array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data))
 
 
+def _zarr(path: StorePath, *, read_only: bool = False):
+    """The Zarr store at a location in the store."""
+    store, key = split(path)
+    return store.zarr(key, read_only=read_only)
+
+
 def _units_path(run_dir: StorePath, block: int, seed: int) -> StorePath:
     """<run>/blocks/<b>.seed<k>.zarr: block b's per-unit accumulators of seed position k, beside its marker."""
     return RunLayout.at(run_dir).blocks / f"{block}.seed{seed}.zarr"
@@ -484,7 +375,7 @@ class BlockWriter:
     def __init__(self, plan_or_tmpdir: RunPlan | str | StorePath, block_index: int):
         self.plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
         self.block_index = block_index
-        root = zarr.open_group(fs.zarr_store(RunLayout.at(self.plan.path).states), mode="r+")
+        root = zarr.open_group(_zarr(RunLayout.at(self.plan.path).states), mode="r+")
         self.offsets = np.append(root["row_start"][:], self.plan.n_obs).astype(np.int64)
         """(dog + 1,) row offsets of every dog of the run."""
         self.dog_ids = root["dog_id"][:] if self.plan.n_dogs else np.array([], dtype=object)
@@ -566,7 +457,7 @@ class BlockWriter:
         """Keep seed k's per-unit accumulators of this block's rows ({name: array}, opaque here) beside its
         done marker, for the stats stage to merge (`read_units`). Call after the with block, before `done`:
         a block run again replaces them, and only a block with its marker counts."""
-        group = zarr.create_group(fs.zarr_store(_units_path(self.plan.path, self.block_index, k)), overwrite=True)
+        group = zarr.create_group(_zarr(_units_path(self.plan.path, self.block_index, k)), overwrite=True)
         for name, a in arrays.items():
             a = np.asarray(a)
             group.create_array(name, data=a, chunks=a.shape)  # one chunk each: read whole
@@ -578,9 +469,10 @@ class BlockWriter:
         """Write the block's done marker (after every shard is on disk: call after the with block).
 
         The marker names its run, so a marker can never count for another run's block."""
-        marker = {**marker, "run_id": self.plan.run_id, "block": self.block_index}
-        write_json_atomic(RunLayout.at(self.plan.path).block(self.block_index), marker)
-        return marker
+        record = BlockMarker(**{**marker, "run_id": self.plan.run_id, "block": self.block_index,
+                                "rows": tuple(marker["rows"]), "check_max_err": tuple(marker["check_max_err"])})
+        write_marker(record, self.plan.path)
+        return to_json(record)
 
 
 class _ShardWriter:
@@ -639,395 +531,7 @@ class _ShardWriter:
             self._raise()
 
 
-def finish_run(tmp_dir: str | StorePath, *, extra: dict | None = None) -> StorePath:
-    """Check every block wrote its done marker, write run.json, consolidate the Zarr metadata."""
-    plan = RunPlan.load(tmp_dir)
-    blocks, missing = [], []
-    for b in range(plan.n_blocks):
-        p = RunLayout.at(plan.path).block(b)
-        try:
-            marker = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            missing.append(b)
-            continue
-        if marker.get("run_id", plan.run_id) != plan.run_id:
-            raise StoreError(f"run {plan.run_id} at {plan.path}: block marker {p} belongs to run {marker['run_id']}; "
-                             "two nights wrote into one run directory, start this night again")
-        blocks.append(marker)
-    if missing:
-        raise StoreError(f"run {plan.run_id} at {plan.path}: blocks {missing} of {plan.n_blocks} have no done "
-                         "marker (a writer died or never ran); run extract_block for them again, then finish_run")
-    meta = json.loads(RunLayout.at(plan.path).meta.read_text(encoding="utf-8"))
-    info = {
-        **meta, **(extra or {}),
-        "run_id": plan.run_id, "seeds": list(plan.seeds), "n_dogs": plan.n_dogs, "n_obs": plan.n_obs,
-        "n_layers": plan.n_layers, "n_units": plan.n_units,
-        "layout": {"chunk_rows": plan.chunk_rows, "shard_rows": plan.shard_rows,
-                   "block_shards": plan.block_shards, "n_blocks": plan.n_blocks},
-        "device": sorted({b["device"] for b in blocks}) if blocks else [],
-        "check_max_err": max((max(b["check_max_err"], default=0.0) for b in blocks), default=0.0),
-        "extract_seconds": sum(b["seconds"] for b in blocks),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    info.setdefault("code_version", _code_version())
-    info.setdefault("created_at", info["finished_at"])
-    if len(info["device"]) == 1:
-        info["device"] = info["device"][0]
-    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3; we want it
-        warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(fs.zarr_store(RunLayout.at(plan.path).states))
-    write_json_atomic(RunLayout.at(plan.path).run_json, info)
-    return plan.path
-
-
-def publish_run(root: str | StorePath, tmp_dir: str | StorePath) -> StorePath:
-    """Write _COMPLETE, rename the run into runs/<run_id>/ atomically, point runs/LATEST at it.
-
-    Object storage: the run is already under runs/<run_id>/; _COMPLETE then LATEST are written last."""
-    tmp_dir = fs.store_path(tmp_dir)
-    try:
-        info = json.loads(RunLayout.at(tmp_dir).run_json.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise StoreError(f"{tmp_dir}: no run.json; call finish_run before publish_run") from e
-    layout = StoreLayout.at(root)
-    run_dir = layout.run(info["run_id"])
-    if isinstance(run_dir, Path):
-        write_text_atomic(RunLayout.at(tmp_dir).complete, info["finished_at"] + "\n")
-        publish_dir(tmp_dir, run_dir)
-    else:
-        if str(tmp_dir).rstrip("/") != str(run_dir).rstrip("/"):
-            raise StoreError(f"{tmp_dir}: not the prefix of run {info['run_id']} ({run_dir}); on object storage a "
-                             "run is published where begin_run wrote it")
-        write_text_atomic(RunLayout.at(run_dir).complete, info["finished_at"] + "\n")
-    if _moves_forward(layout, str(info.get("night", ""))):
-        write_text_atomic(layout.runs / "LATEST", info["run_id"] + "\n")
-    return run_dir
-
-
-def _moves_forward(layout: StoreLayout, night: str) -> bool:
-    """LATEST only moves forward in night order: a backfilled older night publishes without taking it."""
-    current = latest_run(layout.root)
-    if current is None:
-        return True
-    try:
-        current_night = str(json.loads(RunLayout.at(current).run_json.read_text(encoding="utf-8")).get("night", ""))
-    except (OSError, json.JSONDecodeError):
-        return True
-    return night >= current_night  # ISO dates (checked by the preflight) sort as strings
-
-
-# ------------------------------------------------------------------------------------ store hygiene
-
-_NIGHTLY_LOCK = ".nightly.lock"
-_TMP_GRACE_S = 600.0
-"""A temporary run with no owner lock is left alone this long (a writer between begin_run and its lock)."""
-LOCK_TTL_S = 300.0
-"""Object storage: a nightly lock not renewed for this long is stale (its holder died) and may be taken."""
-_REMOTE_GRACE_S = 6 * 3600.0
-"""Object storage: an unpublished run prefix untouched this long is a dead night's and is swept."""
-
-
-@contextmanager
-def nightly_lock(root: str | StorePath, *, ttl_s: float = LOCK_TTL_S) -> Iterator[StorePath]:
-    """Hold <root>/runs/.nightly.lock for the block: one nightly per store at a time.
-
-    Local: an flock, so a crashed or killed holder releases it with its process (never a stale lock).
-    Object storage: an object created only if absent (S3 PUT with If-None-Match: *) holding its owner and
-    an expiry, renewed by a heartbeat thread every ttl/3 and deleted on exit; a holder killed without
-    cleaning up blocks later nights for at most `ttl_s`, after which its lock is taken over."""
-    path = StoreLayout.at(root).runs / _NIGHTLY_LOCK
-    if not isinstance(path, Path):
-        with _remote_lock(path, ttl_s):
-            yield path
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise StoreError(
-                f"store {StoreLayout.at(root).root}: another nightly is running ({holder} holds {path}); "
-                "wait for it to finish (the lock is released when that process ends)"
-            ) from None
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}\n")
-            f.flush()
-            yield path
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _remote_lock(path: StorePath, ttl_s: float) -> Iterator[None]:
-    owner = f"pid {os.getpid()} on {_host()} ({uuid.uuid4().hex[:8]})"
-
-    def body() -> bytes:
-        now = datetime.now(UTC).timestamp()
-        return json.dumps({"owner": owner, "heartbeat": now, "expires": now + ttl_s}).encode()
-
-    if not fs.create_exclusive(path, body()):
-        _take_over(path, body())
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(ttl_s / 3):
-            try:
-                held = fs.read_tagged(path)
-                if held is None or _parse_lock(held[0]).get("owner") != owner:
-                    return  # taken over after an expiry: never write over another night's lock
-                if not fs.replace_if_match(path, body(), held[1]):
-                    return  # changed since it was read: another night took it over
-            except Exception:  # noqa: BLE001 - a failed renewal is retried next beat; the ttl allows two misses
-                continue
-
-    th = threading.Thread(target=beat, name="gruviz-lock-heartbeat", daemon=True)
-    th.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        th.join(timeout=10)
-        held = fs.read_tagged(path)
-        if held is not None and _parse_lock(held[0]).get("owner") == owner:
-            fs.delete_if_match(path, held[1])
-
-
-def _take_over(path: StorePath, body: bytes) -> None:
-    """Take an expired lock by a conditional write on the version read (S3 If-Match), so that of several
-    nights finding it expired at once exactly one holds it; StoreError when it is held or another took it."""
-    store = path.parent.parent
-    held = fs.read_tagged(path)
-    if held is None:  # released between the create and the read
-        if fs.create_exclusive(path, body):
-            return
-        raise StoreError(f"store {store}: another nightly took the lock {path} just now; wait for it to finish")
-    info = _parse_lock(held[0])
-    if info.get("expires", 0.0) > datetime.now(UTC).timestamp():
-        until = datetime.fromtimestamp(info["expires"], UTC).isoformat(timespec="seconds")
-        raise StoreError(f"store {store}: another nightly is running ({info.get('owner')} holds "
-                         f"{path}, renewed until {until}); wait for it to finish, or delete {path} if that "
-                         "night is known dead")
-    if not fs.replace_if_match(path, body, held[1]):  # expired (its holder died): only the version read
-        raise StoreError(f"store {store}: another nightly took the expired lock {path} just now; "
-                         "wait for it to finish")
-
-
-def _parse_lock(data: bytes) -> dict:
-    try:
-        info = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}  # unreadable: expired, taken over
-    return info if isinstance(info, dict) else {}
-
-
-def _tmp_lock_path(tmp_dir: Path) -> Path:
-    return tmp_dir.with_name(tmp_dir.name + ".lock")
-
-
-@contextmanager
-def hold_tmp_run(tmp_dir: str | StorePath) -> Iterator[None]:
-    """Mark a temporary run as owned by this process (an flock beside it) so no sweep removes it.
-
-    Object storage: nothing to hold (sweeps run under the nightly lock and spare recent prefixes)."""
-    tmp_dir = fs.store_path(tmp_dir)
-    if not isinstance(tmp_dir, Path):
-        yield
-        return
-    lock = _tmp_lock_path(tmp_dir)
-    with open(lock, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def remove_tmp_run(root: str | StorePath, tmp_dir: str | StorePath) -> bool:
-    """Delete a temporary run (a failed night's) and its lock file; True when something was removed.
-
-    Object storage: deletes the run's prefix unless it is complete (after publish this is a no-op)."""
-    layout = StoreLayout.at(root)
-    if not isinstance(layout.root, Path):
-        return _remove_remote_run(layout, fs.store_path(tmp_dir))
-    tmp_root = layout.runs_tmp
-    tmp_dir = Path(tmp_dir).resolve()
-    if tmp_dir.parent != tmp_root or tmp_dir.name.startswith("."):
-        raise StoreError(f"{tmp_dir} is not a temporary run under {tmp_root}; refusing to delete it")
-    existed = tmp_dir.exists()
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    _tmp_lock_path(tmp_dir).unlink(missing_ok=True)
-    return existed
-
-
-def _remove_remote_run(layout: StoreLayout, run_dir: StorePath) -> bool:
-    run_dir = fs.store_path(str(run_dir).rstrip("/"))
-    if str(run_dir.parent).rstrip("/") != str(layout.runs).rstrip("/") or run_dir.name.startswith("."):
-        raise StoreError(f"{run_dir} is not a run prefix under {layout.runs}; refusing to delete it")
-    if RunLayout.at(run_dir).complete.exists():
-        return False
-    existed = RunLayout.at(run_dir).plan.exists() or RunLayout.at(run_dir).owner.exists()
-    fs.remove_tree(run_dir)
-    return existed
-
-
-def sweep_tmp_runs(root: str | StorePath, *, grace_s: float | None = None) -> list[str]:
-    """Remove stale temporary runs: those whose owner lock no live process holds (a crashed or killed
-    night's), or with no lock at all and older than `grace_s`. Returns the names removed.
-
-    Object storage: run prefixes with no _COMPLETE, not LATEST, untouched (their writer object) for
-    `grace_s` (default 6 h, longer than any night)."""
-    layout = StoreLayout.at(root)
-    if not isinstance(layout.root, Path):
-        return _sweep_remote(layout, _REMOTE_GRACE_S if grace_s is None else grace_s)
-    grace_s = _TMP_GRACE_S if grace_s is None else grace_s
-    tmp_root = layout.runs_tmp
-    removed = []
-    for d in sorted(tmp_root.iterdir()) if tmp_root.is_dir() else []:
-        if not d.is_dir() or d.name.startswith("."):
-            continue
-        if _is_stale(d, grace_s):
-            remove_tmp_run(root, d)
-            removed.append(d.name)
-    for lock in tmp_root.glob("*.lock") if tmp_root.is_dir() else []:
-        if not lock.with_suffix("").exists() and _unlocked(lock):
-            lock.unlink(missing_ok=True)
-    return removed
-
-
-def _sweep_remote(layout: StoreLayout, grace_s: float) -> list[str]:
-    latest = read_pointer(layout.runs / "LATEST")
-    now = datetime.now(UTC).timestamp()
-    removed = []
-    for d in _run_prefixes(layout):
-        run = RunLayout.at(d)
-        if d.name == latest or run.complete.exists():
-            continue
-        touched = max((t for t in (fs.modified_s(run.owner), fs.modified_s(run.run_json)) if t is not None),
-                      default=None)
-        if touched is None or now - touched > grace_s:
-            fs.remove_tree(d)
-            removed.append(d.name)
-    return removed
-
-
-def _run_prefixes(layout: StoreLayout) -> list[StorePath]:
-    """Entries under runs/ that may be runs (object storage: prefixes; no dot-names such as the lock)."""
-    try:
-        entries = list(layout.runs.iterdir())
-    except (FileNotFoundError, NotADirectoryError):  # no runs/ prefix yet: an object store has no empty dirs
-        return []
-    return sorted((d for d in entries if not d.name.startswith(".") and d.name != "LATEST" and d.is_dir()),
-                  key=lambda d: d.name)
-
-
-def _is_stale(tmp_dir: Path, grace_s: float) -> bool:
-    lock = _tmp_lock_path(tmp_dir)
-    if lock.exists():
-        return _unlocked(lock)
-    try:
-        age = datetime.now().timestamp() - tmp_dir.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    return age > grace_s
-
-
-def _unlocked(lock: Path) -> bool:
-    """True when no process holds an flock on `lock` (tested by taking and dropping it)."""
-    try:
-        with open(lock, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return True
-    except FileNotFoundError:
-        return False
-
-
-def prune_runs(root: str | StorePath, keep_nights: int) -> list[str]:
-    """Delete published runs of all but the newest `keep_nights` nights (0 keeps all); never the LATEST run.
-
-    Each run leaves by an atomic rename into runs/.tmp first, so readers see a whole run or none.
-    Object storage: _COMPLETE goes first (readers stop listing the run), then the prefix."""
-    if keep_nights <= 0:
-        return []
-    layout = StoreLayout.at(root)
-    latest = latest_run(root)
-    by_night: dict[str, list[StorePath]] = {}
-    for d in published_runs(root):
-        by_night.setdefault(_night_of(d), []).append(d)
-    nights = sorted(by_night)
-    removed = []
-    for night in nights[: max(0, len(nights) - keep_nights)]:
-        for d in by_night[night]:
-            if latest is not None and _same(d, latest):
-                continue
-            if isinstance(d, Path):
-                layout.runs_tmp.mkdir(parents=True, exist_ok=True)
-                doomed = layout.runs_tmp / f".deleted.{d.name}.{uuid.uuid4().hex[:8]}"
-                os.rename(d, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
-            else:
-                RunLayout.at(d).complete.unlink(missing_ok=True)
-                fs.remove_tree(d)
-            removed.append(d.name)
-    return removed
-
-
-def _same(a: StorePath, b: StorePath) -> bool:
-    if isinstance(a, Path) and isinstance(b, Path):
-        return a.resolve() == b.resolve()
-    return str(a).rstrip("/") == str(b).rstrip("/")
-
-
-def _night_of(run_dir: StorePath) -> str:
-    try:
-        return str(json.loads(RunLayout.at(run_dir).run_json.read_text(encoding="utf-8")).get("night", ""))
-    except (OSError, json.JSONDecodeError):
-        return ""
-
-
-def _code_version() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{gruviz_core.__version__}+{sha}" if sha else gruviz_core.__version__
-
-
 # ----------------------------------------------------------------------------------------- reading
-
-
-def published_runs(root: str | StorePath) -> list[StorePath]:
-    """Published run directories (those with _COMPLETE), oldest night first."""
-    layout = StoreLayout.at(root)
-    if not isinstance(layout.root, Path):
-        found = [d for d in _run_prefixes(layout) if RunLayout.at(d).complete.exists()]
-    else:
-        runs_dir = layout.runs
-        found = [d for d in (runs_dir.iterdir() if runs_dir.exists() else [])
-                 if d.is_dir() and not d.name.startswith(".") and RunLayout.at(d).complete.exists()]
-    runs = []
-    for d in found:
-        info = json.loads(RunLayout.at(d).run_json.read_text(encoding="utf-8"))
-        runs.append((str(info.get("night", "")), str(info.get("finished_at", "")), str(d), d))
-    return [d for *_, d in sorted(runs, key=lambda r: r[:3])]
-
-
-def latest_run(root: str | StorePath) -> StorePath | None:
-    """The newest published run's directory, or None when none is published."""
-    layout = StoreLayout.at(root)
-    run_id = read_pointer(layout.runs / "LATEST")
-    if run_id is None:
-        return None
-    d = layout.run(run_id)
-    return d if RunLayout.at(d).complete.exists() else None
 
 
 @dataclass(frozen=True)
@@ -1048,7 +552,7 @@ class Chunk:
 
 def open_states(run_dir: str | StorePath, *, allow_incomplete: bool = False) -> StatesReader:
     """Read a published run (with _COMPLETE); `allow_incomplete` lets the stats stage read its tmp run."""
-    run_dir = fs.store_path(run_dir)
+    run_dir = location(run_dir)
     if not RunLayout.at(run_dir).states.exists():
         raise NotFoundError(f"{run_dir}: no {STATES}; not a run directory (see storage.states.latest_run)")
     if not allow_incomplete and not RunLayout.at(run_dir).complete.exists():
@@ -1062,7 +566,7 @@ class StatesReader:
 
     def __init__(self, run_dir: StorePath):
         self.run_dir = run_dir
-        store = fs.zarr_store(RunLayout.at(run_dir).states, read_only=True)
+        store = _zarr(RunLayout.at(run_dir).states, read_only=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self._root = zarr.open_group(store, mode="r")
@@ -1144,7 +648,7 @@ class StatesReader:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    group = zarr.open_group(fs.zarr_store(p, read_only=True), mode="r", zarr_format=3)
+                    group = zarr.open_group(_zarr(p, read_only=True), mode="r", zarr_format=3)
                     arrays = dict(group.arrays())
             except FileNotFoundError:
                 raise NotFoundError(f"{p}: block {b} left no per-unit accumulators for seed{seed}; the run was "
@@ -1284,7 +788,7 @@ def open_dataset(run_dir: str | StorePath, seed: int = 0, *, allow_incomplete: b
     reader._check_seed(seed)
     path = RunLayout.at(reader.run_dir).states
     consolidated = (path / "zarr.json").exists() and "consolidated_metadata" in (path / "zarr.json").read_text()
-    store = fs.zarr_store(path, read_only=True)
+    store = _zarr(path, read_only=True)
     base = xr.open_zarr(store, consolidated=consolidated or None, zarr_format=3)
     states = xr.open_zarr(store, group=f"seed{seed}", consolidated=False, zarr_format=3)
     ds = xr.merge([base, states], compat="override", join="override")

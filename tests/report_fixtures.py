@@ -614,7 +614,9 @@ def write_run(
             _write(df, run_dir / rel)
     counts = {c: int((dogs["cohort"] == c).sum()) for c in COHORTS}
     rule = RULE
-    summary = {
+    summary = {  # gruviz_core.results.StatsSummary's fields
+        "n_dogs": n_dogs, "n_obs": int(dogs["n_steps"].sum()), "n_layers": n_layers, "n_units": n_units,
+        "seeds": list(range(seeds)),
         "effective_dim": [round(7.5 + layer, 2) for layer in range(n_layers)],
         "dead_units": n_layers,
         "always_saturated_units": 2 * n_layers,

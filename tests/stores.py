@@ -38,7 +38,7 @@ def make_store(root: Path, *, run_id: str = EXPLORE_RUN, n_dogs: int = 30, n_rac
     from flows.stages.stats import compute_stats
     from gruviz_core.cohorts import CohortRule
     from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-    from storage import states
+    from storage import runs
 
     feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def make_store(root: Path, *, run_id: str = EXPLORE_RUN, n_dogs: int = 30, n_rac
     meta = {"snapshot_id": "snap-x", "model_set_id": "set-x", "night": "2026-11-26"}
     tmp = extract_run(root, run_id, meta, models, device="cpu", **inputs)
     compute_stats(tmp, rule=CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02))
-    return states.publish_run(root, tmp)
+    return runs.publish_run(root, tmp)
 
 
 def train_store(root: Path, *, n_dogs: int = 80, seed: int = 5, epochs: int = 2):

@@ -77,10 +77,10 @@ def check_run(run_dir: Path, inp: dict) -> None:
 @pytest.mark.slow  # real processes, ~6 s
 def test_killed_writer_leaves_published_run_intact(tmp_path):
     from flows.stages.extract import extract_run
-    from storage import states
+    from storage import runs, states
 
     first = inputs(1)
-    run1 = states.publish_run(tmp_path, extract_run(tmp_path, "r1", {}, models(), device="cpu",
+    run1 = runs.publish_run(tmp_path, extract_run(tmp_path, "r1", {}, models(), device="cpu",
                                                             **first, **LAYOUT))
     before = states.open_states(run1).dog("D3").h.copy()
     proc = spawn("slow-run", str(tmp_path), "r2")
@@ -93,7 +93,7 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     # readers still see r1, whole, and nothing of r2
-    assert states.latest_run(tmp_path) == run1
+    assert runs.latest_run(tmp_path) == run1
     assert (tmp_path / "runs" / "LATEST").read_text().strip() == "r1"
     np.testing.assert_array_equal(states.open_states(run1).dog("D3").h, before)
     check_run(run1, first)
@@ -101,18 +101,18 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
     from gruviz_core.errors import StoreError
 
     with pytest.raises(StoreError, match="no done marker"):
-        states.finish_run(tmp)
+        runs.finish_run(tmp)
     # the next run publishes correctly
     second = inputs(2)
-    run3 = states.publish_run(tmp_path, extract_run(tmp_path, "r3", {}, models(), device="cpu",
+    run3 = runs.publish_run(tmp_path, extract_run(tmp_path, "r3", {}, models(), device="cpu",
                                                             **second, **LAYOUT))
-    assert states.latest_run(tmp_path) == run3
+    assert runs.latest_run(tmp_path) == run3
     check_run(run3, second)
 
 
 @pytest.mark.slow  # real processes, ~6 s
 def test_two_processes_write_blocks_concurrently(tmp_path):
-    from storage import states
+    from storage import runs, states
 
     inp = inputs(3, n_dogs=60)
     plan = states.begin_run(
@@ -124,8 +124,8 @@ def test_two_processes_write_blocks_concurrently(tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    states.finish_run(plan.path)
-    check_run(states.publish_run(tmp_path, plan.path), inp)
+    runs.finish_run(plan.path)
+    check_run(runs.publish_run(tmp_path, plan.path), inp)
 
 
 # ------------------------------------------------------- killing a command leaves no Prefect server behind
@@ -242,7 +242,7 @@ def test_damaged_model_set_is_a_clear_error(model_store, tmp_path, damage, targe
 
 def _worker(argv: list[str]) -> None:
     from flows.stages.extract import write_block
-    from storage import states
+    from storage import runs, states
 
     mode = argv[0]
     if mode == "slow-run":  # a whole run in one process, slowed so the parent can kill it mid-way
@@ -264,7 +264,7 @@ def _worker(argv: list[str]) -> None:
     elif mode == "blocks":  # every `step`-th block from `first`
         tmp, seed, first, step = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
         inp = inputs(seed, n_dogs=60)
-        plan = states.RunPlan.load(tmp)
+        plan = runs.RunPlan.load(tmp)
         for b in range(first, plan.n_blocks, step):
             write_block(plan, b, models(), inp["seqs_values"], inp["context"], device="cpu",
                         rows={k: inp[k] for k in states.ROW_META})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gruviz_core.errors import StoreError
-from storage import states
+from storage import runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,15 +25,15 @@ def _publish(root: Path, run_id: str, night: str) -> Path:
     tmp = root / "runs" / ".tmp" / f"{run_id}.abcd1234"
     tmp.mkdir(parents=True)
     (tmp / "run.json").write_text(json.dumps({"run_id": run_id, "night": night, "finished_at": "2026-01-01T00:00:00"}))
-    return states.publish_run(root, tmp)
+    return runs.publish_run(root, tmp)
 
 
 def _hold(kind: str, path: Path) -> subprocess.Popen:
     """A real process holding the nightly lock of store `path` or the owner lock of tmp run `path`."""
     code = (
         "import sys, time\n"
-        "from storage import states\n"
-        f"cm = states.nightly_lock(sys.argv[1]) if {kind!r} == 'nightly' else states.hold_tmp_run(sys.argv[1])\n"
+        "from storage import runs\n"
+        f"cm = runs.nightly_lock(sys.argv[1]) if {kind!r} == 'nightly' else runs.hold_tmp_run(sys.argv[1])\n"
         "with cm:\n    print('held', flush=True)\n    time.sleep(120)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, text=True, stdout=subprocess.PIPE,
@@ -51,21 +51,21 @@ def test_latest_only_moves_forward(tmp_path):
     _publish(tmp_path, "r25", "2026-11-25")
     _publish(tmp_path, "r23", "2026-11-23")  # a backfill publishes...
     assert (tmp_path / "runs" / "r23" / "_COMPLETE").exists()
-    assert states.latest_run(tmp_path).name == "r25"  # ...without taking LATEST
+    assert runs.latest_run(tmp_path).name == "r25"  # ...without taking LATEST
     _publish(tmp_path, "r25b", "2026-11-25")  # a rerun of the newest night does
-    assert states.latest_run(tmp_path).name == "r25b"
+    assert runs.latest_run(tmp_path).name == "r25b"
     _publish(tmp_path, "r26", "2026-11-26")
-    assert states.latest_run(tmp_path).name == "r26"
+    assert runs.latest_run(tmp_path).name == "r26"
 
 
 def test_retention_keeps_the_newest_nights_and_never_latest(tmp_path):
     for i, night in enumerate(["2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"]):
         _publish(tmp_path, f"r{i}", night)
     _publish(tmp_path, "r0b", "2026-11-20")
-    assert sorted(states.prune_runs(tmp_path, 2)) == ["r0", "r0b", "r1"]
-    assert [d.name for d in states.published_runs(tmp_path)] == ["r2", "r3"]
-    assert states.prune_runs(tmp_path, 0) == [] and states.prune_runs(tmp_path, 1) == ["r2"]
-    assert states.latest_run(tmp_path).name == "r3" and not list((tmp_path / "runs" / ".tmp").iterdir())
+    assert sorted(runs.prune_runs(tmp_path, 2)) == ["r0", "r0b", "r1"]
+    assert [d.name for d in runs.published_runs(tmp_path)] == ["r2", "r3"]
+    assert runs.prune_runs(tmp_path, 0) == [] and runs.prune_runs(tmp_path, 1) == ["r2"]
+    assert runs.latest_run(tmp_path).name == "r3" and not list((tmp_path / "runs" / ".tmp").iterdir())
 
 
 def test_report_retention_rewrites_the_index(tmp_path):
@@ -89,12 +89,12 @@ def test_one_nightly_per_store_and_a_dead_holder_frees_it(tmp_path):
     proc = _hold("nightly", tmp_path)
     try:
         with pytest.raises(StoreError, match=f"another nightly is running .*pid {proc.pid}"):
-            with states.nightly_lock(tmp_path):
+            with runs.nightly_lock(tmp_path):
                 pass
     finally:
         _kill(proc)  # kill -9: no cleanup ran, the lock file stays...
     assert (tmp_path / "runs" / ".nightly.lock").exists()
-    with states.nightly_lock(tmp_path):  # ...and is not a stale lock
+    with runs.nightly_lock(tmp_path):  # ...and is not a stale lock
         pass
 
 
@@ -107,18 +107,18 @@ def test_sweep_removes_only_stale_temporary_runs(tmp_path):
     holder, victim = _hold("tmp", live), _hold("tmp", dead)
     try:
         _kill(victim)  # a night killed with -9 mid-run
-        assert sorted(states.sweep_tmp_runs(tmp_path)) == ["dead.00000000", "old.00000000"]
+        assert sorted(runs.sweep_tmp_runs(tmp_path)) == ["dead.00000000", "old.00000000"]
         assert live.is_dir() and fresh.is_dir() and not dead.exists() and not old.exists()
         assert not (tmp / "dead.00000000.lock").exists()
     finally:
         _kill(holder)
-    assert states.sweep_tmp_runs(tmp_path) == ["live.00000000"]
+    assert runs.sweep_tmp_runs(tmp_path) == ["live.00000000"]
 
 
 def test_remove_tmp_run_refuses_paths_outside_runs_tmp(tmp_path):
     (tmp_path / "runs" / "r1").mkdir(parents=True)
     with pytest.raises(StoreError, match="not a temporary run"):
-        states.remove_tmp_run(tmp_path, tmp_path / "runs" / "r1")
+        runs.remove_tmp_run(tmp_path, tmp_path / "runs" / "r1")
     assert (tmp_path / "runs" / "r1").is_dir()
 
 
@@ -157,7 +157,7 @@ def test_a_failed_night_removes_its_temporary_run_and_sweeps_stale_ones(tiny_sto
     state = nightly_mod.nightly(night="2026-11-25", return_state=True)
     assert state.is_failed() and "No space left" in state.message
     assert list((root / "runs" / ".tmp").iterdir()) == []  # its own tmp run and the stale one are gone
-    assert states.latest_run(root) is None
+    assert runs.latest_run(root) is None
 
 
 def test_a_night_while_another_holds_the_store_fails_first(tiny_store, monkeypatch, prefect_harness):

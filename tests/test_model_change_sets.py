@@ -112,7 +112,7 @@ def test_the_sample_is_whole_races_and_bounded():
 
 
 def _published(store, run_id: str, night: str, set_id: str):
-    from storage.states import publish_run
+    from storage.runs import publish_run
 
     tmp = _extract(store.root, set_id, store.seqs, run_id, night)
     return publish_run(store.root, tmp)

@@ -230,7 +230,7 @@ def _real_run(root: Path) -> Path:
     from flows.stages.stats import compute_stats
     from gruviz_core.cohorts import CohortRule
     from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-    from storage import states
+    from storage import runs
 
     feats, ctx = ("time_z", "implied_prob", "won"), ("box", "market_prob")
     rng = np.random.default_rng(0)
@@ -265,7 +265,7 @@ def _real_run(root: Path) -> Path:
     tmp = extract_run(root, "real", meta, models, device="cpu", chunk_rows=16, shard_chunks=4, **inputs)
     compute_stats(tmp, rule=CohortRule(w=3, k=2, delta=0.1, theta=0.2, low=0.02))
     evaluate_run(tmp, sample_dogs=20, n_boot=20)  # no models given: resilience is 'not computed'
-    return states.publish_run(root, tmp)
+    return runs.publish_run(root, tmp)
 
 
 def test_report_on_a_real_run(tmp_path):

@@ -228,7 +228,7 @@ def test_a_night_past_its_timeout_ends_failed_and_releases_the_lock(env, store):
         (faults / "hang").unlink()
     assert state.is_failed()
     assert "GRUVIZ_NIGHTLY_TIMEOUT_S" in state.message
-    from storage.states import nightly_lock
+    from storage.runs import nightly_lock
 
     with nightly_lock(home):  # free again
         pass

@@ -15,7 +15,7 @@ from gruviz_core import stats as gst
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.extract import extract_batch
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from storage import states
+from storage import runs, states
 
 F, C = 4, 2
 
@@ -57,7 +57,7 @@ def split_inputs(inp):
 def write_run(root, run_id, models, inputs, **kw):
     tmp = extract_run(root, run_id, {"snapshot_id": "snap", "model_set_id": "set"}, models, device="cpu",
                              **inputs, **kw)
-    return states.publish_run(root, tmp)
+    return runs.publish_run(root, tmp)
 
 
 def test_blocks_from_block_dogs_are_even_and_come_in_multiples_of_those_run_at_once(tmp_path):
@@ -237,7 +237,7 @@ def test_open_datatree_is_self_describing(tmp_path):
 def test_lifecycle_guards(tmp_path):
     models = make_models(n_seeds=1)
     inp = make_inputs([3] * 10)
-    assert states.latest_run(tmp_path) is None
+    assert runs.latest_run(tmp_path) is None
     values, context, rows = split_inputs(inp)
     plan = states.begin_run(tmp_path, "r1", {"night": "2026-01-01"}, n_layers=2, n_units=6, seeds=[100],
                             chunk_rows=2, shard_chunks=2, block_shards=2, **inp)
@@ -248,15 +248,15 @@ def test_lifecycle_guards(tmp_path):
     for b in (0, 1, 3):
         write_block(plan.tmp_dir, b, models, values, context, rows=rows, device="cpu")
     with pytest.raises(StoreError, match=r"blocks \[2\] of 4"):
-        states.finish_run(plan.path)
+        runs.finish_run(plan.path)
     with pytest.raises(StoreError, match="call finish_run"):
-        states.publish_run(tmp_path, plan.path)
+        runs.publish_run(tmp_path, plan.path)
     seen = []
     write_block(plan, 2, models, values, context, rows=rows, device="cpu", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (2, 2) or seen[-1][0] == seen[-1][1]
-    states.finish_run(plan.path)
-    run_dir = states.publish_run(tmp_path, plan.path)
-    assert states.latest_run(tmp_path) == run_dir and (run_dir / states.COMPLETE).exists()
+    runs.finish_run(plan.path)
+    run_dir = runs.publish_run(tmp_path, plan.path)
+    assert runs.latest_run(tmp_path) == run_dir and (run_dir / runs.COMPLETE).exists()
     assert not plan.path.exists()
 
 
@@ -278,7 +278,7 @@ def test_a_block_computes_from_its_own_rows_only(tmp_path):
             assert a <= plan.block_rows(b)[0] and z >= plan.block_rows(b)[1]
             window = {k: v[a:z] for k, v in rows.items()}
             write_block(plan, b, models, values[a:z], context[a:z], rows=window, row_base=a, device="cpu")
-        got.append(states.open_states(states.finish_run(plan.path), allow_incomplete=True))
+        got.append(states.open_states(runs.finish_run(plan.path), allow_incomplete=True))
     spans = [states.block_span(plan, b) for b in range(plan.n_blocks)]
     assert any(s[0] < plan.block_rows(b)[0] for b, s in enumerate(spans))  # a dog straddles two blocks
     for d in inp["dog_id"]:
@@ -316,7 +316,7 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
         write_block(plan, 0, make_models(), values, context, rows=rows, device="cpu", batch_size=2, in_flight=1)
     assert not (plan.path / "blocks" / "0.json").exists()
     with pytest.raises(StoreError, match="no done marker"):
-        states.finish_run(plan.path)
+        runs.finish_run(plan.path)
 
 
 @pytest.mark.parametrize("n_obs", [16, 13, 5, 1])

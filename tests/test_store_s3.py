@@ -20,7 +20,8 @@ pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (make 
 
 from flows.stages.extract import extract_run  # noqa: E402
 from gruviz_core.errors import StoreError  # noqa: E402
-from storage import fs, states  # noqa: E402
+from storage import fs, runs, states  # noqa: E402
+from storage.layout import StoreLayout  # noqa: E402
 from tests.test_states import make_inputs, make_models  # noqa: E402
 
 BUCKET = "gruviz-test"
@@ -69,7 +70,7 @@ def _write_run(home: str, run_id: str, night: str, *, publish: bool = True):
     tmp = extract_run(home, run_id, {"night": night, "snapshot_id": "snap", "model_set_id": "set"},
                       make_models(n_seeds=1), device="cpu", chunk_rows=4, shard_chunks=1, block_dogs=3,
                       **make_inputs([3, 5, 2, 4, 6]))
-    return states.publish_run(home, tmp) if publish else tmp
+    return runs.publish_run(home, tmp) if publish else tmp
 
 
 def test_store_paths_on_a_url_are_remote_and_local_paths_stay_pathlib(tmp_path):
@@ -77,7 +78,7 @@ def test_store_paths_on_a_url_are_remote_and_local_paths_stay_pathlib(tmp_path):
 
     assert fs.is_remote("s3://b/p") and not fs.is_remote(tmp_path) and not fs.is_remote(f"file://{tmp_path}")
     assert fs.store_path(f"file://{tmp_path}") == tmp_path and type(fs.store_path(str(tmp_path))) is type(Path())
-    assert str(states.StoreLayout.at("s3://b/p").run("r1")) == "s3://b/p/runs/r1"
+    assert str(StoreLayout.at("s3://b/p").run("r1")) == "s3://b/p/runs/r1"
 
 
 @pytest.fixture
@@ -164,12 +165,12 @@ def test_sequences_on_the_bucket_are_complete_only_with_their_marker(s3_home, mo
 def test_pointer_last_publish_and_a_killed_run(s3_home):
     first = _write_run(s3_home, "2026-01-01-a", "2026-01-01")
     assert str(first) == f"{s3_home}/runs/2026-01-01-a"
-    assert str(states.latest_run(s3_home)) == str(first)
+    assert str(runs.latest_run(s3_home)) == str(first)
     # a night killed after its blocks and run.json, before publishing: its prefix stays, unpublished
     killed = _write_run(s3_home, "2026-01-02-b", "2026-01-02", publish=False)
     assert (killed / "run.json").exists() and (killed / "blocks" / "0.json").exists()
-    assert str(states.latest_run(s3_home)) == str(first)
-    assert [d.name for d in states.published_runs(s3_home)] == ["2026-01-01-a"]
+    assert str(runs.latest_run(s3_home)) == str(first)
+    assert [d.name for d in runs.published_runs(s3_home)] == ["2026-01-01-a"]
     with pytest.raises(StoreError, match="no _COMPLETE"):
         states.open_states(killed)
     # the block markers name their run
@@ -178,20 +179,20 @@ def test_pointer_last_publish_and_a_killed_run(s3_home):
     with pytest.raises(StoreError, match="run ids are unique"):
         _write_run(s3_home, "2026-01-02-b", "2026-01-02", publish=False)
     # the sweep (under the nightly lock) removes the dead prefix after its grace; never a published run
-    assert states.sweep_tmp_runs(s3_home, grace_s=3600) == []
-    assert states.sweep_tmp_runs(s3_home, grace_s=0) == ["2026-01-02-b"]
-    assert not (killed / "run.json").exists() and (first / states.COMPLETE).exists()
+    assert runs.sweep_tmp_runs(s3_home, grace_s=3600) == []
+    assert runs.sweep_tmp_runs(s3_home, grace_s=0) == ["2026-01-02-b"]
+    assert not (killed / "run.json").exists() and (first / runs.COMPLETE).exists()
     # a published run is never removed as a failed night's (the flow's cleanup after publish is a no-op)
-    assert states.remove_tmp_run(s3_home, first) is False and (first / states.COMPLETE).exists()
+    assert runs.remove_tmp_run(s3_home, first) is False and (first / runs.COMPLETE).exists()
 
 
 def test_an_older_night_finishing_later_does_not_move_latest_back(s3_home):
     newer = _write_run(s3_home, "2026-02-02-n", "2026-02-02")
     older = _write_run(s3_home, "2026-02-01-o", "2026-02-01")
-    assert str(states.latest_run(s3_home)) == str(newer)
-    assert [d.name for d in states.published_runs(s3_home)] == [older.name, newer.name]
-    assert states.prune_runs(s3_home, keep_nights=1) == [older.name]
-    assert [d.name for d in states.published_runs(s3_home)] == [newer.name]
+    assert str(runs.latest_run(s3_home)) == str(newer)
+    assert [d.name for d in runs.published_runs(s3_home)] == [older.name, newer.name]
+    assert runs.prune_runs(s3_home, keep_nights=1) == [older.name]
+    assert [d.name for d in runs.published_runs(s3_home)] == [newer.name]
     assert not (older / "run.json").exists()
 
 
@@ -207,16 +208,16 @@ def test_runs_open_from_s3_in_xarray_and_the_reader(s3_home):
 
 
 def test_the_nightly_lock_refuses_a_second_night_and_expires(s3_home):
-    lock = states.StoreLayout.at(s3_home).runs / ".nightly.lock"
-    with states.nightly_lock(s3_home):
+    lock = StoreLayout.at(s3_home).runs / ".nightly.lock"
+    with runs.nightly_lock(s3_home):
         assert json.loads(lock.read_text())["expires"] > 0
         with pytest.raises(StoreError, match="another nightly is running"):
-            with states.nightly_lock(s3_home):
+            with runs.nightly_lock(s3_home):
                 pass
     assert not lock.exists()  # released on exit
     # a holder that died without releasing: refused until its expiry, then taken over
     fs.write_bytes(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
-    with states.nightly_lock(s3_home):
+    with runs.nightly_lock(s3_home):
         assert json.loads(lock.read_text())["owner"] != "dead"
 
 
@@ -257,14 +258,14 @@ def test_nightly_on_s3_publishes_a_run_xarray_opens_and_a_report(s3_store, monke
     assert state.is_completed(), state.message
     result = state.result()
     assert result["run_dir"].startswith(f"{home}/runs/")
-    assert str(states.latest_run(home)) == result["run_dir"]
+    assert str(runs.latest_run(home)) == result["run_dir"]
     tree = xr.open_datatree(result["run_dir"] + "/states.zarr", engine="zarr")
     assert "dog_id" in tree.coords and tree.sizes["dog"] > 100
     ds = xr.open_zarr(result["run_dir"] + "/states.zarr", group="seed0")
     assert ds["h"].dims == ("obs", "layer", "unit")
     report = tmp_path / "reports" / "2026-11-25" / "index.html"
     assert report.is_file() and report.stat().st_size > 10_000
-    assert not (states.StoreLayout.at(home).runs / ".nightly.lock").exists()
+    assert not (StoreLayout.at(home).runs / ".nightly.lock").exists()
 
 
 def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_store, monkeypatch, tmp_path):
@@ -275,7 +276,7 @@ def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_s
     _night_env(monkeypatch, home, tmp_path / "reports")
     first = nightly(source=[str(source)], night="2026-11-26", return_state=True)
     assert first.is_completed(), first.message
-    before = [d.name for d in states.published_runs(home)]
+    before = [d.name for d in runs.published_runs(home)]
 
     def boom(*a, **k):
         raise RuntimeError("killed after the blocks, before publish")
@@ -283,9 +284,9 @@ def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_s
     monkeypatch.setattr(evaluate, "run", boom)
     failed = nightly(source=[str(source)], night="2026-11-27", return_state=True)
     assert failed.is_failed()
-    assert str(states.latest_run(home)) == first.result()["run_dir"]
-    assert [d.name for d in states.published_runs(home)] == before
-    leftovers = [d.name for d in states.StoreLayout.at(home).runs.iterdir() if d.name.startswith("2026-11-27")]
+    assert str(runs.latest_run(home)) == first.result()["run_dir"]
+    assert [d.name for d in runs.published_runs(home)] == before
+    leftovers = [d.name for d in StoreLayout.at(home).runs.iterdir() if d.name.startswith("2026-11-27")]
     assert leftovers == []  # the failed night removed its own prefix
 
 
@@ -294,11 +295,11 @@ def test_the_nightly_refuses_to_run_while_another_holds_the_bucket(s3_store, mon
 
     home, source = s3_store
     _night_env(monkeypatch, home, tmp_path / "reports")
-    latest = str(states.latest_run(home))
-    with states.nightly_lock(home):
+    latest = str(runs.latest_run(home))
+    with runs.nightly_lock(home):
         state = nightly(source=[str(source)], night="2026-11-28", return_state=True)
     assert state.is_failed() and "another nightly is running" in str(state.message)
-    assert str(states.latest_run(home)) == latest
+    assert str(runs.latest_run(home)) == latest
 
 
 def test_settings_and_preflight_take_a_url_home(s3_home, tmp_path):
@@ -313,9 +314,9 @@ def test_settings_and_preflight_take_a_url_home(s3_home, tmp_path):
     assert load_settings(home=str(tmp_path / "x" / "..")).home == str(Path(tmp_path / "x" / "..").absolute())
     assert str(check_store(s.home)) == s3_home
     assert not fs.store_path(s3_home).exists()  # the probe object is gone: nothing under the prefix
-    assert states.published_runs(s3_home) == [] and states.latest_run(s3_home) is None
-    assert states.sweep_tmp_runs(s3_home) == [] and states.prune_runs(s3_home, 1) == []
-    with pytest.raises(ConfigError, match="s3://no-such-bucket-gruviz/p.*not reachable or not writable"):
+    assert runs.published_runs(s3_home) == [] and runs.latest_run(s3_home) is None
+    assert runs.sweep_tmp_runs(s3_home) == [] and runs.prune_runs(s3_home, 1) == []
+    with pytest.raises(ConfigError, match="s3://no-such-bucket-gruviz/p.*does not exist"):
         check_store("s3://no-such-bucket-gruviz/p")
 
 
@@ -336,9 +337,9 @@ def test_nightly_on_s3_with_dask_worker_processes(s3_store, monkeypatch, tmp_pat
     state = nightly(source=[str(source)], night="2026-11-30", return_state=True)
     assert state.is_completed(), state.message
     run_dir = state.result()["run_dir"]
-    assert str(states.latest_run(home)) == run_dir
+    assert str(runs.latest_run(home)) == run_dir
     layout = RunLayout.at(fs.store_path(run_dir))
-    plan = states.RunPlan.load(run_dir)
+    plan = runs.RunPlan.load(run_dir)
     markers = [json.loads(layout.block(b).read_text()) for b in range(plan.n_blocks)]
     assert markers and sum(m["dogs"] for m in markers) >= plan.n_dogs
     assert os.getpid() not in {m["pid"] for m in markers}  # blocks ran in the cluster's worker processes
@@ -357,7 +358,7 @@ home, go, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 while time.time() < go:
     time.sleep(0.001)
 try:
-    with states.nightly_lock(home, ttl_s=60):
+    with runs.nightly_lock(home, ttl_s=60):
         start = time.time()
         time.sleep(2.0)
         end = time.time()
@@ -376,7 +377,7 @@ def test_an_expired_lock_is_taken_over_by_exactly_one_of_several_nights(s3_home,
     import sys
     import time
 
-    lock = states.StoreLayout.at(s3_home).runs / ".nightly.lock"
+    lock = StoreLayout.at(s3_home).runs / ".nightly.lock"
     fs.write_bytes(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
     go = time.time() + 3.0  # every process imported and waiting by then
     procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, s3_home, str(go), str(tmp_path)], env=os.environ)

@@ -17,6 +17,7 @@ import pandas as pd
 from gruviz_core import comparisons as cmp
 from gruviz_core import saturation as sat
 from gruviz_core.cohorts import CohortRule
+from gruviz_core.results import StatsSummary
 from storage.tables import has_table, read_table
 
 __all__ = ["Found", "plateau_comparisons", "effect_frame", "sensitivity_frame", "saturation_headline", "repro_headline"]
@@ -32,12 +33,12 @@ class Found:
 
 
 def plateau_comparisons(
-    run_dir: Path, summary: dict, rule: CohortRule, dogs: pd.DataFrame, sel: np.ndarray, probs: np.ndarray,
+    run_dir: Path, summary: StatsSummary, rule: CohortRule, dogs: pd.DataFrame, sel: np.ndarray, probs: np.ndarray,
     market: np.ndarray | None, won: np.ndarray, race: np.ndarray, dog: np.ndarray, weights: np.ndarray, *,
     sizes: cmp.Sizes, grid_boot: int, n_obs: int,
 ) -> Found:
     """Settled vs settling and its checks on the evaluated runners (rows `sel` of the run; probs (n, K))."""
-    layer = int(summary.get("cohort_layer", 0))
+    layer = summary.cohort_layer
     K = probs.shape[1]
     s, write, move = _summaries(run_dir, layer, K, n_obs)
     offsets = np.concatenate([[0], np.cumsum(dogs["n_steps"].to_numpy(np.int64))])
@@ -156,20 +157,20 @@ def sensitivity_frame(main: dict, grid: list[dict]) -> pd.DataFrame:
     return df
 
 
-def saturation_headline(summary: dict, km_median: int | None, probs: np.ndarray, won: np.ndarray,
+def saturation_headline(summary: StatsSummary, km_median: int | None, probs: np.ndarray, won: np.ndarray,
                         race: np.ndarray, rule: CohortRule) -> dict:
     """The headline's description of saturation on this model (from the stats summary) and the ensemble."""
-    mag = dict(summary.get("magnitude") or {})
-    curve = summary.get("plateau_curve") or {}
-    rel = summary.get("reliance") or {}
+    mag = dict(summary.magnitude)
+    curve = summary.plateau_curve
+    rel = summary.reliance
     by_seed = [cmp.race_nll(probs[:, k], won, race) for k in range(probs.shape[1])] if len(race) else []
     ens = cmp.race_nll(probs.mean(axis=1), won, race) if len(race) else None
-    mag["tanh_comparable"] = bool(summary.get("cohort_counts", {}).get("saturated", 0)) and not rule.by_plateau
+    mag["tanh_comparable"] = bool(summary.cohort_counts.get("saturated", 0)) and not rule.by_plateau
     return {
         "magnitude": mag,
         "plateau": {"level": curve.get("level"), "race_90": curve.get("race_90"), "race_95": curve.get("race_95"),
                     "s_by_race": [{"race": t, "median_s": m, "n": n} for t, m, n in curve.get("median_by_race", [])],
-                    "km_median": km_median, "km_grid": list(summary.get("km_grid") or [])},
+                    "km_median": km_median, "km_grid": list(summary.km_grid)},
         "reliance": {"write_by_race": [{"race": t, "median_write": m, "n": n} for t, m, n in rel.get("write_by_race", [])],
                      "move_by_race": [{"race": t, "median_move": m, "n": n} for t, m, n in rel.get("move_by_race", [])]},
         "ensemble": {"race_nll": ens, "by_seed": by_seed,

@@ -25,7 +25,8 @@ from gruviz_core import determinism as dt
 from gruviz_core.errors import NotFoundError
 from storage.layout import RunLayout
 from storage.results import read_json
-from storage.states import latest_run, open_states
+from storage.runs import latest_run
+from storage.states import open_states
 from storage.tables import write_json
 
 __all__ = ["run", "watch", "email_lines", "library_versions", "LIBRARIES"]

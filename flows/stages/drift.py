@@ -24,8 +24,8 @@ from storage.forms import snapshot_keys
 from storage.layout import RunLayout
 from storage.registry import model_set_manifest, model_set_normaliser
 from storage.results import read_json
+from storage.runs import latest_run
 from storage.sequences import load_sequences
-from storage.states import latest_run
 from storage.tables import write_json, write_table
 
 __all__ = ["run", "drift_run", "email_lines"]

@@ -34,9 +34,11 @@ from gruviz_core.features import column_index
 from gruviz_core.headline import Headline
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
+from gruviz_core.results import StatsSummary
 from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.registry import load_model_set
+from storage.results import read_summary
 from storage.sequences import load_sequence_meta, load_sequence_rows
 from storage.states import open_states
 from storage.tables import has_table, read_record, read_table, write_json, write_table
@@ -192,12 +194,12 @@ def _nll(p: np.ndarray | None, won: np.ndarray, race: np.ndarray) -> float | Non
     return cmp.race_nll(p, won, race)
 
 
-def _km_median(run_dir: Path, summary: dict) -> int | None:
+def _km_median(run_dir: Path, summary: StatsSummary) -> int | None:
     """Kaplan-Meier median time to plateau of the cohort layer; None while the curve stays above 0.5."""
     if not has_table(run_dir, "plateau"):
         return None
     km = read_table(run_dir, "plateau")
-    km = km[km["layer"] == summary.get("cohort_layer", 0)]
+    km = km[km["layer"] == summary.cohort_layer]
     below = km[km["survival"] <= 0.5]
     return int(below["step"].min()) if len(below) else None
 
@@ -231,8 +233,10 @@ def evaluate_run(
     if not has_table(run_dir, "dog"):
         raise NotFoundError(f"{layout.stats}: no dog table; run the stats stage (flows.stages.stats.compute_stats) first")
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
-    summary = read_record(layout.summary)
-    rule = CohortRule.from_dict(summary["rule"])
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise NotFoundError(f"{layout.summary}: missing; run the stats stage (flows.stages.stats.compute_stats) first")
+    rule = CohortRule.from_dict(summary.rule)
     dogs = read_table(run_dir, "dog")
     dogs = dogs[dogs["cohort_layer"]].sort_values("dog_index").reset_index(drop=True)
     cohort = dogs["cohort"].to_numpy(dtype=object)
@@ -297,8 +301,8 @@ def evaluate_run(
     headline = {
         "dogs": reader.n_dogs, "obs": reader.n_obs, "eval_rows": int(len(sel)),
         "eval_races": int(race.max() + 1) if len(race) else 0,
-        "seeds": reader.seeds, "cohort_counts": summary["cohort_counts"], "rule": summary["rule"],
-        "saturated_share": summary["cohort_counts"].get("saturated", 0) / max(reader.n_dogs, 1),
+        "seeds": reader.seeds, "cohort_counts": dict(summary.cohort_counts), "rule": dict(summary.rule),
+        "saturated_share": summary.cohort_counts.get("saturated", 0) / max(reader.n_dogs, 1),
         "period": period, "race_nll": {k: _nll(sources.get(k), won, race) for k in ("model", "model_mean", "market", "uniform")},
         "model_log_loss": _get("model"), "model_mean_log_loss": _get("model_mean"),
         "market_log_loss": _get("market"), "uniform_log_loss": _get("uniform"),
@@ -306,8 +310,8 @@ def evaluate_run(
         "model_auc": _get("model", m="auc"),
         **found.headline, "plateau_median_km": km_median,
         **cp.saturation_headline(summary, km_median, probs, won, race, rule),
-        "effective_dim": summary.get("effective_dim"), "dead_units": summary.get("dead_units"),
-        "always_saturated_units": summary.get("always_saturated_units"),
+        "effective_dim": list(summary.effective_dim), "dead_units": summary.dead_units,
+        "always_saturated_units": summary.always_saturated_units,
         "exemplars": [{"dog_a": a, "dog_b": b} for a, b in ex_pairs],
         "largest_errors": _largest_errors(r, dogs, sources, won),
         "has_market": has_market, "n_boot": n_boot, "bootstrap_seed": seed, "grid_boot": grid_boot,
@@ -521,7 +525,7 @@ def _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, do
     """Scored races grouped by the status the model had at prediction time, compared within step strata;
     the negative control, within-dog, dose-response and the threshold grid (see gruviz_core.comparisons)."""
     n_dogs = len(dogs)
-    layer = int(summary.get("cohort_layer", 0))
+    layer = summary.cohort_layer
     ds = read_table(run_dir, "dog_step", columns=["step", "layer", "s", *st.TAU_COLUMNS])
     ds = ds[ds["layer"] == layer]
     s_row = ds["s"].to_numpy(np.float64)

@@ -29,8 +29,9 @@ from gruviz_core.errors import ConfigError
 from gruviz_core.extract import BatchStates, choose_device, iter_extract
 from gruviz_core.model import LoadedModel
 from storage.registry import ModelSet, load_model_set
+from storage.runs import RunPlan, finish_run
 from storage.sequences import load_sequence_meta, load_sequence_rows
-from storage.states import BlockWriter, RunPlan, ShardBuffers, begin_run, block_span, finish_run
+from storage.states import BlockWriter, ShardBuffers, begin_run, block_span
 
 __all__ = ["inputs", "begin", "block", "finish", "write_block", "extract_run", "set_torch_threads"]
 

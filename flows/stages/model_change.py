@@ -51,9 +51,10 @@ from gruviz_core.racing import race_codes, race_softmax, renormalise
 from gruviz_core.sequences import SequenceRows
 from storage.layout import RunLayout
 from storage.registry import ModelSet, load_model_set, model_set_manifest
-from storage.results import read_json
+from storage.results import read_json, read_summary
+from storage.runs import latest_run
 from storage.sequences import load_sequence_meta, load_sequence_rows
-from storage.states import latest_run, open_states
+from storage.states import open_states
 from storage.tables import write_json
 
 __all__ = ["run", "same_races", "email_lines", "SAMPLE_DOGS"]
@@ -170,8 +171,8 @@ def same_races(run_dir: str | Path, root: str | Path, set_id: str, previous_set:
     off_c = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)  # (D + 1,) compact offsets
     idx = np.repeat(offsets[dogs] - off_c[:-1], lens) + np.arange(int(off_c[-1]))  # (rows_c,) run rows, sorted
     step_c = rows["step"].to_numpy()[idx]
-    summary = read_json(RunLayout.at(run_dir).summary) or {}
-    rule = CohortRule.coerce(summary.get("rule"))
+    summary = read_summary(run_dir)
+    rule = CohortRule.coerce(summary.rule if summary else None)
     cka_at = rp.cka_dogs(lens, seed=seed, n_per_step=1000, min_dogs=cka_min_dogs)  # {t: compact dogs}
     cka_rows = {t: off_c[d] + t - 1 for t, d in cka_at.items()}
     want = np.unique(np.concatenate(list(cka_rows.values()))) if cka_rows else np.zeros(0, np.int64)

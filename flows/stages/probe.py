@@ -28,7 +28,8 @@ from gruviz_core import probes as pr
 from storage.explore import read_rows
 from storage.forms import load_snapshot
 from storage.layout import RunLayout
-from storage.states import RunPlan, StatesReader, open_dataset, open_states
+from storage.runs import RunPlan
+from storage.states import StatesReader, open_dataset, open_states
 from storage.store import location as store_path
 from storage.tables import write_json, write_table
 

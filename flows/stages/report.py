@@ -10,7 +10,7 @@ from reports.render import plotly_js_path, render, render_index
 from storage import site
 from storage.forms import read_manifest
 from storage.results import read_dog_states, read_history, read_run_results
-from storage.states import latest_run, published_runs
+from storage.runs import latest_run, published_runs
 from storage.store import location as store_path
 
 __all__ = ["run", "publish", "catch_up"]

@@ -30,6 +30,7 @@ from gruviz_core import cohorts as co
 from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
+from gruviz_core.results import StatsSummary
 from storage.layout import RunLayout
 from storage.states import StatesReader, open_states
 from storage.store import location as store_path
@@ -41,7 +42,7 @@ __all__ = ["compute_stats", "seed_scan", "run_offsets"]
 def compute_stats(
     run_dir: str | Path, *, rule: CohortRule | dict | None = None, allow_incomplete: bool = True,
     health: st.UnitHealthParams = st.UnitHealthParams(),
-) -> dict:
+) -> StatsSummary:
     """Aggregate the per-row summaries and per-unit accumulators the extraction blocks stored for every seed
     (no state is decoded); write stats/*.parquet and stats/summary.json; return the summary."""
     t0 = time.perf_counter()
@@ -124,19 +125,18 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
     plateau = pd.concat(plateau_tables, ignore_index=True)[["layer", "step", "at_risk", "plateaued", "survival"]]
     write_table(run_dir, "plateau", plateau)
     cohort_counts = {c: int((cohort_of_dog == c).sum()) for c in co.COHORTS}
-    summary = {
-        "n_dogs": reader.n_dogs, "n_obs": n_obs, "n_layers": L, "n_units": reader.n_units, "seeds": reader.seeds,
-        "effective_dim": eff_dim.get(0, []), "effective_dim_by_seed": {str(k): v for k, v in eff_dim.items()},
-        "dead_units": counts.get(0, {}).get("dead", 0),
-        "always_saturated_units": counts.get(0, {}).get("always_saturated", 0),
-        "unit_health_by_seed": {str(k): v for k, v in counts.items()},
-        "unit_health_params": {"dead_eps": health.dead_eps, "sat_share": health.sat_share, "sat_tau": 0.95},
-        "cohort_counts": cohort_counts, "cohort_layer": layer, "rule": rule.to_dict(),
-        "cohort_thresholds": thresholds,
+    summary = StatsSummary(
+        n_dogs=reader.n_dogs, n_obs=n_obs, n_layers=L, n_units=reader.n_units, seeds=tuple(reader.seeds),
+        effective_dim=tuple(eff_dim.get(0, [])), effective_dim_by_seed={str(k): v for k, v in eff_dim.items()},
+        dead_units=int(counts.get(0, {}).get("dead", 0)),
+        always_saturated_units=int(counts.get(0, {}).get("always_saturated", 0)),
+        unit_health_by_seed={str(k): v for k, v in counts.items()},
+        unit_health_params={"dead_eps": health.dead_eps, "sat_share": health.sat_share, "sat_tau": 0.95},
+        cohort_counts=cohort_counts, cohort_layer=layer, rule=rule.to_dict(), cohort_thresholds=thresholds,
         **_saturation_summary(scan0, step, offsets, rule, layer),
-        "rows_missing": scan0.rows_missing, "bytes_scanned": scan0.bytes_scanned,  # states decoded: 0
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+        rows_missing=int(scan0.rows_missing), bytes_scanned=int(scan0.bytes_scanned),  # states decoded: 0
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     write_json(RunLayout.at(run_dir).summary, summary)
     _record_rule(run_dir, rule)
     return summary
@@ -176,7 +176,7 @@ def _saturation_summary(scan: st.SeedScan, step: np.ndarray, offsets: np.ndarray
     return {
         "magnitude": st.magnitude_summary(scan.max_abs[:, layer], fl["f090"], fl["f095"]),
         "plateau_curve": st.population_curve(s, step),
-        "km_grid": km_grid,
+        "km_grid": tuple(km_grid),
         "reliance": {
             "write_by_race": st.median_by_race(scan.write[:, layer], step, _RELIANCE_RACES),
             "move_by_race": st.median_by_race(scan.move[:, layer], step, _RELIANCE_RACES),

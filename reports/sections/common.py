@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from gruviz_core.results import StatsSummary
 from reports.model import COHORT_COLOURS, COHORT_ORDER, MIN_BAND_DOGS, Band, sig
 from reports.prose import MISSING
 
@@ -71,14 +72,14 @@ def bands(step: pd.DataFrame, q: str, cohorts: Sequence[str]) -> list[Band]:
     return out
 
 
-def per_dog(dog: pd.DataFrame | None, summary: Any) -> tuple[pd.DataFrame | None, int]:
+def per_dog(dog: pd.DataFrame | None, summary: StatsSummary | None) -> tuple[pd.DataFrame | None, int]:
     """One row per dog at the layer whose cohorts count (stats marks it `cohort_layer`), and that layer."""
     if dog is None or not len(dog):
         return dog, 0
     if dog["cohort_layer"].astype(bool).any():
         layer = int(dog.loc[dog["cohort_layer"].astype(bool), "layer"].iloc[0])
-    elif isinstance((summary or {}).get("cohort_layer"), int):
-        layer = int(summary["cohort_layer"])
+    elif summary is not None:
+        layer = summary.cohort_layer
     else:
         layer = int(dog["layer"].max())
     return dog[dog["layer"] == layer].reset_index(drop=True), layer

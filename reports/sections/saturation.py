@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from gruviz_core.results import RunResults
+from gruviz_core.results import RunResults, StatsSummary
 from reports.model import (
     MIN_BAND_DOGS,
     SOURCE_COLOURS,
@@ -119,7 +119,7 @@ def _layer_value(obj: Any, layer: int) -> Any:
     return obj
 
 
-def _unit_health_panels(unit: pd.DataFrame | None, summary: Mapping[str, Any] | None) -> list[Panel]:
+def _unit_health_panels(unit: pd.DataFrame | None, summary: StatsSummary | None) -> list[Panel]:
     explain_t = EXPLAIN["unit-health"]
     if not nonempty(unit):
         return [Panel("Unit health", explain_t, note=missing("stats/unit.parquet"))]
@@ -129,7 +129,7 @@ def _unit_health_panels(unit: pd.DataFrame | None, summary: Mapping[str, Any] | 
     rows = []
     for layer in sorted(state["layer"].unique()):
         s = state[state["layer"] == layer]
-        eff = _layer_value((summary or {}).get("effective_dim"), int(layer))
+        eff = _layer_value(summary.effective_dim if summary else None, int(layer))
         rows.append(
             (
                 int(layer),
