@@ -66,9 +66,11 @@ def explore_store(tmp_path_factory) -> Path:
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium, headless, through Playwright: one for the session (each test opens its own pages)."""
+    """Debian's chromium, headless, through Playwright, for one module (each test opens its own pages). Not for the
+    session: Playwright's sync API leaves its event loop marked running in this thread while it is open, and the
+    Prefect flows of later modules then fail."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium to run the browser tests")
     from playwright.sync_api import sync_playwright
