@@ -495,7 +495,7 @@ def test_duplicated_columns_and_unparseable_values_are_counted(tmp_path):
                    "c:1,D2,B,Sale,2024-03-01,2,heavy,5\n"  # copies disagree; a weight that is not a number
                    "c:1,D3,C,Sale,2024-03-01,,31.0,3\n")  # first copy empty: the second fills it
     s = ingest([str(src)], tmp_path)
-    assert s.warnings == {"bad_weight_kg": 1, "duplicate_column_conflict": 1}
+    assert s.warnings == {"bad_weight_kg": 1, "duplicate_column_conflict": 1, "no_result_column": 3}  # no won
     manifest = read_manifest(tmp_path)
     assert manifest["warnings"] == s.warnings and manifest["files"][0]["warnings"] == s.warnings
     assert manifest["files"][0]["duplicate_columns"] == ["box"]

@@ -195,3 +195,29 @@ def test_commands_on_an_unreachable_endpoint_name_it_and_end_soon(command, tmp_p
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert f"127.0.0.1:{port}" in out.stderr and "s3://bucket/x" in out.stderr, out.stderr
     assert took < 30, f"{took:.0f} s"
+
+
+# ------------------------------------------ case 17, second half: a canonical file with no result column
+
+
+def test_ingest_names_a_canonical_file_with_no_result_column(tmp_path, capsys):
+    """Its rows are kept (a result may be unknown: upcoming, scratched, void), but ingest says which file has
+    neither `won` nor `finish_pos` and how many rows, instead of the features stage failing later, unnamed."""
+    import json
+
+    import pandas as pd
+
+    from flows.cli import main
+
+    full = REPO / "tests" / "fixtures" / "forms" / "canonical_small.csv"
+    bare = tmp_path / "no_results.csv"
+    pd.read_csv(full).drop(columns=["won", "finish_pos"]).assign(
+        race_id=lambda d: "n" + d["race_id"]).to_csv(bare, index=False)
+    rows = len(pd.read_csv(bare)) - 2  # accepted: canonical_small's rows with no dog_id or 'not a date' are not
+    assert main(["ingest", str(full), str(bare), "--home", str(tmp_path / "home"), "--json"]) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert summary["warnings"]["no_result_column"] == rows
+    assert summary["files_without_result"] == {str(bare): rows}
+    assert f"{bare}: no result column (won or finish_pos)" in out.err and f"{rows} accepted rows" in out.err
+    assert str(full) not in out.err

@@ -2,12 +2,13 @@
 
 Exits 2 naming the file (and leaves forms/LATEST where it was) when a file cannot be read, has no
 data rows or none of its rows is accepted; the counts, rejects and warnings are in the snapshot's
-manifest.json either way.
+manifest.json either way. A canonical file with no result column is named on stderr (its rows are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Annotated
 
 import typer
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(home=args.home)
     with progress_shown(args):
         s = ingest(args.sources, settings.home, fmt=args.fmt, inflate=settings.inflate_limit)
+    for path, n in s.files_without_result.items():  # on stderr: seen with --json too
+        print(f"gruviz ingest: warning: {path}: no result column (won or finish_pos): its {n} accepted rows have no "
+              "result, so no model can train or be evaluated on them; add a won or finish_pos column if the races "
+              "have been run", file=sys.stderr)
     if args.json:
         print(dumps_strict(s.to_dict(), sort_keys=True))
         return 0

@@ -67,6 +67,8 @@ v2: the `placed` column, Iggy second places, names from ids, implausible dates r
 READ_WARNINGS: dict[str, str] = {
     "duplicate_column_conflict": "rows where two copies of a duplicated column hold different values (the first non-empty is used)",
     "decoded_cp1252": "byte sequences that were not valid UTF-8, read as cp1252/Latin-1",
+    "no_result_column": "accepted rows of a canonical file with neither `won` nor `finish_pos` (kept: a result may be "
+                        "unknown; no model can train or be evaluated on them)",
 }
 """Warnings counted while reading files (the rows are kept)."""
 
@@ -111,6 +113,9 @@ class IngestSummary:
     """Source files read, in the order read."""
     warnings: dict[str, int] = field(default_factory=dict)
     """Warning code -> count (READ_WARNINGS, gruviz_core.formats.WARNINGS); rows kept, values or bytes noted."""
+    files_without_result: dict[str, int] = field(default_factory=dict)
+    """File -> its accepted rows, for each canonical file with neither `won` nor `finish_pos` (no model can train
+    or be evaluated on those rows)."""
 
     @property
     def balanced(self) -> bool:
@@ -205,7 +210,7 @@ def build_forms(loaded: list[Source], *, fmt: str | None = None) -> Forms:
     names = [src.name for src in loaded]
     frames, parts, adapters = _parse_and_adapt(loaded, fmt)
     runs_all = pd.concat([a.runs for a in parts], ignore_index=True) if parts else _empty_adapted_runs()
-    warnings = [a.warnings for a in parts]
+    warnings = [a.warnings for a in parts] + [_no_result_column(loaded, adapters, runs_all)]
     rejects = _reject_table(parts, frames, names)
     rows_in = sum(src.rows for src in loaded)
     runs, duplicates = _merge_duplicates(runs_all)
@@ -223,6 +228,8 @@ def build_forms(loaded: list[Source], *, fmt: str | None = None) -> Forms:
         rejects_by_reason=by_reason,
         files=names,
         warnings=totals,
+        files_without_result={m["path"]: m["warnings"]["no_result_column"] for m in file_meta
+                              if m["warnings"].get("no_result_column")},
     )
     return Forms(runs=runs, rejects=rejects, summary=summary, files=file_meta)
 
@@ -634,6 +641,17 @@ def _reject_table(parts: list[Adapted], frames: list[pd.DataFrame], files: list[
                         "source_row": rej["source_row"].to_numpy(np.int64),
                         "reason": rej["reason"].astype(str).to_numpy(), "raw": raw}).astype(_REJECT_COLS)
     return out.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)
+
+
+def _no_result_column(loaded: list[Source], adapters: dict[int, str], runs_all: pd.DataFrame) -> pd.DataFrame:
+    """A `no_result_column` warning (source_file, warning) per accepted row of each canonical file whose header
+    has neither `won` nor `finish_pos` (the CSV files of a format are adapted together, so the adapter cannot tell)."""
+    bare = [src.index for src in loaded if adapters.get(src.index) == "canonical"
+            and not {"won", "finish_pos"} & {str(c) for c in (src.frame.columns if src.frame is not None
+                                                               else _clean_names(src.header))}]
+    file = runs_all["source_file"].to_numpy(np.int64) if len(runs_all) else np.zeros(0, np.int64)
+    hit = file[np.isin(file, bare)]
+    return pd.DataFrame({"source_file": hit, "warning": np.full(len(hit), "no_result_column", dtype=object)})
 
 
 def _file_meta(loaded: list[Source], runs_all: pd.DataFrame, rejects: pd.DataFrame,
