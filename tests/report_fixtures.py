@@ -23,6 +23,7 @@ from gruviz_core.results import DogStates, DogStatesSet, RunResults
 from gruviz_core.tables import TABLES as SCHEMAS
 from reports.build import build_report, heatmap_dog_ids
 from reports.model import ReportModel
+from storage.layout import STATS_TABLES
 from storage.results import read_dog_states, read_history, read_run_results, states_of
 
 __all__ = ["write_run", "write_history", "fake_dog_states", "fake_states_set", "report_of", "EVIL_NAME", "TABLES"]
@@ -30,25 +31,8 @@ __all__ = ["write_run", "write_history", "fake_dog_states", "fake_states_set", "
 EVIL_NAME = "<script>alert(1)</script>"
 """A dog name that must show as text and never run."""
 
-TABLES = (
-    "stats/dog_step.parquet",
-    "stats/dog.parquet",
-    "stats/unit.parquet",
-    "stats/step.parquet",
-    "stats/plateau.parquet",
-    "eval/cohort_metrics.parquet",
-    "eval/calibration.parquet",
-    "eval/status_compare.parquet",
-    "eval/status_effect.parquet",
-    "eval/dose_response.parquet",
-    "eval/sensitivity.parquet",
-    "eval/repro.parquet",
-    "eval/cka.parquet",
-    "eval/resilience.parquet",
-    "eval/resilience_contrast.parquet",
-    "eval/divergence.parquet",
-)
-"""Every Parquet table the report reads, relative to the run directory."""
+TABLES = tuple(f"{'stats' if name in STATS_TABLES else 'eval'}/{name}.parquet" for name in SCHEMAS)
+"""Every run table of gruviz_core.tables (the report reads them), relative to the run directory."""
 
 COHORTS = ("settled", "settling", "undecided")
 
@@ -288,17 +272,17 @@ def _eval_tables(
     div = [("A vs B", ids[0], ids[min(1, len(ids) - 1)], int(t), float(np.sqrt(t) * 0.8)) for t in steps[:40]]
     return {
         "eval/cohort_metrics.parquet": pd.DataFrame(
-            cm, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"]
+            cm, columns=list(SCHEMAS["cohort_metrics"].names)
         ),
         "eval/calibration.parquet": pd.DataFrame(
-            cal, columns=["cohort", "bin", "lo", "hi", "p_mean", "won_rate", "n", "source"]
+            cal, columns=list(SCHEMAS["calibration"].names)
         ),
         **_status_tables(scenario),
         "eval/repro.parquet": pd.DataFrame(repro, columns=list(SCHEMAS["repro"].names)),
         "eval/cka.parquet": pd.DataFrame(cka, columns=list(SCHEMAS["cka"].names)),
         "eval/resilience.parquet": _frame("resilience", res),
         "eval/resilience_contrast.parquet": _frame("resilience_contrast", con),
-        "eval/divergence.parquet": pd.DataFrame(div, columns=["pair", "dog_a", "dog_b", "step", "distance"]),
+        "eval/divergence.parquet": pd.DataFrame(div, columns=list(SCHEMAS["divergence"].names)),
     }
 
 
