@@ -176,7 +176,7 @@ def test_pointer_last_publish_and_a_killed_run(s3_home):
     # the block markers name their run
     assert json.loads((killed / "blocks" / "0.json").read_text())["run_id"] == "2026-01-02-b"
     # a second writer of the same run id is refused (ids are unique; one writer per prefix)
-    with pytest.raises(StoreError, match="run ids are unique"):
+    with pytest.raises(StoreError, match="ids are unique"):
         _write_run(s3_home, "2026-01-02-b", "2026-01-02", publish=False)
     # the sweep (under the nightly lock) removes the dead prefix after its grace; never a published run
     assert runs.sweep_tmp_runs(s3_home, grace_s=3600) == []
@@ -352,7 +352,7 @@ def test_nightly_on_s3_with_dask_worker_processes(s3_store, monkeypatch, tmp_pat
 
 _CONTENDER = """
 import json, os, sys, time
-from storage import states
+from storage import runs
 from gruviz_core.errors import StoreError
 home, go, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 while time.time() < go:
