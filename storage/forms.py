@@ -14,20 +14,19 @@ whether forms/LATEST moves to it.
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 
 from gruviz_core import __version__
-from gruviz_core.errors import NotFoundError
+from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.formats.reader import SNAPSHOT_VERSION, Forms
 from gruviz_core.schema import conform
-from storage import fs
-from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
-from storage.fs import StorePath
-from storage.layout import StoreLayout
+from storage.store import Store, StorePath, open_store, to_json
+
+_FORMS = "forms"
+_MANIFEST = "manifest.json"
+"""Written last into a snapshot: a snapshot without it does not exist for readers."""
 
 __all__ = [
     "latest_snapshot",
@@ -42,77 +41,77 @@ __all__ = [
 
 def write_snapshot(root: str | StorePath, forms: Forms) -> StorePath:
     """Write `forms` as the snapshot of its content id (once: an id already written is left as it is) and
-    return its directory; forms/LATEST does not move (set_latest).
-
-    Local: written under forms/.tmp and published whole. Object storage: written under its final prefix,
+    return its directory; forms/LATEST does not move (set_latest). Staged, then published whole with
     manifest.json last (readers require it)."""
-    layout = StoreLayout.at(root)
-    summary, runs, rejects = forms.summary, forms.runs, forms.rejects
-    final = layout.snapshot(summary.snapshot_id)
-    if (final / "manifest.json").exists():
-        return final
-    remote = not isinstance(final, Path)
-    tmp = final if remote else layout.forms / ".tmp" / f"{summary.snapshot_id}.{uuid.uuid4().hex[:8]}"
-    if not remote:
-        tmp.mkdir(parents=True, exist_ok=True)
+    store = open_store(root)
+    key = f"{_FORMS}/{forms.summary.snapshot_id}"
+    if store.exists(f"{key}/{_MANIFEST}"):
+        return store.location(key)
     try:
-        fs.write_parquet(runs, tmp / "runs.parquet")
-        fs.write_parquet(rejects, tmp / "rejects.parquet")
-        write_json_atomic(tmp / "manifest.json", _manifest(forms))
-        if remote:
-            return final  # same content, same id: a concurrent writer of the same snapshot writes the same objects
-        try:
-            publish_dir(tmp, final)
-        except (FileExistsError, OSError):
-            if not (final / "manifest.json").exists():  # someone else published the same content: fine
-                raise
-    finally:
-        if not remote:
-            remove_tree(tmp)
-    return final
+        staged = store.stage(key)
+    except StoreError:
+        if store.exists(f"{key}/{_MANIFEST}"):  # the same content staged by another writer: the same snapshot
+            return store.location(key)
+        raise
+    try:
+        store.write_parquet(f"{staged}/runs.parquet", forms.runs)
+        store.write_parquet(f"{staged}/rejects.parquet", forms.rejects)
+        manifest = (json.dumps(to_json(_manifest(forms)), indent=2, sort_keys=True, default=str) + "\n").encode()
+        store.publish(staged, key, marker=_MANIFEST, body=manifest)
+    except BaseException as exc:
+        published = store.exists(f"{key}/{_MANIFEST}")
+        if staged != key or not published:
+            store.discard(staged)  # the temporary directory, or on object storage the partial prefix
+        if not (isinstance(exc, StoreError) and published):  # else another writer published the same content
+            raise
+    return store.location(key)
 
 
 def set_latest(root: str | StorePath, snapshot_id: str) -> None:
     """Point forms/LATEST at `snapshot_id` (written atomically, after the snapshot)."""
-    write_text_atomic(StoreLayout.at(root).forms / "LATEST", snapshot_id + "\n")
+    open_store(root).set_pointer(f"{_FORMS}/LATEST", snapshot_id)
 
 
 def load_snapshot(root: str | StorePath, snapshot_id: str | None = None) -> pd.DataFrame:
     """The canonical runs table of a snapshot (None = LATEST)."""
-    path = _snapshot_dir(root, snapshot_id) / "runs.parquet"
-    return conform(fs.read_parquet(path), where=str(path))
+    store, key = _snapshot(root, snapshot_id)
+    return conform(store.read_parquet(f"{key}/runs.parquet"), where=str(store.location(f"{key}/runs.parquet")))
 
 
 def snapshot_keys(root: str | StorePath, snapshot_id: str) -> pd.DataFrame:
     """The (dog_id, race_id) of every run in a snapshot, as text: which runs a later snapshot adds."""
-    path = _snapshot_dir(root, snapshot_id) / "runs.parquet"
-    return fs.read_parquet(path, columns=["dog_id", "race_id"]).astype(str)
+    store, key = _snapshot(root, snapshot_id)
+    return store.read_parquet(f"{key}/runs.parquet", columns=["dog_id", "race_id"]).astype(str)
 
 
 def load_rejects(root: str | StorePath, snapshot_id: str | None = None) -> pd.DataFrame:
     """The rejected rows of a snapshot (None = LATEST): source_file, source_row, reason, raw."""
-    return fs.read_parquet(_snapshot_dir(root, snapshot_id) / "rejects.parquet")
+    store, key = _snapshot(root, snapshot_id)
+    return store.read_parquet(f"{key}/rejects.parquet")
 
 
 def read_manifest(root: str | StorePath, snapshot_id: str | None = None) -> dict:
     """The manifest.json of a snapshot (None = LATEST): counts, files, rejects_by_reason, warnings."""
-    return json.loads((_snapshot_dir(root, snapshot_id) / "manifest.json").read_text(encoding="utf-8"))
+    store, key = _snapshot(root, snapshot_id)
+    return store.read_json(f"{key}/{_MANIFEST}")
 
 
 def latest_snapshot(root: str | StorePath) -> str | None:
     """The id forms/LATEST names, or None before the first ingest."""
-    return read_pointer(StoreLayout.at(root).forms / "LATEST")
+    return open_store(root).pointer(f"{_FORMS}/LATEST")
 
 
-def _snapshot_dir(root: str | StorePath, snapshot_id: str | None) -> StorePath:
-    layout = StoreLayout.at(root)
+def _snapshot(root: str | StorePath, snapshot_id: str | None) -> tuple[Store, str]:
+    """The store and the key of a written snapshot (None = LATEST); NotFoundError naming what is missing."""
+    store = open_store(root)
     sid = snapshot_id or latest_snapshot(root)
     if sid is None:
-        raise NotFoundError(f"{layout.forms}: no forms snapshot yet; run `gruviz ingest SOURCE...` first")
-    d = layout.snapshot(sid)
-    if not (d / "manifest.json").exists():
-        raise NotFoundError(f"{d}: no such forms snapshot; `ls {layout.forms}` lists the ids there")
-    return d
+        raise NotFoundError(f"{store.location(_FORMS)}: no forms snapshot yet; run `gruviz ingest SOURCE...` first")
+    key = f"{_FORMS}/{sid}"
+    if not store.exists(f"{key}/{_MANIFEST}"):
+        raise NotFoundError(f"{store.location(key)}: no such forms snapshot; `ls {store.location(_FORMS)}` lists "
+                            "the ids there")
+    return store, key
 
 
 def _manifest(forms: Forms) -> dict:

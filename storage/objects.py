@@ -29,6 +29,8 @@ from storage.store import LockHeld, Missing, StorePath, _Base
 
 __all__ = ["ObjectStore", "MemoryStore"]
 
+_S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
+"""A store that stops answering fails a request within about a minute instead of hanging a night or a page."""
 _NO_LISTING_CACHE = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 """Protocols whose filesystems take `use_listings_cache` (all object stores fsspec knows)."""
 
@@ -60,6 +62,8 @@ class ObjectStore(_Base):
 
         scheme = urlparse(url).scheme
         opts = {"use_listings_cache": False, **storage_options} if scheme in _NO_LISTING_CACHE else storage_options
+        if scheme in ("s3", "s3a") and "config_kwargs" not in opts:
+            opts = {**opts, "config_kwargs": _S3_TIMEOUTS}
         self.fs, path = fsspec.core.url_to_fs(url, **opts)
         self.storage_options = opts
         self.scheme = scheme
@@ -82,13 +86,13 @@ class ObjectStore(_Base):
         """Prove the bucket answers (and, with `write`, takes writes: a probe object written and deleted)."""
         bucket = self.path.split("/", 1)[0]
         try:
-            found = self.fs.exists(bucket)
+            self.fs.info(bucket)  # not exists(): that answers False for an endpoint that does not answer
+        except FileNotFoundError:
+            raise NotFoundError(f"{what} {self.url}: bucket {bucket!r} does not exist (or these credentials cannot "
+                                "see it); create it or fix GRUVIZ_HOME / --home") from None
         except Exception as exc:  # noqa: BLE001 - credentials, endpoint: the same refusal, with its reason
             raise StoreError(f"{what} {self.url}: cannot reach bucket {bucket!r} ({type(exc).__name__}: {exc}); check "
                              "the endpoint and credentials (AWS_* variables, AWS_ENDPOINT_URL_S3)") from None
-        if not found:
-            raise NotFoundError(f"{what} {self.url}: bucket {bucket!r} does not exist (or these credentials cannot "
-                                "see it); create it or fix GRUVIZ_HOME / --home")
         if not write:
             return
         key = f".gruviz-probe-{uuid.uuid4().hex[:8]}"

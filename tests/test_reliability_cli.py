@@ -174,9 +174,8 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("command", ["ingest", pytest.param("model list", marks=pytest.mark.xfail(
-    strict=True, reason="storage.store.ObjectStore.probe asks s3fs's exists(bucket), which swallows a connection "
-    "error and answers False: 'bucket does not exist' instead of the endpoint (a storage fix)")), "model register"])
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["ingest", "model list", "model register"])
 def test_commands_on_an_unreachable_endpoint_name_it_and_end_soon(command, tmp_path):
     pytest.importorskip("s3fs")
     port = _closed_port()
