@@ -19,10 +19,9 @@ list runs holding _COMPLETE, which is written last.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from gruviz_core.errors import StoreError
-from storage.fs import StorePath, store_path
+from storage.store import StorePath, location
 
 __all__ = ["StoreLayout", "RunLayout", "STATS_TABLES", "EVAL_TABLES"]
 
@@ -36,8 +35,7 @@ class StoreLayout:
 
     @classmethod
     def at(cls, root: str | StorePath) -> StoreLayout:
-        p = store_path(root)
-        return cls(p.resolve() if isinstance(p, Path) else p)
+        return cls(location(root))
 
     @property
     def forms(self) -> StorePath:
@@ -95,7 +93,7 @@ class RunLayout:
 
     @classmethod
     def at(cls, run_dir: str | StorePath) -> RunLayout:
-        return cls(store_path(run_dir))
+        return cls(location(run_dir))
 
     @property
     def states(self) -> StorePath:

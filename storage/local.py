@@ -172,24 +172,29 @@ class LocalStore(_Base):
         p = self._p(staged)
         return p.with_name(p.name + ".lock")
 
-    def stage(self, key: str) -> str:
+    def stage(self, key: str, *, replace_marker: str | None = None) -> str:
         """A fresh directory <parent>/.tmp/<name>.<nonce> to write `key` under before publishing it."""
         parent, _, name = self._key(key).rpartition("/")
         staged = "/".join(p for p in (parent, self.tmp, f"{name}.{uuid.uuid4().hex[:8]}") if p)
         self._p(staged).mkdir(parents=True)
         return staged
 
-    def publish(self, staged: str, key: str, *, marker: str, body: bytes = b"") -> None:
-        """Write `marker` inside the staged directory, then rename it to `key` (which must not exist).
-        A publish repeated after it succeeded (a retry) finds `key` marked and the staging gone: a no-op."""
+    def publish(self, staged: str, key: str, *, marker: str, body: bytes = b"", replace: bool = False) -> None:
+        """Write `marker` inside the staged directory, then rename it to `key`, which must not exist unless
+        `replace` (then the old one is renamed aside first and removed after). A publish repeated after it
+        succeeded (a retry) finds `key` marked and the staging gone: a no-op."""
         src, dst = self._p(staged), self._p(key)
         if not src.exists() and (dst / marker).exists():
             return
-        if dst.exists():
+        if dst.exists() and not replace:
             raise StoreError(f"{dst} already exists; ids are unique, refusing to overwrite it with {src}")
         self.write_bytes(f"{self._key(staged)}/{marker}", body)
         dst.parent.mkdir(parents=True, exist_ok=True)
+        old = src.with_name(f".old.{src.name}")
+        if dst.exists():
+            os.rename(dst, old)
         os.rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(dst.parent)
         self._holder(staged).unlink(missing_ok=True)
 

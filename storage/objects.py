@@ -284,15 +284,19 @@ class ObjectStore(_Base):
     def hold(self, key: str) -> Iterator[None]:
         yield  # sweeps spare recent prefixes (grace_s) and run under the nightly lock
 
-    def stage(self, key: str) -> str:
-        """`key` itself, claimed by creating its writer object (so a second writer of the same key is refused)."""
+    def stage(self, key: str, *, replace_marker: str | None = None) -> str:
+        """`key` itself, claimed by creating its writer object (so a second writer of the same key is refused).
+        With `replace_marker`, what is there goes first, that marker before the rest (readers stop trusting it)."""
         key = self._key(key)
+        if replace_marker is not None:
+            self.remove(f"{key}/{replace_marker}")
+            self.remove(key)
         if not self.create(f"{key}/{self.writer}", f"pid {os.getpid()} on {socket.gethostname()}\n".encode()):
             raise StoreError(f"{self._url(key)}: being written or exists already; ids are unique, start again "
                              "(it picks a new id)")
         return key
 
-    def publish(self, staged: str, key: str, *, marker: str, body: bytes = b"") -> None:
+    def publish(self, staged: str, key: str, *, marker: str, body: bytes = b"", replace: bool = False) -> None:
         """Write `marker` last under the key's prefix (written where it was staged); repeating it is a no-op."""
         if self._key(staged) != self._key(key):
             raise StoreError(f"{self._url(staged)}: not the prefix of {self._url(key)}; on object storage a prefix "

@@ -16,7 +16,7 @@ byte shuffle), sharded, so a reader of rows [a, b) (one extraction block) reads 
 covering them, locally or by ranged reads from object storage, through Zarr itself.
 
 Written whole: under a temporary sibling renamed into place (local), or under its own prefix with
-_COMPLETE written last (object storage); storage.fs.tree_staging / publish_tree hold that difference.
+_COMPLETE written last (object storage); Store.stage / Store.publish hold that difference.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ from zarr.codecs import BloscCodec
 from gruviz_core.byo import FeatureSpec
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.sequences import ROW_META, SequenceRows, Sequences
-from storage import fs
-from storage.fs import StorePath
 from storage.layout import StoreLayout
+from storage.store import StorePath, split
 
 __all__ = [
     "sequences_path",
@@ -85,8 +84,8 @@ def sequences_path(root: str | StorePath, snapshot_id: str, spec: FeatureSpec | 
 def stored_sequence_spec(path: str | StorePath) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(feature names, context names) of cached sequences, or None when absent, incomplete, of another
     layout version, or unreadable (the features stage then builds them again)."""
-    path = fs.store_path(path)
-    if not (path / COMPLETE).exists():
+    store, key = split(path)
+    if not store.exists(f"{key}/{COMPLETE}"):
         return None
     try:
         attrs = _open(path).attrs
@@ -103,21 +102,19 @@ def stored_sequence_spec(path: str | StorePath) -> tuple[tuple[str, ...], tuple[
 
 def save_sequences(seqs: Sequences, path: str | StorePath) -> None:
     """Write sequences as one store, whole: readers see the old store or the complete new one, never part."""
-    path = fs.store_path(path)
-    staging = fs.tree_staging(path, COMPLETE)
+    store, key = split(path)
+    staged = store.stage(key, replace_marker=COMPLETE)
     try:
-        _write(seqs, staging)
-        fs.publish_tree(staging, path, COMPLETE)
+        _write(seqs, store.location(staged))
+        store.publish(staged, key, marker=COMPLETE, replace=True)
     except BaseException:
-        fs.remove_tree(staging)
+        store.discard(staged)
         raise
-    legacy = path.parent / _LEGACY
-    if legacy.exists():
-        legacy.unlink()
+    store.remove(_LEGACY)
 
 
 def _write(seqs: Sequences, at: StorePath) -> None:
-    root = zarr.create_group(fs.zarr_store(at), attributes={
+    root = zarr.create_group(_zarr(at), attributes={
         "gruviz_sequences": FORMAT,
         "feature_names": list(seqs.feature_names), "context_names": list(seqs.context_names),
         "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
@@ -209,15 +206,21 @@ def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Seque
                         tuple(root.attrs["context_names"]), got)
 
 
+def _zarr(path: StorePath, *, read_only: bool = False):
+    """The Zarr store at a location in the store."""
+    store, key = split(path)
+    return store.zarr(key, read_only=read_only)
+
+
 def _open(path: StorePath) -> zarr.Group:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return zarr.open_group(fs.zarr_store(path, read_only=True), mode="r", zarr_format=3)
+        return zarr.open_group(_zarr(path, read_only=True), mode="r", zarr_format=3)
 
 
 def _open_complete(path: str | StorePath) -> zarr.Group:
-    path = fs.store_path(path)
-    if not (path / COMPLETE).exists():
+    store, key = split(path)
+    if not store.exists(f"{key}/{COMPLETE}"):
         raise NotFoundError(f"{path}: no complete sequences store (no {COMPLETE}: never built, or its writer died); "
                             "run the features stage again (gruviz nightly builds it)")
     return _open(path)
