@@ -122,8 +122,8 @@ def _moto_server() -> tuple[subprocess.Popen, str]:
 
 def _night(night: str, worker_pids: list[int] = ()) -> dict:
     from flows.nightly import nightly
-    from storage.fs import store_path
     from storage.layout import RunLayout
+    from storage.store import location as store_path
 
     with PeakRSS(worker_pids) as rss:
         t0 = time.perf_counter()

@@ -67,7 +67,7 @@ from gruviz_core import stats as gst  # noqa: E402
 from gruviz_core.extract import BATCH_ELEMENTS, CHECK_TOL, choose_device, iter_extract, length_batches  # noqa: E402
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU  # noqa: E402
 from gruviz_core.sequences import pad_batch  # noqa: E402
-from storage import states  # noqa: E402
+from storage import states, writer  # noqa: E402
 
 N_CTX = 8
 
@@ -238,7 +238,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     meta = {k: inp[k] for k in ("offsets", "dog_id", "dog_name")}
     rows = {k: inp[k] for k in states.ROW_META}
     gru = models[0].gru
-    plan = states.begin_run(root, "writes", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
+    plan = writer.begin_run(root, "writes", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
                             seeds=list(range(len(models))), **meta)
     off = inp["offsets"]
     s1 = min(plan.shard_rows, plan.n_obs)
@@ -250,9 +250,9 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     shards = list(range(0, plan.n_obs, plan.shard_rows))
     t = time.perf_counter()
     for b in range(plan.n_blocks):
-        with states.BlockWriter(plan, b) as bw:
+        with writer.BlockWriter(plan, b) as bw:
             bw.write_rows(rows, 0)
-    with states.BlockWriter(plan, 0) as bw, ThreadPoolExecutor(1) as pool:
+    with writer.BlockWriter(plan, 0) as bw, ThreadPoolExecutor(1) as pool:
         for s0 in shards:
             e = min(s0 + plan.shard_rows, plan.n_obs)
             for k in range(len(models)):
@@ -268,10 +268,10 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     d = plan.n_obs * len(models) / (time.perf_counter() - t)
     # the writer thread alone: the same float16 buffers into a fresh store
     buf16 = {q: getattr(buf, q) for q in ("h", "z", "r")}
-    plan2 = states.begin_run(root, "store", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
+    plan2 = writer.begin_run(root, "store", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
                              seeds=list(range(len(models))), **meta)
     t = time.perf_counter()
-    with states.BlockWriter(plan2, 0) as bw:
+    with writer.BlockWriter(plan2, 0) as bw:
         for s0 in shards:
             e = min(s0 + plan2.shard_rows, plan2.n_obs)
             for k in range(len(models)):

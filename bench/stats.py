@@ -1,6 +1,6 @@
 """Statistics throughput over a states store of >= 5M steps, next to a plain read of the same store.
 
-Builds a run with storage.states.begin_run and fills seed0/h, z, r shard by shard with synthetic
+Builds a run with storage.writer.begin_run and fills seed0/h, z, r shard by shard with synthetic
 states (a tanh random walk per dog, so they compress like real ones, not like white noise), then
 times in the same process:
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.stages.stats import compute_stats  # noqa: E402
 from gruviz_core.stats import TAU_COLUMNS, UnitAccumulators, scan_seed  # noqa: E402
-from storage import runs, states  # noqa: E402
+from storage import runs, states, writer  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -61,7 +61,7 @@ def build(root: Path, n_steps: int, units: int, seed: int = 0) -> Path:
     lens = _lengths(n_steps, rng)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     n, d = int(offsets[-1]), len(lens)
-    plan = states.begin_run(
+    plan = writer.begin_run(
         root, "bench", {"snapshot_id": "bench"}, offsets=offsets,
         dog_id=np.array([f"D{i}" for i in range(d)], dtype=object),
         dog_name=np.array([f"Dog {i}" for i in range(d)], dtype=object), n_layers=1, n_units=units, seeds=[0],
@@ -70,7 +70,7 @@ def build(root: Path, n_steps: int, units: int, seed: int = 0) -> Path:
             "race_date": np.full(n, np.datetime64("2025-01-01")), "won": np.zeros(n, np.float32),
             "market_prob": np.full(n, 0.125, np.float32)}
     for b in range(plan.n_blocks):  # the rows' metadata, as the blocks of a real run write it
-        with states.BlockWriter(plan, b) as w:
+        with writer.BlockWriter(plan, b) as w:
             w.write_rows(rows, 0)
     g = zarr.open_group(zarr.storage.LocalStore(plan.path / states.STATES), mode="r+")
     step = (np.arange(n) - np.repeat(offsets[:-1], lens)).astype(np.int64)
@@ -104,7 +104,7 @@ def _summaries(plan, g, step: np.ndarray) -> None:
         g[f"seed0/summary/{name}"][:] = rows[name]
     units = UnitAccumulators(z=scan.gates["z"], r=scan.gates["r"], moments=scan.moments)
     for b in range(plan.n_blocks):
-        states.BlockWriter(plan, b).write_units(0, (units if b == 0 else UnitAccumulators()).to_arrays())
+        writer.BlockWriter(plan, b).write_units(0, (units if b == 0 else UnitAccumulators()).to_arrays())
 
 
 def main() -> None:

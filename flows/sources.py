@@ -24,7 +24,7 @@ import pandas as pd
 from gruviz_core.errors import InputError, UnreadableFileError
 from gruviz_core.formats.reader import Forms, InflateLimit, Source, build_forms, parse_file, raw_table
 from storage.forms import latest_snapshot, read_manifest
-from storage.fs import StorePath
+from storage.store import StorePath
 
 __all__ = ["SUFFIXES", "expand_sources", "gone_files", "read_forms", "read_source", "read_sources"]
 
@@ -54,7 +54,7 @@ def expand_sources(sources: list[str] | str) -> list[Path]:
 
     A sub-directory that cannot be listed is an UnreadableFileError naming it (its files would be lost).
     """
-    if isinstance(sources, (str, Path)):
+    if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     found: list[Path] = []
     for src in map(str, sources):

@@ -10,7 +10,7 @@
     <root>/runs/.tmp/<run_id>.<nonce>/          a run being written (never read by readers); local stores only
     <root>/runs/LATEST                          text: newest published run id
 
-The root is a local directory or any fsspec URL (storage.fs). On object storage a run is written
+The root is a local directory or any fsspec URL (storage.store). On object storage a run is written
 under its own prefix runs/<run_id>/ directly (no rename there): readers only follow LATEST and only
 list runs holding _COMPLETE, which is written last.
     <root>/reports/                             published HTML (the reports dir can be set apart)

@@ -11,7 +11,7 @@
     <root>/models/.tmp/<set_id>.<nonce>/             a set being written (renamed into place when complete)
     <root>/models/CURRENT                            the current set id (written atomically, last)
 
-On object storage (storage.fs) a set is written under its final prefix models/<set_id>/ directly,
+On object storage (storage.objects) a set is written under its final prefix models/<set_id>/ directly,
 manifest.json last: readers only take a set with a manifest, so a half-written set is never seen.
 """
 
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import uuid
 import warnings
@@ -42,10 +41,8 @@ from gruviz_core.errors import ConfigError, GruvizError, ModelError, NotFoundErr
 from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from gruviz_core.sequences import SequenceRows, Sequences
-from storage import fs
-from storage.atomic import publish_dir, read_pointer, remove_tree, write_json_atomic, write_text_atomic
-from storage.fs import StorePath
 from storage.layout import StoreLayout
+from storage.store import Store, StorePath, open_store, to_json
 
 __all__ = [
     "ModelSet",
@@ -126,39 +123,59 @@ def _set_id(report_core: dict, results: list) -> str:
     return f"{stamp}-{h.hexdigest()[:10]}"
 
 
-def _commit_set(layout: StoreLayout, tmp: StorePath, set_id: str, manifest: dict, make_current: bool) -> str:
-    """Write the manifest last, rename the set into place, then (optionally) point CURRENT at it."""
+_MODELS = "models"
+_CURRENT = f"{_MODELS}/CURRENT"
+_MANIFEST = "manifest.json"
+"""Written last into a model set: a set without it does not exist for readers."""
+
+
+def _stage_set(store: Store, set_id: str) -> str:
+    """Where a new set is written (Store.stage: a temporary directory, or on object storage its own prefix,
+    claimed so that of two registrations of one name at once exactly one writes it)."""
     try:
-        write_json_atomic(tmp / "manifest.json", manifest)
-        if isinstance(tmp, Path):
-            publish_dir(tmp, layout.model_set(set_id))
+        return store.stage(f"{_MODELS}/{set_id}")
+    except StoreError:
+        raise ConfigError(f"model registry {store.location(_MODELS)}: a model set {set_id!r} exists already (or is "
+                          "being registered now); choose another --name") from None
+
+
+def _commit_set(store: Store, staged: str, set_id: str, manifest: dict, make_current: bool) -> str:
+    """Publish the set with its manifest written last, then (optionally) point CURRENT at it."""
+    try:
+        body = (json.dumps(to_json(manifest), indent=2, sort_keys=True, default=str) + "\n").encode()
+        store.publish(staged, f"{_MODELS}/{set_id}", marker=_MANIFEST, body=body)
     except BaseException:
-        remove_tree(tmp)
+        store.discard(staged)
         raise
     if make_current:
-        write_text_atomic(layout.models / "CURRENT", set_id + "\n")
+        store.set_pointer(_CURRENT, set_id)
     return set_id
 
 
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cfg: Any, make_current: bool) -> str:
-    """Write trained seeds as one model set (tmp dir, then an atomic rename); optionally mark it CURRENT."""
-    layout = StoreLayout.at(root)
+    """Write trained seeds as one model set (staged, then published whole); optionally mark it CURRENT."""
+    store = open_store(root)
     set_id = _set_id(report_core, results)
-    while layout.model_set(set_id).exists():  # same weights trained again within the same second
+    while store.exists(f"{_MODELS}/{set_id}"):  # same weights trained again within the same second
         set_id = f"{set_id}-{uuid.uuid4().hex[:4]}"
-    tmp = _set_dir(layout, set_id)
+    staged = _stage_set(store, set_id)
     try:
         spec = {"feature_names": list(norm.feature_names), "context_names": list(norm.context_names),
                 "normaliser": norm.to_dict()}
-        write_json_atomic(tmp / "normaliser.json", norm.to_dict())
+        store.write_json(f"{staged}/normaliser.json", norm.to_dict())
         for r in results:
-            d = tmp / f"seed_{r.seed}"
-            _mkdir(d)
-            _save_torch(r.state_dict, d / "model.pt")
-            write_json_atomic(d / "config.json", asdict(r.config))
-            write_json_atomic(d / "features.json", spec)
-            _write_curve(r.curve, d / "curve.parquet")
-            write_json_atomic(d / "metrics.json", r.metrics | {"best_epoch": r.best_epoch})
+            d = f"{staged}/seed_{r.seed}"
+            store.write_bytes(f"{d}/model.pt", _torch_bytes(r.state_dict))
+            store.write_json(f"{d}/config.json", asdict(r.config))
+            store.write_json(f"{d}/features.json", spec)
+            store.write_parquet(f"{d}/curve.parquet", r.curve)
+            store.write_json(f"{d}/metrics.json", r.metrics | {"best_epoch": r.best_epoch})
         manifest = {
             "set_id": set_id, "kind": "builtin", "model_class": "gruviz_core.model.RaceGRU",
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -168,61 +185,9 @@ def write_model_set(root, report_core: dict, results: list, norm: Normaliser, cf
             **report_core,
         }
     except BaseException:
-        remove_tree(tmp)
+        store.discard(staged)
         raise
-    return _commit_set(layout, tmp, set_id, manifest, make_current)
-
-
-def _set_dir(layout: StoreLayout, set_id: str) -> StorePath:
-    """Where a set is written: models/.tmp/<set_id>.<nonce>/ (local, renamed later), models/<set_id>/ (remote)."""
-    if not isinstance(layout.root, Path):
-        return layout.model_set(set_id)
-    tmp = layout.models / ".tmp" / f"{set_id}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _claim(layout: StoreLayout, set_id: str) -> bool:
-    """Object storage: claim the set's prefix by an exclusive create (S3 If-None-Match), so that of two
-    registrations of one name at once exactly one writes it (the set is written in place there, not renamed);
-    False when another has. Local sets are renamed into place, which already refuses a second."""
-    if isinstance(layout.root, Path):
-        return True
-    owner = json.dumps({"pid": os.getpid(), "nonce": uuid.uuid4().hex, "at": datetime.now(UTC).isoformat()})
-    return fs.create_exclusive(layout.model_set(set_id) / _CLAIM, owner.encode())
-
-
-_CLAIM = ".claim"
-"""The object a registration creates first under its set's prefix on object storage (see _claim)."""
-
-
-def _mkdir(d: StorePath) -> None:
-    if isinstance(d, Path):
-        d.mkdir()
-
-
-def _save_torch(obj: Any, path: StorePath) -> None:
-    if isinstance(path, Path):
-        torch.save(obj, path)
-        return
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    fs.write_bytes(path, buf.getvalue())
-
-
-def _write_curve(curve, path: StorePath) -> None:
-    if isinstance(path, Path):
-        curve.to_parquet(path, index=False)
-    else:
-        fs.write_parquet(curve, path)
-
-
-def _copy_into(src: Path, dst: StorePath) -> None:
-    """A local file copied into the store."""
-    if isinstance(dst, Path):
-        shutil.copyfile(src, dst)
-    else:
-        fs.write_bytes(dst, Path(src).read_bytes())
+    return _commit_set(store, staged, set_id, manifest, make_current)
 
 
 # ------------------------------------------------------------------ loading
@@ -230,13 +195,13 @@ def _copy_into(src: Path, dst: StorePath) -> None:
 
 def current_model_set(root: str | StorePath) -> str | None:
     """The id in models/CURRENT, or None before any training."""
-    return read_pointer(StoreLayout.at(root).models / "CURRENT")
+    return open_store(root).pointer(_CURRENT)
 
 
 def list_model_sets(root: str | StorePath) -> list[str]:
     """Ids of all complete model sets, oldest first."""
-    models = StoreLayout.at(root).models
-    return sorted(p.name for p in models.iterdir() if (p / "manifest.json").exists()) if models.exists() else []
+    store = open_store(root)
+    return [n for n in store.list(_MODELS) if not n.startswith(".") and store.exists(f"{_MODELS}/{n}/{_MANIFEST}")]
 
 
 def load_model_set(root: str | StorePath, set_id: str | None = None) -> ModelSet:
@@ -307,8 +272,7 @@ def _read_checkpoint(path: StorePath, set_id: str) -> dict:
     if path.stat().st_size == 0:
         raise StoreError(f"model set {set_id}: checkpoint {path} is empty (0 bytes; an interrupted copy?); {_FIX}")
     try:
-        src = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
-        state = torch.load(src, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, EOFError, RuntimeError, ValueError... for a bad file
         raise StoreError(f"model set {set_id}: checkpoint {path} is not a PyTorch state dict of tensors "
                          f"({type(exc).__name__}: damaged, truncated or not written by gruviz); {_FIX}") from None
@@ -358,7 +322,7 @@ def load_byo(
     if (script is None) == (factory is None):
         raise ConfigError("load_byo: give exactly one of script= (TorchScript file) or factory= ('module:callable')")
     if script is not None:
-        paths = [Path(p) for p in ([script] if isinstance(script, (str, Path)) else script)]
+        paths = [Path(p) for p in ([script] if isinstance(script, (str, os.PathLike)) else script)]
         for i, p in enumerate(paths):
             if not p.exists():
                 raise NotFoundError(f"load_byo: TorchScript file {p} does not exist")
@@ -376,7 +340,7 @@ def load_byo(
         source = {"script": [str(p) for p in paths]}
     else:
         make = resolve_factory(factory)
-        paths = [Path(p) for p in ([state_dict] if isinstance(state_dict, (str, Path)) else (state_dict or []))]
+        paths = [Path(p) for p in ([state_dict] if isinstance(state_dict, (str, os.PathLike)) else (state_dict or []))]
         for i, p in enumerate(paths or [None]):
             module = build_module(make, factory, factory_kwargs)
             if p is not None:
@@ -430,7 +394,7 @@ def _byo_normaliser(normaliser, feats: tuple[str, ...], ctx: tuple[str, ...]) ->
     if normaliser is None:
         return Normaliser.identity(feats, ctx)
     where = None
-    if isinstance(normaliser, (str, Path)):
+    if isinstance(normaliser, (str, os.PathLike)):
         where = Path(normaliser)
         if not where.is_file():
             raise NotFoundError(f"normaliser {where} does not exist; give the JSON file written by "
@@ -467,30 +431,28 @@ def save_byo_set(
     version, if any), the GRU path, `trained_until` (None: comparisons may be in sample) and the
     validation on a sample. Returns the set id; marks it CURRENT if asked.
     """
-    layout = StoreLayout.at(root)
+    store = open_store(root)
     set_id = name or f"byo-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{ms.set_id.removeprefix('byo-')}"
     if not _SET_NAME.match(set_id):
         raise ConfigError(f"model set name {set_id!r}: use letters, digits, '.', '_' and '-' (at most 100), "
                           "starting with a letter or digit")
-    if layout.model_set(set_id).exists() or not _claim(layout, set_id):
-        raise ConfigError(f"model registry {layout.models}: a model set {set_id!r} exists already (or is being "
-                          "registered now); choose another --name")
+    if store.exists(f"{_MODELS}/{set_id}"):
+        raise ConfigError(f"model registry {store.location(_MODELS)}: a model set {set_id!r} exists already; "
+                          "choose another --name")
     script = "script" in ms.meta
     sources = [Path(p) for p in (ms.meta["script"] if script else ms.meta.get("state_dict", []))]
-    tmp = _set_dir(layout, set_id)
+    staged = _stage_set(store, set_id)
     try:
         files = []
         for k in ms.seeds:
-            d = tmp / f"seed_{k}"
-            _mkdir(d)
-            if script:
-                _copy_into(sources[k], d / "model.ts")
-                files.append(f"seed_{k}/model.ts")
-            elif sources:
-                _copy_into(sources[k], d / "model.pt")
-                files.append(f"seed_{k}/model.pt")
-            write_json_atomic(d / "features.json", ms.feature_spec.to_dict() | {"normaliser": ms.normaliser.to_dict()})
-        write_json_atomic(tmp / "normaliser.json", ms.normaliser.to_dict())
+            d = f"seed_{k}"
+            if script or sources:
+                name = f"{d}/model.ts" if script else f"{d}/model.pt"
+                store.write_bytes(f"{staged}/{name}", sources[k].read_bytes())
+                files.append(name)
+            store.write_json(f"{staged}/{d}/features.json",
+                             ms.feature_spec.to_dict() | {"normaliser": ms.normaliser.to_dict()})
+        store.write_json(f"{staged}/normaliser.json", ms.normaliser.to_dict())
         gru = ms.models[0].gru
         manifest = {
             **{k: v for k, v in ms.meta.items() if k not in ("set_id", "script", "state_dict")},
@@ -503,9 +465,9 @@ def save_byo_set(
             "snapshot_id": snapshot_id, "validation": validation or {},
         }
     except BaseException:
-        remove_tree(tmp)
+        store.discard(staged)
         raise
-    return _commit_set(layout, tmp, set_id, manifest, make_current)
+    return _commit_set(store, staged, set_id, manifest, make_current)
 
 
 def model_set_manifest(root: str | StorePath, set_id: str | None = None) -> dict:
@@ -563,7 +525,7 @@ def _load_registered_byo(d: StorePath, meta: dict, norm: Normaliser) -> ModelSet
     if missing:
         raise StoreError(f"model set {meta['set_id']}: file(s) missing from the registry: {', '.join(missing)}; "
                          "register the set again")
-    if not isinstance(d, Path):  # load_byo reads local files: bring the weights over first
+    if open_store(d).local_root is None:  # load_byo reads local files: bring the weights over first
         with tempfile.TemporaryDirectory(prefix="gruviz-byo-") as local:
             for name, f in zip(meta.get("files", []), files):
                 (Path(local) / name).parent.mkdir(parents=True, exist_ok=True)

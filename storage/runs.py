@@ -98,7 +98,7 @@ class RunPlan:
             d = store.read_json(key)
         except FileNotFoundError as e:
             raise NotFoundError(f"{store.location(key)}: no plan; this is not a run directory made by "
-                                "storage.states.begin_run") from e
+                                "storage.writer.begin_run") from e
         return cls(**{**d, "seeds": tuple(d["seeds"]), "tmp_dir": str(location(tmp_dir))})
 
 

@@ -189,7 +189,7 @@ def load_sequences(path: str | StorePath) -> Sequences:
 
 def load_sequence_meta(path: str | StorePath) -> dict[str, np.ndarray]:
     """A snapshot's dog metadata: {"offsets": (dog + 1,) int64, "dog_id", "dog_name": (dog,) object}, what
-    storage.states.begin_run takes; no per-row array is read."""
+    storage.writer.begin_run takes; no per-row array is read."""
     return _dogs(_open_complete(path))
 
 

@@ -112,10 +112,10 @@ def test_killed_writer_leaves_published_run_intact(tmp_path):
 
 @pytest.mark.slow  # real processes, ~6 s
 def test_two_processes_write_blocks_concurrently(tmp_path):
-    from storage import runs, states
+    from storage import runs, writer
 
     inp = inputs(3, n_dogs=60)
-    plan = states.begin_run(
+    plan = writer.begin_run(
         tmp_path, "r1", {}, offsets=inp["offsets"], dog_id=inp["dog_id"], dog_name=inp["dog_name"],
         n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12], block_shards=1, **LAYOUT,
     )
@@ -242,7 +242,7 @@ def test_damaged_model_set_is_a_clear_error(model_store, tmp_path, damage, targe
 
 def _worker(argv: list[str]) -> None:
     from flows.stages.extract import write_block
-    from storage import runs, states
+    from storage import runs, states, writer
 
     mode = argv[0]
     if mode == "slow-run":  # a whole run in one process, slowed so the parent can kill it mid-way
@@ -250,7 +250,7 @@ def _worker(argv: list[str]) -> None:
         inp = inputs(2)
         vals, ctx = inp.pop("seqs_values"), inp.pop("context")
         rows = {k: inp.pop(k) for k in states.ROW_META}
-        plan = states.begin_run(root, run_id, {}, n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12],
+        plan = writer.begin_run(root, run_id, {}, n_layers=LAYERS, n_units=HIDDEN, seeds=[11, 12],
                                 block_shards=1, **inp, **LAYOUT)
         print("tmp", plan.tmp_dir, flush=True)
 

@@ -15,7 +15,7 @@ from gruviz_core import stats as gst
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.extract import extract_batch
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from storage import runs, states
+from storage import runs, states, writer
 
 F, C = 4, 2
 
@@ -65,7 +65,7 @@ def test_blocks_from_block_dogs_are_even_and_come_in_multiples_of_those_run_at_o
     meta = {k: inp[k] for k in ("offsets", "dog_id", "dog_name")}
 
     def shards(name: str, **kw) -> list[int]:
-        plan = states.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
+        plan = writer.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
                                 shard_chunks=1, **meta, **kw)
         rows = [plan.block_rows(b) for b in range(plan.n_blocks)]
         assert rows[0][0] == 0 and rows[-1][1] == 32 and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
@@ -239,7 +239,7 @@ def test_lifecycle_guards(tmp_path):
     inp = make_inputs([3] * 10)
     assert runs.latest_run(tmp_path) is None
     values, context, rows = split_inputs(inp)
-    plan = states.begin_run(tmp_path, "r1", {"night": "2026-01-01"}, n_layers=2, n_units=6, seeds=[100],
+    plan = writer.begin_run(tmp_path, "r1", {"night": "2026-01-01"}, n_layers=2, n_units=6, seeds=[100],
                             chunk_rows=2, shard_chunks=2, block_shards=2, **inp)
     assert plan.n_blocks == 4 and plan.block_rows(3) == (24, 30)
     with pytest.raises(StoreError, match="no _COMPLETE"):
@@ -268,27 +268,27 @@ def test_a_block_computes_from_its_own_rows_only(tmp_path):
     values, context, rows = split_inputs(inp)
     got = []
     for name in ("all", "window"):
-        plan = states.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
+        plan = writer.begin_run(tmp_path / name, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
                                 shard_chunks=1, block_shards=2, **inp)
         for b in range(plan.n_blocks):
             if name == "all":
                 write_block(plan, b, models, values, context, rows=rows, device="cpu")
                 continue
-            a, z = states.block_span(plan, b)
+            a, z = writer.block_span(plan, b)
             assert a <= plan.block_rows(b)[0] and z >= plan.block_rows(b)[1]
             window = {k: v[a:z] for k, v in rows.items()}
             write_block(plan, b, models, values[a:z], context[a:z], rows=window, row_base=a, device="cpu")
         got.append(states.open_states(runs.finish_run(plan.path), allow_incomplete=True))
-    spans = [states.block_span(plan, b) for b in range(plan.n_blocks)]
+    spans = [writer.block_span(plan, b) for b in range(plan.n_blocks)]
     assert any(s[0] < plan.block_rows(b)[0] for b, s in enumerate(spans))  # a dog straddles two blocks
     for d in inp["dog_id"]:
         a, w = got[0].dog(d), got[1].dog(d)
         np.testing.assert_allclose(w.h, a.h, atol=1e-3)
         np.testing.assert_allclose(w.score, a.score, rtol=1e-5, atol=1e-6)
         assert list(w.race_id) == list(a.race_id) and np.array_equal(w.race_date, a.race_date)
-    plan = states.begin_run(tmp_path / "short", "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
+    plan = writer.begin_run(tmp_path / "short", "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=4,
                             shard_chunks=1, block_shards=2, **inp)
-    a, z = states.block_span(plan, 1)
+    a, z = writer.block_span(plan, 1)
     with pytest.raises(ConfigError, match=rf"needs rows {a}\.\.{z}"):
         write_block(plan, 1, models, values[a + 1 : z], context[a + 1 : z], rows=rows, row_base=a + 1, device="cpu")
 
@@ -309,7 +309,7 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
 
     monkeypatch.setattr(fx.st, "row_summary", boom)
     inp = make_inputs([5, 1, 9, 2, 2, 7])
-    plan = states.begin_run(tmp_path, "r", {}, offsets=inp["offsets"], dog_id=inp["dog_id"], dog_name=inp["dog_name"],
+    plan = writer.begin_run(tmp_path, "r", {}, offsets=inp["offsets"], dog_id=inp["dog_id"], dog_name=inp["dog_name"],
                             n_layers=2, n_units=6, seeds=[100, 101], chunk_rows=2, shard_chunks=2)
     values, context, rows = split_inputs(inp)
     with pytest.raises((StoreError, RuntimeError), match="summary exploded"):
@@ -321,7 +321,7 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
 
 @pytest.mark.parametrize("n_obs", [16, 13, 5, 1])
 def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
-    """The writers' direct shard encoder (storage.states._ShardEncoder) must write what zarr itself writes, byte
+    """The writers' direct shard encoder (storage.writer._ShardEncoder) must write what zarr itself writes, byte
     for byte: this fails loudly if an upgrade changes zarr's shard layout or Blosc settings."""
     import zarr
 
@@ -331,7 +331,7 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
     kw = dict(shape=x.shape, dtype="float16", chunks=(2, 2, 3), shards=(8, 2, 3), compressors=states._compressor(),
               fill_value=np.nan)
     mine, theirs = g.create_array("mine", **kw), g.create_array("theirs", **kw).with_config(states._WRITE_CONFIG)
-    enc = states._ShardEncoder.of(mine)
+    enc = writer._ShardEncoder.of(mine)
     assert enc is not None
     for s0 in range(0, n_obs, 8):
         s1 = min(s0 + 8, n_obs)
@@ -343,4 +343,4 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
     for f in files:
         assert (root / "mine" / f).read_bytes() == (root / "theirs" / f).read_bytes(), f
     np.testing.assert_array_equal(zarr.open_array(root / "mine", mode="r")[:], x)
-    assert states._ShardEncoder.of(g.create_array("plain", shape=(4, 2), dtype="float32", chunks=(2, 2))) is None
+    assert writer._ShardEncoder.of(g.create_array("plain", shape=(4, 2), dtype="float32", chunks=(2, 2))) is None

@@ -20,11 +20,17 @@ pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (make 
 
 from flows.stages.extract import extract_run  # noqa: E402
 from gruviz_core.errors import StoreError  # noqa: E402
-from storage import fs, runs, states  # noqa: E402
+from storage import runs, states  # noqa: E402
 from storage.layout import StoreLayout  # noqa: E402
+from storage.store import location, open_store, split  # noqa: E402
 from tests.test_states import make_inputs, make_models  # noqa: E402
 
 BUCKET = "gruviz-test"
+
+
+def _put(where, data: bytes) -> None:
+    store, key = split(where)
+    store.write_bytes(key, data)
 
 
 def _free_port() -> int:
@@ -76,8 +82,8 @@ def _write_run(home: str, run_id: str, night: str, *, publish: bool = True):
 def test_store_paths_on_a_url_are_remote_and_local_paths_stay_pathlib(tmp_path):
     from pathlib import Path
 
-    assert fs.is_remote("s3://b/p") and not fs.is_remote(tmp_path) and not fs.is_remote(f"file://{tmp_path}")
-    assert fs.store_path(f"file://{tmp_path}") == tmp_path and type(fs.store_path(str(tmp_path))) is type(Path())
+    assert open_store("s3://b/p").local_root is None and open_store(f"file://{tmp_path}").local_root == tmp_path
+    assert location(f"file://{tmp_path}") == tmp_path and type(location(str(tmp_path))) is type(Path())
     assert str(StoreLayout.at("s3://b/p").run("r1")) == "s3://b/p/runs/r1"
 
 
@@ -107,7 +113,7 @@ def test_a_blocks_rows_of_the_sequences_on_the_bucket_are_only_their_chunks(s3_h
     from tests.test_sequences import make_sequences
 
     seqs = make_sequences([40] * 5_000, n_features=23, n_context=37)  # 200,000 rows, 46 MB of float32 inputs
-    path = fs.store_path(f"{s3_home}/features/snap/{sq.SEQUENCES}")
+    path = location(f"{s3_home}/features/snap/{sq.SEQUENCES}")
     sq.save_sequences(seqs, path)
     stored = path.fs.du(path.path)
     s3_requests.clear()
@@ -120,7 +126,7 @@ def test_a_blocks_rows_of_the_sequences_on_the_bucket_are_only_their_chunks(s3_h
     assert list(rows.meta["race_id"]) == list(seqs.race_id[a:b])
     of_arrays = 0
     for name in ("values", "context", *sq.ROW_META):
-        arr = zarr.open_array(sq.fs.zarr_store(path / name, read_only=True), mode="r")
+        arr = zarr.open_array(sq._zarr(path / name, read_only=True), mode="r")
         chunk, one_chunk_shards = arr.chunks[0], arr.shards[0] == arr.chunks[0]
         covering = (b - 1) // chunk - a // chunk + 1
         mine = [(op, rng) for op, key, rng, _ in requests if f"/{sq.SEQUENCES}/{name}/c/" in key]
@@ -141,16 +147,16 @@ def test_sequences_on_the_bucket_are_complete_only_with_their_marker(s3_home, mo
     from storage import sequences as sq
     from tests.test_sequences import assert_same, make_sequences
 
-    path = fs.store_path(f"{s3_home}/features/snap/{sq.SEQUENCES}")
+    path = location(f"{s3_home}/features/snap/{sq.SEQUENCES}")
     legacy = path.parent / "sequences.npz"
-    fs.write_bytes(legacy, b"an npz of an older gruviz")
+    _put(legacy, b"an npz of an older gruviz")
     first = make_sequences([3, 4, 5])
     sq.save_sequences(first, path)
     assert (path / sq.COMPLETE).exists() and not legacy.exists()
     assert_same(sq.load_sequences(path), first)
 
     def dies(seqs, at):
-        zarr.create_group(sq.fs.zarr_store(at))
+        zarr.create_group(sq._zarr(at))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sq, "_write", dies)
@@ -216,7 +222,7 @@ def test_the_nightly_lock_refuses_a_second_night_and_expires(s3_home):
                 pass
     assert not lock.exists()  # released on exit
     # a holder that died without releasing: refused until its expiry, then taken over
-    fs.write_bytes(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
+    _put(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
     with runs.nightly_lock(s3_home):
         assert json.loads(lock.read_text())["owner"] != "dead"
 
@@ -313,7 +319,7 @@ def test_settings_and_preflight_take_a_url_home(s3_home, tmp_path):
     assert s.home == s3_home and s.home_is_url and s.reports_path == Path("./gruviz-reports").absolute()
     assert load_settings(home=str(tmp_path / "x" / "..")).home == str(Path(tmp_path / "x" / "..").absolute())
     assert str(check_store(s.home)) == s3_home
-    assert not fs.store_path(s3_home).exists()  # the probe object is gone: nothing under the prefix
+    assert not location(s3_home).exists()  # the probe object is gone: nothing under the prefix
     assert runs.published_runs(s3_home) == [] and runs.latest_run(s3_home) is None
     assert runs.sweep_tmp_runs(s3_home) == [] and runs.prune_runs(s3_home, 1) == []
     with pytest.raises(ConfigError, match="s3://no-such-bucket-gruviz/p.*does not exist"):
@@ -338,7 +344,7 @@ def test_nightly_on_s3_with_dask_worker_processes(s3_store, monkeypatch, tmp_pat
     assert state.is_completed(), state.message
     run_dir = state.result()["run_dir"]
     assert str(runs.latest_run(home)) == run_dir
-    layout = RunLayout.at(fs.store_path(run_dir))
+    layout = RunLayout.at(location(run_dir))
     plan = runs.RunPlan.load(run_dir)
     markers = [json.loads(layout.block(b).read_text()) for b in range(plan.n_blocks)]
     assert markers and sum(m["dogs"] for m in markers) >= plan.n_dogs
@@ -378,7 +384,7 @@ def test_an_expired_lock_is_taken_over_by_exactly_one_of_several_nights(s3_home,
     import time
 
     lock = StoreLayout.at(s3_home).runs / ".nightly.lock"
-    fs.write_bytes(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
+    _put(lock, json.dumps({"owner": "dead", "heartbeat": 0.0, "expires": 1.0}).encode())
     go = time.time() + 3.0  # every process imported and waiting by then
     procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, s3_home, str(go), str(tmp_path)], env=os.environ)
              for _ in range(5)]

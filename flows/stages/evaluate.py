@@ -35,12 +35,12 @@ from gruviz_core.headline import Headline
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from gruviz_core.results import StatsSummary
-from storage.fs import store_path
 from storage.layout import RunLayout
 from storage.registry import load_model_set
 from storage.results import read_summary
 from storage.sequences import load_sequence_meta, load_sequence_rows
 from storage.states import open_states
+from storage.store import location as store_path
 from storage.tables import has_table, read_record, read_table, write_json, write_table
 
 __all__ = ["evaluate_run", "run", "Holdout", "holdout_of"]

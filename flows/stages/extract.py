@@ -1,6 +1,6 @@
 """The extract stage: every dog's states, gates and scores under every seed, block by block.
 
-`begin` lays out the run (storage.states.begin_run), `block` computes one block's shards with
+`begin` lays out the run (storage.writer.begin_run), `block` computes one block's shards with
 gruviz_core.extract, summarises its float32 states with gruviz_core.stats (the per-row summaries and
 per-unit accumulators the stats stage aggregates: it never decodes the states) and hands them to
 storage's BlockWriter, `finish` checks every block is done.
@@ -31,7 +31,7 @@ from gruviz_core.model import LoadedModel
 from storage.registry import ModelSet, load_model_set
 from storage.runs import RunPlan, finish_run
 from storage.sequences import load_sequence_meta, load_sequence_rows
-from storage.states import BlockWriter, ShardBuffers, begin_run, block_span
+from storage.writer import BlockWriter, ShardBuffers, begin_run, block_span
 
 __all__ = ["inputs", "begin", "block", "finish", "write_block", "extract_run", "set_torch_threads"]
 
@@ -87,7 +87,7 @@ def begin(root: str, run_id: str, meta: dict, seq_path: str, set_id: str, block_
 def block(plan: dict, index: int, *, device: str, batch_size: int, progress=None) -> int:
     """Write one block; `progress(dogs_done, dogs_in_block)` is called after each shard. Returns its dogs.
 
-    Reads and prepares only the rows of the block's dogs (`storage.states.block_span`)."""
+    Reads and prepares only the rows of the block's dogs (`storage.writer.block_span`)."""
     model_set = _model_set(plan["root"], plan["set_id"])
     start, stop = block_span(plan["tmp_dir"], index)
     values, context, rows = inputs(plan["seq_path"], model_set, start, stop)
@@ -169,7 +169,7 @@ def _check_models(out: BlockWriter, models: Sequence[LoadedModel], values: np.nd
     if len(values) != len(context) or row_base > start or row_base + len(values) < stop:
         raise ConfigError(f"run {plan.run_id} block {out.block_index}: values has {len(values)} rows and context "
                           f"{len(context)} from row {row_base}; the block needs rows {start}..{stop} "
-                          "(storage.states.block_span), or every row from 0")
+                          "(storage.writer.block_span), or every row from 0")
 
 
 def _batches(model: LoadedModel, values, context, offsets, dogs, slots: threading.BoundedSemaphore,

@@ -18,7 +18,7 @@ from flows.sources import read_forms
 from gruviz_core.errors import InputError
 from gruviz_core.formats.reader import Forms, InflateLimit, IngestSummary
 from storage.forms import latest_snapshot, set_latest, write_snapshot
-from storage.fs import StorePath
+from storage.store import StorePath
 
 __all__ = ["ingest", "run"]
 
