@@ -354,30 +354,26 @@ class MemoryStore(ObjectStore):
 
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         with _MEMORY_LOCK:
-            try:
-                data = bytes(self.fs.cat_file(self._p(key)))
-            except FileNotFoundError:
-                return None
-            return data, hashlib.sha256(data).hexdigest()
+            return self._tagged(key)
 
     def replace_if_match(self, key: str, data: bytes, tag: str) -> bool:
         with _MEMORY_LOCK:
-            try:
-                current = bytes(self.fs.cat_file(self._p(key)))
-            except FileNotFoundError:
-                return False
-            if hashlib.sha256(current).hexdigest() != tag:
+            if (self._tagged(key) or (b"", None))[1] != tag:
                 return False
             self.fs.pipe_file(self._p(key), data)
             return True
 
     def delete_if_match(self, key: str, tag: str) -> bool:
         with _MEMORY_LOCK:
-            try:
-                current = bytes(self.fs.cat_file(self._p(key)))
-            except FileNotFoundError:
-                return False
-            if hashlib.sha256(current).hexdigest() != tag:
+            if (self._tagged(key) or (b"", None))[1] != tag:
                 return False
             self.fs.rm_file(self._p(key))
             return True
+
+    def _tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and their digest (its version tag); None when absent. Hold _MEMORY_LOCK."""
+        try:
+            data = bytes(self.fs.cat_file(self._p(key)))
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()

@@ -437,8 +437,8 @@ def save_byo_set(
         raise ConfigError(f"model set name {set_id!r}: use letters, digits, '.', '_' and '-' (at most 100), "
                           "starting with a letter or digit")
     if store.exists(f"{_MODELS}/{set_id}"):
-        raise ConfigError(f"model registry {store.location(_MODELS)}: a model set {set_id!r} exists already; "
-                          "choose another --name")
+        raise ConfigError(f"model registry {store.location(_MODELS)}: a model set {set_id!r} exists already (or is "
+                          "being registered now); choose another --name")
     script = "script" in ms.meta
     sources = [Path(p) for p in (ms.meta["script"] if script else ms.meta.get("state_dict", []))]
     staged = _stage_set(store, set_id)

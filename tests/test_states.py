@@ -328,15 +328,15 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
     x = np.tanh(np.random.default_rng(0).normal(size=(n_obs, 2, 3))).astype(np.float16)
     root = tmp_path / "z"
     g = zarr.create_group(zarr.storage.LocalStore(root))
-    kw = dict(shape=x.shape, dtype="float16", chunks=(2, 2, 3), shards=(8, 2, 3), compressors=states._compressor(),
+    kw = dict(shape=x.shape, dtype="float16", chunks=(2, 2, 3), shards=(8, 2, 3), compressors=writer._compressor(),
               fill_value=np.nan)
-    mine, theirs = g.create_array("mine", **kw), g.create_array("theirs", **kw).with_config(states._WRITE_CONFIG)
+    mine, theirs = g.create_array("mine", **kw), g.create_array("theirs", **kw).with_config(writer._WRITE_CONFIG)
     enc = writer._ShardEncoder.of(mine)
     assert enc is not None
     for s0 in range(0, n_obs, 8):
         s1 = min(s0 + 8, n_obs)
         assert enc.covers(s0, s1) and not enc.covers(s0 + 1, s1)
-        states._write_all([(mine, (slice(s0, s1),), x[s0:s1], enc)])
+        writer._write_all([(mine, (slice(s0, s1),), x[s0:s1], enc)])
         theirs[s0:s1] = x[s0:s1]
     files = sorted(p.relative_to(root / "theirs") for p in (root / "theirs" / "c").rglob("*") if p.is_file())
     assert len(files) == -(-n_obs // 8)

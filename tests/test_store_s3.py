@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import uuid
 
 import numpy as np
@@ -25,51 +24,10 @@ from storage.layout import StoreLayout  # noqa: E402
 from storage.store import location, open_store, split  # noqa: E402
 from tests.test_states import make_inputs, make_models  # noqa: E402
 
-BUCKET = "gruviz-test"
-
 
 def _put(where, data: bytes) -> None:
     store, key = split(where)
     store.write_bytes(key, data)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_bucket():
-    """moto's S3 server on a free loopback port, the AWS variables pointing at it, one bucket; its s3:// URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir(BUCKET)
-    try:
-        yield f"s3://{BUCKET}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture
-def s3_home(s3_bucket):
-    """A fresh prefix of the bucket for one test."""
-    return f"{s3_bucket}/{uuid.uuid4().hex[:8]}"
 
 
 def _write_run(home: str, run_id: str, night: str, *, publish: bool = True):
