@@ -29,8 +29,12 @@ from storage.store import LockHeld, Missing, StorePath, _Base
 
 __all__ = ["ObjectStore", "MemoryStore"]
 
-_S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
-"""A store that stops answering fails a request within about a minute instead of hanging a night or a page."""
+_S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2, "mode": "standard"}}
+"""botocore's timeouts and attempts: with s3fs's own retries (_S3FS_RETRIES) a store that stops answering fails a
+request within about a minute instead of hanging a night or a page for minutes (the read timeout is between
+bytes, not for a whole object)."""
+_S3FS_RETRIES = 2
+"""s3fs retries a timed-out call itself on top of botocore (5 times by default)."""
 _NO_LISTING_CACHE = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 """Protocols whose filesystems take `use_listings_cache` (all object stores fsspec knows)."""
 
@@ -65,6 +69,8 @@ class ObjectStore(_Base):
         if scheme in ("s3", "s3a") and "config_kwargs" not in opts:
             opts = {**opts, "config_kwargs": _S3_TIMEOUTS}
         self.fs, path = fsspec.core.url_to_fs(url, **opts)
+        if scheme in ("s3", "s3a"):
+            self.fs.retries = _S3FS_RETRIES
         self.storage_options = opts
         self.scheme = scheme
         self.path = path.rstrip("/")

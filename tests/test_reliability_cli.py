@@ -220,3 +220,56 @@ def test_ingest_names_a_canonical_file_with_no_result_column(tmp_path, capsys):
     assert summary["files_without_result"] == {str(bare): rows}
     assert f"{bare}: no result column (won or finish_pos)" in out.err and f"{rows} accepted rows" in out.err
     assert str(full) not in out.err
+
+
+# ------------------------------------------ case 11, second half: store reads have timeouts
+
+
+@pytest.mark.slow
+def test_a_frozen_object_store_fails_a_read_instead_of_hanging(monkeypatch):
+    """An S3 endpoint that accepts connections and never answers (a frozen server): a read ends with an error
+    within the client's timeouts; before, an explorer request waited for over 200 s."""
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("s3fs")
+    import s3fs
+
+    from storage import objects
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # never answers
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(objects, "_S3_TIMEOUTS", {**objects._S3_TIMEOUTS, "read_timeout": 2})
+    s3fs.S3FileSystem.clear_instance_cache()
+    store = objects.ObjectStore("s3://frozen/home")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(Exception) as info:
+            store.read_bytes("runs/LATEST")
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        listener.close()
+        s3fs.S3FileSystem.clear_instance_cache()
+    took = time.monotonic() - t0
+    assert took < 30, f"{took:.0f} s"
+    assert "timeout" in f"{type(info.value).__name__} {info.value}".lower(), repr(info.value)  # not 'missing'
+
