@@ -32,9 +32,9 @@ Writing (begin_run, BlockWriter) is storage.writer's; this module reads the stat
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures as cf
 import json
-import queue
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -247,40 +247,14 @@ class StatesReader:
 
 
 def prefetch(it: Iterator, depth: int = 1) -> Iterator:
-    """Iterate `it` in a background thread, `depth` items ahead: reads (zarr/blosc release the GIL)
-    overlap the statistics of the previous chunk. Memory: depth more chunks."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def _run() -> None:
-        try:
-            for x in it:
-                while not stop.is_set():
-                    try:
-                        q.put(x, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # hand the reader's error to the consumer
-            q.put(e)
-
-    th = threading.Thread(target=_run, name="gruviz-prefetch", daemon=True)
-    th.start()
-    try:
-        while True:
-            x = q.get()
-            if x is done:
-                return
-            if isinstance(x, BaseException):
-                raise x
+    """Iterate `it` in a worker thread, `depth` items ahead: reads (zarr/blosc release the GIL) overlap the
+    statistics of the previous chunk. Memory: depth more chunks. The reader's error reaches the consumer."""
+    end = object()
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="gruviz-prefetch") as pool:
+        ahead = collections.deque(pool.submit(next, it, end) for _ in range(depth))
+        while (x := ahead.popleft().result()) is not end:
+            ahead.append(pool.submit(next, it, end))
             yield x
-    finally:
-        stop.set()
-        th.join(timeout=5)
 
 
 def _read_all(arrays: Sequence[zarr.Array], selections: Sequence[tuple]) -> list[np.ndarray]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import queue
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -421,20 +420,18 @@ class BlockWriter:
 
 
 class _ShardWriter:
-    """A thread that writes whole shards handed to it, so compute overlaps compression and writes.
+    """Writes whole shards in one worker thread, so compute overlaps compression and writes.
 
     At most `in_flight` shard sets exist at once (one being written, one being filled): `reserve()`
     before allocating the next set blocks until the writer has finished an earlier one.
     """
 
     def __init__(self, in_flight: int = 2):
-        self._q: queue.Queue = queue.Queue()
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="gruviz-shard-writer")
         self._slots = threading.Semaphore(in_flight)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gruviz-shard-writer", daemon=True)
 
     def __enter__(self) -> _ShardWriter:
-        self._thread.start()
         return self
 
     def reserve(self) -> None:
@@ -446,34 +443,31 @@ class _ShardWriter:
         """Hand over a reserved shard set: [(array, (n, ...) buffer[, _ShardEncoder])], rows [s0, s1), score column
         k, written once the futures in `after` are done."""
         self._raise()
-        self._q.put((arrays, s0, s1, score, k, sc, tuple(after)))
+        self._pool.submit(self._write, arrays, s0, s1, score, k, sc, tuple(after))
+
+    def _write(self, arrays, s0, s1, score, k, sc, after) -> None:
+        try:
+            for f in after:
+                f.result()  # re-raises a filling job's error
+            if self._error is None:
+                pairs = [(arr, (slice(s0, s1),), *rest) for arr, *rest in arrays]  # (array, buf[, encoder])
+                if score is not None:
+                    pairs.append((score, (slice(s0, s1), slice(k, k + 1)), sc))
+                _write_all(pairs)
+        except BaseException as e:  # re-raised in the computing thread
+            self._error = e
+        finally:
+            self._slots.release()
 
     def _raise(self) -> None:
         if self._error is not None:
             raise StoreError(f"shard writer failed: {self._error!r}") from self._error
 
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            arrays, s0, s1, score, k, sc, after = item
-            try:
-                for f in after:
-                    f.result()  # re-raises a filling job's error
-                if self._error is None:
-                    pairs = [(arr, (slice(s0, s1),), *rest) for arr, *rest in arrays]  # (array, buf[, encoder])
-                    if score is not None:
-                        pairs.append((score, (slice(s0, s1), slice(k, k + 1)), sc))
-                    _write_all(pairs)
-            except BaseException as e:  # re-raised in the computing thread
-                self._error = e
-            finally:
-                del arrays, sc, item, after
-                self._slots.release()
-
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._q.put(None)
-        self._thread.join()
+        self._pool.shutdown(wait=True)
         if exc is None:
             self._raise()
+
 
 def _write_all(items: Sequence[tuple]) -> None:
     """Write several (array, selection, values[, _ShardEncoder]) concurrently on zarr's event loop: one array's
