@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["Effect", "GridPoint", "DoseSlope", "Bucket", "Verdict", "Headline"]
+__all__ = ["Effect", "GridPoint", "DoseSlope", "Bucket", "Verdict", "EvalPeriod", "Headline"]
 
 
 def _num(x: Any) -> float | None:
@@ -135,11 +135,43 @@ def _typed(cls, x):
 
 
 @dataclass(frozen=True)
+class EvalPeriod:
+    """What was evaluated: the held-out period as the report states it."""
+
+    start: str | None = None
+    """First race date evaluated (ISO), None when nothing was."""
+    end: str | None = None
+    """Last race date evaluated (ISO)."""
+    after: str | None = None
+    """Races after this date are held out (the model set's cutoff or early-stopping end); None: in sample."""
+    model_cutoff: str | None = None
+    """The model set's training cutoff, as recorded."""
+    early_stop_end: str | None = None
+    """End of the early-stopping window, when the set kept one."""
+    basis: str | None = None
+    """How `after` was chosen."""
+    races: int = 0
+    """Races evaluated."""
+    dogs: int = 0
+    """Dogs with a runner evaluated."""
+    rows: int = 0
+    """Runners evaluated."""
+    in_sample: bool | None = None
+    """False when held out; None when the set recorded no cutoff (comparisons may be in sample)."""
+    min_races: int = 0
+    """Fewest races the comparisons need."""
+    too_small: bool = False
+    """Fewer races than min_races: the comparisons are skipped."""
+
+
+@dataclass(frozen=True)
 class Headline:
     """eval/headline.json, the fields page one reads (see the module docstring)."""
 
     rule: Mapping[str, Any] = field(default_factory=dict)
     """{name, version, params} of the cohort rule."""
+    period: EvalPeriod | None = None
+    """What was evaluated."""
     main_effect: Effect | None = None
     """Settled - settling, gap to the market, single-step strata, seeds pooled."""
     within_dog: Effect | None = None
@@ -167,7 +199,7 @@ class Headline:
     status_runners: Mapping[str, int] = field(default_factory=dict)
     """Runner rows (over seeds, in scope) per status group."""
     extra: Mapping[str, Any] = field(default_factory=dict)
-    """Every other key of the file (period, resilience_latest, repro, exemplars, ...)."""
+    """Every other key of the file (resilience_latest, repro, exemplars, ...)."""
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -181,6 +213,7 @@ class Headline:
         comp = d.get("composition") or {}
         return cls(
             rule=d.get("rule") or {},
+            period=_period(d.get("period")),
             main_effect=Effect.from_dict(d.get("main_effect")),
             within_dog=Effect.from_dict(d.get("within_dog")),
             grid=tuple(g for g in (_typed(GridPoint, x) for x in d.get("grid") or ()) if g is not None),
@@ -195,6 +228,14 @@ class Headline:
             status_runners=d.get("status_runners") or {},
             extra={k: v for k, v in d.items() if k not in own},
         )
+
+
+def _period(x: Any) -> EvalPeriod | None:
+    if isinstance(x, EvalPeriod):
+        return x
+    if not isinstance(x, Mapping):
+        return None
+    return EvalPeriod(**{f.name: x[f.name] for f in fields(EvalPeriod) if f.name in x})
 
 
 def _verdict(x: Any) -> Verdict | None:

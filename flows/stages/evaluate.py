@@ -31,7 +31,7 @@ from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError, NotFoundError
 from gruviz_core.exemplars import typical_pair
 from gruviz_core.features import column_index
-from gruviz_core.headline import Headline
+from gruviz_core.headline import EvalPeriod, Headline
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from gruviz_core.results import StatsSummary
@@ -159,17 +159,17 @@ class _NormalisedRows:
         return norm.apply(empty, x)[1] if self.context else norm.apply(x, empty)[0]
 
 
-def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> dict:
+def _period(holdout: Holdout, r: pd.DataFrame, race: np.ndarray, min_races: int) -> EvalPeriod:
     """The evaluation period as the report states it."""
     d = r["race_date"].to_numpy(dtype="datetime64[D]")
     n_races = int(race.max() + 1) if len(race) else 0
-    return {
-        "start": str(d.min()) if len(d) else None, "end": str(d.max()) if len(d) else None,
-        "after": holdout.after, "model_cutoff": holdout.model_cutoff, "early_stop_end": holdout.early_stop_end,
-        "basis": holdout.basis, "races": n_races, "dogs": int(r["dog_index"].nunique()), "rows": int(len(r)),
-        "in_sample": False if holdout.after is not None else None, "min_races": int(min_races),
-        "too_small": n_races < min_races,
-    }
+    return EvalPeriod(
+        start=str(d.min()) if len(d) else None, end=str(d.max()) if len(d) else None,
+        after=holdout.after, model_cutoff=holdout.model_cutoff, early_stop_end=holdout.early_stop_end,
+        basis=holdout.basis, races=n_races, dogs=int(r["dog_index"].nunique()), rows=int(len(r)),
+        in_sample=False if holdout.after is not None else None, min_races=int(min_races),
+        too_small=n_races < min_races,
+    )
 
 
 def _yardstick_nll(sticks: dict[str, np.ndarray], sel: np.ndarray, sources: dict, won: np.ndarray,
@@ -274,12 +274,12 @@ def evaluate_run(
     row_cohort = cohort[dog]
     cal = [ev.calibration(sources[s], won, row_cohort).assign(source=s) for s in ("model", "market") if s in sources]
     tables["calibration"] = pd.concat(cal, ignore_index=True)
-    if rule.by_plateau and not period["too_small"] and len(sel):
+    if rule.by_plateau and not period.too_small and len(sel):
         found = cp.plateau_comparisons(run_dir, summary, rule, dogs, sel, probs, sources.get("market"), won, race, dog,
                                        weights, sizes=sizes, grid_boot=grid_boot, n_obs=reader.n_obs)
     else:
         found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
-                             sizes=sizes, grid_boot=grid_boot, too_small=period["too_small"])
+                             sizes=sizes, grid_boot=grid_boot, too_small=period.too_small)
     tables.update(found.tables)
     tables["repro"] = ev.repro_table(probs, race, dog, step, won, _kappas(run_dir, dogs, rule), weights=weights)
     tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
