@@ -13,7 +13,6 @@ whether forms/LATEST moves to it.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -22,7 +21,7 @@ from gruviz_core import __version__
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.formats.reader import SNAPSHOT_VERSION, Forms
 from gruviz_core.schema import conform
-from storage.store import Store, StorePath, open_store, to_json
+from storage.store import Store, StorePath, json_bytes, open_store
 
 _FORMS = "forms"
 _MANIFEST = "manifest.json"
@@ -56,8 +55,7 @@ def write_snapshot(root: str | StorePath, forms: Forms) -> StorePath:
     try:
         store.write_parquet(f"{staged}/runs.parquet", forms.runs)
         store.write_parquet(f"{staged}/rejects.parquet", forms.rejects)
-        manifest = (json.dumps(to_json(_manifest(forms)), indent=2, sort_keys=True, default=str) + "\n").encode()
-        store.publish(staged, key, marker=_MANIFEST, body=manifest)
+        store.publish(staged, key, marker=_MANIFEST, body=json_bytes(_manifest(forms)))
     except BaseException as exc:
         published = store.exists(f"{key}/{_MANIFEST}")
         if staged != key or not published:

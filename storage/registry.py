@@ -42,7 +42,7 @@ from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, colum
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
 from gruviz_core.sequences import SequenceRows, Sequences
 from storage.layout import StoreLayout
-from storage.store import Store, StorePath, open_store, to_json
+from storage.store import Store, StorePath, json_bytes, open_store
 
 __all__ = [
     "ModelSet",
@@ -142,8 +142,7 @@ def _stage_set(store: Store, set_id: str) -> str:
 def _commit_set(store: Store, staged: str, set_id: str, manifest: dict, make_current: bool) -> str:
     """Publish the set with its manifest written last, then (optionally) point CURRENT at it."""
     try:
-        body = (json.dumps(to_json(manifest), indent=2, sort_keys=True, default=str) + "\n").encode()
-        store.publish(staged, f"{_MODELS}/{set_id}", marker=_MANIFEST, body=body)
+        store.publish(staged, f"{_MODELS}/{set_id}", marker=_MANIFEST, body=json_bytes(manifest))
     except BaseException:
         store.discard(staged)
         raise

@@ -25,7 +25,7 @@ from pathlib import Path
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from storage.layout import RunLayout
-from storage.store import Store, StorePath, location, open_store, split
+from storage.store import Store, StorePath, location, open_store, split, to_json
 
 __all__ = [
     "RunPlan", "BlockMarker", "COMPLETE", "LOCK_TTL_S", "stage_run", "finish_run", "publish_run", "latest_run",
@@ -89,7 +89,7 @@ class RunPlan:
     def save(self) -> None:
         """Write the plan into its run (plan.json; tmp_dir is where it lies, not part of it)."""
         store, key = split(RunLayout.at(self.tmp_dir).plan)
-        store.write_json(key, {k: v for k, v in _fields(self).items() if k != "tmp_dir"})
+        store.write_json(key, {k: v for k, v in to_json(self).items() if k != "tmp_dir"})
 
     @classmethod
     def load(cls, tmp_dir: str | StorePath) -> RunPlan:
@@ -128,12 +128,6 @@ class BlockMarker:
     """Host it ran on (a worker on the cluster path)."""
     pid: int = 0
     """Process it ran in."""
-
-
-def _fields(record) -> dict:
-    from dataclasses import fields
-
-    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def stage_run(root: str | StorePath, run_id: str) -> StorePath:

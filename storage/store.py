@@ -41,7 +41,7 @@ from gruviz_core.errors import NotFoundError, StoreError
 
 __all__ = [
     "Store", "open_store", "StorePath", "Missing", "LockHeld",
-    "to_json", "from_json", "split", "location",
+    "to_json", "from_json", "json_bytes", "split", "location",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -148,6 +148,11 @@ def to_json(obj: Any) -> Any:
     return obj
 
 
+def json_bytes(obj: Any) -> bytes:
+    """A record or plain data as the store writes JSON: indented, keys sorted, UTF-8, a final newline."""
+    return (json.dumps(to_json(obj), indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
 def from_json(cls: type[T], data: Any, where: str = "record") -> T:
     """The frozen dataclass `cls` from JSON data: fields typed as tuples or records are rebuilt, unknown keys
     are ignored, a missing field without a default is a StoreError naming it."""
@@ -220,7 +225,7 @@ class _Base:
                              "recompute it or restore it from a backup") from exc
 
     def write_json(self, key: str, obj: Any) -> None:
-        self.write_text(key, json.dumps(to_json(obj), indent=2, sort_keys=True, default=str) + "\n")
+        self.write_bytes(key, json_bytes(obj))
 
     def read_record(self, key: str, cls: type[T]) -> T:
         return from_json(cls, self.read_json(key), str(self.location(key)))
