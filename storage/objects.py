@@ -36,7 +36,8 @@ bytes, not for a whole object)."""
 _S3FS_RETRIES = 2
 """s3fs retries a timed-out call itself on top of botocore (5 times by default)."""
 _NO_LISTING_CACHE = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
-"""Protocols whose filesystems take `use_listings_cache` (all object stores fsspec knows)."""
+"""Protocols whose filesystems take `use_listings_cache`: off, so every exists/list asks the store (other writers
+change it) and nothing here has a cache to invalidate."""
 
 
 def _lease_body(owner: str, ttl_s: float) -> bytes:
@@ -116,18 +117,15 @@ class ObjectStore(_Base):
         return type(self)(self._url(key), **self.storage_options)
 
     def exists(self, key: str = "") -> bool:
-        self.fs.invalidate_cache()
         return bool(self.fs.exists(self._p(key)))
 
     def is_dir(self, key: str = "") -> bool:
-        self.fs.invalidate_cache()
         try:
             return bool(self.fs.isdir(self._p(key)))
         except FileNotFoundError:
             return False
 
     def list(self, key: str = "") -> list[str]:
-        self.fs.invalidate_cache()
         try:
             entries = self.fs.ls(self._p(key), detail=False)
         except (FileNotFoundError, NotADirectoryError):
@@ -138,16 +136,13 @@ class ObjectStore(_Base):
 
     def remove(self, key: str) -> None:
         p = self._p(key)
-        self.fs.invalidate_cache()
         with contextlib.suppress(FileNotFoundError):
             if self.fs.isdir(p):
                 self.fs.rm(p, recursive=True)
             else:
                 self.fs.rm_file(p)
-        self.fs.invalidate_cache()
 
     def modified(self, key: str) -> float | None:
-        self.fs.invalidate_cache(self._p(key))
         try:
             return float(self.fs.modified(self._p(key)).timestamp())
         except (FileNotFoundError, OSError, NotImplementedError, IsADirectoryError):
@@ -161,7 +156,6 @@ class ObjectStore(_Base):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._p(key), data)
-        self.fs.invalidate_cache(self._p(key))
 
     def create(self, key: str, data: bytes) -> bool:
         """Create `key` only if absent (S3: a PUT with If-None-Match: *); False when it exists."""
@@ -222,12 +216,9 @@ class ObjectStore(_Base):
             if _precondition_failed(exc):
                 return False
             raise
-        finally:
-            self.fs.invalidate_cache(path)
         return True
 
     def _etag(self, path: str) -> str:
-        self.fs.invalidate_cache(path)
         return str(self.fs.info(path)["ETag"])
 
     @contextlib.contextmanager

@@ -21,31 +21,24 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 import uuid
-import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gruviz_core import __version__
-from gruviz_core.byo import FeatureSpec, build_module, resolve_factory, wrap_module, wrap_scripted
-from gruviz_core.errors import ConfigError, GruvizError, ModelError, NotFoundError, StoreError
-from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, column_index
+from gruviz_core.errors import ConfigError, NotFoundError, StoreError
+from gruviz_core.features import Normaliser
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from gruviz_core.sequences import SequenceRows, Sequences
+from gruviz_core.model_set import ModelSet, build_byo, spec_of
 from storage.layout import StoreLayout
 from storage.store import Store, StorePath, json_bytes, open_store
 
 __all__ = [
-    "ModelSet",
     "write_model_set",
     "load_model_set",
     "current_model_set",
@@ -53,62 +46,10 @@ __all__ = [
     "model_set_manifest",
     "model_set_normaliser",
     "describe_model_sets",
-    "load_byo",
     "save_byo_set",
 ]
 
 log = logging.getLogger(__name__)  # under storage.*: routed to the Prefect UI like the rest
-
-@dataclass(frozen=True)
-class ModelSet:
-    """K models with one feature spec and normaliser, ready to run over Sequences."""
-
-    set_id: str
-    """Registry id (or 'byo-...' for a model brought from outside)."""
-    seeds: list[int]
-    """Seed of each model, in the order of `models`."""
-    models: list[LoadedModel]
-    """One per seed; each wraps its module and the GRU inside."""
-    normaliser: Normaliser
-    """Column names the models read, and the scaling fitted at training time."""
-    meta: dict = field(default_factory=dict)
-    """The manifest: snapshot id, configs, metrics, timings, created_at, code version."""
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self.normaliser.feature_names
-
-    @property
-    def context_names(self) -> tuple[str, ...]:
-        return self.normaliser.context_names
-
-    @property
-    def feature_spec(self) -> FeatureSpec:
-        """Where the models' columns come from: gruviz's features, or the team's callable (manifest's feature_spec)."""
-        return _spec_of(self.meta)
-
-    def prepare(self, seqs: Sequences | SequenceRows) -> tuple[np.ndarray, np.ndarray]:
-        """Raw sequences -> (values (obs, F), context (obs, C)) float32, the models' columns, normalised."""
-        ci = column_index(seqs.context_names, self.context_names, what=f"model set {self.set_id} context")
-        norm = self.normaliser.select((), self.context_names)
-        return self.prepare_values(seqs), _normalised(seqs.context, ci, lambda x, e: norm.apply(e, x)[1])
-
-    def prepare_values(self, seqs: Sequences | SequenceRows, *, rows_per_slice: int = 1 << 20) -> np.ndarray:
-        """Raw sequences -> values (obs, F) float32, the models' feature columns, normalised."""
-        fi = column_index(seqs.feature_names, self.feature_names, what=f"model set {self.set_id} features")
-        norm = self.normaliser.select(self.feature_names, ())
-        return _normalised(seqs.values, fi, lambda x, e: norm.apply(x, e)[0], rows_per_slice)
-
-
-def _normalised(raw: np.ndarray, cols, apply, rows_per_slice: int = 1 << 20) -> np.ndarray:
-    """raw[:, cols] through `apply(x, empty)` slice by slice into a float32 output, so the column selection
-    and the standardisation make no full-size temporaries: the output plus one slice's working set."""
-    out = np.empty((len(raw), len(cols)), np.float32)
-    for a in range(0, len(raw), rows_per_slice):
-        b = min(a + rows_per_slice, len(raw))
-        out[a:b] = apply(raw[a:b][:, cols], np.zeros((b - a, 0), np.float32))
-    return out
-
 
 # ------------------------------------------------------------------ training
 
@@ -290,131 +231,6 @@ def _check_finite(module: torch.nn.Module, path: StorePath, set_id: str) -> None
                          f"was damaged); {_FIX}")
 
 
-def load_byo(
-    *,
-    script: str | Path | Sequence[str | Path] | None = None,
-    factory: str | None = None,
-    state_dict: str | Path | Sequence[str | Path] | None = None,
-    factory_kwargs: dict[str, Any] | None = None,
-    gru_path: str | None = None,
-    feature_names: Sequence[str] | None = None,
-    context_names: Sequence[str] | None = None,
-    normaliser: Normaliser | dict | str | Path | None = None,
-    set_id: str | None = None,
-    feature_spec: FeatureSpec | None = None,
-) -> ModelSet:
-    """A model set from outside: TorchScript file(s), or `module:factory` + state dict file(s) (one per seed).
-
-    `feature_names`/`context_names` (default: all of gruviz's) are the columns the model reads, in its
-    order, or `feature_spec` names them (e.g. the columns of the team's own feature callable);
-    `normaliser` (a Normaliser, its dict or a JSON path) scales them, default none (missing -> 0).
-    """
-    if feature_spec is not None and feature_spec.custom:
-        feats, ctx = feature_spec.feature_names, feature_spec.context_names
-    else:
-        feats = tuple(feature_names or (feature_spec.feature_names if feature_spec else FEATURE_NAMES))
-        ctx = tuple(context_names or (feature_spec.context_names if feature_spec else CONTEXT_NAMES))
-        column_index(FEATURE_NAMES, feats, what="bring-your-own feature spec")
-        column_index(CONTEXT_NAMES, ctx, what="bring-your-own context spec")
-    norm = _byo_normaliser(normaliser, feats, ctx)
-    models: list[LoadedModel] = []
-    if (script is None) == (factory is None):
-        raise ConfigError("load_byo: give exactly one of script= (TorchScript file) or factory= ('module:callable')")
-    if script is not None:
-        paths = [Path(p) for p in ([script] if isinstance(script, (str, os.PathLike)) else script)]
-        for i, p in enumerate(paths):
-            if not p.exists():
-                raise NotFoundError(f"load_byo: TorchScript file {p} does not exist")
-            if p.stat().st_size == 0:
-                raise ModelError(f"load_byo: TorchScript file {p} is empty (0 bytes; an interrupted copy?); "
-                                 "export it again with torch.jit.save")
-            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; still the format users hold
-                warnings.simplefilter("ignore", DeprecationWarning)
-                try:
-                    scripted = torch.jit.load(str(p), map_location="cpu")
-                except (RuntimeError, ValueError) as exc:
-                    raise ModelError(f"load_byo: {p} is not a TorchScript file torch can load ({exc})") from exc
-            _check_finite_weights(scripted, p)
-            models.append(wrap_scripted(scripted, feats, ctx, gru_path=gru_path, model_id=f"{p.name}#{i}"))
-        source = {"script": [str(p) for p in paths]}
-    else:
-        make = resolve_factory(factory)
-        paths = [Path(p) for p in ([state_dict] if isinstance(state_dict, (str, os.PathLike)) else (state_dict or []))]
-        for i, p in enumerate(paths or [None]):
-            module = build_module(make, factory, factory_kwargs)
-            if p is not None:
-                if not p.exists():
-                    raise NotFoundError(f"load_byo: state dict file {p} does not exist")
-                state = _load_state_dict(p)
-                try:
-                    module.load_state_dict(state)
-                except (RuntimeError, OSError, KeyError, ValueError) as exc:
-                    raise ModelError(f"load_byo: state dict {p} does not fit {factory} ({exc}); "
-                                     "give the weights saved from the same architecture") from exc
-            _check_finite_weights(module, p or factory)
-            models.append(wrap_module(module, feats, ctx, gru_path=gru_path, model_id=f"{factory}#{i}"))
-        source = {"factory": factory, "state_dict": [str(p) for p in paths], "factory_kwargs": factory_kwargs or {}}
-    sid = set_id or "byo-" + hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    meta = {"set_id": sid, "kind": "byo", "seeds": list(range(len(models))), "feature_names": list(feats),
-            "context_names": list(ctx), "gru_path": models[0].extra.get("scripted_gru_path", models[0].gru_path),
-            "feature_spec": (feature_spec or FeatureSpec(feats, ctx)).to_dict(), **source}
-    return ModelSet(set_id=sid, seeds=list(range(len(models))), models=models, normaliser=norm, meta=meta)
-
-
-def _load_state_dict(p: Path) -> dict:
-    """A team's state dict file, tensors only (weights_only=True: nothing else is unpickled); ModelError otherwise."""
-    if p.stat().st_size == 0:
-        raise ModelError(f"load_byo: state dict file {p} is empty (0 bytes; an interrupted copy?); save it again "
-                         "with torch.save(model.state_dict(), path)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, EOFError, RuntimeError... for a bad file
-        # torch's own message advises weights_only=False, which would run the file's code: not repeated here
-        raise ModelError(f"load_byo: {p} is not a PyTorch state dict of tensors ({type(exc).__name__}: damaged, "
-                         "truncated, or holding objects other than tensors, which gruviz does not unpickle); save "
-                         "it with torch.save(model.state_dict(), path)") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"load_byo: {p} holds a {type(state).__name__}, not a PyTorch state dict of tensors; "
-                         "save it with torch.save(model.state_dict(), path)")
-    return state
-
-
-def _check_finite_weights(module: torch.nn.Module, where) -> None:
-    """A team's weights all finite: an inf GRU bias publishes a run of zero states and update gates of 1."""
-    bad = [name for name, t in module.state_dict().items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise ModelError(f"load_byo: {where} has non-finite (NaN or inf) weights in {', '.join(bad[:5])}"
-                         f"{' ...' if len(bad) > 5 else ''}; every state would be saturated or NaN. Give weights "
-                         "from a training run that did not diverge")
-
-
-def _byo_normaliser(normaliser, feats: tuple[str, ...], ctx: tuple[str, ...]) -> Normaliser:
-    if normaliser is None:
-        return Normaliser.identity(feats, ctx)
-    where = None
-    if isinstance(normaliser, (str, os.PathLike)):
-        where = Path(normaliser)
-        if not where.is_file():
-            raise NotFoundError(f"normaliser {where} does not exist; give the JSON file written by "
-                                "gruviz_core.features.Normaliser.to_dict, or leave --normaliser out")
-        try:
-            normaliser = json.loads(where.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ConfigError(f"normaliser {where} is not a gruviz normaliser (not JSON: {exc}); give the file "
-                              "written by gruviz_core.features.Normaliser.to_dict") from None
-    try:
-        if isinstance(normaliser, dict):
-            normaliser = Normaliser.from_dict(normaliser)
-        return normaliser.select(feats, ctx)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, GruvizError):
-            raise
-        raise ConfigError(f"normaliser {where or type(normaliser).__name__} is not a gruviz normaliser for these "
-                          f"columns ({type(exc).__name__}: {exc}); give the file written by "
-                          "gruviz_core.features.Normaliser.to_dict") from None
-
-
 # ------------------------------------------------------------------ registered bring-your-own sets
 
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -494,7 +310,7 @@ def describe_model_sets(root: str | StorePath) -> list[dict]:
         try:
             m = model_set_manifest(root, sid)
             cfg = next(iter((m.get("model_configs") or {}).values()), {})
-            spec = _spec_of(m)
+            spec = spec_of(m)
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             path = StoreLayout.at(root).model_set(sid) / "manifest.json"
             out.append({"set_id": sid, "kind": "damaged", "current": sid == current, "created_at": None, "seeds": [],
@@ -511,12 +327,6 @@ def describe_model_sets(root: str | StorePath) -> list[dict]:
     return out
 
 
-def _spec_of(meta: dict) -> FeatureSpec:
-    if meta.get("feature_spec"):
-        return FeatureSpec.from_dict(meta["feature_spec"])
-    return FeatureSpec(tuple(meta.get("feature_names", FEATURE_NAMES)), tuple(meta.get("context_names", CONTEXT_NAMES)))
-
-
 def _load_registered_byo(d: StorePath, meta: dict, norm: Normaliser) -> ModelSet:
     """A registered bring-your-own set, from the weights copied into the registry."""
     files = [d / f for f in meta.get("files", [])]
@@ -524,15 +334,10 @@ def _load_registered_byo(d: StorePath, meta: dict, norm: Normaliser) -> ModelSet
     if missing:
         raise StoreError(f"model set {meta['set_id']}: file(s) missing from the registry: {', '.join(missing)}; "
                          "register the set again")
-    if open_store(d).local_root is None:  # load_byo reads local files: bring the weights over first
-        with tempfile.TemporaryDirectory(prefix="gruviz-byo-") as local:
-            for name, f in zip(meta.get("files", []), files):
-                (Path(local) / name).parent.mkdir(parents=True, exist_ok=True)
-                (Path(local) / name).write_bytes(f.read_bytes())
-            return _load_registered_byo(Path(local), meta, norm)
-    spec = _spec_of(meta)
-    kw: dict[str, Any] = {"script": files} if meta.get("format") == "torchscript" else {
-        "factory": meta["factory"], "state_dict": files or None, "factory_kwargs": meta.get("factory_kwargs") or None}
-    ms = load_byo(**kw, gru_path=meta.get("gru_path"), feature_spec=spec, normaliser=norm, set_id=meta["set_id"])
+    blobs = [(str(f), f.read_bytes()) for f in files]
+    kw: dict[str, Any] = {"scripts": blobs} if meta.get("format") == "torchscript" else {
+        "factory": meta["factory"], "state_dicts": blobs, "factory_kwargs": meta.get("factory_kwargs") or None}
+    ms = build_byo(**kw, gru_path=meta.get("gru_path"), feature_spec=spec_of(meta), normaliser=norm,
+                   set_id=meta["set_id"])
     return ModelSet(set_id=meta["set_id"], seeds=[int(s) for s in meta["seeds"]], models=ms.models,
                     normaliser=norm, meta=meta)

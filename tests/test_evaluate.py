@@ -136,8 +136,8 @@ def test_gap_vs_market_is_zero_against_itself_and_sign_is_right():
 def test_the_stage_normalises_inputs_like_the_model_set_in_slices_and_on_demand():
     from flows.stages.evaluate import _lean_inputs
     from gruviz_core.features import fit_normaliser
+    from gruviz_core.model_set import ModelSet
     from gruviz_core.sequences import Sequences
-    from storage.registry import ModelSet
 
     rng = np.random.default_rng(0)
     n = 1000

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from flows.byo import load_byo
 from flows.cli import main as cli
 from flows.stages.features import run as ensure_sequences
 from flows.stages.ingest import ingest
@@ -26,12 +27,7 @@ from gruviz_core.model import ModelConfig, RaceGRU
 from gruviz_core.racing import race_codes
 from gruviz_core.synth import simulate
 from gruviz_core.train import TrainConfig, TrainData, time_windows, validation_metrics
-from storage.registry import (
-    current_model_set,
-    list_model_sets,
-    load_byo,
-    load_model_set,
-)
+from storage.registry import current_model_set, list_model_sets, load_model_set
 from storage.sequences import load_sequence_meta, load_sequence_rows, load_sequences
 
 TINY = TrainConfig(epochs=2, lr=1e-2, batch_rows=4000, chunk_dogs=256)

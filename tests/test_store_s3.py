@@ -359,7 +359,8 @@ _REGISTRAR = """
 import json, os, sys, time
 import torch
 from gruviz_core.errors import ConfigError
-from storage.registry import load_byo, save_byo_set
+from flows.byo import load_byo
+from storage.registry import save_byo_set
 home, go, out, seed = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 torch.manual_seed(seed)
 from tests.runner_model import build

@@ -113,10 +113,11 @@ def register(
     snapshot: str | None = None, home: str | None = None,
 ) -> dict:
     """Validate and register a team's model set; returns what was registered (raises a GruvizError naming the problem)."""
+    from flows.byo import load_byo
     from flows.settings import load_settings
     from gruviz_core.byo import FeatureSpec, feature_spec_of, validate_sample
     from gruviz_core.features import build_sequences
-    from storage.registry import load_byo, model_set_manifest, save_byo_set
+    from storage.registry import model_set_manifest, save_byo_set
 
     if factory is None and weights:
         raise ConfigError("model register: --weights goes with --factory (TorchScript files carry their weights)")

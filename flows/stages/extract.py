@@ -28,7 +28,8 @@ from gruviz_core import stats as st
 from gruviz_core.errors import ConfigError
 from gruviz_core.extract import BatchStates, choose_device, iter_extract
 from gruviz_core.model import LoadedModel
-from storage.registry import ModelSet, load_model_set
+from gruviz_core.model_set import ModelSet
+from storage.registry import load_model_set
 from storage.runs import RunPlan, finish_run
 from storage.sequences import load_sequence_meta, load_sequence_rows
 from storage.writer import BlockWriter, ShardBuffers, begin_run, block_span

@@ -47,10 +47,11 @@ from gruviz_core import stats as st
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 from gruviz_core.extract import choose_device, iter_extract
+from gruviz_core.model_set import ModelSet
 from gruviz_core.racing import race_codes, race_softmax, renormalise
 from gruviz_core.sequences import SequenceRows
 from storage.layout import RunLayout
-from storage.registry import ModelSet, load_model_set, model_set_manifest
+from storage.registry import load_model_set, model_set_manifest
 from storage.results import read_json, read_summary
 from storage.runs import latest_run
 from storage.sequences import load_sequence_meta, load_sequence_rows

@@ -26,11 +26,12 @@ from gruviz_core.features import (
     yardstick_probs,
 )
 from gruviz_core.model import ModelConfig
+from gruviz_core.model_set import ModelSet
 from gruviz_core.racing import race_codes
 from gruviz_core.sequences import Sequences
 from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
 from storage.forms import load_snapshot
-from storage.registry import ModelSet, write_model_set
+from storage.registry import write_model_set
 from storage.sequences import load_sequences
 
 __all__ = ["TrainReport", "train_and_register", "beats_uniform", "model_set_scores", "snapshot_yardsticks"]
