@@ -190,16 +190,29 @@ def test_the_nightly_lock_refuses_a_second_night_and_expires(s3_home):
 
 @pytest.fixture(scope="module")
 def s3_store(prefect_harness, s3_bucket, tmp_path_factory):
-    """A small simulated snapshot ingested and a model set trained, all on the bucket."""
-    from flows.train import train
-    from gruviz_core.synth import simulate
+    """`gruviz demo` with GRUVIZ_HOME on the bucket: a simulated season, a model set trained and a night published,
+    all there; (home, the demo's form file, the command's JSON result, the reports directory, its working dir)."""
+    import contextlib
+    import io
+
+    from flows.cli import main
+    from flows.commands.demo import demo_paths
 
     home = f"{s3_bucket}/flows-{uuid.uuid4().hex[:6]}"
-    source = tmp_path_factory.mktemp("s3-forms") / "forms.parquet"
-    simulate(300, seed=5).to_parquet(source, index=False)
-    state = train(source=[str(source)], home=home, seeds=1, hidden=8, epochs=2, return_state=True)
-    assert state.is_completed(), state.message
-    return home, source
+    reports, cwd = tmp_path_factory.mktemp("s3-reports"), tmp_path_factory.mktemp("s3-cwd")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        _night_env(mp, home, reports)
+        for name, value in {"SEEDS": "1", "HIDDEN_SIZE": "8"}.items():
+            mp.setenv(f"GRUVIZ_{name}", value)
+        mp.delenv("GRUVIZ_SOURCES", raising=False)
+        mp.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            rc = main(["demo", "--dogs", "300", "--seed", "5", "--epochs", "2", "--night", "2026-11-25", "--json"])
+    result = json.loads(out.getvalue())
+    assert rc == 0, result.get("message")
+    _, source = demo_paths(home, "synth-300-dogs-seed5-to-2026-11-25.parquet")
+    return home, source, result, reports, cwd
 
 
 def _night_env(monkeypatch, home: str, reports) -> None:
@@ -211,36 +224,34 @@ def _night_env(monkeypatch, home: str, reports) -> None:
     monkeypatch.delenv("GRUVIZ_RECIPIENTS", raising=False)
 
 
-def test_nightly_on_s3_publishes_a_run_xarray_opens_and_a_report(s3_store, monkeypatch, tmp_path):
+def test_the_demo_on_a_bucket_publishes_there_a_run_xarray_opens_and_a_report(s3_store):
+    """`GRUVIZ_HOME=s3://... gruviz demo`: the model set, the run and LATEST on the bucket, the report in the reports
+    directory, and nothing written where the command ran (no folder named 's3:')."""
     import xarray as xr
 
-    from flows.nightly import nightly
+    from storage.registry import current_model_set
 
-    home, source = s3_store
-    _night_env(monkeypatch, home, tmp_path / "reports")
-    state = nightly(source=[str(source)], night="2026-11-25", return_state=True)
-    assert state.is_completed(), state.message
-    result = state.result()
+    home, source, result, reports, cwd = s3_store
+    assert current_model_set(home) is not None and source.is_file()
     assert result["run_dir"].startswith(f"{home}/runs/")
     assert str(runs.latest_run(home)) == result["run_dir"]
     tree = xr.open_datatree(result["run_dir"] + "/states.zarr", engine="zarr")
     assert "dog_id" in tree.coords and tree.sizes["dog"] > 100
     ds = xr.open_zarr(result["run_dir"] + "/states.zarr", group="seed0")
     assert ds["h"].dims == ("obs", "layer", "unit")
-    report = tmp_path / "reports" / "2026-11-25" / "index.html"
-    assert report.is_file() and report.stat().st_size > 10_000
+    report = reports / "2026-11-25" / "index.html"
+    assert report.is_file() and report.stat().st_size > 10_000 and result["report"] == str(report)
     assert not (StoreLayout.at(home).runs / ".nightly.lock").exists()
+    assert list(cwd.iterdir()) == []
 
 
 def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_store, monkeypatch, tmp_path):
     from flows.nightly import nightly
     from flows.stages import evaluate
 
-    home, source = s3_store
+    home, source, *_ = s3_store
     _night_env(monkeypatch, home, tmp_path / "reports")
-    first = nightly(source=[str(source)], night="2026-11-26", return_state=True)
-    assert first.is_completed(), first.message
-    before = [d.name for d in runs.published_runs(home)]
+    latest, before = str(runs.latest_run(home)), [d.name for d in runs.published_runs(home)]
 
     def boom(*a, **k):
         raise RuntimeError("killed after the blocks, before publish")
@@ -248,7 +259,7 @@ def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_s
     monkeypatch.setattr(evaluate, "run", boom)
     failed = nightly(source=[str(source)], night="2026-11-27", return_state=True)
     assert failed.is_failed()
-    assert str(runs.latest_run(home)) == first.result()["run_dir"]
+    assert before and str(runs.latest_run(home)) == latest
     assert [d.name for d in runs.published_runs(home)] == before
     leftovers = [d.name for d in StoreLayout.at(home).runs.iterdir() if d.name.startswith("2026-11-27")]
     assert leftovers == []  # the failed night removed its own prefix
@@ -257,7 +268,7 @@ def test_a_night_failing_before_publish_leaves_latest_and_lists_nothing_new(s3_s
 def test_the_nightly_refuses_to_run_while_another_holds_the_bucket(s3_store, monkeypatch, tmp_path):
     from flows.nightly import nightly
 
-    home, source = s3_store
+    home, source, *_ = s3_store
     _night_env(monkeypatch, home, tmp_path / "reports")
     latest = str(runs.latest_run(home))
     with runs.nightly_lock(home):
@@ -293,7 +304,7 @@ def test_nightly_on_s3_with_dask_worker_processes(s3_store, monkeypatch, tmp_pat
     from flows.nightly import nightly
     from storage.layout import RunLayout
 
-    home, source = s3_store
+    home, source, *_ = s3_store
     _night_env(monkeypatch, home, tmp_path / "reports")
     monkeypatch.setenv("GRUVIZ_TASK_RUNNER", "dask")
     monkeypatch.setenv("GRUVIZ_DASK_WORKERS", "2")
