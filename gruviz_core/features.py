@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import pandas as pd
 
 from gruviz_core.errors import FeatureMismatchError, InputError
 from gruviz_core.grades import GRADE_KINDS, grade_table, parse_grade
-from gruviz_core.racing import race_codes, renormalise
+from gruviz_core.racing import renormalise
 from gruviz_core.schema import YARDSTICKS, conform
 from gruviz_core.sequences import Sequences
 
@@ -48,6 +48,14 @@ __all__ = [
     "interaction_columns",
     "track_embedding_columns",
     "build_sequences",
+    "ORDER_COLUMNS",
+    "RACE_COLUMNS",
+    "BLOCK_COLUMNS",
+    "RaceColumns",
+    "run_order",
+    "race_columns",
+    "dog_blocks",
+    "sequences_block",
     "clean_runs",
     "yardstick_probs",
     "grade_number",
@@ -135,31 +143,131 @@ def build_sequences(runs: pd.DataFrame) -> Sequences:
 
     Rows whose result is unknown (`won` and `finish_pos` both missing: scratched, void) are
     dropped: the dog did not run, so the race says nothing about it.
+
+    The whole table at once; the features stage builds the same sequences block by block of dogs
+    (`run_order`, `race_columns`, `dog_blocks`, `sequences_block`), which bounds its memory.
     """
     df = _clean(conform(runs, where="build_sequences"))
     if df.empty:
         raise InputError("build_sequences: no run with a known result in the table; nothing to build")
-    race = race_codes(df["race_id"].to_numpy())
-    dog_first = np.r_[True, df["dog_id"].to_numpy()[1:] != df["dog_id"].to_numpy()[:-1]]
+    return sequences_block(df, race_columns(df))
+
+
+ORDER_COLUMNS: tuple[str, ...] = ("dog_id", "race_date", "race_id", "won", "finish_pos")
+"""Canonical columns `run_order` reads: which rows have a result, and their order."""
+
+RACE_COLUMNS: tuple[str, ...] = (
+    "race_id", "race_date", "track", "distance_m", "run_time_s", "sectional_s", "sp_decimal", "bsp_decimal",
+)
+"""Canonical columns `race_columns` reads: what a row's features need from the other rows of the table."""
+
+BLOCK_COLUMNS: tuple[str, ...] = (
+    "dog_id", "dog_name", "race_id", "race_date", "track", "distance_m", "grade", "box", "field_size",
+    "finish_pos", "won", "placed", "margin_lengths", "weight_kg",
+)
+"""Canonical columns `sequences_block` reads from a block's own rows."""
+
+
+@dataclass(frozen=True)
+class RaceColumns:
+    """The columns of each row that depend on other dogs' rows (its race, earlier races at its track and distance,
+    the months with data), computed over the whole table in `run_order`; a block of dogs reads its slice (`rows`)."""
+
+    runners: np.ndarray
+    """(obs,) int64 rows (runners with a result) of the row's race."""
+    market: np.ndarray
+    """(obs,) float64 implied win probability renormalised within the race; NaN if any runner lacks a price."""
+    own_implied: np.ndarray
+    """(obs,) float64 the dog's own implied probability over the priced runners of its race; NaN without a price."""
+    time_z: np.ndarray
+    """(obs,) float64 run time against earlier dates at the same track and distance (std units); NaN if unknown."""
+    sectional_z: np.ndarray
+    """(obs,) float64 first sectional, likewise."""
+    month_lo: int
+    """First calendar month of the table (months since 1970-01)."""
+    empty_before: np.ndarray
+    """(months + 1,) int64 months from `month_lo` on without any race, strictly before each month."""
+
+    def rows(self, start: int, stop: int) -> RaceColumns:
+        """Rows [start, stop) (views; the month table is the whole table's)."""
+        s = slice(start, stop)
+        return replace(self, runners=self.runners[s], market=self.market[s], own_implied=self.own_implied[s],
+                       time_z=self.time_z[s], sectional_z=self.sectional_z[s])
+
+
+def run_order(keys: pd.DataFrame) -> np.ndarray:
+    """(obs,) int64 positions in `keys` (ORDER_COLUMNS) of the rows `build_sequences` keeps, in its order.
+
+    Rows with a known result (`won`, else `finish_pos`), stably by dog id, race date and race id as text: the
+    order of `clean_runs`. Text columns may be pandas Categoricals (4 bytes a row)."""
+    idx = np.flatnonzero(_known_won(keys).notna().to_numpy(dtype=bool))
+    dog, race = _text_codes(keys["dog_id"])[idx], _text_codes(keys["race_id"])[idx]
+    day = keys["race_date"].to_numpy("datetime64[ns]").astype(np.int64)[idx]
+    return idx[np.lexsort((race, day, dog))].astype(np.int64)  # lexsort is stable: ties keep the table's order
+
+
+def race_columns(rows: pd.DataFrame, order: np.ndarray | None = None) -> RaceColumns:
+    """The race-level columns of `rows.iloc[order]` (RACE_COLUMNS of every row with a result, in `run_order`),
+    gathered column by column: no reordered copy of the table is made."""
+    def take(a: np.ndarray) -> np.ndarray:
+        return a if order is None else a[order]
+
+    race = take(_text_codes(rows["race_id"], ordered=False))
+    price = take(_price(rows))
+    market = renormalise(1.0 / price, race)
+    own = _own_implied(price, race)
+    runners = np.bincount(race)[race]
+    del race, price
+    date = take(rows["race_date"].to_numpy("datetime64[D]"))
+    track, dist = take(_text_codes(rows["track"])), take(_num(rows["distance_m"]))
+    time_z = _reference_z(take(_num(rows["run_time_s"])), track, dist, date)
+    sect_z = _reference_z(take(_num(rows["sectional_s"])), track, dist, date)
+    lo, empty_before = _month_cover(date)
+    return RaceColumns(runners, market, own, time_z, sect_z, lo, empty_before)
+
+
+def dog_blocks(dog_id: pd.Series, order: np.ndarray, rows_per_block: int) -> list[tuple[int, int]]:
+    """[(start, stop)] ranges of `run_order` positions covering whole dogs, each the fewest dogs reaching
+    `rows_per_block` rows (the last one fewer). dog_id: the table's (text or Categorical), order: `run_order`'s."""
+    dog = _text_codes(dog_id, ordered=False)[order]
+    n = len(dog)
+    if not n:
+        return []
+    starts = np.r_[np.flatnonzero(np.r_[True, dog[1:] != dog[:-1]]), n]
+    out, a = [], 0
+    while a < n:
+        i = np.searchsorted(starts, a + max(int(rows_per_block), 1), side="left")
+        b = int(starts[min(i, len(starts) - 1)])
+        out.append((a, b))
+        a = b
+    return out
+
+
+def sequences_block(df: pd.DataFrame, race: RaceColumns) -> Sequences:
+    """Sequences of the rows `df` (BLOCK_COLUMNS of whole dogs, in `run_order`, results known) and their slice of
+    the race-level columns; offsets count from the block's first row."""
+    df = _result_known(df)
+    dog_id = df["dog_id"].to_numpy(dtype=object)
+    dog_first = np.r_[True, dog_id[1:] != dog_id[:-1]] if len(df) else np.zeros(0, bool)
     days = df["race_date"].to_numpy("datetime64[D]").astype(np.int64).astype(np.float64)
-    days_since = np.where(dog_first | _gap_in_data(df["race_date"]), np.nan, np.diff(days, prepend=np.nan))
+    gap = _gap_in_data(df["race_date"], race.month_lo, race.empty_before)
+    days_since = np.where(dog_first | gap, np.nan, np.diff(days, prepend=np.nan))
     log_days = np.log1p(np.clip(days_since, 0.0, None))
-    market = _market_prob(df, race)
     grades = grade_table(df["grade"])
-    values = _values(df, race, dog_first, log_days, market, grades)
-    context = _context(df, race, dog_first, log_days, market, grades)
+    values = _values(df, race, dog_first, log_days, grades)
+    context = _context(df, race, dog_first, log_days, grades)
     starts = np.flatnonzero(dog_first)
     offsets = np.r_[starts, len(df)].astype(np.int64)
     return Sequences(
         values=values,
         context=context,
         offsets=offsets,
-        dog_id=df["dog_id"].to_numpy(dtype=object)[starts],
+        dog_id=dog_id[starts],
         dog_name=df["dog_name"].to_numpy(dtype=object)[starts],
         race_id=df["race_id"].to_numpy(dtype=object),
         race_date=df["race_date"].to_numpy("datetime64[D]"),
         won=df["won"].to_numpy(dtype=np.float32),
-        market_prob=market.astype(np.float32),
+        market_prob=race.market.astype(np.float32),
         feature_names=FEATURE_NAMES,
         context_names=CONTEXT_NAMES,
     )
@@ -190,16 +298,49 @@ def yardstick_probs(runs: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def _clean(df: pd.DataFrame) -> pd.DataFrame:
     """Known results only; `won` from the place where missing; sorted by dog, date, race."""
-    won = df["won"].copy()
-    from_place = df["finish_pos"].notna() & won.isna()
-    won[from_place] = df.loc[from_place, "finish_pos"] == 1
-    df = df.assign(won=won)[won.notna()]
-    df = df.assign(dog_id=df["dog_id"].astype(str), race_id=df["race_id"].astype(str))
+    df = _result_known(df)
+    df = df[df["won"].notna()]
     return df.sort_values(["dog_id", "race_date", "race_id"], kind="stable").reset_index(drop=True)
 
 
-def _gap_in_data(race_date: pd.Series) -> np.ndarray:
-    """(obs,) bool: a calendar month strictly between this row and the row before it has no race at all.
+def _known_won(df: pd.DataFrame) -> pd.Series:
+    """(rows,) boolean `won`, from the place (1 = won) where missing; <NA> where neither is known."""
+    won = df["won"].astype("boolean").copy()
+    from_place = df["finish_pos"].notna() & won.isna()
+    won[from_place] = df.loc[from_place, "finish_pos"] == 1
+    return won
+
+
+def _result_known(df: pd.DataFrame) -> pd.DataFrame:
+    """`won` from the place where missing; dog and race ids as text (a Categorical's too)."""
+    return df.assign(won=_known_won(df), dog_id=df["dog_id"].astype(str), race_id=df["race_id"].astype(str))
+
+
+def _text_codes(s: pd.Series, *, ordered: bool = True) -> np.ndarray:
+    """(rows,) int64 codes of a text column; with `ordered`, codes sort as the text does. A Categorical's codes (its
+    categories put in order first), else pd.factorize's."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = s.cat.categories
+        if ordered and not cats.is_monotonic_increasing:
+            s = s.cat.reorder_categories(cats.sort_values())
+        return s.cat.codes.to_numpy().astype(np.int64)
+    return pd.factorize(s.astype(str).to_numpy(), sort=ordered)[0].astype(np.int64)
+
+
+def _month_cover(race_date: np.ndarray) -> tuple[int, np.ndarray]:
+    """The table's first month and (months + 1,) int64 months without any race strictly before each month from it."""
+    month = np.asarray(race_date).astype("datetime64[M]").astype(np.int64)
+    if not len(month):
+        return 0, np.zeros(1, np.int64)
+    lo = int(month.min())
+    covered = np.zeros(int(month.max()) - lo + 1, dtype=bool)
+    covered[month - lo] = True
+    return lo, np.r_[0, np.cumsum(~covered)]
+
+
+def _gap_in_data(race_date: pd.Series, lo: int, empty_before: np.ndarray) -> np.ndarray:
+    """(obs,) bool: a calendar month strictly between this row and the row before it has no race at all in the table
+    (`lo`, `empty_before`: the whole table's `_month_cover`).
 
     Rows are by dog and date, so 'the row before' is the dog's previous run (the first row of a dog is
     ignored by the caller). Only months before the race's own month count: leak-free.
@@ -207,10 +348,6 @@ def _gap_in_data(race_date: pd.Series) -> np.ndarray:
     month = race_date.to_numpy("datetime64[M]").astype(np.int64)
     if not len(month):
         return np.zeros(0, dtype=bool)
-    lo = int(month.min())
-    covered = np.zeros(int(month.max()) - lo + 1, dtype=bool)
-    covered[month - lo] = True
-    empty_before = np.r_[0, np.cumsum(~covered)]  # empty months strictly before index i
     prev = np.r_[month[0], month[:-1]]
     return (empty_before[month - lo] - empty_before[np.minimum(prev, month) - lo + 1].clip(min=0)) > 0
 
@@ -220,25 +357,23 @@ def _num(s: pd.Series) -> np.ndarray:
 
 
 def _values(
-    df: pd.DataFrame, race: np.ndarray, dog_first: np.ndarray, log_days: np.ndarray, market: np.ndarray,
-    grades: pd.DataFrame,
+    df: pd.DataFrame, race: RaceColumns, dog_first: np.ndarray, log_days: np.ndarray, grades: pd.DataFrame,
 ) -> np.ndarray:
     """(obs, len(FEATURE_NAMES)) float32; NaN where an input is missing."""
-    time_z = _reference_z(df, "run_time_s")
-    sect_z = _reference_z(df, "sectional_s")
+    time_z, sect_z = race.time_z, race.sectional_z
     margin = np.log1p(np.clip(_num(df["margin_lengths"]), 0.0, 50.0))
     place = np.log(np.clip(_num(df["finish_pos"]), 1.0, None))
     box = _num(df["box"])
     dist_km = _num(df["distance_m"]) / 1000.0
     grade = grades["level"].to_numpy(np.float64)
-    placed = _placed(df, race)
+    placed = _placed(df, race.runners)
     weight = _num(df["weight_kg"])
     weight_change = np.where(dog_first, np.nan, np.diff(weight, prepend=np.nan))
     cols = {
         "time_z": time_z, "sectional_z": sect_z, "margin_log": margin, "log_place": place,
         "won": df["won"].to_numpy(dtype=np.float64), "box": box, "distance_km": dist_km,
         "grade_level": grade, "placed": placed, "weight_change_kg": np.clip(weight_change, -5.0, 5.0),
-        "log_days_since": log_days, "implied_prob": _own_implied(df, race),
+        "log_days_since": log_days, "implied_prob": race.own_implied,
     }
     flags = {
         "time_missing": time_z, "sectional_missing": sect_z, "margin_missing": margin,
@@ -260,11 +395,11 @@ def _float32_columns(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.
     return out
 
 
-def _placed(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
+def _placed(df: pd.DataFrame, runners: np.ndarray) -> np.ndarray:
     """(obs,) 1 if the dog finished in the places (first 2 of fields under 8, first 3 else), 0 if not; NaN unknown."""
     pos = _num(df["finish_pos"])
     field = _num(df["field_size"])
-    field = np.where(np.isfinite(field), field, np.bincount(race)[race])
+    field = np.where(np.isfinite(field), field, runners)
     places = np.where(field < 8, 2.0, 3.0)
     out = np.where(np.isfinite(pos), (pos <= places).astype(np.float64), np.nan)
     if "placed" in df.columns:  # the source's own flag (Iggy's PLACE_RESULT: placed, place unknown) wins
@@ -274,13 +409,13 @@ def _placed(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
 
 
 def _context(
-    df: pd.DataFrame, race: np.ndarray, dog_first: np.ndarray, log_days: np.ndarray, market: np.ndarray,
-    grades: pd.DataFrame,
+    df: pd.DataFrame, race: RaceColumns, dog_first: np.ndarray, log_days: np.ndarray, grades: pd.DataFrame,
 ) -> np.ndarray:
     """(obs, len(CONTEXT_NAMES)) float32; NaN where an input is missing."""
     box = _num(df["box"])
     dist_km = _num(df["distance_m"]) / 1000.0
-    field = np.bincount(race)[race].astype(np.float64)
+    field = race.runners.astype(np.float64)
+    market = race.market
     cols: dict[str, np.ndarray] = {
         "box": box, "box_missing": ~np.isfinite(box),
         "distance_km": dist_km, "distance_missing": ~np.isfinite(dist_km),
@@ -327,39 +462,55 @@ def _price(df: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(price) & (price > 1.0), price, np.nan)
 
 
-def _market_prob(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
-    """(obs,) implied win probability renormalised within the race; NaN if any runner lacks a price."""
-    return renormalise(1.0 / _price(df), race)
-
-
-def _own_implied(df: pd.DataFrame, race: np.ndarray) -> np.ndarray:
+def _own_implied(price: np.ndarray, race: np.ndarray) -> np.ndarray:
     """(obs,) the dog's own implied probability, renormalised over the priced runners of its race."""
-    p = 1.0 / _price(df)
+    p = 1.0 / price
     ok = np.isfinite(p)
     tot = np.bincount(race, weights=np.where(ok, p, 0.0))
     return np.where(ok, p / np.where(tot > 0, tot, np.nan)[race], np.nan)
 
 
-def _reference_z(df: pd.DataFrame, col: str) -> np.ndarray:
-    """(obs,) time in std units against earlier dates at the same track and distance; NaN if unknown.
+REFERENCE_ROWS = 1 << 21
+"""Rows of whole tracks per batch of `_reference_z`: its grouping's working memory follows a batch, not the table."""
 
-    Per (track, distance, date): count, sum and sum of squares; cumulated over dates and shifted
-    by one date, so a race's reference uses strictly earlier days only.
+
+def _reference_z(x: np.ndarray, track: np.ndarray, dist: np.ndarray, date: np.ndarray) -> np.ndarray:
+    """(obs,) time x in std units against earlier dates at the same track and distance; NaN if unknown.
+    track: (obs,) int codes; dist: (obs,) metres (NaN unknown); date: (obs,) datetime64[D].
+
+    A track's references read its own rows only, so tracks go in batches of about REFERENCE_ROWS rows, each
+    track's rows in table order (the sums add the same numbers in the same order as over the whole table).
     """
-    x = _num(df[col])
-    dist = _num(df["distance_m"])
+    out = np.full(len(x), np.nan)
+    by_track = np.argsort(track, kind="stable")
+    edges = np.r_[0, np.flatnonzero(np.diff(track[by_track])) + 1, len(x)]  # each track's run in by_track
+    a = 0
+    while a < len(x):
+        b = int(edges[min(np.searchsorted(edges, a + REFERENCE_ROWS, side="left"), len(edges) - 1)])
+        b = b if b > a else len(x)
+        rows = by_track[a:b]
+        out[rows] = _tracks_reference_z(x[rows], track[rows], dist[rows], date[rows])
+        a = b
+    return out
+
+
+def _tracks_reference_z(x: np.ndarray, track: np.ndarray, dist: np.ndarray, date: np.ndarray) -> np.ndarray:
+    """`_reference_z` of whole tracks' rows. Per (track, distance, date): count, sum and sum of squares; cumulated
+    over dates and shifted by one date, so a race's reference uses strictly earlier days only."""
     ok = np.isfinite(x) & np.isfinite(dist)
     if not ok.any():
-        return np.full(len(df), np.nan)
+        return np.full(len(x), np.nan)
     key = pd.DataFrame({
-        "track": df["track"].astype(str).to_numpy(), "dist": np.nan_to_num(dist, nan=-1.0),
-        "date": df["race_date"].to_numpy("datetime64[D]"),
+        "track": track, "dist": np.nan_to_num(dist, nan=-1.0), "date": date,
         "n": ok.astype(np.float64), "s": np.where(ok, x, 0.0), "ss": np.where(ok, x * x, 0.0),
     })
-    day = key.groupby(["track", "dist", "date"], sort=True)[["n", "s", "ss"]].sum()
+    groups = key.groupby(["track", "dist", "date"], sort=True)
+    day = groups[["n", "s", "ss"]].sum()
+    g = groups.ngroup().to_numpy()  # each row's (track, distance, date) group; -1 without a date
+    del key, groups
     before = day.groupby(level=["track", "dist"], sort=False).cumsum() - day  # strictly earlier dates
-    ref = before.reindex(pd.MultiIndex.from_frame(key[["track", "dist", "date"]])).to_numpy()
-    n, s, ss = ref[:, 0], ref[:, 1], ref[:, 2]
+    ref = np.vstack([before.to_numpy(), np.full((1, 3), np.nan)])  # row -1: no group, no reference
+    n, s, ss = ref[g, 0], ref[g, 1], ref[g, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / n
         std = np.sqrt(np.clip(ss / n - mean * mean, 0.0, None))

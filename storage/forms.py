@@ -13,17 +13,21 @@ whether forms/LATEST moves to it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gruviz_core import __version__
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.formats.reader import SNAPSHOT_VERSION, Forms
-from gruviz_core.schema import conform
+from gruviz_core.schema import CANONICAL, conform, placed_from_place
 from storage.store import Store, StorePath, json_bytes, open_store
 
 _FORMS = "forms"
+_DTYPES = {c.name: c.dtype for c in CANONICAL}
 _MANIFEST = "manifest.json"
 """Written last into a snapshot: a snapshot without it does not exist for readers."""
 
@@ -31,6 +35,7 @@ __all__ = [
     "latest_snapshot",
     "load_rejects",
     "load_snapshot",
+    "load_snapshot_columns",
     "read_manifest",
     "set_latest",
     "snapshot_keys",
@@ -74,6 +79,51 @@ def load_snapshot(root: str | StorePath, snapshot_id: str | None = None) -> pd.D
     """The canonical runs table of a snapshot (None = LATEST)."""
     store, key = _snapshot(root, snapshot_id)
     return conform(store.read_parquet(f"{key}/runs.parquet"), where=str(store.location(f"{key}/runs.parquet")))
+
+
+def load_snapshot_columns(root: str | StorePath, snapshot_id: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Some columns of a snapshot's runs table, in its row order: numbers and dates in their canonical dtypes, text
+    columns as pandas Categoricals whose categories are sorted (codes order as the text does: 4 bytes a row or
+    less, where the text would cost its length again). A column the snapshot lacks is missing (<NA>); `placed`
+    comes from finish_pos and field_size there, as `conform` does. What the features stage reads in passes."""
+    store, key = _snapshot(root, snapshot_id)
+    with store.open(f"{key}/runs.parquet") as f:
+        pf = pq.ParquetFile(f)
+        have = set(pf.schema_arrow.names)
+        want = list(dict.fromkeys(columns))
+        derive_placed = "placed" in want and "placed" not in have
+        read = [c for c in want if c in have]
+        if derive_placed:
+            read += [c for c in ("finish_pos", "field_size") if c in have and c not in read]
+        text = [c for c in read if _DTYPES[c] == "string" and _is_text(pf.schema_arrow.field(c).type)]
+        n = pf.metadata.num_rows
+        pf = pq.ParquetFile(f, read_dictionary=text)
+        out: dict[str, pd.Series] = {}
+        for name in read:  # a column at a time: Arrow's copy of one column at most beside the frame
+            col = pf.read(columns=[name], use_threads=False).column(0)
+            out[name] = _categories_sorted(col) if name in text else _canonical(name, col)
+            del col
+            pa.default_memory_pool().release_unused()  # the pool keeps freed buffers, as resident memory, otherwise
+    for name in want:
+        if name not in out:
+            out[name] = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype=_DTYPES[name])
+    if derive_placed:
+        out["placed"] = placed_from_place(out["finish_pos"], out["field_size"])
+    return pd.DataFrame({name: out[name] for name in want})
+
+
+def _categories_sorted(col: pa.ChunkedArray) -> pd.Series:
+    s = pd.Series(col.unify_dictionaries().to_pandas() if col.num_chunks else col.to_pandas())
+    if not isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype("category")
+    cats = s.cat.categories
+    return s if cats.is_monotonic_increasing else s.cat.reorder_categories(cats.sort_values())
+
+
+def _canonical(name: str, col: pa.ChunkedArray) -> pd.Series:
+    mapper = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+              pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}.get
+    return pd.Series(col.to_pandas(types_mapper=mapper)).astype(_DTYPES[name])
 
 
 def snapshot_keys(root: str | StorePath, snapshot_id: str) -> pd.DataFrame:
@@ -128,3 +178,7 @@ def _manifest(forms: Forms) -> dict:
         "code_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)

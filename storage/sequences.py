@@ -15,8 +15,10 @@ row_start[d] : row_start[d] + row_size[d]. Per-row arrays come in chunks of abou
 byte shuffle), sharded, so a reader of rows [a, b) (one extraction block) reads only the chunks
 covering them, locally or by ranged reads from object storage, through Zarr itself.
 
-Written whole: under a temporary sibling renamed into place (local), or under its own prefix with
-_COMPLETE written last (object storage); Store.stage / Store.publish hold that difference.
+Published whole: written under a temporary sibling renamed into place (local), or under its own prefix with
+_COMPLETE written last (object storage); Store.stage / Store.publish hold that difference. `save_sequences`
+writes a Sequences at once; `SequenceWriter` takes it block by block of dogs (the features stage's way, so
+memory follows a block, not the snapshot), in whole shards, and publishes once at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "sequences_path",
     "stored_sequence_spec",
     "save_sequences",
+    "SequenceWriter",
     "load_sequences",
     "load_sequence_meta",
     "load_sequence_rows",
@@ -113,57 +116,162 @@ def save_sequences(seqs: Sequences, path: str | StorePath) -> None:
     store.remove(_LEGACY)
 
 
+class SequenceWriter:
+    """Writes a snapshot's sequences block by block of whole dogs, in order (`append`), and publishes the store whole
+    at `close`: readers see the old store or the complete new one, never part. Used as a context manager, an error
+    (or a kill) before `close` leaves only the staging, discarded here or swept later.
+
+    Memory: the block appended, plus less than one shard of each per-row array not yet written (rows are written in
+    whole shards) and the per-dog ids and names, written at `close`."""
+
+    def __init__(self, path: str | StorePath, n_obs: int, feature_names: Sequence[str], context_names: Sequence[str]):
+        self._store, self._key = split(path)
+        self._staged = self._store.stage(self._key, replace_marker=COMPLETE)
+        try:
+            self._arrays = _Arrays(self._store.location(self._staged), n_obs, feature_names, context_names)
+        except BaseException:
+            self._store.discard(self._staged)
+            raise
+
+    def append(self, seqs: Sequences) -> None:
+        """The next dogs' rows (their offsets counted from their first row)."""
+        self._arrays.append(seqs)
+
+    def close(self) -> None:
+        """Write what is left, check every row came, publish."""
+        self._arrays.finish()
+        self._store.publish(self._staged, self._key, marker=COMPLETE, replace=True)
+        self._store.remove(_LEGACY)
+
+    def abort(self) -> None:
+        """Drop the staging: the old store (if any) stays as it was."""
+        self._store.discard(self._staged)
+
+    def __enter__(self) -> SequenceWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+
 def _write(seqs: Sequences, at: StorePath) -> None:
-    root = zarr.create_group(_zarr(at), attributes={
-        "gruviz_sequences": FORMAT,
-        "feature_names": list(seqs.feature_names), "context_names": list(seqs.context_names),
-        "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
-        "Conventions": "CF-1.11", "featureType": "trajectory",
-    })
-    n_dogs, n_obs = seqs.n_dogs, seqs.n_obs
-    dog_chunk = (max(1, min(n_dogs, 1 << 16)),)
+    arrays = _Arrays(at, seqs.n_obs, seqs.feature_names, seqs.context_names)
+    arrays.append(seqs)
+    arrays.finish()
 
-    def per_dog(name, data, dtype, attributes):
-        a = root.create_array(name, shape=(n_dogs,), dtype=dtype, chunks=dog_chunk, dimension_names=("dog",),
-                              attributes=attributes)
-        if n_dogs:
-            a[:] = data
 
-    def per_row(name, data, dtype, dims, attributes, **kw):
+_ROW_ARRAYS = ("values", "context", "race_id", "race_date", "won", "market_prob")
+
+
+class _Arrays:
+    """The arrays of one sequences store being written at `at`: per-row arrays created whole (n_obs rows) and filled
+    in whole shards as rows arrive; per-dog arrays written at `finish`."""
+
+    def __init__(self, at: StorePath, n_obs: int, feature_names: Sequence[str], context_names: Sequence[str]):
+        self.n_obs = int(n_obs)
+        self.root = zarr.create_group(_zarr(at), attributes={
+            "gruviz_sequences": FORMAT,
+            "feature_names": list(feature_names), "context_names": list(context_names),
+            "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
+            "Conventions": "CF-1.11", "featureType": "trajectory",
+        })
+        row_coords = "race_date race_id"
+        floats = {"compressors": _compressor(), "fill_value": np.nan}
+        self._per_row("values", "float32", (len(feature_names),), ("obs", "feature"),
+                      {"long_name": "what the race showed about the dog (known after it); columns: feature_names",
+                       "coordinates": row_coords}, **floats)
+        self._per_row("context", "float32", (len(context_names),), ("obs", "context"),
+                      {"long_name": "what is known before the race; columns: context_names", "coordinates": row_coords},
+                      **floats)
+        self._per_row("race_id", str, (), ("obs",), {"long_name": "race id"})
+        self._per_row("race_date", "int32", (), ("obs",),
+                      {"long_name": "date of the race", "units": _EPOCH_UNITS, "calendar": "proleptic_gregorian",
+                       "_FillValue": int(_DATE_FILL)}, fill_value=_DATE_FILL)
+        self._per_row("won", "float32", (), ("obs",),
+                      {"long_name": "won the race (1), lost (0), unknown (NaN)", "units": "1",
+                       "coordinates": row_coords}, **floats)
+        self._per_row("market_prob", "float32", (), ("obs",),
+                      {"long_name": "market implied win probability, renormalised within the race", "units": "1",
+                       "coordinates": row_coords}, **floats)
+        self.rows = 0  # rows appended
+        self.written = dict.fromkeys(_ROW_ARRAYS, 0)  # rows of each array written
+        self.pending: dict[str, list[np.ndarray]] = {name: [] for name in _ROW_ARRAYS}
+        self.sizes: list[np.ndarray] = []
+        self.dog_id: list[np.ndarray] = []
+        self.dog_name: list[np.ndarray] = []
+
+    def _per_row(self, name, dtype, tail, dims, attributes, **kw) -> None:
         item = _STR_BYTES if dtype is str else np.dtype(dtype).itemsize
-        chunks, shards = _row_chunks(n_obs, item * int(np.prod(data.shape[1:], dtype=np.int64)))
-        a = root.create_array(name, shape=(n_obs, *data.shape[1:]), dtype=dtype, chunks=(chunks, *data.shape[1:]),
-                              shards=(shards, *data.shape[1:]), dimension_names=dims, attributes=attributes, **kw)
-        if n_obs:
-            a[:] = data
+        chunks, shards = _row_chunks(self.n_obs, item * int(np.prod(tail, dtype=np.int64)))
+        self.root.create_array(name, shape=(self.n_obs, *tail), dtype=dtype, chunks=(chunks, *tail),
+                               shards=(shards, *tail), dimension_names=dims, attributes=attributes, **kw)
 
-    dog_coords, row_coords = "dog_id dog_name", "race_date race_id"
-    per_dog("row_start", seqs.offsets[:-1], "int64", {"long_name": "first row (obs) of the dog", "units": "1",
-                                                       "coordinates": dog_coords})
-    per_dog("row_size", seqs.row_size, "int64", {"long_name": "number of rows (races) of the dog", "units": "1",
-                                                 "sample_dimension": "obs", "coordinates": dog_coords})
-    per_dog("dog_id", _str_objects(seqs.dog_id), str, {"long_name": "dog id", "cf_role": "trajectory_id"})
-    per_dog("dog_name", _str_objects(seqs.dog_name), str, {"long_name": "dog name (display)"})
-    floats = {"compressors": _compressor(), "fill_value": np.nan}
-    per_row("values", np.asarray(seqs.values, np.float32), "float32", ("obs", "feature"),
-            {"long_name": "what the race showed about the dog (known after it); columns: feature_names",
-             "coordinates": row_coords}, **floats)
-    per_row("context", np.asarray(seqs.context, np.float32), "float32", ("obs", "context"),
-            {"long_name": "what is known before the race; columns: context_names", "coordinates": row_coords},
-            **floats)
-    per_row("race_id", _str_objects(seqs.race_id), str, ("obs",), {"long_name": "race id"})
-    per_row("race_date", _encode_days(seqs.race_date), "int32", ("obs",),
-            {"long_name": "date of the race", "units": _EPOCH_UNITS, "calendar": "proleptic_gregorian",
-             "_FillValue": int(_DATE_FILL)}, fill_value=_DATE_FILL)
-    per_row("won", np.asarray(seqs.won, np.float32), "float32", ("obs",),
-            {"long_name": "won the race (1), lost (0), unknown (NaN)", "units": "1", "coordinates": row_coords},
-            **floats)
-    per_row("market_prob", np.asarray(seqs.market_prob, np.float32), "float32", ("obs",),
-            {"long_name": "market implied win probability, renormalised within the race", "units": "1",
-             "coordinates": row_coords}, **floats)
-    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3: one read opens it all
-        warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(root.store)
+    def append(self, seqs: Sequences) -> None:
+        n = seqs.n_obs
+        if self.rows + n > self.n_obs:
+            raise StoreError(f"sequences: {self.rows + n} rows appended to a store laid out for {self.n_obs}")
+        self.rows += n
+        self.sizes.append(np.asarray(seqs.row_size, np.int64))
+        self.dog_id.append(_str_objects(seqs.dog_id))
+        self.dog_name.append(_str_objects(seqs.dog_name))
+        data = {"values": np.asarray(seqs.values, np.float32), "context": np.asarray(seqs.context, np.float32),
+                "race_id": _str_objects(seqs.race_id), "race_date": _encode_days(seqs.race_date),
+                "won": np.asarray(seqs.won, np.float32), "market_prob": np.asarray(seqs.market_prob, np.float32)}
+        for name, a in data.items():
+            self.pending[name].append(a)
+            self._flush(name, last=False)
+
+    def _flush(self, name: str, *, last: bool) -> None:
+        """Write the pending rows of `name` up to the last whole shard (all of them when `last`)."""
+        arr = self.root[name]
+        start, have = self.written[name], sum(len(a) for a in self.pending[name])
+        shard = arr.shards[0] if arr.shards else arr.chunks[0]
+        stop = start + have if last else (start + have) // shard * shard
+        if stop <= start:
+            return
+        data = self.pending[name][0] if len(self.pending[name]) == 1 else np.concatenate(self.pending[name])
+        arr[start:stop] = data[: stop - start]
+        self.pending[name] = [data[stop - start:].copy()] if stop - start < len(data) else []  # not a view of it all
+        self.written[name] = stop
+
+    def finish(self) -> None:
+        if self.rows != self.n_obs:
+            raise StoreError(f"sequences: {self.rows} rows appended to a store laid out for {self.n_obs}")
+        for name in _ROW_ARRAYS:
+            if self.n_obs:
+                self._flush(name, last=True)
+        sizes = np.concatenate(self.sizes) if self.sizes else np.zeros(0, np.int64)
+        n_dogs = len(sizes)
+        dog_chunk = (max(1, min(n_dogs, 1 << 16)),)
+        dog_coords = "dog_id dog_name"
+
+        def per_dog(name, data, dtype, attributes):
+            a = self.root.create_array(name, shape=(n_dogs,), dtype=dtype, chunks=dog_chunk, dimension_names=("dog",),
+                                       attributes=attributes)
+            if n_dogs:
+                a[:] = data
+
+        starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64) if n_dogs else np.zeros(0, np.int64)
+        per_dog("row_start", starts, "int64", {"long_name": "first row (obs) of the dog", "units": "1",
+                                               "coordinates": dog_coords})
+        per_dog("row_size", sizes, "int64", {"long_name": "number of rows (races) of the dog", "units": "1",
+                                             "sample_dimension": "obs", "coordinates": dog_coords})
+        per_dog("dog_id", _joined(self.dog_id), str, {"long_name": "dog id", "cf_role": "trajectory_id"})
+        per_dog("dog_name", _joined(self.dog_name), str, {"long_name": "dog name (display)"})
+        with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3: one read opens it all
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(self.root.store)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
 
 def _row_chunks(n_obs: int, row_bytes: int) -> tuple[int, int]:

@@ -303,3 +303,76 @@ def test_form_at_the_track_and_distance_counts_earlier_runs_only():
         np.testing.assert_allclose(ctx[f"form_{name}_starts"], np.log1p(starts), rtol=1e-6)
         np.testing.assert_allclose(ctx[f"form_{name}_win_rate"], (wins + 0.5) / (starts + 4.0), rtol=1e-6)
         assert (starts == 0).any() and (wins > 0).any()
+
+
+@pytest.fixture(scope="module")
+def snapshot_store(tmp_path_factory):
+    """A store with one simulated snapshot (~120 dogs) made awkward: unknown results (dropped), places without
+    `won`, missing prices, sectionals, weights, grades and field sizes, a month without any race."""
+    from flows.stages.ingest import ingest
+    from gruviz_core.synth import simulate
+
+    root = tmp_path_factory.mktemp("blocks")
+    runs = simulate(120, 5)
+    rng = np.random.default_rng(5)
+    n = len(runs)
+    pick = lambda share: rng.random(n) < share  # noqa: E731
+    runs.loc[pick(0.03), ["won", "finish_pos"]] = pd.NA  # no result: dropped
+    runs.loc[pick(0.05), "won"] = pd.NA  # known from the place
+    for col, share in (("bsp_decimal", 0.05), ("sp_decimal", 0.3), ("sectional_s", 0.1), ("weight_kg", 0.1),
+                       ("grade", 0.05), ("field_size", 0.1), ("margin_lengths", 0.05)):
+        runs.loc[pick(share), col] = pd.NA
+    month = runs["race_date"].dt.to_period("M")
+    runs = runs[month != month.unique()[len(month.unique()) // 2]]  # a month without data
+    src = root / "src.parquet"
+    runs.to_parquet(src)
+    return root, ingest([str(src)], root).snapshot_id
+
+
+@pytest.mark.parametrize("block_rows", [1, 50, 1_000_000])
+def test_the_stage_builds_block_by_block_exactly_what_build_sequences_builds_whole(snapshot_store, block_rows,
+                                                                                    monkeypatch):
+    """Blocks of one dog, of ~50 rows (races whose runners sit in several blocks) and one block, the reference
+    times a track or a few at a time: every array equal to the whole-table build's, bit for bit."""
+    from flows.stages import features as stage
+    from gruviz_core import features
+    from storage.forms import load_snapshot
+    from storage.sequences import load_sequences
+
+    root, snap = snapshot_store
+    want = build_sequences(load_snapshot(root, snap))
+    monkeypatch.setattr(features, "REFERENCE_ROWS", block_rows)
+    path = stage.sequences_path(root, snap).parent / f"b{block_rows}" / "sequences.zarr"
+    stage.build(root, snap, path, block_rows=block_rows)
+    got = load_sequences(path)
+    assert got.n_dogs == want.n_dogs and got.n_obs == want.n_obs and want.n_dogs > 100
+    for name in ("values", "context", "offsets", "won", "market_prob", "race_date"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in ("dog_id", "dog_name", "race_id"):
+        assert list(getattr(got, name)) == list(getattr(want, name)), name
+    assert (got.feature_names, got.context_names) == (FEATURE_NAMES, CONTEXT_NAMES)
+
+
+def test_blocks_hold_whole_dogs_and_cover_every_row():
+    from gruviz_core.features import dog_blocks
+
+    dogs = pd.Series(["b", "b", "a", "c", "c", "c", "a"])
+    order = np.array([2, 6, 0, 1, 3, 4, 5])  # a a b b c c c
+    assert dog_blocks(dogs, order, 1) == [(0, 2), (2, 4), (4, 7)]
+    assert dog_blocks(dogs, order, 3) == [(0, 4), (4, 7)]
+    assert dog_blocks(dogs, order, 100) == [(0, 7)]
+    assert dog_blocks(dogs.iloc[:0], order[:0], 3) == []
+
+
+def test_run_order_is_clean_runs_order_with_text_as_categories():
+    """The order of the rows with a result, from the text columns as sorted-category codes, is clean_runs' order."""
+    from gruviz_core.features import ORDER_COLUMNS, run_order
+
+    runs = toy_runs(n_dogs=40, n_races=60)
+    runs.loc[runs.index[::7], ["won", "finish_pos"]] = pd.NA
+    runs.loc[runs.index[::5], "won"] = pd.NA
+    runs = runs.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    keys = runs[list(ORDER_COLUMNS)].astype({"dog_id": "category", "race_id": "category"})
+    got = runs.iloc[run_order(keys)].reset_index(drop=True)
+    want = clean_runs(runs)
+    assert list(got["dog_id"]) == list(want["dog_id"]) and list(got["race_id"]) == list(want["race_id"])

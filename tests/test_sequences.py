@@ -135,3 +135,53 @@ def test_an_incomplete_or_other_version_store_is_rebuilt(tmp_path):
     g = zarr.open_group(path, mode="r+")
     g.attrs["gruviz_sequences"] = sq.FORMAT + 1
     assert sq.stored_sequence_spec(path) is None
+
+
+def _dogs(seqs: Sequences, a: int, b: int) -> Sequences:
+    """Dogs [a, b) of `seqs` as a Sequences of their own (offsets from their first row)."""
+    r = slice(int(seqs.offsets[a]), int(seqs.offsets[b]))
+    return dataclasses.replace(
+        seqs, values=seqs.values[r], context=seqs.context[r], offsets=seqs.offsets[a:b + 1] - seqs.offsets[a],
+        dog_id=seqs.dog_id[a:b], dog_name=seqs.dog_name[a:b], race_id=seqs.race_id[r], race_date=seqs.race_date[r],
+        won=seqs.won[r], market_prob=seqs.market_prob[r])
+
+
+@pytest.mark.parametrize("cut", [list(range(10)), [0, 3, 3, 9], [0, 9]])
+def test_a_store_written_block_by_block_is_the_store_written_whole(tmp_path, monkeypatch, cut):
+    """Blocks of dogs (some empty, some dogs without rows) appended in order, in chunks of a few rows and shards of
+    several, so blocks end inside shards: the store reads back as the whole Sequences, row slices too."""
+    monkeypatch.setattr(sq, "CHUNK_BYTES", 64)
+    seqs = make_sequences([3, 5, 0, 4, 1, 17, 2, 0, 9])
+    path = tmp_path / "sequences.zarr"
+    with sq.SequenceWriter(path, seqs.n_obs, seqs.feature_names, seqs.context_names) as w:
+        for a, b in zip(cut[:-1], cut[1:]):
+            w.append(_dogs(seqs, a, b))
+    assert_same(sq.load_sequences(path), seqs)
+    part = sq.load_sequence_rows(path, 5, 23)
+    np.testing.assert_array_equal(part.values, seqs.values[5:23])
+    assert list(part.meta["race_id"]) == list(seqs.race_id[5:23])
+
+
+def test_a_block_by_block_write_that_dies_never_looks_complete(tmp_path):
+    """An error between blocks (or too few rows) leaves the store it was replacing as it was, or none."""
+    path = tmp_path / "f" / "sequences.zarr"
+    first, second = make_sequences([3, 4]), make_sequences([5, 6, 7], seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        with sq.SequenceWriter(path, first.n_obs, first.feature_names, first.context_names) as w:
+            w.append(_dogs(first, 0, 1))
+            raise KeyboardInterrupt
+    assert sq.stored_sequence_spec(path) is None and not path.exists()
+    sq.save_sequences(first, path)
+    with pytest.raises(StoreError, match="3 rows appended to a store laid out for 7"):
+        with sq.SequenceWriter(path, first.n_obs, first.feature_names, first.context_names) as w:
+            w.append(_dogs(first, 0, 1))  # the second dog never comes
+    with pytest.raises(StoreError, match="11 rows appended to a store laid out for 7"):
+        with sq.SequenceWriter(path, first.n_obs, first.feature_names, first.context_names) as w:
+            w.append(_dogs(second, 0, 2))
+    assert_same(sq.load_sequences(path), first)
+    with sq.SequenceWriter(path, second.n_obs, second.feature_names, second.context_names) as w:
+        w.append(_dogs(second, 0, 2))
+        w.append(_dogs(second, 2, 3))
+    assert_same(sq.load_sequences(path), second)
+    leftovers = list((path.parent / ".tmp").glob("*")) if (path.parent / ".tmp").exists() else []
+    assert not leftovers
