@@ -206,12 +206,22 @@ def _night(s: Settings, checked: Preflight, sources: list[str], held: ExitStack,
     run_blocks(extract_block_task, plan, s, deadline)
     tmp_dir = finish_run_task(plan)
     stats_task(tmp_dir, _rule(s))
+    # the watches read the run and write records of their own: one after another on a second thread (the
+    # machine's other core) while evaluate runs here; model change reads evaluate's headline, so it follows it
+    probed = probe_task.submit(tmp_dir, root, snapshot_id, s.probe_dogs)
+    drifted = drift_task.submit(tmp_dir, root, set_id, seq_path, snapshot_id, s.drift_psi, s.drift_share,
+                                wait_for=[probed])
+    watched = determinism_task.submit(tmp_dir, root, set_id, list(s.watchlist), s.determinism_dogs,
+                                      wait_for=[drifted])
     evaluate_timed = evaluate_task.with_options(timeout_seconds=s.evaluate_timeout_s)
-    headline = evaluate_timed(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
-    probe_task(tmp_dir, root, snapshot_id, s.probe_dogs)
-    drift_task(tmp_dir, root, set_id, seq_path, snapshot_id, s.drift_psi, s.drift_share)
-    model_change_task(tmp_dir, root, set_id, seq_path, s.model_change_dogs, s.bootstrap, s.device)
-    determinism_task(tmp_dir, root, set_id, list(s.watchlist), s.determinism_dogs)
+    try:
+        headline = evaluate_timed(tmp_dir, root, set_id, seq_path, s.bootstrap, s.min_eval_races)
+        model_change_task(tmp_dir, root, set_id, seq_path, s.model_change_dogs, s.bootstrap, s.device)
+    finally:
+        for watch in (probed, drifted, watched):
+            watch.wait()  # nothing writes into the run after the night has left it (a failed night removes it)
+    for watch in (probed, drifted, watched):
+        watch.result()  # each records its own failure: an error here is a bug, and fails the night
     run_dir = publish_run_task(root, tmp_dir)
     rel = report_task(run_dir, root, reports_dir, night, snapshot_id, list(s.watchlist))
     retention_task(root, reports_dir, s.keep_nights)

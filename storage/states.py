@@ -211,21 +211,28 @@ class StatesReader:
 
     def dog_at(self, d: int, seed: int = 0) -> DogStates:
         """Every step of the dog at position `d`."""
-        self._check_seed(seed)
-        a = int(self._row_start[d])
-        b = a + int(self._row_size[d])
-        g = f"seed{seed}/"
-        names = ("race_date", "race_id", "score", g + "h", g + "z", g + "r")
-        sels = ((slice(a, b),), (slice(a, b),), (slice(a, b), seed)) + ((slice(a, b),),) * 3
-        date, race, score, h, z, r = _read_all([self._arr(n) for n in names], sels)  # one round trip
-        return DogStates(
-            dog_index=d, dog_id=str(self._dog_id[d]), dog_name=str(self._names()[d]),
-            step=np.arange(1, b - a + 1, dtype=np.int32), race_date=_days(date), race_id=_strs(race),
-            score=score, h=h.astype(np.float32), z=z.astype(np.float32), r=r.astype(np.float32),
-        )
+        return self._dogs_at([d], seed)[0]
 
     def dogs(self, ids: Sequence[str], seed: int = 0) -> list[DogStates]:
-        return [self.dog(i, seed) for i in ids]
+        """Every step of each dog (by id) under seed position `seed`, read in one round trip."""
+        return self._dogs_at([self.dog_index(i) for i in ids], seed)
+
+    def _dogs_at(self, positions: Sequence[int], seed: int) -> list[DogStates]:
+        self._check_seed(seed)
+        g = f"seed{seed}/"
+        arrays = [self._arr(n) for n in ("race_date", "race_id", "score", g + "h", g + "z", g + "r")]
+        spans = [(int(self._row_start[d]), int(self._row_start[d] + self._row_size[d])) for d in positions]
+        sels = [sel for a, b in spans for sel in ((slice(a, b),), (slice(a, b),), (slice(a, b), seed),
+                                                   *((slice(a, b),),) * 3)]
+        got = _read_all(arrays * len(spans), sels)  # every dog's 6 reads at once, decoded on zarr's threads
+        out = []
+        for i, (d, (a, b)) in enumerate(zip(positions, spans)):
+            date, race, score, h, z, r = got[6 * i: 6 * i + 6]
+            out.append(DogStates(
+                dog_index=d, dog_id=str(self._dog_id[d]), dog_name=str(self._names()[d]),
+                step=np.arange(1, b - a + 1, dtype=np.int32), race_date=_days(date), race_id=_strs(race),
+                score=score, h=h.astype(np.float32), z=z.astype(np.float32), r=r.astype(np.float32)))
+        return out
 
     def iter_chunks(self, seed: int = 0, rows: tuple[int, int] | slice | None = None) -> Iterator[Chunk]:
         """h, z, r of rows [start, stop) (all by default) in pieces aligned to shards, one read each."""

@@ -84,14 +84,16 @@ def watch(run_dir: str | Path, root: str | Path, set_id: str, watchlist: Sequenc
     ids, source, missing = _watched(a, b, watchlist, dogs)
     flagged, compared, changed = [], 0, 0
     seeds = min(len(a.seeds), len(b.seeds))
-    for dog_id in ids:
-        da, db = a.dog(dog_id, 0), b.dog(dog_id, 0)
+    before = [a.dogs(ids, k) for k in range(seeds)]  # (seed, dog): each run's watched dogs, one read per seed
+    after = [b.dogs(ids, k) for k in range(seeds)]
+    for i, dog_id in enumerate(ids):
+        da, db = before[0][i], after[0][i]
         if not dt.same_history(_arrays(da), _arrays(db)):
             changed += 1
             continue
         compared += 1
         for k in range(seeds):
-            sa, sb = (da, db) if k == 0 else (a.dog(dog_id, k), b.dog(dog_id, k))
+            sa, sb = before[k][i], after[k][i]
             diff = dt.compare_states(_arrays(sa), _arrays(sb))
             if diff is not None:
                 i = diff["first_step"] - 1
