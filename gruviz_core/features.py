@@ -281,15 +281,18 @@ def clean_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return _clean(conform(runs, where="clean_runs"))
 
 
-def yardstick_probs(runs: pd.DataFrame) -> dict[str, np.ndarray]:
+def yardstick_probs(runs: pd.DataFrame, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Other forecasters' win probabilities per row of `build_sequences(runs)`: name -> (obs,) 1 / price of each
     `schema.YARDSTICKS` column the table has (NaN where unknown); columns with no price at all are left out.
+    With `order` (`run_order` of the table), `runs` may hold only the yardstick columns and is not cleaned whole.
 
     For comparison only: `build_sequences` never reads these columns."""
-    df = clean_runs(runs)
+    df = clean_runs(runs) if order is None else runs
     out = {}
     for name in YARDSTICKS:
-        price = _num(df[name])
+        if name not in df.columns:
+            continue
+        price = _num(df[name]) if order is None else _num(df[name])[order]
         p = np.where(np.isfinite(price) & (price > 1.0), 1.0 / price, np.nan)
         if np.isfinite(p).any():
             out[name] = p

@@ -46,6 +46,8 @@ __all__ = [
     "load_sequences",
     "load_sequence_meta",
     "load_sequence_rows",
+    "open_sequence_rows",
+    "RowsOnDemand",
     "SEQUENCES",
     "COMPLETE",
 ]
@@ -312,6 +314,64 @@ def load_sequence_rows(path: str | StorePath, start: int, stop: int, meta: Seque
     got = _read(root, ("values", "context", *meta), start, stop)
     return SequenceRows(start, got.pop("values"), got.pop("context"), tuple(root.attrs["feature_names"]),
                         tuple(root.attrs["context_names"]), got)
+
+
+def open_sequence_rows(path: str | StorePath, meta: Sequence[str] = ()) -> SequenceRows:
+    """Every row of a snapshot's sequences as a SequenceRows whose `values` and `context` are read on demand
+    (`RowsOnDemand`: x[rows] reads only the chunks holding those rows); the `meta` members are read whole."""
+    root = _open_complete(path)
+    n_obs = int(root["values"].shape[0])
+    return SequenceRows(0, RowsOnDemand(root["values"]), RowsOnDemand(root["context"]),
+                        tuple(root.attrs["feature_names"]), tuple(root.attrs["context_names"]),
+                        _read(root, meta, 0, n_obs) if meta else {})
+
+
+class RowsOnDemand:
+    """A per-row array of a sequences store read by rows when asked: `x[rows]` (a slice, integer or bool array) or
+    `x[rows, cols]` -> those rows, decoding only the chunks that hold them. Memory: what is asked, plus a window of
+    WINDOW_CHUNKS chunks at a time (Zarr's own orthogonal selection costs about 1 KB per row asked for)."""
+
+    WINDOW_CHUNKS = 8
+
+    def __init__(self, array: zarr.Array):
+        self._array = array
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self._window = int(array.chunks[0]) * self.WINDOW_CHUNKS
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        if isinstance(rows, slice):
+            return self._array.get_orthogonal_selection((rows, cols))
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + len(self), rows).astype(np.int64).ravel()
+        order = None if np.all(rows[1:] >= rows[:-1]) else np.argsort(rows, kind="stable")
+        got = self._sorted(rows if order is None else rows[order], cols)
+        if order is None:
+            return got
+        out = np.empty_like(got)
+        out[order] = got
+        return out
+
+    def _sorted(self, rows: np.ndarray, cols) -> np.ndarray:
+        """Rows (ascending) read a window of chunks at a time, windows without any of them skipped."""
+        if len(rows) and not 0 <= rows[0] <= rows[-1] < len(self):
+            raise IndexError(f"rows {rows[0]}..{rows[-1]} asked for, the array has {len(self)}")
+        win = rows // self._window
+        cuts = np.r_[0, np.flatnonzero(np.diff(win)) + 1, len(rows)] if len(rows) else np.zeros(1, np.int64)
+        parts = []
+        for i, j in zip(cuts[:-1], cuts[1:]):
+            a = int(win[i]) * self._window
+            block = self._array.get_orthogonal_selection((slice(a, min(a + self._window, len(self))), cols))
+            parts.append(block[rows[i:j] - a])
+        if parts:
+            return np.concatenate(parts)
+        return self._array.get_orthogonal_selection((slice(0, 0), cols))
 
 
 def _zarr(path: StorePath, *, read_only: bool = False):

@@ -166,3 +166,38 @@ def test_the_stage_normalises_inputs_like_the_model_set_in_slices_and_on_demand(
     np.testing.assert_array_equal(values.columns(mask, [2, 0]), want_v[mask][:, [2, 0]])
     assert values._done.sum() == len(set(rows) | set(range(3, 9)) | set(np.flatnonzero(mask)))
     np.testing.assert_array_equal(values[:], want_v)
+
+
+def test_the_stage_reads_resilience_inputs_from_the_store_by_rows_as_the_whole_arrays_give(tmp_path, monkeypatch):
+    """The normalised inputs evaluate gives resilience, read from the sequences store in windows of chunks (and the
+    training rows scanned a few rows at a time), equal those of the whole arrays in memory."""
+    from flows.stages import evaluate as stage
+    from gruviz_core.features import fit_normaliser
+    from gruviz_core.model_set import ModelSet
+    from gruviz_core.sequences import Sequences
+    from storage import sequences as sq
+
+    monkeypatch.setattr(sq, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(sq.RowsOnDemand, "WINDOW_CHUNKS", 3)
+    monkeypatch.setattr(stage, "_SCAN_ROWS", 37)
+    rng = np.random.default_rng(1)
+    n = 1000
+    vals = rng.normal(size=(n, 4)).astype(np.float32)
+    vals[rng.random((n, 4)) < 0.1] = np.nan
+    vals[:, 3] = rng.random(n) < 0.2  # a flag
+    seqs = Sequences(vals, rng.normal(2.0, 3.0, size=(n, 3)).astype(np.float32), np.array([0, 400, n]),
+                     np.array(["a", "b"], dtype=object), np.array(["A", "B"], dtype=object),
+                     np.array([f"r{i}" for i in range(n)], dtype=object),
+                     np.datetime64("2025-01-01") + np.arange(n).astype("timedelta64[D]"), np.zeros(n, np.float32),
+                     np.full(n, 0.5, np.float32), ("f0", "f1", "f2", "f3"), ("c0", "c1", "c2"))
+    path = tmp_path / "sequences.zarr"
+    sq.save_sequences(seqs, path)
+    ms = ModelSet("s", [0], [], fit_normaliser(seqs).select(("f3", "f0", "f2"), ("c2", "c0")),
+                  meta={"cutoff": "2025-06-30"})
+    values, context, train = stage._run_inputs(str(path), ms, np.array([0, 400, n]))
+    want_v, want_c = ms.prepare(seqs)
+    np.testing.assert_array_equal(train, seqs.race_date <= np.datetime64("2025-06-30"))
+    for rows in (np.array([999, 5, 5, 0, 400]), slice(3, 900), rng.random(n) < 0.3, np.arange(n)):
+        np.testing.assert_array_equal(values[rows], want_v[rows])
+        np.testing.assert_array_equal(context[rows], want_c[rows])
+    np.testing.assert_array_equal(stage._training_rows(values, train)(0), want_v[train][:, 0])

@@ -322,6 +322,7 @@ def snapshot_store(tmp_path_factory):
     for col, share in (("bsp_decimal", 0.05), ("sp_decimal", 0.3), ("sectional_s", 0.1), ("weight_kg", 0.1),
                        ("grade", 0.05), ("field_size", 0.1), ("margin_lengths", 0.05)):
         runs.loc[pick(share), col] = pd.NA
+    runs["rated_price"] = (runs["bsp_decimal"] * rng.uniform(0.8, 1.2, n)).where(pick(0.9))  # a yardstick
     month = runs["race_date"].dt.to_period("M")
     runs = runs[month != month.unique()[len(month.unique()) // 2]]  # a month without data
     src = root / "src.parquet"
@@ -376,3 +377,15 @@ def test_run_order_is_clean_runs_order_with_text_as_categories():
     got = runs.iloc[run_order(keys)].reset_index(drop=True)
     want = clean_runs(runs)
     assert list(got["dog_id"]) == list(want["dog_id"]) and list(got["race_id"]) == list(want["race_id"])
+
+
+def test_the_snapshots_yardsticks_are_read_from_a_few_columns_in_sequence_order(snapshot_store):
+    from flows.stages.train import snapshot_yardsticks
+    from gruviz_core.features import yardstick_probs
+    from storage.forms import load_snapshot
+
+    root, snap = snapshot_store
+    want = yardstick_probs(load_snapshot(root, snap))
+    got = snapshot_yardsticks(root, snap, len(want["rated_price"]))
+    assert list(got) == ["rated_price"]
+    np.testing.assert_array_equal(got["rated_price"], want["rated_price"])

@@ -185,3 +185,23 @@ def test_a_block_by_block_write_that_dies_never_looks_complete(tmp_path):
     assert_same(sq.load_sequences(path), second)
     leftovers = list((path.parent / ".tmp").glob("*")) if (path.parent / ".tmp").exists() else []
     assert not leftovers
+
+
+def test_rows_read_on_demand_are_the_rows_of_the_whole(tmp_path, monkeypatch):
+    """open_sequence_rows reads values and context by rows (any order, repeats, masks, slices, column picks) in
+    windows of chunks: the same numbers as the whole arrays."""
+    monkeypatch.setattr(sq, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(sq.RowsOnDemand, "WINDOW_CHUNKS", 2)
+    seqs = make_sequences([40] * 30, n_features=5)
+    path = tmp_path / "sequences.zarr"
+    sq.save_sequences(seqs, path)
+    lazy = sq.open_sequence_rows(path, meta=("race_date",))
+    np.testing.assert_array_equal(lazy.meta["race_date"], seqs.race_date)
+    assert len(lazy.values) == seqs.n_obs and lazy.values.shape == seqs.values.shape
+    rng = np.random.default_rng(0)
+    for rows in (rng.integers(0, seqs.n_obs, 300), np.array([5, 5, 1199, 0, 3]), np.arange(0), slice(17, 801),
+                 rng.random(seqs.n_obs) < 0.1):
+        np.testing.assert_array_equal(lazy.values[rows], seqs.values[rows])
+        np.testing.assert_array_equal(lazy.context[rows], seqs.context[rows])
+    rows = np.sort(rng.integers(0, seqs.n_obs, 50))
+    np.testing.assert_array_equal(lazy.values[rows, [1, 3]], seqs.values[rows][:, [1, 3]])

@@ -38,7 +38,7 @@ from gruviz_core.results import StatsSummary
 from storage.layout import RunLayout
 from storage.registry import load_model_set
 from storage.results import read_summary
-from storage.sequences import load_sequence_meta, load_sequence_rows
+from storage.sequences import load_sequence_meta, open_sequence_rows
 from storage.states import open_states
 from storage.store import location as store_path
 from storage.tables import has_table, read_record, read_table, write_json, write_table
@@ -80,11 +80,12 @@ def holdout_of(meta: dict) -> Holdout:
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
     """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    Memory: holds every row of the run (the raw model inputs, the rows table, scores, the dog_step
-    statistics), not the ids and names. Measured (bench/memory.py, 1 seed, H=64): 4.45 GB at 250k
-    simulated dogs (4.85M rows), 18.2 GB at 1M dogs (19.4M rows), i.e. about 0.92 GB per million rows,
-    when every row's features were normalised up front; now the features and the context are normalised
-    only at the rows resilience reads (the sampled dogs' histories), so those figures are upper bounds.
+    Memory: holds per row of the run the rows table, scores and the evaluated rows' probabilities, the
+    comparisons' per-row summaries (stats/row_summary), and (B, dog) float32 bootstrap weights (4 KB a dog
+    at B = 1,000); not the model inputs, which resilience reads from the sequences store by rows as it
+    needs them (the sampled dogs' histories; the training rows' flag columns a window at a time), nor the
+    snapshot (its yardstick prices are read from a few columns). Measured (bench/memory.py, 1 seed, H=64,
+    the stage alone): 5.66 GB at 250k simulated dogs (4.85M rows), 42 s.
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
     model_set = load_model_set(root, set_id)
@@ -104,7 +105,7 @@ def _run_yardsticks(run_dir: str, root: str, n_obs: int) -> dict[str, np.ndarray
 def _run_inputs(seq_path: str, model_set, offsets: np.ndarray) -> tuple[_NormalisedRows, _NormalisedRows, np.ndarray | None]:
     """(values, context, train_rows) for resilience, read where it runs (in the background); rows are
     normalised when resilience first asks for them."""
-    seqs = load_sequence_rows(seq_path, 0, int(offsets[-1]), meta=("race_date",))  # no ids: the store has them
+    seqs = open_sequence_rows(seq_path, meta=("race_date",))  # rows read when resilience asks for them
     values, context = _lean_inputs(model_set, seqs)
     return values, context, _train_rows(seqs.meta["race_date"], model_set.meta.get("cutoff"))
 
@@ -118,6 +119,21 @@ def _lean_inputs(model_set, seqs) -> tuple[_NormalisedRows, _NormalisedRows]:
     ci = column_index(seqs.context_names, model_set.context_names, what=f"model set {model_set.set_id} context")
     return (_NormalisedRows(seqs.values, fi, model_set.normaliser.select(model_set.feature_names, ())),
             _NormalisedRows(seqs.context, ci, model_set.normaliser.select((), model_set.context_names), context=True))
+
+
+_SCAN_ROWS = 1 << 20
+"""Rows read at a time where every training row is scanned (kinds_seen's columns)."""
+
+
+def _row_index(rows, n: int) -> np.ndarray:
+    """(k,) int64 row numbers of a NumPy row index (slice, bool mask, integers) into n rows."""
+    if isinstance(rows, slice):
+        return np.arange(*rows.indices(n), dtype=np.int64)
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        return np.flatnonzero(rows)
+    rows = np.ravel(rows).astype(np.int64, copy=False)
+    return np.where(rows < 0, rows + n, rows)
 
 
 class _NormalisedRows:
@@ -140,7 +156,7 @@ class _NormalisedRows:
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, tuple):
             raise TypeError("_NormalisedRows: index rows only (x[rows]), then columns of the result")
-        idx = np.ravel(np.arange(len(self))[rows])
+        idx = _row_index(rows, len(self))
         need = np.unique(idx[~self._done[idx]])
         if len(need):
             self._buf[need] = self._apply(self.raw[need][:, self.cols], self.norm)
@@ -148,11 +164,17 @@ class _NormalisedRows:
         return self._buf[rows]
 
     def columns(self, rows, cols: Sequence[int]) -> np.ndarray:
-        """(n, len(cols)) normalised columns `cols` (positions among len(self.cols)) of `rows`."""
+        """(n, len(cols)) normalised columns `cols` (positions among len(self.cols)) of `rows`, read
+        _SCAN_ROWS rows at a time (the raw rows may be read from the store on demand)."""
         cols = np.asarray(cols, np.int64)
         names = tuple((self.norm.context_names if self.context else self.norm.feature_names)[c] for c in cols)
         norm = self.norm.select((), names) if self.context else self.norm.select(names, ())
-        return self._apply(self.raw[np.ix_(np.arange(len(self))[rows], self.cols[cols])], norm)
+        idx = _row_index(rows, len(self))
+        out = np.empty((len(idx), len(cols)), np.float32)
+        for a in range(0, len(idx), _SCAN_ROWS):
+            part = idx[a:a + _SCAN_ROWS]
+            out[a:a + len(part)] = self._apply(self.raw[part][:, self.cols[cols]], norm)
+        return out
 
     def _apply(self, x: np.ndarray, norm) -> np.ndarray:
         empty = np.zeros((len(x), 0), np.float32)

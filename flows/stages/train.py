@@ -17,20 +17,23 @@ from flows.stages import features
 from gruviz_core.errors import ConfigError
 from gruviz_core.features import (
     CATEGORICAL,
+    ORDER_COLUMNS,
     TRACK_INDEX,
     Normaliser,
     column_index,
     fit_normaliser,
     home_group,
+    run_order,
     track_embedding_columns,
     yardstick_probs,
 )
 from gruviz_core.model import ModelConfig
 from gruviz_core.model_set import ModelSet
 from gruviz_core.racing import race_codes
+from gruviz_core.schema import YARDSTICKS
 from gruviz_core.sequences import Sequences
 from gruviz_core.train import TrainConfig, TrainData, score_rows, time_windows, train_seed, window_report
-from storage.forms import load_snapshot
+from storage.forms import load_snapshot_columns
 from storage.registry import write_model_set
 from storage.sequences import load_sequences
 
@@ -185,7 +188,12 @@ def _epoch_report(seed: int, epochs: int) -> Callable[[dict], None]:
 
 def snapshot_yardsticks(root: str | Path, snapshot_id: str, n_obs: int) -> dict[str, np.ndarray]:
     """The snapshot's yardstick columns as win probabilities per sequence row ({} when it has none)."""
-    sticks = yardstick_probs(load_snapshot(root, snapshot_id))
+    prices = load_snapshot_columns(root, snapshot_id, YARDSTICKS)
+    if not yardstick_probs(prices, order=np.arange(len(prices))):  # no price at all (most snapshots)
+        return {}
+    del prices
+    keys = load_snapshot_columns(root, snapshot_id, (*ORDER_COLUMNS, *YARDSTICKS))  # a few narrow columns
+    sticks = yardstick_probs(keys, order=run_order(keys))
     if any(len(v) != n_obs for v in sticks.values()):  # sequences not built by gruviz's own features
         log.warning("snapshot %s: yardsticks do not line up with the sequences (%d rows); left out", snapshot_id, n_obs)
         return {}
