@@ -31,9 +31,9 @@ from flows.stages import determinism, drift, evaluate, extract, features, ingest
 from flows.stages.extract import set_torch_threads
 from flows.stages.notify import email_lines
 from gruviz_core.errors import GruvizError
+from gruviz_core.records import to_json
 from reports.email import report_url
 from storage.runs import hold_tmp_run, nightly_lock, remove_tmp_run, sweep_tmp_runs
-from storage.store import to_json
 
 __all__ = ["nightly", "NightlyTimeoutError"]
 

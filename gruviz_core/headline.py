@@ -10,8 +10,10 @@ empty) and never re-parses by key path elsewhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from gruviz_core.records import from_json, to_json
 
 __all__ = ["Effect", "GridPoint", "DoseSlope", "Bucket", "Verdict", "EvalPeriod", "Headline"]
 
@@ -122,16 +124,14 @@ class Verdict:
 
 
 def _typed(cls, x):
-    """A record of `cls` from a JSON object: unknown keys dropped, floats NaN-safe (None), counts as int."""
+    """A record of `cls` from a JSON object (gruviz_core.records' codec): unknown keys dropped, floats NaN-safe
+    (None), counts as int."""
     if not isinstance(x, Mapping):
         return None
-    kw = {}
-    for f in fields(cls):
-        if f.name not in x:
-            continue
-        v = x[f.name]
-        kw[f.name] = _num(v) if f.type in ("float | None", "float") else int(v or 0) if f.type == "int" else v
-    return cls(**kw)
+    kinds = {f.name: f.type for f in fields(cls)}
+    clean = {k: _num(v) if kinds[k] in ("float | None", "float") else int(v or 0) if kinds[k] == "int" else v
+             for k, v in x.items() if k in kinds}
+    return from_json(cls, clean, cls.__name__)
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class Headline:
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        out = {**dict(self.extra), **_plain(d)}
+        out = {**dict(self.extra), **to_json(d)}
         return out
 
     @classmethod
@@ -222,7 +222,7 @@ class Headline:
             dose=tuple(x for x in (_typed(DoseSlope, x) for x in d.get("dose") or ()) if x is not None),
             gap_by_race_count=tuple(x for x in (_typed(Bucket, x) for x in d.get("gap_by_race_count") or ())
                                     if x is not None),
-            verdict=_verdict(d.get("verdict")),
+            verdict=_typed(Verdict, d.get("verdict")),
             magnitude=d.get("magnitude") or {}, plateau=d.get("plateau") or {}, reliance=d.get("reliance") or {},
             ensemble=d.get("ensemble") or {}, race_nll=d.get("race_nll") or {}, scope=d.get("scope") or {},
             status_runners=d.get("status_runners") or {},
@@ -231,26 +231,6 @@ class Headline:
 
 
 def _period(x: Any) -> EvalPeriod | None:
-    if isinstance(x, EvalPeriod):
-        return x
-    if not isinstance(x, Mapping):
-        return None
-    return EvalPeriod(**{f.name: x[f.name] for f in fields(EvalPeriod) if f.name in x})
+    return x if isinstance(x, EvalPeriod) else _typed(EvalPeriod, x)
 
 
-def _verdict(x: Any) -> Verdict | None:
-    if not isinstance(x, Mapping):
-        return None
-    v = _typed(Verdict, x)
-    return Verdict(**{**asdict(v), "family": tuple(v.family), "holm": tuple(v.holm)})
-
-
-def _plain(x: Any) -> Any:
-    """Dataclasses, tuples and mappings -> JSON-ready dicts and lists."""
-    if hasattr(x, "__dataclass_fields__"):
-        return {k: _plain(v) for k, v in asdict(x).items()}
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import gruviz_core
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
+from gruviz_core.records import to_json
 from storage.layout import RunLayout
-from storage.store import Store, StorePath, location, open_store, split, to_json
+from storage.store import Store, StorePath, location, open_store, split
 
 __all__ = [
     "RunPlan", "BlockMarker", "COMPLETE", "LOCK_TTL_S", "stage_run", "finish_run", "publish_run", "latest_run",

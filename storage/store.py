@@ -22,11 +22,9 @@ process finds them. Listings are never cached (another process may have written 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
-import types
 import typing
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
@@ -38,10 +36,11 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 from gruviz_core.errors import NotFoundError, StoreError
+from gruviz_core.records import from_json, to_json
 
 __all__ = [
     "Store", "open_store", "StorePath", "Missing", "LockHeld",
-    "to_json", "from_json", "json_bytes", "split", "location",
+    "json_bytes", "split", "location",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -137,52 +136,9 @@ def split(where: str | os.PathLike | StorePath) -> tuple[Store, str]:
 # ------------------------------------------------------------------------------------ records
 
 
-def to_json(obj: Any) -> Any:
-    """A record (a dataclass, nested or not) or plain data as JSON-ready data; tuples become lists."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    return obj
-
-
 def json_bytes(obj: Any) -> bytes:
     """A record or plain data as the store writes JSON: indented, keys sorted, UTF-8, a final newline."""
     return (json.dumps(to_json(obj), indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
-
-
-def from_json(cls: type[T], data: Any, where: str = "record") -> T:
-    """The frozen dataclass `cls` from JSON data: fields typed as tuples or records are rebuilt, unknown keys
-    are ignored, a missing field without a default is a StoreError naming it."""
-    if not isinstance(data, dict):
-        raise StoreError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kw[f.name] = _as(hints[f.name], data[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise StoreError(f"{where}: no field {f.name!r} for {cls.__name__}; the record is damaged or from "
-                             "another version, recompute it")
-    return cls(**kw)
-
-
-def _as(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _as(inner[0], value, where) if len(inner) == 1 else value
-    if origin is tuple and isinstance(value, list):
-        args = typing.get_args(hint)
-        item = args[0] if args else Any
-        return tuple(_as(item, v, where) for v in value)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return from_json(hint, value, where)
-    return value
 
 
 # ------------------------------------------------------------------------------------ shared

@@ -20,11 +20,12 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync as zarr_sync
 
 from gruviz_core.errors import ConfigError, StoreError
+from gruviz_core.records import to_json
 from gruviz_core.sequences import ROW_META, ROW_SUMMARY
 from storage.layout import RunLayout
 from storage.runs import BlockMarker, RunPlan, stage_run, write_marker
 from storage.states import _DATE_FILL, _EPOCH_UNITS, _units_path, _zarr
-from storage.store import StorePath, open_store, to_json
+from storage.store import StorePath, open_store
 
 __all__ = ["begin_run", "BlockWriter", "block_span", "ShardBuffers", "CHUNK_BYTES", "SHARD_CHUNKS", "MIN_SHARDS"]
 

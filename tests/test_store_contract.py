@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from gruviz_core.errors import NotFoundError, StoreError
+from gruviz_core.records import from_json
 from storage.local import LocalStore
 from storage.objects import MemoryStore, ObjectStore
-from storage.store import LockHeld, Missing, Store, from_json, open_store
+from storage.store import LockHeld, Missing, Store, open_store
 
 
 @dataclass(frozen=True)
