@@ -3,7 +3,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
-# Test files run on this many xdist workers (a file's tests stay on one worker: its module fixtures build once).
+# Test files run on this many xdist workers (a file's tests stay on one worker: its module fixtures build once),
+# handed out slowest tier first (tests/conftest.py), not by their number of tests.
 WORKERS ?= 2
 
 .PHONY: run test test-fast env bench clean deploy
@@ -24,12 +25,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The tests that need no Prefect server, browser, Dask cluster, moto S3 server, nor are slow (tiers: tests/conftest.py).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m "not prefect and not browser and not s3 and not dask and not slow"
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder -m "not prefect and not browser and not s3 and not dask and not slow"
 
 # One benchmark at a time (2 cores): each prints one JSON line of ratios measured in the same run.
 bench: $(STAMP)

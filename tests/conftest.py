@@ -214,3 +214,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(tier)
         for stage in STAGES_OF_FILE.get(item.path.name, ()):  # tests/test_markers.py fails on a file missing here
             item.add_marker(stage)
+    _slow_files_first(items)
+
+
+def _slow_files_first(items) -> None:
+    """Files with a moto or cluster tier first, then those with a Prefect or browser one, then the rest (a stable sort,
+    each file's tests together): `make test` hands files to two xdist workers in this order
+    (--no-loadscope-reorder), so a long file is never the last one left while the other worker idles."""
+    rank: dict = {}
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        r = 0 if marks & {"s3", "dask"} else 1 if marks & {"prefect", "browser"} else 2
+        rank[item.path] = min(rank.get(item.path, 2), r)
+    items.sort(key=lambda item: rank[item.path])
