@@ -8,8 +8,9 @@ Memory: gruviz's own features are built in two passes (`build`): the race-level 
 whole snapshot from a few narrow columns (text as category codes), then blocks of whole dogs of about
 BLOCK_ROWS rows, each written as it is built (storage.sequences.SequenceWriter). What stays is about
 100 bytes a row (the race-level columns, the block pass's columns, the row order). Measured
-(bench/memory.py, the stage alone): at 250k simulated dogs (4.85M rows) peak 1.9 GB, 37 s. A team's
-feature callable is given the whole table (its contract), so that path still holds every row.
+(bench/memory.py, the stage alone, 2 cores): peak 1.9 GB, 37 s at 250k simulated dogs (4.85M rows);
+2.64 GB, 108 s at 500k (9.72M rows); 4.35 GB, 209 s at 1M (19.4M rows). A team's feature callable is
+given the whole table (its contract), so that path still holds every row.
 """
 
 from __future__ import annotations
