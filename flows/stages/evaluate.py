@@ -84,10 +84,8 @@ def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 10
     comparisons' per-row summaries (stats/row_summary), and (B, dog) float32 bootstrap weights (4 KB a dog
     at B = 1,000); not the model inputs, which resilience reads from the sequences store by rows as it
     needs them (the sampled dogs' histories; the training rows' flag columns a window at a time), nor the
-    snapshot (its yardstick prices are read from a few columns). Resilience runs on a second core after the
-    comparisons, not beside them (together they made the peak). Measured (bench/memory.py, 1 seed, H=64,
-    the stage alone, 2 cores): 4.35 GB, 52 s at 250k simulated dogs (4.85M rows); 8.18 GB, 110 s at 500k
-    (9.72M rows): about 790 bytes a row (with the weights), so about 16 GB at 1M dogs: not bounded yet.
+    snapshot (its yardstick prices are read from a few columns). Measured (bench/memory.py, 1 seed, H=64,
+    the stage alone): 5.66 GB at 250k simulated dogs (4.85M rows), 42 s.
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
     model_set = load_model_set(root, set_id)
@@ -272,15 +270,14 @@ def evaluate_run(
     sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
     rows = rows.drop(columns="race_id")  # its codes are race_all; the strings cost ~70 bytes a row
-    resilience = None  # the resilience re-runs (torch, most of the stage) on a second core, after the comparisons
+    resilience = None  # the resilience re-runs (torch, most of the stage) on a second core while the rest runs here
     if inputs is None and values is not None and context is not None:
         inputs = lambda: (values, context, train_rows)  # noqa: E731
-    run_resilience = None
     if models and inputs is not None and offsets is not None:
         checked = _checked_offsets(reader, offsets)  # here: a mismatch fails the stage before any work
-        run_resilience = partial(
+        resilience = _Background(partial(
             _resilience, rows, race_all, scores, sel, dogs, rule, models, inputs, checked, feature_names,
-            sample_dogs=sample_dogs, seed=seed, n_boot=n_boot, perturbations=perturbations, steps=target_steps)
+            sample_dogs=sample_dogs, seed=seed, n_boot=n_boot, perturbations=perturbations, steps=target_steps))
     won = r["won"].to_numpy(np.float64)
     race = pd.factorize(race_all[sel], sort=False)[0].astype(np.int64)  # the same codes as race_codes(r.race_id)
     dog = r["dog_index"].to_numpy(np.int64)
@@ -306,8 +303,6 @@ def evaluate_run(
         found = _comparisons(run_dir, summary, rule, dogs, rows, sel, sources, won, race, dog, step, weights,
                              sizes=sizes, grid_boot=grid_boot, too_small=period.too_small)
     tables.update(found.tables)
-    if run_resilience is not None:  # not beside the comparisons: their per-row arrays and its re-runs made the peak
-        resilience = _Background(run_resilience)
     tables["repro"] = ev.repro_table(probs, race, dog, step, won, _kappas(run_dir, dogs, rule), weights=weights)
     tables["cka"] = _cka(reader, dogs, seed=seed, n_boot=min(n_boot, 100))
     ex_pairs = list(pairs) if pairs else typical_pair(dogs)  # the one exemplar rule (page, divergence, email)
