@@ -22,7 +22,8 @@ the slope between two sizes: run it at two N (e.g. 250,000 and 500,000) and extr
     .venv/bin/python bench/memory.py --dogs 250000 [--dir /tmp/gruviz-bench-mem] [--keep] [--until features]
 
 Measured (2 cores, 24 GiB): features 1.9 GB at 250k dogs (4.85M rows), 2.64 GB at 500k (9.72M rows),
-4.35 GB (209 s) at 1M (19.4M rows); evaluate 4.35 GB at 250k, 8.18 GB at 500k (about 790 bytes a row: not bounded yet).
+4.35 GB (209 s) at 1M (19.4M rows); evaluate 5.66 GB at 250k (resilience beside the comparisons; 4.35 GB with it
+after them, a third slower, reverted), 10.1 GB at 500k before this issue: not bounded yet.
 """
 
 from __future__ import annotations
