@@ -107,15 +107,8 @@ def stored_sequence_spec(path: str | StorePath) -> tuple[tuple[str, ...], tuple[
 
 def save_sequences(seqs: Sequences, path: str | StorePath) -> None:
     """Write sequences as one store, whole: readers see the old store or the complete new one, never part."""
-    store, key = split(path)
-    staged = store.stage(key, replace_marker=COMPLETE)
-    try:
-        _write(seqs, store.location(staged))
-        store.publish(staged, key, marker=COMPLETE, replace=True)
-    except BaseException:
-        store.discard(staged)
-        raise
-    store.remove(_LEGACY)
+    with SequenceWriter(path, seqs.n_obs, seqs.feature_names, seqs.context_names) as writer:
+        writer.append(seqs)
 
 
 class SequenceWriter:
@@ -161,12 +154,6 @@ class SequenceWriter:
                 raise
         else:
             self.abort()
-
-
-def _write(seqs: Sequences, at: StorePath) -> None:
-    arrays = _Arrays(at, seqs.n_obs, seqs.feature_names, seqs.context_names)
-    arrays.append(seqs)
-    arrays.finish()
 
 
 _ROW_ARRAYS = ("values", "context", "race_id", "race_date", "won", "market_prob")
