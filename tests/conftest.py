@@ -219,7 +219,7 @@ def pytest_collection_modifyitems(config, items):
 
 def _slow_files_first(items) -> None:
     """Files with a moto or cluster tier first, then those with a Prefect or browser one, then the rest (a stable sort,
-    each file's tests together): `make test` hands files to two xdist workers in this order
+    each file's tests together): `make test` hands files to its xdist workers in this order
     (--no-loadscope-reorder), so a long file is never the last one left while the other worker idles."""
     rank: dict = {}
     for item in items:
