@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Sequences", "pad_batch"]
+__all__ = ["Sequences", "pad_batch", "row_index"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,14 @@ def pad_batch(
     idx = (starts[:, None] + np.arange(t_max)[None, :])[mask]
     out[mask] = rows[idx]
     return out, lengths
+
+
+def row_index(rows, n: int) -> np.ndarray:
+    """(k,) int64 row numbers of a NumPy row index (slice, bool mask, integers, negatives from the end) into n rows."""
+    if isinstance(rows, slice):
+        return np.arange(*rows.indices(n), dtype=np.int64)
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        return np.flatnonzero(rows)
+    rows = np.ravel(rows).astype(np.int64, copy=False)
+    return np.where(rows < 0, rows + n, rows)

@@ -34,9 +34,9 @@ from zarr.codecs import BloscCodec
 
 from gruviz_core.byo import FeatureSpec
 from gruviz_core.errors import NotFoundError, StoreError
-from gruviz_core.sequences import ROW_META, SequenceRows, Sequences
+from gruviz_core.sequences import ROW_META, SequenceRows, Sequences, row_index
 from storage.layout import StoreLayout
-from storage.store import StorePath, split
+from storage.store import StorePath, split, zarr_store
 
 __all__ = [
     "sequences_path",
@@ -165,7 +165,7 @@ class _Arrays:
 
     def __init__(self, at: StorePath, n_obs: int, feature_names: Sequence[str], context_names: Sequence[str]):
         self.n_obs = int(n_obs)
-        self.root = zarr.create_group(_zarr(at), attributes={
+        self.root = zarr.create_group(zarr_store(at), attributes={
             "gruviz_sequences": FORMAT,
             "feature_names": list(feature_names), "context_names": list(context_names),
             "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
@@ -333,10 +333,7 @@ class RowsOnDemand:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         if isinstance(rows, slice):
             return self._array.get_orthogonal_selection((rows, cols))
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            rows = np.flatnonzero(rows)
-        rows = np.where(rows < 0, rows + len(self), rows).astype(np.int64).ravel()
+        rows = row_index(rows, len(self))
         order = None if np.all(rows[1:] >= rows[:-1]) else np.argsort(rows, kind="stable")
         got = self._sorted(rows if order is None else rows[order], cols)
         if order is None:
@@ -361,16 +358,10 @@ class RowsOnDemand:
         return self._array.get_orthogonal_selection((slice(0, 0), cols))
 
 
-def _zarr(path: StorePath, *, read_only: bool = False):
-    """The Zarr store at a location in the store."""
-    store, key = split(path)
-    return store.zarr(key, read_only=read_only)
-
-
 def _open(path: StorePath) -> zarr.Group:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return zarr.open_group(_zarr(path, read_only=True), mode="r", zarr_format=3)
+        return zarr.open_group(zarr_store(path, read_only=True), mode="r", zarr_format=3)
 
 
 def _open_complete(path: str | StorePath) -> zarr.Group:

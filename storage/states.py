@@ -49,7 +49,7 @@ from gruviz_core.results import DogStates  # re-exported: the record moved to gr
 from gruviz_core.sequences import ROW_META, ROW_SUMMARY  # re-exported: the per-row members a block writes
 from storage.layout import RunLayout
 from storage.runs import COMPLETE, RunPlan
-from storage.store import StorePath, location, split
+from storage.store import StorePath, location, zarr_store
 
 __all__ = ["ROW_META", "ROW_SUMMARY", "prefetch", "open_states", "open_dataset", "StatesReader", "DogStates", "Chunk",
            "STATES"]
@@ -58,12 +58,6 @@ STATES = "states.zarr"
 """Name of the states store inside a run (its path: storage.layout.RunLayout.states)."""
 _DATE_FILL = np.iinfo(np.int32).min
 _EPOCH_UNITS = "days since 1970-01-01"
-
-
-def _zarr(path: StorePath, *, read_only: bool = False):
-    """The Zarr store at a location in the store."""
-    store, key = split(path)
-    return store.zarr(key, read_only=read_only)
 
 
 def _units_path(run_dir: StorePath, block: int, seed: int) -> StorePath:
@@ -105,7 +99,7 @@ class StatesReader:
 
     def __init__(self, run_dir: StorePath):
         self.run_dir = run_dir
-        store = _zarr(RunLayout.at(run_dir).states, read_only=True)
+        store = zarr_store(RunLayout.at(run_dir).states, read_only=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self._root = zarr.open_group(store, mode="r")
@@ -187,7 +181,7 @@ class StatesReader:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    group = zarr.open_group(_zarr(p, read_only=True), mode="r", zarr_format=3)
+                    group = zarr.open_group(zarr_store(p, read_only=True), mode="r", zarr_format=3)
                     arrays = dict(group.arrays())
             except FileNotFoundError:
                 raise NotFoundError(f"{p}: block {b} left no per-unit accumulators for seed{seed}; the run was "
@@ -292,7 +286,7 @@ def open_dataset(run_dir: str | StorePath, seed: int = 0, *, allow_incomplete: b
     reader._check_seed(seed)
     path = RunLayout.at(reader.run_dir).states
     consolidated = (path / "zarr.json").exists() and "consolidated_metadata" in (path / "zarr.json").read_text()
-    store = _zarr(path, read_only=True)
+    store = zarr_store(path, read_only=True)
     base = xr.open_zarr(store, consolidated=consolidated or None, zarr_format=3)
     states = xr.open_zarr(store, group=f"seed{seed}", consolidated=False, zarr_format=3)
     ds = xr.merge([base, states], compat="override", join="override")

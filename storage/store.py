@@ -40,7 +40,7 @@ from gruviz_core.records import from_json, to_json
 
 __all__ = [
     "Store", "open_store", "StorePath", "Missing", "LockHeld",
-    "json_bytes", "split", "location",
+    "json_bytes", "split", "location", "zarr_store",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -131,6 +131,12 @@ def split(where: str | os.PathLike | StorePath) -> tuple[Store, str]:
     """The store holding `where` (its parent) and the key of `where` in it: for code handed a location."""
     loc = location(where)
     return open_store(loc.parent), loc.name
+
+
+def zarr_store(where: str | os.PathLike | StorePath, *, read_only: bool = False) -> Any:
+    """The Zarr store at a location (Store.zarr of its key in the store holding it)."""
+    store, key = split(where)
+    return store.zarr(key, read_only=read_only)
 
 
 # ------------------------------------------------------------------------------------ records

@@ -24,8 +24,8 @@ from gruviz_core.records import to_json
 from gruviz_core.sequences import ROW_META, ROW_SUMMARY
 from storage.layout import RunLayout
 from storage.runs import BlockMarker, RunPlan, stage_run, write_marker
-from storage.states import _DATE_FILL, _EPOCH_UNITS, _units_path, _zarr
-from storage.store import StorePath, open_store
+from storage.states import _DATE_FILL, _EPOCH_UNITS, _units_path
+from storage.store import StorePath, open_store, zarr_store
 
 __all__ = ["begin_run", "BlockWriter", "block_span", "ShardBuffers", "CHUNK_BYTES", "SHARD_CHUNKS", "MIN_SHARDS"]
 
@@ -107,7 +107,7 @@ def _check_inputs(run_id: str, offsets: np.ndarray, n_obs: int, n_dogs: int, **a
 
 
 def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name):
-    store = _zarr(RunLayout.at(plan.path).states)
+    store = zarr_store(RunLayout.at(plan.path).states)
     root = zarr.create_group(store, attributes={
         "run_id": plan.run_id, "seeds": list(plan.seeds), "n_layers": plan.n_layers, "n_units": plan.n_units,
         "layout": "contiguous ragged array: rows of dog d are row_start[d] : row_start[d] + row_size[d]",
@@ -198,7 +198,7 @@ def block_span(plan_or_tmpdir: RunPlan | str | StorePath, block_index: int) -> t
     a, b = plan.block_rows(block_index)
     if b <= a:
         return a, a
-    root = zarr.open_group(_zarr(RunLayout.at(plan.path).states), mode="r")
+    root = zarr.open_group(zarr_store(RunLayout.at(plan.path).states), mode="r")
     offsets = np.append(root["row_start"][:], plan.n_obs).astype(np.int64)
     first, end = _dogs_with_rows(offsets, a, b)
     return int(offsets[first]), int(offsets[end])
@@ -320,7 +320,7 @@ class BlockWriter:
     def __init__(self, plan_or_tmpdir: RunPlan | str | StorePath, block_index: int):
         self.plan = plan_or_tmpdir if isinstance(plan_or_tmpdir, RunPlan) else RunPlan.load(plan_or_tmpdir)
         self.block_index = block_index
-        root = zarr.open_group(_zarr(RunLayout.at(self.plan.path).states), mode="r+")
+        root = zarr.open_group(zarr_store(RunLayout.at(self.plan.path).states), mode="r+")
         self.offsets = np.append(root["row_start"][:], self.plan.n_obs).astype(np.int64)
         """(dog + 1,) row offsets of every dog of the run."""
         self.dog_ids = root["dog_id"][:] if self.plan.n_dogs else np.array([], dtype=object)
@@ -402,7 +402,7 @@ class BlockWriter:
         """Keep seed k's per-unit accumulators of this block's rows ({name: array}, opaque here) beside its
         done marker, for the stats stage to merge (`read_units`). Call after the with block, before `done`:
         a block run again replaces them, and only a block with its marker counts."""
-        group = zarr.create_group(_zarr(_units_path(self.plan.path, self.block_index, k)), overwrite=True)
+        group = zarr.create_group(zarr_store(_units_path(self.plan.path, self.block_index, k)), overwrite=True)
         for name, a in arrays.items():
             a = np.asarray(a)
             group.create_array(name, data=a, chunks=a.shape)  # one chunk each: read whole

@@ -11,6 +11,7 @@ import zarr
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.sequences import ROW_META, Sequences
 from storage import sequences as sq
+from storage.store import zarr_store
 
 
 def make_sequences(sizes: list[int], n_features: int = 3, n_context: int = 2, seed: int = 0) -> Sequences:
@@ -92,7 +93,7 @@ def test_layout_chunks_codecs_and_cf_attributes(tmp_path):
     assert g["race_date"].attrs["units"] == "days since 1970-01-01"
     import xarray as xr
 
-    ds = xr.open_zarr(sq._zarr(path, read_only=True), zarr_format=3)
+    ds = xr.open_zarr(zarr_store(path, read_only=True), zarr_format=3)
     assert ds["values"].dims == ("obs", "feature") and ds["row_start"].dims == ("dog",)
     np.testing.assert_array_equal(ds["race_date"].values, seqs.race_date)
 

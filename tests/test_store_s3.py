@@ -21,7 +21,7 @@ from flows.stages.extract import extract_run  # noqa: E402
 from gruviz_core.errors import StoreError  # noqa: E402
 from storage import runs, states  # noqa: E402
 from storage.layout import StoreLayout  # noqa: E402
-from storage.store import location, open_store, split  # noqa: E402
+from storage.store import location, open_store, split, zarr_store  # noqa: E402
 from tests.test_states import make_inputs, make_models  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def test_a_blocks_rows_of_the_sequences_on_the_bucket_are_only_their_chunks(s3_h
     assert list(rows.meta["race_id"]) == list(seqs.race_id[a:b])
     of_arrays = 0
     for name in ("values", "context", *sq.ROW_META):
-        arr = zarr.open_array(sq._zarr(path / name, read_only=True), mode="r")
+        arr = zarr.open_array(zarr_store(path / name, read_only=True), mode="r")
         chunk, one_chunk_shards = arr.chunks[0], arr.shards[0] == arr.chunks[0]
         covering = (b - 1) // chunk - a // chunk + 1
         mine = [(op, rng) for op, key, rng, _ in requests if f"/{sq.SEQUENCES}/{name}/c/" in key]

@@ -35,6 +35,7 @@ from gruviz_core.headline import EvalPeriod, Headline
 from gruviz_core.model import LoadedModel
 from gruviz_core.racing import race_codes, race_softmax, renormalise, uniform_probs
 from gruviz_core.results import StatsSummary
+from gruviz_core.sequences import row_index
 from storage.layout import RunLayout
 from storage.registry import load_model_set
 from storage.results import read_summary
@@ -125,17 +126,6 @@ _SCAN_ROWS = 1 << 20
 """Rows read at a time where every training row is scanned (kinds_seen's columns)."""
 
 
-def _row_index(rows, n: int) -> np.ndarray:
-    """(k,) int64 row numbers of a NumPy row index (slice, bool mask, integers) into n rows."""
-    if isinstance(rows, slice):
-        return np.arange(*rows.indices(n), dtype=np.int64)
-    rows = np.asarray(rows)
-    if rows.dtype == bool:
-        return np.flatnonzero(rows)
-    rows = np.ravel(rows).astype(np.int64, copy=False)
-    return np.where(rows < 0, rows + n, rows)
-
-
 class _NormalisedRows:
     """raw[:, cols] normalised by `norm` (its race features, or its context with context=True), each row
     computed the first time it is asked for and kept: `x[rows]` -> (..., len(cols)) float32 for any NumPy
@@ -156,7 +146,7 @@ class _NormalisedRows:
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, tuple):
             raise TypeError("_NormalisedRows: index rows only (x[rows]), then columns of the result")
-        idx = _row_index(rows, len(self))
+        idx = row_index(rows, len(self))
         need = np.unique(idx[~self._done[idx]])
         if len(need):
             self._buf[need] = self._apply(self.raw[need][:, self.cols], self.norm)
@@ -169,7 +159,7 @@ class _NormalisedRows:
         cols = np.asarray(cols, np.int64)
         names = tuple((self.norm.context_names if self.context else self.norm.feature_names)[c] for c in cols)
         norm = self.norm.select((), names) if self.context else self.norm.select(names, ())
-        idx = _row_index(rows, len(self))
+        idx = row_index(rows, len(self))
         out = np.empty((len(idx), len(cols)), np.float32)
         for a in range(0, len(idx), _SCAN_ROWS):
             part = idx[a:a + _SCAN_ROWS]
