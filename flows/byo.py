@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gruviz_core.byo import FeatureSpec
 from gruviz_core.errors import ConfigError, NotFoundError
 from gruviz_core.features import Normaliser
 from gruviz_core.model_set import Blob, ModelSet, build_byo
@@ -25,9 +24,8 @@ def load_byo(*, script: Paths = None, factory: str | None = None, state_dict: Pa
     `normaliser` a Normaliser, its dict or its JSON file; the rest as gruviz_core.model_set.build_byo."""
     if isinstance(normaliser, (str, os.PathLike)):
         normaliser = _read_normaliser(Path(normaliser))
-    spec: FeatureSpec | None = kw.pop("feature_spec", None)
     return build_byo(scripts=_read(script, "TorchScript file"), factory=factory,
-                     state_dicts=_read(state_dict, "state dict file"), normaliser=normaliser, feature_spec=spec, **kw)
+                     state_dicts=_read(state_dict, "state dict file"), normaliser=normaliser, **kw)
 
 
 def _read(paths: Paths, what: str) -> list[Blob]:

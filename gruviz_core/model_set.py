@@ -24,7 +24,7 @@ from gruviz_core.features import CONTEXT_NAMES, FEATURE_NAMES, Normaliser, colum
 from gruviz_core.model import LoadedModel
 from gruviz_core.sequences import SequenceRows, Sequences
 
-__all__ = ["ModelSet", "Blob", "build_byo", "spec_of"]
+__all__ = ["ModelSet", "Blob", "build_byo", "spec_of", "non_finite_weights"]
 
 Blob = tuple[str, bytes]
 """A file's name (for messages and the set's source record) and its contents."""
@@ -176,14 +176,18 @@ def _load_state_dict(name: str, data: bytes) -> dict:
     return state
 
 
-def _check_finite_weights(module: torch.nn.Module, where) -> None:
-    """A team's weights all finite: an inf GRU bias publishes a run of zero states and update gates of 1."""
+def non_finite_weights(module: torch.nn.Module) -> str:
+    """The first names (at most 5, '...' after) of a module's floating tensors holding NaN or inf; '' when none."""
     bad = [name for name, t in module.state_dict().items()
            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise ModelError(f"load_byo: {where} has non-finite (NaN or inf) weights in {', '.join(bad[:5])}"
-                         f"{' ...' if len(bad) > 5 else ''}; every state would be saturated or NaN. Give weights "
-                         "from a training run that did not diverge")
+    return f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+
+
+def _check_finite_weights(module: torch.nn.Module, where) -> None:
+    """A team's weights all finite: an inf GRU bias publishes a run of zero states and update gates of 1."""
+    if bad := non_finite_weights(module):
+        raise ModelError(f"load_byo: {where} has non-finite (NaN or inf) weights in {bad}; every state would be "
+                         "saturated or NaN. Give weights from a training run that did not diverge")
 
 
 def _byo_normaliser(normaliser: Normaliser | dict | None, feats: tuple[str, ...], ctx: tuple[str, ...]) -> Normaliser:

@@ -34,7 +34,7 @@ from gruviz_core import __version__
 from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.features import Normaliser
 from gruviz_core.model import LoadedModel, ModelConfig, RaceGRU
-from gruviz_core.model_set import ModelSet, build_byo, spec_of
+from gruviz_core.model_set import ModelSet, build_byo, non_finite_weights, spec_of
 from storage.layout import StoreLayout
 from storage.store import Store, StorePath, json_bytes, open_store
 
@@ -224,11 +224,9 @@ def _read_checkpoint(path: StorePath, set_id: str) -> dict:
 
 def _check_finite(module: torch.nn.Module, path: StorePath, set_id: str) -> None:
     """Every weight finite: a NaN or infinite weight is the checkpoint's fault, said so here."""
-    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise StoreError(f"model set {set_id}: checkpoint {path} has non-finite (NaN or inf) weights in "
-                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (training diverged or the file "
-                         f"was damaged); {_FIX}")
+    if bad := non_finite_weights(module):
+        raise StoreError(f"model set {set_id}: checkpoint {path} has non-finite (NaN or inf) weights in {bad} "
+                         f"(training diverged or the file was damaged); {_FIX}")
 
 
 # ------------------------------------------------------------------ registered bring-your-own sets
