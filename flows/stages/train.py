@@ -191,9 +191,8 @@ def snapshot_yardsticks(root: str | Path, snapshot_id: str, n_obs: int) -> dict[
     prices = load_snapshot_columns(root, snapshot_id, YARDSTICKS)
     if not yardstick_probs(prices, order=np.arange(len(prices))):  # no price at all (most snapshots)
         return {}
-    del prices
-    keys = load_snapshot_columns(root, snapshot_id, (*ORDER_COLUMNS, *YARDSTICKS))  # a few narrow columns
-    sticks = yardstick_probs(keys, order=run_order(keys))
+    order = run_order(load_snapshot_columns(root, snapshot_id, ORDER_COLUMNS))  # a few narrow columns
+    sticks = yardstick_probs(prices, order=order)
     if any(len(v) != n_obs for v in sticks.values()):  # sequences not built by gruviz's own features
         log.warning("snapshot %s: yardsticks do not line up with the sequences (%d rows); left out", snapshot_id, n_obs)
         return {}
