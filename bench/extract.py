@@ -324,6 +324,10 @@ def stats_old_vs_new(run: Path) -> dict:
 
     src = subprocess.run(["git", "show", f"{STATS_BEFORE}:flows/stages/stats.py"], cwd=Path(__file__).parents[1],
                          capture_output=True, text=True, check=True).stdout
+    if "storage.fs" not in sys.modules:  # the old stage's path helper, since folded into storage.store
+        from storage.store import location
+
+        sys.modules["storage.fs"] = types.SimpleNamespace(store_path=location)
     before = types.ModuleType("stats_before")
     exec(compile(src, f"{STATS_BEFORE}:flows/stages/stats.py", "exec"), before.__dict__)  # noqa: S102
     times = {}

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from gruviz_core.errors import ConfigError
 from gruviz_core.features import clean_runs
@@ -518,7 +517,7 @@ def unit_correlations(
             ok = np.isfinite(quantities[names_[0]].to_numpy(np.float64))
             rx = np.take_along_axis(_subset_ranks(xs, ok[order]), inv, axis=0)[ok]  # (known rows, H), row order
             for name in names_:
-                rho = _pearson_cols(rx, rankdata(quantities[name].to_numpy(np.float64)[ok]))
+                rho = _pearson_cols(rx, _ranks(quantities[name].to_numpy(np.float64)[ok]))
                 rank = np.empty(H, np.int64)
                 rank[np.argsort(-np.nan_to_num(np.abs(rho), nan=-1.0), kind="stable")] = np.arange(1, H + 1)
                 out.append(pd.DataFrame({"layer": layer, "unit": np.arange(H), "quantity": name, "rho": rho,
@@ -530,6 +529,15 @@ def unit_correlations(
     t = pd.concat(out, ignore_index=True)[cols]
     return t.sort_values(["layer", "quantity", "unit"], key=lambda c: c.map(order_q) if c.name == "quantity" else c,
                          kind="stable").reset_index(drop=True)
+
+
+def _ranks(y: np.ndarray) -> np.ndarray:
+    """(n,) average ranks (1-based) of y, ties sharing their mean rank: scipy.stats.rankdata's, without importing
+    scipy.stats (0.7 s of the nightly's start)."""
+    order = np.argsort(y, kind="stable")
+    out = np.empty(len(y), np.float64)
+    out[order] = _subset_ranks(y[order][:, None], np.ones((len(y), 1), bool))[:, 0]
+    return out
 
 
 def _subset_ranks(xs: np.ndarray, keep: np.ndarray) -> np.ndarray:

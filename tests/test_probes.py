@@ -374,3 +374,13 @@ def test_a_layer_with_no_scored_quantity_renders_a_note_not_an_empty_figure(prob
     scores = _section(unscored).panels[1]
     assert scores.figure is None and "no quantity" in scores.note
     assert "What the state knows" in render(build_report(unscored), plotly_src=None)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "few_levels", "one", "all_tied"])
+def test_ranks_are_scipys_average_ranks(kind):
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(4)
+    y = {"continuous": rng.normal(size=500), "few_levels": rng.integers(0, 4, size=500).astype(float),
+         "one": np.array([3.0]), "all_tied": np.full(7, 2.0)}[kind]
+    np.testing.assert_array_equal(pr._ranks(y), rankdata(y))
