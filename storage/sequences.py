@@ -36,7 +36,7 @@ from gruviz_core.byo import FeatureSpec
 from gruviz_core.errors import NotFoundError, StoreError
 from gruviz_core.sequences import ROW_META, SequenceRows, Sequences, row_index
 from storage.layout import StoreLayout
-from storage.store import StorePath, split, zarr_store
+from storage.store import StorePath, split, str_objects, zarr_store
 
 __all__ = [
     "sequences_path",
@@ -208,10 +208,10 @@ class _Arrays:
             raise StoreError(f"sequences: {self.rows + n} rows appended to a store laid out for {self.n_obs}")
         self.rows += n
         self.sizes.append(np.asarray(seqs.row_size, np.int64))
-        self.dog_id.append(_str_objects(seqs.dog_id))
-        self.dog_name.append(_str_objects(seqs.dog_name))
+        self.dog_id.append(str_objects(seqs.dog_id))
+        self.dog_name.append(str_objects(seqs.dog_name))
         data = {"values": np.asarray(seqs.values, np.float32), "context": np.asarray(seqs.context, np.float32),
-                "race_id": _str_objects(seqs.race_id), "race_date": _encode_days(seqs.race_date),
+                "race_id": str_objects(seqs.race_id), "race_date": _encode_days(seqs.race_date),
                 "won": np.asarray(seqs.won, np.float32), "market_prob": np.asarray(seqs.market_prob, np.float32)}
         for name, a in data.items():
             self.pending[name].append(a)
@@ -391,10 +391,6 @@ def _decoded(name: str, a: np.ndarray) -> np.ndarray:
     if name == "race_date":
         return _decode_days(a)
     return a.astype(object) if a.dtype.kind == "T" else a  # zarr's strings (numpy StringDType) as str objects
-
-
-def _str_objects(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=object).astype(str).astype(object)
 
 
 def _encode_days(days: np.ndarray) -> np.ndarray:

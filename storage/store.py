@@ -40,7 +40,7 @@ from gruviz_core.records import from_json, to_json
 
 __all__ = [
     "Store", "open_store", "StorePath", "Missing", "LockHeld",
-    "json_bytes", "split", "location", "zarr_store",
+    "json_bytes", "split", "location", "zarr_store", "str_objects",
 ]
 
 StorePath: TypeAlias = Path | UPath
@@ -137,6 +137,15 @@ def zarr_store(where: str | os.PathLike | StorePath, *, read_only: bool = False)
     """The Zarr store at a location (Store.zarr of its key in the store holding it)."""
     store, key = split(where)
     return store.zarr(key, read_only=read_only)
+
+
+def str_objects(a: Any) -> Any:
+    """An object array of str, as Zarr's variable-length strings are written: the array itself when every
+    element is already a str (pandas' check: 10 ms for a million rows), else each converted (0.26 s)."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=object)
+    return a if pd.api.types.infer_dtype(a, skipna=False) in ("string", "empty") else a.astype(str).astype(object)
 
 
 # ------------------------------------------------------------------------------------ records

@@ -320,20 +320,34 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("n_obs", [16, 13, 5, 1])
-def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
+@pytest.mark.parametrize("kind", ["states", "per_row_int", "per_row_float"])
+def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     """The writers' direct shard encoder (storage.writer._ShardEncoder) must write what zarr itself writes, byte
-    for byte: this fails loudly if an upgrade changes zarr's shard layout or Blosc settings."""
+    for byte, for the states (float16, 3-D) and the per-row arrays (1-D int32 and float32, written a block of
+    whole shards at once): this fails loudly if an upgrade changes zarr's shard layout or Blosc settings."""
     import zarr
 
-    x = np.tanh(np.random.default_rng(0).normal(size=(n_obs, 2, 3))).astype(np.float16)
+    rng = np.random.default_rng(0)
+    if kind == "states":
+        x = np.tanh(rng.normal(size=(n_obs, 2, 3))).astype(np.float16)
+        shape_kw = dict(chunks=(2, 2, 3), shards=(8, 2, 3), fill_value=np.nan)
+    elif kind == "per_row_int":
+        x = rng.integers(-5, 1000, size=n_obs).astype(np.int32)
+        shape_kw = dict(chunks=(2,), shards=(8,), fill_value=-7)
+    else:
+        x = rng.normal(size=n_obs).astype(np.float32)
+        shape_kw = dict(chunks=(2,), shards=(8,), fill_value=np.nan)
     root = tmp_path / "z"
     g = zarr.create_group(zarr.storage.LocalStore(root))
-    kw = dict(shape=x.shape, dtype="float16", chunks=(2, 2, 3), shards=(8, 2, 3), compressors=writer._compressor(),
-              fill_value=np.nan)
+    kw = dict(shape=x.shape, dtype=x.dtype, compressors=writer._compressor(), **shape_kw)
     mine, theirs = g.create_array("mine", **kw), g.create_array("theirs", **kw).with_config(writer._WRITE_CONFIG)
     enc = writer._ShardEncoder.of(mine)
     assert enc is not None
-    for s0 in range(0, n_obs, 8):
+    if kind == "per_row_int":  # a block of whole shards in one write
+        assert enc.covers(0, n_obs) and not enc.covers(1, n_obs) and (n_obs <= 8 or not enc.covers(0, n_obs - 1))
+        writer._write_all([(mine, (slice(0, n_obs),), x, enc)])
+        theirs[:] = x
+    for s0 in range(0, n_obs, 8) if kind != "per_row_int" else ():
         s1 = min(s0 + 8, n_obs)
         assert enc.covers(s0, s1) and not enc.covers(s0 + 1, s1)
         writer._write_all([(mine, (slice(s0, s1),), x[s0:s1], enc)])
@@ -344,3 +358,12 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs):
         assert (root / "mine" / f).read_bytes() == (root / "theirs" / f).read_bytes(), f
     np.testing.assert_array_equal(zarr.open_array(root / "mine", mode="r")[:], x)
     assert writer._ShardEncoder.of(g.create_array("plain", shape=(4, 2), dtype="float32", chunks=(2, 2))) is None
+
+
+def test_str_objects_keeps_an_array_of_str_and_converts_anything_else():
+    from storage.store import str_objects
+
+    ids = np.array(["R1", "R2"], dtype=object)
+    assert str_objects(ids) is ids  # no copy of a million race ids that are str already
+    assert list(str_objects(np.array([7, "R2", None], dtype=object))) == ["7", "R2", "None"]
+    assert list(str_objects(np.array(["a", "b"]))) == ["a", "b"] and str_objects(np.array(["a"])).dtype == object
