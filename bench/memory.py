@@ -20,6 +20,10 @@ the slope between two sizes: run it at two N (e.g. 250,000 and 500,000) and extr
 1M, or at 1M directly where the machine has the memory. Run under `flock /tmp/gruviz-heavy.lock`.
 
     .venv/bin/python bench/memory.py --dogs 250000 [--dir /tmp/gruviz-bench-mem] [--keep] [--until features]
+    .venv/bin/python bench/memory.py --dir /tmp/gruviz-bench-mem --again evaluate   # on a kept store
+
+--keep also writes what the stages found (bench-memory.json) into the store; --again STAGE reruns only the
+stages from STAGE to --until on that kept store (no setup), e.g. the evaluate stage before and after a change.
 
 Measured (2 cores, 24 GiB): features 1.9 GB at 250k dogs (4.85M rows), 2.64 GB at 500k (9.72M rows),
 4.35 GB (209 s) at 1M (19.4M rows); evaluate 5.66 GB at 250k (resilience beside the comparisons; 4.35 GB with it
@@ -117,15 +121,25 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
     ap.add_argument("--until", choices=_STAGES[1:], default=_STAGES[-1],
                     help="the last stage to run (e.g. features: setup and features only)")
+    ap.add_argument("--again", choices=_STAGES[1:], default=None,
+                    help="rerun only the stages from this one on a store kept by an earlier --keep run")
     a = ap.parse_args()
     root = Path(a.dir)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    kept = root / "bench-memory.json"
     t0 = time.perf_counter()
-    job: dict = {"root": str(root), "dogs": a.dogs}
-    found: dict[str, dict] = {}
+    if a.again:
+        if not kept.exists():
+            raise SystemExit(f"--again {a.again}: {kept} not found; run once with --keep --dir {root} first")
+        saved = json.loads(kept.read_text())
+        job, found, a.dogs, a.keep = saved["job"], saved["found"], saved["job"]["dogs"], True
+        stages = _STAGES[_STAGES.index(a.again): _STAGES.index(a.until) + 1]
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        job, found = {"root": str(root), "dogs": a.dogs}, {}
+        stages = _STAGES[: _STAGES.index(a.until) + 1]
     try:
-        for stage in _STAGES[: _STAGES.index(a.until) + 1]:
+        for stage in stages:
             if stage == "block":
                 blocks = [_stage({**job, "stage": stage, "index": i}) for i in range(job["plan"]["n_blocks"])]
                 r = max(blocks, key=lambda b: b["peak_rss_bytes"])
@@ -135,8 +149,12 @@ def main() -> None:
             found[stage] = r
             job.update({k: r[k] for k in ("snapshot_id", "set_id", "seq_path", "tmp_dir", "plan") if k in r})
             print(f"{stage}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / 1e9:.2f} GB", file=sys.stderr, flush=True)
-        rows = found["features"]["rows"]
-        if "finish" in found:
+            if a.keep:
+                kept.write_text(json.dumps({"job": job, "found": found}))
+        if a.again:  # report the stages rerun, not those of the run that built the store
+            found = {s: r for s, r in found.items() if s in stages}
+        rows = saved["found"]["features"]["rows"] if a.again else found["features"]["rows"]
+        if "finish" in found and "begin" in found:
             flow = max((found.pop("begin"), found.pop("finish")), key=lambda b: b["peak_rss_bytes"])
             found["extract_flow"], found["extract_block"] = flow, found.pop("block")
         print(json.dumps({

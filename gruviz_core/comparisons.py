@@ -3,7 +3,8 @@ model had when it predicted them, compared within history-length strata, out of 
 bootstrap over dogs and a minimum size below which nothing is compared.
 
 Rows are scored runners (one per dog and race) of the evaluation period only. Every metric is a ratio
-of per-dog sums, so a Poisson bootstrap over DOGS is one float32 (B, dog) @ (dog, k) product per group:
+of per-dog sums, so a Poisson bootstrap over DOGS is one float32 (B, dog) @ (dog, k) product per group (the
+weights are kept as uint8 counts and cast by blocks of replicates as each product needs them: `weighted`):
 
     gap_vs_market     per-runner log-loss of the model minus the market's on the same runner: the
                       model's own skill gap, fair across groups that differ in who wins
@@ -40,6 +41,9 @@ __all__ = [
     "label_ranges",
     "bootstrap_weights",
     "poisson1",
+    "replicate_blocks",
+    "weighted",
+    "weighted_mean",
     "group_table",
     "stratified_effect",
     "within_dog_effect",
@@ -181,10 +185,11 @@ def label_ranges(step: np.ndarray, ranges: tuple[tuple[int, int, str], ...]) -> 
 
 
 def bootstrap_weights(n_dogs: int, n_boot: int, seed: int) -> np.ndarray:
-    """(B, dog) float32 Poisson(1) weights; the same seed gives the same weights."""
+    """(B, dog) uint8 Poisson(1) weights (0..15: exact in any float type, a quarter of float32's bytes);
+    the same seed gives the same weights. Consumers cast the columns they use (`weighted`)."""
     if n_boot < 1:
         raise ConfigError(f"bootstrap: n_boot must be >= 1 (GRUVIZ_BOOTSTRAP), got {n_boot}")
-    return poisson1(np.random.default_rng(seed), (n_boot, n_dogs)).astype(np.float32)
+    return poisson1(np.random.default_rng(seed), (n_boot, n_dogs))
 
 
 _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.float64)) for k in range(16)])
@@ -198,6 +203,39 @@ _POISSON1_LUT = np.searchsorted(_POISSON1_CDF[:-1] * 65536, np.arange(65536) + 0
 def poisson1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """uint8 Poisson(1) draws by a 16-bit inverse-CDF table: about 7x faster than rng.poisson."""
     return _POISSON1_LUT[rng.integers(0, 65536, size=shape, dtype=np.uint16)]
+
+
+_BLOCK_BYTES = 1 << 26
+"""Largest float copy of bootstrap weights made at a time (64 MB): (B, dog) float32 is 4 GB at 1M dogs."""
+
+
+def replicate_blocks(weights: np.ndarray, cols: np.ndarray | None = None, *, dtype=np.float32):
+    """Yield (rows, w): w = weights[rows][:, cols] as `dtype`, rows a slice of replicates, at most _BLOCK_BYTES
+    a block (all rows at once when that fits, as small runs do). Blocks are multiples of 16 replicates of tens
+    of MB, so OpenBLAS (one thread) computes each replicate's product as on the whole matrix, bit for bit
+    (tests/test_comparisons.py; at several threads it may split a whole float32 product otherwise)."""
+    w = np.asarray(weights)
+    n_b = w.shape[0]
+    n_c = w.shape[1] if cols is None else (int(np.count_nonzero(cols)) if np.asarray(cols).dtype == bool else len(cols))
+    per = max(16, _BLOCK_BYTES // max(n_c * np.dtype(dtype).itemsize, 1) // 16 * 16)
+    for a in range(0, n_b, per) if n_b > per else (0,):
+        part = w[a: a + per] if n_b > per else w
+        part = part if cols is None else part[:, cols]
+        yield slice(a, a + len(part)), part.astype(dtype, copy=False)
+
+
+def weighted(weights: np.ndarray, x: np.ndarray, cols: np.ndarray | None = None, *, dtype=np.float32) -> np.ndarray:
+    """weights[:, cols] @ x in `dtype` by blocks of replicates (replicate_blocks): the same numbers as the whole
+    product without its float copy of the weights. weights: (B, dog); x: (cols,) or (cols, k) -> (B,) or (B, k)."""
+    x = np.asarray(x).astype(dtype, copy=False)
+    if x.ndim == 1 and cols is not None and np.dtype(dtype) == np.float32:
+        # a column selection is Fortran-ordered, and OpenBLAS's float32 matrix-vector product on one gives other
+        # last bits for some replicates when cut into blocks: whole (no caller needs it at scale)
+        return np.asarray(weights)[:, cols].astype(dtype) @ x
+    out = np.empty((np.asarray(weights).shape[0], *x.shape[1:]), dtype)
+    for rows, w in replicate_blocks(weights, cols, dtype=dtype):
+        np.matmul(w, x, out=out[rows])
+    return out
 
 
 def effective_dogs(rows_per_dog: np.ndarray) -> float:
@@ -250,7 +288,7 @@ class _Group:
 
 def _group(sums: np.ndarray, weights: np.ndarray) -> _Group:
     used = sums[:, _N] > 0
-    return _Group(sums.sum(axis=0), (weights[:, used] @ sums[used].astype(np.float32)).astype(np.float64),
+    return _Group(sums.sum(axis=0), weighted(weights, sums[used], used).astype(np.float64),
                   int(used.sum()), effective_dogs(sums[:, _N]))
 
 
@@ -360,13 +398,21 @@ def within_dog_effect(
            "comparable": bool(len(idx) >= sizes.min_dogs
                               and min(sa[idx, _WIN].sum(), sb[idx, _WIN].sum()) >= sizes.min_winners)}
     if len(idx):
-        w = weights[:, idx].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps = (w @ d) / w.sum(axis=1)
+        reps = weighted_mean(weights, d, idx)
         lo, hi = percentile_interval(reps)
         rec.update(diff=float(d.mean()), lo=lo, hi=hi,
                    excludes_zero=bool(rec["comparable"] and np.isfinite(lo) and (lo > 0 or hi < 0)))
     return rec
+
+
+def weighted_mean(weights: np.ndarray, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(B,) (w @ x) / w.sum(axis=1) in float64 with w = weights[:, cols], by blocks of replicates.
+    weights: (B, dog); x: (cols,) float64."""
+    out = np.empty(np.asarray(weights).shape[0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for rows, w in replicate_blocks(weights, cols, dtype=np.float64):
+            out[rows] = (w @ x) / w.sum(axis=1)
+    return out
 
 
 def dose_response(

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import sparse
 
 from gruviz_core import repro as rp
-from gruviz_core.comparisons import STRATA, poisson1, stratum_of
+from gruviz_core.comparisons import STRATA, poisson1, replicate_blocks, stratum_of, weighted
 from gruviz_core.comparisons import percentile_interval as _interval
 from gruviz_core.errors import ConfigError
 from gruviz_core.racing import race_codes
@@ -193,11 +193,17 @@ def cohort_metrics(
             idx = idx[n_rows_dog[idx] > 0]
             sub = s.take(idx)
             point = metric_values(sub, np.ones((1, len(idx))))
-            reps = metric_values(sub, weights[:, idx])
+            reps = _replicate_values(sub, weights, idx)
             for m in s.metrics:
                 lo, hi = _interval(reps[m])
                 rows.append((name, m, float(point[m][0]), lo, hi, len(idx), int(n_rows_dog[idx].sum()), src))
     return pd.DataFrame(rows, columns=["cohort", "metric", "value", "lo", "hi", "n_dogs", "n_rows", "source"])
+
+
+def _replicate_values(s: DogSums, weights: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """metric_values(s, weights[:, idx]) with float64 weights made a block of replicates at a time."""
+    parts = [metric_values(s, w) for _, w in replicate_blocks(weights, idx, dtype=np.float64)]
+    return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
 
 
 def calibration(
@@ -394,7 +400,7 @@ def _spread_churn_rows(probs, race, dog, step, status: SeedStatus, w, *, interva
                 specs.append((metric, by, scope, unit, int(m.sum())))
     mat = np.stack(cols, axis=1)  # (dog, 2 * groups)
     point = mat.sum(0)
-    reps = (w @ mat.astype(w.dtype)).astype(np.float64)  # (B, 2 * groups)
+    reps = weighted(w, mat, dtype=w.dtype if w.dtype.kind == "f" else np.float32).astype(np.float64)  # (B, 2 * groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         values, rep_values = point[0::2] / point[1::2], reps[:, 0::2] / reps[:, 1::2]
     out, at = [], {}

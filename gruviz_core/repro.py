@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from gruviz_core.comparisons import weighted
 from gruviz_core.errors import ConfigError
 
 __all__ = [
@@ -238,10 +239,12 @@ def _kappa_of(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     k = counts[0].sum() if len(counts) else 0.0
     p_i = ((counts * counts).sum(1) - k) / (k * (k - 1))  # (N,) agreeing pairs of raters per item
     w = np.asarray(weights)
-    tot = w.sum(1).astype(np.float64)  # (B,)
+    dt = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)  # uint8 counts: float32 products
+    tot = w.sum(1).astype(np.float64)  # (B,) whole counts: exact in either type
     with np.errstate(invalid="ignore", divide="ignore"):
-        p_obs = (w @ p_i.astype(w.dtype)).astype(np.float64) / tot
-        p_c = (w @ counts.astype(w.dtype)).astype(np.float64) / (k * tot[:, None])  # (B, C)
+        wf = w.astype(dt, copy=False)  # whole: w is a column selection (Fortran order), whose products by blocks differ
+        p_obs = (wf @ p_i.astype(dt)).astype(np.float64) / tot
+        p_c = (wf @ counts.astype(dt)).astype(np.float64) / (k * tot[:, None])  # (B, C)
         pe = (p_c * p_c).sum(1)
         return np.where(pe < 1.0 - 1e-12, (p_obs - pe) / (1.0 - pe), np.nan)
 
@@ -380,11 +383,12 @@ def seed_vs_ensemble(
            "diff": float(tot[-1] - np.mean(tot[:-1])), "lo": None, "hi": None, "n_races": n_races}
     if dog is not None and weights is not None:
         w = np.asarray(weights)
+        dt = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)  # uint8 counts: float32 products
         d = np.asarray(dog, dtype=np.int64)
         diff_d = np.bincount(d, weights=terms[:, -1] - terms[:, :-1].mean(axis=1), minlength=w.shape[1])
         cnt_d = np.bincount(d, weights=share, minlength=w.shape[1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            reps = (w @ diff_d.astype(w.dtype)).astype(np.float64) / (w @ cnt_d.astype(w.dtype)).astype(np.float64)
+            reps = weighted(w, diff_d, dtype=dt).astype(np.float64) / weighted(w, cnt_d, dtype=dt).astype(np.float64)
         reps = reps[np.isfinite(reps)]
         if len(reps) >= 2:
             out["lo"], out["hi"] = (float(v) for v in np.percentile(reps, [2.5, 97.5]))

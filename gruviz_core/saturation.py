@@ -203,9 +203,7 @@ def within_dog_fe(
            "n_runners_a": int(na[both].sum()), "n_runners_b": int(nb[both].sum()),
            "comparable": bool(comparable), "excludes_zero": False, "p_value": None}
     if len(both):
-        w = weights[:, both].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps = (w @ diff) / w.sum(axis=1)
+        reps = cmp.weighted_mean(weights, diff, both)
         lo, hi = cmp.percentile_interval(reps)
         rec.update(diff=float(diff.mean()), lo=lo, hi=hi, p_value=cmp.bootstrap_p(reps),
                    excludes_zero=bool(comparable and np.isfinite(lo) and (lo > 0 or hi < 0)))
@@ -233,9 +231,11 @@ def dose_fe(
         return rec
     sxy = np.bincount(dog, weights=xr * yr, minlength=n_dogs)
     slope = float(sxy.sum() / sxx.sum()) * sd
-    w = weights.astype(np.float64)
+    num, den = np.empty(len(weights)), np.empty(len(weights))
+    for rows, w in cmp.replicate_blocks(weights, dtype=np.float64):  # float64 weights a block at a time
+        num[rows], den[rows] = w @ sxy, w @ sxx
     with np.errstate(invalid="ignore", divide="ignore"):
-        reps = (w @ sxy) / (w @ sxx) * sd
+        reps = num / den * sd
     lo, hi = cmp.percentile_interval(reps)
     comparable = n_d >= min_dogs
     rec.update(slope_per_sd=slope, lo=lo, hi=hi, comparable=comparable, p_value=cmp.bootstrap_p(reps),

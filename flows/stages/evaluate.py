@@ -277,12 +277,12 @@ def evaluate_run(
     sources = {"model": p, "model_mean": probs.mean(axis=1), "uniform": uniform_probs(race)}
     if has_market:
         sources["market"] = renormalise(r["market_prob"].to_numpy(np.float64), race)
-    weights = cmp.bootstrap_weights(len(cohort), n_boot, seed)  # (B, dog) float32, shared by every comparison
+    weights = cmp.bootstrap_weights(len(cohort), n_boot, seed)  # (B, dog) uint8, shared by every comparison
     period = _period(holdout, r, race, min_races)
     tables: dict[str, pd.DataFrame] = {}
     # by the dog's cohort (decided by its whole career: includes selection); a smaller B suffices here
     tables["cohort_metrics"] = ev.cohort_metrics(sources, won, race, dog, cohort,
-                                                 weights=weights[: min(n_boot, 200)].astype(np.float64))
+                                                 weights=weights[: min(n_boot, 200)])
     row_cohort = cohort[dog]
     cal = [ev.calibration(sources[s], won, row_cohort).assign(source=s) for s in ("model", "market") if s in sources]
     tables["calibration"] = pd.concat(cal, ignore_index=True)
