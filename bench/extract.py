@@ -264,7 +264,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
                     jobs.append(pool.submit(_absorb, buf, bs, off, units, lock, slots))
                 n = e - s0
                 bw.write(replace(buf, s0=s0, s1=e, h=buf.h[:n], z=buf.z[:n], r=buf.r[:n], score=buf.score[:n],
-                                 summary={q: a[:n] for q, a in buf.summary.items()}), after=jobs)
+                                 summary={q: a[:n] for q, a in buf.summary.items()}, filled=[n]), after=jobs)
     d = plan.n_obs * len(models) / (time.perf_counter() - t)
     # the writer thread alone: the same float16 buffers into a fresh store
     buf16 = {q: getattr(buf, q) for q in ("h", "z", "r")}
@@ -278,7 +278,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
                 bw.reserve()
                 n = e - s0
                 bw.write(replace(buf, seed=k, s0=s0, s1=e, h=buf.h[:n], z=buf.z[:n], r=buf.r[:n],
-                                 score=buf.score[:n], summary={}))
+                                 score=buf.score[:n], summary={}, filled=[n]))
     store_s = time.perf_counter() - t
     state_bytes = 3 * plan2.n_obs * len(models) * gru.num_layers * gru.hidden_size * 2
     return d, {"d_store_mb_s": round(state_bytes / store_s / 1e6, 1), **codec_alone(plan2, buf16)}

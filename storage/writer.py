@@ -11,7 +11,7 @@ import concurrent.futures as cf
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +311,9 @@ class ShardBuffers:
     """(n, 1) float32 scores."""
     summary: dict[str, np.ndarray]
     """{ROW_SUMMARY name: (n, L) float32} per-row summaries."""
+    filled: list[int] = field(default_factory=lambda: [0])
+    """[rows filled so far], added to by the workers filling the set (under their shared lock): the writer writes a
+    shard only once every row of it was filled, so a reused buffer never carries an earlier shard's rows."""
 
 
 class BlockWriter:
@@ -392,10 +395,11 @@ class BlockWriter:
         self._writer.put(arrays, a, b, None, 0, None)
 
     def buffers(self, k: int, s0: int, s1: int) -> ShardBuffers:
-        """Seed k's buffers for rows [s0, s1), NaN until filled (call `reserve()` first: they are large).
+        """Seed k's buffers for rows [s0, s1) (call `reserve()` first: they are large): NaN when new.
 
-        A set the writer thread has written is reused (NaN again, refilled there): the computing thread
-        neither allocates nor fills ~3 x 15 MB per shard (0.35 s of the GRU thread's 7.5 s at 50,000 dogs)."""
+        A set the writer thread has written is reused as it is: the computing thread neither allocates nor fills
+        ~3 x 15 MB per shard (0.35 s of the GRU thread's 7.5 s at 50,000 dogs). The fillers count the rows they
+        fill, and the writer refuses a shard with a row left unfilled (see `ShardBuffers.filled`)."""
         n = s1 - s0
         with self._free_lock:
             full = self._free.pop() if self._free else None
@@ -413,9 +417,7 @@ class BlockWriter:
                             summary={name: np.full((rows, L), np.nan, np.float32) for name in ROW_SUMMARY})
 
     def _recycle(self, full: ShardBuffers) -> None:
-        """In the writer thread, once a set is written: NaN again, then free for `buffers`."""
-        for a in (full.h, full.z, full.r, full.score, *full.summary.values()):
-            a.fill(np.nan)
+        """In the writer thread, once a set is written: free for `buffers`."""
         with self._free_lock:
             self._free.append(full)
 
@@ -426,7 +428,9 @@ class BlockWriter:
         pairs = [(arrs[0], buf.h, enc[0]), (arrs[1], buf.z, enc[1]), (arrs[2], buf.r, enc[2])]
         pairs += [(self._summary[k][name], buf.summary[name]) for name in ROW_SUMMARY if name in buf.summary]
         full = self._sets.pop(id(buf.h), None)  # buffers of `buffers` go back to the free sets once written
+        where = f"run {self.plan.run_id} block {self.block_index}: seed {k}'s shard of rows {buf.s0}..{buf.s1}"
         self._writer.put(pairs, buf.s0, buf.s1, self._score, k, buf.score, after=after,
+                         check=lambda: _check_filled(buf, where),
                          then=None if full is None else (lambda: self._recycle(full)))
 
     def write_units(self, k: int, arrays: Mapping[str, np.ndarray]) -> None:
@@ -451,6 +455,11 @@ class BlockWriter:
         return to_json(record)
 
 
+def _check_filled(buf: ShardBuffers, where: str) -> None:
+    if buf.filled[0] != buf.s1 - buf.s0:
+        raise StoreError(f"{where}: {buf.filled[0]} rows were filled, the shard has {buf.s1 - buf.s0}; not written")
+
+
 class _ShardWriter:
     """Writes whole shards in one worker thread, so compute overlaps compression and writes.
 
@@ -471,16 +480,18 @@ class _ShardWriter:
         self._slots.acquire()
         self._raise()
 
-    def put(self, arrays, s0, s1, score, k, sc, *, after: Sequence[cf.Future] = (), then=None) -> None:
+    def put(self, arrays, s0, s1, score, k, sc, *, after: Sequence[cf.Future] = (), check=None, then=None) -> None:
         """Hand over a reserved shard set: [(array, (n, ...) buffer[, _ShardEncoder])], rows [s0, s1), score column
-        k, written once the futures in `after` are done; `then()` runs after a successful write."""
+        k, written once the futures in `after` are done and `check()` passed; `then()` runs after the write."""
         self._raise()
-        self._pool.submit(self._write, arrays, s0, s1, score, k, sc, tuple(after), then)
+        self._pool.submit(self._write, arrays, s0, s1, score, k, sc, tuple(after), check, then)
 
-    def _write(self, arrays, s0, s1, score, k, sc, after, then) -> None:
+    def _write(self, arrays, s0, s1, score, k, sc, after, check, then) -> None:
         try:
             for f in after:
                 f.result()  # re-raises a filling job's error
+            if check is not None:
+                check()
             if self._error is None:
                 pairs = [(arr, (slice(s0, s1),), *rest) for arr, *rest in arrays]  # (array, buf[, encoder])
                 if score is not None:

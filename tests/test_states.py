@@ -367,3 +367,30 @@ def test_str_objects_keeps_an_array_of_str_and_converts_anything_else():
     assert str_objects(ids) is ids  # no copy of a million race ids that are str already
     assert list(str_objects(np.array([7, "R2", None], dtype=object))) == ["7", "R2", "None"]
     assert list(str_objects(np.array(["a", "b"]))) == ["a", "b"] and str_objects(np.array(["a"])).dtype == object
+
+
+def test_a_reused_shard_buffer_with_a_row_left_unfilled_is_not_written(tmp_path):
+    """Shard buffers are reused across shards without clearing; the writer writes a shard only when every row
+    of it was filled, so an earlier shard's rows can never be written as another's."""
+    import zarr
+
+    inp = make_inputs([3, 3, 3, 3])
+    plan = writer.begin_run(tmp_path, "r", {}, n_layers=2, n_units=6, seeds=[100], chunk_rows=3, shard_chunks=1,
+                            **{k: inp[k] for k in ("offsets", "dog_id", "dog_name")})
+    with pytest.raises(StoreError, match=r"seed 0's shard of rows 3\.\.6: 2 rows were filled, the shard has 3"):
+        with writer.BlockWriter(plan, 0) as bw:
+            shards = [(s0, s1) for s0, s1, _ in bw.shards()]
+            bw.reserve()
+            first = bw.buffers(0, *shards[0])
+            first.h[:] = 0.5
+            first.filled[0] = len(first.h)  # every row filled: written
+            bw.write(first)
+            bw.reserve()
+            bw.reserve()  # waits until the first set is written and free again
+            again = bw.buffers(0, *shards[1])
+            assert np.shares_memory(again.h, first.h) and again.filled == [0]  # reused, its count from zero
+            again.h[:2] = -0.5
+            again.filled[0] = 2  # one row of three left with the first shard's values
+            bw.write(again)
+    h = zarr.open_group(zarr.storage.LocalStore(plan.path / states.STATES), mode="r")["seed0/h"][:]
+    assert (h[:3] == 0.5).all() and np.isnan(h[3:]).all()  # the first shard written, the short one not

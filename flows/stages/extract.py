@@ -216,6 +216,7 @@ def _absorb(buf: ShardBuffers, bs: BatchStates, offsets: np.ndarray, units: st.U
             buf.summary[name][i] = a
         with lock:
             units.merge(part)
+            buf.filled[0] += len(i)  # the writer checks every row of the shard was filled
     finally:
         slots.release()
 
