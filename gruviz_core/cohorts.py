@@ -239,29 +239,37 @@ class PredictionStatus:
 
 
 def status_at_prediction(
-    s: np.ndarray, f: np.ndarray, step: np.ndarray, offsets: np.ndarray, plateau: np.ndarray, rule: CohortRule,
-    *, rows: np.ndarray | None = None,
+    s: np.ndarray, f: np.ndarray | None, step: np.ndarray, offsets: np.ndarray, plateau: np.ndarray,
+    rule: CohortRule, *, rows: np.ndarray | None = None,
 ) -> PredictionStatus:
     """Status of every row at prediction time. s, f: (obs,) s and F_tau of the state AFTER each row's
-    race; step: (obs,) 1-based; offsets: (dog + 1,); plateau: (dog,) T* (NaN if none).
+    race (f None: zeros, as the plateau rules that read no F pass, without a per-row array of them);
+    step: (obs,) 1-based; offsets: (dog + 1,); plateau: (dog,) T* (NaN if none).
     rows: only these rows (index array; the fields then have len(rows)), e.g. the evaluated ones."""
-    s, f = np.asarray(s, dtype=np.float64), np.asarray(f, dtype=np.float64)
+    s = np.asarray(s)
     step = np.asarray(step)
     r = np.arange(len(s)) if rows is None else np.asarray(rows, dtype=np.int64)
     dog = np.searchsorted(np.asarray(offsets), r, side="right") - 1
     first = step[r] == 1
     prev = np.maximum(r - 1, 0)
-    s_prev = np.where(first, 0.0, s[prev] if len(s) else s)
-    f_prev = np.where(first, 0.0, f[prev] if len(f) else f)
+    s_prev = np.where(first, 0.0, np.asarray(s[prev] if len(s) else s, dtype=np.float64))
     t_prev = step[r].astype(np.int64) - 1  # steps known before the race
     T = np.asarray(plateau, dtype=np.float64)[dog]
     reached = np.isfinite(T) & (T + rule.k - 1 <= t_prev)
-    # running mean of F over steps [a, t-1] from a per-dog cumulative sum (row r holds steps 1..step[r])
-    csum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(f))])  # csum[i] = sum of rows < i
     start = np.asarray(offsets[:-1])[dog]
+    if f is None:
+        f_prev = np.zeros(len(r))
 
-    def _sum_steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum of F over steps a..b of the row's dog
-        return csum[start + b] - csum[start + a - 1] if len(a) else np.zeros(0)
+        def _sum_steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.zeros(len(a))
+    else:
+        f = np.asarray(f, dtype=np.float64)
+        f_prev = np.where(first, 0.0, f[prev] if len(f) else f)
+        # running mean of F over steps [a, t-1] from a per-dog cumulative sum (row r holds steps 1..step[r])
+        csum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(f))])  # csum[i] = sum of rows < i
+
+        def _sum_steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum of F over steps a..b of the row's dog
+            return csum[start + b] - csum[start + a - 1] if len(a) else np.zeros(0)
 
     a = np.where(reached, np.nan_to_num(T, nan=1.0), np.maximum(t_prev - rule.w + 1, 1)).astype(np.int64)
     b = np.maximum(t_prev, 0)

@@ -69,11 +69,11 @@ class RowsBySeed:
     in_scope: np.ndarray
     """(n,) bool: the runner's dog is in the step-indexed scope (debut observed)."""
     s: np.ndarray
-    """(K, obs) s of the state after each row's race, per seed."""
+    """(K, obs) s of the state after each row's race, per seed (float32 as stored, or float64)."""
     write: np.ndarray
-    """(K, obs) write fraction 1 - mean z at each row, per seed."""
+    """(K, obs) write fraction 1 - mean z at each row, per seed (float32 as stored, or float64)."""
     move: np.ndarray
-    """(K, obs) relative movement at each row, per seed."""
+    """(K, obs) relative movement at each row, per seed (float32 as stored, or float64)."""
     step: np.ndarray
     """(obs,) 1-based step of every row."""
     offsets: np.ndarray
@@ -160,7 +160,7 @@ def _plateaus(d: RowsBySeed, rule: CohortRule) -> np.ndarray:
 
 def _status(d: RowsBySeed, plateaus: np.ndarray, rule: CohortRule) -> co.PredictionStatus:
     """Status at prediction time of each evaluated runner under each seed, stacked like the metrics."""
-    parts = [co.status_at_prediction(d.s[k], np.zeros_like(d.s[k]), d.step, d.offsets, plateaus[k], rule, rows=d.row)
+    parts = [co.status_at_prediction(d.s[k], None, d.step, d.offsets, plateaus[k], rule, rows=d.row)
              for k in range(d.n_seeds)]
     return co.PredictionStatus(*(np.concatenate([getattr(p, f) for p in parts])
                                  for f in ("status", "plateau_reached", "f_run", "s_prev", "f_prev")))
@@ -172,7 +172,8 @@ def _prev_scores(d: RowsBySeed) -> list[tuple[str, np.ndarray]]:
     first = d.step[d.row] == 1
     out = []
     for name, x in (("write_prev", d.write), ("move_prev", d.move), ("s_prev", d.s)):
-        out.append((name, np.concatenate([np.where(first, np.nan, x[k][prev]) for k in range(d.n_seeds)])))
+        out.append((name, np.concatenate([np.where(first, np.nan, np.asarray(x[k][prev], np.float64))
+                                          for k in range(d.n_seeds)])))
     return out
 
 

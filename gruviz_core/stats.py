@@ -371,11 +371,29 @@ def plateau_steps(
     """
     if w < 1 or k < 1 or delta <= 0:
         raise ConfigError(f"plateau: need w >= 1, k >= 1, delta > 0; got w={w}, k={k}, delta={delta}")
+    offsets = np.asarray(offsets, np.int64)
     n_dogs = len(offsets) - 1
     out = np.full(n_dogs, np.nan)
     if len(s) == 0:
         return out
-    step = np.asarray(step)
+    s, step = np.asarray(s), np.asarray(step)
+    # whole dogs about _PLATEAU_ROWS rows at a time: every dog's answer is its own rows' (~100 bytes of
+    # temporaries a row, 2 GB at once on 19M rows)
+    starts = np.searchsorted(offsets, np.arange(0, offsets[-1], _PLATEAU_ROWS), side="right") - 1
+    cut = np.unique(np.r_[0, starts])
+    for d0, d1 in zip(cut, [*cut[1:], n_dogs]):
+        a, b = offsets[d0], offsets[d1]
+        out[d0:d1] = _plateau_steps(s[a:b], step[a:b], offsets[d0:d1 + 1] - a, w=w, delta=delta, k=k)
+    return out
+
+
+_PLATEAU_ROWS = 1 << 20
+"""Rows of whole dogs that plateau_steps works on at a time."""
+
+
+def _plateau_steps(s: np.ndarray, step: np.ndarray, offsets: np.ndarray, *, w: int, delta: float, k: int) -> np.ndarray:
+    n_dogs = len(offsets) - 1
+    out = np.full(n_dogs, np.nan)
     below = relative_change(s, step, w=w) < delta  # NaN compares False
     cs = np.concatenate([[0], np.cumsum(below, dtype=np.int64)])
     n = len(s)

@@ -149,3 +149,21 @@ def test_plateau_s_status_never_reads_the_race_it_predicts_or_later():
         changed = base.copy()
         changed[t - 1:] = rng.uniform(0, 1, n - t + 1)  # the state after race t and every later one
         assert list(status(changed)[:t]) == list(before[:t]), t
+
+
+def test_status_at_prediction_without_f_is_its_status_with_zeros():
+    """f None (the plateau rules read no F): the very fields f = zeros gives, without a per-row array."""
+    rng = np.random.default_rng(2)
+    sizes = rng.integers(1, 40, 300)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    step = np.concatenate([np.arange(1, n + 1) for n in sizes])
+    s = rng.random(offsets[-1]).astype(np.float32)
+    plateau = np.where(rng.random(len(sizes)) < 0.5, rng.integers(3, 30, len(sizes)), np.nan)
+    rows = np.sort(rng.choice(offsets[-1], 500, replace=False))
+    rule = CohortRule()
+    assert rule.by_plateau
+    a = cohorts.status_at_prediction(s, np.zeros(len(s)), step, offsets, plateau, rule, rows=rows)
+    b = cohorts.status_at_prediction(s, None, step, offsets, plateau, rule, rows=rows)
+    for f in ("status", "plateau_reached", "f_run", "s_prev", "f_prev"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f

@@ -136,3 +136,20 @@ def test_row_stats_streaming_equal_in_memory():
         carry = h[b - 1]
     for name in ("abs_sum", "s", "f", "delta"):
         np.testing.assert_allclose(np.concatenate([getattr(p, name) for p in parts]), getattr(whole, name))
+
+
+def test_plateau_steps_over_whole_dogs_a_block_at_a_time_are_the_whole_answer(monkeypatch):
+    """plateau_steps works on about _PLATEAU_ROWS rows of whole dogs at a time (bounded temporaries on 19M
+    rows): the same T* as all rows at once, dogs without rows (first, last) included."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(0, 60, 3000)
+    sizes[:3] = sizes[-2:] = 0
+    offsets = np.r_[0, np.cumsum(sizes)]
+    step = np.concatenate([np.arange(1, n + 1) for n in sizes])
+    s = (np.abs(np.cumsum(rng.normal(0, 1, offsets[-1]))) / 100 + 1).astype(np.float32)
+    whole = stats.plateau_steps(s, step, offsets, w=5, delta=0.05, k=3)
+    assert 0 < np.isfinite(whole).sum() < len(sizes)
+    monkeypatch.setattr(stats, "_PLATEAU_ROWS", 97)
+    np.testing.assert_array_equal(stats.plateau_steps(s, step, offsets, w=5, delta=0.05, k=3), whole)
+    np.testing.assert_array_equal(stats.plateau_steps(s.astype(np.float64), step, offsets, w=5, delta=0.05, k=3),
+                                  whole)

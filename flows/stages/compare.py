@@ -76,17 +76,18 @@ def plateau_comparisons(
 
 
 def _summaries(run_dir: Path, layer: int, n_seeds: int, n_obs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(K, obs) s, write fraction and relative movement of the cohort layer, per seed (stats/row_summary)."""
+    """(K, obs) float32 s, write fraction and relative movement of the cohort layer, per seed (stats/row_summary
+    stores them as float32: 12 bytes a row for the three, not float64's 24)."""
     if not has_table(run_dir, "row_summary"):
         raise FileNotFoundError(f"{run_dir}: stats/row_summary is missing; run the stats stage again")
     t = read_table(run_dir, "row_summary", columns=["seed", "layer", "s", "write", "move"])
     t = t[t["layer"] == layer]
     out = []
     for col in ("s", "write", "move"):
-        a = np.full((n_seeds, n_obs), np.nan)
+        a = np.full((n_seeds, n_obs), np.nan, np.float32)
         for k, part in t.groupby("seed", sort=True):
             if int(k) < n_seeds and len(part) == n_obs:
-                a[int(k)] = part[col].to_numpy(np.float64)
+                a[int(k)] = part[col].to_numpy(np.float32)
         out.append(a)
     return out[0], out[1], out[2]
 
