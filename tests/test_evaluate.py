@@ -157,15 +157,17 @@ def test_the_stage_normalises_inputs_like_the_model_set_in_slices_and_on_demand(
     assert context.shape == want_c.shape == (n, 2) and values.shape == want_v.shape == (n, 3)
     # values: rows on demand, by every kind of index resilience uses, each row computed once and kept
     np.testing.assert_array_equal(values[rows], want_v[rows])
-    assert values._done.sum() == 4
+    assert (values._slot >= 0).sum() == values._n == 4  # packed: only the rows asked for are kept
     np.testing.assert_array_equal(values[3:9], want_v[3:9])
     np.testing.assert_array_equal(values[7], want_v[7])
     mask = rng.random(n) < 0.3
     np.testing.assert_array_equal(values[mask], want_v[mask])
     np.testing.assert_array_equal(values[rows], want_v[rows])  # from the kept rows
     np.testing.assert_array_equal(values.columns(mask, [2, 0]), want_v[mask][:, [2, 0]])
-    assert values._done.sum() == len(set(rows) | set(range(3, 9)) | set(np.flatnonzero(mask)))
+    assert (values._slot >= 0).sum() == values._n == len(set(rows) | set(range(3, 9)) | set(np.flatnonzero(mask)))
     np.testing.assert_array_equal(values[:], want_v)
+    np.testing.assert_array_equal(values[np.array([[1, 2], [999, 0]])], want_v[np.array([[1, 2], [999, 0]])])
+    np.testing.assert_array_equal(values[-1], want_v[-1])
 
 
 def test_the_stage_reads_resilience_inputs_from_the_store_by_rows_as_the_whole_arrays_give(tmp_path, monkeypatch):

@@ -129,16 +129,18 @@ _SCAN_ROWS = 1 << 20
 class _NormalisedRows:
     """raw[:, cols] normalised by `norm` (its race features, or its context with context=True), each row
     computed the first time it is asked for and kept: `x[rows]` -> (..., len(cols)) float32 for any NumPy
-    row index. Memory: one (obs, len(cols)) float32 buffer, whose pages are touched only for rows asked
-    for. `x.columns(rows, cols)` -> some normalised columns of some rows without filling the buffer
-    (kinds_seen's scan of the training rows)."""
+    row index. Memory: the rows asked for, packed (plus a 4-byte slot per row): resilience's cases are spread
+    over every dog, so an (obs, len(cols)) buffer would have most of its pages touched (0.8 GB at 250k dogs).
+    `x.columns(rows, cols)` -> some normalised columns of some rows without keeping them (kinds_seen's scan
+    of the training rows)."""
 
     def __init__(self, raw: np.ndarray, cols: Sequence[int], norm, *, context: bool = False):
         self.raw, self.cols, self.norm, self.context = raw, np.asarray(cols, np.int64), norm, context
         self.shape = (len(raw), len(self.cols))
         self.dtype = np.dtype(np.float32)
-        self._buf = np.empty(self.shape, np.float32)
-        self._done = np.zeros(len(raw), bool)
+        self._slot = np.full(len(raw), -1, np.int64 if len(raw) >= 2**31 else np.int32)  # row -> packed position
+        self._packed = np.empty((0, len(self.cols)), np.float32)
+        self._n = 0
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -147,11 +149,17 @@ class _NormalisedRows:
         if isinstance(rows, tuple):
             raise TypeError("_NormalisedRows: index rows only (x[rows]), then columns of the result")
         idx = row_index(rows, len(self))
-        need = np.unique(idx[~self._done[idx]])
+        need = np.unique(idx[self._slot[idx] < 0])
         if len(need):
-            self._buf[need] = self._apply(self.raw[need][:, self.cols], self.norm)
-            self._done[need] = True
-        return self._buf[rows]
+            end = self._n + len(need)
+            if end > len(self._packed):  # grow by half again at least: amortised copies
+                grown = np.empty((max(end, len(self._packed) * 3 // 2, 1024), self.shape[1]), np.float32)
+                grown[: self._n] = self._packed[: self._n]
+                self._packed = grown
+            self._packed[self._n: end] = self._apply(self.raw[need][:, self.cols], self.norm)
+            self._slot[need] = np.arange(self._n, end)
+            self._n = end
+        return self._packed[self._slot[rows]]
 
     def columns(self, rows, cols: Sequence[int]) -> np.ndarray:
         """(n, len(cols)) normalised columns `cols` (positions among len(self.cols)) of `rows`, read
