@@ -154,7 +154,8 @@ def _create_arrays(plan: RunPlan, meta: dict, offsets, dog_id, dog_name):
     per_row("market_prob", "float32", {"long_name": "market implied win probability, renormalised within the race",
                                        "units": "1", "coordinates": row_coords}, fill_value=np.nan)
     root.create_array("score", shape=(n_obs, len(plan.seeds)), dtype="float32", chunks=(row_chunk[0], 1),
-                      shards=(row_shard[0], 1), fill_value=np.nan, dimension_names=("obs", "seed"),
+                      shards=(row_shard[0], 1), compressors=_compressor(), fill_value=np.nan,
+                      dimension_names=("obs", "seed"),
                       attributes={"long_name": "model score of the race (softmax within the race gives win "
                                   "probabilities)", "units": "1", "coordinates": row_coords})
     state_chunk = (cr, plan.n_layers, plan.n_units)
@@ -212,26 +213,33 @@ def _dogs_with_rows(offsets: np.ndarray, a: int, b: int) -> tuple[int, int]:
 
 
 class _ShardEncoder:
-    """Writes whole shards of a sharded float array by Blosc-encoding its inner chunks with numcodecs directly:
-    the Zarr v3 sharding format (encoded chunks, then the (offset, nbytes) uint64 index and its crc32c, index at
-    the end), one copy of the data. Zarr's own write copies each inner chunk several times and hops threads per
-    chunk (the store wrote at a fifth of the codec's speed). `of` returns None for an array laid out otherwise
-    (zarr's path is used); tests/test_states.py checks the shards are byte for byte zarr's own."""
+    """Writes whole shards of a sharded array by Blosc-encoding its inner chunks with numcodecs directly: the Zarr
+    v3 sharding format (encoded chunks, then the (offset, nbytes) uint64 index and its crc32c, index at the end),
+    one copy of the data; an unsharded Blosc array's chunks likewise (a chunk is its own "shard"). Zarr's own
+    write copies each inner chunk several times and runs ~0.25 ms of Python per chunk while holding the GIL (the
+    store wrote at a fifth of the codec's speed, and the GRU thread waited). `of` returns None for an array laid
+    out otherwise (zarr's path is used); tests/test_states.py checks the bytes are zarr's own."""
 
     _EMPTY = np.iinfo(np.uint64).max
 
-    def __init__(self, array: zarr.Array, codec, inner_rows: int, shard_rows: int):
+    def __init__(self, array: zarr.Array, codec, inner_rows: int, shard_rows: int, plain: bool = False):
         self.array, self.codec, self.inner_rows, self.shard_rows = array, codec, inner_rows, shard_rows
         self.fill = array.metadata.fill_value
+        self.plain = plain
+        """An unsharded array (codecs: bytes, Blosc): each chunk is written as one encoded piece, no index."""
 
     @classmethod
     def of(cls, array: zarr.Array) -> _ShardEncoder | None:
-        from numcodecs import Blosc
         from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
         meta = array.metadata
         codecs = getattr(meta, "codecs", ())
+        if (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and str(codecs[0].endian.value) == "little"
+                and isinstance(codecs[1], BloscCodec)
+                and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(array.shape[1:])):  # unsharded: a chunk is a "shard"
+            rows = int(meta.chunk_grid.chunk_shape[0])
+            return cls(array, cls._numcodec(codecs[1]), rows, rows, plain=True)
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
         sh = codecs[0]
@@ -240,25 +248,37 @@ class _ShardEncoder:
                 or not isinstance(inner[0], BytesCodec) or str(inner[0].endian.value) != "little"
                 or not isinstance(inner[1], BloscCodec) or len(sh.index_codecs) != 2
                 or not isinstance(sh.index_codecs[0], BytesCodec) or not isinstance(sh.index_codecs[1], Crc32cCodec)
-                or tuple(sh.chunk_shape[1:]) != tuple(array.shape[1:])
-                or tuple(meta.chunk_grid.chunk_shape[1:]) != tuple(array.shape[1:])):
-            return None
-        b = inner[1]
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        codec = Blosc(cname=str(b.cname.value), clevel=int(b.clevel), shuffle=shuffle[str(b.shuffle.value)],
-                      blocksize=int(b.blocksize), typesize=int(b.typesize))
-        return cls(array, codec, int(sh.chunk_shape[0]), int(meta.chunk_grid.chunk_shape[0]))
+                or tuple(sh.chunk_shape[1:]) != tuple(meta.chunk_grid.chunk_shape[1:])
+                or any(s % c for s, c in zip(array.shape[1:], sh.chunk_shape[1:]))):
+            return None  # inner chunks split rows only (a shard may hold one column of several, as the scores)
+        return cls(array, cls._numcodec(inner[1]), int(sh.chunk_shape[0]), int(meta.chunk_grid.chunk_shape[0]))
 
-    def covers(self, s0: int, s1: int) -> bool:
-        """Whether rows [s0, s1) are whole shards (the last may end at the array's end)."""
+    @staticmethod
+    def _numcodec(b: BloscCodec):
+        from numcodecs import Blosc
+
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        return Blosc(cname=str(b.cname.value), clevel=int(b.clevel), shuffle=shuffle[str(b.shuffle.value)],
+                     blocksize=int(b.blocksize), typesize=int(b.typesize))
+
+    def covers(self, sel: tuple[slice, ...]) -> bool:
+        """Whether the selection is whole shards: rows from a shard's start to a shard's end (the last may end at the
+        array's end), and in each other dimension all of it or exactly one shard's span."""
+        s0, s1 = sel[0].start, sel[0].stop
         n = self.array.shape[0]
-        return s0 % self.shard_rows == 0 and s0 < s1 <= n and (s1 % self.shard_rows == 0 or s1 == n)
+        rows = s0 % self.shard_rows == 0 and s0 < s1 <= n and (s1 % self.shard_rows == 0 or s1 == n)
+        span = self.array.metadata.chunk_grid.chunk_shape[1:]
+        return rows and all(
+            (d.start or 0) % c == 0 and ((d.stop if d.stop is not None else size) - (d.start or 0)) in (c, size)
+            for d, c, size in zip(sel[1:], span, self.array.shape[1:]))
 
     def encode(self, buf: np.ndarray) -> bytes:
         """One shard's bytes from its rows buf: (n <= shard_rows, ...) in the array's dtype."""
         import google_crc32c
 
         buf = np.ascontiguousarray(buf, dtype=self.array.dtype)
+        if self.plain:
+            return bytes(self.codec.encode(self._padded(buf)))
         n_inner = self.shard_rows // self.inner_rows
         index = np.full((n_inner, 2), self._EMPTY, dtype="<u8")
         parts, at = [], 0
@@ -266,23 +286,28 @@ class _ShardEncoder:
             a, b = j * self.inner_rows, (j + 1) * self.inner_rows
             if a >= len(buf):
                 break  # past the array's end: an empty chunk
-            piece = buf[a:b]
-            if len(piece) < self.inner_rows:  # the array's edge: a whole chunk, padded with the fill value
-                piece = np.concatenate([piece, np.full((self.inner_rows - len(piece), *buf.shape[1:]), self.fill,
-                                                       dtype=buf.dtype)])
-            enc = self.codec.encode(piece)
+            enc = self.codec.encode(self._padded(buf[a:b]))
             parts.append(enc)
             index[j] = at, len(enc)
             at += len(enc)
         raw = index.reshape(n_inner, *([1] * (buf.ndim - 1)), 2).tobytes()
         return b"".join([*parts, raw, google_crc32c.value(raw).to_bytes(4, "little")])
 
-    async def write(self, s0: int, buf: np.ndarray) -> None:
-        """Write rows buf: whole shards from row s0 (`covers`), one shard after another."""
+    def _padded(self, piece: np.ndarray) -> np.ndarray:
+        """A whole inner chunk: at the array's edge, padded with the fill value."""
+        if len(piece) == self.inner_rows:
+            return piece
+        pad = np.full((self.inner_rows - len(piece), *piece.shape[1:]), self.fill, dtype=piece.dtype)
+        return np.concatenate([piece, pad])
+
+    async def write(self, sel: tuple[slice, ...], buf: np.ndarray) -> None:
+        """Write buf at the selection of whole shards (`covers`), one shard after another."""
         from zarr.core.buffer import default_buffer_prototype
 
+        span = self.array.metadata.chunk_grid.chunk_shape[1:]
+        cols = tuple((d.start or 0) // c for d, c in zip(sel[1:], span)) + (0,) * (buf.ndim - len(sel))
         for a in range(0, len(buf), self.shard_rows):
-            key = self.array.metadata.encode_chunk_key(((s0 + a) // self.shard_rows,) + (0,) * (buf.ndim - 1))
+            key = self.array.metadata.encode_chunk_key(((sel[0].start + a) // self.shard_rows, *cols))
             data = await asyncio.to_thread(self.encode, buf[a : a + self.shard_rows])
             await (self.array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data))
 
@@ -339,7 +364,9 @@ class BlockWriter:
         self._encoders = [tuple(_ShardEncoder.of(a) for a in arrs) for arrs in self._arrays]
         self._summary = [{name: _writable(root[f"seed{k}/summary/{name}"]) for name in ROW_SUMMARY}
                          for k in range(len(self.plan.seeds))]
+        self._summary_enc = [{name: _ShardEncoder.of(a) for name, a in arrs.items()} for arrs in self._summary]
         self._score = _writable(root["score"])
+        self._score_enc = _ShardEncoder.of(self._score)
         self._root = root
         a, b = self.rows
         first, end = _dogs_with_rows(self.offsets, a, b) if b > a else (0, 0)
@@ -426,10 +453,11 @@ class BlockWriter:
         `after` (the work still filling them) is done; a failed future fails the block."""
         arrs, enc, k = self._arrays[buf.seed], self._encoders[buf.seed], buf.seed
         pairs = [(arrs[0], buf.h, enc[0]), (arrs[1], buf.z, enc[1]), (arrs[2], buf.r, enc[2])]
-        pairs += [(self._summary[k][name], buf.summary[name]) for name in ROW_SUMMARY if name in buf.summary]
+        pairs += [(self._summary[k][name], buf.summary[name], self._summary_enc[k][name]) for name in ROW_SUMMARY
+                  if name in buf.summary]
         full = self._sets.pop(id(buf.h), None)  # buffers of `buffers` go back to the free sets once written
         where = f"run {self.plan.run_id} block {self.block_index}: seed {k}'s shard of rows {buf.s0}..{buf.s1}"
-        self._writer.put(pairs, buf.s0, buf.s1, self._score, k, buf.score, after=after,
+        self._writer.put(pairs, buf.s0, buf.s1, (self._score, self._score_enc), k, buf.score, after=after,
                          check=lambda: _check_filled(buf, where),
                          then=None if full is None else (lambda: self._recycle(full)))
 
@@ -481,8 +509,9 @@ class _ShardWriter:
         self._raise()
 
     def put(self, arrays, s0, s1, score, k, sc, *, after: Sequence[cf.Future] = (), check=None, then=None) -> None:
-        """Hand over a reserved shard set: [(array, (n, ...) buffer[, _ShardEncoder])], rows [s0, s1), score column
-        k, written once the futures in `after` are done and `check()` passed; `then()` runs after the write."""
+        """Hand over a reserved shard set: [(array, (n, ...) buffer[, _ShardEncoder])], rows [s0, s1), and sc as
+        column k of score (array, encoder), written once the futures in `after` are done and `check()` passed;
+        `then()` runs after the write."""
         self._raise()
         self._pool.submit(self._write, arrays, s0, s1, score, k, sc, tuple(after), check, then)
 
@@ -494,8 +523,8 @@ class _ShardWriter:
                 check()
             if self._error is None:
                 pairs = [(arr, (slice(s0, s1),), *rest) for arr, *rest in arrays]  # (array, buf[, encoder])
-                if score is not None:
-                    pairs.append((score, (slice(s0, s1), slice(k, k + 1)), sc))
+                if score is not None:  # (array, encoder)
+                    pairs.append((score[0], (slice(s0, s1), slice(k, k + 1)), sc, score[1]))
                 _write_all(pairs)
                 if then is not None:
                     then()
@@ -519,8 +548,8 @@ def _write_all(items: Sequence[tuple]) -> None:
     compression overlaps another's file write. A whole shard with an encoder goes through it."""
 
     def one(a: zarr.Array, sel: tuple, v: np.ndarray, enc: _ShardEncoder | None = None):
-        if enc is not None and len(sel) == 1 and enc.covers(sel[0].start, sel[0].stop):
-            return enc.write(sel[0].start, v)
+        if enc is not None and enc.covers(sel):
+            return enc.write(sel, v)
         return a.async_array.setitem(sel, v)
 
     async def gather():

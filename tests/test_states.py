@@ -320,7 +320,7 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("n_obs", [16, 13, 5, 1])
-@pytest.mark.parametrize("kind", ["states", "per_row_int", "per_row_float"])
+@pytest.mark.parametrize("kind", ["states", "per_row_int", "per_row_float", "score_column", "summary_unsharded"])
 def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     """The writers' direct shard encoder (storage.writer._ShardEncoder) must write what zarr itself writes, byte
     for byte, for the states (float16, 3-D) and the per-row arrays (1-D int32 and float32, written a block of
@@ -334,9 +334,15 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     elif kind == "per_row_int":
         x = rng.integers(-5, 1000, size=n_obs).astype(np.int32)
         shape_kw = dict(chunks=(2,), shards=(8,), fill_value=-7)
-    else:
+    elif kind == "per_row_float":
         x = rng.normal(size=n_obs).astype(np.float32)
         shape_kw = dict(chunks=(2,), shards=(8,), fill_value=np.nan)
+    elif kind == "score_column":  # (obs, seed): a shard holds one seed's column
+        x = rng.normal(size=(n_obs, 3)).astype(np.float32)
+        shape_kw = dict(chunks=(2, 1), shards=(8, 1), fill_value=np.nan)
+    else:  # the per-row summaries: unsharded, a chunk of 8 rows
+        x = rng.normal(size=(n_obs, 2)).astype(np.float32)
+        shape_kw = dict(chunks=(8, 2), fill_value=np.nan)
     root = tmp_path / "z"
     g = zarr.create_group(zarr.storage.LocalStore(root))
     kw = dict(shape=x.shape, dtype=x.dtype, compressors=writer._compressor(), **shape_kw)
@@ -344,16 +350,22 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     enc = writer._ShardEncoder.of(mine)
     assert enc is not None
     if kind == "per_row_int":  # a block of whole shards in one write
-        assert enc.covers(0, n_obs) and not enc.covers(1, n_obs) and (n_obs <= 8 or not enc.covers(0, n_obs - 1))
+        assert enc.covers((slice(0, n_obs),)) and not enc.covers((slice(1, n_obs),))
+        assert n_obs <= 8 or not enc.covers((slice(0, n_obs - 1),))
         writer._write_all([(mine, (slice(0, n_obs),), x, enc)])
         theirs[:] = x
     for s0 in range(0, n_obs, 8) if kind != "per_row_int" else ():
         s1 = min(s0 + 8, n_obs)
-        assert enc.covers(s0, s1) and not enc.covers(s0 + 1, s1)
-        writer._write_all([(mine, (slice(s0, s1),), x[s0:s1], enc)])
-        theirs[s0:s1] = x[s0:s1]
+        cols = [slice(k, k + 1) for k in range(3)] if kind == "score_column" else [None]
+        for c in cols:
+            sel = (slice(s0, s1),) if c is None else (slice(s0, s1), c)
+            assert enc.covers(sel) and not enc.covers((slice(s0 + 1, s1), *sel[1:]))
+            writer._write_all([(mine, sel, x[sel], enc)])
+            theirs[sel] = x[sel]
+    if kind == "score_column":
+        assert not enc.covers((slice(0, min(8, n_obs)), slice(0, 2)))  # two columns: two shards, zarr's path
     files = sorted(p.relative_to(root / "theirs") for p in (root / "theirs" / "c").rglob("*") if p.is_file())
-    assert len(files) == -(-n_obs // 8)
+    assert len(files) == -(-n_obs // 8) * (3 if kind == "score_column" else 1)
     for f in files:
         assert (root / "mine" / f).read_bytes() == (root / "theirs" / f).read_bytes(), f
     np.testing.assert_array_equal(zarr.open_array(root / "mine", mode="r")[:], x)
