@@ -26,8 +26,10 @@ the slope between two sizes: run it at two N (e.g. 250,000 and 500,000) and extr
 stages from STAGE to --until on that kept store (no setup), e.g. the evaluate stage before and after a change.
 
 Measured (2 cores, 24 GiB): features 1.9 GB at 250k dogs (4.85M rows), 2.64 GB at 500k (9.72M rows),
-4.35 GB (209 s) at 1M (19.4M rows); evaluate 5.66 GB at 250k (resilience beside the comparisons; 4.35 GB with it
-after them, a third slower, reverted), 10.1 GB at 500k before this issue: not bounded yet.
+4.35 GB (209 s) at 1M (19.4M rows); evaluate (resilience beside the comparisons) before issue 26's bounds:
+5.82 GB at 250k, 10.91 GB at 500k (about 21 GB at 1M by the slope); with uint8 bootstrap weights cast a
+block of replicates at a time, plateau steps by blocks of dogs and resilience's inputs kept packed: 1.92 GB
+at 250k (33 s), 3.19 GB at 500k (67 s), 5.85 GB at 1M (118 s, measured).
 """
 
 from __future__ import annotations

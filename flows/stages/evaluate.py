@@ -81,12 +81,13 @@ def holdout_of(meta: dict) -> Holdout:
 def run(tmp_dir: str, root: str, set_id: str, seq_path: str, *, n_boot: int = 1000, min_races: int = 2000) -> dict:
     """Evaluate a finished run with the model set's models and the run's normalised inputs; the headline.
 
-    Memory: holds per row of the run the rows table, scores and the evaluated rows' probabilities, the
-    comparisons' per-row summaries (stats/row_summary), and (B, dog) float32 bootstrap weights (4 KB a dog
-    at B = 1,000); not the model inputs, which resilience reads from the sequences store by rows as it
-    needs them (the sampled dogs' histories; the training rows' flag columns a window at a time), nor the
-    snapshot (its yardstick prices are read from a few columns). Measured (bench/memory.py, 1 seed, H=64,
-    the stage alone): 5.66 GB at 250k simulated dogs (4.85M rows), 42 s.
+    Memory: holds per row of the run its won and dog columns, race codes, scores, the comparisons' per-row
+    summaries (stats/row_summary, float32), and (B, dog) uint8 bootstrap weights (1 KB a dog at B = 1,000,
+    cast to float a block of replicates at a time); not the model inputs, which resilience reads from the
+    sequences store by rows as it needs them (the cases' rows, normalised and kept packed; the training
+    rows' flag columns a window at a time), nor the snapshot (its yardstick prices are read from a few
+    columns). Measured (bench/memory.py, 1 seed, H=64, the stage alone): 1.92 GB at 250k simulated dogs
+    (4.85M rows), 3.19 GB at 500k, 5.85 GB at 1M (19.4M rows, 118 s).
     """
     offsets = load_sequence_meta(seq_path)["offsets"]
     model_set = load_model_set(root, set_id)
@@ -267,7 +268,9 @@ def evaluate_run(
     holdout = holdout or Holdout()
     sel = sel[holdout.keep(rows["race_date"].to_numpy()[sel])]  # out of sample: after the held-out boundary
     r = rows.iloc[sel]
-    rows = rows.drop(columns="race_id")  # its codes are race_all; the strings cost ~70 bytes a row
+    # what the rest reads of every row (resilience: won, dog); race_id's codes are race_all (its strings cost
+    # ~70 bytes a row), and the dates, steps and prices are read for the evaluated rows only (r)
+    rows = rows[["won", "dog_index"]]
     resilience = None  # the resilience re-runs (torch, most of the stage) on a second core while the rest runs here
     if inputs is None and values is not None and context is not None:
         inputs = lambda: (values, context, train_rows)  # noqa: E731
