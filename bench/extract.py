@@ -32,10 +32,11 @@ e >= 0.7 b and e >= 10 a at every size, c >= 30% of the ceiling, the 1e-5 check 
 
 Issue 26's targets: e's time <= 1.25 x max(c's, d's), e >= 0.38 b, the store at >= 70% of the codec, the stats
 stage at most a third of the old one's time. One run on the shared 2-core box (50k dogs, one torch thread, best
-of 2, after the direct shard encoder): H64 e/b 0.228, e/max(c, d) 1.66, store 507 MB/s = 0.35 of lz4-5 bitshuffle
-(1441 MB/s, ratio 1.241; zstd-1 bitshuffle 534 MB/s, 1.241), stats 1.58 s vs 3.51 s (0.45); H128 e/b 0.373,
-e/max(c, d) 1.42, store 549 MB/s = 0.34 of the codec, stats 1.34 s vs 4.17 s (0.32). Another process took a core
-for part of that run; the run before the shard encoder gave H64 e/b 0.285, e/max(c, d) 1.33.
+of 2, 2026-12-07 evening, after the direct encoder took the rows' metadata, the summaries and the scores too):
+H64 e/b 0.355, e/max(c, d) 1.31, store 626 MB/s = 0.32 of lz4-5 bitshuffle (1966 MB/s, ratio 1.24), stats
+0.92 s vs 2.68 s (0.34); H128 e/b 0.436, e/max(c, d) 1.25, store 0.35 of the codec, stats 1.13 s vs 5.20 s (0.22).
+Before this session's changes (same box, another process on a core for part of it): H64 e/b 0.22-0.26,
+e/max(c, d) 1.96-2.0. The machine is noisy: repeated e-only runs at H64 spread 210k-320k dog-steps/s.
 
 On a CUDA machine the cases run on the GPU (CPU torch threads still --threads) and a CUDA-vs-CPU
 equivalence check extracts a sample of dogs on both. Lengths are synthetic with a long tail
