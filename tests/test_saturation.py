@@ -163,4 +163,7 @@ def test_dose_and_within_dog_by_blocks_of_replicates_give_the_whole_numbers(monk
     whole = both(w8.astype(np.float32))
     monkeypatch.setattr(cmp, "_BLOCK_BYTES", 16 * n_dogs * 8)  # blocks of 16 replicates
     assert len(list(cmp.replicate_blocks(w8, dtype=np.float64))) == 13
-    assert both(w8) == whole
+    for got, want in zip(both(w8), whole):  # bit for bit here; to rounding on another CPU's OpenBLAS kernels
+        assert got.keys() == want.keys()
+        for key, v in want.items():
+            assert got[key] == (pytest.approx(v, rel=1e-9, abs=1e-15, nan_ok=True) if isinstance(v, float) else v), key
