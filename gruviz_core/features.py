@@ -34,7 +34,7 @@ from gruviz_core.errors import FeatureMismatchError, InputError
 from gruviz_core.grades import GRADE_KINDS, grade_table, parse_grade
 from gruviz_core.racing import renormalise
 from gruviz_core.schema import YARDSTICKS, conform
-from gruviz_core.sequences import Sequences
+from gruviz_core.sequences import Sequences, whole_group_ranges
 
 __all__ = [
     "FEATURE_NAMES",
@@ -230,18 +230,7 @@ def dog_blocks(dog_id: pd.Series, order: np.ndarray, rows_per_block: int) -> lis
     """[(start, stop)] ranges of `run_order` positions covering whole dogs, each the fewest dogs reaching
     `rows_per_block` rows (the last one fewer). dog_id: the table's (text or Categorical), order: `run_order`'s."""
     dog = _text_codes(dog_id, ordered=False)[order]
-    return _whole_group_ranges(np.r_[np.flatnonzero(np.r_[True, dog[1:] != dog[:-1]]), len(dog)], rows_per_block)
-
-
-def _whole_group_ranges(edges: np.ndarray, rows: int) -> list[tuple[int, int]]:
-    """[(start, stop)] consecutive ranges over rows 0..edges[-1], each ending at a group edge and holding the fewest
-    whole groups that reach `rows` rows (the last one fewer). edges: ascending group starts, then the row count."""
-    out, a, n = [], 0, int(edges[-1])
-    while a < n:
-        b = int(edges[min(np.searchsorted(edges, a + max(int(rows), 1), side="left"), len(edges) - 1)])
-        out.append((a, b))
-        a = b
-    return out
+    return whole_group_ranges(np.r_[np.flatnonzero(np.r_[True, dog[1:] != dog[:-1]]), len(dog)], rows_per_block)
 
 
 def sequences_block(df: pd.DataFrame, race: RaceColumns) -> Sequences:
@@ -488,7 +477,7 @@ def _reference_z(x: np.ndarray, track: np.ndarray, dist: np.ndarray, date: np.nd
     out = np.full(len(x), np.nan)
     by_track = np.argsort(track, kind="stable")
     edges = np.r_[0, np.flatnonzero(np.diff(track[by_track])) + 1, len(x)]  # each track's run in by_track
-    for a, b in _whole_group_ranges(edges, REFERENCE_ROWS):
+    for a, b in whole_group_ranges(edges, REFERENCE_ROWS):
         rows = by_track[a:b]
         out[rows] = _tracks_reference_z(x[rows], track[rows], dist[rows], date[rows])
     return out

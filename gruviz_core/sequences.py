@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Sequences", "pad_batch", "row_index"]
+__all__ = ["Sequences", "pad_batch", "row_index", "whole_group_ranges"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +121,15 @@ def row_index(rows, n: int) -> np.ndarray:
         return np.flatnonzero(rows)
     rows = np.ravel(rows).astype(np.int64, copy=False)
     return np.where(rows < 0, rows + n, rows)
+
+
+def whole_group_ranges(edges: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """[(start, stop)] consecutive ranges over rows 0..edges[-1], each ending at a group edge and holding the fewest
+    whole groups that reach `rows` rows (the last one fewer). edges: ascending group starts, then the row count
+    (a dog's offsets are such edges)."""
+    out, a, n = [], 0, int(edges[-1])
+    while a < n:
+        b = int(edges[min(np.searchsorted(edges, a + max(int(rows), 1), side="left"), len(edges) - 1)])
+        out.append((a, b))
+        a = b
+    return out

@@ -22,7 +22,7 @@ import pandas as pd
 from gruviz_core import cohorts as co
 from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
-from gruviz_core.sequences import ROW_SUMMARY
+from gruviz_core.sequences import ROW_SUMMARY, whole_group_ranges
 
 __all__ = [
     "TAUS",
@@ -379,8 +379,8 @@ def plateau_steps(
     s, step = np.asarray(s), np.asarray(step)
     # whole dogs about _PLATEAU_ROWS rows at a time: every dog's answer is its own rows' (~100 bytes of
     # temporaries a row, 2 GB at once on 19M rows)
-    starts = np.searchsorted(offsets, np.arange(0, offsets[-1], _PLATEAU_ROWS), side="right") - 1
-    cut = np.unique(np.r_[0, starts])
+    ranges = whole_group_ranges(offsets, _PLATEAU_ROWS)
+    cut = np.searchsorted(offsets, [a for a, _ in ranges], side="left")  # first dog of each (empty dogs included)
     for d0, d1 in zip(cut, [*cut[1:], n_dogs]):
         a, b = offsets[d0], offsets[d1]
         out[d0:d1] = _plateau_steps(s[a:b], step[a:b], offsets[d0:d1 + 1] - a, w=w, delta=delta, k=k)
