@@ -42,6 +42,7 @@ __all__ = [
     "bootstrap_weights",
     "poisson1",
     "replicate_blocks",
+    "product_dtype",
     "weighted",
     "weighted_mean",
     "group_table",
@@ -222,6 +223,12 @@ def replicate_blocks(weights: np.ndarray, cols: np.ndarray | None = None, *, dty
         part = w[a: a + per] if n_b > per else w
         part = part if cols is None else part[:, cols]
         yield slice(a, a + len(part)), part.astype(dtype, copy=False)
+
+
+def product_dtype(weights: np.ndarray) -> np.dtype:
+    """The float type products of these weights run in: their own when float, float32 for uint8 counts."""
+    w = np.asarray(weights)
+    return w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
 
 
 def weighted(weights: np.ndarray, x: np.ndarray, cols: np.ndarray | None = None, *, dtype=np.float32) -> np.ndarray:

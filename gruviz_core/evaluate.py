@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import sparse
 
 from gruviz_core import repro as rp
-from gruviz_core.comparisons import STRATA, poisson1, replicate_blocks, stratum_of, weighted
+from gruviz_core.comparisons import STRATA, poisson1, product_dtype, replicate_blocks, stratum_of, weighted
 from gruviz_core.comparisons import percentile_interval as _interval
 from gruviz_core.errors import ConfigError
 from gruviz_core.racing import race_codes
@@ -400,7 +400,7 @@ def _spread_churn_rows(probs, race, dog, step, status: SeedStatus, w, *, interva
                 specs.append((metric, by, scope, unit, int(m.sum())))
     mat = np.stack(cols, axis=1)  # (dog, 2 * groups)
     point = mat.sum(0)
-    reps = weighted(w, mat, dtype=w.dtype if w.dtype.kind == "f" else np.float32).astype(np.float64)  # (B, 2 * groups)
+    reps = weighted(w, mat, dtype=product_dtype(w)).astype(np.float64)  # (B, 2 * groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         values, rep_values = point[0::2] / point[1::2], reps[:, 0::2] / reps[:, 1::2]
     out, at = [], {}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gruviz_core.comparisons import weighted
+from gruviz_core.comparisons import product_dtype, weighted
 from gruviz_core.errors import ConfigError
 
 __all__ = [
@@ -239,7 +239,7 @@ def _kappa_of(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     k = counts[0].sum() if len(counts) else 0.0
     p_i = ((counts * counts).sum(1) - k) / (k * (k - 1))  # (N,) agreeing pairs of raters per item
     w = np.asarray(weights)
-    dt = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)  # uint8 counts: float32 products
+    dt = product_dtype(w)
     tot = w.sum(1).astype(np.float64)  # (B,) whole counts: exact in either type
     with np.errstate(invalid="ignore", divide="ignore"):
         wf = w.astype(dt, copy=False)  # whole: w is a column selection (Fortran order), whose products by blocks differ
@@ -383,7 +383,7 @@ def seed_vs_ensemble(
            "diff": float(tot[-1] - np.mean(tot[:-1])), "lo": None, "hi": None, "n_races": n_races}
     if dog is not None and weights is not None:
         w = np.asarray(weights)
-        dt = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)  # uint8 counts: float32 products
+        dt = product_dtype(w)
         d = np.asarray(dog, dtype=np.int64)
         diff_d = np.bincount(d, weights=terms[:, -1] - terms[:, :-1].mean(axis=1), minlength=w.shape[1])
         cnt_d = np.bincount(d, weights=share, minlength=w.shape[1])
