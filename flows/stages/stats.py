@@ -90,63 +90,48 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
             del scan
     # the tables are written by two threads while the rest is computed (Parquet's encoding and compression
     # release the GIL): on the Iggy night the writes took 0.44 s of the stage's 1.18 s, one after another
-    pool = ThreadPoolExecutor(2, thread_name_prefix="gruviz-stats-write")
-    try:
+    with ThreadPoolExecutor(2, thread_name_prefix="gruviz-stats-write") as pool:
         writes = [pool.submit(write_table, run_dir, "row_summary", pd.concat(row_summary, ignore_index=True))]
         del row_summary
-        return _tables(run_dir, reader, offsets, step, scan0, units, eff_dim, dog_seed, counts, rule, health, t0,
-                       pool, writes)
-    finally:
-        pool.shutdown(wait=True)
-
-
-def _tables(run_dir, reader: StatesReader, offsets: np.ndarray, step: np.ndarray, scan0: st.SeedScan, units, eff_dim,
-            dog_seed, counts, rule: CohortRule, health: st.UnitHealthParams, t0: float, pool: ThreadPoolExecutor,
-            writes: list) -> StatsSummary:
-    """The dog, step and plateau tables and the summary from seed 0's scan; tables go to `pool` (`writes`: the
-    writes already handed to it) and the summary is written once every table is."""
-    L, n_obs = reader.n_layers, reader.n_obs
-    layer = rule.layer % L
-    n_steps = np.diff(offsets)
-    idx = reader.index()
-    debut = _debut_observed(reader.race_dates(), offsets)
-    dog_rows, step_tables, plateau_tables = [], [], []
-    cohort_of_dog = None
-    for li in range(L):
-        d = st.dog_layer_table(scan0, step, offsets, rule, li)
-        if li == layer:
-            cohort_of_dog = d["cohort"]
-            thresholds = {"theta": d["thresholds"][0], "low": d["thresholds"][1], "tau": rule.tau}
-        dog_rows.append(pd.DataFrame({
-            "dog_index": idx["dog_index"], "dog_id": idx["dog_id"], "dog_name": idx["dog_name"],
-            "n_steps": d["n_steps"], "layer": li, "plateau_step": d["plateau_step"],
-            "censored": ~np.isfinite(d["plateau_step"]), "mean_s": d["mean_s"], "final_s": d["final_s"],
-            **{f"mean_{c}_after": d[f"mean_{c}_after"] for c in st.TAU_COLUMNS}, "f_tail": d["f_tail"],
-            "cohort": d["cohort"], "cohort_layer": li == layer, "debut_observed": debut,
-        }))
-        plateau_tables.append(st.kaplan_meier(d["plateau_step"], d["n_steps"], rule).assign(layer=li))
-    row_cohort = np.repeat(cohort_of_dog, n_steps)
-    for li in range(L):
-        step_tables.append(st.step_quartiles(scan0, step, row_cohort, li))
-    dog_index_row = np.repeat(np.arange(len(n_steps)), n_steps)
-    dog_step = pd.DataFrame({
-        "dog_index": np.repeat(dog_index_row, L), "step": np.repeat(step, L), "layer": np.tile(np.arange(L), n_obs),
-        "abs_sum": scan0.abs_sum.ravel(), "s": scan0.s.ravel(),
-        **{c: scan0.f[:, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)}, "delta": scan0.delta.ravel(),
-        "max_abs": scan0.max_abs.ravel(), "move": scan0.move.ravel(), "write": scan0.write.ravel(),
-    })
-    writes.append(pool.submit(write_table, run_dir, "dog_step", dog_step))
-    del dog_step
-    writes += [pool.submit(write_table, run_dir, "dog", pd.concat(dog_rows, ignore_index=True)),
-               pool.submit(write_table, run_dir, "dog_seed", pd.concat(dog_seed, ignore_index=True))]
-    if units:
-        writes.append(pool.submit(write_table, run_dir, "unit", pd.concat(units, ignore_index=True)))
-    writes.append(pool.submit(write_table, run_dir, "step", pd.concat(step_tables, ignore_index=True)))
-    plateau = pd.concat(plateau_tables, ignore_index=True)[["layer", "step", "at_risk", "plateaued", "survival"]]
-    writes.append(pool.submit(write_table, run_dir, "plateau", plateau))
-    saturation = _saturation_summary(scan0, step, offsets, rule, layer)
-    for w in writes:
-        w.result()  # a failed write fails the stage before its summary (written last) exists
+        idx = reader.index()
+        debut = _debut_observed(reader.race_dates(), offsets)
+        dog_rows, step_tables, plateau_tables = [], [], []
+        cohort_of_dog = None
+        for li in range(L):
+            d = st.dog_layer_table(scan0, step, offsets, rule, li)
+            if li == layer:
+                cohort_of_dog = d["cohort"]
+                thresholds = {"theta": d["thresholds"][0], "low": d["thresholds"][1], "tau": rule.tau}
+            dog_rows.append(pd.DataFrame({
+                "dog_index": idx["dog_index"], "dog_id": idx["dog_id"], "dog_name": idx["dog_name"],
+                "n_steps": d["n_steps"], "layer": li, "plateau_step": d["plateau_step"],
+                "censored": ~np.isfinite(d["plateau_step"]), "mean_s": d["mean_s"], "final_s": d["final_s"],
+                **{f"mean_{c}_after": d[f"mean_{c}_after"] for c in st.TAU_COLUMNS}, "f_tail": d["f_tail"],
+                "cohort": d["cohort"], "cohort_layer": li == layer, "debut_observed": debut,
+            }))
+            plateau_tables.append(st.kaplan_meier(d["plateau_step"], d["n_steps"], rule).assign(layer=li))
+        row_cohort = np.repeat(cohort_of_dog, n_steps)
+        for li in range(L):
+            step_tables.append(st.step_quartiles(scan0, step, row_cohort, li))
+        dog_index_row = np.repeat(np.arange(len(n_steps)), n_steps)
+        dog_step = pd.DataFrame({
+            "dog_index": np.repeat(dog_index_row, L), "step": np.repeat(step, L), "layer": np.tile(np.arange(L), n_obs),
+            "abs_sum": scan0.abs_sum.ravel(), "s": scan0.s.ravel(),
+            **{c: scan0.f[:, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)}, "delta": scan0.delta.ravel(),
+            "max_abs": scan0.max_abs.ravel(), "move": scan0.move.ravel(), "write": scan0.write.ravel(),
+        })
+        writes.append(pool.submit(write_table, run_dir, "dog_step", dog_step))
+        del dog_step
+        writes += [pool.submit(write_table, run_dir, "dog", pd.concat(dog_rows, ignore_index=True)),
+                   pool.submit(write_table, run_dir, "dog_seed", pd.concat(dog_seed, ignore_index=True))]
+        if units:
+            writes.append(pool.submit(write_table, run_dir, "unit", pd.concat(units, ignore_index=True)))
+        writes.append(pool.submit(write_table, run_dir, "step", pd.concat(step_tables, ignore_index=True)))
+        plateau = pd.concat(plateau_tables, ignore_index=True)[["layer", "step", "at_risk", "plateaued", "survival"]]
+        writes.append(pool.submit(write_table, run_dir, "plateau", plateau))
+        saturation = _saturation_summary(scan0, step, offsets, rule, layer)
+        for w in writes:
+            w.result()  # a failed write fails the stage before its summary (written last) exists
     cohort_counts = {c: int((cohort_of_dog == c).sum()) for c in co.COHORTS}
     summary = StatsSummary(
         n_dogs=reader.n_dogs, n_obs=n_obs, n_layers=L, n_units=reader.n_units, seeds=tuple(reader.seeds),
