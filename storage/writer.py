@@ -417,9 +417,10 @@ class BlockWriter:
         data = _row_arrays(self.offsets, a, b, rows, row_base)
         arrays = [(self._root[name], data[name]) for name in data]
         arrays += [(self._root[f"seed{k}/dog_index"], data["dog_index"]) for k in range(len(self.plan.seeds))]
-        arrays = [(_writable(a), d, _ShardEncoder.of(a)) for a, d in arrays]
+        rows_sel = (slice(a, b),)
+        items = [(_writable(arr), rows_sel, d, _ShardEncoder.of(arr)) for arr, d in arrays]
         self._writer.reserve()
-        self._writer.put(arrays, a, b, None, 0, None)
+        self._writer.put(items)
 
     def buffers(self, k: int, s0: int, s1: int) -> ShardBuffers:
         """Seed k's buffers for rows [s0, s1) (call `reserve()` first: they are large): NaN when new.
@@ -452,13 +453,14 @@ class BlockWriter:
         """Hand a reserved shard's buffers to the writer thread, which writes them once every future in
         `after` (the work still filling them) is done; a failed future fails the block."""
         arrs, enc, k = self._arrays[buf.seed], self._encoders[buf.seed], buf.seed
-        pairs = [(arrs[0], buf.h, enc[0]), (arrs[1], buf.z, enc[1]), (arrs[2], buf.r, enc[2])]
-        pairs += [(self._summary[k][name], buf.summary[name], self._summary_enc[k][name]) for name in ROW_SUMMARY
-                  if name in buf.summary]
+        rows = (slice(buf.s0, buf.s1),)
+        items = [(arrs[0], rows, buf.h, enc[0]), (arrs[1], rows, buf.z, enc[1]), (arrs[2], rows, buf.r, enc[2])]
+        items += [(self._summary[k][name], rows, buf.summary[name], self._summary_enc[k][name])
+                  for name in ROW_SUMMARY if name in buf.summary]
+        items.append((self._score, (*rows, slice(k, k + 1)), buf.score, self._score_enc))
         full = self._sets.pop(id(buf.h), None)  # buffers of `buffers` go back to the free sets once written
         where = f"run {self.plan.run_id} block {self.block_index}: seed {k}'s shard of rows {buf.s0}..{buf.s1}"
-        self._writer.put(pairs, buf.s0, buf.s1, (self._score, self._score_enc), k, buf.score, after=after,
-                         check=lambda: _check_filled(buf, where),
+        self._writer.put(items, after=after, check=lambda: _check_filled(buf, where),
                          then=None if full is None else (lambda: self._recycle(full)))
 
     def write_units(self, k: int, arrays: Mapping[str, np.ndarray]) -> None:
@@ -508,24 +510,20 @@ class _ShardWriter:
         self._slots.acquire()
         self._raise()
 
-    def put(self, arrays, s0, s1, score, k, sc, *, after: Sequence[cf.Future] = (), check=None, then=None) -> None:
-        """Hand over a reserved shard set: [(array, (n, ...) buffer[, _ShardEncoder])], rows [s0, s1), and sc as
-        column k of score (array, encoder), written once the futures in `after` are done and `check()` passed;
-        `then()` runs after the write."""
+    def put(self, items, *, after: Sequence[cf.Future] = (), check=None, then=None) -> None:
+        """Hand over a reserved shard set: [(array, selection, values, _ShardEncoder or None)] (see `_write_all`),
+        written once the futures in `after` are done and `check()` passed; `then()` runs after the write."""
         self._raise()
-        self._pool.submit(self._write, arrays, s0, s1, score, k, sc, tuple(after), check, then)
+        self._pool.submit(self._write, items, tuple(after), check, then)
 
-    def _write(self, arrays, s0, s1, score, k, sc, after, check, then) -> None:
+    def _write(self, items, after, check, then) -> None:
         try:
             for f in after:
                 f.result()  # re-raises a filling job's error
             if check is not None:
                 check()
             if self._error is None:
-                pairs = [(arr, (slice(s0, s1),), *rest) for arr, *rest in arrays]  # (array, buf[, encoder])
-                if score is not None:  # (array, encoder)
-                    pairs.append((score[0], (slice(s0, s1), slice(k, k + 1)), sc, score[1]))
-                _write_all(pairs)
+                _write_all(items)
                 if then is not None:
                     then()
         except BaseException as e:  # re-raised in the computing thread
