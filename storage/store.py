@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -142,8 +143,6 @@ def zarr_store(where: str | os.PathLike | StorePath, *, read_only: bool = False)
 def str_objects(a: Any) -> Any:
     """An object array of str, as Zarr's variable-length strings are written: the array itself when every
     element is already a str (pandas' check: 10 ms for a million rows), else each converted (0.26 s)."""
-    import numpy as np
-
     a = np.asarray(a, dtype=object)
     return a if pd.api.types.infer_dtype(a, skipna=False) in ("string", "empty") else a.astype(str).astype(object)
 
