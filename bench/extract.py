@@ -100,6 +100,39 @@ class PeakRSS:
         return round(self.peak / 2**20, 1)
 
 
+WARM = True
+"""Touch fresh memory before each phase that writes files (`--cold` clears it): see `warm_memory`."""
+
+
+def warm_memory(nbytes: int, force: bool = False) -> None:
+    """Touch and free about nbytes of memory just before a timed phase that writes about that much to new files.
+
+    On a VM whose host takes back the guest's free memory (this box: virtio_balloon free page reporting, within
+    about 30 s), the first touch of a page costs ~2 ms/MB: 0.45-0.5 GB/s, against ~8 GB/s for a page freed a moment
+    ago. A new file's page cache is made of such pages, so the store's writes timed the hypervisor (a dd of 768 MB
+    into kept files: 420 MB/s; the same just after touching 6 GB: 5 GB/s; O_DIRECT: 1.6 GB/s). Touched and freed
+    just before, the pages are backed through the phase. `file_write_rates` reports both rates."""
+    if (WARM or force) and nbytes > 0:
+        np.ones(int(nbytes) + (256 << 20), np.uint8)  # filled, so every page is touched; freed at once
+
+
+def file_write_rates(scratch: Path, mb: int = 384) -> dict:
+    """MB/s of one buffered write of `mb` MB into a new file: cold (pages the host may have taken back; run first)
+    and just after touching that much memory (`warm_memory`, forced). Both files are kept until the end, as a
+    store's are."""
+    data = np.ones(mb << 20, np.uint8)
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in ("cold", "warm"):
+        if name == "warm":
+            warm_memory(len(data), force=True)
+        t = time.perf_counter()
+        with open(scratch / f"file-write-{name}", "wb") as f:
+            f.write(data)
+        out[f"file_write_{name}_mb_s"] = round(len(data) / (time.perf_counter() - t) / 1e6)
+    return out
+
+
 def rss_mb() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 1)
 
@@ -249,6 +282,8 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     lock, units = threading.Lock(), gst.UnitAccumulators()
     slots = threading.BoundedSemaphore(len(batches) + 1)
     shards = list(range(0, plan.n_obs, plan.shard_rows))
+    state_bytes = 3 * plan.n_obs * len(models) * gru.num_layers * gru.hidden_size * 2
+    warm_memory(state_bytes * 5 // 4)
     t = time.perf_counter()
     for b in range(plan.n_blocks):
         with writer.BlockWriter(plan, b) as bw:
@@ -271,6 +306,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     buf16 = {q: getattr(buf, q) for q in ("h", "z", "r")}
     plan2 = writer.begin_run(root, "store", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
                              seeds=list(range(len(models))), **meta)
+    warm_memory(state_bytes * 5 // 4)
     t = time.perf_counter()
     with writer.BlockWriter(plan2, 0) as bw:
         for s0 in shards:
@@ -281,7 +317,6 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
                 bw.write(replace(buf, seed=k, s0=s0, s1=e, h=buf.h[:n], z=buf.z[:n], r=buf.r[:n],
                                  score=buf.score[:n], summary={}, filled=[n]))
     store_s = time.perf_counter() - t
-    state_bytes = 3 * plan2.n_obs * len(models) * gru.num_layers * gru.hidden_size * 2
     return d, {"d_store_mb_s": round(state_bytes / store_s / 1e6, 1), **codec_alone(plan2, buf16)}
 
 
@@ -344,6 +379,8 @@ def end_to_end(root: Path, models, inp: dict, batch_size: int, device,
                stats: bool = False) -> tuple[float, float, float, dict]:
     """e: extract_run (begin_run, every block, finish_run) as the pipeline runs it; `stats`: the stats stage on
     the run, new and old."""
+    gru = models[0].gru
+    warm_memory(3 * int(inp["offsets"][-1]) * len(models) * gru.num_layers * gru.hidden_size * 2 * 5 // 4)
     base = rss_mb()
     with PeakRSS() as mem:
         t = time.perf_counter()
@@ -465,7 +502,11 @@ def main() -> None:
                     help="torch threads (1, as the flows run it: 2 OpenMP threads on a busy 2-core box crawl)")
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each rate")
     ap.add_argument("--dir", default=None, help="scratch dir (default: a temp dir, removed)")
+    ap.add_argument("--cold", action="store_true",
+                    help="no warm_memory before the phases that write files (time the VM's first touch too)")
     args = ap.parse_args()
+    global WARM
+    WARM = not args.cold
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     if args.real:
@@ -481,6 +522,7 @@ def main() -> None:
                  "real": bool(args.real)}
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="gruviz-bench-extract-"))
     try:
+        out.update(file_write_rates(scratch / "file-write"), warm=WARM)
         ceiling = 0.0 if args.only_e else max(gemm_gflops(device) for _ in range(max(1, args.repeats)))
         out["gemm_gflops"] = round(ceiling, 1)
         cases = {f"H{m[0].gru.hidden_size}": one_size(m, inp, args, device, scratch / f"H{i}", ceiling)
