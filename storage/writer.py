@@ -213,12 +213,14 @@ def _dogs_with_rows(offsets: np.ndarray, a: int, b: int) -> tuple[int, int]:
 
 
 class _ShardEncoder:
-    """Writes whole shards of a sharded array by Blosc-encoding its inner chunks with numcodecs directly: the Zarr
-    v3 sharding format (encoded chunks, then the (offset, nbytes) uint64 index and its crc32c, index at the end),
-    one copy of the data; an unsharded Blosc array's chunks likewise (a chunk is its own "shard"). Zarr's own
-    write copies each inner chunk several times and runs ~0.25 ms of Python per chunk while holding the GIL (the
-    store wrote at a fifth of the codec's speed, and the GRU thread waited). `of` returns None for an array laid
-    out otherwise (zarr's path is used); tests/test_states.py checks the bytes are zarr's own."""
+    """Writes whole shards of a sharded array by encoding its inner chunks with numcodecs directly (`_Chunk`:
+    numbers as bytes then Blosc or zstd, strings as vlen-utf8 then either): the Zarr v3 sharding format (encoded
+    chunks, then the (offset, nbytes) uint64 index and its crc32c, index at the end), one copy of the data; an
+    unsharded array's chunks likewise (a chunk is its own "shard"). Zarr's own write copies each inner chunk several
+    times and runs ~0.25 ms of Python per chunk while holding the GIL (the store wrote at a fifth of the codec's
+    speed, and the GRU thread waited; race_id's strings held the GIL ~0.2 s of a 3 s run at 50k dogs). `of`
+    returns None for an array laid out otherwise (zarr's path is used); tests/test_states.py checks the bytes are
+    zarr's own."""
 
     _EMPTY = np.iinfo(np.uint64).max
 
@@ -226,40 +228,62 @@ class _ShardEncoder:
         self.array, self.codec, self.inner_rows, self.shard_rows = array, codec, inner_rows, shard_rows
         self.fill = array.metadata.fill_value
         self.plain = plain
-        """An unsharded array (codecs: bytes, Blosc): each chunk is written as one encoded piece, no index."""
+        """An unsharded array (codecs: bytes or vlen-utf8, then a compressor): each chunk is one encoded piece."""
 
     @classmethod
     def of(cls, array: zarr.Array) -> _ShardEncoder | None:
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+        from zarr.codecs import ShardingCodec
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
         meta = array.metadata
-        codecs = getattr(meta, "codecs", ())
-        if (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and str(codecs[0].endian.value) == "little"
-                and isinstance(codecs[1], BloscCodec)
-                and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(array.shape[1:])):  # unsharded: a chunk is a "shard"
-            rows = int(meta.chunk_grid.chunk_shape[0])
-            return cls(array, cls._numcodec(codecs[1]), rows, rows, plain=True)
+        codecs = tuple(getattr(meta, "codecs", ()))
+        plain = cls._chunk_codec(codecs)
+        if plain is not None and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(array.shape[1:]):
+            rows = int(meta.chunk_grid.chunk_shape[0])  # unsharded: a chunk is a "shard"
+            return cls(array, plain, rows, rows, plain=True)
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
         sh = codecs[0]
-        inner = sh.codecs
-        if (sh.index_location != ShardingCodecIndexLocation.end or len(inner) != 2
-                or not isinstance(inner[0], BytesCodec) or str(inner[0].endian.value) != "little"
-                or not isinstance(inner[1], BloscCodec) or len(sh.index_codecs) != 2
-                or not isinstance(sh.index_codecs[0], BytesCodec) or not isinstance(sh.index_codecs[1], Crc32cCodec)
+        inner = cls._chunk_codec(tuple(sh.codecs))
+        if (inner is None or sh.index_location != ShardingCodecIndexLocation.end
+                or not cls._is_index_codecs(tuple(sh.index_codecs))
                 or tuple(sh.chunk_shape[1:]) != tuple(meta.chunk_grid.chunk_shape[1:])
                 or any(s % c for s, c in zip(array.shape[1:], sh.chunk_shape[1:]))):
             return None  # inner chunks split rows only (a shard may hold one column of several, as the scores)
-        return cls(array, cls._numcodec(inner[1]), int(sh.chunk_shape[0]), int(meta.chunk_grid.chunk_shape[0]))
+        return cls(array, inner, int(sh.chunk_shape[0]), int(meta.chunk_grid.chunk_shape[0]))
 
     @staticmethod
-    def _numcodec(b: BloscCodec):
-        from numcodecs import Blosc
+    def _chunk_codec(codecs: tuple):
+        """What encodes one chunk as these codecs do, or None: little-endian bytes then Blosc (numbers), or
+        vlen-utf8 then zstd or Blosc (strings)."""
+        from numcodecs import VLenUTF8, Zstd
+        from zarr.codecs import BytesCodec, VLenUTF8Codec, ZstdCodec
 
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        return Blosc(cname=str(b.cname.value), clevel=int(b.clevel), shuffle=shuffle[str(b.shuffle.value)],
-                     blocksize=int(b.blocksize), typesize=int(b.typesize))
+        if len(codecs) != 2:
+            return None
+        first, comp = codecs
+        if isinstance(comp, BloscCodec):
+            from numcodecs import Blosc
+
+            shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+            squeeze = Blosc(cname=str(comp.cname.value), clevel=int(comp.clevel), shuffle=shuffle[str(comp.shuffle.value)],
+                            blocksize=int(comp.blocksize), typesize=int(comp.typesize))
+        elif isinstance(comp, ZstdCodec):
+            squeeze = Zstd(level=comp.level, checksum=comp.checksum)
+        else:
+            return None
+        if isinstance(first, BytesCodec) and first.endian is not None and str(first.endian.value) == "little":
+            return _Chunk(None, squeeze)
+        if isinstance(first, VLenUTF8Codec):
+            return _Chunk(VLenUTF8(), squeeze)
+        return None
+
+    @staticmethod
+    def _is_index_codecs(codecs: tuple) -> bool:
+        from zarr.codecs import BytesCodec, Crc32cCodec
+
+        return (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and str(codecs[0].endian.value) == "little"
+                and isinstance(codecs[1], Crc32cCodec))
 
     def covers(self, sel: tuple[slice, ...]) -> bool:
         """Whether the selection is whole shards: rows from a shard's start to a shard's end (the last may end at the
@@ -276,7 +300,7 @@ class _ShardEncoder:
         """One shard's bytes from its rows buf: (n <= shard_rows, ...) in the array's dtype."""
         import google_crc32c
 
-        buf = np.ascontiguousarray(buf, dtype=self.array.dtype)
+        buf = self.codec.rows(buf, self.array.dtype)
         if self.plain:
             return bytes(self.codec.encode(self._padded(buf)))
         n_inner = self.shard_rows // self.inner_rows
@@ -310,6 +334,24 @@ class _ShardEncoder:
             key = self.array.metadata.encode_chunk_key(((sel[0].start + a) // self.shard_rows, *cols))
             data = await asyncio.to_thread(self.encode, buf[a : a + self.shard_rows])
             await (self.array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data))
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk's encoding: `vlen` (numcodecs VLenUTF8) for strings, None for numbers as little-endian bytes;
+    then `squeeze`, the compressor (numcodecs Blosc or Zstd)."""
+
+    vlen: object
+    squeeze: object
+
+    def rows(self, buf: np.ndarray, dtype) -> np.ndarray:
+        """buf as the chunks are cut from: contiguous in the array's dtype, or an object array of str."""
+        if self.vlen is not None:
+            return np.asarray(buf, dtype=object)
+        return np.ascontiguousarray(buf, dtype=dtype)
+
+    def encode(self, piece: np.ndarray) -> bytes:
+        return self.squeeze.encode(piece if self.vlen is None else self.vlen.encode(piece))
 
 
 def _writable(a: zarr.Array) -> zarr.Array:

@@ -320,11 +320,13 @@ def test_a_failed_batch_fails_its_block_and_leaves_no_marker(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("n_obs", [16, 13, 5, 1])
-@pytest.mark.parametrize("kind", ["states", "per_row_int", "per_row_float", "score_column", "summary_unsharded"])
+@pytest.mark.parametrize("kind", ["states", "per_row_int", "per_row_float", "per_row_str", "score_column",
+                                  "summary_unsharded"])
 def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     """The writers' direct shard encoder (storage.writer._ShardEncoder) must write what zarr itself writes, byte
     for byte, for the states (float16, 3-D) and the per-row arrays (1-D int32 and float32, written a block of
-    whole shards at once): this fails loudly if an upgrade changes zarr's shard layout or Blosc settings."""
+    whole shards at once; race_id's strings, vlen-utf8 then zstd): this fails loudly if an upgrade changes zarr's
+    shard layout, its string encoding or the compressors' settings."""
     import zarr
 
     rng = np.random.default_rng(0)
@@ -337,6 +339,9 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     elif kind == "per_row_float":
         x = rng.normal(size=n_obs).astype(np.float32)
         shape_kw = dict(chunks=(2,), shards=(8,), fill_value=np.nan)
+    elif kind == "per_row_str":  # as the run's race_id: zarr's default codecs for str (vlen-utf8, zstd)
+        x = np.array([f"R{v}-é" * (v % 3) for v in rng.integers(0, 10**6, size=n_obs)], dtype=object)
+        shape_kw = dict(chunks=(2,), shards=(8,))
     elif kind == "score_column":  # (obs, seed): a shard holds one seed's column
         x = rng.normal(size=(n_obs, 3)).astype(np.float32)
         shape_kw = dict(chunks=(2, 1), shards=(8, 1), fill_value=np.nan)
@@ -345,16 +350,18 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
         shape_kw = dict(chunks=(8, 2), fill_value=np.nan)
     root = tmp_path / "z"
     g = zarr.create_group(zarr.storage.LocalStore(root))
-    kw = dict(shape=x.shape, dtype=x.dtype, compressors=writer._compressor(), **shape_kw)
+    kw = dict(shape=x.shape, dtype=str if kind == "per_row_str" else x.dtype, **shape_kw)
+    if kind != "per_row_str":
+        kw["compressors"] = writer._compressor()
     mine, theirs = g.create_array("mine", **kw), g.create_array("theirs", **kw).with_config(writer._WRITE_CONFIG)
     enc = writer._ShardEncoder.of(mine)
     assert enc is not None
-    if kind == "per_row_int":  # a block of whole shards in one write
+    if kind in ("per_row_int", "per_row_str"):  # a block of whole shards in one write
         assert enc.covers((slice(0, n_obs),)) and not enc.covers((slice(1, n_obs),))
         assert n_obs <= 8 or not enc.covers((slice(0, n_obs - 1),))
         writer._write_all([(mine, (slice(0, n_obs),), x, enc)])
         theirs[:] = x
-    for s0 in range(0, n_obs, 8) if kind != "per_row_int" else ():
+    for s0 in range(0, n_obs, 8) if kind not in ("per_row_int", "per_row_str") else ():
         s1 = min(s0 + 8, n_obs)
         cols = [slice(k, k + 1) for k in range(3)] if kind == "score_column" else [None]
         for c in cols:
@@ -368,8 +375,10 @@ def test_shard_encoder_writes_zarrs_own_shards(tmp_path, n_obs, kind):
     assert len(files) == -(-n_obs // 8) * (3 if kind == "score_column" else 1)
     for f in files:
         assert (root / "mine" / f).read_bytes() == (root / "theirs" / f).read_bytes(), f
-    np.testing.assert_array_equal(zarr.open_array(root / "mine", mode="r")[:], x)
-    assert writer._ShardEncoder.of(g.create_array("plain", shape=(4, 2), dtype="float32", chunks=(2, 2))) is None
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(root / "mine", mode="r")[:], dtype=x.dtype), x)
+    assert writer._ShardEncoder.of(g.create_array("cols", shape=(4, 2), dtype="float32", chunks=(2, 1))) is None
+    assert writer._ShardEncoder.of(g.create_array("gzip", shape=(4, 2), dtype="float32", chunks=(2, 2),
+                                                  compressors=zarr.codecs.GzipCodec())) is None
 
 
 def test_str_objects_keeps_an_array_of_str_and_converts_anything_else():
