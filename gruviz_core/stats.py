@@ -392,22 +392,21 @@ _PLATEAU_ROWS = 1 << 20
 
 
 def _plateau_steps(s: np.ndarray, step: np.ndarray, offsets: np.ndarray, *, w: int, delta: float, k: int) -> np.ndarray:
-    n_dogs = len(offsets) - 1
+    n_dogs, n = len(offsets) - 1, len(s)
     out = np.full(n_dogs, np.nan)
+    if n < k:
+        return out
     below = relative_change(s, step, w=w) < delta  # NaN compares False
-    cs = np.concatenate([[0], np.cumsum(below, dtype=np.int64)])
-    n = len(s)
-    i = np.arange(n)
-    end = i + k  # exclusive end of the k-window
-    sizes = np.diff(offsets)
-    dog = np.repeat(np.arange(n_dogs), sizes)
-    last_row = offsets[1:][dog]  # exclusive end of the row's dog
-    fits = end <= last_row
-    window_ok = np.zeros(n, dtype=bool)
-    window_ok[fits] = (cs[end[fits]] - cs[i[fits]]) == k
-    hit = np.flatnonzero(window_ok & (step >= w))
+    cs = np.zeros(n + 1, np.int64)
+    np.cumsum(below, out=cs[1:])
+    m = n - k + 1  # rows i whose window i .. i + k - 1 lies within the rows
+    ok = (cs[k:] - cs[:m]) == k  # every r in the window below delta
+    ok &= np.arange(k, n + 1) <= np.repeat(offsets[1:], np.diff(offsets))[:m]  # ... and within the row's dog
+    ok &= step[:m] >= w
+    hit = np.flatnonzero(ok)
     if len(hit):
-        d, first = np.unique(dog[hit], return_index=True)
+        dog = np.searchsorted(offsets, hit, "right") - 1  # a dog without rows shares its start with the next
+        d, first = np.unique(dog, return_index=True)
         out[d] = step[hit[first]]
     return out
 
@@ -526,7 +525,7 @@ def kaplan_meier(plateau: np.ndarray, n_steps: np.ndarray, rule: CohortRule) -> 
 def step_quartiles(scan: SeedScan, step, dog_cohort_row, layer: int) -> pd.DataFrame:
     df = pd.DataFrame({"step": step, "cohort": dog_cohort_row, "s": scan.s[:, layer], "f": scan.f[:, layer, 1]})
     parts = []
-    for name, sub in [("all", df), *df.groupby("cohort", sort=True)]:
+    for name, sub in [("all", df), *df.groupby("cohort", sort=True, observed=True)]:
         g = sub.groupby("step")
         q = g[["s", "f"]].quantile([0.25, 0.5, 0.75]).unstack()
         parts.append(pd.DataFrame({

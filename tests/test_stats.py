@@ -108,17 +108,31 @@ def test_plateau_step_table(s, w, delta, k, expected):
         assert got == expected
 
 
+def _plateau_by_definition(s: np.ndarray, w: int, delta: float, k: int) -> float:
+    """T* of one dog by the definition, step by step: the first t >= w with r_t .. r_(t+k-1) all < delta."""
+    r = [abs(s[t - 1] - s[t - 1 - w]) / max(abs(s[t - 1 - w]), 1e-6) if t > w else np.nan
+         for t in range(1, len(s) + 1)]
+    for t in range(w, len(s) - k + 2):
+        if all(r[u - 1] < delta for u in range(t, t + k)):
+            return float(t)
+    return np.nan
+
+
 def test_plateau_steps_ragged_equals_per_dog():
     rng = np.random.default_rng(3)
     series = [_ramp_then_flat(int(r), int(f)) + rng.normal(scale=0.003, size=int(r + f))
               for r, f in rng.integers(1, 25, size=(40, 2))]
+    series[5] = series[17] = series[-1] = np.zeros(0)  # dogs without rows, in the middle and last
+    series[9] = np.full(3, 0.5)  # shorter than w + k
     s = np.concatenate(series)
     sizes = np.array([len(x) for x in series])
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     step = np.concatenate([np.arange(1, n + 1) for n in sizes])
-    got = stats.plateau_steps(s, step, offsets, w=4, delta=0.02, k=3)
-    want = [stats.plateau_step(x, w=4, delta=0.02, k=3) for x in series]
-    np.testing.assert_array_equal(got, want)
+    for w, delta, k in ((4, 0.02, 3), (1, 0.05, 1), (3, 0.01, 5)):
+        got = stats.plateau_steps(s, step, offsets, w=w, delta=delta, k=k)
+        want = [_plateau_by_definition(x, w, delta, k) for x in series]
+        assert np.isfinite(want).sum() > 5
+        np.testing.assert_array_equal(got, want)
 
 
 def test_plateau_rejects_bad_params():

@@ -73,7 +73,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
     n_steps = np.diff(offsets)
     step = (np.arange(n_obs) - np.repeat(offsets[:-1], n_steps) + 1).astype(np.int32)
     units, eff_dim, dog_seed, counts, row_summary = [], {}, [], {}, []
-    scan0 = None
+    scan0 = d0 = None
     for k, scan in enumerate(scans):
         hl = st.unit_health(scan.moments, health) if scan.moments.n else None
         if hl is not None:
@@ -85,7 +85,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
                                       "plateau_step": d["plateau_step"], "cohort": d["cohort"]}))
         row_summary.append(_row_summary(k, scan, step, n_steps))
         if k == 0:
-            scan0 = scan
+            scan0, d0 = scan, d  # seed 0's cohort layer, again below
         else:
             del scan
     # the tables are written by two threads while the rest is computed (Parquet's encoding and compression
@@ -98,7 +98,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
         dog_rows, step_tables, plateau_tables = [], [], []
         cohort_of_dog = None
         for li in range(L):
-            d = st.dog_layer_table(scan0, step, offsets, rule, li)
+            d = d0 if li == layer else st.dog_layer_table(scan0, step, offsets, rule, li)
             if li == layer:
                 cohort_of_dog = d["cohort"]
                 thresholds = {"theta": d["thresholds"][0], "low": d["thresholds"][1], "tau": rule.tau}
@@ -110,7 +110,8 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
                 "cohort": d["cohort"], "cohort_layer": li == layer, "debut_observed": debut,
             }))
             plateau_tables.append(st.kaplan_meier(d["plateau_step"], d["n_steps"], rule).assign(layer=li))
-        row_cohort = np.repeat(cohort_of_dog, n_steps)
+        cohort_cat = pd.Categorical(cohort_of_dog)  # factorised by dog, not by row
+        row_cohort = pd.Categorical.from_codes(np.repeat(cohort_cat.codes, n_steps), cohort_cat.categories)
         for li in range(L):
             step_tables.append(st.step_quartiles(scan0, step, row_cohort, li))
         dog_index_row = np.repeat(np.arange(len(n_steps)), n_steps)
