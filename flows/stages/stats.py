@@ -208,7 +208,9 @@ def _debut_observed(race_date: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     if len(d) == 0:
         return np.zeros(n, dtype=bool)
     first = d[np.minimum(offsets[:-1], len(d) - 1)]
-    months = np.unique(d[~np.isnat(d)].astype("datetime64[M]"))
+    m = d[~np.isnat(d)].astype("datetime64[M]").astype(np.int64)  # the months with races, sorted: by counting
+    months = (np.flatnonzero(np.bincount(m - m.min())) + m.min()).astype("datetime64[M]") if len(m) else m.astype(
+        "datetime64[M]")
     return co.debut_observed(first, months) & (np.diff(offsets) > 0)
 
 
