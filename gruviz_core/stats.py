@@ -525,17 +525,29 @@ def kaplan_meier(plateau: np.ndarray, n_steps: np.ndarray, rule: CohortRule) -> 
 
 
 def step_quartiles(scan: SeedScan, step, dog_cohort_row, layer: int) -> pd.DataFrame:
+    """Quartiles of s and F_0.95 by step: every dog ("all"), then each cohort (sorted); the cohorts' come from
+    one groupby over (cohort, step), the same values per group as a groupby per cohort, in one sort."""
     df = pd.DataFrame({"step": step, "cohort": dog_cohort_row, "s": scan.s[:, layer], "f": scan.f[:, layer, 1]})
-    parts = []
-    for name, sub in [("all", df), *df.groupby("cohort", sort=True, observed=True)]:
-        g = sub.groupby("step")
-        q = g[["s", "f"]].quantile([0.25, 0.5, 0.75]).unstack()
-        parts.append(pd.DataFrame({
-            "layer": layer, "step": q.index.to_numpy(), "cohort": name, "n": g.size().to_numpy(),
+    qs = [0.25, 0.5, 0.75]
+
+    def part(name, q: pd.DataFrame, n: np.ndarray, steps: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({
+            "layer": layer, "step": steps, "cohort": name, "n": n,
             "s_q25": q[("s", 0.25)].to_numpy(), "s_q50": q[("s", 0.5)].to_numpy(), "s_q75": q[("s", 0.75)].to_numpy(),
             "f095_q25": q[("f", 0.25)].to_numpy(), "f095_q50": q[("f", 0.5)].to_numpy(),
             "f095_q75": q[("f", 0.75)].to_numpy(),
-        }))
+        })
+
+    g = df.groupby("step")
+    q = g[["s", "f"]].quantile(qs).unstack()
+    parts = [part("all", q, g.size().to_numpy(), q.index.to_numpy())]
+    gc = df.groupby(["cohort", "step"], sort=True, observed=True)
+    qc, nc = gc[["s", "f"]].quantile(qs).unstack(), gc.size()
+    cohort = qc.index.get_level_values(0)
+    for name in cohort.unique():
+        rows = np.flatnonzero(cohort == name)
+        parts.append(part(name, qc.iloc[rows], nc.iloc[rows].to_numpy(),
+                          qc.index.get_level_values(1)[rows].to_numpy()))
     return pd.concat(parts, ignore_index=True)
 
 

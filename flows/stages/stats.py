@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from gruviz_core.cohorts import CohortRule
 from gruviz_core.errors import ConfigError
 from gruviz_core.results import StatsSummary
 from storage.layout import RunLayout
-from storage.states import StatesReader, open_states
+from storage.states import StatesReader, open_states, prefetch
 from storage.store import location as store_path
 from storage.tables import read_record, write_json, write_table
 
@@ -52,8 +52,12 @@ def compute_stats(
     if rule.tau not in st.TAUS:
         raise ConfigError(f"cohort rule {rule.name}: tau={rule.tau} is not one of the stored thresholds {st.TAUS}")
     reader = open_states(run_dir, allow_incomplete=allow_incomplete)
-    scans = (seed_scan(reader, k) for k in range(len(reader.seeds)))  # one seed's rows in memory at a time
-    return _aggregate(run_dir, reader, scans, rule, health, t0)
+    # the reads run ahead in worker threads (decoding releases the GIL): the race dates, and the next seed's
+    # summaries while one seed is aggregated (two seeds' rows in memory at a time, not one)
+    with ThreadPoolExecutor(1, thread_name_prefix="gruviz-stats-read") as ahead:
+        dates = ahead.submit(reader.race_dates)
+        scans = prefetch(seed_scan(reader, k) for k in range(len(reader.seeds)))
+        return _aggregate(run_dir, reader, scans, dates, rule, health, t0)
 
 
 def seed_scan(reader: StatesReader, seed: int) -> st.SeedScan:
@@ -64,9 +68,10 @@ def seed_scan(reader: StatesReader, seed: int) -> st.SeedScan:
     return st.SeedScan.from_summaries(reader.row_summaries(seed), units, reader.n_units)
 
 
-def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule: CohortRule,
+def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], dates: Future, rule: CohortRule,
                health: st.UnitHealthParams, t0: float) -> dict:
-    """Every stats table and the summary from each seed's scan (seed order), written under the run."""
+    """Every stats table and the summary from each seed's scan (seed order), written under the run; `dates`:
+    the rows' race dates, being read."""
     L, n_obs = reader.n_layers, reader.n_obs
     layer = rule.layer % L
     offsets = run_offsets(reader)
@@ -94,7 +99,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], rule
         writes = [pool.submit(write_table, run_dir, "row_summary", pd.concat(row_summary, ignore_index=True))]
         del row_summary
         idx = reader.index()
-        debut = _debut_observed(reader.race_dates(), offsets)
+        debut = _debut_observed(dates.result(), offsets)
         dog_rows, step_tables, plateau_tables = [], [], []
         cohort_of_dog = None
         for li in range(L):
