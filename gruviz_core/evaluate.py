@@ -451,7 +451,7 @@ def _kappa_rows(status: SeedStatus, steps: tuple[int, ...], weights: np.ndarray 
     out = []
     for t in steps:
         labels, dogs = rp.status_labels(plateau, status.n_steps, t, w=status.w, k=status.k, keep=status.step_ok)
-        a = rp.kappa_or_not(labels, weights=None if weights is None else np.asarray(weights)[:, dogs])
+        a = rp.kappa_or_not(labels, weights=weights, cols=None if weights is None else dogs)
         out.append(("fleiss_kappa", "step", "settled/settling", float(t), a.kappa, a.lo, a.hi, a.n, "dogs", a.note))
         out += [("agreement", "step", c, float(t), v, np.nan, np.nan, n, "dogs", "") for c, v, n in a.categories]
     return out

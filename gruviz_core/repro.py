@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gruviz_core.comparisons import product_dtype, weighted
+from gruviz_core.comparisons import product_dtype, replicate_blocks, weighted
 from gruviz_core.errors import ConfigError
 
 __all__ = [
@@ -232,19 +232,25 @@ def _counts(labels: np.ndarray, cats: Sequence[str] | None = None) -> np.ndarray
     return np.stack([(s == c).sum(1) for c in cats], axis=1).astype(np.float64)
 
 
-def _kappa_of(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _kappa_of(counts: np.ndarray, weights: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
     """Fleiss' kappa under item weights. counts: (N, C) raters per category, every row summing to K;
-    weights: (B, N) -> (B,); NaN where chance agreement is 1 or no item has weight."""
+    weights: (B, N), or (B, items) of which `cols` are the N -> (B,); NaN where chance agreement is 1 or no item
+    has weight.
+
+    The products run in float64 on whole numbers (counts, agreeing pairs, bootstrap counts), by blocks of
+    replicates: every sum is exact (below 2**53), so the answer is the same whatever the blocking, and a block's
+    float copy of the weights is all the memory it takes (a million dogs' float32 copy was 4 GB)."""
     counts = np.asarray(counts, dtype=np.float64)
     k = counts[0].sum() if len(counts) else 0.0
-    p_i = ((counts * counts).sum(1) - k) / (k * (k - 1))  # (N,) agreeing pairs of raters per item
-    w = np.asarray(weights)
-    dt = product_dtype(w)
-    tot = w.sum(1).astype(np.float64)  # (B,) whole counts: exact in either type
+    pairs = np.column_stack([(counts * counts).sum(1) - k, counts])  # (N, 1 + C): agreeing ordered pairs, counts
+    n_b = np.asarray(weights).shape[0]
+    sums, tot = np.empty((n_b, pairs.shape[1])), np.empty(n_b)
+    for rows, w in replicate_blocks(weights, cols, dtype=np.float64):
+        np.matmul(w, pairs, out=sums[rows])
+        tot[rows] = w.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        wf = w.astype(dt, copy=False)  # whole: w is a column selection (Fortran order), whose products by blocks differ
-        p_obs = (wf @ p_i.astype(dt)).astype(np.float64) / tot
-        p_c = (wf @ counts.astype(dt)).astype(np.float64) / (k * tot[:, None])  # (B, C)
+        p_obs = sums[:, 0] / (k * (k - 1)) / tot
+        p_c = sums[:, 1:] / (k * tot[:, None])  # (B, C)
         pe = (p_c * p_c).sum(1)
         return np.where(pe < 1.0 - 1e-12, (p_obs - pe) / (1.0 - pe), np.nan)
 
@@ -315,10 +321,12 @@ class Agreement:
 
 def kappa_or_not(
     labels: np.ndarray, *, max_share: float = MAX_LABEL_SHARE, weights: np.ndarray | None = None,
+    cols: np.ndarray | None = None,
 ) -> Agreement:
     """Fleiss' kappa of (N, K) labels, "not estimable" when one label covers more than max_share of them.
 
-    weights: (B, N) item bootstrap weights for the interval (e.g. Poisson(1) per dog), or None.
+    weights: (B, N) item bootstrap weights for the interval (e.g. Poisson(1) per dog), or None; or (B, dogs)
+    with `cols` the N labelled dogs' columns (selected a block of replicates at a time, never copied whole).
     """
     labels = np.asarray(labels, dtype=object)
     if labels.ndim != 2 or labels.shape[1] < 2:
@@ -342,7 +350,7 @@ def kappa_or_not(
     kappa = float(_kappa_of(counts, np.ones((1, n)))[0])
     lo = hi = np.nan
     if weights is not None:
-        reps = _kappa_of(counts, weights)
+        reps = _kappa_of(counts, weights, cols)
         reps = reps[np.isfinite(reps)]
         if len(reps) >= 2:
             lo, hi = (float(v) for v in np.percentile(reps, [2.5, 97.5]))

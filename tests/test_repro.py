@@ -140,6 +140,32 @@ def test_kappa_recovers_a_planted_agreement_level(alpha):
     assert a.kappa == pytest.approx(rp.fleiss_kappa(lab))
 
 
+def test_kappa_interval_by_blocks_of_replicates_is_exact_and_takes_the_columns_a_block_at_a_time(monkeypatch):
+    """The bootstrap kappas are sums of whole numbers in float64: cut into many blocks of replicates they are the
+    same to the bit as in one block, with the labelled dogs' columns selected block by block (a million dogs'
+    float32 copy of the weights was 4 GB), and each replicate is Fleiss' kappa of its weighted counts."""
+    from gruviz_core import comparisons
+
+    lab = _planted_labels(3000, 4, 0.8, 0.4, seed=3)
+    w = np.random.default_rng(2).poisson(1.0, size=(100, 5000)).astype(np.uint8)
+    dogs = np.sort(np.random.default_rng(4).choice(5000, 3000, replace=False))
+    whole = rp.kappa_or_not(lab, weights=w[:, dogs])
+    counts = rp._counts(lab, sorted(set(lab.ravel())))
+    reps_whole = rp._kappa_of(counts, w[:, dogs])
+    monkeypatch.setattr(comparisons, "_BLOCK_BYTES", 16 * 3000 * 8)  # blocks of 16 replicates
+    reps = rp._kappa_of(counts, w, dogs)
+    np.testing.assert_array_equal(reps, reps_whole)
+    blocked = rp.kappa_or_not(lab, weights=w, cols=dogs)
+    assert (blocked.kappa, blocked.lo, blocked.hi) == (whole.kappa, whole.lo, whole.hi)
+    for b in (0, 57):  # by the definition: weighted observed and chance agreement
+        wb = w[b, dogs].astype(np.float64)
+        k = 4
+        p_i = ((counts**2).sum(1) - k) / (k * (k - 1))
+        p_obs = (wb * p_i).sum() / wb.sum()
+        p_c = (wb[:, None] * counts).sum(0) / (k * wb.sum())
+        assert reps[b] == pytest.approx((p_obs - (p_c**2).sum()) / (1 - (p_c**2).sum()), rel=1e-12)
+
+
 def test_degenerate_labelling_is_not_estimable_with_the_reason_and_per_category_agreement():
     lab = np.full((1000, 3), "settling", dtype=object)
     lab[0, :2] = "settled"  # one dog settled under two of three seeds: kappa would be an unstable ratio of tiny numbers
