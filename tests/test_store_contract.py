@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gruviz_core.errors import NotFoundError, StoreError
+from gruviz_core.errors import ConfigError, NotFoundError, StoreError
 from gruviz_core.records import from_json
 from storage.local import LocalStore
 from storage.objects import MemoryStore, ObjectStore
@@ -121,6 +121,24 @@ class StoreContract:
         with store.open("t/dogs.parquet") as f:
             meta = pq.ParquetFile(f).metadata
             assert meta.row_group(0).column(0).compression == "ZSTD"
+
+    def test_parquet_in_parts_is_one_table_and_parts_of_a_row_group_write_the_whole_tables_file(self, store):
+        from storage.store import PARQUET_ROWS
+
+        n = PARQUET_ROWS * 2 + 12_345  # three row groups
+        rng = np.random.default_rng(0)
+        df = pd.DataFrame({"dog_index": np.arange(n, dtype=np.int32) // 7, "s": rng.random(n).astype(np.float32),
+                           "cohort": np.where(np.arange(n) % 3 == 0, "settled", "settling")})
+        store.write_parquet("t/whole.parquet", df)
+        store.write_parquet("t/parts.parquet", (df.iloc[a:a + PARQUET_ROWS] for a in range(0, n, PARQUET_ROWS)))
+        assert store.read_bytes("t/parts.parquet") == store.read_bytes("t/whole.parquet")
+        pd.testing.assert_frame_equal(store.read_parquet("t/parts.parquet"), df)
+        ragged = [df.iloc[:10], df.iloc[10:11].assign(s=np.float32("nan")), df.iloc[11:40]]
+        store.write_parquet("t/ragged.parquet", iter(ragged))
+        pd.testing.assert_frame_equal(store.read_parquet("t/ragged.parquet"), pd.concat(ragged, ignore_index=True))
+        with pytest.raises(ConfigError, match="no parts"):
+            store.write_parquet("t/none.parquet", iter([]))
+        assert not store.exists("t/none.parquet")
 
     def test_pointers_start_empty_and_with_a_rank_only_move_forward(self, store):
         assert store.pointer("runs/LATEST") is None

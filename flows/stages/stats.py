@@ -19,9 +19,9 @@ x 8 float32 at a time), merges the accumulators and builds the tables (gruviz_co
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from gruviz_core.errors import ConfigError
 from gruviz_core.results import StatsSummary
 from storage.layout import RunLayout
 from storage.states import StatesReader, open_states, prefetch
+from storage.store import PARQUET_ROWS
 from storage.store import location as store_path
 from storage.tables import read_record, write_json, write_table
 
@@ -88,7 +89,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], date
         d = st.dog_layer_table(scan, step, offsets, rule, layer)
         dog_seed.append(pd.DataFrame({"seed": k, "dog_index": np.arange(len(n_steps)),
                                       "plateau_step": d["plateau_step"], "cohort": d["cohort"]}))
-        row_summary.append(_row_summary(k, scan, step, n_steps))
+        row_summary.append((k, _SummaryRows.of(scan)))  # its arrays, not a frame: written by slices below
         if k == 0:
             scan0, d0 = scan, d  # seed 0's cohort layer, again below
         else:
@@ -96,7 +97,9 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], date
     # the tables are written by two threads while the rest is computed (Parquet's encoding and compression
     # release the GIL): on the Iggy night the writes took 0.44 s of the stage's 1.18 s, one after another
     with ThreadPoolExecutor(2, thread_name_prefix="gruviz-stats-write") as pool:
-        writes = [pool.submit(write_table, run_dir, "row_summary", pd.concat(row_summary, ignore_index=True))]
+        # the two long tables go by slices of rows (Parquet row groups), never a whole frame and its Arrow copy
+        writes = [pool.submit(write_table, run_dir, "row_summary",
+                              (part for k, rows in row_summary for part in _row_summary(k, rows, step, n_steps)))]
         del row_summary
         idx = reader.index()
         debut = _debut_observed(dates.result(), offsets)
@@ -119,15 +122,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], date
         row_cohort = pd.Categorical.from_codes(np.repeat(cohort_cat.codes, n_steps), cohort_cat.categories)
         for li in range(L):
             step_tables.append(st.step_quartiles(scan0, step, row_cohort, li))
-        dog_index_row = np.repeat(np.arange(len(n_steps)), n_steps)
-        dog_step = pd.DataFrame({
-            "dog_index": np.repeat(dog_index_row, L), "step": np.repeat(step, L), "layer": np.tile(np.arange(L), n_obs),
-            "abs_sum": scan0.abs_sum.ravel(), "s": scan0.s.ravel(),
-            **{c: scan0.f[:, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)}, "delta": scan0.delta.ravel(),
-            "max_abs": scan0.max_abs.ravel(), "move": scan0.move.ravel(), "write": scan0.write.ravel(),
-        })
-        writes.append(pool.submit(write_table, run_dir, "dog_step", dog_step))
-        del dog_step
+        writes.append(pool.submit(write_table, run_dir, "dog_step", _dog_step(scan0, step, n_steps)))
         writes += [pool.submit(write_table, run_dir, "dog", pd.concat(dog_rows, ignore_index=True)),
                    pool.submit(write_table, run_dir, "dog_seed", pd.concat(dog_seed, ignore_index=True))]
         if units:
@@ -162,16 +157,56 @@ _KM_GRID: tuple[tuple[str, tuple[float, ...]], ...] = (("w", (3, 8)), ("delta", 
 """One-at-a-time moves of the plateau's parameters for the time to plateau (it moves with the tolerance)."""
 
 
-def _row_summary(seed: int, scan: st.SeedScan, step: np.ndarray, n_steps: np.ndarray) -> pd.DataFrame:
-    """One seed's per-row summaries, every layer: seed, layer, dog_index, step, s, f090.., max_abs, move, write."""
-    n_obs, L = scan.s.shape
+@dataclass(frozen=True)
+class _SummaryRows:
+    """A seed's per-row summaries as the row_summary table takes them: (obs, L) float32 each (the scan's own)."""
+
+    s: np.ndarray
+    f: np.ndarray
+    max_abs: np.ndarray
+    move: np.ndarray
+    write: np.ndarray
+
+    @classmethod
+    def of(cls, scan: st.SeedScan) -> _SummaryRows:
+        return cls(scan.s, scan.f, scan.max_abs, scan.move, scan.write)
+
+
+def _row_slices(n_obs: int, step: np.ndarray, n_steps: np.ndarray):
+    """(rows, dog_index of those rows, their steps) for slices of PARQUET_ROWS rows (one slice when empty)."""
     dog = np.repeat(np.arange(len(n_steps), dtype=np.int32), n_steps)
-    return pd.DataFrame({
-        "seed": np.full(n_obs * L, seed, np.int16), "layer": np.tile(np.arange(L, dtype=np.int16), n_obs),
-        "dog_index": np.repeat(dog, L), "step": np.repeat(step, L), "s": scan.s.ravel(),
-        **{c: scan.f[:, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)},
-        "max_abs": scan.max_abs.ravel(), "move": scan.move.ravel(), "write": scan.write.ravel(),
-    })
+    for a in range(0, max(n_obs, 1), PARQUET_ROWS):
+        rows = slice(a, min(a + PARQUET_ROWS, n_obs))
+        yield rows, dog[rows], step[rows]
+
+
+def _row_summary(seed: int, scan: _SummaryRows, step: np.ndarray, n_steps: np.ndarray) -> Iterator[pd.DataFrame]:
+    """One seed's per-row summaries, every layer, by slices of rows: seed, layer, dog_index, step, s, f090..,
+    max_abs, move, write."""
+    n_obs, L = scan.s.shape
+    for rows, dog, steps in _row_slices(n_obs, step, n_steps):
+        n = len(dog)
+        yield pd.DataFrame({
+            "seed": np.full(n * L, seed, np.int16), "layer": np.tile(np.arange(L, dtype=np.int16), n),
+            "dog_index": np.repeat(dog, L), "step": np.repeat(steps, L), "s": scan.s[rows].ravel(),
+            **{c: scan.f[rows, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)},
+            "max_abs": scan.max_abs[rows].ravel(), "move": scan.move[rows].ravel(), "write": scan.write[rows].ravel(),
+        })
+
+
+def _dog_step(scan: st.SeedScan, step: np.ndarray, n_steps: np.ndarray) -> Iterator[pd.DataFrame]:
+    """Seed 0's rows, every layer, by slices of rows: dog_index, step, layer, abs_sum, s, f090.., delta, max_abs,
+    move, write."""
+    n_obs, L = scan.s.shape
+    for rows, dog, steps in _row_slices(n_obs, step, n_steps):
+        n = len(dog)
+        yield pd.DataFrame({
+            "dog_index": np.repeat(dog.astype(np.int64), L), "step": np.repeat(steps, L),
+            "layer": np.tile(np.arange(L), n), "abs_sum": scan.abs_sum[rows].ravel(), "s": scan.s[rows].ravel(),
+            **{c: scan.f[rows, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)},
+            "delta": scan.delta[rows].ravel(), "max_abs": scan.max_abs[rows].ravel(),
+            "move": scan.move[rows].ravel(), "write": scan.write[rows].ravel(),
+        })
 
 
 def _saturation_summary(scan: st.SeedScan, step: np.ndarray, offsets: np.ndarray, rule: CohortRule,
