@@ -31,12 +31,14 @@ and the single-layer passes of the layers below the top in a deeper GRU). Target
 e >= 0.7 b and e >= 10 a at every size, c >= 30% of the ceiling, the 1e-5 check passing on every batch.
 
 Issue 26's targets: e's time <= 1.25 x max(c's, d's), e >= 0.38 b, the store at >= 70% of the codec, the stats
-stage at most a third of the old one's time. One run on the shared 2-core box (50k dogs, one torch thread, best
-of 2, 2026-12-07 evening, after the direct encoder took the rows' metadata, the summaries and the scores too):
-H64 e/b 0.355, e/max(c, d) 1.31, store 626 MB/s = 0.32 of lz4-5 bitshuffle (1966 MB/s, ratio 1.24), stats
-0.92 s vs 2.68 s (0.34); H128 e/b 0.436, e/max(c, d) 1.25, store 0.35 of the codec, stats 1.13 s vs 5.20 s (0.22).
-Before this session's changes (same box, another process on a core for part of it): H64 e/b 0.22-0.26,
-e/max(c, d) 1.96-2.0. The machine is noisy: repeated e-only runs at H64 spread 210k-320k dog-steps/s.
+stage at most a third of the old one's time. Three runs on the shared 2-core box (50k dogs, one torch thread, best
+of 2, 2026-12-07 night, memory touched before the writing phases, stats best of 3 from the second run on):
+H64 e/b 0.384 / 0.366 / 0.353, e/max(c, d) 1.23 / 1.26 / 1.49, store 0.87 / 0.68 / 0.71 of lz4-5 bitshuffle
+(~1,950 MB/s), stats 0.42 (one call each) / 0.23 / 0.20; H128 e/b 0.39 / 0.46 / 0.48, e/max(c, d) 1.28 / 1.11 /
+1.19, store 0.90 / 1.11 / 0.91, stats 0.26 / 0.21 / 0.14. On the Iggy night (--real, H48, 2 seeds) stats 0.41-0.44 s
+against 1.70-1.72 s (0.24-0.26). Cold (--cold: a new file's pages first touched during the write, 0.4 GB/s here)
+the store wrote at 0.32-0.35 of the codec. The machine is noisy: repeated e-only runs at H64 spread 245k-345k
+dog-steps/s, so e/b at H64 sits on the 0.38 line and e/max(c, d) on the 1.25 line.
 
 On a CUDA machine the cases run on the GPU (CPU torch threads still --threads) and a CUDA-vs-CPU
 equivalence check extracts a sample of dogs on both. Lengths are synthetic with a long tail
