@@ -140,6 +140,14 @@ class StoreContract:
             store.write_parquet("t/none.parquet", iter([]))
         assert not store.exists("t/none.parquet")
 
+        def failing():
+            yield df.iloc[:10]
+            raise RuntimeError("the second part failed")
+
+        with pytest.raises(RuntimeError, match="second part"):
+            store.write_parquet("t/half.parquet", failing())
+        assert not store.exists("t/half.parquet")  # nothing half-written that reads as the table
+
     def test_pointers_start_empty_and_with_a_rank_only_move_forward(self, store):
         assert store.pointer("runs/LATEST") is None
         nights = {"r1": "2026-12-01", "r2": "2026-12-03", "r3": "2026-12-02"}
