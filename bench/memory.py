@@ -29,7 +29,9 @@ Measured (2 cores, 24 GiB): features 1.9 GB at 250k dogs (4.85M rows), 2.64 GB a
 4.35 GB (209 s) at 1M (19.4M rows); evaluate (resilience beside the comparisons) before issue 26's bounds:
 5.82 GB at 250k, 10.91 GB at 500k (about 21 GB at 1M by the slope); with uint8 bootstrap weights cast a
 block of replicates at a time, plateau steps by blocks of dogs and resilience's inputs kept packed: 1.92 GB
-at 250k (33 s), 3.19 GB at 500k (67 s), 5.85 GB at 1M (118 s, measured).
+at 250k (33 s), 3.19 GB at 500k (67 s), 5.85 GB at 1M (118 s, measured); 5.81 GB (117 s) on 2026-12-07 night.
+Stats at 1M (same kept store, --again stats): 4.81 GB / 30.3 s before that night's changes, 4.18 GB / 17.4 s with
+its two long tables written by slices of rows (Parquet row groups) and no dictionary tried on float columns.
 """
 
 from __future__ import annotations
