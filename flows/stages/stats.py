@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], date
         d = st.dog_layer_table(scan, step, offsets, rule, layer)
         dog_seed.append(pd.DataFrame({"seed": k, "dog_index": np.arange(len(n_steps)),
                                       "plateau_step": d["plateau_step"], "cohort": d["cohort"]}))
-        row_summary.append((k, _SummaryRows.of(scan)))  # its arrays, not a frame: written by slices below
+        row_summary.append((k, _summary_columns(scan)))  # its arrays, not a frame: written by slices below
         if k == 0:
             scan0, d0 = scan, d  # seed 0's cohort layer, again below
         else:
@@ -99,7 +99,7 @@ def _aggregate(run_dir, reader: StatesReader, scans: Iterable[st.SeedScan], date
     with ThreadPoolExecutor(2, thread_name_prefix="gruviz-stats-write") as pool:
         # the two long tables go by slices of rows (Parquet row groups), never a whole frame and its Arrow copy
         writes = [pool.submit(write_table, run_dir, "row_summary",
-                              (part for k, rows in row_summary for part in _row_summary(k, rows, step, n_steps)))]
+                              (part for k, cols in row_summary for part in _row_summary(k, cols, step, n_steps)))]
         del row_summary
         idx = reader.index()
         debut = _debut_observed(dates.result(), offsets)
@@ -157,56 +157,39 @@ _KM_GRID: tuple[tuple[str, tuple[float, ...]], ...] = (("w", (3, 8)), ("delta", 
 """One-at-a-time moves of the plateau's parameters for the time to plateau (it moves with the tolerance)."""
 
 
-@dataclass(frozen=True)
-class _SummaryRows:
-    """A seed's per-row summaries as the row_summary table takes them: (obs, L) float32 each (the scan's own)."""
-
-    s: np.ndarray
-    f: np.ndarray
-    max_abs: np.ndarray
-    move: np.ndarray
-    write: np.ndarray
-
-    @classmethod
-    def of(cls, scan: st.SeedScan) -> _SummaryRows:
-        return cls(scan.s, scan.f, scan.max_abs, scan.move, scan.write)
+def _summary_columns(scan: st.SeedScan) -> dict[str, np.ndarray]:
+    """A seed's per-row summaries as row_summary's value columns: {name: (obs, L) float32} (the scan's own)."""
+    return {"s": scan.s, **{c: scan.f[:, :, i] for i, c in enumerate(st.TAU_COLUMNS)}, "max_abs": scan.max_abs,
+            "move": scan.move, "write": scan.write}
 
 
-def _row_slices(n_obs: int, step: np.ndarray, n_steps: np.ndarray):
-    """(rows, dog_index of those rows, their steps) for slices of PARQUET_ROWS rows (one slice when empty)."""
+def _by_rows(values: dict[str, np.ndarray], step: np.ndarray, n_steps: np.ndarray, keys) -> Iterator[pd.DataFrame]:
+    """A long table by slices of PARQUET_ROWS rows (one slice when empty), every layer of a row together: the key
+    columns `keys(dog, steps, L)` of the slice's rows, then each (obs, L) value array."""
+    L = next(iter(values.values())).shape[1]
     dog = np.repeat(np.arange(len(n_steps), dtype=np.int32), n_steps)
-    for a in range(0, max(n_obs, 1), PARQUET_ROWS):
-        rows = slice(a, min(a + PARQUET_ROWS, n_obs))
-        yield rows, dog[rows], step[rows]
+    for a in range(0, max(len(step), 1), PARQUET_ROWS):
+        rows = slice(a, min(a + PARQUET_ROWS, len(step)))
+        yield pd.DataFrame({**keys(dog[rows], step[rows], L), **{c: v[rows].ravel() for c, v in values.items()}})
 
 
-def _row_summary(seed: int, scan: _SummaryRows, step: np.ndarray, n_steps: np.ndarray) -> Iterator[pd.DataFrame]:
+def _row_summary(seed: int, values: dict[str, np.ndarray], step: np.ndarray,
+                 n_steps: np.ndarray) -> Iterator[pd.DataFrame]:
     """One seed's per-row summaries, every layer, by slices of rows: seed, layer, dog_index, step, s, f090..,
     max_abs, move, write."""
-    n_obs, L = scan.s.shape
-    for rows, dog, steps in _row_slices(n_obs, step, n_steps):
-        n = len(dog)
-        yield pd.DataFrame({
-            "seed": np.full(n * L, seed, np.int16), "layer": np.tile(np.arange(L, dtype=np.int16), n),
-            "dog_index": np.repeat(dog, L), "step": np.repeat(steps, L), "s": scan.s[rows].ravel(),
-            **{c: scan.f[rows, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)},
-            "max_abs": scan.max_abs[rows].ravel(), "move": scan.move[rows].ravel(), "write": scan.write[rows].ravel(),
-        })
+    return _by_rows(values, step, n_steps, lambda dog, steps, L: {
+        "seed": np.full(len(dog) * L, seed, np.int16), "layer": np.tile(np.arange(L, dtype=np.int16), len(dog)),
+        "dog_index": np.repeat(dog, L), "step": np.repeat(steps, L)})
 
 
 def _dog_step(scan: st.SeedScan, step: np.ndarray, n_steps: np.ndarray) -> Iterator[pd.DataFrame]:
     """Seed 0's rows, every layer, by slices of rows: dog_index, step, layer, abs_sum, s, f090.., delta, max_abs,
     move, write."""
-    n_obs, L = scan.s.shape
-    for rows, dog, steps in _row_slices(n_obs, step, n_steps):
-        n = len(dog)
-        yield pd.DataFrame({
-            "dog_index": np.repeat(dog.astype(np.int64), L), "step": np.repeat(steps, L),
-            "layer": np.tile(np.arange(L), n), "abs_sum": scan.abs_sum[rows].ravel(), "s": scan.s[rows].ravel(),
-            **{c: scan.f[rows, :, i].ravel() for i, c in enumerate(st.TAU_COLUMNS)},
-            "delta": scan.delta[rows].ravel(), "max_abs": scan.max_abs[rows].ravel(),
-            "move": scan.move[rows].ravel(), "write": scan.write[rows].ravel(),
-        })
+    values = {"abs_sum": scan.abs_sum, "s": scan.s, **{c: scan.f[:, :, i] for i, c in enumerate(st.TAU_COLUMNS)},
+              "delta": scan.delta, "max_abs": scan.max_abs, "move": scan.move, "write": scan.write}
+    return _by_rows(values, step, n_steps, lambda dog, steps, L: {
+        "dog_index": np.repeat(dog.astype(np.int64), L), "step": np.repeat(steps, L),
+        "layer": np.tile(np.arange(L), len(dog))})
 
 
 def _saturation_summary(scan: st.SeedScan, step: np.ndarray, offsets: np.ndarray, rule: CohortRule,
@@ -249,8 +232,9 @@ def _debut_observed(race_date: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         return np.zeros(n, dtype=bool)
     first = d[np.minimum(offsets[:-1], len(d) - 1)]
     m = d[~np.isnat(d)].astype("datetime64[M]").astype(np.int64)  # the months with races, sorted: by counting
-    months = (np.flatnonzero(np.bincount(m - m.min())) + m.min()).astype("datetime64[M]") if len(m) else m.astype(
-        "datetime64[M]")
+    if len(m):
+        m = np.flatnonzero(np.bincount(m - m.min())) + m.min()
+    months = m.astype("datetime64[M]")
     return co.debut_observed(first, months) & (np.diff(offsets) > 0)
 
 
