@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gruviz_core.comparisons import product_dtype, replicate_blocks, weighted
+from gruviz_core.comparisons import product_dtype, weighted
 from gruviz_core.errors import ConfigError
 
 __all__ = [
@@ -243,12 +243,9 @@ def _kappa_of(counts: np.ndarray, weights: np.ndarray, cols: np.ndarray | None =
     counts = np.asarray(counts, dtype=np.float64)
     k = counts[0].sum() if len(counts) else 0.0
     pairs = np.column_stack([(counts * counts).sum(1) - k, counts])  # (N, 1 + C): agreeing ordered pairs, counts
-    n_b = np.asarray(weights).shape[0]
-    sums, tot = np.empty((n_b, pairs.shape[1])), np.empty(n_b)
-    for rows, w in replicate_blocks(weights, cols, dtype=np.float64):
-        np.matmul(w, pairs, out=sums[rows])
-        tot[rows] = w.sum(1)
+    sums = weighted(weights, pairs, cols, dtype=np.float64)  # (B, 1 + C)
     with np.errstate(invalid="ignore", divide="ignore"):
+        tot = sums[:, 1:].sum(1) / k  # every item's counts sum to k: the items' total weight, exactly
         p_obs = sums[:, 0] / (k * (k - 1)) / tot
         p_c = sums[:, 1:] / (k * tot[:, None])  # (B, C)
         pe = (p_c * p_c).sum(1)
