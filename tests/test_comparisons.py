@@ -175,10 +175,20 @@ def test_uint8_weights_give_the_numbers_float32_weights_gave():
         cmp.within_dog_effect(rm, d["dog"], after, w32, metric="runner_log_loss", n_dogs=d["n_dogs"])
 
 
+@pytest.fixture
+def one_blas_thread():
+    """One BLAS thread, as the stages run (OMP_NUM_THREADS=1): a pytest run outside `make test` may have started
+    OpenBLAS with more before conftest set it, and at two threads a whole float32 product is split otherwise."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [None, 10])
 @pytest.mark.parametrize("columns", ["all", "some"])
-def test_products_by_blocks_of_replicates_are_the_whole_product(monkeypatch, dtype, k, columns):
+def test_products_by_blocks_of_replicates_are_the_whole_product(monkeypatch, one_blas_thread, dtype, k, columns):
     """weighted / weighted_mean cast the weights a block of replicates at a time: the numbers of the whole float
     product (blocks of 16 replicates here, on 200,000 dogs). Bit for bit with this machine's OpenBLAS (the
     golden night is unchanged); asserted to rounding, since another CPU's kernels may group rows otherwise."""
