@@ -107,7 +107,8 @@ WARM = True
 
 
 def warm_memory(nbytes: int, force: bool = False) -> None:
-    """Touch and free about nbytes of memory just before a timed phase that writes about that much to new files.
+    """Touch and free a quarter more than nbytes of memory (and 256 MB) just before a timed phase that writes about
+    nbytes to new files.
 
     On a VM whose host takes back the guest's free memory (this box: virtio_balloon free page reporting, within
     about 30 s), the first touch of a page costs ~2 ms/MB: 0.45-0.5 GB/s, against ~8 GB/s for a page freed a moment
@@ -115,7 +116,13 @@ def warm_memory(nbytes: int, force: bool = False) -> None:
     into kept files: 420 MB/s; the same just after touching 6 GB: 5 GB/s; O_DIRECT: 1.6 GB/s). Touched and freed
     just before, the pages are backed through the phase. `file_write_rates` reports both rates."""
     if (WARM or force) and nbytes > 0:
-        np.ones(int(nbytes) + (256 << 20), np.uint8)  # filled, so every page is touched; freed at once
+        np.ones(int(nbytes) * 5 // 4 + (256 << 20), np.uint8)  # filled, so every page is touched; freed at once
+
+
+def state_bytes(models, n_obs: int) -> int:
+    """Bytes of every seed's float16 h, z and r over n_obs rows: what a phase writes, beside small metadata."""
+    gru = models[0].gru
+    return 3 * n_obs * len(models) * gru.num_layers * gru.hidden_size * 2
 
 
 def file_write_rates(scratch: Path, mb: int = 384) -> dict:
@@ -284,8 +291,8 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     lock, units = threading.Lock(), gst.UnitAccumulators()
     slots = threading.BoundedSemaphore(len(batches) + 1)
     shards = list(range(0, plan.n_obs, plan.shard_rows))
-    state_bytes = 3 * plan.n_obs * len(models) * gru.num_layers * gru.hidden_size * 2
-    warm_memory(state_bytes * 5 // 4)
+    states_b = state_bytes(models, plan.n_obs)
+    warm_memory(states_b)
     t = time.perf_counter()
     for b in range(plan.n_blocks):
         with writer.BlockWriter(plan, b) as bw:
@@ -308,7 +315,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
     buf16 = {q: getattr(buf, q) for q in ("h", "z", "r")}
     plan2 = writer.begin_run(root, "store", {}, n_layers=gru.num_layers, n_units=gru.hidden_size,
                              seeds=list(range(len(models))), **meta)
-    warm_memory(state_bytes * 5 // 4)
+    warm_memory(states_b)
     t = time.perf_counter()
     with writer.BlockWriter(plan2, 0) as bw:
         for s0 in shards:
@@ -319,7 +326,7 @@ def writes_only(root: Path, models, inp: dict, batch_size: int) -> tuple[float, 
                 bw.write(replace(buf, seed=k, s0=s0, s1=e, h=buf.h[:n], z=buf.z[:n], r=buf.r[:n],
                                  score=buf.score[:n], summary={}, filled=[n]))
     store_s = time.perf_counter() - t
-    return d, {"d_store_mb_s": round(state_bytes / store_s / 1e6, 1), **codec_alone(plan2, buf16)}
+    return d, {"d_store_mb_s": round(states_b / store_s / 1e6, 1), **codec_alone(plan2, buf16)}
 
 
 def codec_alone(plan, buf16: dict) -> dict:
@@ -382,8 +389,7 @@ def end_to_end(root: Path, models, inp: dict, batch_size: int, device,
                stats: bool = False) -> tuple[float, float, float, dict]:
     """e: extract_run (begin_run, every block, finish_run) as the pipeline runs it; `stats`: the stats stage on
     the run, new and old."""
-    gru = models[0].gru
-    warm_memory(3 * int(inp["offsets"][-1]) * len(models) * gru.num_layers * gru.hidden_size * 2 * 5 // 4)
+    warm_memory(state_bytes(models, int(inp["offsets"][-1])))
     base = rss_mb()
     with PeakRSS() as mem:
         t = time.perf_counter()
