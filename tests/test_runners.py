@@ -204,17 +204,19 @@ def test_a_block_stuck_in_a_blocking_call_fails_the_night_at_its_backstop(env, s
     from flows.nightly import extract_block_task
 
     home, faults = store
-    env(block_timeout_s=1)
-    (faults / "block").write_text("14")  # one block sleeps 14 s in a single call
+    # 3 s an attempt: the healthy blocks beside the stuck one end well within it even on a loaded 2-core box (at
+    # 1 s one was timed out at its done marker's fsync, twice, and Prefect's timeout failed the night first)
+    env(block_timeout_s=3)
+    (faults / "block").write_text("18")  # one block sleeps 18 s in a single call
     t0 = time.monotonic()
     state = _night("2026-10-09")
     took = time.monotonic() - t0
     assert list(faults.glob("blocked.*")), "no block took the fault"
     assert state.is_failed(), state.message
-    assert "GRUVIZ_BLOCK_TIMEOUT_S=1 s" in state.message and "blocking call" in state.message, state.message
-    assert block_backstop_s(extract_block_task, 1) == 9.0 and took < 14, took  # failed at the backstop, before the call returned
+    assert "GRUVIZ_BLOCK_TIMEOUT_S=3 s" in state.message and "blocking call" in state.message, state.message
+    assert block_backstop_s(extract_block_task, 3) == 13.0 and took < 18, took  # failed at the backstop, before the call returned
     assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-09*") if p.is_dir()]
-    time.sleep(max(0.0, 14.5 - took))  # the stuck thread wakes and ends (Prefect's timeout fires then)
+    time.sleep(max(0.0, 18.5 - took))  # the stuck thread wakes and ends (Prefect's timeout fires then)
     assert not [p for p in (home / "runs" / ".tmp").glob("2026-10-09*") if p.is_dir()]  # it wrote nothing
 
 
